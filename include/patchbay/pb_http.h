@@ -1,0 +1,96 @@
+/* pb_http.h - the asynchronous outbound HTTP client (libcurl multi).
+ *
+ * One client is driven by one thread (the dispatcher): many transfers in
+ * flight, keep-alive connection reuse, HTTP/2 where the server offers it.
+ * Every request is checked against the outbound guard at connect time (after
+ * DNS, so rebinding cannot slip through); redirects are never followed and
+ * response bodies are read up to a cap. */
+#ifndef PB_HTTP_H
+#define PB_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pb_conf.h"
+#include "pb_err.h"
+
+/* ---- outbound guard (SSRF) -------------------------------------------- */
+
+/* Entries are CIDRs ("127.0.0.0/8", "::1/128"), single addresses, or host
+ * names ("partner.internal"): a host-name entry allows that URL host to
+ * resolve to an internal address. */
+struct pb_allowlist;
+struct pb_allowlist *pb_allowlist_create(const struct pb_strlist *entries, struct pb_err *err);
+/* A list holding the entries of a and b (either may be NULL). */
+struct pb_allowlist *pb_allowlist_merge(const struct pb_allowlist *a,
+                                        const struct pb_allowlist *b);
+void pb_allowlist_destroy(struct pb_allowlist *al);
+
+/* Classify an address: NULL when public, otherwise the name of the internal
+ * range it falls in ("loopback", "private", "link-local", "cgnat",
+ * "multicast", "reserved", "documentation", "nat64", "6to4",
+ * "ipv4-mapped", "unspecified", ...). sa is a struct sockaddr_in/in6. */
+const char *pb_addr_internal_range(const void *sa, size_t salen);
+/* 0 when a connection to sa for URL host `host` is allowed, PB_EDENIED otherwise. */
+int pb_outbound_check(const struct pb_allowlist *al, const char *host, const void *sa,
+                      size_t salen);
+
+/* ---- requests ----------------------------------------------------------- */
+
+struct pb_http_header {
+    const char *name;
+    const char *value;
+};
+
+struct pb_http_req {
+    const char *method; /* "POST" ... */
+    const char *url;
+    const struct pb_http_header *headers; /* nheaders, borrowed until the call returns */
+    size_t nheaders;
+    const void *body; /* borrowed until done_cb runs */
+    size_t len;
+    int64_t timeout_ms;         /* whole transfer */
+    int64_t connect_timeout_ms;
+    size_t max_response;        /* response body bytes kept (rest discarded) */
+    const struct pb_allowlist *allow; /* borrowed; NULL = only public addresses */
+    const char *basic_user;     /* with basic_pass: HTTP basic auth (secret: never logged) */
+    const char *basic_pass;
+};
+
+struct pb_http_resp {
+    int status;           /* HTTP status, 0 when no response was received */
+    int64_t latency_ms;
+    int64_t retry_after_ms; /* from Retry-After (seconds or HTTP-date), -1 when absent */
+    const char *error;    /* transport error text ("connection refused", "timeout",
+                             "blocked: 127.0.0.1 is loopback"), NULL when a response came */
+    bool blocked;         /* refused by the outbound guard */
+    bool timed_out;
+    const char *body;     /* response body (up to max_response), NUL-terminated */
+    size_t body_len;
+};
+
+/* Borrowed: resp is valid only during the call. */
+typedef void (*pb_http_done_cb)(void *arg, const struct pb_http_resp *resp);
+
+struct pb_http_client;
+struct pb_http_client_opts {
+    size_t max_host_connections; /* per destination host, 0 = libcurl default */
+    size_t max_total_connections;
+};
+struct pb_http_client *pb_http_client_create(const struct pb_http_client_opts *o,
+                                             struct pb_err *err);
+/* Aborts transfers still running (their callbacks run with an error). Accepts NULL. */
+void pb_http_client_destroy(struct pb_http_client *c);
+
+/* Start a request. If the call fails, done_cb never runs. */
+int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
+                        pb_http_done_cb done_cb, void *arg);
+/* Wait up to timeout_ms for socket activity or a wakeup, perform transfers,
+ * run callbacks of finished ones. Returns 0 or a negative code. */
+int pb_http_client_poll(struct pb_http_client *c, int timeout_ms);
+/* Interrupt a poll from any thread. */
+void pb_http_client_wakeup(struct pb_http_client *c);
+size_t pb_http_client_inflight(const struct pb_http_client *c);
+
+#endif

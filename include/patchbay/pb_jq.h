@@ -1,0 +1,37 @@
+/* pb_jq.h - jq programs (libjq) with patchbay's fidelity rules.
+ *
+ * A compiled program belongs to one thread. Inputs are parsed from bytes
+ * after a fidelity check: an integer literal beyond 2^53 or a number with
+ * more significant digits than a double carries is refused (PB_EFIDELITY)
+ * rather than rounded. Outputs holding NaN or infinities are refused too. */
+#ifndef PB_JQ_H
+#define PB_JQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jv.h>
+
+#include "pb_err.h"
+
+struct pb_jq;
+
+/* Compile program; NULL with the jq compiler's message in err. */
+struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err);
+void pb_jq_destroy(struct pb_jq *q);
+
+/* Run q on in (ownership taken). Collects up to max_out results into out[]
+ * (each owned by the caller) and their count into *nout; more results than
+ * max_out is an error. A jq runtime error returns PB_EJQ with its text.
+ * A run is bounded (PB_EJQ "too many steps" past a limit). */
+int pb_jq_run(struct pb_jq *q, jv in, jv *out, size_t max_out, size_t *nout, struct pb_err *err);
+
+/* Parse JSON bytes into a jv, refusing values jq cannot carry exactly. */
+int pb_jq_parse(const char *buf, size_t len, jv *out, struct pb_err *err);
+/* Serialize compactly into a malloc'd NUL-terminated buffer (takes v).
+ * PB_EFIDELITY when v holds NaN or an infinity. */
+int pb_jq_dump(jv v, char **buf, size_t *len, struct pb_err *err);
+/* jq truthiness: false and null are false. Borrows v. */
+bool pb_jq_truthy(jv v);
+
+#endif

@@ -1,0 +1,139 @@
+/* pb_plugin.h - what an input, processor or output plugin implements.
+ *
+ * A plugin is one C file (or folder) that defines one const struct of
+ * function pointers and a pb_field table, listed once in
+ * src/plugins/registry.c. The core allocates a zeroed context of ctx_size
+ * bytes, decodes the plugin's YAML block into it with the field table
+ * (offsets are into the context), then calls init. destroy must cope with a
+ * context whose init failed half way; the core frees decoded fields after. */
+#ifndef PB_PLUGIN_H
+#define PB_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jv.h>
+
+#include "pb_conf.h"
+#include "pb_err.h"
+#include "pb_http.h"
+
+/* ---- outputs ------------------------------------------------------------- */
+
+/* Delivery results are not error codes: they say what happens next. */
+enum pb_result {
+    PB_RESULT_OK = 0,    /* delivered */
+    PB_RESULT_RETRY,     /* try again later (per the retry policy) */
+    PB_RESULT_PERMANENT, /* never going to work: dead-letter now */
+};
+const char *pb_result_name(enum pb_result r);
+
+/* One attempt of one delivery. Borrowed by the plugin from deliver() until it
+ * calls pb_delivery_done(). */
+struct pb_delivery {
+    int64_t id;                  /* delivery id */
+    const char *msg_id;          /* message id */
+    const char *idempotency_key; /* stable across retries and restarts */
+    int attempt;                 /* 1-based */
+    const char *payload;         /* bytes to send (after the output's map) */
+    size_t len;
+    const char *content_type;    /* "application/json" unless the input said otherwise */
+    void *core;                  /* internal */
+};
+
+struct pb_outcome {
+    enum pb_result result;
+    int status;             /* protocol status (HTTP) or 0 */
+    int64_t retry_after_ms; /* partner asked to wait this long; -1 when not */
+    const char *error;      /* short text for the attempt log; copied; may be NULL */
+};
+
+/* End an attempt. Exactly once per deliver() call, on the dispatcher thread,
+ * possibly from inside deliver(). d must not be used afterwards. */
+void pb_delivery_done(struct pb_delivery *d, const struct pb_outcome *o);
+
+struct pb_output_env {
+    const char *pipeline;
+    const char *output;
+    struct pb_http_client *http;     /* shared async client, dispatcher thread */
+    const struct pb_allowlist *allow; /* outbound guard for this output */
+};
+
+struct pb_output_plugin {
+    const char *name;
+    const struct pb_field *fields;
+    size_t ctx_size;
+    int default_concurrency; /* attempts in flight per output unless configured */
+    int (*init)(void *ctx, const struct pb_output_env *env, struct pb_err *err);
+    /* Asynchronous: ends with pb_delivery_done(d, ...). */
+    void (*deliver)(void *ctx, struct pb_delivery *d);
+    void (*destroy)(void *ctx);
+};
+
+/* ---- processors ------------------------------------------------------------ */
+
+enum pb_proc_verdict {
+    PB_PROC_PASS = 0, /* *out holds the new value */
+    PB_PROC_DROP,     /* message filtered out on purpose */
+};
+
+struct pb_processor_plugin {
+    const char *name;
+    const struct pb_field *fields;
+    /* When set, a scalar block ("map: '.a'") is stored as a char * at
+     * scalar_offset instead of being decoded with fields. */
+    bool scalar_form;
+    size_t scalar_offset;
+    size_t ctx_size;
+    int (*init)(void *ctx, struct pb_err *err);
+    /* Takes ownership of in. On PASS sets *out (owned by caller). Returns the
+     * verdict (>= 0) or a negative PB_E* with a reason in err, which
+     * dead-letters the delivery. Called from one thread per context. */
+    int (*process)(void *ctx, jv in, jv *out, struct pb_err *err);
+    void (*destroy)(void *ctx);
+};
+
+/* ---- inputs ------------------------------------------------------------------- */
+
+struct pb_engine;
+struct pb_httpd;
+
+/* Options of an HTTP ingest route (http_server input). */
+struct pb_ingest_route {
+    const char *path;            /* exact path, e.g. "/hooks/shop" */
+    const struct pb_strlist *methods; /* allowed methods; empty = POST */
+    uint64_t max_body;           /* bytes */
+    bool json;                   /* format: json (validate) or raw */
+    int64_t idempotency_window_ms; /* 0 = no idempotency */
+    const char *idempotency_header; /* header carrying the key */
+};
+
+struct pb_input_env {
+    const char *pipeline;
+    struct pb_engine *engine;
+    struct pb_httpd *httpd; /* shared listener */
+};
+/* Register route on the shared listener for env->pipeline. */
+int pb_httpd_add_route(struct pb_httpd *h, const char *pipeline, const struct pb_ingest_route *r,
+                       struct pb_err *err);
+
+struct pb_input_plugin {
+    const char *name;
+    const struct pb_field *fields;
+    size_t ctx_size;
+    int (*init)(void *ctx, const struct pb_input_env *env, struct pb_err *err);
+    void (*destroy)(void *ctx);
+};
+
+/* ---- registry (src/plugins/registry.c) ------------------------------------ */
+
+const struct pb_input_plugin *pb_registry_input(const char *name);
+const struct pb_processor_plugin *pb_registry_processor(const char *name);
+const struct pb_output_plugin *pb_registry_output(const char *name);
+/* NULL-terminated lists, for lint and docs. */
+extern const struct pb_input_plugin *const pb_input_plugins[];
+extern const struct pb_processor_plugin *const pb_processor_plugins[];
+extern const struct pb_output_plugin *const pb_output_plugins[];
+
+#endif

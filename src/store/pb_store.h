@@ -1,0 +1,201 @@
+/* pb_store.h - the state store: messages, deliveries, attempts, dead letters,
+ * idempotency keys.
+ *
+ * One writer thread owns the write connection and group-commits queued
+ * operations (many per transaction). Callers submit a struct pb_op and learn
+ * the result in its done_cb, which runs on the writer thread after the
+ * transaction that holds the op has committed (or failed). Reads (loading
+ * pending deliveries, admin queries) use separate read connections and may
+ * run on any thread.
+ *
+ * Backends: "sqlite:PATH" now; the interface is kept free of SQLite types so
+ * a PostgreSQL backend can follow. */
+#ifndef PB_STORE_H
+#define PB_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "patchbay/pb_err.h"
+
+#define PB_STORE_SCHEMA_VERSION 1
+#define PB_MSG_ID_MAX 40
+#define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
+
+/* Delivery states, as stored. */
+enum pb_dstate {
+    PB_DSTATE_PENDING = 0,   /* waiting for its first or next attempt */
+    PB_DSTATE_DELIVERED = 1, /* partner acknowledged */
+    PB_DSTATE_DEAD = 2,      /* in the dead-letter queue */
+    PB_DSTATE_FILTERED = 3,  /* dropped on purpose by a filter; recorded */
+    PB_DSTATE_REPLAYED = 4,  /* was dead; a replay created a new delivery */
+};
+const char *pb_dstate_name(enum pb_dstate s);
+
+struct pb_store_opts {
+    bool synchronous_full;   /* PRAGMA synchronous=FULL (default true) */
+    bool integrity_check;    /* PRAGMA quick_check at open (default true) */
+    size_t ingest_queue_max; /* ingest ops queued before submit says PB_EFULL */
+    size_t batch_max;        /* ops per transaction at most */
+};
+void pb_store_opts_default(struct pb_store_opts *o);
+
+struct pb_store;
+
+/* Open (creating if absent) and migrate. A file that is not a database, is
+ * corrupt, truncated or from a newer schema is refused with a clear error;
+ * nothing is ever reset. For sqlite, the parent directory is created. */
+struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts,
+                               struct pb_err *err);
+/* Stops the writer if running (draining the queue first). Accepts NULL. */
+void pb_store_destroy(struct pb_store *s);
+
+/* Random id made when the store was created; stable for its life. */
+const char *pb_store_node_id(const struct pb_store *s);
+
+/* ---- writer ---------------------------------------------------------- */
+
+enum pb_op_kind {
+    PB_OP_INGEST = 1, /* new message + one pending delivery per output */
+    PB_OP_RESULT,     /* one attempt's outcome for a delivery */
+    PB_OP_REPLAY,     /* dead delivery -> new pending delivery */
+    PB_OP_REPLAY_ALL, /* every dead delivery of pipeline/output */
+    PB_OP_PURGE,      /* delete one dead delivery (and the message when unused) */
+    PB_OP_EXPIRE,     /* delete expired idempotency keys and finished messages */
+};
+
+struct pb_op_ingest {
+    /* in (borrowed until done_cb) */
+    const char *pipeline;
+    const char *msg_id; /* caller-made, unique */
+    const void *body;
+    size_t len;
+    const char *content_type; /* may be NULL */
+    int64_t received_at;      /* unix ms */
+    const char *idem_key;     /* NULL: no idempotency check */
+    int64_t idem_expires_at;  /* unix ms */
+    size_t noutputs;
+    const char *const *outputs;
+    int64_t first_due_at; /* next_at for the new deliveries (usually received_at) */
+    /* out */
+    bool duplicate;                  /* idem_key was seen: nothing stored */
+    char dup_msg_id[PB_MSG_ID_MAX];  /* the original message id */
+    int64_t msg_seq;
+    int64_t *delivery_ids; /* caller array of noutputs, filled in output order */
+};
+
+struct pb_op_result {
+    int64_t delivery_id;
+    int attempt;         /* 1-based attempt number */
+    int64_t started_at;  /* unix ms */
+    int64_t latency_ms;
+    int status;          /* protocol status (HTTP) or 0 */
+    enum pb_dstate state; /* after this attempt: PENDING (retry later), DELIVERED, DEAD, FILTERED */
+    int64_t next_at;     /* PENDING: when the next attempt is due */
+    const char *error;   /* may be NULL; truncated to PB_ERROR_EXCERPT_MAX */
+};
+
+struct pb_op_replay {
+    int64_t delivery_id; /* in: a DEAD delivery */
+    int64_t now;
+    /* out */
+    int64_t new_delivery_id;
+    char pipeline[128], output[128];
+};
+
+struct pb_op_replay_all {
+    const char *pipeline; /* in; NULL = any */
+    const char *output;   /* in; NULL = any */
+    int64_t now;
+    int64_t count;        /* out */
+};
+
+struct pb_op_purge {
+    int64_t delivery_id; /* in: a DEAD delivery */
+};
+
+struct pb_op_expire {
+    int64_t now;
+    int64_t retention_ms; /* finished messages older than this are deleted */
+    int64_t deleted;      /* out: messages deleted */
+};
+
+struct pb_op {
+    enum pb_op_kind kind;
+    int status; /* out: 0, PB_ENOTFOUND (replay/purge), PB_ENOSPACE, PB_ESTORE... */
+    union {
+        struct pb_op_ingest ingest;
+        struct pb_op_result result;
+        struct pb_op_replay replay;
+        struct pb_op_replay_all replay_all;
+        struct pb_op_purge purge;
+        struct pb_op_expire expire;
+    } u;
+    /* Runs on the writer thread once the op is committed or has failed.
+     * Must be quick and must not wait for the writer. May be NULL. */
+    void (*done_cb)(struct pb_op *op, void *arg);
+    void *arg;
+    struct pb_op *next; /* internal */
+};
+
+int pb_store_start(struct pb_store *s);
+/* Queue op; it stays borrowed until its done_cb has run. INGEST ops are
+ * refused with PB_EFULL past ingest_queue_max (done_cb not called); other
+ * kinds are always taken. PB_ESHUTDOWN once stopping. */
+int pb_store_submit(struct pb_store *s, struct pb_op *op);
+/* Submit and block until done (not from the writer thread). Returns op->status. */
+int pb_store_exec(struct pb_store *s, struct pb_op *op);
+/* Commit everything queued, then stop the writer thread. Idempotent. */
+void pb_store_stop(struct pb_store *s);
+/* False after a failed commit until a later one succeeds. */
+bool pb_store_writable(const struct pb_store *s);
+size_t pb_store_queue_depth(const struct pb_store *s);
+/* Transactions committed and ops in them since start (for metrics/bench). */
+void pb_store_stats(const struct pb_store *s, uint64_t *commits, uint64_t *ops);
+
+/* ---- reads ------------------------------------------------------------ */
+
+struct pb_pending {
+    int64_t delivery_id;
+    int64_t msg_seq;
+    const char *msg_id;
+    int attempts;        /* attempts made so far */
+    int64_t next_at;     /* unix ms */
+    int64_t received_at; /* unix ms, of the message */
+    const char *content_type; /* may be NULL */
+    const void *body;
+    size_t len;
+};
+/* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */
+typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);
+
+/* PENDING deliveries of pipeline/output with id > after_id, by id, at most
+ * limit. *nloaded gets how many rows were passed to cb. */
+int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
+                          int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
+                          size_t *nloaded, struct pb_err *err);
+
+/* Count deliveries per (pipeline, output, state); cb per non-zero group. */
+typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output,
+                            enum pb_dstate state, int64_t count);
+int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
+
+/* Admin views as JSON (new references; NULL + err on failure, PB_ENOTFOUND
+ * when absent). Bodies that are UTF-8 JSON are embedded as "body"; others as
+ * "body_base64".
+ * message:      {id, pipeline, received_at, content_type, body,
+ *                deliveries:[{id, output, state, attempts, next_at, last_status,
+ *                             last_error, replay_of, attempt_log:[...]}]}
+ * dead letters: {items:[{id, message_id, pipeline, output, attempts,
+ *                created_at, dead_at, last_status, last_error}], next_after}
+ * dead letter:  one item plus "body" and "attempt_log":[{n, started_at,
+ *                latency_ms, status, state, error}] */
+json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err);
+json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
+                                   int64_t after_id, int limit, struct pb_err *err);
+json_t *pb_store_dead_letter_json(struct pb_store *s, int64_t delivery_id, struct pb_err *err);
+
+#endif
