@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# dev.sh - one entry point for developers and CI.
+#
+#   ./dev.sh demo    build, then run examples/order-fulfillment/run.sh
+#   ./dev.sh test    build build/ and build-asan/, run the whole suite under
+#                    ASan/UBSan and the unit tests in the release build
+#   ./dev.sh bench   build, then run bench/run.sh (installs wrk and nginx-light)
+#   ./dev.sh build   install what is missing and build build/
+#
+# Missing Debian packages are installed first (apt-get, with sudo when not root).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl4-openssl-dev
+    libjansson-dev libjq-dev libonig-dev libyaml-dev libsqlite3-dev libssl-dev libpcre2-dev
+    python3 curl sqlite3)
+BENCH_PACKAGES=(wrk nginx-light)
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    ((${#missing[@]} == 0)) && return 0
+    say "installing: ${missing[*]}"
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# build DIR [cmake args...]
+build() {
+    local dir=$1
+    shift
+    if [[ ! -f $dir/build.ninja ]]; then
+        say "configuring $dir"
+        cmake -S . -B "$dir" -G Ninja "$@"
+    fi
+    say "building $dir"
+    ninja -C "$dir"
+}
+
+build_release() { build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; }
+build_asan() { build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPB_SANITIZE=ON; }
+
+# run_ctest LOG ctest-args... : run ctest, tee its output, add to the totals.
+PASSED=0
+FAILED=0
+run_ctest() {
+    local log=$1 rc=0 total failed
+    shift
+    ctest "$@" 2>&1 | tee "$log" || rc=$?
+    total=$(sed -n 's/.*tests failed out of \([0-9][0-9]*\).*/\1/p' "$log" | tail -n1)
+    failed=$(sed -n 's/.*, \([0-9][0-9]*\) tests\{0,1\} failed out of.*/\1/p' "$log" | tail -n1)
+    if [[ -z $total ]]; then
+        # No summary line: no tests found, or ctest itself failed.
+        total=0
+        failed=0
+        if ((rc != 0)) || ! grep -q 'No tests were found' "$log"; then
+            failed=1
+        fi
+    fi
+    PASSED=$((PASSED + total - failed))
+    FAILED=$((FAILED + failed))
+    ((rc == 0))
+}
+
+cmd_test() {
+    ensure_packages "${PACKAGES[@]}"
+    build_release
+    build_asan
+    local logdir status=0
+    logdir=$(mktemp -d)
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    say "whole suite under ASan/UBSan (build-asan)"
+    run_ctest "$logdir/asan.log" --test-dir build-asan --output-on-failure -j2 || status=1
+    say "unit tests, release build (build)"
+    run_ctest "$logdir/unit.log" --test-dir build --output-on-failure -j2 -L unit || status=1
+    rm -rf "$logdir"
+    echo "$PASSED passed, $FAILED failed"
+    if ((FAILED > 0)); then
+        status=1
+    fi
+    return "$status"
+}
+
+cmd_demo() {
+    ensure_packages "${PACKAGES[@]}"
+    build_release
+    exec examples/order-fulfillment/run.sh
+}
+
+cmd_bench() {
+    ensure_packages "${PACKAGES[@]}" "${BENCH_PACKAGES[@]}"
+    build_release
+    exec bench/run.sh
+}
+
+cmd_build() {
+    ensure_packages "${PACKAGES[@]}"
+    build_release
+}
+
+case ${1:-} in
+test) cmd_test ;;
+demo) cmd_demo ;;
+bench) cmd_bench ;;
+build) cmd_build ;;
+*)
+    echo "usage: $0 demo|test|bench|build" >&2
+    exit 2
+    ;;
+esac
