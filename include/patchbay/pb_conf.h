@@ -31,13 +31,19 @@ struct pb_node {
     size_t n;
     struct pb_node **keys;
     struct pb_node **vals;
+    /* The map or sequence holding this node (keys included); NULL for the
+     * root. Lets errors name where they are ("pipelines.shop.outputs.crm"). */
+    const struct pb_node *parent;
 };
 
 struct pb_conf_doc;
 
 /* Load and interpolate a YAML file. Limits: 4 MiB file, depth 64, 100k nodes.
- * Anchors/aliases and multiple documents are refused. Duplicate map keys are
- * errors. Returns NULL and fills err (with position) on failure. */
+ * Anchors/aliases, tags and multiple documents are refused. Duplicate map keys
+ * are errors. ${VAR:-default} takes the default when VAR is unset or empty.
+ * Returns NULL and fills err (with position) on failure; err->file then
+ * points at the caller's path, while node->file always belongs to the doc
+ * (so an error raised on a node must be reported before the doc is destroyed). */
 struct pb_conf_doc *pb_conf_load_file(const char *path, struct pb_err *err);
 /* Same from memory; name is used in error positions. */
 struct pb_conf_doc *pb_conf_load_string(const char *name, const char *text, size_t len,
@@ -51,9 +57,11 @@ const struct pb_node *pb_node_get(const struct pb_node *map, const char *key);
 const char *pb_node_type_name(enum pb_node_type t);
 
 /* Strict value parsers. Return 0 or PB_EINVAL; no leading/trailing junk.
- * duration: integer + unit, units ms s m h d, concatenable ("1h30m"); a bare
- *           "0" is allowed; result in milliseconds, must fit int64.
- * size:     integer with optional unit B KB MB GB (1000s) KiB MiB GiB (1024s).
+ * duration: integer + unit, units ms s m h d, concatenable ("1h30m"; largest
+ *           unit first, each unit once); a bare "0" is allowed; result in
+ *           milliseconds, must fit int64.
+ * size:     integer with optional unit B KB MB GB TB (1000s) KiB MiB GiB TiB
+ *           (1024s); must fit uint64.
  * rate:     integer "/" unit, units s m h ("100/s"); count > 0. */
 int pb_parse_duration(const char *s, int64_t *ms);
 int pb_parse_size(const char *s, uint64_t *bytes);
@@ -108,8 +116,12 @@ struct pb_field {
 };
 
 /* Fill out from a map node using fields. node may be NULL (all defaults).
- * Unknown keys, wrong shapes, bad values and missing required keys are
- * errors naming file:line:col and what was expected. On error, whatever was
+ * A key with no value ("retry:") counts as absent, except for PB_F_NODE.
+ * Defaults of PB_F_STRLIST/STRMAP are YAML text ("[a, b]"); other defaults
+ * are taken literally. The fields of the tables are zeroed first; no other
+ * byte of out is touched. Unknown keys, wrong shapes, bad values and
+ * missing required keys are errors naming file:line:col and what was
+ * expected. On error, whatever was
  * allocated stays in out: call pb_conf_free() on it either way. */
 int pb_conf_decode(const struct pb_node *node, const struct pb_field *fields, void *out,
                    struct pb_err *err);
