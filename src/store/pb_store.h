@@ -24,6 +24,9 @@
 #define PB_STORE_SCHEMA_VERSION 1
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
+/* EXPIRE deletes at most this many messages (and idempotency keys) per op,
+ * so the writer never stalls: resubmit soon when deleted reaches it. */
+#define PB_STORE_EXPIRE_BATCH 10000
 
 /* Delivery states, as stored. */
 enum pb_dstate {
@@ -192,7 +195,11 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
  * dead letters: {items:[{id, message_id, pipeline, output, attempts,
  *                created_at, dead_at, last_status, last_error}], next_after}
  * dead letter:  one item plus "body" and "attempt_log":[{n, started_at,
- *                latency_ms, status, state, error}] */
+ *                latency_ms, status, state, error}]
+ * Times are unix ms; "state" is pb_dstate_name() ("pending", "dead"...);
+ * absent values (last_status before any attempt, replay_of) are null. A
+ * JSON body is embedded only when it prints back unchanged (no 1.10 shown
+ * as 1.1000000000000001); otherwise it comes as "body_base64". */
 json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err);
 json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
                                    int64_t after_id, int limit, struct pb_err *err);

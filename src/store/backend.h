@@ -1,0 +1,71 @@
+/* backend.h - what a state store backend implements (store-internal).
+ *
+ * store.c owns the parts every backend shares: the op queue, the writer
+ * thread and its group commit, pb_store_exec, statistics and the writable
+ * flag. A backend supplies the storage: open/close, a transaction of applied
+ * ops, and the reads. The writer thread is the only caller of begin, apply,
+ * commit and rollback; reads may come from any thread at any time. */
+#ifndef PB_STORE_BACKEND_H
+#define PB_STORE_BACKEND_H
+
+#include "store/pb_store.h"
+
+struct pb_store_backend {
+    const char *name;   /* "sqlite" */
+    const char *prefix; /* URL prefix it accepts: "sqlite:" */
+
+    /* url is the whole URL. NULL + err on failure; nothing is reset. */
+    void *(*open)(const char *url, const struct pb_store_opts *opts, struct pb_err *err);
+    /* Close everything; accepts NULL. */
+    void (*close)(void *ctx);
+    const char *(*node_id)(const void *ctx);
+
+    /* Writer thread only. begin/commit return 0 or a PB_E* code. apply
+     * leaves an op-local outcome (PB_ENOTFOUND, PB_EEXISTS, PB_EINVAL) in
+     * op->status and returns 0; it returns a negative code only when the
+     * transaction is broken (disk full, I/O error) and must be rolled back. */
+    int (*begin)(void *ctx);
+    int (*apply)(void *ctx, struct pb_op *op);
+    int (*commit)(void *ctx);
+    void (*rollback)(void *ctx);
+
+    /* Reads, any thread; same contracts as the pb_store_* functions. */
+    int (*load_pending)(void *ctx, const char *pipeline, const char *output, int64_t after_id,
+                        size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
+                        struct pb_err *err);
+    int (*count)(void *ctx, pb_count_cb cb, void *arg, struct pb_err *err);
+    json_t *(*message_json)(void *ctx, const char *msg_id, struct pb_err *err);
+    json_t *(*dead_letters_json)(void *ctx, const char *pipeline, const char *output,
+                                 int64_t after_id, int limit, struct pb_err *err);
+    json_t *(*dead_letter_json)(void *ctx, int64_t delivery_id, struct pb_err *err);
+
+    /* Tests only, may be NULL: cap the store's size in pages from the next
+     * transaction on (0 lifts the cap), to exercise the disk-full path. */
+    void (*test_max_pages)(void *ctx, int64_t pages);
+};
+
+extern const struct pb_store_backend pb__store_sqlite;
+
+/* Tests only: see test_max_pages. Returns PB_EINVAL if the backend has no
+ * such knob. Thread-safe. */
+int pb__store_test_max_pages(struct pb_store *s, int64_t pages);
+
+/* Helpers the backends share (store.c). */
+
+/* Base64 (RFC 4648, padded) of len bytes as a JSON string; NULL on ENOMEM. */
+json_t *pb__store_base64_json(const void *data, size_t len);
+/* The body as embedded JSON when it is UTF-8 JSON that json_dumps
+ * (JSON_COMPACT | JSON_ENCODE_ANY) writes back unchanged apart from
+ * whitespace, else NULL: a view never shows a silently altered body
+ * (1.10 printed as 1.1000000000000001, duplicate keys collapsed...). */
+json_t *pb__store_body_json(const void *data, size_t len);
+/* Set "body" or "body_base64" on obj. 0 or PB_ENOMEM. */
+int pb__store_set_body(json_t *obj, const void *data, size_t len);
+/* Text of n bytes as a JSON string, each byte that is not part of valid
+ * UTF-8 replaced by U+FFFD (partners' error texts can hold anything, and
+ * jansson refuses to encode invalid UTF-8). NULL on ENOMEM. */
+json_t *pb__store_text_json(const char *s, size_t n);
+/* Length of s cut to at most max bytes without splitting a UTF-8 sequence. */
+size_t pb__store_utf8_cut(const char *s, size_t max);
+
+#endif

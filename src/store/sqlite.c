@@ -1,0 +1,924 @@
+/* sqlite.c - the SQLite state store backend ("sqlite:PATH").
+ *
+ * This half opens the store and applies the writer's ops: one write
+ * connection, used only by the writer thread (store.c), runs them with
+ * cached prepared statements inside the writer's transactions. Reads go
+ * through a pool of separate connections in sqlite_read.c.
+ *
+ * Opening never resets anything: a file that is not a SQLite database, is
+ * corrupt or truncated, belongs to another application or carries a newer
+ * schema is refused with a message that says what to do. The schema lives in
+ * an ordered list of migrations applied in one transaction. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "patchbay/pb_log.h"
+#include "store/sqlite_int.h"
+
+#define BUSY_TIMEOUT_MS 5000
+#define APPLICATION_ID 0x70626179 /* "pbay" */
+
+static const char *const migrations[] = {
+    /* 1: the first schema */
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE messages("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " id TEXT NOT NULL UNIQUE,"
+    " pipeline TEXT NOT NULL,"
+    " received_at INTEGER NOT NULL,"
+    " content_type TEXT,"
+    " body BLOB NOT NULL);"
+    "CREATE INDEX messages_received ON messages(received_at);"
+    "CREATE TABLE deliveries("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " msg_seq INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,"
+    " pipeline TEXT NOT NULL,"
+    " output TEXT NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_at INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " last_status INTEGER,"
+    " last_error TEXT,"
+    " replay_of INTEGER);"
+    "CREATE INDEX deliveries_pending ON deliveries(pipeline, output, id) WHERE state = 0;"
+    "CREATE INDEX deliveries_dead ON deliveries(pipeline, output, id) WHERE state = 2;"
+    "CREATE INDEX deliveries_msg ON deliveries(msg_seq);"
+    "CREATE TABLE attempts("
+    " delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,"
+    " n INTEGER NOT NULL,"
+    " started_at INTEGER NOT NULL,"
+    " latency_ms INTEGER NOT NULL,"
+    " status INTEGER NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " error TEXT,"
+    " PRIMARY KEY (delivery_id, n)) WITHOUT ROWID;"
+    "CREATE TABLE idempotency("
+    " pipeline TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " msg_id TEXT NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " PRIMARY KEY (pipeline, key)) WITHOUT ROWID;"
+    "CREATE INDEX idempotency_expires ON idempotency(expires_at);",
+};
+#define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+_Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
+
+#define RALL_WHERE_ANY "state = 2"
+#define RALL_WHERE_P "state = 2 AND pipeline = ?1"
+#define RALL_WHERE_O "state = 2 AND output = ?2"
+#define RALL_WHERE_PO "state = 2 AND pipeline = ?1 AND output = ?2"
+#define RALL_INS(w)                                                                                \
+    "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at, created_at,"      \
+    " updated_at, replay_of) SELECT msg_seq, pipeline, output, 0, 0, ?3, ?3, ?3, id"               \
+    " FROM deliveries WHERE " w " ORDER BY id"
+#define RALL_UPD(w) "UPDATE deliveries SET state = 4, updated_at = ?3 WHERE " w
+
+static const char *const wsql[W_COUNT] = {
+    [W_IDEM_GET] = "SELECT msg_id FROM idempotency"
+                   " WHERE pipeline = ?1 AND key = ?2 AND expires_at > ?3",
+    [W_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency(pipeline, key, msg_id, expires_at)"
+                   " VALUES (?1, ?2, ?3, ?4)",
+    [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [W_DLV_INS] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
+                  " created_at, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5)",
+    [W_DLV_RESULT] = "UPDATE deliveries SET state = ?2, attempts = ?3, next_at = ?4,"
+                     " updated_at = ?5, last_status = ?6, last_error = ?7"
+                     " WHERE id = ?1 AND state = 0",
+    [W_ATT_INS] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms, status,"
+                  " state, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [W_DEAD_GET] = "SELECT msg_seq, pipeline, output FROM deliveries WHERE id = ?1 AND state = 2",
+    [W_DLV_MARK_REPLAYED] = "UPDATE deliveries SET state = 4, updated_at = ?2 WHERE id = ?1",
+    [W_DLV_REPLAY] =
+        "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
+        " created_at, updated_at, replay_of) VALUES (?1, ?2, ?3, 0, 0, ?4, ?4, ?4, ?5)",
+    [W_DLV_DEL] = "DELETE FROM deliveries WHERE id = ?1",
+    [W_MSG_DEL_UNUSED] = "DELETE FROM messages WHERE seq = ?1"
+                         " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE msg_seq = ?1)",
+    [W_IDEM_EXPIRE] = "DELETE FROM idempotency WHERE (pipeline, key) IN"
+                      " (SELECT pipeline, key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+    /* Finished: no delivery still pending (0) or dead (2). Deliveries and
+     * attempts go with the message (ON DELETE CASCADE). */
+    [W_MSG_EXPIRE] = "DELETE FROM messages WHERE seq IN (SELECT m.seq FROM messages m"
+                     " WHERE m.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                     " WHERE d.msg_seq = m.seq AND d.state IN (0, 2))"
+                     " ORDER BY m.received_at LIMIT ?2)",
+    [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
+    [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
+    [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
+    [W_RALL_INS + 3] = RALL_INS(RALL_WHERE_PO),
+    [W_RALL_UPD + 0] = RALL_UPD(RALL_WHERE_ANY),
+    [W_RALL_UPD + 1] = RALL_UPD(RALL_WHERE_P),
+    [W_RALL_UPD + 2] = RALL_UPD(RALL_WHERE_O),
+    [W_RALL_UPD + 3] = RALL_UPD(RALL_WHERE_PO),
+};
+
+/* ---- errors ----------------------------------------------------------------------- */
+
+/* A SQLite result code as a PB_E* code. */
+int pb__sqlite_map_rc(sqlite3 *db, int rc)
+{
+    int sys = db ? sqlite3_system_errno(db) : 0;
+
+    switch (rc & 0xff) {
+    case SQLITE_FULL:
+        return PB_ENOSPACE;
+    case SQLITE_IOERR:
+        return (sys == ENOSPC || sys == EDQUOT) ? PB_ENOSPACE : PB_ESTORE;
+    case SQLITE_NOMEM:
+        return PB_ENOMEM;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return PB_ECORRUPT;
+    case SQLITE_CONSTRAINT:
+        return PB_EEXISTS;
+    case SQLITE_TOOBIG:
+        return PB_ETOOBIG;
+    default:
+        return PB_ESTORE;
+    }
+}
+
+/* Log a failed write and return its PB_E* code. */
+static int write_fail(struct sq *q, int rc, const char *what)
+{
+    PB_WARN("state store write failed step=%s path=%s error=\"%s\"", what, q->display,
+            sqlite3_errmsg(q->db));
+    return pb__sqlite_map_rc(q->db, rc);
+}
+
+/* The refusal for a file SQLite cannot read: not a database, or corrupt. */
+static int open_fail(struct sq *q, sqlite3 *db, int rc, struct pb_err *err)
+{
+    const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+
+    switch (rc & 0xff) {
+    case SQLITE_NOTADB:
+        return pb_err_set(err, PB_ECORRUPT,
+                          "state store %s is not a SQLite database (%s); refusing to start"
+                          " — restore from backup or move the file away",
+                          q->display, msg);
+    case SQLITE_CORRUPT:
+        return pb_err_set(err, PB_ECORRUPT,
+                          "state store %s is corrupt: %s; refusing to start"
+                          " — restore from backup or move the file away",
+                          q->display, msg);
+    default:
+        return pb_err_set(err, pb__sqlite_map_rc(db, rc), "cannot open state store %s: %s",
+                          q->display, msg);
+    }
+}
+
+/* ---- open ------------------------------------------------------------------------------ */
+
+/* mkdir -p for the directory part of path. */
+static int make_parent_dirs(const char *path, struct pb_err *err)
+{
+    char *dir = strdup(path);
+    int rc = 0;
+
+    if (!dir)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    /* Each prefix ending before a '/' is a directory to have. */
+    for (char *p = strchr(dir + 1, '/'); p; p = strchr(p + 1, '/')) {
+        *p = '\0';
+        if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+            rc = pb_err_set(err, PB_EIO, "cannot create directory %s for the state store: %s", dir,
+                            strerror(errno));
+            goto out;
+        }
+        *p = '/';
+    }
+out:
+    free(dir);
+    return rc;
+}
+
+/* An existing, non-empty file must start with the SQLite header. Checked
+ * before SQLite touches the file, so a stray file is left as it is. A new
+ * store is created here, empty and private (0600: it holds message bodies);
+ * SQLite gives its -wal and -shm files the same mode. */
+static int check_header(struct sq *q, struct pb_err *err)
+{
+    static const char magic[16] = "SQLite format 3";
+    char head[16];
+    struct stat st;
+    ssize_t n;
+    int fd, rc = 0;
+
+    fd = open(q->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(q->path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno == EEXIST) {
+            if (fd >= 0)
+                close(fd);
+            return fd >= 0 ? 0 : check_header(q, err); /* lost a race: look again */
+        }
+    }
+    if (fd < 0) {
+        return pb_err_set(err, PB_EIO, "cannot open state store %s: %s", q->display,
+                          strerror(errno));
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = pb_err_set(err, PB_EIO, "cannot stat state store %s: %s", q->display, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = pb_err_set(err, PB_EINVAL, "state store %s is not a regular file", q->display);
+        goto out;
+    }
+    if (st.st_size == 0)
+        goto out;
+    do
+        n = pread(fd, head, sizeof(head), 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        rc = pb_err_set(err, PB_EIO, "cannot read state store %s: %s", q->display, strerror(errno));
+        goto out;
+    }
+    if (n < (ssize_t)sizeof(head) || memcmp(head, magic, sizeof(magic)) != 0)
+        rc = pb_err_set(err, PB_ECORRUPT,
+                        "state store %s is not a SQLite database (no SQLite header);"
+                        " refusing to start — restore from backup or move the file away",
+                        q->display);
+out:
+    close(fd);
+    return rc;
+}
+
+int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err *err)
+{
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(q->path, &db, flags, NULL);
+
+    if (rc != SQLITE_OK) {
+        rc = open_fail(q, db, rc, err);
+        sqlite3_close(db);
+        return rc;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+    *out = db;
+    return 0;
+}
+
+/* Run one statement and hand back the text of its first row's first column
+ * (NULL when no row) in buf. */
+static int query_text(sqlite3 *db, const char *sql, char *buf, size_t len, bool *got)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+    *got = false;
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        snprintf(buf, len, "%s", t ? (const char *)t : "");
+        *got = true;
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int exec_sql(struct sq *q, const char *sql, struct pb_err *err)
+{
+    int rc = sqlite3_exec(q->db, sql, NULL, NULL, NULL);
+
+    if (rc != SQLITE_OK)
+        return open_fail(q, q->db, rc, err);
+    return 0;
+}
+
+/* Read-only probes and PRAGMAs, in an order that never writes to a file we
+ * have not yet recognised as a healthy database. */
+static int setup_write_conn(struct sq *q, const struct pb_store_opts *o, struct pb_err *err)
+{
+    char buf[512], sql[96];
+    bool got;
+    int rc;
+
+    /* Reads page 1 and the schema: NOTADB / CORRUPT surface here. */
+    rc = query_text(q->db, "SELECT count(*) FROM sqlite_schema", buf, sizeof(buf), &got);
+    if (rc != SQLITE_OK)
+        return open_fail(q, q->db, rc, err);
+    if (o->integrity_check) {
+        rc = query_text(q->db, "PRAGMA quick_check", buf, sizeof(buf), &got);
+        if (rc != SQLITE_OK)
+            return open_fail(q, q->db, rc, err);
+        if (!got || strcmp(buf, "ok") != 0)
+            return pb_err_set(err, PB_ECORRUPT,
+                              "state store %s is corrupt: %s; refusing to start"
+                              " — restore from backup or move the file away",
+                              q->display, got ? buf : "quick_check returned nothing");
+    }
+    rc = query_text(q->db, "PRAGMA journal_mode=WAL", buf, sizeof(buf), &got);
+    if (rc != SQLITE_OK)
+        return open_fail(q, q->db, rc, err);
+    if (!got || strcmp(buf, "wal") != 0)
+        return pb_err_set(err, PB_ESTORE,
+                          "state store %s: cannot switch to WAL journal mode (got \"%s\");"
+                          " is it on a network filesystem?",
+                          q->display, got ? buf : "");
+    snprintf(sql, sizeof(sql), "PRAGMA synchronous=%s", o->synchronous_full ? "FULL" : "NORMAL");
+    if ((rc = exec_sql(q, sql, err)) < 0)
+        return rc;
+    if ((rc = exec_sql(q,
+                       "PRAGMA foreign_keys=ON;"
+                       "PRAGMA wal_autocheckpoint=1000;"
+                       "PRAGMA journal_size_limit=67108864;"
+                       "PRAGMA cache_size=-16384;"
+                       "PRAGMA temp_store=MEMORY",
+                       err)) < 0)
+        return rc;
+    rc = query_text(q->db, "PRAGMA foreign_keys", buf, sizeof(buf), &got);
+    if (rc != SQLITE_OK || !got || strcmp(buf, "1") != 0)
+        return pb_err_set(err, PB_ESTORE, "state store %s: SQLite lacks foreign key support",
+                          q->display);
+    return 0;
+}
+
+static int random_hex(char *out, size_t nbytes)
+{
+    unsigned char raw[32];
+    size_t got = 0;
+
+    if (nbytes > sizeof(raw))
+        return PB_EINVAL;
+    while (got < nbytes) {
+        ssize_t n = getrandom(raw + got, nbytes - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return PB_EIO;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < nbytes; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    return 0;
+}
+
+static int meta_put(struct sq *q, const char *key, const char *value, bool replace)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(q->db,
+                                replace ? "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)"
+                                        : "INSERT OR IGNORE INTO meta(key, value) VALUES (?1, ?2)",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Bring the schema to PB_STORE_SCHEMA_VERSION in one transaction. */
+static int migrate(struct sq *q, struct pb_err *err)
+{
+    char buf[64], val[32];
+    bool got;
+    long version = 0;
+    int rc, ret = 0;
+
+    rc = sqlite3_exec(q->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return open_fail(q, q->db, rc, err);
+
+    rc = query_text(q->db,
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'meta'",
+                    buf, sizeof(buf), &got);
+    if (rc != SQLITE_OK)
+        goto sqlfail;
+    if (strcmp(buf, "0") != 0) {
+        rc = query_text(q->db, "SELECT value FROM meta WHERE key = 'schema_version'", buf,
+                        sizeof(buf), &got);
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+        char *end = NULL;
+        version = got ? strtol(buf, &end, 10) : -1;
+        if (!got || *end || version < 1) {
+            ret = pb_err_set(err, PB_ECORRUPT,
+                             "state store %s has no valid schema_version; refusing to start"
+                             " — restore from backup or move the file away",
+                             q->display);
+            goto out;
+        }
+    } else {
+        rc = query_text(q->db, "SELECT count(*) FROM sqlite_schema", buf, sizeof(buf), &got);
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+        if (strcmp(buf, "0") != 0) {
+            ret = pb_err_set(err, PB_ESTORE,
+                             "%s is a SQLite database but not a patchbay state store;"
+                             " refusing to use it — point state: at a new file",
+                             q->display);
+            goto out;
+        }
+    }
+    if (version > PB_STORE_SCHEMA_VERSION) {
+        ret = pb_err_set(err, PB_ESTORE,
+                         "state store %s has schema version %ld, newer than this patchbay"
+                         " supports (%d); refusing to start — run a newer patchbay",
+                         q->display, version, PB_STORE_SCHEMA_VERSION);
+        goto out;
+    }
+    if (version == PB_STORE_SCHEMA_VERSION)
+        goto out;
+
+    for (long v = version; v < NMIGRATIONS; v++) {
+        rc = sqlite3_exec(q->db, migrations[v], NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            goto sqlfail;
+        PB_INFO("state store migrated path=%s schema_version=%ld", q->display, v + 1);
+    }
+    if (version == 0) {
+        char id[17], created[32];
+        struct timeval tv;
+
+        if (random_hex(id, 8) < 0) {
+            ret = pb_err_set(err, PB_EIO, "cannot read random bytes for the node id");
+            goto out;
+        }
+        gettimeofday(&tv, NULL);
+        snprintf(created, sizeof(created), "%" PRId64,
+                 (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000);
+        if ((rc = meta_put(q, "node_id", id, false)) != SQLITE_OK ||
+            (rc = meta_put(q, "created_at", created, false)) != SQLITE_OK)
+            goto sqlfail;
+        snprintf(buf, sizeof(buf), "PRAGMA application_id=%d", APPLICATION_ID);
+        if ((rc = sqlite3_exec(q->db, buf, NULL, NULL, NULL)) != SQLITE_OK)
+            goto sqlfail;
+    }
+    snprintf(val, sizeof(val), "%d", PB_STORE_SCHEMA_VERSION);
+    if ((rc = meta_put(q, "schema_version", val, true)) != SQLITE_OK)
+        goto sqlfail;
+    goto out;
+
+sqlfail:
+    ret = open_fail(q, q->db, rc, err);
+out:
+    if (ret == 0) {
+        rc = sqlite3_exec(q->db, "COMMIT", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            ret = open_fail(q, q->db, rc, err);
+    }
+    if (ret < 0 && !sqlite3_get_autocommit(q->db))
+        sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+    return ret;
+}
+
+static void sq_close(void *ctx);
+
+static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_err *err)
+{
+    const char *path = url + strlen("sqlite:");
+    struct sq *q = NULL;
+    bool got;
+    int rc;
+
+    if (!*path) {
+        pb_err_set(err, PB_EINVAL, "state store URL \"%s\" has no path (expected sqlite:PATH)",
+                   url);
+        return NULL;
+    }
+    q = calloc(1, sizeof(*q));
+    if (!q)
+        goto nomem;
+    atomic_init(&q->max_pages_req, -1);
+    if (pthread_mutex_init(&q->pool_lock, NULL) != 0) {
+        free(q);
+        goto nomem;
+    }
+    q->display = strdup(path);
+    /* Not a URI: a path that happens to start with "file:" stays a path. */
+    if (strncmp(path, "file:", 5) == 0) {
+        q->path = malloc(strlen(path) + 3);
+        if (q->path)
+            sprintf(q->path, "./%s", path);
+    } else {
+        q->path = strdup(path);
+    }
+    if (!q->display || !q->path)
+        goto nomem_q;
+
+    if (make_parent_dirs(q->path, err) < 0 || check_header(q, err) < 0)
+        goto fail;
+    if (pb__sqlite_open_conn(q, true, &q->db, err) < 0)
+        goto fail;
+    if (setup_write_conn(q, o, err) < 0 || migrate(q, err) < 0)
+        goto fail;
+
+    rc = query_text(q->db, "SELECT value FROM meta WHERE key = 'node_id'", q->node_id,
+                    sizeof(q->node_id), &got);
+    if (rc != SQLITE_OK) {
+        open_fail(q, q->db, rc, err);
+        goto fail;
+    }
+    if (!got) {
+        pb_err_set(err, PB_ECORRUPT, "state store %s has no node_id", q->display);
+        goto fail;
+    }
+    for (int i = 0; i < W_COUNT; i++) {
+        rc = sqlite3_prepare_v3(q->db, wsql[i], -1, SQLITE_PREPARE_PERSISTENT, &q->ws[i], NULL);
+        if (rc != SQLITE_OK) {
+            pb_err_set(err, pb__sqlite_map_rc(q->db, rc),
+                       "state store %s: cannot prepare statement: %s", q->display,
+                       sqlite3_errmsg(q->db));
+            goto fail;
+        }
+    }
+    return q;
+
+nomem_q:
+    sq_close(q);
+nomem:
+    pb_err_set(err, PB_ENOMEM, "out of memory opening the state store");
+    return NULL;
+fail:
+    sq_close(q);
+    return NULL;
+}
+
+static void sq_close(void *ctx)
+{
+    struct sq *q = ctx;
+
+    if (!q)
+        return;
+    /* Readers first: the last connection to close checkpoints the WAL. */
+    pb__sqlite_readers_close(q);
+    for (int i = 0; i < W_COUNT; i++)
+        sqlite3_finalize(q->ws[i]);
+    if (q->db && sqlite3_close(q->db) != SQLITE_OK)
+        PB_WARN("state store close failed path=%s error=\"%s\"", q->display, sqlite3_errmsg(q->db));
+    pthread_mutex_destroy(&q->pool_lock);
+    free(q->path);
+    free(q->display);
+    free(q);
+}
+
+static const char *sq_node_id(const void *ctx)
+{
+    return ((const struct sq *)ctx)->node_id;
+}
+
+static void sq_test_max_pages(void *ctx, int64_t pages)
+{
+    struct sq *q = ctx;
+    atomic_store(&q->max_pages_req, pages > 0 ? pages : 1073741823);
+}
+
+/* ---- writer --------------------------------------------------------------------------- */
+
+/* Step a write statement to completion and reset it. */
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static int sq_begin(void *ctx)
+{
+    struct sq *q = ctx;
+    int64_t pages = atomic_exchange(&q->max_pages_req, -1);
+    char sql[64];
+    int rc;
+
+    if (pages > 0) {
+        snprintf(sql, sizeof(sql), "PRAGMA max_page_count=%" PRId64, pages);
+        sqlite3_exec(q->db, sql, NULL, NULL, NULL);
+    }
+    rc = sqlite3_exec(q->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : write_fail(q, rc, "begin");
+}
+
+static int sq_commit(void *ctx)
+{
+    struct sq *q = ctx;
+    int rc = sqlite3_exec(q->db, "COMMIT", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : write_fail(q, rc, "commit");
+}
+
+static void sq_rollback(void *ctx)
+{
+    struct sq *q = ctx;
+
+    /* SQLite may already have rolled back on a full disk or I/O error. */
+    if (!sqlite3_get_autocommit(q->db))
+        sqlite3_exec(q->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int apply_ingest(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_ingest *in = &op->u.ingest;
+    sqlite3_stmt *st;
+    int rc;
+
+    in->duplicate = false;
+    in->dup_msg_id[0] = '\0';
+    in->msg_seq = 0;
+    if (!in->pipeline || !in->msg_id || (in->noutputs && !in->outputs) || (!in->body && in->len)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+
+    if (in->idem_key) {
+        st = q->ws[W_IDEM_GET];
+        sqlite3_bind_text(st, 1, in->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, in->idem_key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, in->received_at);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const unsigned char *t = sqlite3_column_text(st, 0);
+            snprintf(in->dup_msg_id, sizeof(in->dup_msg_id), "%s", t ? (const char *)t : "");
+            in->duplicate = true;
+            sqlite3_reset(st);
+            return 0;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return write_fail(q, rc, "idempotency lookup");
+    }
+
+    /* The message first: a duplicate msg_id fails here, before any write. */
+    st = q->ws[W_MSG_INS];
+    sqlite3_bind_text(st, 1, in->msg_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, in->received_at);
+    bind_text_or_null(st, 4, in->content_type);
+    sqlite3_bind_blob64(st, 5, in->body ? in->body : "", in->len, SQLITE_STATIC);
+    rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
+            op->status = pb__sqlite_map_rc(q->db, rc);
+            return 0;
+        }
+        return write_fail(q, rc, "insert message");
+    }
+    in->msg_seq = sqlite3_last_insert_rowid(q->db);
+
+    if (in->idem_key) {
+        st = q->ws[W_IDEM_PUT];
+        sqlite3_bind_text(st, 1, in->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, in->idem_key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, in->msg_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, in->idem_expires_at);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "insert idempotency key");
+    }
+
+    st = q->ws[W_DLV_INS];
+    sqlite3_bind_int64(st, 1, in->msg_seq);
+    sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, in->first_due_at);
+    sqlite3_bind_int64(st, 5, in->received_at);
+    for (size_t i = 0; i < in->noutputs; i++) {
+        sqlite3_bind_text(st, 3, in->outputs[i], -1, SQLITE_STATIC);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "insert delivery");
+        if (in->delivery_ids)
+            in->delivery_ids[i] = sqlite3_last_insert_rowid(q->db);
+    }
+    return 0;
+}
+
+static int apply_result(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_result *r = &op->u.result;
+    sqlite3_stmt *st;
+    size_t elen = r->error ? pb__store_utf8_cut(r->error, PB_ERROR_EXCERPT_MAX) : 0;
+    int rc;
+
+    if (r->attempt < 1 || (r->state != PB_DSTATE_PENDING && r->state != PB_DSTATE_DELIVERED &&
+                           r->state != PB_DSTATE_DEAD && r->state != PB_DSTATE_FILTERED)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+
+    /* Only a pending delivery takes a result: final states stay final. */
+    st = q->ws[W_DLV_RESULT];
+    sqlite3_bind_int64(st, 1, r->delivery_id);
+    sqlite3_bind_int(st, 2, (int)r->state);
+    sqlite3_bind_int(st, 3, r->attempt);
+    sqlite3_bind_int64(st, 4, r->next_at);
+    sqlite3_bind_int64(st, 5, r->started_at + r->latency_ms);
+    sqlite3_bind_int(st, 6, r->status);
+    if (r->error)
+        sqlite3_bind_text(st, 7, r->error, (int)elen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "update delivery");
+    if (sqlite3_changes(q->db) == 0) {
+        op->status = PB_ENOTFOUND;
+        return 0;
+    }
+
+    st = q->ws[W_ATT_INS];
+    sqlite3_bind_int64(st, 1, r->delivery_id);
+    sqlite3_bind_int(st, 2, r->attempt);
+    sqlite3_bind_int64(st, 3, r->started_at);
+    sqlite3_bind_int64(st, 4, r->latency_ms);
+    sqlite3_bind_int(st, 5, r->status);
+    sqlite3_bind_int(st, 6, (int)r->state);
+    if (r->error)
+        sqlite3_bind_text(st, 7, r->error, (int)elen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "insert attempt");
+    return 0;
+}
+
+/* Look up a DEAD delivery: 1 found, 0 not, < 0 error. */
+static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
+                     char *output, size_t olen)
+{
+    sqlite3_stmt *st = q->ws[W_DEAD_GET];
+    int rc;
+
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *msg_seq = sqlite3_column_int64(st, 0);
+        if (pipeline)
+            snprintf(pipeline, plen, "%s", (const char *)sqlite3_column_text(st, 1));
+        if (output)
+            snprintf(output, olen, "%s", (const char *)sqlite3_column_text(st, 2));
+        sqlite3_reset(st);
+        return 1;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : write_fail(q, rc, "find dead delivery");
+}
+
+static int apply_replay(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_replay *r = &op->u.replay;
+    sqlite3_stmt *st;
+    int64_t msg_seq;
+    int rc;
+
+    r->new_delivery_id = 0;
+    rc = find_dead(q, r->delivery_id, &msg_seq, r->pipeline, sizeof(r->pipeline), r->output,
+                   sizeof(r->output));
+    if (rc <= 0) {
+        if (rc == 0)
+            op->status = PB_ENOTFOUND;
+        return rc;
+    }
+    st = q->ws[W_DLV_MARK_REPLAYED];
+    sqlite3_bind_int64(st, 1, r->delivery_id);
+    sqlite3_bind_int64(st, 2, r->now);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "mark replayed");
+    st = q->ws[W_DLV_REPLAY];
+    sqlite3_bind_int64(st, 1, msg_seq);
+    sqlite3_bind_text(st, 2, r->pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->output, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, r->now);
+    sqlite3_bind_int64(st, 5, r->delivery_id);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "insert replay");
+    r->new_delivery_id = sqlite3_last_insert_rowid(q->db);
+    return 0;
+}
+
+static int apply_replay_all(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_replay_all *r = &op->u.replay_all;
+    int variant = (r->pipeline ? 1 : 0) | (r->output ? 2 : 0);
+    sqlite3_stmt *ins = q->ws[W_RALL_INS + variant], *upd = q->ws[W_RALL_UPD + variant];
+    int rc;
+
+    r->count = 0;
+    /* Copies first (in id order, so new ids keep the old order), then marks. */
+    for (sqlite3_stmt *st = ins; st; st = st == ins ? upd : NULL) {
+        if (r->pipeline)
+            sqlite3_bind_text(st, 1, r->pipeline, -1, SQLITE_STATIC);
+        if (r->output)
+            sqlite3_bind_text(st, 2, r->output, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, r->now);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "replay all");
+        if (st == ins)
+            r->count = sqlite3_changes64(q->db);
+    }
+    return 0;
+}
+
+static int apply_purge(struct sq *q, struct pb_op *op)
+{
+    int64_t id = op->u.purge.delivery_id, msg_seq;
+    sqlite3_stmt *st;
+    int rc = find_dead(q, id, &msg_seq, NULL, 0, NULL, 0);
+
+    if (rc <= 0) {
+        if (rc == 0)
+            op->status = PB_ENOTFOUND;
+        return rc;
+    }
+    st = q->ws[W_DLV_DEL]; /* attempts go with it (ON DELETE CASCADE) */
+    sqlite3_bind_int64(st, 1, id);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "delete delivery");
+    st = q->ws[W_MSG_DEL_UNUSED];
+    sqlite3_bind_int64(st, 1, msg_seq);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "delete message");
+    return 0;
+}
+
+static int apply_expire(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_expire *e = &op->u.expire;
+    sqlite3_stmt *st;
+    int rc;
+
+    e->deleted = 0;
+    st = q->ws[W_IDEM_EXPIRE];
+    sqlite3_bind_int64(st, 1, e->now);
+    sqlite3_bind_int64(st, 2, PB_STORE_EXPIRE_BATCH);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "expire idempotency keys");
+    if (e->retention_ms < 0)
+        return 0;
+    st = q->ws[W_MSG_EXPIRE];
+    sqlite3_bind_int64(st, 1, e->now - e->retention_ms);
+    sqlite3_bind_int64(st, 2, PB_STORE_EXPIRE_BATCH);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "expire messages");
+    e->deleted = sqlite3_changes64(q->db);
+    return 0;
+}
+
+static int sq_apply(void *ctx, struct pb_op *op)
+{
+    struct sq *q = ctx;
+
+    switch (op->kind) {
+    case PB_OP_INGEST:
+        return apply_ingest(q, op);
+    case PB_OP_RESULT:
+        return apply_result(q, op);
+    case PB_OP_REPLAY:
+        return apply_replay(q, op);
+    case PB_OP_REPLAY_ALL:
+        return apply_replay_all(q, op);
+    case PB_OP_PURGE:
+        return apply_purge(q, op);
+    case PB_OP_EXPIRE:
+        return apply_expire(q, op);
+    }
+    op->status = PB_EINVAL;
+    return 0;
+}
+
+const struct pb_store_backend pb__store_sqlite = {
+    .name = "sqlite",
+    .prefix = "sqlite:",
+    .open = sq_open,
+    .close = sq_close,
+    .node_id = sq_node_id,
+    .begin = sq_begin,
+    .apply = sq_apply,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .load_pending = pb__sqlite_load_pending,
+    .count = pb__sqlite_count,
+    .message_json = pb__sqlite_message_json,
+    .dead_letters_json = pb__sqlite_dead_letters_json,
+    .dead_letter_json = pb__sqlite_dead_letter_json,
+    .test_max_pages = sq_test_max_pages,
+};

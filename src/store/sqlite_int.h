@@ -1,0 +1,73 @@
+/* sqlite_int.h - what the SQLite backend's two halves share: sqlite.c
+ * (open, schema, the writer's ops) and sqlite_read.c (the read connection
+ * pool, reads and admin views). Not for use outside src/store. */
+#ifndef PB_STORE_SQLITE_INT_H
+#define PB_STORE_SQLITE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "store/backend.h"
+
+#define READ_POOL_MAX 4
+
+/* Writer statements, prepared once at open. */
+enum {
+    W_IDEM_GET,
+    W_IDEM_PUT,
+    W_MSG_INS,
+    W_DLV_INS,
+    W_DLV_RESULT,
+    W_ATT_INS,
+    W_DEAD_GET,
+    W_DLV_MARK_REPLAYED,
+    W_DLV_REPLAY,
+    W_DLV_DEL,
+    W_MSG_DEL_UNUSED,
+    W_IDEM_EXPIRE,
+    W_MSG_EXPIRE,
+    /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
+    W_RALL_INS,
+    W_RALL_UPD = W_RALL_INS + 4,
+    W_COUNT = W_RALL_UPD + 4,
+};
+
+struct rconn;
+
+/* The backend context. */
+struct sq {
+    char *path;    /* as handed to SQLite */
+    char *display; /* as the user wrote it, for messages */
+    char node_id[17];
+    sqlite3 *db; /* write connection: writer thread only after open */
+    sqlite3_stmt *ws[W_COUNT];
+    _Atomic int64_t max_pages_req; /* test knob; -1 = unchanged */
+
+    pthread_mutex_t pool_lock; /* guards idle/nidle (sqlite_read.c) */
+    struct rconn *idle[READ_POOL_MAX];
+    int nidle;
+};
+
+/* A SQLite result code as a PB_E* code. */
+int pb__sqlite_map_rc(sqlite3 *db, int rc);
+/* Open a connection to q->path (creating the file when create), with
+ * extended result codes and the busy timeout. 0 or PB_E* + err. */
+int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err *err);
+
+/* sqlite_read.c: the backend's read entry points (see backend.h). */
+int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output, int64_t after_id,
+                            size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
+                            struct pb_err *err);
+int pb__sqlite_count(void *ctx, pb_count_cb cb, void *arg, struct pb_err *err);
+json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err);
+json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
+                                     int64_t after_id, int limit, struct pb_err *err);
+json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err);
+/* Close the idle read connections (store teardown, no reader active). */
+void pb__sqlite_readers_close(struct sq *q);
+
+#endif

@@ -1,0 +1,656 @@
+/* store.c - the state store front: backend choice by URL, the op queue and
+ * the one writer thread that group-commits it, plus helpers the backends
+ * share (body rendering for the admin views).
+ *
+ * Submitters append ops to a mutex-guarded list and return. The writer takes
+ * up to batch_max ops, applies them in one backend transaction, commits
+ * (one fsync for the lot), then runs each op's done_cb in submission order.
+ * If the transaction breaks (disk full, I/O error) every op in it gets the
+ * error, the store reports itself not writable, and the writer goes on with
+ * the next batch: the first commit that succeeds makes it writable again. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "patchbay/pb_log.h"
+#include "store/backend.h"
+#include "store/pb_store.h"
+
+#define DEFAULT_INGEST_QUEUE_MAX 8192
+#define DEFAULT_BATCH_MAX 512
+
+struct pb_store {
+    const struct pb_store_backend *be;
+    void *ctx;
+    struct pb_store_opts opts;
+
+    pthread_mutex_t lock; /* guards the queue and the flags below */
+    pthread_cond_t wake;  /* writer: work arrived or stopping */
+    struct pb_op *head, *tail;
+    size_t ningest; /* INGEST ops queued, not yet taken */
+    bool started, stopping, stop_claimed;
+    pthread_t thread;
+
+    pthread_mutex_t exec_lock; /* pb_store_exec waiters */
+
+    _Atomic size_t depth; /* ops queued, not yet taken */
+    atomic_bool writable;
+    _Atomic uint64_t commits, ops;
+};
+
+static const struct pb_store_backend *const backends[] = {
+    &pb__store_sqlite,
+};
+
+const char *pb_dstate_name(enum pb_dstate s)
+{
+    switch (s) {
+    case PB_DSTATE_PENDING:
+        return "pending";
+    case PB_DSTATE_DELIVERED:
+        return "delivered";
+    case PB_DSTATE_DEAD:
+        return "dead";
+    case PB_DSTATE_FILTERED:
+        return "filtered";
+    case PB_DSTATE_REPLAYED:
+        return "replayed";
+    }
+    return "unknown";
+}
+
+void pb_store_opts_default(struct pb_store_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->synchronous_full = true;
+    o->integrity_check = true;
+    o->ingest_queue_max = DEFAULT_INGEST_QUEUE_MAX;
+    o->batch_max = DEFAULT_BATCH_MAX;
+}
+
+/* The URL for an error message, with any user:password@ part hidden. */
+static void redact_url(const char *url, char *buf, size_t len)
+{
+    const char *sep = strstr(url, "://");
+    const char *at = sep ? strchr(sep + 3, '@') : NULL;
+    const char *slash = sep ? strchr(sep + 3, '/') : NULL;
+    if (at && (!slash || at < slash))
+        snprintf(buf, len, "%.*s***%s", (int)(sep + 3 - url), url, at);
+    else
+        snprintf(buf, len, "%s", url);
+}
+
+struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts,
+                               struct pb_err *err)
+{
+    const struct pb_store_backend *be = NULL;
+    struct pb_store *s = NULL;
+    char shown[256];
+
+    if (!url) {
+        pb_err_set(err, PB_EINVAL, "no state store URL (expected sqlite:PATH)");
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
+        if (strncmp(url, backends[i]->prefix, strlen(backends[i]->prefix)) == 0)
+            be = backends[i];
+    }
+    if (!be) {
+        redact_url(url, shown, sizeof(shown));
+        pb_err_set(err, PB_EINVAL, "unsupported state store URL \"%s\" (expected sqlite:PATH)",
+                   shown);
+        return NULL;
+    }
+
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+        pb_err_set(err, PB_ENOMEM, "out of memory opening the state store");
+        return NULL;
+    }
+    if (opts)
+        s->opts = *opts;
+    else
+        pb_store_opts_default(&s->opts);
+    if (s->opts.ingest_queue_max == 0)
+        s->opts.ingest_queue_max = DEFAULT_INGEST_QUEUE_MAX;
+    if (s->opts.batch_max == 0)
+        s->opts.batch_max = DEFAULT_BATCH_MAX;
+    s->be = be;
+    atomic_init(&s->depth, 0);
+    atomic_init(&s->writable, true);
+    atomic_init(&s->commits, 0);
+    atomic_init(&s->ops, 0);
+    if (pthread_mutex_init(&s->lock, NULL) != 0) {
+        free(s);
+        pb_err_set(err, PB_ENOMEM, "cannot create the state store lock");
+        return NULL;
+    }
+    if (pthread_cond_init(&s->wake, NULL) != 0) {
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        pb_err_set(err, PB_ENOMEM, "cannot create the state store condition");
+        return NULL;
+    }
+    if (pthread_mutex_init(&s->exec_lock, NULL) != 0) {
+        pthread_cond_destroy(&s->wake);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        pb_err_set(err, PB_ENOMEM, "cannot create the state store lock");
+        return NULL;
+    }
+
+    s->ctx = be->open(url, &s->opts, err);
+    if (!s->ctx) {
+        pthread_mutex_destroy(&s->exec_lock);
+        pthread_cond_destroy(&s->wake);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void pb_store_destroy(struct pb_store *s)
+{
+    if (!s)
+        return;
+    pb_store_stop(s);
+    s->be->close(s->ctx);
+    pthread_mutex_destroy(&s->exec_lock);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+const char *pb_store_node_id(const struct pb_store *s)
+{
+    return s->be->node_id(s->ctx);
+}
+
+/* ---- writer ------------------------------------------------------------------ */
+
+static const char *op_kind_name(enum pb_op_kind k)
+{
+    switch (k) {
+    case PB_OP_INGEST:
+        return "ingest";
+    case PB_OP_RESULT:
+        return "result";
+    case PB_OP_REPLAY:
+        return "replay";
+    case PB_OP_REPLAY_ALL:
+        return "replay_all";
+    case PB_OP_PURGE:
+        return "purge";
+    case PB_OP_EXPIRE:
+        return "expire";
+    }
+    return "?";
+}
+
+/* Apply, commit and complete one batch of n ops (a list linked by next). */
+static void run_batch(struct pb_store *s, struct pb_op *batch, size_t n)
+{
+    struct pb_op *op, *next;
+    int rc = s->be->begin(s->ctx);
+
+    if (rc == 0) {
+        for (op = batch; op; op = op->next) {
+            op->status = 0;
+            rc = s->be->apply(s->ctx, op);
+            if (rc < 0) {
+                PB_DEBUG("state store transaction abandoned op=%s error=%s", op_kind_name(op->kind),
+                         pb_err_name(rc));
+                break;
+            }
+        }
+        if (rc == 0)
+            rc = s->be->commit(s->ctx);
+        if (rc < 0)
+            s->be->rollback(s->ctx);
+    }
+
+    if (rc < 0) {
+        for (op = batch; op; op = op->next)
+            op->status = rc;
+        if (atomic_exchange(&s->writable, false))
+            PB_ERROR("state store not writable error=%s ops_failed=%zu", pb_err_name(rc), n);
+    } else {
+        atomic_fetch_add(&s->commits, 1);
+        atomic_fetch_add(&s->ops, n);
+        if (!atomic_exchange(&s->writable, true))
+            PB_INFO("state store writable again");
+    }
+
+    /* A done_cb may free or resubmit its op: read next first. */
+    for (op = batch; op; op = next) {
+        next = op->next;
+        op->next = NULL;
+        if (op->done_cb)
+            op->done_cb(op, op->arg);
+    }
+}
+
+/* Take batches until the queue is empty and stopping is set. */
+static void *writer_main(void *arg)
+{
+    struct pb_store *s = arg;
+    sigset_t all;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals belong to the main thread */
+
+    for (;;) {
+        struct pb_op *batch, *last;
+        size_t n = 0;
+
+        pthread_mutex_lock(&s->lock);
+        while (!s->head && !s->stopping)
+            pthread_cond_wait(&s->wake, &s->lock);
+        if (!s->head) {
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        batch = last = s->head;
+        for (;;) {
+            n++;
+            if (last->kind == PB_OP_INGEST)
+                s->ningest--;
+            if (n == s->opts.batch_max || !last->next)
+                break;
+            last = last->next;
+        }
+        s->head = last->next;
+        if (!s->head)
+            s->tail = NULL;
+        last->next = NULL;
+        atomic_fetch_sub(&s->depth, n);
+        pthread_mutex_unlock(&s->lock);
+
+        run_batch(s, batch, n);
+    }
+    return NULL;
+}
+
+int pb_store_start(struct pb_store *s)
+{
+    int rc;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->started || s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        return s->stopping ? PB_ESHUTDOWN : 0;
+    }
+    rc = pthread_create(&s->thread, NULL, writer_main, s);
+    if (rc == 0) {
+        s->started = true;
+        pthread_setname_np(s->thread, "pb-store");
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (rc != 0) {
+        PB_ERROR("cannot start the state store writer thread error=%s", strerror(rc));
+        return PB_ENOMEM;
+    }
+    return 0;
+}
+
+int pb_store_submit(struct pb_store *s, struct pb_op *op)
+{
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_EXPIRE)
+        return PB_EINVAL;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        return PB_ESHUTDOWN;
+    }
+    if (op->kind == PB_OP_INGEST) {
+        if (s->ningest >= s->opts.ingest_queue_max) {
+            pthread_mutex_unlock(&s->lock);
+            return PB_EFULL;
+        }
+        s->ningest++;
+    }
+    op->status = 0;
+    op->next = NULL;
+    if (s->tail)
+        s->tail->next = op;
+    else
+        s->head = op;
+    s->tail = op;
+    atomic_fetch_add(&s->depth, 1);
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+struct exec_wait {
+    struct pb_store *s;
+    pthread_cond_t cond;
+    bool done;
+    void (*done_cb)(struct pb_op *op, void *arg);
+    void *arg;
+};
+
+static void exec_done_cb(struct pb_op *op, void *arg)
+{
+    struct exec_wait *w = arg;
+
+    op->done_cb = w->done_cb;
+    op->arg = w->arg;
+    if (w->done_cb)
+        w->done_cb(op, w->arg);
+    pthread_mutex_lock(&w->s->exec_lock);
+    w->done = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->s->exec_lock);
+}
+
+int pb_store_exec(struct pb_store *s, struct pb_op *op)
+{
+    struct exec_wait w = {.s = s};
+    bool on_writer;
+    int rc;
+
+    if (!s || !op)
+        return PB_EINVAL;
+    pthread_mutex_lock(&s->lock);
+    on_writer = s->started && pthread_equal(pthread_self(), s->thread);
+    pthread_mutex_unlock(&s->lock);
+    if (on_writer) {
+        PB_ERROR("pb_store_exec called on the state store writer thread");
+        return PB_EINVAL;
+    }
+    if (pthread_cond_init(&w.cond, NULL) != 0)
+        return PB_ENOMEM;
+    w.done_cb = op->done_cb;
+    w.arg = op->arg;
+    op->done_cb = exec_done_cb;
+    op->arg = &w;
+
+    rc = pb_store_submit(s, op);
+    if (rc < 0) {
+        op->done_cb = w.done_cb;
+        op->arg = w.arg;
+        op->status = rc;
+        goto out;
+    }
+    pthread_mutex_lock(&s->exec_lock);
+    while (!w.done)
+        pthread_cond_wait(&w.cond, &s->exec_lock);
+    pthread_mutex_unlock(&s->exec_lock);
+    rc = op->status;
+out:
+    pthread_cond_destroy(&w.cond);
+    return rc;
+}
+
+void pb_store_stop(struct pb_store *s)
+{
+    bool join, drain_here;
+
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    join = s->started && !s->stop_claimed;
+    drain_here = !s->started && !s->stop_claimed;
+    s->stop_claimed = true;
+    pthread_cond_broadcast(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+
+    if (join)
+        pthread_join(s->thread, NULL);
+    else if (drain_here)
+        writer_main(s); /* never started: commit what was queued, here */
+}
+
+bool pb_store_writable(const struct pb_store *s)
+{
+    return atomic_load(&s->writable);
+}
+
+size_t pb_store_queue_depth(const struct pb_store *s)
+{
+    return atomic_load(&((struct pb_store *)s)->depth);
+}
+
+void pb_store_stats(const struct pb_store *s, uint64_t *commits, uint64_t *ops)
+{
+    if (commits)
+        *commits = atomic_load(&((struct pb_store *)s)->commits);
+    if (ops)
+        *ops = atomic_load(&((struct pb_store *)s)->ops);
+}
+
+int pb__store_test_max_pages(struct pb_store *s, int64_t pages)
+{
+    if (!s->be->test_max_pages)
+        return PB_EINVAL;
+    s->be->test_max_pages(s->ctx, pages);
+    return 0;
+}
+
+/* ---- reads --------------------------------------------------------------------- */
+
+int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
+                          int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
+                          size_t *nloaded, struct pb_err *err)
+{
+    if (nloaded)
+        *nloaded = 0;
+    if (!pipeline || !output || !cb)
+        return pb_err_set(err, PB_EINVAL, "load_pending needs pipeline, output and a callback");
+    return s->be->load_pending(s->ctx, pipeline, output, after_id, limit, cb, arg, nloaded, err);
+}
+
+int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "count needs a callback");
+    return s->be->count(s->ctx, cb, arg, err);
+}
+
+json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err)
+{
+    if (!msg_id) {
+        pb_err_set(err, PB_EINVAL, "no message id");
+        return NULL;
+    }
+    return s->be->message_json(s->ctx, msg_id, err);
+}
+
+json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
+                                   int64_t after_id, int limit, struct pb_err *err)
+{
+    if (limit <= 0)
+        limit = 100;
+    if (limit > 1000)
+        limit = 1000;
+    return s->be->dead_letters_json(s->ctx, pipeline, output, after_id, limit, err);
+}
+
+json_t *pb_store_dead_letter_json(struct pb_store *s, int64_t delivery_id, struct pb_err *err)
+{
+    return s->be->dead_letter_json(s->ctx, delivery_id, err);
+}
+
+/* ---- helpers for the backends ----------------------------------------------------- */
+
+json_t *pb__store_base64_json(const void *data, size_t len)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = data;
+    size_t outlen = (len + 2) / 3 * 4, o = 0, i = 0;
+    json_t *j = NULL;
+    char *buf = malloc(outlen + 1);
+
+    if (!buf)
+        return NULL;
+    for (; i + 2 < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        buf[o++] = tab[v >> 18 & 63];
+        buf[o++] = tab[v >> 12 & 63];
+        buf[o++] = tab[v >> 6 & 63];
+        buf[o++] = tab[v & 63];
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        buf[o++] = tab[v >> 18 & 63];
+        buf[o++] = tab[v >> 12 & 63];
+        buf[o++] = i + 1 < len ? tab[v >> 6 & 63] : '=';
+        buf[o++] = '=';
+    }
+    buf[o] = '\0';
+    j = json_stringn_nocheck(buf, o);
+    free(buf);
+    return j;
+}
+
+/* Does dump equal orig once whitespace outside strings is dropped? */
+static bool same_json_text(const char *orig, size_t n, const char *dump)
+{
+    bool in_str = false, esc = false;
+    size_t j = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        char c = orig[i];
+        if (!in_str && (c == ' ' || c == '\t' || c == '\n' || c == '\r'))
+            continue;
+        if (dump[j] != c)
+            return false;
+        j++;
+        if (in_str) {
+            if (esc)
+                esc = false;
+            else if (c == '\\')
+                esc = true;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        }
+    }
+    return dump[j] == '\0';
+}
+
+json_t *pb__store_body_json(const void *data, size_t len)
+{
+    json_t *j;
+    char *dump;
+    bool same;
+
+    if (len == 0)
+        return NULL;
+    j = json_loadb(data, len, JSON_DECODE_ANY, NULL);
+    if (!j)
+        return NULL;
+    dump = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    same = dump && same_json_text(data, len, dump);
+    free(dump);
+    if (!same) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+int pb__store_set_body(json_t *obj, const void *data, size_t len)
+{
+    json_t *j = pb__store_body_json(data, len);
+
+    if (j)
+        return json_object_set_new(obj, "body", j) == 0 ? 0 : PB_ENOMEM;
+    j = pb__store_base64_json(data, len);
+    if (!j)
+        return PB_ENOMEM;
+    return json_object_set_new(obj, "body_base64", j) == 0 ? 0 : PB_ENOMEM;
+}
+
+/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xC2 && p[0] <= 0xDF)
+        len = 2;
+    else if (p[0] >= 0xE0 && p[0] <= 0xEF)
+        len = 3;
+    else if (p[0] >= 0xF0 && p[0] <= 0xF4)
+        len = 4;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    /* No overlong forms, no surrogates, nothing past U+10FFFF. */
+    if (p[0] == 0xE0)
+        lo = 0xA0;
+    else if (p[0] == 0xED)
+        hi = 0x9F;
+    else if (p[0] == 0xF0)
+        lo = 0x90;
+    else if (p[0] == 0xF4)
+        hi = 0x8F;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    return len;
+}
+
+json_t *pb__store_text_json(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, o = 0, len;
+    char *buf;
+    json_t *j;
+
+    while (i < n && (len = utf8_seq(p + i, n - i)) > 0)
+        i += len;
+    if (i == n)
+        return json_stringn_nocheck(s, n);
+
+    if (n > (SIZE_MAX - 1) / 3)
+        return NULL;
+    buf = malloc(3 * n + 1);
+    if (!buf)
+        return NULL;
+    memcpy(buf, s, i);
+    o = i;
+    while (i < n) {
+        len = utf8_seq(p + i, n - i);
+        if (len == 0) {
+            memcpy(buf + o, "\xEF\xBF\xBD", 3); /* U+FFFD */
+            o += 3;
+            i++;
+        } else {
+            memcpy(buf + o, s + i, len);
+            o += len;
+            i += len;
+        }
+    }
+    j = json_stringn_nocheck(buf, o);
+    free(buf);
+    return j;
+}
+
+size_t pb__store_utf8_cut(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max + 1);
+
+    if (n <= max)
+        return n;
+    n = max;
+    /* Back off continuation bytes (10xxxxxx) so the cut lands on a lead byte. */
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}

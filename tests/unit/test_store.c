@@ -1,0 +1,1465 @@
+/* test_store.c - the SQLite state store: opening and refusing, migrations,
+ * every writer op, group commit and back-pressure, reads and JSON views. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "pb_test.h"
+#include "store/backend.h"
+#include "store/pb_store.h"
+
+/* ---- helpers ----------------------------------------------------------------------- */
+
+struct tdir {
+    char dir[64];
+    char path[128]; /* dir/state.db */
+    char url[160];  /* sqlite:path */
+};
+
+static void tdir_make(struct tdir *t)
+{
+    snprintf(t->dir, sizeof(t->dir), "/tmp/pbstore-XXXXXX");
+    if (!mkdtemp(t->dir)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    snprintf(t->path, sizeof(t->path), "%s/state.db", t->dir);
+    snprintf(t->url, sizeof(t->url), "sqlite:%s", t->path);
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    (void)f;
+    return remove(p);
+}
+
+static void tdir_remove(struct tdir *t)
+{
+    nftw(t->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static struct pb_store *open_ok(const char *url, const struct pb_store_opts *o)
+{
+    struct pb_err err;
+    pb_err_clear(&err);
+    struct pb_store *s = pb_store_open(url, o, &err);
+    if (!s)
+        PB__FAIL("pb_store_open(%s): %s %s", url, pb_err_name(err.code), err.msg);
+    return s;
+}
+
+static struct pb_store *open_started(const char *url)
+{
+    struct pb_store *s = open_ok(url, NULL);
+    if (s && pb_store_start(s) != 0)
+        PB__FAIL("pb_store_start failed");
+    return s;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Poll until *counter reaches want or 20 s pass. */
+static bool wait_count(atomic_int *counter, int want)
+{
+    int64_t deadline = mono_ms() + 20000;
+    while (atomic_load(counter) < want) {
+        if (mono_ms() > deadline)
+            return false;
+        sleep_ms(1);
+    }
+    return true;
+}
+
+static const char *const OUTS2[] = {"a", "b"};
+static const char *const OUTS1[] = {"a"};
+
+static void ingest_init(struct pb_op *op, const char *pipeline, const char *id, const void *body,
+                        size_t len, const char *const *outs, size_t nouts, int64_t *ids)
+{
+    memset(op, 0, sizeof(*op));
+    op->kind = PB_OP_INGEST;
+    op->u.ingest.pipeline = pipeline;
+    op->u.ingest.msg_id = id;
+    op->u.ingest.body = body;
+    op->u.ingest.len = len;
+    op->u.ingest.received_at = 1000;
+    op->u.ingest.first_due_at = 1000;
+    op->u.ingest.outputs = outs;
+    op->u.ingest.noutputs = nouts;
+    op->u.ingest.delivery_ids = ids;
+}
+
+/* Ingest one message with a JSON body; returns op status. */
+static int ingest(struct pb_store *s, const char *pipeline, const char *id, const char *const *outs,
+                  size_t nouts, int64_t *ids)
+{
+    struct pb_op op;
+    ingest_init(&op, pipeline, id, "{\"n\":1}", 7, outs, nouts, ids);
+    return pb_store_exec(s, &op);
+}
+
+static int result(struct pb_store *s, int64_t id, int attempt, enum pb_dstate st, int status,
+                  const char *error)
+{
+    struct pb_op op = {.kind = PB_OP_RESULT};
+    op.u.result.delivery_id = id;
+    op.u.result.attempt = attempt;
+    op.u.result.started_at = 2000 + attempt;
+    op.u.result.latency_ms = 15;
+    op.u.result.status = status;
+    op.u.result.state = st;
+    op.u.result.next_at = 5000;
+    op.u.result.error = error;
+    return pb_store_exec(s, &op);
+}
+
+static int replay(struct pb_store *s, int64_t id, int64_t *new_id)
+{
+    struct pb_op op = {.kind = PB_OP_REPLAY};
+    op.u.replay.delivery_id = id;
+    op.u.replay.now = 9000;
+    int rc = pb_store_exec(s, &op);
+    if (new_id)
+        *new_id = op.u.replay.new_delivery_id;
+    return rc;
+}
+
+static int purge(struct pb_store *s, int64_t id)
+{
+    struct pb_op op = {.kind = PB_OP_PURGE};
+    op.u.purge.delivery_id = id;
+    return pb_store_exec(s, &op);
+}
+
+struct loaded {
+    int n;
+    int64_t ids[64];
+    int attempts[64];
+    char msg_ids[64][PB_MSG_ID_MAX];
+    char bodies[64][64];
+    size_t lens[64];
+    bool ctype_null[64];
+    int stop_after;
+};
+
+static int collect_cb(void *arg, const struct pb_pending *row)
+{
+    struct loaded *l = arg;
+    if (l->n < 64) {
+        l->ids[l->n] = row->delivery_id;
+        l->attempts[l->n] = row->attempts;
+        snprintf(l->msg_ids[l->n], PB_MSG_ID_MAX, "%s", row->msg_id);
+        l->lens[l->n] = row->len;
+        memcpy(l->bodies[l->n], row->body, row->len < 64 ? row->len : 64);
+        l->ctype_null[l->n] = row->content_type == NULL;
+    }
+    l->n++;
+    return l->stop_after && l->n >= l->stop_after;
+}
+
+static int load(struct pb_store *s, const char *pipeline, const char *output, int64_t after,
+                size_t limit, struct loaded *l)
+{
+    struct pb_err err;
+    size_t n = 0;
+    memset(l, 0, sizeof(*l));
+    int rc = pb_store_load_pending(s, pipeline, output, after, limit, collect_cb, l, &n, &err);
+    if (rc == 0 && (int)n != l->n)
+        PB__FAIL("nloaded %zu != callbacks %d", n, l->n);
+    return rc;
+}
+
+/* Run one SQL query directly on the file and return the first column of
+ * the first row as an integer (-1 on error). */
+static long long sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static int sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* Whole file into a malloc'd buffer. */
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* n messages ("m0".."m<n-1>", the same body, outputs "a" and "b") into the
+ * store at url, queued before the writer starts so they commit in batches. */
+static void bulk_ingest(const char *url, int n, const void *body, size_t len)
+{
+    struct pb_op *ops = calloc((size_t)n, sizeof(*ops));
+    char(*ids)[16] = calloc((size_t)n, sizeof(*ids));
+    struct pb_store *s = open_ok(url, NULL);
+
+    if (!ops || !ids || !s) {
+        PB__FAIL("bulk_ingest setup failed");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "m%d", i);
+        ingest_init(&ops[i], "p", ids[i], body, len, OUTS2, 2, NULL);
+        if (pb_store_submit(s, &ops[i]) != 0) {
+            PB__FAIL("submit %d failed", i);
+            break;
+        }
+    }
+    pb_store_stop(s);
+    for (int i = 0; i < n; i++)
+        if (ops[i].status != 0) {
+            PB__FAIL("ingest %d: %s", i, pb_err_name(ops[i].status));
+            break;
+        }
+out:
+    pb_store_destroy(s);
+    free(ops);
+    free(ids);
+}
+
+/* ---- open, migrations, refusals -------------------------------------------------------- */
+
+PB_TEST(open_create_reopen_keeps_data_and_node_id)
+{
+    struct tdir t;
+    char node[32], url[200], cwd[512];
+    int64_t ids[2];
+    struct loaded l;
+
+    tdir_make(&t);
+    /* Relative to cwd, parent directories created. */
+    PB_CHECK(getcwd(cwd, sizeof(cwd)) != NULL);
+    PB_EQ_INT(chdir(t.dir), 0);
+    snprintf(url, sizeof(url), "sqlite:./deep/er/state.db");
+    struct pb_store *s = open_started(url);
+    PB_EQ_INT(chdir(cwd), 0);
+    if (!s)
+        goto out;
+    snprintf(node, sizeof(node), "%s", pb_store_node_id(s));
+    PB_EQ_INT(strlen(node), 16);
+    PB_EQ_INT(strspn(node, "0123456789abcdef"), 16);
+    PB_EQ_INT(ingest(s, "p", "m1", OUTS2, 2, ids), 0);
+    pb_store_destroy(s);
+
+    /* Private: it holds message bodies. */
+    struct stat st;
+    snprintf(url, sizeof(url), "%s/deep/er/state.db", t.dir);
+    PB_EQ_INT(stat(url, &st), 0);
+    PB_EQ_INT(st.st_mode & 0777, 0600);
+
+    snprintf(url, sizeof(url), "sqlite:%s/deep/er/state.db", t.dir);
+    s = open_started(url);
+    if (!s)
+        goto out;
+    PB_EQ_STR(pb_store_node_id(s), node);
+    PB_EQ_INT(load(s, "p", "b", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 1);
+    PB_EQ_INT(l.ids[0], ids[1]);
+    PB_EQ_STR(l.msg_ids[0], "m1");
+    pb_store_destroy(s);
+
+    /* A second, different store has a different node id. */
+    s = open_ok(t.url, NULL);
+    if (s)
+        PB_CHECK(strcmp(pb_store_node_id(s), node) != 0);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(migrations_idempotent)
+{
+    struct tdir t;
+    tdir_make(&t);
+    for (int i = 0; i < 3; i++)
+        pb_store_destroy(open_ok(t.url, NULL));
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+              PB_STORE_SCHEMA_VERSION);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM meta"), 3);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+                              " AND name IN ('meta','messages','deliveries','attempts',"
+                              "'idempotency')"),
+              5);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+    PB_EQ_INT(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    PB_EQ_INT(sqlite3_step(st), SQLITE_ROW);
+    PB_EQ_STR((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    tdir_remove(&t);
+}
+
+PB_TEST(newer_schema_refused_and_left_alone)
+{
+    struct tdir t;
+    struct pb_err err;
+    size_t n1, n2;
+
+    tdir_make(&t);
+    pb_store_destroy(open_ok(t.url, NULL));
+    PB_EQ_INT(sql_exec(t.path, "UPDATE meta SET value = '99' WHERE key = 'schema_version'"),
+              SQLITE_OK);
+    char *before = slurp(t.path, &n1);
+    PB_CHECK(pb_store_open(t.url, NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_ESTORE);
+    PB_CONTAINS(err.msg, "schema version 99");
+    PB_CONTAINS(err.msg, "newer");
+    char *after = slurp(t.path, &n2);
+    PB_EQ_INT(n1, n2);
+    PB_CHECK(before && after && memcmp(before, after, n1) == 0);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 99);
+    free(before);
+    free(after);
+    tdir_remove(&t);
+}
+
+PB_TEST(garbage_file_refused_unchanged)
+{
+    struct tdir t;
+    struct pb_err err;
+    char garbage[10000];
+    char wal[200];
+    size_t n;
+
+    tdir_make(&t);
+    for (size_t i = 0; i < sizeof(garbage); i++)
+        garbage[i] = (char)(i * 7919 % 251);
+    FILE *f = fopen(t.path, "wb");
+    fwrite(garbage, 1, sizeof(garbage), f);
+    fclose(f);
+
+    pb_err_clear(&err);
+    PB_CHECK(pb_store_open(t.url, NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_ECORRUPT);
+    PB_CONTAINS(err.msg, t.path);
+    PB_CONTAINS(err.msg, "not a SQLite database");
+    PB_CONTAINS(err.msg, "refusing to start");
+    char *after = slurp(t.path, &n);
+    PB_EQ_INT(n, sizeof(garbage));
+    PB_CHECK(after && memcmp(after, garbage, sizeof(garbage)) == 0);
+    free(after);
+    snprintf(wal, sizeof(wal), "%s-wal", t.path);
+    PB_CHECK(!file_exists(wal));
+    tdir_remove(&t);
+}
+
+PB_TEST(sqlite_header_then_garbage_refused_unchanged)
+{
+    struct tdir t;
+    struct pb_err err;
+    char buf[8192];
+    size_t n;
+
+    tdir_make(&t);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (char)(i * 31 % 253);
+    memcpy(buf, "SQLite format 3", 16);
+    FILE *f = fopen(t.path, "wb");
+    fwrite(buf, 1, sizeof(buf), f);
+    fclose(f);
+    PB_CHECK(pb_store_open(t.url, NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_ECORRUPT);
+    PB_CONTAINS(err.msg, "refusing to start");
+    char *after = slurp(t.path, &n);
+    PB_EQ_INT(n, sizeof(buf));
+    PB_CHECK(after && memcmp(after, buf, sizeof(buf)) == 0);
+    free(after);
+    tdir_remove(&t);
+}
+
+static void truncated_case(bool integrity_check)
+{
+    struct tdir t;
+    struct pb_err err;
+    struct pb_store_opts o;
+    char body[600];
+    size_t n1, n2;
+
+    tdir_make(&t);
+    memset(body, 'x', sizeof(body));
+    bulk_ingest(t.url, 2000, body, sizeof(body));
+    struct stat st;
+    PB_EQ_INT(stat(t.path, &st), 0);
+    PB_CHECK(st.st_size > 1000000);
+    PB_EQ_INT(truncate(t.path, st.st_size / 2), 0);
+
+    char *before = slurp(t.path, &n1);
+    pb_store_opts_default(&o);
+    o.integrity_check = integrity_check;
+    pb_err_clear(&err);
+    PB_CHECK(pb_store_open(t.url, &o, &err) == NULL);
+    PB_EQ_INT(err.code, PB_ECORRUPT);
+    PB_CONTAINS(err.msg, "is corrupt");
+    PB_CONTAINS(err.msg, "restore from backup or move the file away");
+    char *after = slurp(t.path, &n2);
+    PB_EQ_INT(n1, n2);
+    PB_CHECK(before && after && memcmp(before, after, n1) == 0);
+    free(before);
+    free(after);
+    tdir_remove(&t);
+}
+
+PB_TEST(truncated_db_refused)
+{
+    truncated_case(true);
+}
+
+PB_TEST(truncated_db_refused_without_quick_check)
+{
+    truncated_case(false);
+}
+
+PB_TEST(quick_check_failure_refused)
+{
+    struct tdir t;
+    struct pb_err err;
+    struct pb_store_opts o;
+    char garbage[64];
+
+    tdir_make(&t);
+    bulk_ingest(t.url, 500, "{\"filler\":\"0123456789012345678901234567890123456789\"}", 52);
+
+    /* Scribble over the page header of a b-tree page well past page 1:
+     * page 1 reads fine, the b-tree walk of quick_check does not. */
+    memset(garbage, 0xab, sizeof(garbage));
+    int fd = open(t.path, O_WRONLY);
+    PB_CHECK(fd >= 0);
+    PB_EQ_INT(pwrite(fd, garbage, sizeof(garbage), 4096 * 9), sizeof(garbage));
+    close(fd);
+
+    pb_err_clear(&err);
+    PB_CHECK(pb_store_open(t.url, NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_ECORRUPT);
+    PB_CONTAINS(err.msg, "is corrupt: ");
+    PB_CONTAINS(err.msg, "refusing to start — restore from backup or move the file away");
+
+    /* Without the check the store opens (and would fail on reading that page). */
+    pb_store_opts_default(&o);
+    o.integrity_check = false;
+    struct pb_store *s = open_ok(t.url, &o);
+    pb_store_destroy(s);
+    tdir_remove(&t);
+}
+
+PB_TEST(foreign_sqlite_db_refused)
+{
+    struct tdir t;
+    struct pb_err err;
+    tdir_make(&t);
+    PB_EQ_INT(sql_exec(t.path, "CREATE TABLE customers(id); INSERT INTO customers VALUES (7)"),
+              SQLITE_OK);
+    PB_CHECK(pb_store_open(t.url, NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_ESTORE);
+    PB_CONTAINS(err.msg, "not a patchbay state store");
+    PB_EQ_INT(sql_int(t.path, "SELECT id FROM customers"), 7);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema"), 1);
+    tdir_remove(&t);
+}
+
+PB_TEST(unsupported_url_refused_without_secret)
+{
+    struct pb_err err;
+    PB_CHECK(pb_store_open("postgres://bob:hunter2@db.example/pb", NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_EINVAL);
+    PB_CONTAINS(err.msg, "unsupported state store URL");
+    PB_CONTAINS(err.msg, "(expected sqlite:PATH)");
+    PB_CHECK(strstr(err.msg, "hunter2") == NULL);
+    PB_CHECK(pb_store_open("sqlite:", NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_EINVAL);
+    PB_CHECK(pb_store_open("./state.db", NULL, &err) == NULL);
+    PB_EQ_INT(err.code, PB_EINVAL);
+}
+
+/* ---- writer ops ---------------------------------------------------------------------------- */
+
+PB_TEST(ingest_load_pending_round_trip)
+{
+    struct tdir t;
+    struct loaded l;
+    struct pb_op op;
+    int64_t ids[3][2];
+    static const char bin[] = {'a', 0, 'b', 0, 0, (char)0xff, 'z'};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    ingest_init(&op, "p", "m-bin", bin, sizeof(bin), OUTS2, 2, ids[0]);
+    op.u.ingest.content_type = "application/octet-stream";
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(op.u.ingest.msg_seq > 0);
+    PB_CHECK(!op.u.ingest.duplicate);
+    ingest_init(&op, "p", "m-empty", NULL, 0, OUTS2, 2, ids[1]);
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(ingest(s, "p", "m-json", OUTS2, 2, ids[2]), 0);
+    PB_EQ_INT(ingest(s, "other", "m-other", OUTS2, 2, NULL), 0);
+    for (int i = 0; i < 3; i++)
+        PB_CHECK(ids[i][0] < ids[i][1] && (i == 0 || ids[i - 1][1] < ids[i][0]));
+
+    PB_EQ_INT(load(s, "p", "a", 0, 100, &l), 0);
+    PB_EQ_INT(l.n, 3);
+    PB_EQ_INT(l.ids[0], ids[0][0]);
+    PB_EQ_INT(l.ids[1], ids[1][0]);
+    PB_EQ_INT(l.ids[2], ids[2][0]);
+    PB_EQ_STR(l.msg_ids[0], "m-bin");
+    PB_EQ_INT(l.lens[0], sizeof(bin));
+    PB_CHECK(memcmp(l.bodies[0], bin, sizeof(bin)) == 0);
+    PB_CHECK(!l.ctype_null[0]);
+    PB_EQ_INT(l.lens[1], 0);
+    PB_CHECK(l.ctype_null[1]);
+    PB_EQ_INT(l.lens[2], 7);
+    PB_CHECK(memcmp(l.bodies[2], "{\"n\":1}", 7) == 0);
+    PB_EQ_INT(l.attempts[0], 0);
+
+    /* Paging by after_id and limit, and the callback stopping early. */
+    PB_EQ_INT(load(s, "p", "a", ids[0][0], 1, &l), 0);
+    PB_EQ_INT(l.n, 1);
+    PB_EQ_INT(l.ids[0], ids[1][0]);
+    PB_EQ_INT(load(s, "p", "a", ids[2][0], 100, &l), 0);
+    PB_EQ_INT(l.n, 0);
+    memset(&l, 0, sizeof(l));
+    l.stop_after = 2;
+    size_t n = 0;
+    PB_EQ_INT(pb_store_load_pending(s, "p", "b", 0, 100, collect_cb, &l, &n, NULL), 0);
+    PB_EQ_INT(n, 2);
+    PB_EQ_INT(load(s, "nope", "a", 0, 100, &l), 0);
+    PB_EQ_INT(l.n, 0);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(duplicate_msg_id_fails_only_that_op)
+{
+    struct tdir t;
+    struct pb_op ops[3];
+    int64_t ids[3][1];
+    uint64_t commits, nops;
+
+    tdir_make(&t);
+    struct pb_store *s = open_ok(t.url, NULL);
+    if (!s)
+        goto out;
+    ingest_init(&ops[0], "p", "same", "1", 1, OUTS1, 1, ids[0]);
+    ingest_init(&ops[1], "p", "same", "2", 1, OUTS1, 1, ids[1]);
+    ingest_init(&ops[2], "p", "other", "3", 1, OUTS1, 1, ids[2]);
+    for (int i = 0; i < 3; i++)
+        PB_EQ_INT(pb_store_submit(s, &ops[i]), 0);
+    PB_EQ_INT(pb_store_start(s), 0);
+    pb_store_stop(s);
+    PB_EQ_INT(ops[0].status, 0);
+    PB_EQ_INT(ops[1].status, PB_EEXISTS);
+    PB_EQ_INT(ops[2].status, 0);
+    pb_store_stats(s, &commits, &nops);
+    PB_EQ_INT(commits, 1);
+    PB_EQ_INT(nops, 3);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries"), 2);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages"), 2);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(idempotency_duplicate_and_expiry)
+{
+    struct tdir t;
+    struct pb_op op;
+    int64_t ids[2];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    ingest_init(&op, "p", "first", "{}", 2, OUTS2, 2, ids);
+    op.u.ingest.idem_key = "key-1";
+    op.u.ingest.idem_expires_at = 5000;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(!op.u.ingest.duplicate);
+
+    ingest_init(&op, "p", "second", "{}", 2, OUTS2, 2, ids);
+    op.u.ingest.idem_key = "key-1";
+    op.u.ingest.idem_expires_at = 9000;
+    op.u.ingest.received_at = 4999;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(op.u.ingest.duplicate);
+    PB_EQ_STR(op.u.ingest.dup_msg_id, "first");
+    PB_EQ_INT(op.u.ingest.msg_seq, 0);
+
+    /* Same key in another pipeline is independent. */
+    ingest_init(&op, "q", "third", "{}", 2, OUTS2, 2, ids);
+    op.u.ingest.idem_key = "key-1";
+    op.u.ingest.idem_expires_at = 5000;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(!op.u.ingest.duplicate);
+
+    /* Past the window: a new message, and the key now points at it. */
+    ingest_init(&op, "p", "fourth", "{}", 2, OUTS2, 2, ids);
+    op.u.ingest.idem_key = "key-1";
+    op.u.ingest.idem_expires_at = 20000;
+    op.u.ingest.received_at = 5000;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(!op.u.ingest.duplicate);
+    ingest_init(&op, "p", "fifth", "{}", 2, OUTS2, 2, ids);
+    op.u.ingest.idem_key = "key-1";
+    op.u.ingest.received_at = 6000;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(op.u.ingest.duplicate);
+    PB_EQ_STR(op.u.ingest.dup_msg_id, "fourth");
+
+    /* EXPIRE removes keys whose time has come. */
+    struct pb_op ex = {.kind = PB_OP_EXPIRE};
+    ex.u.expire.now = 10000;
+    ex.u.expire.retention_ms = 1000000;
+    PB_EQ_INT(pb_store_exec(s, &ex), 0);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages"), 3);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM idempotency"), 1);
+    PB_EQ_INT(sql_int(t.path, "SELECT expires_at FROM idempotency"), 20000);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(results_update_state_and_attempt_log)
+{
+    struct tdir t;
+    struct loaded l;
+    struct pb_err err;
+    int64_t ids[2];
+    char longerr[700];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", OUTS2, 2, ids), 0);
+    PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_PENDING, 503, "busy"), 0);
+    PB_EQ_INT(load(s, "p", "a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 1);
+    PB_EQ_INT(l.attempts[0], 1);
+
+    /* 1 ASCII byte then 2-byte characters: byte 512 falls inside one. */
+    longerr[0] = 'x';
+    for (int i = 1; i + 1 < (int)sizeof(longerr) - 1; i += 2) {
+        longerr[i] = (char)0xc3;
+        longerr[i + 1] = (char)0xa9;
+    }
+    longerr[sizeof(longerr) - 2] = '\0';
+    PB_EQ_INT(result(s, ids[0], 2, PB_DSTATE_DEAD, 400, longerr), 0);
+    PB_EQ_INT(load(s, "p", "a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 0);
+    PB_EQ_INT(result(s, ids[1], 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
+
+    /* Final states stay final; unknown ids are not found. */
+    PB_EQ_INT(result(s, ids[1], 2, PB_DSTATE_DEAD, 500, "late"), PB_ENOTFOUND);
+    PB_EQ_INT(result(s, 999999, 1, PB_DSTATE_DELIVERED, 200, NULL), PB_ENOTFOUND);
+    PB_EQ_INT(result(s, ids[0], 0, PB_DSTATE_DELIVERED, 200, NULL), PB_EINVAL);
+
+    json_t *m = pb_store_message_json(s, "m1", &err);
+    PB_CHECK(m != NULL);
+    if (m) {
+        json_t *d0 = json_array_get(json_object_get(m, "deliveries"), 0);
+        json_t *d1 = json_array_get(json_object_get(m, "deliveries"), 1);
+        PB_EQ_STR(json_string_value(json_object_get(d0, "state")), "dead");
+        PB_EQ_INT(json_integer_value(json_object_get(d0, "attempts")), 2);
+        PB_EQ_INT(json_integer_value(json_object_get(d0, "last_status")), 400);
+        const char *le = json_string_value(json_object_get(d0, "last_error"));
+        PB_EQ_INT(le ? strlen(le) : 0, 511);
+        json_t *log = json_object_get(d0, "attempt_log");
+        PB_EQ_INT(json_array_size(log), 2);
+        json_t *a0 = json_array_get(log, 0);
+        PB_EQ_INT(json_integer_value(json_object_get(a0, "n")), 1);
+        PB_EQ_INT(json_integer_value(json_object_get(a0, "status")), 503);
+        PB_EQ_INT(json_integer_value(json_object_get(a0, "latency_ms")), 15);
+        PB_EQ_INT(json_integer_value(json_object_get(a0, "started_at")), 2001);
+        PB_EQ_STR(json_string_value(json_object_get(a0, "state")), "pending");
+        PB_EQ_STR(json_string_value(json_object_get(a0, "error")), "busy");
+        PB_EQ_STR(json_string_value(json_object_get(json_array_get(log, 1), "state")), "dead");
+        PB_EQ_STR(json_string_value(json_object_get(d1, "state")), "delivered");
+        PB_CHECK(json_is_null(json_object_get(d1, "last_error")));
+        PB_EQ_INT(json_array_size(json_object_get(d1, "attempt_log")), 1);
+    }
+    json_decref(m);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(replay_creates_new_pending_delivery)
+{
+    struct tdir t;
+    struct loaded l;
+    int64_t ids[2], nid = 0;
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", OUTS2, 2, ids), 0);
+    PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DEAD, 400, "bad"), 0);
+    PB_EQ_INT(ingest(s, "p", "m2", OUTS2, 2, NULL), 0); /* ids grow past m1's */
+
+    /* Not dead (pending, unknown): not found. */
+    PB_EQ_INT(replay(s, ids[1], NULL), PB_ENOTFOUND);
+    PB_EQ_INT(replay(s, 424242, NULL), PB_ENOTFOUND);
+
+    struct pb_op op = {.kind = PB_OP_REPLAY};
+    op.u.replay.delivery_id = ids[0];
+    op.u.replay.now = 9000;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    nid = op.u.replay.new_delivery_id;
+    PB_CHECK(nid > ids[1] + 2);
+    PB_EQ_STR(op.u.replay.pipeline, "p");
+    PB_EQ_STR(op.u.replay.output, "a");
+
+    PB_EQ_INT(load(s, "p", "a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 2); /* m2's and the replay */
+    PB_EQ_INT(l.ids[1], nid);
+    PB_EQ_INT(l.attempts[1], 0);
+    PB_EQ_STR(l.msg_ids[1], "m1");
+
+    /* The old one is REPLAYED now: a second replay finds nothing. */
+    PB_EQ_INT(replay(s, ids[0], NULL), PB_ENOTFOUND);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT state FROM deliveries WHERE id = (SELECT min(id) FROM"
+                              " deliveries)"),
+              PB_DSTATE_REPLAYED);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT replay_of FROM deliveries WHERE id = %lld", (long long)nid);
+    PB_EQ_INT(sql_int(t.path, sql), ids[0]);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(purge_deletes_dead_and_unused_message)
+{
+    struct tdir t;
+    struct pb_err err;
+    int64_t a[2], b[1];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "two", OUTS2, 2, a), 0);
+    PB_EQ_INT(ingest(s, "p", "one", OUTS1, 1, b), 0);
+    PB_EQ_INT(result(s, a[0], 1, PB_DSTATE_DEAD, 400, "x"), 0);
+    PB_EQ_INT(result(s, b[0], 1, PB_DSTATE_DEAD, 400, "y"), 0);
+
+    PB_EQ_INT(purge(s, a[1]), PB_ENOTFOUND); /* pending */
+    PB_EQ_INT(purge(s, 77777), PB_ENOTFOUND);
+    PB_EQ_INT(purge(s, a[0]), 0);
+    PB_EQ_INT(purge(s, a[0]), PB_ENOTFOUND);
+    PB_EQ_INT(purge(s, b[0]), 0);
+
+    json_t *m = pb_store_message_json(s, "two", &err);
+    PB_CHECK(m != NULL);
+    PB_EQ_INT(json_array_size(json_object_get(m, "deliveries")), 1);
+    json_decref(m);
+    PB_CHECK(pb_store_message_json(s, "one", &err) == NULL);
+    PB_EQ_INT(err.code, PB_ENOTFOUND);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM attempts"), 0);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages"), 1);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(replay_all_counts)
+{
+    struct tdir t;
+    int64_t ids[2];
+    char id[16];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    /* p: 3 messages dead on a and b; q: 2 dead on a. */
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "m%d", i);
+        PB_EQ_INT(ingest(s, i < 3 ? "p" : "q", id, OUTS2, 2, ids), 0);
+        PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DEAD, 500, "x"), 0);
+        if (i < 3)
+            PB_EQ_INT(result(s, ids[1], 1, PB_DSTATE_DEAD, 500, "x"), 0);
+        else
+            PB_EQ_INT(result(s, ids[1], 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
+    }
+    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
+    op.u.replay_all.pipeline = "p";
+    op.u.replay_all.output = "a";
+    op.u.replay_all.now = 7;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.replay_all.count, 3);
+    op.u.replay_all.pipeline = NULL;
+    op.u.replay_all.output = "a";
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.replay_all.count, 2);
+    op.u.replay_all.pipeline = "p";
+    op.u.replay_all.output = NULL;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.replay_all.count, 3);
+    op.u.replay_all.pipeline = NULL;
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.replay_all.count, 0);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE state = 4"), 8);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE state = 0"
+                              " AND replay_of IS NOT NULL AND attempts = 0 AND next_at = 7"),
+              8);
+    /* New ids keep the dead letters' order. */
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries a JOIN deliveries b"
+                              " ON a.replay_of IS NOT NULL AND b.replay_of IS NOT NULL"
+                              " AND a.id < b.id AND a.replay_of > b.replay_of"
+                              " AND a.output = b.output"),
+              0);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(expire_deletes_finished_old_messages_only)
+{
+    struct tdir t;
+    struct pb_op op;
+    int64_t ids[2];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    /* old-done: all finished; old-dead: one dead; old-pending; new-done. */
+    const char *names[] = {"old-done", "old-dead", "old-pending", "new-done", "old-replayed"};
+    for (int i = 0; i < 5; i++) {
+        ingest_init(&op, "p", names[i], "{}", 2, OUTS2, 2, ids);
+        op.u.ingest.received_at = i == 3 ? 100000 : 1000;
+        PB_EQ_INT(pb_store_exec(s, &op), 0);
+        if (i == 2)
+            continue;
+        PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
+        PB_EQ_INT(
+            result(s, ids[1], 1, i == 1 || i == 4 ? PB_DSTATE_DEAD : PB_DSTATE_FILTERED, 0, NULL),
+            0);
+        if (i == 4) {
+            int64_t nid;
+            PB_EQ_INT(replay(s, ids[1], &nid), 0);
+            PB_EQ_INT(result(s, nid, 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
+        }
+    }
+    struct pb_op ex = {.kind = PB_OP_EXPIRE};
+    ex.u.expire.now = 100500;
+    ex.u.expire.retention_ms = 1000;
+    PB_EQ_INT(pb_store_exec(s, &ex), 0);
+    PB_EQ_INT(ex.u.expire.deleted, 2);
+    PB_EQ_INT(pb_store_exec(s, &ex), 0);
+    PB_EQ_INT(ex.u.expire.deleted, 0);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages WHERE id IN ('old-done',"
+                              " 'old-replayed')"),
+              0);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages"), 3);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries"), 6);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM attempts WHERE delivery_id NOT IN"
+                              " (SELECT id FROM deliveries)"),
+              0);
+out:
+    tdir_remove(&t);
+}
+
+/* ---- queue, group commit, shutdown ---------------------------------------------------------- */
+
+static void count_done_cb(struct pb_op *op, void *arg)
+{
+    (void)op;
+    atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+PB_TEST(queue_full_refuses_ingest_not_results)
+{
+    struct tdir t;
+    struct pb_store_opts o;
+    struct pb_op ops[6], res = {.kind = PB_OP_RESULT}, late;
+    char ids[6][16];
+    atomic_int done = 0;
+
+    tdir_make(&t);
+    pb_store_opts_default(&o);
+    o.ingest_queue_max = 4;
+    struct pb_store *s = open_ok(t.url, &o);
+    if (!s)
+        goto out;
+    for (int i = 0; i < 5; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "m%d", i);
+        ingest_init(&ops[i], "p", ids[i], "{}", 2, OUTS1, 1, NULL);
+        ops[i].done_cb = count_done_cb;
+        ops[i].arg = &done;
+        PB_EQ_INT(pb_store_submit(s, &ops[i]), i < 4 ? 0 : PB_EFULL);
+    }
+    res.u.result.delivery_id = 1;
+    res.u.result.attempt = 1;
+    res.u.result.state = PB_DSTATE_DELIVERED;
+    res.done_cb = count_done_cb;
+    res.arg = &done;
+    PB_EQ_INT(pb_store_submit(s, &res), 0);
+    PB_EQ_INT(pb_store_queue_depth(s), 5);
+
+    PB_EQ_INT(pb_store_start(s), 0);
+    PB_CHECK(wait_count(&done, 5));
+    PB_EQ_INT(res.status, 0); /* delivery 1 is m0's, committed in the same batch */
+    PB_EQ_INT(pb_store_queue_depth(s), 0);
+    /* Room again. */
+    PB_EQ_INT(pb_store_exec(s, &ops[4]), 0);
+    pb_store_stop(s);
+    ingest_init(&late, "p", "late", "{}", 2, OUTS1, 1, NULL);
+    PB_EQ_INT(pb_store_submit(s, &late), PB_ESHUTDOWN);
+    PB_EQ_INT(pb_store_exec(s, &late), PB_ESHUTDOWN);
+    res.kind = PB_OP_RESULT;
+    PB_EQ_INT(pb_store_submit(s, &res), PB_ESHUTDOWN);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+#define GC_THREADS 4
+#define GC_PER_THREAD 1250
+
+struct gc_thread {
+    struct pb_store *s;
+    int t;
+    struct pb_op ops[GC_PER_THREAD];
+    char ids[GC_PER_THREAD][24];
+    int64_t dids[GC_PER_THREAD][2];
+    atomic_int *done;
+    int refused;
+};
+
+static void *gc_submit(void *arg)
+{
+    struct gc_thread *g = arg;
+    for (int i = 0; i < GC_PER_THREAD; i++) {
+        snprintf(g->ids[i], sizeof(g->ids[i]), "t%d-%d", g->t, i);
+        ingest_init(&g->ops[i], "p", g->ids[i], g->ids[i], strlen(g->ids[i]), OUTS2, 2, g->dids[i]);
+        g->ops[i].done_cb = count_done_cb;
+        g->ops[i].arg = g->done;
+        while (pb_store_submit(g->s, &g->ops[i]) == PB_EFULL) {
+            g->refused++;
+            sleep_ms(1);
+        }
+    }
+    return NULL;
+}
+
+struct reader {
+    struct pb_store *s;
+    atomic_bool stop;
+    int loads, errors;
+};
+
+static int noop_pending(void *arg, const struct pb_pending *row)
+{
+    (void)arg;
+    return row->len == 0; /* touch the row */
+}
+
+static void noop_count(void *arg, const char *p, const char *o, enum pb_dstate st, int64_t n)
+{
+    (void)arg;
+    (void)p;
+    (void)o;
+    (void)st;
+    (void)n;
+}
+
+static void *read_loop(void *arg)
+{
+    struct reader *r = arg;
+    while (!atomic_load(&r->stop)) {
+        size_t n;
+        if (pb_store_load_pending(r->s, "p", "a", 0, 100, noop_pending, NULL, &n, NULL) != 0 ||
+            pb_store_count(r->s, noop_count, NULL, NULL) != 0)
+            r->errors++;
+        r->loads++;
+    }
+    return NULL;
+}
+
+struct counts {
+    int64_t n[8];
+};
+
+static void sum_count(void *arg, const char *p, const char *o, enum pb_dstate st, int64_t n)
+{
+    (void)p;
+    (void)o;
+    ((struct counts *)arg)->n[st] += n;
+}
+
+PB_TEST(group_commit_batches_concurrent_submits)
+{
+    struct tdir t;
+    static struct gc_thread g[GC_THREADS];
+    pthread_t th[GC_THREADS], rt;
+    struct reader rd = {0};
+    atomic_int done = 0;
+    uint64_t commits = 0, nops = 0;
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    rd.s = s;
+    pthread_create(&rt, NULL, read_loop, &rd);
+    for (int i = 0; i < GC_THREADS; i++) {
+        g[i].s = s;
+        g[i].t = i;
+        g[i].done = &done;
+        g[i].refused = 0;
+        pthread_create(&th[i], NULL, gc_submit, &g[i]);
+    }
+    for (int i = 0; i < GC_THREADS; i++)
+        pthread_join(th[i], NULL);
+    PB_CHECK(wait_count(&done, GC_THREADS * GC_PER_THREAD));
+    atomic_store(&rd.stop, true);
+    pthread_join(rt, NULL);
+    PB_EQ_INT(rd.errors, 0);
+    PB_CHECK(rd.loads > 0);
+
+    pb_store_stats(s, &commits, &nops);
+    PB_EQ_INT(nops, GC_THREADS * GC_PER_THREAD);
+    PB_CHECK(commits < nops);
+    PB_CHECK(commits >= (nops + 511) / 512);
+    printf("  group commit: %llu ops in %llu commits\n", (unsigned long long)nops,
+           (unsigned long long)commits);
+    int bad = 0;
+    for (int i = 0; i < GC_THREADS; i++)
+        for (int j = 0; j < GC_PER_THREAD; j++)
+            bad += g[i].ops[j].status != 0 || g[i].dids[j][1] != g[i].dids[j][0] + 1;
+    PB_EQ_INT(bad, 0);
+    /* Per submitting thread, ids grow in submission order. */
+    for (int i = 0; i < GC_THREADS; i++)
+        for (int j = 1; j < GC_PER_THREAD; j++)
+            bad += g[i].dids[j][0] <= g[i].dids[j - 1][0];
+    PB_EQ_INT(bad, 0);
+
+    struct counts c = {{0}};
+    PB_EQ_INT(pb_store_count(s, sum_count, &c, NULL), 0);
+    PB_EQ_INT(c.n[PB_DSTATE_PENDING], 2 * GC_THREADS * GC_PER_THREAD);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(stop_drains_everything)
+{
+    struct tdir t;
+    static struct pb_op ops[3000];
+    static char ids[3000][16];
+    atomic_int done = 0;
+    struct loaded l;
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    for (int i = 0; i < 3000; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "m%d", i);
+        ingest_init(&ops[i], "p", ids[i], "{}", 2, OUTS1, 1, NULL);
+        ops[i].done_cb = count_done_cb;
+        ops[i].arg = &done;
+        PB_EQ_INT(pb_store_submit(s, &ops[i]), 0);
+    }
+    pb_store_stop(s);
+    PB_EQ_INT(atomic_load(&done), 3000);
+    PB_EQ_INT(pb_store_queue_depth(s), 0);
+    pb_store_stop(s); /* idempotent */
+    pb_store_destroy(s);
+
+    /* Never started: stop still commits what was queued. */
+    s = open_ok(t.url, NULL);
+    if (!s)
+        goto out;
+    ingest_init(&ops[0], "p", "unstarted", "{}", 2, OUTS1, 1, NULL);
+    ops[0].done_cb = count_done_cb;
+    ops[0].arg = &done;
+    PB_EQ_INT(pb_store_submit(s, &ops[0]), 0);
+    pb_store_destroy(s);
+    PB_EQ_INT(atomic_load(&done), 3001);
+    PB_EQ_INT(ops[0].status, 0);
+
+    s = open_ok(t.url, NULL);
+    if (!s)
+        goto out;
+    size_t n = 0;
+    PB_EQ_INT(pb_store_load_pending(s, "p", "a", 0, 10000, noop_pending, NULL, &n, NULL), 0);
+    PB_EQ_INT(n, 3001);
+    PB_EQ_INT(load(s, "p", "a", 0, 1, &l), 0);
+    PB_EQ_STR(l.msg_ids[0], "m0");
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+struct nested {
+    struct pb_store *s;
+    int rc;
+};
+
+static void exec_inside_cb(struct pb_op *op, void *arg)
+{
+    struct nested *n = arg;
+    struct pb_op inner = {.kind = PB_OP_EXPIRE};
+    (void)op;
+    n->rc = pb_store_exec(n->s, &inner);
+}
+
+PB_TEST(exec_on_writer_thread_refused)
+{
+    struct tdir t;
+    struct nested n = {0};
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    n.s = s;
+    n.rc = 1;
+    struct pb_op op = {.kind = PB_OP_EXPIRE, .done_cb = exec_inside_cb, .arg = &n};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(n.rc, PB_EINVAL);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(disk_full_fails_batch_then_recovers)
+{
+    struct tdir t;
+    struct pb_op op;
+    struct loaded l;
+    static char big[200000];
+    int64_t ids[1];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "before", OUTS1, 1, ids), 0);
+    PB_CHECK(pb_store_writable(s));
+
+    PB_EQ_INT(pb__store_test_max_pages(s, 1), 0); /* no room to grow */
+    memset(big, 'b', sizeof(big));
+    ingest_init(&op, "p", "big", big, sizeof(big), OUTS1, 1, ids);
+    PB_EQ_INT(pb_store_exec(s, &op), PB_ENOSPACE);
+    PB_CHECK(!pb_store_writable(s));
+    PB_EQ_INT(pb_store_exec(s, &op), PB_ENOSPACE);
+
+    PB_EQ_INT(pb__store_test_max_pages(s, 0), 0);
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(pb_store_writable(s));
+    PB_EQ_INT(load(s, "p", "a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 2);
+    PB_EQ_STR(l.msg_ids[0], "before");
+    PB_EQ_STR(l.msg_ids[1], "big");
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+/* ---- reads -------------------------------------------------------------------------------- */
+
+struct group {
+    char p[16], o[16];
+    int state;
+    int64_t n;
+};
+struct groups {
+    int n;
+    struct group g[16];
+};
+
+static void groups_cb(void *arg, const char *p, const char *o, enum pb_dstate st, int64_t n)
+{
+    struct groups *gs = arg;
+    if (gs->n < 16) {
+        struct group *g = &gs->g[gs->n++];
+        snprintf(g->p, sizeof(g->p), "%s", p);
+        snprintf(g->o, sizeof(g->o), "%s", o);
+        g->state = (int)st;
+        g->n = n;
+    }
+}
+
+static int64_t group_n(const struct groups *gs, const char *p, const char *o, int st)
+{
+    for (int i = 0; i < gs->n; i++)
+        if (!strcmp(gs->g[i].p, p) && !strcmp(gs->g[i].o, o) && gs->g[i].state == st)
+            return gs->g[i].n;
+    return 0;
+}
+
+PB_TEST(count_groups_by_pipeline_output_state)
+{
+    struct tdir t;
+    struct groups gs = {0};
+    int64_t ids[2];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", OUTS2, 2, ids), 0);
+    PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
+    PB_EQ_INT(ingest(s, "p", "m2", OUTS2, 2, ids), 0);
+    PB_EQ_INT(result(s, ids[1], 1, PB_DSTATE_DEAD, 404, "gone"), 0);
+    PB_EQ_INT(ingest(s, "q", "m3", OUTS1, 1, ids), 0);
+    PB_EQ_INT(pb_store_count(s, groups_cb, &gs, NULL), 0);
+    PB_EQ_INT(gs.n, 5);
+    PB_EQ_INT(group_n(&gs, "p", "a", PB_DSTATE_DELIVERED), 1);
+    PB_EQ_INT(group_n(&gs, "p", "a", PB_DSTATE_PENDING), 1);
+    PB_EQ_INT(group_n(&gs, "p", "b", PB_DSTATE_PENDING), 1);
+    PB_EQ_INT(group_n(&gs, "p", "b", PB_DSTATE_DEAD), 1);
+    PB_EQ_INT(group_n(&gs, "q", "a", PB_DSTATE_PENDING), 1);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(json_views)
+{
+    struct tdir t;
+    struct pb_err err;
+    struct pb_op op;
+    int64_t ids[5][2];
+    char id[16];
+    static const char *const bodies[] = {"{\"a\": [1, \"x\"], \"b\": null}", "not json \x01",
+                                         "{\"price\": 1.10}", "\"just a string\"",
+                                         "{\"k\":1,\"k\":2}"};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "m%d", i);
+        ingest_init(&op, i == 4 ? "q" : "p", id, bodies[i], strlen(bodies[i]), OUTS2, 2, ids[i]);
+        op.u.ingest.content_type = i == 1 ? "text/plain" : NULL;
+        PB_EQ_INT(pb_store_exec(s, &op), 0);
+        PB_EQ_INT(result(s, ids[i][0], 1, PB_DSTATE_DEAD, 500, "boom"), 0);
+    }
+
+    /* One message. */
+    json_t *m = pb_store_message_json(s, "m0", &err);
+    PB_CHECK(m != NULL);
+    if (m) {
+        PB_EQ_STR(json_string_value(json_object_get(m, "id")), "m0");
+        PB_EQ_STR(json_string_value(json_object_get(m, "pipeline")), "p");
+        PB_EQ_INT(json_integer_value(json_object_get(m, "received_at")), 1000);
+        PB_CHECK(json_is_null(json_object_get(m, "content_type")));
+        json_t *body = json_object_get(m, "body");
+        PB_CHECK(json_is_object(body));
+        PB_EQ_STR(json_string_value(json_array_get(json_object_get(body, "a"), 1)), "x");
+        PB_CHECK(json_object_get(m, "body_base64") == NULL);
+        json_t *d = json_array_get(json_object_get(m, "deliveries"), 1);
+        PB_EQ_INT(json_integer_value(json_object_get(d, "id")), ids[0][1]);
+        PB_EQ_STR(json_string_value(json_object_get(d, "output")), "b");
+        PB_EQ_STR(json_string_value(json_object_get(d, "state")), "pending");
+        PB_EQ_INT(json_integer_value(json_object_get(d, "attempts")), 0);
+        PB_EQ_INT(json_integer_value(json_object_get(d, "next_at")), 1000);
+        PB_CHECK(json_is_null(json_object_get(d, "last_status")));
+        PB_CHECK(json_is_null(json_object_get(d, "last_error")));
+        PB_CHECK(json_is_null(json_object_get(d, "replay_of")));
+        PB_EQ_INT(json_array_size(json_object_get(d, "attempt_log")), 0);
+    }
+    json_decref(m);
+
+    /* Bodies that are not JSON, or would not print back the same, go as base64. */
+    static const char *const b64[] = {NULL, "bm90IGpzb24gAQ==", "eyJwcmljZSI6IDEuMTB9", NULL,
+                                      "eyJrIjoxLCJrIjoyfQ=="};
+    for (int i = 1; i < 5; i++) {
+        snprintf(id, sizeof(id), "m%d", i);
+        m = pb_store_message_json(s, id, &err);
+        PB_CHECK(m != NULL);
+        if (b64[i]) {
+            PB_EQ_STR(json_string_value(json_object_get(m, "body_base64")), b64[i]);
+            PB_CHECK(json_object_get(m, "body") == NULL);
+        } else {
+            PB_EQ_STR(json_string_value(json_object_get(m, "body")), "just a string");
+        }
+        json_decref(m);
+    }
+    PB_CHECK(pb_store_message_json(s, "nope", &err) == NULL);
+    PB_EQ_INT(err.code, PB_ENOTFOUND);
+
+    /* Dead letters, paged. */
+    json_t *page = pb_store_dead_letters_json(s, "p", NULL, 0, 2, &err);
+    PB_CHECK(page != NULL);
+    json_t *items = json_object_get(page, "items");
+    PB_EQ_INT(json_array_size(items), 2);
+    json_t *it = json_array_get(items, 0);
+    PB_EQ_INT(json_integer_value(json_object_get(it, "id")), ids[0][0]);
+    PB_EQ_STR(json_string_value(json_object_get(it, "message_id")), "m0");
+    PB_EQ_STR(json_string_value(json_object_get(it, "pipeline")), "p");
+    PB_EQ_STR(json_string_value(json_object_get(it, "output")), "a");
+    PB_EQ_INT(json_integer_value(json_object_get(it, "attempts")), 1);
+    PB_EQ_INT(json_integer_value(json_object_get(it, "created_at")), 1000);
+    PB_EQ_INT(json_integer_value(json_object_get(it, "dead_at")), 2016);
+    PB_EQ_INT(json_integer_value(json_object_get(it, "last_status")), 500);
+    PB_EQ_STR(json_string_value(json_object_get(it, "last_error")), "boom");
+    int64_t next = json_integer_value(json_object_get(page, "next_after"));
+    PB_EQ_INT(next, ids[1][0]);
+    json_decref(page);
+    page = pb_store_dead_letters_json(s, "p", NULL, next, 2, &err);
+    PB_EQ_INT(json_array_size(json_object_get(page, "items")), 2);
+    next = json_integer_value(json_object_get(page, "next_after"));
+    PB_EQ_INT(next, ids[3][0]);
+    json_decref(page);
+    page = pb_store_dead_letters_json(s, "p", NULL, next, 2, &err);
+    PB_EQ_INT(json_array_size(json_object_get(page, "items")), 0);
+    PB_CHECK(json_is_null(json_object_get(page, "next_after")));
+    json_decref(page);
+    page = pb_store_dead_letters_json(s, NULL, NULL, 0, 0, &err); /* default limit */
+    PB_EQ_INT(json_array_size(json_object_get(page, "items")), 5);
+    PB_CHECK(json_is_null(json_object_get(page, "next_after")));
+    json_decref(page);
+    page = pb_store_dead_letters_json(s, NULL, "b", 0, 10, &err);
+    PB_EQ_INT(json_array_size(json_object_get(page, "items")), 0);
+    json_decref(page);
+    page = pb_store_dead_letters_json(s, "q", "a", 0, 10, &err);
+    PB_EQ_INT(json_array_size(json_object_get(page, "items")), 1);
+    json_decref(page);
+
+    /* One dead letter. */
+    json_t *dl = pb_store_dead_letter_json(s, ids[1][0], &err);
+    PB_CHECK(dl != NULL);
+    PB_EQ_STR(json_string_value(json_object_get(dl, "message_id")), "m1");
+    PB_EQ_STR(json_string_value(json_object_get(dl, "content_type")), "text/plain");
+    PB_EQ_STR(json_string_value(json_object_get(dl, "body_base64")), b64[1]);
+    json_t *log = json_object_get(dl, "attempt_log");
+    PB_EQ_INT(json_array_size(log), 1);
+    PB_EQ_STR(json_string_value(json_object_get(json_array_get(log, 0), "error")), "boom");
+    json_decref(dl);
+    PB_CHECK(pb_store_dead_letter_json(s, ids[1][1], &err) == NULL); /* pending */
+    PB_EQ_INT(err.code, PB_ENOTFOUND);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(utf8_cut)
+{
+    PB_EQ_INT(pb__store_utf8_cut("abc", 5), 3);
+    PB_EQ_INT(pb__store_utf8_cut("abc", 2), 2);
+    PB_EQ_INT(pb__store_utf8_cut("a\xc3\xa9z", 2), 1);
+    PB_EQ_INT(pb__store_utf8_cut("a\xc3\xa9z", 3), 3);
+    PB_EQ_INT(pb__store_utf8_cut("\xe2\x82\xac\xe2\x82\xac", 5), 3);
+    PB_EQ_INT(pb__store_utf8_cut("", 0), 0);
+}
+
+PB_TEST(invalid_utf8_error_text_shown_replaced)
+{
+    struct tdir t;
+    struct pb_err err;
+    int64_t ids[1];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", OUTS1, 1, ids), 0);
+    PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DEAD, 502, "bad \xff\xc3 gate \xed\xa0\x80 \xc3\xa9"),
+              0);
+    json_t *dl = pb_store_dead_letter_json(s, ids[0], &err);
+    PB_CHECK(dl != NULL);
+    PB_EQ_STR(json_string_value(json_object_get(dl, "last_error")),
+              "bad \xef\xbf\xbd\xef\xbf\xbd gate \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xc3\xa9");
+    char *text = json_dumps(dl, JSON_COMPACT);
+    PB_CHECK(text != NULL);
+    free(text);
+    json_decref(dl);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(text_json)
+{
+    json_t *j = pb__store_text_json("plain \xe2\x82\xac", 9);
+    PB_EQ_STR(json_string_value(j), "plain \xe2\x82\xac");
+    json_decref(j);
+    j = pb__store_text_json("\xe2\x82", 2); /* cut short */
+    PB_EQ_STR(json_string_value(j), "\xef\xbf\xbd\xef\xbf\xbd");
+    json_decref(j);
+    j = pb__store_text_json("\xc0\xaf\xf5", 3); /* overlong, out of range */
+    PB_EQ_INT(json_string_length(j), 9);
+    json_decref(j);
+}
+
+PB_TEST(dstate_names)
+{
+    PB_EQ_STR(pb_dstate_name(PB_DSTATE_PENDING), "pending");
+    PB_EQ_STR(pb_dstate_name(PB_DSTATE_DELIVERED), "delivered");
+    PB_EQ_STR(pb_dstate_name(PB_DSTATE_DEAD), "dead");
+    PB_EQ_STR(pb_dstate_name(PB_DSTATE_FILTERED), "filtered");
+    PB_EQ_STR(pb_dstate_name(PB_DSTATE_REPLAYED), "replayed");
+    PB_EQ_STR(pb_dstate_name((enum pb_dstate)42), "unknown");
+}
+
+int main(void)
+{
+    return pb_test_main();
+}
