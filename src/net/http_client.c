@@ -1,0 +1,630 @@
+/* http_client.c - the asynchronous outbound HTTP client on libcurl multi.
+ *
+ * One CURLM per client, driven by one thread: many transfers in flight,
+ * connections kept alive in the multi's pool, HTTP/2 over TLS where the
+ * server offers it (HTTP/1.1 on cleartext), per-host and total connection
+ * limits. Redirects are never followed, proxies from the environment are
+ * ignored, and response bodies are kept up to a cap.
+ *
+ * The outbound guard runs twice per transfer: in the open-socket callback
+ * (after DNS, before any packet is sent to the address, so rebinding cannot
+ * slip through) and in the pre-request callback (so a kept-alive connection
+ * opened for a request whose allow list permitted it is not reused by one
+ * whose list does not).
+ *
+ * A transfer's state lives in a struct xfer that owns its easy handle; ended
+ * transfers go back to a small free list so the next request skips
+ * allocation and setup.
+ *
+ * done callbacks run from pb_http_client_poll() (or destroy), outside any
+ * libcurl callback, so they may call pb_http_client_send() (a retry); they
+ * must not call poll or destroy on the same client. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "core/retry.h"
+#include "patchbay/pb_http.h"
+#include "patchbay/pb_log.h"
+
+#define FREE_MAX 32               /* ended transfers kept for reuse */
+#define BODY_KEEP_MAX (64 * 1024) /* larger response buffers are not kept on reuse */
+#define BODY_INITIAL 4096
+#define MSG_MAX (CURL_ERROR_SIZE + 160)
+
+struct xfer {
+    CURL *easy;
+    struct xfer *prev, *next; /* active list (both) or free list (next) */
+    struct curl_slist *hdrs;
+    char *host; /* URL host (curl_free), for host-name allow entries */
+    const struct pb_allowlist *allow;
+    pb_http_done_cb done_cb;
+    void *arg;
+    char *body; /* response body, NUL-terminated when body_cap > 0 */
+    size_t body_len, body_cap, max_response;
+    int64_t retry_after_ms;
+    bool blocked;
+    bool oom;
+    char errbuf[CURL_ERROR_SIZE];
+    char msg[MSG_MAX]; /* blocked reason, then the error handed to done_cb */
+};
+
+struct pb_http_client {
+    CURLM *multi;
+    struct xfer *active;
+    size_t inflight;
+    struct xfer *free;
+    size_t nfree;
+    bool closing;
+    bool polling;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+
+static void global_init(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- curl callbacks ----------------------------------------------------------- */
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct xfer *x = userdata;
+    size_t len = size * nmemb;
+    size_t room = x->max_response - x->body_len;
+    size_t take = len < room ? len : room;
+
+    if (take == 0)
+        return len; /* past the cap: read and discard, keeping the connection usable */
+    if (x->body_len + take + 1 > x->body_cap) {
+        size_t cap = x->body_cap ? x->body_cap : BODY_INITIAL;
+        while (cap < x->body_len + take + 1)
+            cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+        if (x->max_response < SIZE_MAX && cap > x->max_response + 1)
+            cap = x->max_response + 1;
+        char *nb = realloc(x->body, cap);
+        if (!nb) {
+            x->oom = true;
+            return 0; /* ends the transfer with CURLE_WRITE_ERROR */
+        }
+        x->body = nb;
+        x->body_cap = cap;
+    }
+    memcpy(x->body + x->body_len, ptr, take);
+    x->body_len += take;
+    x->body[x->body_len] = 0;
+    return len;
+}
+
+static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
+{
+    struct xfer *x = userdata;
+    size_t len = size * nitems;
+    static const char name[] = "retry-after:";
+    const size_t nlen = sizeof(name) - 1;
+
+    if (len >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
+        x->retry_after_ms = -1; /* a new response (after 1xx): forget the last one's */
+    } else if (len > nlen && strncasecmp(ptr, name, nlen) == 0) {
+        char value[128];
+        size_t vlen = len - nlen;
+        if (vlen < sizeof(value)) {
+            int64_t ms;
+            memcpy(value, ptr + nlen, vlen);
+            value[vlen] = 0;
+            if (pb_parse_retry_after(value, wall_ms(), &ms) == 0)
+                x->retry_after_ms = ms;
+        }
+    }
+    return len;
+}
+
+/* Run the guard for address sa; on refusal record why in x. */
+static bool guard(struct xfer *x, const void *sa, size_t salen)
+{
+    if (pb_outbound_check(x->allow, x->host, sa, salen) == 0)
+        return true;
+    if (!x->blocked) {
+        char addr[INET6_ADDRSTRLEN] = "?";
+        const char *range = pb_addr_internal_range(sa, salen);
+        const struct sockaddr *s = sa;
+        if (s->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof(addr));
+        else if (s->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
+        snprintf(x->msg, sizeof(x->msg), "blocked: %s is %s (add it to outbound.allow to permit)",
+                 addr, range ? range : "not allowed");
+        PB_DEBUG("outbound blocked host=%s addr=%s range=\"%s\"", x->host ? x->host : "", addr,
+                 range ? range : "");
+    }
+    x->blocked = true;
+    return false;
+}
+
+static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose,
+                                   struct curl_sockaddr *address)
+{
+    struct xfer *x = clientp;
+    if (purpose != CURLSOCKTYPE_IPCXN ||
+        (address->family != AF_INET && address->family != AF_INET6)) {
+        x->blocked = true;
+        if (!x->msg[0])
+            snprintf(x->msg, sizeof(x->msg), "blocked: not an IP connection");
+        return CURL_SOCKET_BAD;
+    }
+    if (!guard(x, &address->addr, address->addrlen))
+        return CURL_SOCKET_BAD;
+    return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+/* Runs for new and reused connections alike, before the request is sent. */
+static int prereq_cb(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port)
+{
+    struct xfer *x = clientp;
+    struct sockaddr_in in4 = {.sin_family = AF_INET};
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+    char ip[INET6_ADDRSTRLEN];
+
+    /* Drop an IPv6 zone ("fe80::1%eth0"); the address decides. */
+    snprintf(ip, sizeof(ip), "%s", conn_primary_ip ? conn_primary_ip : "");
+    ip[strcspn(ip, "%")] = 0;
+    if (inet_pton(AF_INET, ip, &in4.sin_addr) == 1)
+        return guard(x, &in4, sizeof(in4)) ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
+    if (inet_pton(AF_INET6, ip, &in6.sin6_addr) == 1)
+        return guard(x, &in6, sizeof(in6)) ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
+    x->blocked = true;
+    if (!x->msg[0])
+        snprintf(x->msg, sizeof(x->msg), "blocked: unknown peer address");
+    return CURL_PREREQFUNC_ABORT;
+}
+
+/* ---- transfers ---------------------------------------------------------------- */
+
+static void xfer_free(struct xfer *x)
+{
+    if (!x)
+        return;
+    curl_slist_free_all(x->hdrs);
+    curl_free(x->host);
+    if (x->easy)
+        curl_easy_cleanup(x->easy);
+    free(x->body);
+    free(x);
+}
+
+static struct xfer *xfer_get(struct pb_http_client *c)
+{
+    struct xfer *x = c->free;
+    if (x) {
+        c->free = x->next;
+        c->nfree--;
+        x->next = NULL;
+        return x;
+    }
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return NULL;
+    x->easy = curl_easy_init();
+    if (!x->easy) {
+        free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* Back to the free list (reset, ready for reuse) or freed. x must not be in
+ * the multi handle. */
+static void xfer_put(struct pb_http_client *c, struct xfer *x)
+{
+    curl_slist_free_all(x->hdrs);
+    x->hdrs = NULL;
+    curl_free(x->host);
+    x->host = NULL;
+    if (c->closing || c->nfree >= FREE_MAX) {
+        xfer_free(x);
+        return;
+    }
+    curl_easy_reset(x->easy);
+    if (x->body_cap > BODY_KEEP_MAX) {
+        free(x->body);
+        x->body = NULL;
+        x->body_cap = 0;
+    }
+    x->body_len = 0;
+    x->allow = NULL;
+    x->done_cb = NULL;
+    x->arg = NULL;
+    x->prev = NULL;
+    x->next = c->free;
+    c->free = x;
+    c->nfree++;
+}
+
+static void active_link(struct pb_http_client *c, struct xfer *x)
+{
+    x->prev = NULL;
+    x->next = c->active;
+    if (c->active)
+        c->active->prev = x;
+    c->active = x;
+    c->inflight++;
+}
+
+static void active_unlink(struct pb_http_client *c, struct xfer *x)
+{
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        c->active = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+    c->inflight--;
+}
+
+static bool token_ok(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch <= 0x20 || ch >= 0x7f || strchr("\"(),/:;<=>?@[\\]{}", ch))
+            return false;
+    }
+    return true;
+}
+
+static bool value_ok(const char *s)
+{
+    for (; *s; s++)
+        if (*s == '\r' || *s == '\n')
+            return false;
+    return true;
+}
+
+/* Build the request's header list into x->hdrs. */
+static int build_headers(struct xfer *x, const struct pb_http_req *req)
+{
+    bool have_expect = false;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct pb_http_header *h = &req->headers[i];
+        const char *value = h->value ? h->value : "";
+        if (!token_ok(h->name) || !value_ok(value))
+            return PB_EINVAL;
+        if (strcasecmp(h->name, "Expect") == 0)
+            have_expect = true;
+        /* "Name;" is curl's way to send a header with an empty value. */
+        size_t n = strlen(h->name) + strlen(value) + 3;
+        char *line = malloc(n);
+        if (!line)
+            return PB_ENOMEM;
+        if (*value)
+            snprintf(line, n, "%s: %s", h->name, value);
+        else
+            snprintf(line, n, "%s;", h->name);
+        struct curl_slist *l = curl_slist_append(x->hdrs, line);
+        free(line);
+        if (!l)
+            return PB_ENOMEM;
+        x->hdrs = l;
+    }
+    if (!have_expect) {
+        /* No 100-continue round trip for large bodies. */
+        struct curl_slist *l = curl_slist_append(x->hdrs, "Expect:");
+        if (!l)
+            return PB_ENOMEM;
+        x->hdrs = l;
+    }
+    return 0;
+}
+
+/* The scheme must be http or https; the host is kept for the guard. */
+static int parse_url(struct xfer *x, const char *url)
+{
+    int rc = PB_EINVAL;
+    char *scheme = NULL;
+    CURLU *u = curl_url();
+    if (!u)
+        return PB_ENOMEM;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
+        goto out;
+    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+        goto out;
+    if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)
+        goto out;
+    if (curl_url_get(u, CURLUPART_HOST, &x->host, 0) != CURLUE_OK)
+        goto out;
+    rc = 0;
+out:
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+static long clamp_long(int64_t v)
+{
+    return v > LONG_MAX ? LONG_MAX : (long)v;
+}
+
+/* Set every option of the transfer. Returns 0 or a PB_E* code. */
+static int setup(struct xfer *x, const struct pb_http_req *req)
+{
+    CURL *e = x->easy;
+    CURLcode rc = CURLE_OK;
+
+#define SET(opt, val)                                                                              \
+    do {                                                                                           \
+        if (rc == CURLE_OK)                                                                        \
+            rc = curl_easy_setopt(e, opt, val);                                                    \
+    } while (0)
+
+    SET(CURLOPT_PRIVATE, (void *)x);
+    SET(CURLOPT_URL, req->url);
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_PROXY, ""); /* the guard must see the partner, not a proxy */
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_TCP_KEEPIDLE, 60L);
+    SET(CURLOPT_TCP_KEEPINTVL, 30L);
+    SET(CURLOPT_ERRORBUFFER, x->errbuf);
+    SET(CURLOPT_WRITEFUNCTION, write_cb);
+    SET(CURLOPT_WRITEDATA, (void *)x);
+    SET(CURLOPT_HEADERFUNCTION, header_cb);
+    SET(CURLOPT_HEADERDATA, (void *)x);
+    SET(CURLOPT_OPENSOCKETFUNCTION, opensocket_cb);
+    SET(CURLOPT_OPENSOCKETDATA, (void *)x);
+    SET(CURLOPT_PREREQFUNCTION, prereq_cb);
+    SET(CURLOPT_PREREQDATA, (void *)x);
+    SET(CURLOPT_HTTPHEADER, x->hdrs);
+    if (req->timeout_ms > 0)
+        SET(CURLOPT_TIMEOUT_MS, clamp_long(req->timeout_ms));
+    if (req->connect_timeout_ms > 0)
+        SET(CURLOPT_CONNECTTIMEOUT_MS, clamp_long(req->connect_timeout_ms));
+    if (req->basic_user && req->basic_pass) {
+        SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        SET(CURLOPT_USERNAME, req->basic_user);
+        SET(CURLOPT_PASSWORD, req->basic_pass);
+    }
+
+    const char *m = req->method;
+    const char *body = req->body ? (const char *)req->body : "";
+    bool with_body =
+        req->len > 0 || strcmp(m, "POST") == 0 || strcmp(m, "PUT") == 0 || strcmp(m, "PATCH") == 0;
+    if (strcmp(m, "GET") == 0 && !with_body) {
+        SET(CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(m, "HEAD") == 0 && !with_body) {
+        SET(CURLOPT_NOBODY, 1L);
+    } else {
+        if (with_body) {
+            SET(CURLOPT_POST, 1L);
+            SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->len);
+            SET(CURLOPT_POSTFIELDS, body);
+        }
+        if (strcmp(m, "POST") != 0)
+            SET(CURLOPT_CUSTOMREQUEST, m);
+    }
+#undef SET
+    if (rc != CURLE_OK)
+        return rc == CURLE_OUT_OF_MEMORY ? PB_ENOMEM : PB_EINVAL;
+
+    /* Best effort: not fatal on a libcurl built without HTTP/2. */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    return 0;
+}
+
+int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
+                        pb_http_done_cb done_cb, void *arg)
+{
+    int rc;
+    struct xfer *x = NULL;
+
+    if (!c || !req || !req->url || !done_cb || !token_ok(req->method) ||
+        (req->len > 0 && !req->body) || (req->nheaders > 0 && !req->headers))
+        return PB_EINVAL;
+    if (c->closing)
+        return PB_ESHUTDOWN;
+    x = xfer_get(c);
+    if (!x)
+        return PB_ENOMEM;
+    x->allow = req->allow;
+    x->done_cb = done_cb;
+    x->arg = arg;
+    x->max_response = req->max_response;
+    x->body_len = 0;
+    if (x->body_cap)
+        x->body[0] = 0;
+    x->retry_after_ms = -1;
+    x->blocked = false;
+    x->oom = false;
+    x->errbuf[0] = 0;
+    x->msg[0] = 0;
+
+    rc = parse_url(x, req->url);
+    if (rc)
+        goto out;
+    rc = build_headers(x, req);
+    if (rc)
+        goto out;
+    rc = setup(x, req);
+    if (rc)
+        goto out;
+    CURLMcode mc = curl_multi_add_handle(c->multi, x->easy);
+    if (mc != CURLM_OK) {
+        rc = mc == CURLM_OUT_OF_MEMORY ? PB_ENOMEM : PB_EINTERNAL;
+        goto out;
+    }
+    active_link(c, x);
+    return 0;
+out:
+    xfer_put(c, x);
+    return rc;
+}
+
+/* Remove x from the multi handle, run its callback, recycle it. forced is an
+ * error text that overrides the transfer's own outcome ("aborted"). */
+static void finish(struct pb_http_client *c, struct xfer *x, CURLcode res, const char *forced)
+{
+    struct pb_http_resp r = {.retry_after_ms = -1};
+    curl_off_t total_us = 0;
+
+    curl_multi_remove_handle(c->multi, x->easy);
+    active_unlink(c, x);
+    if (curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME_T, &total_us) == CURLE_OK)
+        r.latency_ms = (int64_t)(total_us / 1000);
+
+    if (!forced && res == CURLE_OK) {
+        long status = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        r.status = (int)status;
+        r.retry_after_ms = x->retry_after_ms;
+        r.body = x->body_len ? x->body : "";
+        r.body_len = x->body_len;
+    } else {
+        r.body = "";
+        r.timed_out = !forced && res == CURLE_OPERATION_TIMEDOUT;
+        r.blocked = !forced && x->blocked &&
+                    (res == CURLE_COULDNT_CONNECT || res == CURLE_ABORTED_BY_CALLBACK);
+        if (forced) {
+            snprintf(x->msg, sizeof(x->msg), "%s", forced);
+        } else if (r.blocked) {
+            /* x->msg already says why */
+        } else if (x->oom) {
+            snprintf(x->msg, sizeof(x->msg), "out of memory reading the response");
+        } else {
+            const char *text = x->errbuf[0] ? x->errbuf : curl_easy_strerror(res);
+            long os_errno = 0;
+            char ebuf[128];
+            const char *os = NULL;
+            curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
+            if (os_errno > 0 && os_errno <= INT_MAX)
+                os = strerror_r((int)os_errno, ebuf, sizeof(ebuf));
+            if (os && !strstr(text, os))
+                snprintf(x->msg, sizeof(x->msg), "%s (%s)", text, os);
+            else
+                snprintf(x->msg, sizeof(x->msg), "%s", text);
+        }
+        r.error = x->msg;
+    }
+
+    /* The callback may send new requests (a retry); x is still ours. */
+    x->done_cb(x->arg, &r);
+    xfer_put(c, x);
+}
+
+static void drain(struct pb_http_client *c)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(c->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *e = m->easy_handle;
+        CURLcode res = m->data.result; /* m dies with remove_handle: copy first */
+        char *priv = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+        if (priv)
+            finish(c, (struct xfer *)(void *)priv, res, NULL);
+    }
+}
+
+int pb_http_client_poll(struct pb_http_client *c, int timeout_ms)
+{
+    int running = 0;
+    if (!c || c->polling)
+        return PB_EINVAL;
+    c->polling = true;
+    int rc = 0;
+    CURLMcode mc = curl_multi_poll(c->multi, NULL, 0, timeout_ms > 0 ? timeout_ms : 0, NULL);
+    if (mc == CURLM_OK)
+        mc = curl_multi_perform(c->multi, &running);
+    if (mc != CURLM_OK) {
+        PB_ERROR("http client poll failed error=\"%s\"", curl_multi_strerror(mc));
+        rc = mc == CURLM_OUT_OF_MEMORY ? PB_ENOMEM : PB_EINTERNAL;
+    }
+    drain(c);
+    c->polling = false;
+    return rc;
+}
+
+void pb_http_client_wakeup(struct pb_http_client *c)
+{
+    if (c)
+        curl_multi_wakeup(c->multi);
+}
+
+size_t pb_http_client_inflight(const struct pb_http_client *c)
+{
+    return c ? c->inflight : 0;
+}
+
+struct pb_http_client *pb_http_client_create(const struct pb_http_client_opts *o,
+                                             struct pb_err *err)
+{
+    struct pb_http_client *c = NULL;
+
+    pthread_once(&global_once, global_init);
+    if (global_rc != CURLE_OK) {
+        pb_err_set(err, PB_EINTERNAL, "libcurl init failed: %s", curl_easy_strerror(global_rc));
+        return NULL;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        goto nomem;
+    c->multi = curl_multi_init();
+    if (!c->multi)
+        goto nomem;
+    curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    if (o && o->max_host_connections > 0)
+        curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                          o->max_host_connections > LONG_MAX ? LONG_MAX
+                                                             : (long)o->max_host_connections);
+    if (o && o->max_total_connections > 0)
+        curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                          o->max_total_connections > LONG_MAX ? LONG_MAX
+                                                              : (long)o->max_total_connections);
+    return c;
+nomem:
+    free(c);
+    pb_err_set(err, PB_ENOMEM, "out of memory");
+    return NULL;
+}
+
+void pb_http_client_destroy(struct pb_http_client *c)
+{
+    if (!c)
+        return;
+    /* Sends from the callbacks below fail with PB_ESHUTDOWN. */
+    c->closing = true;
+    while (c->active)
+        finish(c, c->active, CURLE_ABORTED_BY_CALLBACK, "aborted");
+    while (c->free) {
+        struct xfer *x = c->free;
+        c->free = x->next;
+        xfer_free(x);
+    }
+    curl_multi_cleanup(c->multi);
+    free(c);
+}
