@@ -23,7 +23,8 @@ void pb_jq_destroy(struct pb_jq *q);
 /* Run q on in (ownership taken). Collects up to max_out results into out[]
  * (each owned by the caller) and their count into *nout; more results than
  * max_out is an error. A jq runtime error returns PB_EJQ with its text.
- * A run is bounded (PB_EJQ "too many steps" past a limit). */
+ * libjq 1.6 offers no step limit: only the number of outputs is bounded, so a
+ * program that loops without producing output is the configuration's bug. */
 int pb_jq_run(struct pb_jq *q, jv in, jv *out, size_t max_out, size_t *nout, struct pb_err *err);
 
 /* Parse JSON bytes into a jv, refusing values jq cannot carry exactly. */

@@ -28,6 +28,9 @@ enum pb_result {
     PB_RESULT_PERMANENT, /* never going to work: dead-letter now */
 };
 const char *pb_result_name(enum pb_result r);
+/* The one place HTTP statuses are classified (src/core/retry.c): 2xx OK;
+ * 408, 425, 429, 5xx and 0 (no response) RETRY; everything else PERMANENT. */
+enum pb_result pb_classify_http(int status);
 
 /* One attempt of one delivery. Borrowed by the plugin from deliver() until it
  * calls pb_delivery_done(). */
@@ -96,27 +99,24 @@ struct pb_processor_plugin {
 
 /* ---- inputs ------------------------------------------------------------------- */
 
-struct pb_engine;
-struct pb_httpd;
-
-/* Options of an HTTP ingest route (http_server input). */
+/* Options of an HTTP ingest route (http_server input). Strings are borrowed
+ * from the plugin context, which lives as long as the configuration. */
 struct pb_ingest_route {
-    const char *path;            /* exact path, e.g. "/hooks/shop" */
+    const char *path;                 /* exact path, e.g. "/hooks/shop" */
     const struct pb_strlist *methods; /* allowed methods; empty = POST */
-    uint64_t max_body;           /* bytes */
-    bool json;                   /* format: json (validate) or raw */
-    int64_t idempotency_window_ms; /* 0 = no idempotency */
-    const char *idempotency_header; /* header carrying the key */
+    uint64_t max_body;                /* bytes */
+    bool json;                        /* format: json (validated) or raw */
+    int64_t idempotency_window_ms;    /* 0 = no idempotency */
+    const char *idempotency_header;   /* header carrying the key */
 };
 
 struct pb_input_env {
     const char *pipeline;
-    struct pb_engine *engine;
-    struct pb_httpd *httpd; /* shared listener */
+    /* Ask the core to serve this pipeline's ingest route on the shared
+     * listener. Fails (with err) when the path is taken. */
+    int (*add_route)(void *arg, const struct pb_ingest_route *r, struct pb_err *err);
+    void *arg;
 };
-/* Register route on the shared listener for env->pipeline. */
-int pb_httpd_add_route(struct pb_httpd *h, const char *pipeline, const struct pb_ingest_route *r,
-                       struct pb_err *err);
 
 struct pb_input_plugin {
     const char *name;

@@ -1,0 +1,342 @@
+/* api.c - the admin REST API: pipelines, messages and the dead-letter queue.
+ *
+ *   GET    /api/pipelines
+ *   GET    /api/messages/{id}
+ *   GET    /api/dead-letters?pipeline=&output=&limit=&after=
+ *   GET    /api/dead-letters/{id}
+ *   POST   /api/dead-letters/{id}/replay
+ *   POST   /api/dead-letters/replay?pipeline=&output=
+ *   DELETE /api/dead-letters/{id}
+ *
+ * Reads go to the store's read connections; changes go through the writer
+ * like everything else, and the dispatcher is told to page replays in. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin/api.h"
+#include "patchbay/pb_log.h"
+
+static int reply(struct pb_api_resp *r, int status, json_t *body)
+{
+    r->status = status;
+    r->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (body && !r->body) {
+        r->status = 500;
+        r->body = strdup("{\"error\":\"out of memory\"}");
+    }
+    return 0;
+}
+
+static int reply_error(struct pb_api_resp *r, int status, const char *msg)
+{
+    reply(r, status, json_pack("{s:s}", "error", msg));
+    return 0;
+}
+
+static int reply_store_error(struct pb_api_resp *r, const struct pb_err *err)
+{
+    if (err->code == PB_ENOTFOUND)
+        reply_error(r, 404, err->msg[0] ? err->msg : "not found");
+    else
+        reply_error(r, 500, err->msg[0] ? err->msg : pb_strerror(err->code));
+    return 0;
+}
+
+static const char *arg(struct MHD_Connection *c, const char *name)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
+    return v && *v ? v : NULL;
+}
+
+/* Parse a positive decimal id; 0 when not one. */
+static int64_t parse_id(const char *s, size_t len)
+{
+    if (len == 0 || len > 18)
+        return 0;
+    int64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+struct count_ctx {
+    struct pb_engine *e;
+    json_t *pipelines; /* name -> {outputs: name -> obj} while building */
+    bool resync;
+};
+
+static json_t *output_obj(json_t *pipelines, const char *pl, const char *out)
+{
+    json_t *p = json_object_get(pipelines, pl);
+    json_t *outs = p ? json_object_get(p, "outputs_by_name") : NULL;
+    return outs ? json_object_get(outs, out) : NULL;
+}
+
+static void count_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
+                     int64_t count)
+{
+    struct count_ctx *cc = arg;
+    json_t *o = output_obj(cc->pipelines, pipeline, output);
+    if (o)
+        json_object_set_new(o, pb_dstate_name(state), json_integer(count));
+}
+
+static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
+{
+    json_t *by_name = json_object();
+    json_t *list = json_array();
+    if (!by_name || !list)
+        goto oom;
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        json_t *outs = json_object();
+        json_t *p = json_pack("{s:s, s:s?, s:I, s:I, s:I, s:o}", "name", pl->name, "path",
+                              pl->has_route ? pl->route.path : NULL, "received",
+                              (json_int_t)atomic_load(&pl->received), "accepted",
+                              (json_int_t)atomic_load(&pl->accepted), "duplicates",
+                              (json_int_t)atomic_load(&pl->duplicates), "outputs_by_name", outs);
+        if (!p)
+            goto oom;
+        for (size_t j = 0; j < pl->nouts; j++) {
+            struct pb_output *o = &pl->outs[j];
+            json_object_set_new(
+                outs, o->name,
+                json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                          "name", o->name, "type", o->plugin->name, "pending", (json_int_t)0,
+                          "delivered", (json_int_t)0, "dead", (json_int_t)0, "filtered",
+                          (json_int_t)0, "replayed", (json_int_t)0, "inflight",
+                          (json_int_t)atomic_load(&o->inflight_gauge), "delivered_total",
+                          (json_int_t)atomic_load(&o->delivered), "retried_total",
+                          (json_int_t)atomic_load(&o->retried), "dead_total",
+                          (json_int_t)atomic_load(&o->dead), "filtered_total",
+                          (json_int_t)atomic_load(&o->filtered), "concurrency",
+                          (json_int_t)o->concurrency));
+        }
+        json_object_set_new(by_name, pl->name, p);
+    }
+    struct count_ctx cc = {.e = e, .pipelines = by_name};
+    struct pb_err err = {0};
+    if (pb_store_count(e->store, count_cb, &cc, &err) != 0) {
+        json_decref(by_name);
+        json_decref(list);
+        reply_store_error(r, &err);
+        return 0;
+    }
+    /* Emit in configuration order, outputs as arrays. */
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        json_t *p = json_object_get(by_name, pl->name);
+        json_t *outs = json_object_get(p, "outputs_by_name");
+        json_t *arr = json_array();
+        for (size_t j = 0; j < pl->nouts; j++)
+            json_array_append(arr, json_object_get(outs, pl->outs[j].name));
+        json_t *copy = json_copy(p);
+        json_object_del(copy, "outputs_by_name");
+        json_object_set_new(copy, "outputs", arr);
+        json_array_append_new(list, copy);
+    }
+    json_decref(by_name);
+    reply(r, 200, json_pack("{s:o}", "pipelines", list));
+    return 0;
+oom:
+    json_decref(by_name);
+    json_decref(list);
+    reply_error(r, 500, "out of memory");
+    return 0;
+}
+
+/* Re-read the pending counts so the backlog gauges stay exact after replays. */
+static void backlog_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
+                       int64_t count)
+{
+    struct count_ctx *cc = arg;
+    if (state != PB_DSTATE_PENDING)
+        return;
+    struct pb_pipeline *pl = pb_engine_pipeline(cc->e, pipeline);
+    struct pb_output *o = pl ? pb_pipeline_output(pl, output) : NULL;
+    if (o)
+        atomic_store(&o->backlog, count);
+}
+
+void pb_engine_resync_backlog(struct pb_engine *e);
+void pb_engine_resync_backlog(struct pb_engine *e)
+{
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
+            atomic_store(&e->cfg->pipelines[i].outs[j].backlog, 0);
+    struct count_ctx cc = {.e = e};
+    struct pb_err err = {0};
+    if (pb_store_count(e->store, backlog_cb, &cc, &err) != 0)
+        PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
+}
+
+static void notify_outputs(struct pb_engine *e, const char *pipeline, const char *output)
+{
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        if (pipeline && strcmp(pl->name, pipeline) != 0)
+            continue;
+        for (size_t j = 0; j < pl->nouts; j++)
+            if (!output || strcmp(pl->outs[j].name, output) == 0)
+                pb_dispatcher_notify_store(e->disp, &pl->outs[j]);
+    }
+}
+
+static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
+{
+    struct pb_op op = {.kind = PB_OP_REPLAY};
+    op.u.replay.delivery_id = id;
+    op.u.replay.now = pb_now_ms();
+    int rc = pb_store_exec(e->store, &op);
+    if (rc == PB_ENOTFOUND) {
+        reply_error(r, 404, "no such dead letter");
+        return 0;
+    }
+    if (rc) {
+        reply_error(r, 503, pb_strerror(rc));
+        return 0;
+    }
+    struct pb_pipeline *pl = pb_engine_pipeline(e, op.u.replay.pipeline);
+    struct pb_output *o = pl ? pb_pipeline_output(pl, op.u.replay.output) : NULL;
+    if (o) {
+        atomic_fetch_add(&o->backlog, 1);
+        pb_dispatcher_notify_store(e->disp, o);
+    } else {
+        PB_WARN("replayed a dead letter of an output no longer configured pipeline=%s output=%s "
+                "delivery_id=%lld",
+                op.u.replay.pipeline, op.u.replay.output, (long long)id);
+    }
+    PB_INFO("dead letter replayed delivery_id=%lld new_delivery_id=%lld", (long long)id,
+            (long long)op.u.replay.new_delivery_id);
+    reply(r, 200,
+          json_pack("{s:i, s:I}", "replayed", 1, "delivery_id",
+                    (json_int_t)op.u.replay.new_delivery_id));
+    return 0;
+}
+
+static int replay_all(struct pb_engine *e, struct MHD_Connection *c, struct pb_api_resp *r)
+{
+    const char *pipeline = arg(c, "pipeline"), *output = arg(c, "output");
+    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
+    op.u.replay_all.pipeline = pipeline;
+    op.u.replay_all.output = output;
+    op.u.replay_all.now = pb_now_ms();
+    int rc = pb_store_exec(e->store, &op);
+    if (rc) {
+        reply_error(r, 503, pb_strerror(rc));
+        return 0;
+    }
+    pb_engine_resync_backlog(e);
+    notify_outputs(e, pipeline, output);
+    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s",
+            (long long)op.u.replay_all.count, pipeline ? pipeline : "*", output ? output : "*");
+    reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)op.u.replay_all.count));
+    return 0;
+}
+
+static int purge_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
+{
+    struct pb_op op = {.kind = PB_OP_PURGE};
+    op.u.purge.delivery_id = id;
+    int rc = pb_store_exec(e->store, &op);
+    if (rc == PB_ENOTFOUND) {
+        reply_error(r, 404, "no such dead letter");
+        return 0;
+    }
+    if (rc) {
+        reply_error(r, 503, pb_strerror(rc));
+        return 0;
+    }
+    PB_INFO("dead letter purged delivery_id=%lld", (long long)id);
+    r->status = 204;
+    r->body = NULL;
+    return 0;
+}
+
+static int handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+                  const char *path, struct pb_api_resp *r)
+{
+    struct pb_err err = {0};
+    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0,
+         del = strcmp(method, "DELETE") == 0;
+    const char *rest;
+
+    if (strcmp(path, "/api/pipelines") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        return get_pipelines(e, r);
+    }
+    if (strncmp(path, "/api/messages/", 14) == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        const char *id = path + 14;
+        if (!*id || strlen(id) >= PB_MSG_ID_MAX || strchr(id, '/'))
+            return reply_error(r, 404, "no such message");
+        json_t *m = pb_store_message_json(e->store, id, &err);
+        if (!m)
+            return reply_store_error(r, &err);
+        return reply(r, 200, m);
+    }
+    if (strcmp(path, "/api/dead-letters") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        const char *lim = arg(c, "limit"), *after = arg(c, "after");
+        int limit = 100;
+        int64_t after_id = 0;
+        if (lim) {
+            int64_t v = parse_id(lim, strlen(lim));
+            if (v < 1 || v > 1000)
+                return reply_error(r, 400, "limit must be 1..1000");
+            limit = (int)v;
+        }
+        if (after) {
+            after_id = parse_id(after, strlen(after));
+            if (after_id < 1)
+                return reply_error(r, 400, "after must be a delivery id");
+        }
+        json_t *l = pb_store_dead_letters_json(e->store, arg(c, "pipeline"), arg(c, "output"),
+                                               after_id, limit, &err);
+        if (!l)
+            return reply_store_error(r, &err);
+        return reply(r, 200, l);
+    }
+    if (strcmp(path, "/api/dead-letters/replay") == 0) {
+        if (!post)
+            return reply_error(r, 405, "method not allowed");
+        return replay_all(e, c, r);
+    }
+    if (strncmp(path, "/api/dead-letters/", 18) == 0) {
+        rest = path + 18;
+        const char *slash = strchr(rest, '/');
+        size_t idlen = slash ? (size_t)(slash - rest) : strlen(rest);
+        int64_t id = parse_id(rest, idlen);
+        if (id < 1)
+            return reply_error(r, 404, "no such dead letter");
+        if (slash) {
+            if (strcmp(slash, "/replay") != 0)
+                return reply_error(r, 404, "no such endpoint");
+            if (!post)
+                return reply_error(r, 405, "method not allowed");
+            return replay_one(e, id, r);
+        }
+        if (del)
+            return purge_one(e, id, r);
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        json_t *d = pb_store_dead_letter_json(e->store, id, &err);
+        if (!d)
+            return reply_store_error(r, &err);
+        return reply(r, 200, d);
+    }
+    return reply_error(r, 404, "no such endpoint");
+}
+
+void pb_admin_handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+                     const char *path, struct pb_api_resp *r)
+{
+    (void)handle(e, c, method, path, r);
+}

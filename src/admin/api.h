@@ -1,0 +1,19 @@
+/* api.h - the admin REST API under /api (JSON, bearer token checked by the
+ * listener before these handlers run). */
+#ifndef PB_ADMIN_API_H
+#define PB_ADMIN_API_H
+
+#include <microhttpd.h>
+
+#include "core/engine.h"
+
+struct pb_api_resp {
+    int status;
+    char *body; /* malloc'd JSON text, or NULL for an empty body */
+};
+
+/* Answer one admin request; fills resp. Runs on a listener thread. */
+void pb_admin_handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+                     const char *path, struct pb_api_resp *resp);
+
+#endif

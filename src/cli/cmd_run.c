@@ -1,0 +1,36 @@
+/* cmd_run.c - `patchbay run CONFIG` and `patchbay lint CONFIG`. */
+#include <stdio.h>
+
+#include "cli/cli.h"
+#include "core/engine.h"
+
+int pb_cmd_run(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: patchbay run CONFIG\n");
+        return 2;
+    }
+    return pb_engine_run(argv[1]);
+}
+
+int pb_cmd_lint(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: patchbay lint CONFIG\n");
+        return 2;
+    }
+    struct pb_err err = {0};
+    char buf[1024];
+    struct pb_config *c = pb_config_load(argv[1], NULL, &err);
+    if (!c) {
+        fprintf(stderr, "%s\n", pb_err_format(&err, buf, sizeof(buf)));
+        return 1;
+    }
+    size_t nout = 0;
+    for (size_t i = 0; i < c->npipelines; i++)
+        nout += c->pipelines[i].nouts;
+    printf("%s: ok (%zu pipeline%s, %zu output%s)\n", argv[1], c->npipelines,
+           c->npipelines == 1 ? "" : "s", nout, nout == 1 ? "" : "s");
+    pb_config_destroy(c);
+    return 0;
+}

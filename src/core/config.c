@@ -1,0 +1,616 @@
+/* config.c - the whole patchbay.yaml: top-level options, pipelines, and the
+ * plugins they name, decoded with field tables and initialised.
+ *
+ * Everything a user can get wrong is found here, before anything starts:
+ * unknown keys, bad values, unknown plugins, jq programs that do not
+ * compile, two pipelines on one path. Errors carry file:line:col. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/engine.h"
+
+#define OFF(field) offsetof(struct pb_config, field)
+
+static const struct pb_field server_fields[] = {
+    {.name = "listen",
+     .type = PB_F_STR,
+     .offset = offsetof(struct pb_server_conf, listen),
+     .def = "127.0.0.1:8080",
+     .doc = "address:port of the shared HTTP listener"},
+    {.name = "admin_token",
+     .type = PB_F_SECRET,
+     .offset = offsetof(struct pb_server_conf, admin_token),
+     .doc = "bearer token for /api; the admin API is disabled when empty"},
+    {.name = "max_connections",
+     .type = PB_F_INT,
+     .offset = offsetof(struct pb_server_conf, max_connections),
+     .def = "1024",
+     .min = 1,
+     .max = 100000,
+     .doc = "simultaneous client connections"},
+    {.name = "threads",
+     .type = PB_F_INT,
+     .offset = offsetof(struct pb_server_conf, threads),
+     .def = "2",
+     .min = 1,
+     .max = 64,
+     .doc = "listener threads"},
+    {.name = "connection_timeout",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct pb_server_conf, connection_timeout_ms),
+     .def = "30s",
+     .doc = "idle or slow client connections are closed after this"},
+    {0},
+};
+
+static const struct pb_field outbound_fields[] = {
+    {.name = "allow",
+     .type = PB_F_STRLIST,
+     .offset = offsetof(struct pb_outbound_conf, allow),
+     .doc = "internal hosts and CIDRs outputs may reach (e.g. 127.0.0.0/8)"},
+    {0},
+};
+
+static const struct pb_field limits_fields[] = {
+    {.name = "ingest_queue",
+     .type = PB_F_INT,
+     .offset = offsetof(struct pb_limits_conf, ingest_queue),
+     .def = "8192",
+     .min = 1,
+     .max = 1000000,
+     .doc = "messages waiting for commit before ingest answers 503"},
+    {.name = "in_memory",
+     .type = PB_F_INT,
+     .offset = offsetof(struct pb_limits_conf, in_memory),
+     .def = "10000",
+     .min = 16,
+     .max = 10000000,
+     .doc = "pending deliveries held in memory per output; the rest wait in the store"},
+    {.name = "max_inflight_bytes",
+     .type = PB_F_SIZE,
+     .offset = offsetof(struct pb_limits_conf, max_inflight_bytes),
+     .def = "256MiB",
+     .doc = "request bodies being received or committed before ingest answers 503"},
+    {0},
+};
+
+static const struct pb_field top_fields[] = {
+    {.name = "server", .type = PB_F_OBJECT, .offset = OFF(server), .sub = server_fields},
+    {.name = "state",
+     .type = PB_F_STR,
+     .offset = OFF(state),
+     .def = "sqlite:./patchbay-data/state.db",
+     .doc = "sqlite:PATH"},
+    {.name = "outbound", .type = PB_F_OBJECT, .offset = OFF(outbound), .sub = outbound_fields},
+    {.name = "limits", .type = PB_F_OBJECT, .offset = OFF(limits), .sub = limits_fields},
+    {.name = "retention",
+     .type = PB_F_DURATION,
+     .offset = OFF(retention_ms),
+     .def = "7d",
+     .doc = "how long finished messages are kept for inspection"},
+    {.name = "shutdown_timeout",
+     .type = PB_F_DURATION,
+     .offset = OFF(shutdown_timeout_ms),
+     .def = "10s",
+     .doc = "how long SIGTERM waits for attempts in flight"},
+    {.name = "pipelines",
+     .type = PB_F_NODE,
+     .offset = OFF(pipelines_node),
+     .flags = PB_FIELD_REQUIRED},
+    {0},
+};
+
+static const struct pb_field retry_fields[] = {
+    {.name = "max_attempts",
+     .type = PB_F_INT,
+     .offset = offsetof(struct pb_retry_conf, max_attempts),
+     .def = "12",
+     .min = 1,
+     .max = 1000},
+    {.name = "initial",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct pb_retry_conf, initial),
+     .def = "500ms"},
+    {.name = "max",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct pb_retry_conf, max),
+     .def = "10m"},
+    {.name = "max_age",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct pb_retry_conf, max_age),
+     .def = "3d"},
+    {0},
+};
+
+/* Options every output takes, next to its plugin's own. */
+static const struct pb_field output_common_fields[] = {
+    {.name = "map",
+     .type = PB_F_STR,
+     .offset = offsetof(struct pb_output_common, map),
+     .doc = "jq program applied to the message for this output"},
+    {.name = "retry",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct pb_output_common, retry),
+     .sub = retry_fields},
+    {.name = "concurrency",
+     .type = PB_F_INT,
+     .offset = offsetof(struct pb_output_common, concurrency),
+     .def = "0",
+     .min = 0,
+     .max = 4096,
+     .doc = "attempts in flight at once (0 = the output's default)"},
+    {.name = "rate_limit",
+     .type = PB_F_RATE,
+     .offset = offsetof(struct pb_output_common, rate_limit),
+     .doc = "e.g. 100/s"},
+    {.name = "outbound",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct pb_output_common, outbound),
+     .sub = outbound_fields},
+    {0},
+};
+
+struct pipeline_raw {
+    const struct pb_node *input;
+    struct {
+        char *key;
+    } ordering;
+    const struct pb_node *process;
+    const struct pb_node *outputs;
+};
+
+static const struct pb_field ordering_fields[] = {
+    {.name = "key",
+     .type = PB_F_STR,
+     .offset = 0,
+     .flags = PB_FIELD_REQUIRED,
+     .doc = "jq expression; deliveries sharing a key go out one at a time, in order"},
+    {0},
+};
+
+static const struct pb_field pipeline_fields[] = {
+    {.name = "input",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pipeline_raw, input),
+     .flags = PB_FIELD_REQUIRED},
+    {.name = "ordering",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct pipeline_raw, ordering),
+     .sub = ordering_fields},
+    {.name = "process", .type = PB_F_NODE, .offset = offsetof(struct pipeline_raw, process)},
+    {.name = "outputs",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pipeline_raw, outputs),
+     .flags = PB_FIELD_REQUIRED},
+    {0},
+};
+
+__attribute__((format(printf, 3, 4))) static int bad(struct pb_err *err, const struct pb_node *n,
+                                                     const char *fmt, ...)
+{
+    char msg[PB_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return pb_err_at(err, PB_ECONFIG, n->file, n->line, n->col, "%s", msg);
+}
+
+/* A map with exactly one key naming a plugin: `http: {...}`. */
+static int plugin_block(const struct pb_node *n, const char *what, const char *owner,
+                        const struct pb_node **name, const struct pb_node **body,
+                        struct pb_err *err)
+{
+    if (n->type != PB_NODE_MAP || n->n != 1)
+        return bad(err, n, "%s \"%s\" must be a map with exactly one key naming a plugin", what,
+                   owner);
+    *name = n->keys[0];
+    *body = n->vals[0];
+    return 0;
+}
+
+static void names_of(char *buf, size_t len, const char *const *names)
+{
+    buf[0] = 0;
+    for (size_t i = 0; names[i]; i++) {
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, "%s%s", i ? ", " : "", names[i]);
+    }
+}
+
+static int add_route_cb(void *arg, const struct pb_ingest_route *r, struct pb_err *err)
+{
+    struct pb_pipeline *pl = arg;
+    if (pl->has_route)
+        return pb_err_set(err, PB_ECONFIG, "pipeline \"%s\" has two ingest routes", pl->name);
+    pl->route = *r;
+    pl->has_route = true;
+    return 0;
+}
+
+static int load_input(struct pb_pipeline *pl, const struct pb_node *n, struct pb_err *err)
+{
+    const struct pb_node *name = NULL, *body = NULL;
+    int rc = plugin_block(n, "input of pipeline", pl->name, &name, &body, err);
+    if (rc)
+        return rc;
+    pl->input = pb_registry_input(name->str);
+    if (!pl->input) {
+        const char *list[16];
+        size_t k = 0;
+        for (size_t i = 0; pb_input_plugins[i] && k < 15; i++)
+            list[k++] = pb_input_plugins[i]->name;
+        list[k] = NULL;
+        char avail[256];
+        names_of(avail, sizeof(avail), list);
+        return bad(err, name, "unknown input \"%s\" (available: %s)", name->str, avail);
+    }
+    pl->input_ctx = calloc(1, pl->input->ctx_size ? pl->input->ctx_size : 1);
+    if (!pl->input_ctx)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    rc = pb_conf_decode(body, pl->input->fields, pl->input_ctx, err);
+    if (rc)
+        return rc;
+    struct pb_input_env env = {.pipeline = pl->name, .add_route = add_route_cb, .arg = pl};
+    rc = pl->input->init(pl->input_ctx, &env, err);
+    if (rc) {
+        if (!err->file)
+            err->file = name->file, err->line = name->line, err->col = name->col;
+        return rc;
+    }
+    pl->input_ready = true;
+    return 0;
+}
+
+static int load_processor(struct pb_pipeline *pl, struct pb_proc *pr, const struct pb_node *n,
+                          struct pb_err *err)
+{
+    const struct pb_node *name = NULL, *body = NULL;
+    int rc = plugin_block(n, "process step of pipeline", pl->name, &name, &body, err);
+    if (rc)
+        return rc;
+    pr->plugin = pb_registry_processor(name->str);
+    if (!pr->plugin) {
+        const char *list[16];
+        size_t k = 0;
+        for (size_t i = 0; pb_processor_plugins[i] && k < 15; i++)
+            list[k++] = pb_processor_plugins[i]->name;
+        list[k] = NULL;
+        char avail[256];
+        names_of(avail, sizeof(avail), list);
+        return bad(err, name, "unknown processor \"%s\" (available: %s)", name->str, avail);
+    }
+    pr->ctx = calloc(1, pr->plugin->ctx_size ? pr->plugin->ctx_size : 1);
+    if (!pr->ctx)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    if (pr->plugin->scalar_form && body->type == PB_NODE_SCALAR) {
+        char *s = strdup(body->str);
+        if (!s)
+            return pb_err_set(err, PB_ENOMEM, "out of memory");
+        memcpy((char *)pr->ctx + pr->plugin->scalar_offset, &s, sizeof(s));
+    } else {
+        rc = pb_conf_decode(body, pr->plugin->fields, pr->ctx, err);
+        if (rc)
+            return rc;
+    }
+    rc = pr->plugin->init(pr->ctx, err);
+    if (rc) {
+        if (!err->file)
+            err->file = body->file, err->line = body->line, err->col = body->col;
+        return rc;
+    }
+    return 0;
+}
+
+static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_output *o,
+                       const struct pb_node *key, const struct pb_node *n,
+                       struct pb_http_client *http, struct pb_err *err)
+{
+    const struct pb_node *name = NULL, *body = NULL;
+    o->name = strdup(key->str);
+    if (!o->name)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    int rc = plugin_block(n, "output", o->name, &name, &body, err);
+    if (rc)
+        return rc;
+    o->plugin = pb_registry_output(name->str);
+    if (!o->plugin) {
+        const char *list[16];
+        size_t k = 0;
+        for (size_t i = 0; pb_output_plugins[i] && k < 15; i++)
+            list[k++] = pb_output_plugins[i]->name;
+        list[k] = NULL;
+        char avail[256];
+        names_of(avail, sizeof(avail), list);
+        return bad(err, name, "unknown output \"%s\" (available: %s)", name->str, avail);
+    }
+    o->ctx = calloc(1, o->plugin->ctx_size ? o->plugin->ctx_size : 1);
+    if (!o->ctx)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    rc = pb_conf_decode2(body, output_common_fields, &o->common, o->plugin->fields, o->ctx, err);
+    if (rc)
+        return rc;
+    o->policy = (struct pb_retry_policy){
+        .max_attempts = o->common.retry.max_attempts,
+        .initial_ms = o->common.retry.initial,
+        .max_ms = o->common.retry.max,
+        .max_age_ms = o->common.retry.max_age,
+    };
+    if (o->policy.initial_ms <= 0)
+        o->policy.initial_ms = 1;
+    if (o->policy.max_ms < o->policy.initial_ms)
+        o->policy.max_ms = o->policy.initial_ms;
+    if (o->common.map) {
+        if (!pl->route.json && pl->has_route)
+            return bad(err, body, "output \"%s\" has a map, but pipeline \"%s\" takes format: raw",
+                       o->name, pl->name);
+        o->map_jq = pb_jq_compile(o->common.map, err);
+        if (!o->map_jq) {
+            const struct pb_node *m = pb_node_get(body, "map");
+            if (m)
+                err->file = m->file, err->line = m->line, err->col = m->col;
+            return err->code ? err->code : PB_ECONFIG;
+        }
+    }
+    struct pb_allowlist *top = NULL, *own = NULL;
+    top = pb_allowlist_create(&c->outbound.allow, err);
+    if (!top)
+        goto allow_fail;
+    own = pb_allowlist_create(&o->common.outbound.allow, err);
+    if (!own)
+        goto allow_fail;
+    o->allow = pb_allowlist_merge(top, own);
+    pb_allowlist_destroy(top);
+    pb_allowlist_destroy(own);
+    if (!o->allow)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+
+    o->concurrency = (size_t)(o->common.concurrency > 0 ? o->common.concurrency
+                                                        : o->plugin->default_concurrency);
+    if (o->concurrency == 0)
+        o->concurrency = 1;
+
+    struct pb_output_env env = {
+        .pipeline = pl->name, .output = o->name, .http = http, .allow = o->allow};
+    rc = o->plugin->init(o->ctx, &env, err);
+    if (rc) {
+        if (!err->file)
+            err->file = body->file, err->line = body->line, err->col = body->col;
+        return rc;
+    }
+    o->ctx_ready = true;
+    return 0;
+
+allow_fail:
+    pb_allowlist_destroy(top);
+    pb_allowlist_destroy(own);
+    {
+        const struct pb_node *at = pb_node_get(body, "outbound");
+        if (!at)
+            at = body;
+        if (!err->file)
+            err->file = at->file, err->line = at->line, err->col = at->col;
+    }
+    return err->code ? err->code : PB_ECONFIG;
+}
+
+static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const struct pb_node *key,
+                         const struct pb_node *n, struct pb_http_client *http, struct pb_err *err)
+{
+    struct pipeline_raw raw = {0};
+    int rc;
+    pl->name = strdup(key->str);
+    if (!pl->name)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    pl->node = n;
+    if (n->type != PB_NODE_MAP)
+        return bad(err, n, "pipeline \"%s\" must be a map with input, process and outputs%s",
+                   pl->name, "");
+    rc = pb_conf_decode(n, pipeline_fields, &raw, err);
+    if (rc)
+        goto out;
+    rc = load_input(pl, raw.input, err);
+    if (rc)
+        goto out;
+    if (raw.ordering.key) {
+        pl->ordering_key = raw.ordering.key;
+        raw.ordering.key = NULL;
+        pl->key_jq = pb_jq_compile(pl->ordering_key, err);
+        if (!pl->key_jq) {
+            const struct pb_node *o = pb_node_get(n, "ordering");
+            if (o)
+                err->file = o->file, err->line = o->line, err->col = o->col;
+            rc = err->code ? err->code : PB_ECONFIG;
+            goto out;
+        }
+    }
+    if (raw.process) {
+        if (raw.process->type != PB_NODE_SEQ) {
+            rc = bad(err, raw.process, "\"process\" of pipeline \"%s\" must be a list of steps%s",
+                     pl->name, "");
+            goto out;
+        }
+        if (raw.process->n && pl->has_route && !pl->route.json) {
+            rc = bad(err, raw.process,
+                     "pipeline \"%s\" has process steps, which need format: json%s", pl->name, "");
+            goto out;
+        }
+        pl->procs = calloc(raw.process->n ? raw.process->n : 1, sizeof(*pl->procs));
+        if (!pl->procs) {
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < raw.process->n; i++) {
+            pl->nprocs = i + 1;
+            rc = load_processor(pl, &pl->procs[i], raw.process->vals[i], err);
+            if (rc)
+                goto out;
+        }
+    }
+    if (raw.outputs->type != PB_NODE_MAP || raw.outputs->n == 0) {
+        rc = bad(err, raw.outputs,
+                 "\"outputs\" of pipeline \"%s\" must be a map of named outputs%s", pl->name, "");
+        goto out;
+    }
+    pl->outs = calloc(raw.outputs->n, sizeof(*pl->outs));
+    pl->out_names = calloc(raw.outputs->n, sizeof(*pl->out_names));
+    if (!pl->outs || !pl->out_names) {
+        rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < raw.outputs->n; i++) {
+        pl->nouts = i + 1;
+        pl->outs[i].index = i;
+        pl->outs[i].pl = pl;
+        rc =
+            load_output(c, pl, &pl->outs[i], raw.outputs->keys[i], raw.outputs->vals[i], http, err);
+        if (rc)
+            goto out;
+        pl->out_names[i] = pl->outs[i].name;
+    }
+out:
+    pb_conf_free(pipeline_fields, &raw);
+    return rc;
+}
+
+struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, struct pb_err *err)
+{
+    struct pb_config *c = calloc(1, sizeof(*c));
+    if (!c) {
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        return NULL;
+    }
+    c->path = strdup(path);
+    c->doc = pb_conf_load_file(path, err);
+    if (!c->path || !c->doc)
+        goto fail;
+    const struct pb_node *root = pb_conf_root(c->doc);
+    if (!root || root->type != PB_NODE_MAP) {
+        pb_err_at(err, PB_ECONFIG, path, root ? root->line : 1, root ? root->col : 1,
+                  "the configuration must be a map with server, state and pipelines");
+        goto fail;
+    }
+    if (pb_conf_decode(root, top_fields, c, err))
+        goto fail;
+    const struct pb_node *pls = c->pipelines_node;
+    if (pls->type != PB_NODE_MAP || pls->n == 0) {
+        pb_err_at(err, PB_ECONFIG, pls->file, pls->line, pls->col,
+                  "\"pipelines\" must be a map of named pipelines");
+        goto fail;
+    }
+    c->pipelines = calloc(pls->n, sizeof(*c->pipelines));
+    if (!c->pipelines) {
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < pls->n; i++) {
+        c->npipelines = i + 1;
+        c->pipelines[i].index = i;
+        if (load_pipeline(c, &c->pipelines[i], pls->keys[i], pls->vals[i], http, err))
+            goto fail;
+        for (size_t j = 0; j < i; j++) {
+            struct pb_pipeline *a = &c->pipelines[j], *b = &c->pipelines[i];
+            if (a->has_route && b->has_route && strcmp(a->route.path, b->route.path) == 0) {
+                const struct pb_node *at = pls->vals[i];
+                pb_err_at(err, PB_ECONFIG, at->file, at->line, at->col,
+                          "pipelines \"%s\" and \"%s\" both listen on path %s", a->name, b->name,
+                          b->route.path);
+                goto fail;
+            }
+        }
+    }
+    return c;
+fail:
+    if (err && !err->code)
+        err->code = PB_ECONFIG;
+    if (err && err->file) {
+        /* The position points into the document, which goes away now. */
+        static _Thread_local char file[4096];
+        snprintf(file, sizeof(file), "%s", err->file);
+        err->file = file;
+    }
+    pb_config_destroy(c);
+    return NULL;
+}
+
+static void destroy_output(struct pb_output *o)
+{
+    if (o->plugin && o->ctx) {
+        if (o->plugin->destroy)
+            o->plugin->destroy(o->ctx);
+        pb_conf_free(o->plugin->fields, o->ctx);
+    }
+    free(o->ctx);
+    pb_conf_free(output_common_fields, &o->common);
+    pb_jq_destroy(o->map_jq);
+    pb_allowlist_destroy(o->allow);
+    free(o->keys);
+    free(o->name);
+}
+
+static void destroy_pipeline(struct pb_pipeline *pl)
+{
+    if (pl->input && pl->input_ctx) {
+        if (pl->input->destroy)
+            pl->input->destroy(pl->input_ctx);
+        pb_conf_free(pl->input->fields, pl->input_ctx);
+    }
+    free(pl->input_ctx);
+    for (size_t i = 0; i < pl->nprocs; i++) {
+        struct pb_proc *pr = &pl->procs[i];
+        if (pr->plugin && pr->ctx) {
+            if (pr->plugin->destroy)
+                pr->plugin->destroy(pr->ctx);
+            if (pr->plugin->scalar_form) {
+                char *s;
+                memcpy(&s, (char *)pr->ctx + pr->plugin->scalar_offset, sizeof(s));
+                /* The long form decodes into the same slot; free it once. */
+                free(s);
+                s = NULL;
+                memcpy((char *)pr->ctx + pr->plugin->scalar_offset, &s, sizeof(s));
+            }
+            pb_conf_free(pr->plugin->fields, pr->ctx);
+        }
+        free(pr->ctx);
+    }
+    free(pl->procs);
+    for (size_t i = 0; i < pl->nouts; i++)
+        destroy_output(&pl->outs[i]);
+    free(pl->outs);
+    free(pl->out_names);
+    pb_jq_destroy(pl->key_jq);
+    free(pl->ordering_key);
+    free(pl->name);
+}
+
+void pb_config_destroy(struct pb_config *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->npipelines; i++)
+        destroy_pipeline(&c->pipelines[i]);
+    free(c->pipelines);
+    pb_conf_free(top_fields, c);
+    pb_conf_doc_destroy(c->doc);
+    free(c->path);
+    free(c);
+}
+
+struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name)
+{
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        if (strcmp(e->cfg->pipelines[i].name, name) == 0)
+            return &e->cfg->pipelines[i];
+    return NULL;
+}
+
+struct pb_output *pb_pipeline_output(struct pb_pipeline *pl, const char *name)
+{
+    for (size_t i = 0; i < pl->nouts; i++)
+        if (strcmp(pl->outs[i].name, name) == 0)
+            return &pl->outs[i];
+    return NULL;
+}

@@ -1,0 +1,860 @@
+/* dispatch.c - the dispatcher thread: from committed deliveries to attempts.
+ *
+ * One thread owns every output's queues, the retry timer heap, the jq
+ * programs and the async HTTP client. It never blocks on a partner: attempts
+ * run concurrently in curl multi, bounded per output by `concurrency` and
+ * `rate_limit`, and each output progresses on its own.
+ *
+ * Memory is bounded: an output holds at most limits.in_memory deliveries.
+ * Past that it is "spilled": new deliveries stay in the store only, and are
+ * paged back in, in id order, as room frees up. Delivery ids grow in commit
+ * order, so `cursor` (the highest id taken in) tells duplicates (already
+ * paged in) from news.
+ *
+ * With ordering.key, deliveries sharing a key go out one at a time per output,
+ * in acceptance order, retries included: a key is busy from admission of its
+ * head until that delivery is finished (delivered, dead or filtered). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/engine.h"
+#include "patchbay/pb_log.h"
+
+#define LOAD_BATCH_MAX 2048
+#define POLL_MAX_MS 500
+
+struct pb_keyq {
+    char *key;
+    uint64_t hash;
+    struct pb_keyq *next;      /* hash chain */
+    struct pb_dl *head, *tail; /* admitted, waiting for the key */
+};
+
+struct pb_dl {
+    int64_t id;
+    struct pb_msg *msg;
+    struct pb_output *out;
+    struct pb_dispatcher *disp;
+    struct pb_keyq *kq;
+    int attempts; /* made so far */
+    int64_t next_at;
+    struct pb_dl *next; /* ready queue, key queue or inbox */
+    size_t heap_idx;
+    char *payload; /* mapped payload of the attempt in flight (NULL: the body) */
+    int64_t started_mono_us, started_at;
+    struct pb_delivery d;
+    char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
+};
+
+struct pb_dispatcher {
+    struct pb_engine *e;
+    struct pb_http_client *http;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    atomic_bool aborting;
+    int64_t stop_deadline_mono_us;
+
+    pthread_mutex_t lock; /* guards inbox and closed */
+    struct pb_dl *inbox_head, *inbox_tail;
+    bool closed;
+
+    struct pb_dl **heap; /* retry timers, min-heap on next_at */
+    size_t nheap, heapcap;
+    size_t inflight;
+    int64_t next_expire_at;
+};
+
+struct result_op {
+    struct pb_op op;
+    char error[PB_ERROR_EXCERPT_MAX + 1];
+};
+
+/* ---- timer heap ------------------------------------------------------------------ */
+
+static void heap_swap(struct pb_dispatcher *d, size_t a, size_t b)
+{
+    struct pb_dl *t = d->heap[a];
+    d->heap[a] = d->heap[b];
+    d->heap[b] = t;
+    d->heap[a]->heap_idx = a;
+    d->heap[b]->heap_idx = b;
+}
+
+static int heap_push(struct pb_dispatcher *d, struct pb_dl *dl)
+{
+    if (d->nheap == d->heapcap) {
+        size_t cap = d->heapcap ? d->heapcap * 2 : 256;
+        struct pb_dl **h = realloc(d->heap, cap * sizeof(*h));
+        if (!h)
+            return PB_ENOMEM;
+        d->heap = h;
+        d->heapcap = cap;
+    }
+    size_t i = d->nheap++;
+    d->heap[i] = dl;
+    dl->heap_idx = i;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (d->heap[p]->next_at <= d->heap[i]->next_at)
+            break;
+        heap_swap(d, p, i);
+        i = p;
+    }
+    return 0;
+}
+
+static struct pb_dl *heap_pop(struct pb_dispatcher *d)
+{
+    struct pb_dl *top = d->heap[0];
+    d->nheap--;
+    if (d->nheap) {
+        d->heap[0] = d->heap[d->nheap];
+        d->heap[0]->heap_idx = 0;
+        size_t i = 0;
+        for (;;) {
+            size_t l = 2 * i + 1, r = l + 1, m = i;
+            if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
+                m = l;
+            if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
+                m = r;
+            if (m == i)
+                break;
+            heap_swap(d, i, m);
+            i = m;
+        }
+    }
+    return top;
+}
+
+/* ---- per-key queues -------------------------------------------------------------- */
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static struct pb_keyq *keyq_find(struct pb_output *o, const char *key, uint64_t h)
+{
+    if (!o->keycap)
+        return NULL;
+    for (struct pb_keyq *k = o->keys[h & (o->keycap - 1)]; k; k = k->next)
+        if (k->hash == h && strcmp(k->key, key) == 0)
+            return k;
+    return NULL;
+}
+
+static int keyq_grow(struct pb_output *o)
+{
+    size_t cap = o->keycap ? o->keycap * 2 : 64;
+    struct pb_keyq **t = calloc(cap, sizeof(*t));
+    if (!t)
+        return PB_ENOMEM;
+    for (size_t i = 0; i < o->keycap; i++) {
+        for (struct pb_keyq *k = o->keys[i], *n; k; k = n) {
+            n = k->next;
+            k->next = t[k->hash & (cap - 1)];
+            t[k->hash & (cap - 1)] = k;
+        }
+    }
+    free(o->keys);
+    o->keys = t;
+    o->keycap = cap;
+    return 0;
+}
+
+static struct pb_keyq *keyq_add(struct pb_output *o, const char *key, uint64_t h)
+{
+    if (o->nkeys + 1 > o->keycap && keyq_grow(o))
+        return NULL;
+    struct pb_keyq *k = calloc(1, sizeof(*k));
+    if (!k || !(k->key = strdup(key))) {
+        free(k);
+        return NULL;
+    }
+    k->hash = h;
+    k->next = o->keys[h & (o->keycap - 1)];
+    o->keys[h & (o->keycap - 1)] = k;
+    o->nkeys++;
+    return k;
+}
+
+static void keyq_remove(struct pb_output *o, struct pb_keyq *kq)
+{
+    struct pb_keyq **pp = &o->keys[kq->hash & (o->keycap - 1)];
+    while (*pp && *pp != kq)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = kq->next;
+    o->nkeys--;
+    free(kq->key);
+    free(kq);
+}
+
+/* ---- delivery life cycle ------------------------------------------------------------- */
+
+static void dl_free(struct pb_dl *dl)
+{
+    pb_msg_unref(dl->msg);
+    free(dl->payload);
+    free(dl);
+}
+
+static void ready_push(struct pb_output *o, struct pb_dl *dl)
+{
+    dl->next = NULL;
+    if (o->ready_tail)
+        o->ready_tail->next = dl;
+    else
+        o->ready_head = dl;
+    o->ready_tail = dl;
+    o->nready++;
+}
+
+static struct pb_dl *ready_pop(struct pb_output *o)
+{
+    struct pb_dl *dl = o->ready_head;
+    if (dl) {
+        o->ready_head = dl->next;
+        if (!o->ready_head)
+            o->ready_tail = NULL;
+        o->nready--;
+        dl->next = NULL;
+    }
+    return dl;
+}
+
+/* Put dl where it waits for its next attempt. */
+static void schedule(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    if (dl->next_at <= now || heap_push(d, dl) != 0)
+        ready_push(dl->out, dl);
+}
+
+static void result_done_cb(struct pb_op *op, void *arg)
+{
+    (void)arg;
+    if (op->status)
+        PB_ERROR("delivery result not recorded delivery_id=%lld error=\"%s\" (it stays pending "
+                 "and will be attempted again after restart)",
+                 (long long)op->u.result.delivery_id, pb_strerror(op->status));
+    free(op);
+}
+
+static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
+                          int status, int64_t latency_ms, const char *error)
+{
+    struct result_op *r = calloc(1, sizeof(*r));
+    if (!r) {
+        PB_ERROR("out of memory recording a result delivery_id=%lld (it stays pending)",
+                 (long long)dl->id);
+        return;
+    }
+    r->op.kind = PB_OP_RESULT;
+    r->op.done_cb = result_done_cb;
+    struct pb_op_result *res = &r->op.u.result;
+    res->delivery_id = dl->id;
+    res->attempt = dl->attempts;
+    res->started_at = dl->started_at;
+    res->latency_ms = latency_ms;
+    res->status = status;
+    res->state = state;
+    res->next_at = dl->next_at;
+    if (error) {
+        snprintf(r->error, sizeof(r->error), "%s", error);
+        res->error = r->error;
+    }
+    if (pb_store_submit(d->e->store, &r->op) != 0) {
+        PB_WARN("delivery result not recorded delivery_id=%lld (store stopped)", (long long)dl->id);
+        free(r);
+    }
+}
+
+/* dl is finished for good: release its key and its memory. */
+static void finish(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    o->inmem--;
+    atomic_fetch_sub(&o->backlog, 1);
+    struct pb_keyq *kq = dl->kq;
+    if (kq) {
+        struct pb_dl *nx = kq->head;
+        if (nx) {
+            kq->head = nx->next;
+            if (!kq->head)
+                kq->tail = NULL;
+            nx->next = NULL;
+            nx->kq = kq;
+            schedule(d, nx, now);
+        } else {
+            keyq_remove(o, kq);
+        }
+    }
+    dl_free(dl);
+}
+
+/* End a delivery without a partner attempt: processing failed or filtered. */
+static void settle_locally(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
+                           const char *reason, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    dl->attempts++;
+    dl->started_at = now;
+    submit_result(d, dl, state, 0, 0, reason);
+    if (state == PB_DSTATE_DEAD) {
+        atomic_fetch_add(&o->dead, 1);
+        PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld reason=\"%s\"",
+                o->pl->name, o->name, dl->msg->id, (long long)dl->id, reason);
+    } else {
+        atomic_fetch_add(&o->filtered, 1);
+    }
+    finish(d, dl, now);
+}
+
+/* Compute the ordering key of dl's message. *key NULL: unordered. */
+static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, struct pb_err *err)
+{
+    jv in, outv[1];
+    size_t n = 0;
+    *key = NULL;
+    int rc = pb_jq_parse(m->body, m->len, &in, err);
+    if (rc)
+        return rc;
+    rc = pb_jq_run(pl->key_jq, in, outv, 1, &n, err);
+    if (rc)
+        return rc;
+    if (n == 0)
+        return 0;
+    jv v = outv[0];
+    if (jv_get_kind(v) == JV_KIND_NULL) {
+        jv_free(v);
+        return 0;
+    }
+    if (jv_get_kind(v) == JV_KIND_STRING) {
+        *key = strdup(jv_string_value(v));
+        jv_free(v);
+    } else {
+        size_t len;
+        rc = pb_jq_dump(v, key, &len, err);
+        if (rc)
+            return rc;
+    }
+    return *key ? 0 : pb_err_set(err, PB_ENOMEM, "out of memory");
+}
+
+/* Take dl into memory (from the inbox or a page-in). */
+static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_pipeline *pl = o->pl;
+    o->inmem++;
+    if (dl->id > o->cursor)
+        o->cursor = dl->id;
+    snprintf(dl->idem, sizeof(dl->idem), "%s.%s", dl->msg->id, o->name);
+    if (pl->key_jq) {
+        char *key = NULL;
+        struct pb_err err = {0};
+        if (compute_key(pl, dl->msg, &key, &err) != 0) {
+            char reason[PB_ERR_MSG_MAX + 32];
+            snprintf(reason, sizeof(reason), "ordering key: %s", err.msg);
+            settle_locally(d, dl, PB_DSTATE_DEAD, reason, now);
+            return;
+        }
+        if (key) {
+            uint64_t h = hash_str(key);
+            struct pb_keyq *kq = keyq_find(o, key, h);
+            if (kq) {
+                free(key);
+                dl->next = NULL;
+                if (kq->tail)
+                    kq->tail->next = dl;
+                else
+                    kq->head = dl;
+                kq->tail = dl;
+                return;
+            }
+            kq = keyq_add(o, key, h);
+            free(key);
+            if (!kq) {
+                /* Without memory to order it, keep it for a later page-in. */
+                o->inmem--;
+                o->spilled = true;
+                o->cursor = dl->id - 1; /* admission is in id order: dl was the highest */
+                dl_free(dl);
+                return;
+            }
+            dl->kq = kq;
+        }
+    }
+    schedule(d, dl, now);
+}
+
+/* Run the pipeline's processors and the output's map. Returns 1 when the
+ * message was filtered out, 0 with the payload set, or a negative code. */
+static int build_payload(struct pb_dl *dl, size_t *plen, struct pb_err *err)
+{
+    struct pb_output *o = dl->out;
+    struct pb_pipeline *pl = o->pl;
+    if (pl->nprocs == 0 && !o->map_jq)
+        return 0;
+    jv v;
+    int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &v, err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < pl->nprocs; i++) {
+        jv nv = jv_invalid();
+        rc = pl->procs[i].plugin->process(pl->procs[i].ctx, v, &nv, err);
+        if (rc < 0)
+            return rc;
+        if (rc == PB_PROC_DROP) {
+            pb_err_set(err, 0, "filtered by process step %zu (%s)", i + 1,
+                       pl->procs[i].plugin->name);
+            return 1;
+        }
+        v = nv;
+    }
+    if (o->map_jq) {
+        jv outv[1];
+        size_t n = 0;
+        rc = pb_jq_run(o->map_jq, v, outv, 1, &n, err);
+        if (rc)
+            return rc;
+        if (n == 0) {
+            pb_err_set(err, 0, "filtered by the map of output %s (no value)", o->name);
+            return 1;
+        }
+        v = outv[0];
+    }
+    size_t len = 0;
+    rc = pb_jq_dump(v, &dl->payload, &len, err);
+    if (rc)
+        return rc;
+    *plen = len;
+    return 0;
+}
+
+static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_err err = {0};
+    free(dl->payload);
+    dl->payload = NULL;
+    size_t plen = 0;
+    int rc = build_payload(dl, &plen, &err);
+    if (rc != 0) {
+        if (rc == 1) {
+            settle_locally(d, dl, PB_DSTATE_FILTERED, err.msg, now);
+        } else {
+            char reason[PB_ERR_MSG_MAX + 32];
+            snprintf(reason, sizeof(reason), "%s", err.msg[0] ? err.msg : pb_strerror(rc));
+            settle_locally(d, dl, PB_DSTATE_DEAD, reason, now);
+        }
+        return;
+    }
+    dl->attempts++;
+    dl->started_at = now;
+    dl->started_mono_us = pb_mono_us();
+    dl->d = (struct pb_delivery){
+        .id = dl->id,
+        .msg_id = dl->msg->id,
+        .idempotency_key = dl->idem,
+        .attempt = dl->attempts,
+        .payload = dl->payload ? dl->payload : dl->msg->body,
+        .len = dl->payload ? plen : dl->msg->len,
+        .content_type = dl->msg->content_type ? dl->msg->content_type : "application/json",
+        .core = dl,
+    };
+    o->inflight++;
+    d->inflight++;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    atomic_fetch_add(&o->attempts, 1);
+    /* dl may be gone when deliver returns (synchronous outputs). */
+    o->plugin->deliver(o->ctx, &dl->d);
+}
+
+void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
+{
+    struct pb_dl *dl = pd->core;
+    struct pb_dispatcher *d = dl->disp;
+    struct pb_output *o = dl->out;
+    int64_t now = pb_now_ms();
+    int64_t lat_us = pb_mono_us() - dl->started_mono_us;
+    o->inflight--;
+    d->inflight--;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    free(dl->payload);
+    dl->payload = NULL;
+
+    if (atomic_load(&d->aborting)) {
+        /* Shutdown cut the attempt short: record nothing, it stays pending. */
+        o->inmem--;
+        dl_free(dl);
+        return;
+    }
+    pb_hist_observe(&o->latency, lat_us);
+    struct pb_retry_decision dec =
+        pb_retry_decide(&o->policy, oc->result, dl->attempts, dl->msg->received_at, now,
+                        oc->retry_after_ms, pb_rand64());
+    char error[PB_ERROR_EXCERPT_MAX];
+    const char *errtxt = oc->error;
+    if (oc->result == PB_RESULT_OK) {
+        submit_result(d, dl, PB_DSTATE_DELIVERED, oc->status, lat_us / 1000, NULL);
+        atomic_fetch_add(&o->delivered, 1);
+        PB_DEBUG("delivered pipeline=%s output=%s msg_id=%s attempt=%d status=%d", o->pl->name,
+                 o->name, dl->msg->id, dl->attempts, oc->status);
+        finish(d, dl, now);
+    } else if (dec.give_up) {
+        snprintf(error, sizeof(error), "%s (gave up: %s)", errtxt ? errtxt : "failed", dec.reason);
+        submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
+        atomic_fetch_add(&o->dead, 1);
+        PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "
+                "status=%d reason=\"%s\"",
+                o->pl->name, o->name, dl->msg->id, (long long)dl->id, dl->attempts, oc->status,
+                error);
+        finish(d, dl, now);
+    } else {
+        dl->next_at = dec.next_at;
+        submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt);
+        atomic_fetch_add(&o->retried, 1);
+        PB_DEBUG("retry scheduled pipeline=%s output=%s msg_id=%s attempt=%d status=%d in_ms=%lld",
+                 o->pl->name, o->name, dl->msg->id, dl->attempts, oc->status,
+                 (long long)(dec.next_at - now));
+        schedule(d, dl, now);
+    }
+}
+
+/* ---- paging in from the store ------------------------------------------------------------ */
+
+struct load_ctx {
+    struct pb_dispatcher *d;
+    struct pb_output *o;
+    int64_t now;
+};
+
+static int load_row_cb(void *arg, const struct pb_pending *row)
+{
+    struct load_ctx *lc = arg;
+    struct pb_dl *dl = calloc(1, sizeof(*dl));
+    struct pb_msg *m = dl ? pb_msg_create(row->body, row->len, row->content_type) : NULL;
+    if (!m) {
+        free(dl);
+        return 1; /* stop; the rest stays spilled */
+    }
+    m->seq = row->msg_seq;
+    m->received_at = row->received_at;
+    snprintf(m->id, sizeof(m->id), "%s", row->msg_id);
+    dl->id = row->delivery_id;
+    dl->msg = m;
+    dl->out = lc->o;
+    dl->disp = lc->d;
+    dl->attempts = row->attempts;
+    dl->next_at = row->next_at;
+    admit(lc->d, dl, lc->now);
+    return 0;
+}
+
+static void page_in(struct pb_dispatcher *d, struct pb_output *o, int64_t now)
+{
+    size_t cap = (size_t)d->e->cfg->limits.in_memory;
+    if (atomic_exchange(&o->notify, false))
+        o->spilled = true;
+    if (!o->spilled || o->inmem >= cap || now < o->load_after)
+        return;
+    size_t want = cap - o->inmem;
+    if (want > LOAD_BATCH_MAX)
+        want = LOAD_BATCH_MAX;
+    if (want < 64 && o->inmem > 0)
+        return; /* wait for more room: page in in batches */
+    struct load_ctx lc = {.d = d, .o = o, .now = now};
+    size_t n = 0;
+    struct pb_err err = {0};
+    int rc = pb_store_load_pending(d->e->store, o->pl->name, o->name, o->cursor, want, load_row_cb,
+                                   &lc, &n, &err);
+    if (rc) {
+        PB_ERROR("loading pending deliveries failed pipeline=%s output=%s error=\"%s\"",
+                 o->pl->name, o->name, err.msg);
+        o->load_after = now + 1000;
+        return;
+    }
+    if (n < want)
+        o->spilled = false;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------- */
+
+static void take_inbox(struct pb_dispatcher *d, int64_t now)
+{
+    pthread_mutex_lock(&d->lock);
+    struct pb_dl *list = d->inbox_head;
+    d->inbox_head = d->inbox_tail = NULL;
+    pthread_mutex_unlock(&d->lock);
+    size_t cap = (size_t)d->e->cfg->limits.in_memory;
+    while (list) {
+        struct pb_dl *dl = list;
+        list = list->next;
+        dl->next = NULL;
+        struct pb_output *o = dl->out;
+        if (atomic_exchange(&o->notify, false))
+            o->spilled = true;
+        if (dl->id <= o->cursor) {
+            dl_free(dl); /* already paged in */
+        } else if (o->spilled || o->inmem >= cap) {
+            o->spilled = true; /* the store has it; page in later */
+            dl_free(dl);
+        } else {
+            admit(d, dl, now);
+        }
+    }
+}
+
+static bool take_token(struct pb_output *o, int64_t now, int64_t *wait_ms)
+{
+    const struct pb_rate *r = &o->common.rate_limit;
+    if (r->count == 0)
+        return true;
+    double cap = (double)r->count;
+    double per_ms = (double)r->count / (double)r->period_ms;
+    if (o->tokens_at == 0) {
+        o->tokens = cap;
+        o->tokens_at = now;
+    }
+    o->tokens += (double)(now - o->tokens_at) * per_ms;
+    o->tokens_at = now;
+    if (o->tokens > cap)
+        o->tokens = cap;
+    if (o->tokens >= 1.0) {
+        o->tokens -= 1.0;
+        return true;
+    }
+    int64_t w = (int64_t)((1.0 - o->tokens) / per_ms) + 1;
+    if (w < *wait_ms)
+        *wait_ms = w;
+    return false;
+}
+
+static void expire_done_cb(struct pb_op *op, void *arg)
+{
+    (void)arg;
+    if (op->status)
+        PB_WARN("retention clean-up failed error=\"%s\"", pb_strerror(op->status));
+    else if (op->u.expire.deleted)
+        PB_INFO("retention clean-up deleted=%lld", (long long)op->u.expire.deleted);
+    free(op);
+}
+
+static void maybe_expire(struct pb_dispatcher *d, int64_t now)
+{
+    if (now < d->next_expire_at)
+        return;
+    d->next_expire_at = now + 60 * 1000;
+    struct pb_op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return;
+    op->kind = PB_OP_EXPIRE;
+    op->u.expire.now = now;
+    op->u.expire.retention_ms = d->e->cfg->retention_ms;
+    op->done_cb = expire_done_cb;
+    if (pb_store_submit(d->e->store, op))
+        free(op);
+}
+
+static void *disp_main(void *arg)
+{
+    struct pb_dispatcher *d = arg;
+    struct pb_config *cfg = d->e->cfg;
+    d->next_expire_at = pb_now_ms() + 5000;
+    for (;;) {
+        int64_t now = pb_now_ms();
+        bool stopping = atomic_load(&d->stop);
+        if (stopping && (d->inflight == 0 || pb_mono_us() >= d->stop_deadline_mono_us))
+            break;
+        if (!stopping) {
+            take_inbox(d, now);
+            for (size_t i = 0; i < cfg->npipelines; i++)
+                for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
+                    page_in(d, &cfg->pipelines[i].outs[j], now);
+            while (d->nheap && d->heap[0]->next_at <= now) {
+                struct pb_dl *dl = heap_pop(d);
+                ready_push(dl->out, dl);
+            }
+            maybe_expire(d, now);
+        }
+        int64_t wait = POLL_MAX_MS;
+        if (!stopping) {
+            for (size_t i = 0; i < cfg->npipelines; i++) {
+                struct pb_pipeline *pl = &cfg->pipelines[i];
+                for (size_t j = 0; j < pl->nouts; j++) {
+                    struct pb_output *o = &pl->outs[j];
+                    while (o->ready_head && o->inflight < o->concurrency &&
+                           take_token(o, now, &wait))
+                        start_attempt(d, ready_pop(o), now);
+                    if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
+                        wait = wait > 50 ? 50 : wait;
+                }
+            }
+            if (d->nheap) {
+                int64_t t = d->heap[0]->next_at - pb_now_ms();
+                if (t < wait)
+                    wait = t < 0 ? 0 : t;
+            }
+        }
+        pb_http_client_poll(d->http, (int)wait);
+    }
+    return NULL;
+}
+
+/* ---- public --------------------------------------------------------------------------------- */
+
+struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *err)
+{
+    struct pb_dispatcher *d = calloc(1, sizeof(*d));
+    if (!d) {
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        return NULL;
+    }
+    d->e = e;
+    pthread_mutex_init(&d->lock, NULL);
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
+            struct pb_output *o = &e->cfg->pipelines[i].outs[j];
+            o->spilled = true; /* resume whatever the store holds */
+            o->cursor = 0;
+        }
+    return d;
+}
+
+/* The dispatcher drives the client; the engine created it before the
+ * configuration so outputs could be initialised with it. */
+void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_http_client *http);
+void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_http_client *http)
+{
+    d->http = http;
+}
+
+int pb_dispatcher_start(struct pb_dispatcher *d)
+{
+    if (pthread_create(&d->thread, NULL, disp_main, d) != 0)
+        return PB_EINTERNAL;
+    d->started = true;
+    return 0;
+}
+
+bool pb_dispatcher_running(const struct pb_dispatcher *d)
+{
+    return d && d->started && !atomic_load(&d->stop);
+}
+
+void pb_dispatcher_stop(struct pb_dispatcher *d, int64_t timeout_ms)
+{
+    if (!d || !d->started)
+        return;
+    pthread_mutex_lock(&d->lock);
+    d->closed = true;
+    pthread_mutex_unlock(&d->lock);
+    d->stop_deadline_mono_us = pb_mono_us() + timeout_ms * 1000;
+    atomic_store(&d->stop, true);
+    pb_http_client_wakeup(d->http);
+    pthread_join(d->thread, NULL);
+    d->started = false;
+    if (d->inflight)
+        PB_WARN("shutdown timeout reached attempts_in_flight=%zu (they stay pending and resume "
+                "after restart)",
+                d->inflight);
+}
+
+void pb_dispatcher_destroy(struct pb_dispatcher *d)
+{
+    if (!d)
+        return;
+    struct pb_config *cfg = d->e->cfg;
+    /* Attempts still in flight end through their callbacks, recording nothing. */
+    atomic_store(&d->aborting, true);
+    pb_http_client_destroy(d->http);
+    d->http = NULL;
+    for (size_t i = 0; i < d->nheap; i++)
+        dl_free(d->heap[i]);
+    free(d->heap);
+    for (size_t i = 0; i < cfg->npipelines; i++)
+        for (size_t j = 0; j < cfg->pipelines[i].nouts; j++) {
+            struct pb_output *o = &cfg->pipelines[i].outs[j];
+            struct pb_dl *dl;
+            while ((dl = ready_pop(o)))
+                dl_free(dl);
+            for (size_t k = 0; k < o->keycap; k++) {
+                for (struct pb_keyq *kq = o->keys[k], *nk; kq; kq = nk) {
+                    nk = kq->next;
+                    for (struct pb_dl *w = kq->head, *nw; w; w = nw) {
+                        nw = w->next;
+                        dl_free(w);
+                    }
+                    free(kq->key);
+                    free(kq);
+                }
+            }
+            free(o->keys);
+            o->keys = NULL;
+            o->keycap = o->nkeys = 0;
+        }
+    for (struct pb_dl *dl = d->inbox_head, *n; dl; dl = n) {
+        n = dl->next;
+        dl_free(dl);
+    }
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
+                            const int64_t *delivery_ids)
+{
+    struct pb_dl *head = NULL, *tail = NULL;
+    for (size_t i = 0; i < pl->nouts; i++) {
+        atomic_fetch_add(&pl->outs[i].backlog, 1);
+        struct pb_dl *dl = calloc(1, sizeof(*dl));
+        if (!dl) {
+            /* Committed: it will be paged in from the store. */
+            atomic_store(&pl->outs[i].notify, true);
+            continue;
+        }
+        dl->id = delivery_ids[i];
+        dl->msg = pb_msg_ref(msg);
+        dl->out = &pl->outs[i];
+        dl->disp = d;
+        dl->next_at = msg->received_at;
+        if (tail)
+            tail->next = dl;
+        else
+            head = dl;
+        tail = dl;
+    }
+    pthread_mutex_lock(&d->lock);
+    if (d->closed) {
+        pthread_mutex_unlock(&d->lock);
+        for (struct pb_dl *dl = head, *n; dl; dl = n) {
+            n = dl->next;
+            dl_free(dl);
+        }
+        return;
+    }
+    if (head) {
+        if (d->inbox_tail)
+            d->inbox_tail->next = head;
+        else
+            d->inbox_head = head;
+        d->inbox_tail = tail;
+    }
+    pthread_mutex_unlock(&d->lock);
+    pb_http_client_wakeup(d->http);
+}
+
+void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out)
+{
+    atomic_store(&out->notify, true);
+    if (d && d->http)
+        pb_http_client_wakeup(d->http);
+}

@@ -1,0 +1,236 @@
+/* engine.h - the core's internal types: configuration as decoded, pipelines,
+ * outputs, messages, metrics, and the threads that move data between them.
+ *
+ * Data flow:
+ *   HTTP ingest (libmicrohttpd threads) -> pb_store writer (group commit)
+ *     -> dispatcher thread (per-output queues, retries, jq, plugins, curl multi)
+ *     -> delivery results -> pb_store writer.
+ * A message body is immutable once committed and shared, reference-counted,
+ * by the deliveries that hold it. */
+#ifndef PB_ENGINE_H
+#define PB_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "patchbay/pb_conf.h"
+#include "patchbay/pb_http.h"
+#include "patchbay/pb_jq.h"
+#include "patchbay/pb_plugin.h"
+#include "core/retry.h"
+#include "store/pb_store.h"
+
+#define PB_NAME_MAX 128
+
+/* ---- configuration --------------------------------------------------------- */
+
+struct pb_server_conf {
+    char *listen;
+    char *admin_token; /* secret */
+    int64_t max_connections;
+    int64_t threads;
+    int64_t connection_timeout_ms;
+};
+
+struct pb_limits_conf {
+    int64_t ingest_queue;       /* ingest requests waiting for commit before 503 */
+    int64_t in_memory;          /* deliveries held in memory per output */
+    int64_t max_inflight_bytes; /* request bodies being received + waiting for commit */
+};
+
+struct pb_outbound_conf {
+    struct pb_strlist allow;
+};
+
+struct pb_config {
+    struct pb_conf_doc *doc;
+    char *path;
+    struct pb_server_conf server;
+    char *state;
+    struct pb_outbound_conf outbound;
+    struct pb_limits_conf limits;
+    int64_t retention_ms;
+    int64_t shutdown_timeout_ms;
+    const struct pb_node *pipelines_node;
+    size_t npipelines;
+    struct pb_pipeline *pipelines;
+};
+
+/* Options every output block carries besides its plugin's own. */
+struct pb_retry_conf {
+    int64_t max_attempts, initial, max, max_age;
+};
+struct pb_output_common {
+    char *map;
+    struct pb_retry_conf retry;
+    int64_t concurrency;
+    struct pb_rate rate_limit;
+    struct pb_outbound_conf outbound;
+};
+
+struct pb_proc {
+    const struct pb_processor_plugin *plugin;
+    void *ctx;
+};
+
+struct pb_keyq;
+struct pb_dl;
+
+/* Histogram with fixed bucket bounds in seconds. */
+#define PB_HIST_BUCKETS 14
+struct pb_hist {
+    _Atomic uint64_t counts[PB_HIST_BUCKETS + 1]; /* last = +Inf */
+    _Atomic uint64_t sum_us;
+    _Atomic uint64_t total;
+};
+void pb_hist_observe(struct pb_hist *h, int64_t us);
+
+struct pb_output {
+    char *name;
+    size_t index;
+    struct pb_pipeline *pl;
+    const struct pb_output_plugin *plugin;
+    void *ctx;
+    bool ctx_ready; /* init succeeded */
+    struct pb_output_common common;
+    struct pb_retry_policy policy;
+    struct pb_allowlist *allow;
+    struct pb_jq *map_jq; /* dispatcher thread only */
+
+    /* dispatcher state (dispatcher thread only) */
+    struct pb_dl *ready_head, *ready_tail;
+    size_t nready;
+    size_t inmem; /* deliveries of this output held in memory */
+    size_t inflight;
+    size_t concurrency;
+    bool spilled;          /* the store holds pending deliveries not in memory */
+    int64_t cursor;        /* highest delivery id taken into memory */
+    struct pb_keyq **keys; /* ordering: open-addressing table */
+    size_t nkeys, keycap;
+    double tokens; /* rate limit bucket */
+    int64_t tokens_at;
+    int64_t load_after; /* unix ms before which no store page-in is tried */
+    atomic_bool notify; /* set by any thread: page in from the store */
+
+    /* metrics */
+    _Atomic uint64_t delivered, retried, dead, filtered, attempts;
+    _Atomic int64_t backlog; /* committed pending deliveries */
+    _Atomic int64_t inflight_gauge;
+    struct pb_hist latency;
+};
+
+enum pb_reject {
+    PB_REJECT_BAD_JSON = 0,
+    PB_REJECT_TOO_LARGE,
+    PB_REJECT_OVERLOAD,
+    PB_REJECT_STORE,
+    PB_REJECT_METHOD,
+    PB_REJECT_SHUTDOWN,
+    PB_REJECT_COUNT
+};
+extern const char *const pb_reject_names[PB_REJECT_COUNT];
+
+struct pb_pipeline {
+    char *name;
+    size_t index;
+    const struct pb_node *node;
+    const struct pb_input_plugin *input;
+    void *input_ctx;
+    bool input_ready;
+    struct pb_ingest_route route; /* filled by the http_server input */
+    bool has_route;
+    char *ordering_key;
+    struct pb_jq *key_jq; /* dispatcher thread only */
+    size_t nprocs;
+    struct pb_proc *procs;
+    size_t nouts;
+    struct pb_output *outs;
+    const char **out_names; /* for store ingest ops */
+
+    _Atomic uint64_t received, accepted, duplicates;
+    _Atomic uint64_t rejected[PB_REJECT_COUNT];
+    struct pb_hist ingest_latency;
+};
+
+/* Decode and validate a whole configuration: plugins resolved, their blocks
+ * decoded and initialised, jq programs compiled. http is the client outputs
+ * will use (borrowed; NULL for lint). NULL + err (file:line:col) on the
+ * first error. */
+struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, struct pb_err *err);
+void pb_config_destroy(struct pb_config *c);
+
+/* ---- messages ------------------------------------------------------------------ */
+
+struct pb_msg {
+    _Atomic int refs;
+    int64_t seq;
+    int64_t received_at; /* unix ms */
+    char id[PB_MSG_ID_MAX];
+    char *content_type; /* NULL = application/json */
+    size_t len;
+    char body[]; /* len bytes + NUL */
+};
+
+/* Copies body; refs = 1. NULL on ENOMEM. */
+struct pb_msg *pb_msg_create(const void *body, size_t len, const char *content_type);
+struct pb_msg *pb_msg_ref(struct pb_msg *m);
+void pb_msg_unref(struct pb_msg *m);
+/* "msg_" + 26-character ULID into buf (>= 31 bytes). Thread-safe. */
+void pb_msg_new_id(char *buf, int64_t now_ms);
+
+int64_t pb_now_ms(void);  /* wall clock, unix ms */
+int64_t pb_mono_us(void); /* monotonic microseconds */
+uint64_t pb_rand64(void); /* fast per-thread PRNG seeded from the OS */
+
+/* ---- engine ---------------------------------------------------------------------------- */
+
+struct pb_dispatcher;
+struct pb_httpd;
+
+struct pb_engine {
+    struct pb_config *cfg;
+    struct pb_store *store;
+    struct pb_dispatcher *disp;
+    struct pb_httpd *httpd;
+    atomic_bool stopping;
+    atomic_bool ready;
+    int64_t started_at;
+};
+
+struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name);
+struct pb_output *pb_pipeline_output(struct pb_pipeline *pl, const char *name);
+
+/* Dispatcher (src/core/dispatch.c). */
+struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *err);
+int pb_dispatcher_start(struct pb_dispatcher *d);
+/* Stop starting attempts; wait up to timeout for attempts in flight; join. */
+void pb_dispatcher_stop(struct pb_dispatcher *d, int64_t timeout_ms);
+void pb_dispatcher_destroy(struct pb_dispatcher *d);
+/* After an ingest commit (writer thread): hand the new deliveries over.
+ * Takes a reference to msg per delivery. */
+void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
+                            const int64_t *delivery_ids);
+/* The store gained pending deliveries for out that were never posted
+ * (replays): page them in from the store. Any thread. */
+void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out);
+bool pb_dispatcher_running(const struct pb_dispatcher *d);
+
+/* HTTP server (src/net/httpd.c). */
+struct pb_httpd *pb_httpd_create(struct pb_engine *e, struct pb_err *err);
+int pb_httpd_start(struct pb_httpd *h, struct pb_err *err);
+/* Stop accepting new connections. */
+void pb_httpd_quiesce(struct pb_httpd *h);
+/* Wait up to timeout for ingest requests still waiting on a commit. */
+void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms);
+void pb_httpd_destroy(struct pb_httpd *h);
+unsigned pb_httpd_port(const struct pb_httpd *h);
+
+/* Metrics (src/core/metrics.c): Prometheus text into a malloc'd buffer. */
+char *pb_metrics_render(struct pb_engine *e, size_t *len);
+
+/* Run the daemon until SIGTERM/SIGINT. Returns the process exit code. */
+int pb_engine_run(const char *config_path);
+
+#endif

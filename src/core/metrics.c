@@ -1,0 +1,228 @@
+/* metrics.c - counters, histograms and their Prometheus text rendering.
+ *
+ * Counters live in the pipeline and output structs as atomics, updated where
+ * things happen; rendering reads them without locks. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/engine.h"
+
+/* Bucket upper bounds in microseconds (and as text, in seconds). */
+static const int64_t bucket_us[PB_HIST_BUCKETS] = {500,     1000,    2500,    5000,    10000,
+                                                   25000,   50000,   100000,  250000,  500000,
+                                                   1000000, 2500000, 5000000, 10000000};
+static const char *const bucket_le[PB_HIST_BUCKETS] = {"0.0005", "0.001", "0.0025", "0.005", "0.01",
+                                                       "0.025",  "0.05",  "0.1",    "0.25",  "0.5",
+                                                       "1",      "2.5",   "5",      "10"};
+
+void pb_hist_observe(struct pb_hist *h, int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    size_t i = 0;
+    while (i < PB_HIST_BUCKETS && us > bucket_us[i])
+        i++;
+    atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, (uint64_t)us, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->total, 1, memory_order_relaxed);
+}
+
+struct buf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct buf *b, const char *fmt, ...)
+{
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+/* Label values are names from the config; escape what Prometheus requires. */
+static const char *lv(const char *s, char *tmp, size_t len)
+{
+    size_t j = 0;
+    for (size_t i = 0; s[i] && j + 3 < len; i++) {
+        if (s[i] == '"' || s[i] == '\\') {
+            tmp[j++] = '\\';
+            tmp[j++] = s[i];
+        } else if (s[i] == '\n') {
+            tmp[j++] = '\\';
+            tmp[j++] = 'n';
+        } else {
+            tmp[j++] = s[i];
+        }
+    }
+    tmp[j] = 0;
+    return tmp;
+}
+
+static void hist(struct buf *b, const char *name, const char *labels, struct pb_hist *h)
+{
+    uint64_t cum = 0;
+    for (size_t i = 0; i < PB_HIST_BUCKETS; i++) {
+        cum += atomic_load_explicit(&h->counts[i], memory_order_relaxed);
+        put(b, "%s_bucket{%s,le=\"%s\"} %llu\n", name, labels, bucket_le[i],
+            (unsigned long long)cum);
+    }
+    cum += atomic_load_explicit(&h->counts[PB_HIST_BUCKETS], memory_order_relaxed);
+    put(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
+    put(b, "%s_sum{%s} %.6f\n", name, labels,
+        (double)atomic_load_explicit(&h->sum_us, memory_order_relaxed) / 1e6);
+    put(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+}
+
+#define U(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
+
+char *pb_metrics_render(struct pb_engine *e, size_t *len)
+{
+    struct buf b = {.cap = 16384};
+    b.p = malloc(b.cap);
+    if (!b.p)
+        return NULL;
+    struct pb_config *c = e->cfg;
+    char t1[256], t2[256], labels[600];
+
+    put(&b, "# HELP patchbay_up 1 while the daemon runs.\n# TYPE patchbay_up gauge\n"
+            "patchbay_up 1\n");
+    put(&b,
+        "# HELP patchbay_ready 1 when ingest and delivery are running.\n"
+        "# TYPE patchbay_ready gauge\npatchbay_ready %d\n",
+        atomic_load(&e->ready) && pb_store_writable(e->store) ? 1 : 0);
+    uint64_t commits = 0, ops = 0;
+    pb_store_stats(e->store, &commits, &ops);
+    put(&b,
+        "# HELP patchbay_store_commits_total Transactions committed by the state store writer.\n"
+        "# TYPE patchbay_store_commits_total counter\npatchbay_store_commits_total %llu\n",
+        (unsigned long long)commits);
+    put(&b,
+        "# HELP patchbay_store_ops_total Operations committed (group commit: ops per "
+        "transaction = ops / commits).\n# TYPE patchbay_store_ops_total counter\n"
+        "patchbay_store_ops_total %llu\n",
+        (unsigned long long)ops);
+    put(&b,
+        "# HELP patchbay_store_queue_depth Operations waiting for the writer.\n"
+        "# TYPE patchbay_store_queue_depth gauge\npatchbay_store_queue_depth %zu\n",
+        pb_store_queue_depth(e->store));
+
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } pl_counters[] = {
+        {"patchbay_messages_received_total", "Requests that reached an ingest route.",
+         offsetof(struct pb_pipeline, received)},
+        {"patchbay_messages_accepted_total", "Messages committed and acknowledged.",
+         offsetof(struct pb_pipeline, accepted)},
+        {"patchbay_messages_duplicate_total",
+         "Requests answered from the idempotency window; nothing new stored.",
+         offsetof(struct pb_pipeline, duplicates)},
+    };
+    for (size_t k = 0; k < sizeof(pl_counters) / sizeof(pl_counters[0]); k++) {
+        put(&b, "# HELP %s %s\n# TYPE %s counter\n", pl_counters[k].name, pl_counters[k].help,
+            pl_counters[k].name);
+        for (size_t i = 0; i < c->npipelines; i++) {
+            struct pb_pipeline *pl = &c->pipelines[i];
+            _Atomic uint64_t *v = (_Atomic uint64_t *)((char *)pl + pl_counters[k].off);
+            put(&b, "%s{pipeline=\"%s\"} %llu\n", pl_counters[k].name, lv(pl->name, t1, sizeof(t1)),
+                U(*v));
+        }
+    }
+    put(&b, "# HELP patchbay_messages_rejected_total Requests refused, by reason.\n"
+            "# TYPE patchbay_messages_rejected_total counter\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        for (int r = 0; r < PB_REJECT_COUNT; r++)
+            put(&b, "patchbay_messages_rejected_total{pipeline=\"%s\",reason=\"%s\"} %llu\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)), pb_reject_names[r],
+                U(c->pipelines[i].rejected[r]));
+
+    static const struct {
+        const char *name, *help, *type;
+        size_t off;
+    } out_metrics[] = {
+        {"patchbay_deliveries_delivered_total", "Deliveries a partner acknowledged.", "counter",
+         offsetof(struct pb_output, delivered)},
+        {"patchbay_deliveries_retried_total", "Attempts that failed and were scheduled again.",
+         "counter", offsetof(struct pb_output, retried)},
+        {"patchbay_deliveries_dead_total", "Deliveries moved to the dead-letter queue.", "counter",
+         offsetof(struct pb_output, dead)},
+        {"patchbay_deliveries_filtered_total", "Deliveries dropped on purpose by a filter.",
+         "counter", offsetof(struct pb_output, filtered)},
+        {"patchbay_delivery_attempts_total", "Attempts started.", "counter",
+         offsetof(struct pb_output, attempts)},
+    };
+    for (size_t k = 0; k < sizeof(out_metrics) / sizeof(out_metrics[0]); k++) {
+        put(&b, "# HELP %s %s\n# TYPE %s %s\n", out_metrics[k].name, out_metrics[k].help,
+            out_metrics[k].name, out_metrics[k].type);
+        for (size_t i = 0; i < c->npipelines; i++)
+            for (size_t j = 0; j < c->pipelines[i].nouts; j++) {
+                struct pb_output *o = &c->pipelines[i].outs[j];
+                _Atomic uint64_t *v = (_Atomic uint64_t *)((char *)o + out_metrics[k].off);
+                put(&b, "%s{pipeline=\"%s\",output=\"%s\"} %llu\n", out_metrics[k].name,
+                    lv(c->pipelines[i].name, t1, sizeof(t1)), lv(o->name, t2, sizeof(t2)), U(*v));
+            }
+    }
+    put(&b, "# HELP patchbay_deliveries_inflight Attempts in flight.\n"
+            "# TYPE patchbay_deliveries_inflight gauge\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        for (size_t j = 0; j < c->pipelines[i].nouts; j++)
+            put(&b, "patchbay_deliveries_inflight{pipeline=\"%s\",output=\"%s\"} %lld\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)),
+                lv(c->pipelines[i].outs[j].name, t2, sizeof(t2)),
+                (long long)atomic_load(&c->pipelines[i].outs[j].inflight_gauge));
+    put(&b, "# HELP patchbay_backlog Committed deliveries not yet finished.\n"
+            "# TYPE patchbay_backlog gauge\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        for (size_t j = 0; j < c->pipelines[i].nouts; j++)
+            put(&b, "patchbay_backlog{pipeline=\"%s\",output=\"%s\"} %lld\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)),
+                lv(c->pipelines[i].outs[j].name, t2, sizeof(t2)),
+                (long long)atomic_load(&c->pipelines[i].outs[j].backlog));
+
+    put(&b, "# HELP patchbay_ingest_latency_seconds From request start to acknowledgement.\n"
+            "# TYPE patchbay_ingest_latency_seconds histogram\n");
+    for (size_t i = 0; i < c->npipelines; i++) {
+        snprintf(labels, sizeof(labels), "pipeline=\"%s\"",
+                 lv(c->pipelines[i].name, t1, sizeof(t1)));
+        hist(&b, "patchbay_ingest_latency_seconds", labels, &c->pipelines[i].ingest_latency);
+    }
+    put(&b, "# HELP patchbay_delivery_latency_seconds Duration of delivery attempts.\n"
+            "# TYPE patchbay_delivery_latency_seconds histogram\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        for (size_t j = 0; j < c->pipelines[i].nouts; j++) {
+            snprintf(labels, sizeof(labels), "pipeline=\"%s\",output=\"%s\"",
+                     lv(c->pipelines[i].name, t1, sizeof(t1)),
+                     lv(c->pipelines[i].outs[j].name, t2, sizeof(t2)));
+            hist(&b, "patchbay_delivery_latency_seconds", labels, &c->pipelines[i].outs[j].latency);
+        }
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

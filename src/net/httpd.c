@@ -1,0 +1,614 @@
+/* httpd.c - the shared HTTP listener (libmicrohttpd): ingest routes,
+ * /health, /ready, /metrics and the admin API under /api.
+ *
+ * An ingest request is answered only after its message is committed: the
+ * handler validates the body, suspends the connection and queues an INGEST
+ * op; the store's writer thread resumes the connection once the op's
+ * transaction has landed, and the handler then answers 202 with the id.
+ * Bounds: body size per route, bytes being received across all requests,
+ * and the writer's ingest queue; past them the answer is 413 or 503. */
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "admin/api.h"
+#include "core/engine.h"
+#include "patchbay/pb_json.h"
+#include "patchbay/pb_log.h"
+
+#define IDEM_KEY_MAX 255
+#define INLINE_OUTPUTS 8
+
+const char *const pb_reject_names[PB_REJECT_COUNT] = {
+    "bad_json", "too_large", "overload", "store", "method", "shutdown",
+};
+
+struct pb_httpd {
+    struct pb_engine *e;
+    struct MHD_Daemon *mhd;
+    unsigned port;
+    _Atomic int64_t inflight_bytes;
+    _Atomic int waiting; /* ingest requests waiting for their commit */
+};
+
+enum req_kind { REQ_INGEST = 1, REQ_ADMIN, REQ_OPS, REQ_NOTFOUND };
+enum req_phase { PH_RECEIVING = 0, PH_COMMITTING, PH_ANSWER };
+
+struct req {
+    enum req_kind kind;
+    struct pb_httpd *h;
+    struct pb_pipeline *pl;
+    struct MHD_Connection *conn;
+    char *buf;
+    size_t len, cap, limit;
+    bool too_big;
+    bool counted; /* in pb_httpd.waiting */
+    int64_t start_us;
+    _Atomic int phase;
+    struct pb_msg *msg;
+    struct pb_op op;
+    int64_t ids_inline[INLINE_OUTPUTS];
+    int64_t *ids;
+    char idem_key[IDEM_KEY_MAX + 1];
+    /* the answer */
+    int status;
+    bool replayed;
+    char body[256];
+};
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const char *body,
+                                 const char *hname, const char *hval)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (hname)
+        MHD_add_response_header(r, hname, hval);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *reason,
+                                  const char *hname, const char *hval)
+{
+    json_t *o = json_pack("{s:s}", "error", reason);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    enum MHD_Result ret = send_json(c, status, s ? s : "{\"error\":\"internal\"}", hname, hval);
+    free(s);
+    json_decref(o);
+    return ret;
+}
+
+static struct pb_pipeline *route_for(struct pb_engine *e, const char *url)
+{
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        if (pl->has_route && strcmp(pl->route.path, url) == 0)
+            return pl;
+    }
+    return NULL;
+}
+
+static bool method_allowed(const struct pb_pipeline *pl, const char *method, char *allow,
+                           size_t allowlen)
+{
+    const struct pb_strlist *m = pl->route.methods;
+    if (!m || m->n == 0) {
+        snprintf(allow, allowlen, "POST");
+        return strcmp(method, "POST") == 0;
+    }
+    bool ok = false;
+    allow[0] = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        size_t used = strlen(allow);
+        snprintf(allow + used, allowlen - used, "%s%s", i ? ", " : "", m->items[i]);
+        if (strcasecmp(m->items[i], method) == 0)
+            ok = true;
+    }
+    return ok;
+}
+
+static void reject(struct pb_pipeline *pl, enum pb_reject why)
+{
+    atomic_fetch_add(&pl->rejected[why], 1);
+}
+
+/* ---- ingest commit ---------------------------------------------------------------------- */
+
+static void ingest_done_cb(struct pb_op *op, void *arg)
+{
+    struct req *r = arg;
+    struct pb_pipeline *pl = r->pl;
+    struct pb_op_ingest *in = &op->u.ingest;
+    if (op->status == 0 && in->duplicate) {
+        r->status = 202;
+        r->replayed = true;
+        snprintf(r->body, sizeof(r->body), "{\"id\":\"%s\"}", in->dup_msg_id);
+        atomic_fetch_add(&pl->duplicates, 1);
+    } else if (op->status == 0) {
+        r->msg->seq = in->msg_seq;
+        r->status = 202;
+        snprintf(r->body, sizeof(r->body), "{\"id\":\"%s\"}", r->msg->id);
+        atomic_fetch_add(&pl->accepted, 1);
+        pb_dispatcher_post_new(r->h->e->disp, pl, r->msg, r->ids);
+    } else {
+        r->status = 503;
+        snprintf(r->body, sizeof(r->body), "{\"error\":\"%s\"}",
+                 op->status == PB_ENOSPACE ? "state store is out of space"
+                                           : "state store unavailable");
+        reject(pl, PB_REJECT_STORE);
+    }
+    atomic_store(&r->phase, PH_ANSWER);
+    MHD_resume_connection(r->conn);
+}
+
+static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
+{
+    struct pb_pipeline *pl = r->pl;
+    struct pb_engine *e = r->h->e;
+    if (r->too_big) {
+        reject(pl, PB_REJECT_TOO_LARGE);
+        return send_error(c, 413, "body exceeds max_body", NULL, NULL);
+    }
+    if (pl->route.json) {
+        struct pb_json_check chk = {0};
+        if (pb_json_validate(r->buf ? r->buf : "", r->len, &chk) != 0) {
+            char reason[160];
+            snprintf(reason, sizeof(reason), "invalid JSON: %s at byte %zu",
+                     chk.err_reason ? chk.err_reason : "malformed", chk.err_offset);
+            reject(pl, PB_REJECT_BAD_JSON);
+            return send_error(c, MHD_HTTP_BAD_REQUEST, reason, NULL, NULL);
+        }
+    }
+    const char *key = NULL;
+    if (pl->route.idempotency_window_ms > 0 && pl->route.idempotency_header) {
+        key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, pl->route.idempotency_header);
+        if (key) {
+            size_t kl = strlen(key);
+            bool ok = kl > 0 && kl <= IDEM_KEY_MAX;
+            for (size_t i = 0; ok && i < kl; i++)
+                ok = key[i] > 0x20 && key[i] < 0x7f;
+            if (!ok) {
+                reject(pl, PB_REJECT_BAD_JSON);
+                return send_error(c, MHD_HTTP_BAD_REQUEST,
+                                  "idempotency key must be 1-255 visible ASCII characters", NULL,
+                                  NULL);
+            }
+            memcpy(r->idem_key, key, kl + 1);
+            key = r->idem_key;
+        }
+    }
+    if (atomic_load(&e->stopping)) {
+        reject(pl, PB_REJECT_SHUTDOWN);
+        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down", "Retry-After", "5");
+    }
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    if (pl->route.json || !ctype)
+        ctype = pl->route.json ? "application/json" : "application/octet-stream";
+    r->msg = pb_msg_create(r->buf, r->len, ctype);
+    if (pl->nouts > INLINE_OUTPUTS)
+        r->ids = calloc(pl->nouts, sizeof(*r->ids));
+    else
+        r->ids = r->ids_inline;
+    if (!r->msg || !r->ids) {
+        reject(pl, PB_REJECT_OVERLOAD);
+        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory", "Retry-After", "1");
+    }
+    int64_t now = pb_now_ms();
+    r->msg->received_at = now;
+    pb_msg_new_id(r->msg->id, now);
+    r->op = (struct pb_op){.kind = PB_OP_INGEST, .done_cb = ingest_done_cb, .arg = r};
+    struct pb_op_ingest *in = &r->op.u.ingest;
+    in->pipeline = pl->name;
+    in->msg_id = r->msg->id;
+    in->body = r->msg->body;
+    in->len = r->msg->len;
+    in->content_type = r->msg->content_type;
+    in->received_at = now;
+    in->idem_key = key;
+    in->idem_expires_at = now + pl->route.idempotency_window_ms;
+    in->noutputs = pl->nouts;
+    in->outputs = pl->out_names;
+    in->first_due_at = now;
+    in->delivery_ids = r->ids;
+
+    /* Suspend before queueing: the writer may resume us at any moment. */
+    atomic_store(&r->phase, PH_COMMITTING);
+    atomic_fetch_add(&r->h->waiting, 1);
+    r->counted = true;
+    MHD_suspend_connection(c);
+    int rc = pb_store_submit(e->store, &r->op);
+    if (rc != 0) {
+        enum pb_reject why = rc == PB_EFULL ? PB_REJECT_OVERLOAD : PB_REJECT_SHUTDOWN;
+        reject(pl, why);
+        r->status = 503;
+        snprintf(r->body, sizeof(r->body), "{\"error\":\"%s\"}",
+                 rc == PB_EFULL ? "overloaded: too many messages waiting for commit"
+                                : "shutting down");
+        atomic_store(&r->phase, PH_ANSWER);
+        MHD_resume_connection(c);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result ingest_answer(struct req *r, struct MHD_Connection *c)
+{
+    pb_hist_observe(&r->pl->ingest_latency, pb_mono_us() - r->start_us);
+    if (r->status == 503)
+        return send_json(c, 503, r->body, "Retry-After", "1");
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(r->body), r->body, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    if (r->replayed)
+        MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* ---- operations endpoints --------------------------------------------------------------- */
+
+static enum MHD_Result ops_answer(struct pb_engine *e, struct MHD_Connection *c, const char *url,
+                                  const char *method)
+{
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed", "Allow", "GET");
+    if (strcmp(url, "/health") == 0)
+        return send_json(c, 200, "{\"status\":\"ok\"}", NULL, NULL);
+    if (strcmp(url, "/ready") == 0) {
+        const char *why = NULL;
+        if (!atomic_load(&e->ready))
+            why = atomic_load(&e->stopping) ? "shutting down" : "starting";
+        else if (!pb_store_writable(e->store))
+            why = "state store is not writable";
+        else if (!pb_dispatcher_running(e->disp))
+            why = "dispatcher stopped";
+        if (why) {
+            char body[128];
+            snprintf(body, sizeof(body), "{\"ready\":false,\"reason\":\"%s\"}", why);
+            return send_json(c, 503, body, NULL, NULL);
+        }
+        return send_json(c, 200, "{\"ready\":true}", NULL, NULL);
+    }
+    size_t len = 0;
+    char *text = pb_metrics_render(e, &len);
+    if (!text)
+        return send_error(c, 500, "out of memory", NULL, NULL);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static bool token_ok(struct pb_engine *e, struct MHD_Connection *c)
+{
+    const char *want = e->cfg->server.admin_token;
+    const char *got = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!want || !*want || !got || strncasecmp(got, "Bearer ", 7) != 0)
+        return false;
+    got += 7;
+    size_t wl = strlen(want), gl = strlen(got);
+    /* Constant time in the secret's content; length mismatch still compares. */
+    unsigned char diff = (unsigned char)(wl != gl);
+    for (size_t i = 0; i < wl; i++)
+        diff |= (unsigned char)(want[i] ^ (i < gl ? got[i] : 0));
+    return diff == 0 && CRYPTO_memcmp(want, got, wl < gl ? wl : gl) == 0;
+}
+
+static enum MHD_Result admin_answer(struct req *r, struct MHD_Connection *c, const char *url,
+                                    const char *method)
+{
+    struct pb_engine *e = r->h->e;
+    if (!e->cfg->server.admin_token || !*e->cfg->server.admin_token)
+        return send_error(c, MHD_HTTP_FORBIDDEN, "admin API disabled: set server.admin_token", NULL,
+                          NULL);
+    if (!token_ok(e, c))
+        return send_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong bearer token",
+                          "WWW-Authenticate", "Bearer");
+    struct pb_api_resp resp = {0};
+    pb_admin_handle(e, c, method, url, &resp);
+    enum MHD_Result ret;
+    if (resp.status == 204) {
+        struct MHD_Response *m = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+        ret = m ? MHD_queue_response(c, 204, m) : MHD_NO;
+        if (m)
+            MHD_destroy_response(m);
+    } else {
+        ret = send_json(c, (unsigned)resp.status, resp.body ? resp.body : "{}", NULL, NULL);
+    }
+    free(resp.body);
+    return ret;
+}
+
+/* ---- MHD callbacks ------------------------------------------------------------------------- */
+
+static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version, const char *upload,
+                                 size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    struct pb_httpd *h = cls;
+    struct req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof(*r));
+        if (!r)
+            return MHD_NO;
+        r->h = h;
+        r->conn = c;
+        r->start_us = pb_mono_us();
+        *con_cls = r;
+        if (strncmp(url, "/api/", 5) == 0 || strcmp(url, "/api") == 0) {
+            r->kind = REQ_ADMIN;
+            r->limit = 64 * 1024;
+        } else if (!strcmp(url, "/health") || !strcmp(url, "/ready") || !strcmp(url, "/metrics")) {
+            r->kind = REQ_OPS;
+        } else if ((r->pl = route_for(h->e, url))) {
+            r->kind = REQ_INGEST;
+            r->limit = r->pl->route.max_body;
+            atomic_fetch_add(&r->pl->received, 1);
+            char allow[128];
+            if (!method_allowed(r->pl, method, allow, sizeof(allow))) {
+                reject(r->pl, PB_REJECT_METHOD);
+                return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed", "Allow",
+                                  allow);
+            }
+            const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+            if (cl) {
+                char *end;
+                unsigned long long n = strtoull(cl, &end, 10);
+                if (*end || n > r->limit) {
+                    r->too_big = true;
+                    reject(r->pl, PB_REJECT_TOO_LARGE);
+                    return send_error(c, 413, "body exceeds max_body", "Connection", "close");
+                }
+                if (n > 0) {
+                    int64_t room = h->e->cfg->limits.max_inflight_bytes;
+                    if (atomic_fetch_add(&h->inflight_bytes, (int64_t)n) + (int64_t)n > room) {
+                        atomic_fetch_sub(&h->inflight_bytes, (int64_t)n);
+                        reject(r->pl, PB_REJECT_OVERLOAD);
+                        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                          "overloaded: too many bytes in flight", "Retry-After",
+                                          "1");
+                    }
+                    r->cap = n;
+                    r->buf = malloc(n + 1);
+                    if (!r->buf) {
+                        atomic_fetch_sub(&h->inflight_bytes, (int64_t)n);
+                        r->cap = 0;
+                        reject(r->pl, PB_REJECT_OVERLOAD);
+                        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory",
+                                          "Retry-After", "1");
+                    }
+                }
+            }
+        } else {
+            r->kind = REQ_NOTFOUND;
+        }
+        return MHD_YES;
+    }
+
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->kind == REQ_OPS || r->kind == REQ_NOTFOUND || r->too_big)
+            return MHD_YES; /* discard */
+        if (r->len + n > r->limit) {
+            r->too_big = true;
+            return MHD_YES;
+        }
+        if (r->len + n > r->cap) {
+            size_t cap = r->cap ? r->cap * 2 : 4096;
+            while (cap < r->len + n)
+                cap *= 2;
+            if (cap > r->limit)
+                cap = r->limit;
+            int64_t grow = (int64_t)(cap - r->cap);
+            if (atomic_fetch_add(&h->inflight_bytes, grow) + grow >
+                h->e->cfg->limits.max_inflight_bytes) {
+                atomic_fetch_sub(&h->inflight_bytes, grow);
+                return MHD_NO; /* drop the connection: we cannot take more right now */
+            }
+            char *nb = realloc(r->buf, cap + 1);
+            if (!nb) {
+                atomic_fetch_sub(&h->inflight_bytes, grow);
+                return MHD_NO;
+            }
+            r->buf = nb;
+            r->cap = cap;
+        }
+        memcpy(r->buf + r->len, upload, n);
+        r->len += n;
+        return MHD_YES;
+    }
+
+    switch (r->kind) {
+    case REQ_INGEST:
+        if (atomic_load(&r->phase) == PH_ANSWER)
+            return ingest_answer(r, c);
+        if (atomic_load(&r->phase) == PH_COMMITTING)
+            return MHD_YES; /* spurious call while suspended */
+        return ingest_final(r, c);
+    case REQ_ADMIN:
+        if (r->too_big)
+            return send_error(c, 413, "body too large", NULL, NULL);
+        return admin_answer(r, c, url, method);
+    case REQ_OPS:
+        return ops_answer(h->e, c, url, method);
+    default:
+        return send_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint", NULL, NULL);
+    }
+}
+
+static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)c;
+    (void)toe;
+    struct pb_httpd *h = cls;
+    struct req *r = *con_cls;
+    if (!r)
+        return;
+    if (r->cap)
+        atomic_fetch_sub(&h->inflight_bytes, (int64_t)r->cap);
+    if (r->counted)
+        atomic_fetch_sub(&h->waiting, 1);
+    free(r->buf);
+    pb_msg_unref(r->msg);
+    if (r->ids != r->ids_inline)
+        free(r->ids);
+    free(r);
+    *con_cls = NULL;
+}
+
+static void mhd_log_cb(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char buf[512];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = 0;
+    PB_WARN("http server: %s", buf);
+}
+
+/* "host:port", "[v6]:port" or ":port". */
+static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s + strlen(s) - 1)
+        return PB_EINVAL;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= sizeof(host))
+        return PB_EINVAL;
+    memcpy(host, s, hl);
+    host[hl] = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535)
+        return PB_EINVAL;
+    memset(ss, 0, sizeof(*ss));
+    if (host[0] == '[') {
+        size_t l = strlen(host);
+        if (l < 2 || host[l - 1] != ']')
+            return PB_EINVAL;
+        host[l - 1] = 0;
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1)
+            return PB_EINVAL;
+        *len = sizeof(*a);
+        return 0;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (hl == 0 || strcmp(host, "0.0.0.0") == 0)
+        a->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (strcmp(host, "localhost") == 0)
+        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+        return PB_EINVAL;
+    *len = sizeof(*a);
+    return 0;
+}
+
+struct pb_httpd *pb_httpd_create(struct pb_engine *e, struct pb_err *err)
+{
+    struct pb_httpd *h = calloc(1, sizeof(*h));
+    if (!h)
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+    else
+        h->e = e;
+    return h;
+}
+
+int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
+{
+    struct pb_server_conf *sc = &h->e->cfg->server;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (parse_listen(sc->listen, &ss, &sl) != 0)
+        return pb_err_set(err, PB_ECONFIG,
+                          "server.listen \"%s\" is not host:port (e.g. 127.0.0.1:8080)",
+                          sc->listen);
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_TURBO;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    unsigned timeout_s = (unsigned)((sc->connection_timeout_ms + 999) / 1000);
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log_cb, NULL},
+        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)sc->max_connections, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)timeout_s, NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(64 * 1024), NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, h},
+        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
+        {sc->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)sc->threads,
+         NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, h, MHD_OPTION_ARRAY, opts,
+                              MHD_OPTION_END);
+    if (!h->mhd)
+        return pb_err_set(err, PB_EIO, "cannot listen on %s (address in use or not permitted)",
+                          sc->listen);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : 0;
+    return 0;
+}
+
+unsigned pb_httpd_port(const struct pb_httpd *h)
+{
+    return h ? h->port : 0;
+}
+
+void pb_httpd_quiesce(struct pb_httpd *h)
+{
+    if (h && h->mhd) {
+        MHD_socket s = MHD_quiesce_daemon(h->mhd);
+        if (s != MHD_INVALID_SOCKET)
+            close(s);
+    }
+}
+
+void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms)
+{
+    if (!h)
+        return;
+    int64_t deadline = pb_mono_us() + timeout_ms * 1000;
+    while (atomic_load(&h->waiting) > 0 && pb_mono_us() < deadline) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void pb_httpd_destroy(struct pb_httpd *h)
+{
+    if (!h)
+        return;
+    if (h->mhd)
+        MHD_stop_daemon(h->mhd);
+    free(h);
+}

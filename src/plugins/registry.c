@@ -1,0 +1,42 @@
+/* registry.c - the one table of plugins. Adding a connector means adding its
+ * folder under src/plugins/ and one line here. */
+#include <string.h>
+
+#include "patchbay/pb_plugin.h"
+
+extern const struct pb_input_plugin pb_in_http_server;
+extern const struct pb_processor_plugin pb_proc_map;
+extern const struct pb_processor_plugin pb_proc_filter;
+extern const struct pb_output_plugin pb_out_http;
+extern const struct pb_output_plugin pb_out_stdout;
+extern const struct pb_output_plugin pb_out_drop;
+
+const struct pb_input_plugin *const pb_input_plugins[] = {&pb_in_http_server, NULL};
+const struct pb_processor_plugin *const pb_processor_plugins[] = {&pb_proc_map, &pb_proc_filter,
+                                                                  NULL};
+const struct pb_output_plugin *const pb_output_plugins[] = {&pb_out_http, &pb_out_stdout,
+                                                            &pb_out_drop, NULL};
+
+const struct pb_input_plugin *pb_registry_input(const char *name)
+{
+    for (size_t i = 0; pb_input_plugins[i]; i++)
+        if (strcmp(pb_input_plugins[i]->name, name) == 0)
+            return pb_input_plugins[i];
+    return NULL;
+}
+
+const struct pb_processor_plugin *pb_registry_processor(const char *name)
+{
+    for (size_t i = 0; pb_processor_plugins[i]; i++)
+        if (strcmp(pb_processor_plugins[i]->name, name) == 0)
+            return pb_processor_plugins[i];
+    return NULL;
+}
+
+const struct pb_output_plugin *pb_registry_output(const char *name)
+{
+    for (size_t i = 0; pb_output_plugins[i]; i++)
+        if (strcmp(pb_output_plugins[i]->name, name) == 0)
+            return pb_output_plugins[i];
+    return NULL;
+}
