@@ -41,8 +41,8 @@ struct pb_delivery {
     int attempt;                 /* 1-based */
     const char *payload;         /* bytes to send (after the output's map) */
     size_t len;
-    const char *content_type;    /* "application/json" unless the input said otherwise */
-    void *core;                  /* internal */
+    const char *content_type; /* "application/json" unless the input said otherwise */
+    void *core;               /* internal */
 };
 
 struct pb_outcome {
@@ -59,7 +59,7 @@ void pb_delivery_done(struct pb_delivery *d, const struct pb_outcome *o);
 struct pb_output_env {
     const char *pipeline;
     const char *output;
-    struct pb_http_client *http;     /* shared async client, dispatcher thread */
+    struct pb_http_client *http;      /* shared async client, dispatcher thread */
     const struct pb_allowlist *allow; /* outbound guard for this output */
 };
 
@@ -99,6 +99,47 @@ struct pb_processor_plugin {
 
 /* ---- inputs ------------------------------------------------------------------- */
 
+/* Why a request failed verification: a fixed set, so metrics stay bounded. */
+enum pb_verify_reason {
+    PB_VERIFY_MISSING = 0, /* signature/credential header absent */
+    PB_VERIFY_MALFORMED,   /* present but unparsable */
+    PB_VERIFY_SIGNATURE,   /* no signature matched any active secret */
+    PB_VERIFY_TIMESTAMP,   /* outside the tolerance */
+    PB_VERIFY_CLAIMS,      /* JWT exp/nbf/aud/iss refused */
+    PB_VERIFY_CREDENTIALS, /* api key / basic credentials wrong */
+    PB_VERIFY_REASON_COUNT
+};
+extern const char *const pb_verify_reason_names[PB_VERIFY_REASON_COUNT];
+
+/* What a verifier sees of a request. The body is the raw bytes as received,
+ * before any parsing. Lookups are case-insensitive and return NULL when absent. */
+struct pb_verify_req {
+    const char *method;
+    const char *path;
+    const char *body;
+    size_t len;
+    int64_t now_ms; /* unix ms; passed in so verifiers are testable */
+    const char *(*header)(void *conn, const char *name);
+    const char *(*query)(void *conn, const char *name);
+    void *conn;
+};
+
+#define PB_WEBHOOK_ID_MAX 255
+struct pb_verify_result {
+    enum pb_verify_reason reason; /* on failure */
+    /* On success, the provider's delivery/webhook id if the scheme has one
+     * (NUL-terminated, visible ASCII); used as the idempotency key when the
+     * request carries no Idempotency-Key, so a resent webhook is not
+     * processed twice. Empty when none. */
+    char webhook_id[PB_WEBHOOK_ID_MAX + 1];
+};
+
+/* 0 when the request is authentic, PB_EDENIED (reason set) otherwise. Runs on
+ * listener threads, concurrently: ctx must be read-only. Compare secrets in
+ * constant time and never log them. */
+typedef int (*pb_verify_fn)(const void *ctx, const struct pb_verify_req *req,
+                            struct pb_verify_result *res);
+
 /* Options of an HTTP ingest route (http_server input). Strings are borrowed
  * from the plugin context, which lives as long as the configuration. */
 struct pb_ingest_route {
@@ -108,6 +149,8 @@ struct pb_ingest_route {
     bool json;                        /* format: json (validated) or raw */
     int64_t idempotency_window_ms;    /* 0 = no idempotency */
     const char *idempotency_header;   /* header carrying the key */
+    pb_verify_fn verify;              /* NULL: no verification */
+    const void *verify_ctx;
 };
 
 struct pb_input_env {

@@ -128,6 +128,7 @@ enum pb_reject {
     PB_REJECT_STORE,
     PB_REJECT_METHOD,
     PB_REJECT_SHUTDOWN,
+    PB_REJECT_UNAUTHORIZED,
     PB_REJECT_COUNT
 };
 extern const char *const pb_reject_names[PB_REJECT_COUNT];
@@ -151,6 +152,7 @@ struct pb_pipeline {
 
     _Atomic uint64_t received, accepted, duplicates;
     _Atomic uint64_t rejected[PB_REJECT_COUNT];
+    _Atomic uint64_t verify_failed[PB_VERIFY_REASON_COUNT];
     struct pb_hist ingest_latency;
 };
 

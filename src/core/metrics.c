@@ -160,6 +160,17 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
                 lv(c->pipelines[i].name, t1, sizeof(t1)), pb_reject_names[r],
                 U(c->pipelines[i].rejected[r]));
 
+    put(&b, "# HELP patchbay_webhook_verify_failures_total Requests refused by the input's "
+            "verify block, by reason.\n# TYPE patchbay_webhook_verify_failures_total counter\n");
+    for (size_t i = 0; i < c->npipelines; i++) {
+        if (!c->pipelines[i].route.verify)
+            continue;
+        for (int r = 0; r < PB_VERIFY_REASON_COUNT; r++)
+            put(&b, "patchbay_webhook_verify_failures_total{pipeline=\"%s\",reason=\"%s\"} %llu\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)), pb_verify_reason_names[r],
+                U(c->pipelines[i].verify_failed[r]));
+    }
+
     static const struct {
         const char *name, *help, *type;
         size_t off;

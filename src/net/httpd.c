@@ -25,12 +25,26 @@
 #include "patchbay/pb_json.h"
 #include "patchbay/pb_log.h"
 
-#define IDEM_KEY_MAX 255
+#define IDEM_KEY_MAX (PB_WEBHOOK_ID_MAX + 8)
 #define INLINE_OUTPUTS 8
 
 const char *const pb_reject_names[PB_REJECT_COUNT] = {
-    "bad_json", "too_large", "overload", "store", "method", "shutdown",
+    "bad_json", "too_large", "overload", "store", "method", "shutdown", "unauthorized",
 };
+
+const char *const pb_verify_reason_names[PB_VERIFY_REASON_COUNT] = {
+    "missing", "malformed", "signature", "timestamp", "claims", "credentials",
+};
+
+static const char *header_lookup(void *conn, const char *name)
+{
+    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static const char *query_lookup(void *conn, const char *name)
+{
+    return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, name);
+}
 
 struct pb_httpd {
     struct pb_engine *e;
@@ -53,6 +67,7 @@ struct req {
     bool too_big;
     bool counted; /* in pb_httpd.waiting */
     int64_t start_us;
+    const char *method; /* borrowed from MHD for the request's life */
     _Atomic int phase;
     struct pb_msg *msg;
     struct pb_op op;
@@ -162,6 +177,27 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
         reject(pl, PB_REJECT_TOO_LARGE);
         return send_error(c, 413, "body exceeds max_body", NULL, NULL);
     }
+    struct pb_verify_result vres = {0};
+    if (pl->route.verify) {
+        struct pb_verify_req vreq = {
+            .method = r->method,
+            .path = pl->route.path,
+            .body = r->buf ? r->buf : "",
+            .len = r->len,
+            .now_ms = pb_now_ms(),
+            .header = header_lookup,
+            .query = query_lookup,
+            .conn = c,
+        };
+        if (pl->route.verify(pl->route.verify_ctx, &vreq, &vres) != 0) {
+            enum pb_verify_reason why = vres.reason < PB_VERIFY_REASON_COUNT ? vres.reason : 0;
+            atomic_fetch_add(&pl->verify_failed[why], 1);
+            reject(pl, PB_REJECT_UNAUTHORIZED);
+            PB_WARN("webhook verification failed pipeline=%s reason=%s", pl->name,
+                    pb_verify_reason_names[why]);
+            return send_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL, NULL);
+        }
+    }
     if (pl->route.json) {
         struct pb_json_check chk = {0};
         if (pb_json_validate(r->buf ? r->buf : "", r->len, &chk) != 0) {
@@ -177,7 +213,7 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
         key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, pl->route.idempotency_header);
         if (key) {
             size_t kl = strlen(key);
-            bool ok = kl > 0 && kl <= IDEM_KEY_MAX;
+            bool ok = kl > 0 && kl <= 255;
             for (size_t i = 0; ok && i < kl; i++)
                 ok = key[i] > 0x20 && key[i] < 0x7f;
             if (!ok) {
@@ -189,6 +225,11 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
             memcpy(r->idem_key, key, kl + 1);
             key = r->idem_key;
         }
+    }
+    if (!key && vres.webhook_id[0]) {
+        /* A resent webhook carries the same id: acknowledge, store nothing new. */
+        snprintf(r->idem_key, sizeof(r->idem_key), "webhook:%s", vres.webhook_id);
+        key = r->idem_key;
     }
     if (atomic_load(&e->stopping)) {
         reject(pl, PB_REJECT_SHUTDOWN);
@@ -355,6 +396,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         r->h = h;
         r->conn = c;
         r->start_us = pb_mono_us();
+        r->method = method;
         *con_cls = r;
         if (strncmp(url, "/api/", 5) == 0 || strcmp(url, "/api") == 0) {
             r->kind = REQ_ADMIN;
