@@ -229,8 +229,9 @@ mkdir -p "$here/results"
     printf '| patchbay → jq → pb_sink | %.0f | %s | %s | %s ms | %s ms | %s MiB | %s |\n' \
         "$p_rps" "$accepted_rps" "$delivered_rps" "$p_p50" "$p_p99" "$((rss_kb / 1024))" "$ratio"
     echo
-    echo "- patchbay: $accepted accepted of $p_total requests in ${load_s}s" \
-        "($p_non2xx answered non-2xx, e.g. 503 back-pressure); ${p_errors//\'/}"
+    errors=${p_errors//\'/}
+    echo "- patchbay: $accepted accepted in ${load_s}s; wrk counted $p_total completed requests," \
+        "$p_non2xx of them non-2xx (503 = back-pressure)${errors:+; $errors}"
     echo "- delivered: $delivered to pb_sink in ${drain_s}s from the start of the load;" \
         "backlog drained: $drained"
     echo "- accepted/s = accepted messages / load time; delivered/s = sink 200s / (load + drain)."

@@ -167,7 +167,14 @@ for name in ("payments", "inventory", "shipping", "email"):
     if retried:
         print(f"    {len(retried)} of them arrived on a retry, e.g. {retried[0]['headers'].get('idempotency-key')} "
               f"on attempt {retried[0]['headers'].get('x-patchbay-attempt')}")
+        with open(os.path.join(work, "retried.id"), "w") as f:
+            f.write(retried[0]["headers"]["x-patchbay-message-id"])
 EOF
+# Show a message whose shipping needed retries, if there is one.
+show_id=$first_id
+if [[ -s $work/retried.id ]]; then
+    show_id=$(cat "$work/retried.id")
+fi
 
 echo
 bold "Counters"
@@ -178,11 +185,11 @@ bold "Where to look"
 cat <<EOF
   metrics:       curl $url/metrics
   dead letters:  PATCHBAY_URL=$url PATCHBAY_ADMIN_TOKEN=$PATCHBAY_ADMIN_TOKEN $PB dlq list
-  one message:   curl -H 'Authorization: Bearer $PATCHBAY_ADMIN_TOKEN' $url/api/messages/$first_id
+  one message:   curl -H 'Authorization: Bearer $PATCHBAY_ADMIN_TOKEN' $url/api/messages/$show_id
 EOF
 echo
-echo "  $first_order as patchbay recorded it (every attempt of every delivery):"
-if curl -fsS -H "Authorization: Bearer $PATCHBAY_ADMIN_TOKEN" "$url/api/messages/$first_id" \
+echo "  $show_id as patchbay recorded it (every attempt of every delivery):"
+if curl -fsS -H "Authorization: Bearer $PATCHBAY_ADMIN_TOKEN" "$url/api/messages/$show_id" \
     -o "$work/message.json"; then
     python3 - "$work/message.json" <<'EOF'
 import json, sys

@@ -435,6 +435,29 @@ class Patchbay:
         check(st == 200, f"GET /api/messages/{msg_id} -> {st} {doc}")
         return doc
 
+    def wait_states(self, mids, want, timeout=20):
+        """Wait until, for every message in mids, each output named in want
+        (a dict output -> state) has a delivery in that state and none of them
+        is still pending. Counters and partners see a result a moment before
+        the store commits it, so tests read the admin API through this."""
+
+        def states(mid):
+            out = {}
+            for d in self.message(mid)["deliveries"]:
+                out.setdefault(d["output"], set()).add(d["state"])
+            return out
+
+        def done():
+            for mid in mids:
+                st = states(mid)
+                for output, state in want.items():
+                    got = st.get(output, set())
+                    if state not in got or "pending" in got:
+                        return False
+            return True
+
+        wait_until(done, timeout, f"deliveries of {len(mids)} message(s) to reach {want}")
+
     def dead_letters(self, **query):
         """Every dead letter matching query, following next_after pages."""
         items, after = [], None

@@ -110,7 +110,9 @@ def kill9_under_load_loses_nothing():
         f"{len(extra)} delivered messages were never acknowledged to the poster")
 
     # The store still knows every acknowledged message after five crashes.
-    for mid in list(want)[:: max(1, len(want) // 25)]:
+    sample = list(want)[:: max(1, len(want) // 25)]
+    pb.wait_states(sample, {"payments": "delivered"})
+    for mid in sample:
         msg = pb.message(mid)
         states = [d["state"] for d in msg["deliveries"]]
         check_eq(states, ["delivered"], f"{mid} delivery states")

@@ -72,6 +72,22 @@ def dead_count(pb):
     return pb.metrics().value("patchbay_deliveries_dead_total", **LAB)
 
 
+def wait_dead(pb, mids, total):
+    """Wait until the dead-letter API lists every message in mids for payments
+    and the dead counter reached total. (Counters may run a moment ahead of the
+    store, so tests that go on to use the API wait on the API.)"""
+
+    def done():
+        listed = {
+            it["message_id"]
+            for it in pb.dead_letters(pipeline="orders", output="payments")
+            if it.get("state", "dead") == "dead"
+        }
+        return set(mids) <= listed and dead_count(pb) == total
+
+    wait_until(done, 20, f"{len(mids)} dead letters listed, {total} counted")
+
+
 def stays(pred, seconds, what):
     """pred() holds for the whole period (polling); used to show that nothing
     more happens, e.g. no second delivery."""
@@ -96,7 +112,7 @@ def make():
 def permanent_failure_goes_to_dlq_and_replays_once():
     sink, audit, pb = make()
     mid = post_order(pb, "ord-1")
-    wait_until(lambda: dead_count(pb) == 1, 20, "the delivery to be dead")
+    wait_dead(pb, [mid], 1)
     check_eq(sink.requests(), 1, "exactly one attempt for a 400")
     # The other output is independent and delivered.
     wait_until(lambda: len(ok_records(audit, mid, "/audit")) == 1, 20, "audit delivered")
@@ -115,6 +131,7 @@ def permanent_failure_goes_to_dlq_and_replays_once():
     check_eq(st, 200, "GET /api/dead-letters/{id}")
     check_eq(one["message_id"], mid, "single dead letter message_id")
 
+    pb.wait_states([mid], {"payments": "dead", "audit": "delivered"})
     msg = pb.message(mid)
     d = {d["output"]: d for d in msg["deliveries"]}
     check_eq(d["payments"]["state"], "dead", "payments state")
@@ -140,6 +157,7 @@ def permanent_failure_goes_to_dlq_and_replays_once():
     check_eq(rec["headers"].get("idempotency-key"), f"{mid}.payments", "same idempotency key")
     check_eq(len(ok_records(audit, mid, "/audit")), 1, "replay did not touch the other output")
 
+    pb.wait_states([mid], {"payments": "delivered"})
     msg = pb.message(mid)
     states = sorted(d["state"] for d in msg["deliveries"] if d["output"] == "payments")
     check("delivered" in states and "dead" not in states, f"payments states after replay {states}")
@@ -153,7 +171,7 @@ def permanent_failure_goes_to_dlq_and_replays_once():
 def replay_all_paging_and_purge():
     sink, audit, pb = make()
     mids = [post_order(pb, f"ord-{i}") for i in range(5)]
-    wait_until(lambda: dead_count(pb) == 5, 20, "5 dead deliveries")
+    wait_dead(pb, mids, 5)
 
     # Paging: limit 2 -> 3 pages, next_after null at the end.
     st, page = pb.admin("GET", "/api/dead-letters?pipeline=orders&output=payments&limit=2")
@@ -190,7 +208,7 @@ def replay_all_paging_and_purge():
     # Replay all through the CLI, environment for url and token.
     sink.set_mode(status=422)
     more = [post_order(pb, f"ord-b{i}") for i in range(3)]
-    wait_until(lambda: dead_count(pb) == 8, 20, "3 more dead (422)")
+    wait_dead(pb, more, 8)
     sink.set_mode(status=200)
     r = pb.cli(
         "dlq", "replay", "--all", "--pipeline", "orders", "--output", "payments",
@@ -203,7 +221,7 @@ def replay_all_paging_and_purge():
     # One replay through the API answers the new delivery id.
     sink.set_mode(status=400)
     one = post_order(pb, "ord-c")
-    wait_until(lambda: dead_count(pb) == 9, 20, "another dead")
+    wait_dead(pb, [one], 9)
     (dl,) = [it for it in pb.dead_letters() if it["message_id"] == one]
     sink.set_mode(status=200)
     st, doc = pb.admin("POST", f"/api/dead-letters/{dl['id']}/replay")
@@ -217,7 +235,7 @@ def replay_all_paging_and_purge():
     # Purge: API and CLI.
     sink.set_mode(status=400)
     p1, p2 = post_order(pb, "ord-p1"), post_order(pb, "ord-p2")
-    wait_until(lambda: dead_count(pb) == 11, 20, "two more dead")
+    wait_dead(pb, [p1, p2], 11)
     ids = {it["message_id"]: str(it["id"]) for it in pb.dead_letters()}
     st, _ = pb.admin("DELETE", f"/api/dead-letters/{ids[p1]}")
     check_eq(st, 204, "DELETE dead letter")

@@ -177,6 +177,7 @@ def bulk_delivery_exact_mapping():
     check_eq(st, 200, "GET /api/pipelines")
     text = json.dumps(doc)
     check("orders" in text and "payments" in text, f"/api/pipelines names things: {text[:300]}")
+    pb.wait_states(ids[:3], {"payments": "delivered", "void": "delivered"})
     msg = pb.message(ids[0])
     check_eq(msg["id"], ids[0], "message id")
     check_eq(msg["pipeline"], "orders", "message pipeline")

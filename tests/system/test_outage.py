@@ -103,7 +103,9 @@ def outage_then_recovery():
         check(int(rs[0]["headers"].get("x-patchbay-attempt", "0")) > 1, f"{mid}: attempt header > 1")
 
     multi = 0
-    for mid in ids[:: max(1, N // 20)]:  # a sample of 20 through the admin API
+    sample = ids[:: max(1, N // 20)]  # a sample of 20 through the admin API
+    pb.wait_states(sample, {"payments": "delivered"})
+    for mid in sample:
         msg = pb.message(mid)
         (d,) = [d for d in msg["deliveries"] if d["output"] == "payments"]
         check_eq(d["state"], "delivered", f"{mid} state")
@@ -141,6 +143,7 @@ def retry_after_and_429_are_retried_not_dead():
     wait_until(lambda: sink.stats()["by_status"].get("503", 0) >= 1, 20, "an attempt answered 503")
     sink.set_mode(status=200)
     wait_until(lambda: sink.ok_count() == 1, 20, "delivery after recovery")
+    pb.wait_states([mid], {"payments": "delivered"})
     d = [d for d in pb.message(mid)["deliveries"] if d["output"] == "payments"][0]
     check_eq(d["state"], "delivered", "state")
     statuses = [a["status"] for a in d["attempt_log"]]

@@ -420,10 +420,11 @@ static int choose_status(void)
 static enum MHD_Result answer(struct MHD_Connection *conn, const char *method, const char *url,
                               struct req *r)
 {
-    atomic_fetch_add_explicit(&n_requests, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&n_by_status[r->status], 1, memory_order_relaxed);
+    /* Record before counting: whoever saw a count in /_sink/stats finds the line. */
     if (record_fp)
         record(conn, method, url, r);
+    atomic_fetch_add_explicit(&n_requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&n_by_status[r->status], 1, memory_order_relaxed);
 
     if (r->status == 200 && ok_resp)
         return MHD_queue_response(conn, 200, ok_resp);
