@@ -554,6 +554,7 @@ class Poster:
         self.headers.update(headers or {})
         self.timeout = scaled(timeout)
         self.results = []
+        self.retry_after = []  # Retry-After values of 503 answers
         self._lock = threading.Lock()
         self._next = 0
         self._stop = threading.Event()
@@ -590,6 +591,9 @@ class Poster:
                     r = conn.getresponse()
                     data = r.read()
                     status = r.status
+                    if status == 503:
+                        with self._lock:
+                            self.retry_after.append(r.getheader("Retry-After"))
                     if (r.getheader("Connection") or "").lower() == "close":
                         conn.close()
                         conn = None

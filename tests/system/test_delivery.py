@@ -190,5 +190,60 @@ def bulk_delivery_exact_mapping():
     check_eq(pb.term(), 0, "exit code on SIGTERM")
 
 
+FIDELITY_CONFIG = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: "sqlite:@DIR@/state.db"
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  raw:
+    input: { http_server: { path: /raw } }
+    outputs:
+      same: { http: { url: "SINK/same" } }
+      mapped: { http: { url: "SINK/mapped", map: '{n: .big, id: .id}' } }
+"""
+
+
+@test
+def fidelity_unmapped_bytes_and_big_integers():
+    # Without a map the partner gets the posted bytes, untouched. Through jq an
+    # integer beyond 2^53 cannot be carried exactly: that delivery is dead
+    # with a reason, never rounded.
+    sink = start_sink()
+    pb = Patchbay(FIDELITY_CONFIG.replace("SINK", sink.url))
+    bodies = {
+        "exact": b'{"id":"exact","big":9007199254740992}',
+        "beyond": b'{"id":"beyond","big":9007199254740993}',
+        "negative": b'{"id":"negative","big":-9007199254740993}',
+        "huge": b'{"id":"huge","big":123456789012345678901234567890}',
+        "spacing": b'{ "id" : "spacing",\n  "big": 1, "f": 1.10, "e": 1E+2,'
+        b' "u": "\\u00e9\xc3\xa9\xf0\x9f\x93\xa6", "z": -0.0 }',
+    }
+    mids = {}
+    for name, b in bodies.items():
+        st, _, data = pb.post("/raw", b)
+        check_eq(st, 202, f"post {name}")
+        mids[name] = json.loads(data)["id"]
+    pb.wait_states([mids["exact"], mids["spacing"]], {"same": "delivered", "mapped": "delivered"})
+    pb.wait_states(
+        [mids[k] for k in ("beyond", "negative", "huge")], {"same": "delivered", "mapped": "dead"}
+    )
+    same = {r["headers"]["x-patchbay-message-id"]: r["body"] for r in sink.records() if r["path"] == "/same"}
+    for name, b in bodies.items():
+        check_eq(same.get(mids[name]), b.decode(), f"{name}: unmapped body byte for byte")
+    mapped = {
+        r["headers"]["x-patchbay-message-id"]: json.loads(r["body"])
+        for r in sink.records()
+        if r["path"] == "/mapped"
+    }
+    check(strict_equal(mapped.get(mids["exact"]), {"n": 9007199254740992, "id": "exact"}),
+          f"2^53 itself is exact: {mapped.get(mids['exact'])}")
+    check(strict_equal(mapped.get(mids["spacing"]), {"n": 1, "id": "spacing"}), "mapped spacing")
+    for name in ("beyond", "negative", "huge"):
+        check(mids[name] not in mapped, f"{name}: a rounded value was delivered")
+        (d,) = [d for d in pb.message(mids[name])["deliveries"] if d["output"] == "mapped"]
+        check(d["last_error"], f"{name}: the dead delivery says why: {d}")
+    check_eq(pb.term(), 0, "exit code")
+
+
 if __name__ == "__main__":
     run()

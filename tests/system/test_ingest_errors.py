@@ -11,8 +11,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pbtest import (  # noqa: E402
     Patchbay,
+    Poster,
     check,
     check_eq,
+    log,
     run,
     run_cli,
     scaled,
@@ -147,6 +149,34 @@ def idempotent_replay():
     st5, h5, d5 = pb.post("/hooks/shop", body, {"Idempotency-Key": "key-1"})
     check_eq((st5, d5), (st1, d1), "replay after restart")
     check_eq((h5.get("idempotent-replayed") or "").lower(), "true", "replay header after restart")
+    check_eq(pb.term(), 0, "exit code")
+
+
+@test
+def overload_answers_503_and_takes_nothing():
+    # A one-message ingest queue: concurrent posts must be pushed back with
+    # 503 + Retry-After, and a refused message is never delivered.
+    sink = start_sink(threads=2)
+    cfg = CONFIG.replace("SINK", sink.url) + "limits: { ingest_queue: 1 }\n"
+    pb = Patchbay(cfg)
+    bodies = [{"id": f"flood-{i}"} for i in range(3000)]
+    poster = Poster(pb.port, "/hooks/shop", lambda i: bodies[i], concurrency=64, n=len(bodies))
+    poster.start().join()
+    statuses = {}
+    for _, st, _ in poster.results:
+        statuses[st] = statuses.get(st, 0) + 1
+    acked = {mid for _, mid in poster.acked()}
+    log(f"answers: {statuses}")
+    check(set(statuses) <= {202, 503}, f"only 202 and 503 answers: {statuses}")
+    check(statuses.get(503, 0) > 0, f"some posts pushed back with 503: {statuses}")
+    check(all(v and v.isdigit() for v in poster.retry_after), f"503s carry Retry-After: {set(poster.retry_after)}")
+    wait_until(lambda: sink.ok_count() >= len(acked), 60, f"{len(acked)} accepted messages delivered")
+    m = pb.metrics()
+    check_eq(m.value("patchbay_messages_accepted_total", **LAB), len(acked), "accepted counter")
+    check_eq(m.value("patchbay_messages_rejected_total", reason="overload", **LAB), statuses[503],
+             "rejected{reason=overload}")
+    delivered = [r["headers"].get("x-patchbay-message-id") for r in sink.records()]
+    check_eq(sorted(delivered), sorted(acked), "exactly the accepted messages were delivered")
     check_eq(pb.term(), 0, "exit code")
 
 
