@@ -1,10 +1,12 @@
 /* http_server.c - the `http_server` input: an ingest route on the shared
  * listener. The listener itself (src/net/httpd.c) receives, validates and
- * commits; this plugin declares the route and its limits. */
+ * commits; this plugin declares the route, its limits and, with a `verify`
+ * block, who may post to it (verify.c). */
 #include <stddef.h>
 #include <string.h>
 
 #include "patchbay/pb_plugin.h"
+#include "verify.h"
 
 struct idem_conf {
     char *header;
@@ -17,6 +19,8 @@ struct in_http {
     uint64_t max_body;
     int format; /* 0 json, 1 raw */
     struct idem_conf idempotency;
+    struct pb_verify_conf verify;
+    struct pb_verifier *verifier; /* owned; NULL without verification */
 };
 
 static const char *const formats[] = {"json", "raw", NULL};
@@ -60,6 +64,10 @@ static const struct pb_field http_server_fields[] = {
      .type = PB_F_OBJECT,
      .offset = offsetof(struct in_http, idempotency),
      .sub = idem_fields},
+    {.name = "verify",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct in_http, verify),
+     .sub = pb_verify_fields},
     {0},
 };
 
@@ -79,6 +87,15 @@ static int http_server_init(void *ctx, const struct pb_input_env *env, struct pb
             return pb_err_set(err, PB_ECONFIG,
                               "http_server methods may be POST, PUT or PATCH, not \"%s\"", m);
     }
+    if (h->verify.scheme != PB_SCHEME_NONE) {
+        h->verifier = pb_verifier_create(&h->verify, err);
+        if (!h->verifier)
+            return err ? err->code : PB_ECONFIG;
+    } else {
+        int rc = pb_verify_conf_check(&h->verify, err); /* no options without a scheme */
+        if (rc)
+            return rc;
+    }
     struct pb_ingest_route r = {
         .path = h->path,
         .methods = &h->methods,
@@ -86,8 +103,17 @@ static int http_server_init(void *ctx, const struct pb_input_env *env, struct pb
         .json = h->format == 0,
         .idempotency_window_ms = h->idempotency.window_ms,
         .idempotency_header = h->idempotency.header,
+        .verify = h->verifier ? pb_verifier_check : NULL,
+        .verify_ctx = h->verifier,
     };
     return env->add_route(env->arg, &r, err);
+}
+
+static void http_server_destroy(void *ctx)
+{
+    struct in_http *h = ctx;
+    pb_verifier_destroy(h->verifier);
+    h->verifier = NULL;
 }
 
 const struct pb_input_plugin pb_in_http_server = {
@@ -95,4 +121,5 @@ const struct pb_input_plugin pb_in_http_server = {
     .fields = http_server_fields,
     .ctx_size = sizeof(struct in_http),
     .init = http_server_init,
+    .destroy = http_server_destroy,
 };
