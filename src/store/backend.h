@@ -28,6 +28,10 @@ struct pb_store_backend {
     int (*apply)(void *ctx, struct pb_op *op);
     int (*commit)(void *ctx);
     void (*rollback)(void *ctx);
+    /* Make every committed transaction durable (one flush for all commits
+     * so far). NULL when commit is durable by itself. Called from the
+     * syncer thread, concurrently with the writer's next transaction. */
+    int (*sync)(void *ctx);
 
     /* Reads, any thread; same contracts as the pb_store_* functions. */
     int (*load_pending)(void *ctx, const char *pipeline, const char *output, int64_t after_id,

@@ -46,6 +46,12 @@ struct sq {
     sqlite3 *db; /* write connection: writer thread only after open */
     sqlite3_stmt *ws[W_COUNT];
     _Atomic int64_t max_pages_req; /* test knob; -1 = unchanged */
+    /* Durable commits without blocking the writer: the connection runs with
+     * synchronous=NORMAL and sq_sync() fdatasyncs the WAL before any op of
+     * a committed batch is reported done. */
+    bool explicit_sync;
+    char *wal_path;
+    int wal_fd; /* -1 until the WAL exists */
 
     pthread_mutex_t pool_lock; /* guards idle/nidle (sqlite_read.c) */
     struct rconn *idle[READ_POOL_MAX];

@@ -7,7 +7,13 @@
  * (one fsync for the lot), then runs each op's done_cb in submission order.
  * If the transaction breaks (disk full, I/O error) every op in it gets the
  * error, the store reports itself not writable, and the writer goes on with
- * the next batch: the first commit that succeeds makes it writable again. */
+ * the next batch: the first commit that succeeds makes it writable again.
+ *
+ * When the backend syncs separately (be->sync), commits do not wait for the
+ * disk: the writer hands each committed batch to the syncer thread and goes
+ * on with the next one, while the syncer flushes once for every batch
+ * committed so far and only then runs their done_cbs, in commit order. A
+ * done_cb still never runs before its op is durable. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -32,6 +38,13 @@ struct pb_store {
     size_t ningest; /* INGEST ops queued, not yet taken */
     bool started, stopping, stop_claimed;
     pthread_t thread;
+
+    /* syncer: committed ops waiting for durability, in commit order */
+    pthread_cond_t sync_wake;
+    struct pb_op *sync_head, *sync_tail;
+    bool syncing;     /* the syncer thread runs */
+    bool writer_done; /* no more batches will be handed over */
+    pthread_t sync_thread;
 
     pthread_mutex_t exec_lock; /* pb_store_exec waiters */
 
@@ -133,7 +146,15 @@ struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts
         pb_err_set(err, PB_ENOMEM, "cannot create the state store condition");
         return NULL;
     }
+    if (pthread_cond_init(&s->sync_wake, NULL) != 0) {
+        pthread_cond_destroy(&s->wake);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        pb_err_set(err, PB_ENOMEM, "cannot create the state store condition");
+        return NULL;
+    }
     if (pthread_mutex_init(&s->exec_lock, NULL) != 0) {
+        pthread_cond_destroy(&s->sync_wake);
         pthread_cond_destroy(&s->wake);
         pthread_mutex_destroy(&s->lock);
         free(s);
@@ -144,6 +165,7 @@ struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts
     s->ctx = be->open(url, &s->opts, err);
     if (!s->ctx) {
         pthread_mutex_destroy(&s->exec_lock);
+        pthread_cond_destroy(&s->sync_wake);
         pthread_cond_destroy(&s->wake);
         pthread_mutex_destroy(&s->lock);
         free(s);
@@ -159,6 +181,7 @@ void pb_store_destroy(struct pb_store *s)
     pb_store_stop(s);
     s->be->close(s->ctx);
     pthread_mutex_destroy(&s->exec_lock);
+    pthread_cond_destroy(&s->sync_wake);
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);
     free(s);
@@ -222,6 +245,25 @@ static void run_batch(struct pb_store *s, struct pb_op *batch, size_t n)
         atomic_fetch_add(&s->ops, n);
         if (!atomic_exchange(&s->writable, true))
             PB_INFO("state store writable again");
+        if (s->syncing) {
+            struct pb_op *last = batch;
+            while (last->next)
+                last = last->next;
+            pthread_mutex_lock(&s->lock);
+            if (s->sync_tail)
+                s->sync_tail->next = batch;
+            else
+                s->sync_head = batch;
+            s->sync_tail = last;
+            pthread_cond_signal(&s->sync_wake);
+            pthread_mutex_unlock(&s->lock);
+            return;
+        }
+        if (s->be->sync && (rc = s->be->sync(s->ctx)) < 0) {
+            for (op = batch; op; op = op->next)
+                op->status = rc;
+            atomic_store(&s->writable, false);
+        }
     }
 
     /* A done_cb may free or resubmit its op: read next first. */
@@ -231,6 +273,42 @@ static void run_batch(struct pb_store *s, struct pb_op *batch, size_t n)
         if (op->done_cb)
             op->done_cb(op, op->arg);
     }
+}
+
+/* Flush once for everything committed so far, then report it done. */
+static void *syncer_main(void *arg)
+{
+    struct pb_store *s = arg;
+    sigset_t all;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->sync_head && !s->writer_done)
+            pthread_cond_wait(&s->sync_wake, &s->lock);
+        struct pb_op *list = s->sync_head;
+        s->sync_head = s->sync_tail = NULL;
+        bool done = s->writer_done;
+        pthread_mutex_unlock(&s->lock);
+        if (!list) {
+            if (done)
+                break;
+            continue;
+        }
+        int rc = s->be->sync(s->ctx);
+        if (rc < 0 && atomic_exchange(&s->writable, false))
+            PB_ERROR("state store not writable: sync failed error=%s", pb_err_name(rc));
+        for (struct pb_op *op = list, *next; op; op = next) {
+            next = op->next;
+            op->next = NULL;
+            if (rc < 0)
+                op->status = rc; /* committed but maybe not durable: never acknowledge */
+            if (op->done_cb)
+                op->done_cb(op, op->arg);
+        }
+    }
+    return NULL;
 }
 
 /* Take batches until the queue is empty and stopping is set. */
@@ -271,6 +349,10 @@ static void *writer_main(void *arg)
 
         run_batch(s, batch, n);
     }
+    pthread_mutex_lock(&s->lock);
+    s->writer_done = true;
+    pthread_cond_signal(&s->sync_wake);
+    pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 
@@ -282,6 +364,16 @@ int pb_store_start(struct pb_store *s)
     if (s->started || s->stopping) {
         pthread_mutex_unlock(&s->lock);
         return s->stopping ? PB_ESHUTDOWN : 0;
+    }
+    if (s->be->sync && !s->syncing) {
+        rc = pthread_create(&s->sync_thread, NULL, syncer_main, s);
+        if (rc != 0) {
+            pthread_mutex_unlock(&s->lock);
+            PB_ERROR("cannot start the state store syncer thread error=%s", strerror(rc));
+            return PB_ENOMEM;
+        }
+        s->syncing = true;
+        pthread_setname_np(s->sync_thread, "pb-sync");
     }
     rc = pthread_create(&s->thread, NULL, writer_main, s);
     if (rc == 0) {
@@ -357,10 +449,12 @@ int pb_store_exec(struct pb_store *s, struct pb_op *op)
     if (!s || !op)
         return PB_EINVAL;
     pthread_mutex_lock(&s->lock);
-    on_writer = s->started && pthread_equal(pthread_self(), s->thread);
+    /* done_cbs run on the writer or the syncer: waiting there would deadlock. */
+    on_writer = (s->started && pthread_equal(pthread_self(), s->thread)) ||
+                (s->syncing && pthread_equal(pthread_self(), s->sync_thread));
     pthread_mutex_unlock(&s->lock);
     if (on_writer) {
-        PB_ERROR("pb_store_exec called on the state store writer thread");
+        PB_ERROR("pb_store_exec called from a state store done_cb");
         return PB_EINVAL;
     }
     if (pthread_cond_init(&w.cond, NULL) != 0)
@@ -405,6 +499,10 @@ void pb_store_stop(struct pb_store *s)
         pthread_join(s->thread, NULL);
     else if (drain_here)
         writer_main(s); /* never started: commit what was queued, here */
+    if (join && s->syncing) {
+        pthread_join(s->sync_thread, NULL);
+        s->syncing = false;
+    }
 }
 
 bool pb_store_writable(const struct pb_store *s)
