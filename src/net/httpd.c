@@ -604,7 +604,7 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
         {MHD_OPTION_SOCK_ADDR, 0, &ss},
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)sc->max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)timeout_s, NULL},
-        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(64 * 1024), NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(32 * 1024), NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, h},
         {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {sc->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)sc->threads,
