@@ -741,6 +741,7 @@ int pb_dispatcher_start(struct pb_dispatcher *d)
 {
     if (pthread_create(&d->thread, NULL, disp_main, d) != 0)
         return PB_EINTERNAL;
+    pthread_setname_np(d->thread, "pb-dispatch");
     d->started = true;
     return 0;
 }
@@ -841,6 +842,9 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         }
         return;
     }
+    /* The dispatcher takes the whole inbox at once: only the first post
+     * after it did needs to wake it. */
+    bool wake = !d->inbox_head;
     if (head) {
         if (d->inbox_tail)
             d->inbox_tail->next = head;
@@ -849,7 +853,8 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         d->inbox_tail = tail;
     }
     pthread_mutex_unlock(&d->lock);
-    pb_http_client_wakeup(d->http);
+    if (wake)
+        pb_http_client_wakeup(d->http);
 }
 
 void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out)
