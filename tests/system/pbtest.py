@@ -346,18 +346,35 @@ class Patchbay:
         self.config_path = os.path.join(self.dir, "patchbay.yaml")
         self.stderr_path = os.path.join(self.dir, "patchbay.log")
         self.stdout_path = os.path.join(self.dir, "stdout.log")
+        self._template = config
+        self._write_config()
+        self.proc = None
+        self.starts = 0
+        if start:
+            self._first_start()
+
+    def _write_config(self):
         text = (
-            config.replace("@LISTEN@", "127.0.0.1:@PORT@")
+            self._template.replace("@LISTEN@", "127.0.0.1:@PORT@")
             .replace("@PORT@", str(self.port))
             .replace("@DIR@", self.dir)
             .replace("@TOKEN@", self.token)
         )
         with open(self.config_path, "w") as f:
             f.write(text)
-        self.proc = None
-        self.starts = 0
-        if start:
-            self.start()
+
+    def _first_start(self):
+        # free_port() can race with another test binding the same port: on
+        # "address in use" the first start moves to another port.
+        for _ in range(5):
+            try:
+                return self.start()
+            except TestFailure:
+                if self.running() or "in use" not in _tail(self.stderr_path, 5):
+                    raise
+                self.port = free_port()
+                self._write_config()
+        return self.start()
 
     @property
     def url(self):
