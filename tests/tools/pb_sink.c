@@ -14,6 +14,9 @@
  * ("body":null plus "body_hex" when the body is not UTF-8). "ts" and "n" are taken
  * when the whole body has arrived, before any delay; the line is written on answer.
  *
+ * Answers below 400 carry {"ok":true}, others {"ok":false}; with --retry-after S
+ * every error answer also carries "Retry-After: S".
+ *
  * Control endpoints (never counted or recorded):
  *   GET  /_sink/stats  -> {"requests":N,"by_status":{"200":N,...}}
  *   POST /_sink/mode   <- {"status":..,"fail_every":..,"fail_status":..,"delay_ms":..,
