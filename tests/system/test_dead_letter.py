@@ -253,6 +253,52 @@ def replay_all_paging_and_purge():
     check_eq(pb.term(), 0, "exit code")
 
 
+GIVE_UP_CONFIG = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: "sqlite:@DIR@/state.db"
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  orders:
+    input:
+      http_server: { path: /hooks/shop }
+    outputs:
+      attempts:
+        http:
+          url: "SINK/attempts"
+          retry: { max_attempts: 3, initial: 50ms, max: 100ms, max_age: 1h }
+      age:
+        http:
+          url: "SINK/age"
+          retry: { max_attempts: 1000, initial: 50ms, max: 200ms, max_age: 1s }
+"""
+
+
+@test
+def temporary_failures_end_in_dlq_after_max_attempts_or_max_age():
+    sink = start_sink(status=503)
+    pb = Patchbay(GIVE_UP_CONFIG.replace("SINK", sink.url))
+    mid = post_order(pb, "ord-give-up")
+    pb.wait_states([mid], {"attempts": "dead", "age": "dead"}, timeout=30)
+    d = {d["output"]: d for d in pb.message(mid)["deliveries"]}
+    check_eq(d["attempts"]["attempts"], 3, "max_attempts: attempts made")
+    check_eq([a["status"] for a in d["attempts"]["attempt_log"]], [503] * 3, "attempt statuses")
+    check_eq(d["attempts"]["last_status"], 503, "last_status")
+    check(d["age"]["attempts"] >= 3, f"max_age: retried until the age ran out: {d['age']['attempts']}")
+    log_ = d["age"]["attempt_log"]
+    # Attempt times are unix ms; the last one starts no later than max_age after the first.
+    span = log_[-1]["started_at"] - log_[0]["started_at"]
+    check(span <= 1000 * scaled(1.5), f"attempts of a 1s max_age span {span} ms")
+    check("max_age" in d["age"]["last_error"], f"reason names max_age: {d['age']['last_error']}")
+    check("max_attempts" in d["attempts"]["last_error"], f"reason: {d['attempts']['last_error']}")
+    recs = [r for r in sink.records() if r["path"] == "/attempts"]
+    check_eq(len(recs), 3, "requests seen for the max_attempts output")
+    check_eq([r["headers"].get("x-patchbay-attempt") for r in recs], ["1", "2", "3"], "attempt header")
+    check_eq(len({r["headers"].get("idempotency-key") for r in recs}), 1, "one idempotency key")
+    outs = sorted(it["output"] for it in pb.dead_letters())
+    check_eq(outs, ["age", "attempts"], "both outputs in the DLQ")
+    check_eq(pb.term(), 0, "exit code")
+
+
 @test
 def admin_needs_the_token():
     sink, audit, pb = make()
