@@ -21,7 +21,7 @@
 
 #include "patchbay/pb_err.h"
 
-#define PB_STORE_SCHEMA_VERSION 1
+#define PB_STORE_SCHEMA_VERSION 2 /* 2: endpoints */
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -62,12 +62,34 @@ const char *pb_store_node_id(const struct pb_store *s);
 /* ---- writer ---------------------------------------------------------- */
 
 enum pb_op_kind {
-    PB_OP_INGEST = 1, /* new message + one pending delivery per output */
-    PB_OP_RESULT,     /* one attempt's outcome for a delivery */
-    PB_OP_REPLAY,     /* dead delivery -> new pending delivery */
-    PB_OP_REPLAY_ALL, /* every dead delivery of pipeline/output */
-    PB_OP_PURGE,      /* delete one dead delivery (and the message when unused) */
-    PB_OP_EXPIRE,     /* delete expired idempotency keys and finished messages */
+    PB_OP_INGEST = 1,      /* new message + one pending delivery per output */
+    PB_OP_RESULT,          /* one attempt's outcome for a delivery */
+    PB_OP_REPLAY,          /* dead delivery -> new pending delivery */
+    PB_OP_REPLAY_ALL,      /* every dead delivery of pipeline/output */
+    PB_OP_PURGE,           /* delete one dead delivery (and the message when unused) */
+    PB_OP_EXPIRE,          /* delete expired idempotency keys and finished messages */
+    PB_OP_FANOUT,          /* a webhook output's delivery -> one child delivery per endpoint */
+    PB_OP_ENDPOINT_PUT,    /* create or replace a managed webhook endpoint */
+    PB_OP_ENDPOINT_DELETE, /* delete one; its pending deliveries become dead */
+    PB_OP_ENDPOINT_STATE,  /* disabled flag / reason / failing_since of one */
+};
+
+/* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
+ * done_cb; for reads: for the callback). */
+#define PB_ENDPOINT_ID_MAX 64
+struct pb_endpoint_rec {
+    const char *id;       /* "ep_..." unique */
+    const char *pipeline; /* the webhook output it belongs to */
+    const char *output;
+    const char *url;
+    const char *description; /* may be NULL */
+    const char *events;      /* JSON array of patterns: ["order.created","invoice.*"]; [] = all */
+    const char *secrets; /* JSON array, newest first: [{"key":"whsec_...","expires_at":ms|null}] */
+    const char *rate_limit; /* "100/s" or NULL */
+    bool disabled;
+    const char *disabled_reason; /* may be NULL */
+    int64_t failing_since; /* unix ms of the first failure since the last success; 0 = healthy */
+    int64_t created_at, updated_at;
 };
 
 struct pb_op_ingest {
@@ -84,21 +106,21 @@ struct pb_op_ingest {
     const char *const *outputs;
     int64_t first_due_at; /* next_at for the new deliveries (usually received_at) */
     /* out */
-    bool duplicate;                  /* idem_key was seen: nothing stored */
-    char dup_msg_id[PB_MSG_ID_MAX];  /* the original message id */
+    bool duplicate;                 /* idem_key was seen: nothing stored */
+    char dup_msg_id[PB_MSG_ID_MAX]; /* the original message id */
     int64_t msg_seq;
     int64_t *delivery_ids; /* caller array of noutputs, filled in output order */
 };
 
 struct pb_op_result {
     int64_t delivery_id;
-    int attempt;         /* 1-based attempt number */
-    int64_t started_at;  /* unix ms */
+    int attempt;        /* 1-based attempt number */
+    int64_t started_at; /* unix ms */
     int64_t latency_ms;
-    int status;          /* protocol status (HTTP) or 0 */
+    int status;           /* protocol status (HTTP) or 0 */
     enum pb_dstate state; /* after this attempt: PENDING (retry later), DELIVERED, DEAD, FILTERED */
-    int64_t next_at;     /* PENDING: when the next attempt is due */
-    const char *error;   /* may be NULL; truncated to PB_ERROR_EXCERPT_MAX */
+    int64_t next_at;      /* PENDING: when the next attempt is due */
+    const char *error;    /* may be NULL; truncated to PB_ERROR_EXCERPT_MAX */
 };
 
 struct pb_op_replay {
@@ -112,8 +134,9 @@ struct pb_op_replay {
 struct pb_op_replay_all {
     const char *pipeline; /* in; NULL = any */
     const char *output;   /* in; NULL = any */
+    int64_t since;        /* in: only deliveries created at or after (unix ms); 0 = any */
     int64_t now;
-    int64_t count;        /* out */
+    int64_t count; /* out */
 };
 
 struct pb_op_purge {
@@ -126,6 +149,44 @@ struct pb_op_expire {
     int64_t deleted;      /* out: messages deleted */
 };
 
+/* The delivery delivery_id (PENDING, of a webhook output) is finished as
+ * DELIVERED with an attempt row saying it fanned out, and one PENDING child
+ * delivery per entry of outputs is inserted (same message and pipeline,
+ * output = "<output>/<endpoint id>", next_at = now). n may be 0. */
+struct pb_op_fanout {
+    int64_t delivery_id;
+    int attempt;
+    int64_t now;
+    size_t n;
+    const char *const *outputs;
+    const char *note;   /* attempt log text, e.g. "fanned out to 3 endpoints" */
+    int64_t *child_ids; /* out: caller array of n, in order */
+};
+
+/* PB_EINVAL unless id (1 to PB_ENDPOINT_ID_MAX - 1 bytes), pipeline, output,
+ * url and secrets are set; events NULL is stored as "[]". */
+struct pb_op_endpoint_put {
+    struct pb_endpoint_rec rec;
+    bool create_only; /* PB_EEXISTS when the id exists */
+};
+
+/* Pending deliveries of output "<output>/<id>" in the endpoint's pipeline
+ * become DEAD with last_error "endpoint deleted" (and an attempt row saying
+ * so). PB_ENOTFOUND when there is no such endpoint. */
+struct pb_op_endpoint_delete {
+    const char *id;
+    int64_t now;
+    int64_t dead; /* out: pending deliveries moved to the dead-letter queue */
+};
+
+struct pb_op_endpoint_state {
+    const char *id;
+    int disabled;                /* 1, 0, or -1 to keep */
+    const char *disabled_reason; /* stored when disabled changes to 1; cleared on 0 */
+    int64_t failing_since;       /* -1 to keep */
+    int64_t now;
+};
+
 struct pb_op {
     enum pb_op_kind kind;
     int status; /* out: 0, PB_ENOTFOUND (replay/purge), PB_ENOSPACE, PB_ESTORE... */
@@ -136,6 +197,10 @@ struct pb_op {
         struct pb_op_replay_all replay_all;
         struct pb_op_purge purge;
         struct pb_op_expire expire;
+        struct pb_op_fanout fanout;
+        struct pb_op_endpoint_put endpoint_put;
+        struct pb_op_endpoint_delete endpoint_delete;
+        struct pb_op_endpoint_state endpoint_state;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -165,9 +230,9 @@ struct pb_pending {
     int64_t delivery_id;
     int64_t msg_seq;
     const char *msg_id;
-    int attempts;        /* attempts made so far */
-    int64_t next_at;     /* unix ms */
-    int64_t received_at; /* unix ms, of the message */
+    int attempts;             /* attempts made so far */
+    int64_t next_at;          /* unix ms */
+    int64_t received_at;      /* unix ms, of the message */
     const char *content_type; /* may be NULL */
     const void *body;
     size_t len;
@@ -200,6 +265,13 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
  * absent values (last_status before any attempt, replay_of) are null. A
  * JSON body is embedded only when it prints back unchanged (no 1.10 shown
  * as 1.1000000000000001); otherwise it comes as "body_base64". */
+/* Managed webhook endpoints: every one (id order; cb returns non-zero to
+ * stop), or one (PB_ENOTFOUND + err when absent, cb not called). */
+typedef int (*pb_endpoint_cb)(void *arg, const struct pb_endpoint_rec *rec);
+int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err);
+int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
+                          struct pb_err *err);
+
 json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err);
 json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
                                    int64_t after_id, int limit, struct pb_err *err);

@@ -73,19 +73,46 @@ static const char *const migrations[] = {
     " expires_at INTEGER NOT NULL,"
     " PRIMARY KEY (pipeline, key)) WITHOUT ROWID;"
     "CREATE INDEX idempotency_expires ON idempotency(expires_at);",
+    /* 2: managed webhook endpoints */
+    "CREATE TABLE endpoints("
+    " id TEXT PRIMARY KEY,"
+    " pipeline TEXT NOT NULL,"
+    " output TEXT NOT NULL,"
+    " url TEXT NOT NULL,"
+    " description TEXT,"
+    " events TEXT NOT NULL DEFAULT '[]',"
+    " secrets TEXT NOT NULL,"
+    " rate_limit TEXT,"
+    " disabled INTEGER NOT NULL DEFAULT 0,"
+    " disabled_reason TEXT,"
+    " failing_since INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL);",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
 
-#define RALL_WHERE_ANY "state = 2"
-#define RALL_WHERE_P "state = 2 AND pipeline = ?1"
-#define RALL_WHERE_O "state = 2 AND output = ?2"
-#define RALL_WHERE_PO "state = 2 AND pipeline = ?1 AND output = ?2"
+/* ?4 is since: 0 (or less) takes every dead delivery. */
+#define RALL_DEAD "state = 2 AND (?4 <= 0 OR created_at >= ?4)"
+#define RALL_WHERE_ANY RALL_DEAD
+#define RALL_WHERE_P RALL_DEAD " AND pipeline = ?1"
+#define RALL_WHERE_O RALL_DEAD " AND output = ?2"
+#define RALL_WHERE_PO RALL_DEAD " AND pipeline = ?1 AND output = ?2"
 #define RALL_INS(w)                                                                                \
     "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at, created_at,"      \
     " updated_at, replay_of) SELECT msg_seq, pipeline, output, 0, 0, ?3, ?3, ?3, id"               \
     " FROM deliveries WHERE " w " ORDER BY id"
 #define RALL_UPD(w) "UPDATE deliveries SET state = 4, updated_at = ?3 WHERE " w
+
+#define EP_COLS                                                                                    \
+    "id, pipeline, output, url, description, events, secrets, rate_limit, disabled,"               \
+    " disabled_reason, failing_since, created_at, updated_at"
+#define EP_VALUES "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+/* The pending deliveries of endpoint ?1: output "<output>/<id>" of its pipeline. */
+#define EP_PENDING_OF                                                                              \
+    "state = 0 AND pipeline = (SELECT pipeline FROM endpoints WHERE id = ?1)"                      \
+    " AND output = (SELECT output || '/' || id FROM endpoints WHERE id = ?1)"
+#define EP_DELETED "endpoint deleted" /* last_error of what ENDPOINT_DELETE kills */
 
 static const char *const wsql[W_COUNT] = {
     [W_IDEM_GET] = "SELECT msg_id FROM idempotency"
@@ -117,6 +144,25 @@ static const char *const wsql[W_COUNT] = {
                      " WHERE m.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d"
                      " WHERE d.msg_seq = m.seq AND d.state IN (0, 2))"
                      " ORDER BY m.received_at LIMIT ?2)",
+    [W_FAN_PARENT] = "UPDATE deliveries SET state = 1, attempts = ?2, updated_at = ?3"
+                     " WHERE id = ?1 AND state = 0",
+    [W_FAN_CHILD] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
+                    " created_at, updated_at) SELECT msg_seq, pipeline, ?2, 0, 0, ?3, ?3, ?3"
+                    " FROM deliveries WHERE id = ?1",
+    [W_EP_INS] = "INSERT INTO endpoints(" EP_COLS ") " EP_VALUES,
+    [W_EP_PUT] = "INSERT OR REPLACE INTO endpoints(" EP_COLS ") " EP_VALUES,
+    [W_EP_DEAD_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
+                      " status, state, error) SELECT id, attempts + 1, ?2, 0, 0, 2, '" EP_DELETED
+                      "' FROM deliveries WHERE " EP_PENDING_OF,
+    [W_EP_DEAD_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?2,"
+                      " last_error = '" EP_DELETED "' WHERE " EP_PENDING_OF,
+    [W_EP_DEL] = "DELETE FROM endpoints WHERE id = ?1",
+    [W_EP_STATE] = "UPDATE endpoints SET"
+                   " disabled = CASE WHEN ?2 < 0 THEN disabled ELSE ?2 END,"
+                   " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL"
+                   " ELSE disabled_reason END,"
+                   " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
+                   " updated_at = ?5 WHERE id = ?1",
     [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
     [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
     [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
@@ -869,6 +915,7 @@ static int apply_replay_all(struct sq *q, struct pb_op *op)
         if (r->output)
             sqlite3_bind_text(st, 2, r->output, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, r->now);
+        sqlite3_bind_int64(st, 4, r->since);
         if ((rc = step_done(st)) != SQLITE_OK)
             return write_fail(q, rc, "replay all");
         if (st == ins)
@@ -922,6 +969,159 @@ static int apply_expire(struct sq *q, struct pb_op *op)
     return 0;
 }
 
+/* Validation comes first in each of these: an op-local outcome must leave
+ * nothing written, since the transaction goes on with the other ops. */
+
+static int apply_fanout(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_fanout *f = &op->u.fanout;
+    size_t nlen = f->note ? pb__store_utf8_cut(f->note, PB_ERROR_EXCERPT_MAX) : 0;
+    sqlite3_stmt *st;
+    int rc;
+
+    if (f->attempt < 1 || (f->n && !f->outputs)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        if (!f->outputs[i]) {
+            op->status = PB_EINVAL;
+            return 0;
+        }
+    }
+
+    st = q->ws[W_FAN_PARENT];
+    sqlite3_bind_int64(st, 1, f->delivery_id);
+    sqlite3_bind_int(st, 2, f->attempt);
+    sqlite3_bind_int64(st, 3, f->now);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "finish fanned-out delivery");
+    if (sqlite3_changes(q->db) == 0) {
+        op->status = PB_ENOTFOUND;
+        return 0;
+    }
+
+    st = q->ws[W_ATT_INS];
+    sqlite3_bind_int64(st, 1, f->delivery_id);
+    sqlite3_bind_int(st, 2, f->attempt);
+    sqlite3_bind_int64(st, 3, f->now);
+    sqlite3_bind_int64(st, 4, 0);
+    sqlite3_bind_int(st, 5, 0);
+    sqlite3_bind_int(st, 6, PB_DSTATE_DELIVERED);
+    if (f->note)
+        sqlite3_bind_text(st, 7, f->note, (int)nlen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "insert attempt");
+
+    /* One insert per child, in order: AUTOINCREMENT ids grow with i. */
+    st = q->ws[W_FAN_CHILD];
+    sqlite3_bind_int64(st, 1, f->delivery_id);
+    sqlite3_bind_int64(st, 3, f->now);
+    for (size_t i = 0; i < f->n; i++) {
+        sqlite3_bind_text(st, 2, f->outputs[i], -1, SQLITE_STATIC);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "insert fan-out delivery");
+        if (f->child_ids)
+            f->child_ids[i] = sqlite3_last_insert_rowid(q->db);
+    }
+    return 0;
+}
+
+static int apply_endpoint_put(struct sq *q, struct pb_op *op)
+{
+    const struct pb_endpoint_rec *e = &op->u.endpoint_put.rec;
+    sqlite3_stmt *st = q->ws[op->u.endpoint_put.create_only ? W_EP_INS : W_EP_PUT];
+    size_t idlen = e->id ? strlen(e->id) : 0;
+    int rc;
+
+    if (idlen == 0 || idlen >= PB_ENDPOINT_ID_MAX || !e->pipeline || !e->output || !e->url ||
+        !e->secrets) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, e->pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, e->output, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, e->url, -1, SQLITE_STATIC);
+    bind_text_or_null(st, 5, e->description);
+    sqlite3_bind_text(st, 6, e->events ? e->events : "[]", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, e->secrets, -1, SQLITE_STATIC);
+    bind_text_or_null(st, 8, e->rate_limit);
+    sqlite3_bind_int(st, 9, e->disabled ? 1 : 0);
+    bind_text_or_null(st, 10, e->disabled_reason);
+    sqlite3_bind_int64(st, 11, e->failing_since);
+    sqlite3_bind_int64(st, 12, e->created_at);
+    sqlite3_bind_int64(st, 13, e->updated_at);
+    rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        /* Every column is checked above: a constraint here is the id. */
+        if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
+            op->status = pb__sqlite_map_rc(q->db, rc);
+            return 0;
+        }
+        return write_fail(q, rc, "put endpoint");
+    }
+    return 0;
+}
+
+static int apply_endpoint_delete(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_endpoint_delete *d = &op->u.endpoint_delete;
+    sqlite3_stmt *st;
+    int rc;
+
+    d->dead = 0;
+    if (!d->id) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    /* Its pending deliveries first (they are found through the row), each
+     * with an attempt row saying why; none when the endpoint is absent. */
+    st = q->ws[W_EP_DEAD_ATT];
+    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, d->now);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "record endpoint deletion");
+    st = q->ws[W_EP_DEAD_DLV];
+    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, d->now);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "kill endpoint deliveries");
+    d->dead = sqlite3_changes64(q->db);
+
+    st = q->ws[W_EP_DEL];
+    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "delete endpoint");
+    if (sqlite3_changes(q->db) == 0)
+        op->status = PB_ENOTFOUND;
+    return 0;
+}
+
+static int apply_endpoint_state(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_endpoint_state *e = &op->u.endpoint_state;
+    sqlite3_stmt *st = q->ws[W_EP_STATE];
+    int rc;
+
+    if (!e->id || e->disabled < -1 || e->disabled > 1 || e->failing_since < -1) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, e->disabled);
+    bind_text_or_null(st, 3, e->disabled_reason);
+    sqlite3_bind_int64(st, 4, e->failing_since);
+    sqlite3_bind_int64(st, 5, e->now);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "update endpoint state");
+    if (sqlite3_changes(q->db) == 0)
+        op->status = PB_ENOTFOUND;
+    return 0;
+}
+
 static int sq_apply(void *ctx, struct pb_op *op)
 {
     struct sq *q = ctx;
@@ -939,6 +1139,14 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_purge(q, op);
     case PB_OP_EXPIRE:
         return apply_expire(q, op);
+    case PB_OP_FANOUT:
+        return apply_fanout(q, op);
+    case PB_OP_ENDPOINT_PUT:
+        return apply_endpoint_put(q, op);
+    case PB_OP_ENDPOINT_DELETE:
+        return apply_endpoint_delete(q, op);
+    case PB_OP_ENDPOINT_STATE:
+        return apply_endpoint_state(q, op);
     }
     op->status = PB_EINVAL;
     return 0;
@@ -960,5 +1168,7 @@ const struct pb_store_backend pb__store_sqlite = {
     .message_json = pb__sqlite_message_json,
     .dead_letters_json = pb__sqlite_dead_letters_json,
     .dead_letter_json = pb__sqlite_dead_letter_json,
+    .endpoints_load = pb__sqlite_endpoints_load,
+    .endpoint_get = pb__sqlite_endpoint_get,
     .test_max_pages = sq_test_max_pages,
 };

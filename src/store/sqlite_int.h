@@ -30,6 +30,14 @@ enum {
     W_MSG_DEL_UNUSED,
     W_IDEM_EXPIRE,
     W_MSG_EXPIRE,
+    W_FAN_PARENT,
+    W_FAN_CHILD,
+    W_EP_INS,
+    W_EP_PUT,
+    W_EP_DEAD_ATT,
+    W_EP_DEAD_DLV,
+    W_EP_DEL,
+    W_EP_STATE,
     /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
     W_RALL_INS,
     W_RALL_UPD = W_RALL_INS + 4,
@@ -73,6 +81,9 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
 json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
                                      int64_t after_id, int limit, struct pb_err *err);
 json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err);
+int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
+int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
+                            struct pb_err *err);
 /* Close the idle read connections (store teardown, no reader active). */
 void pb__sqlite_readers_close(struct sq *q);
 

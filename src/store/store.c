@@ -209,6 +209,14 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "purge";
     case PB_OP_EXPIRE:
         return "expire";
+    case PB_OP_FANOUT:
+        return "fanout";
+    case PB_OP_ENDPOINT_PUT:
+        return "endpoint_put";
+    case PB_OP_ENDPOINT_DELETE:
+        return "endpoint_delete";
+    case PB_OP_ENDPOINT_STATE:
+        return "endpoint_state";
     }
     return "?";
 }
@@ -390,7 +398,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_EXPIRE)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_ENDPOINT_STATE)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);
@@ -549,6 +557,21 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
     return s->be->count(s->ctx, cb, arg, err);
+}
+
+int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "endpoints_load needs a callback");
+    return s->be->endpoints_load(s->ctx, cb, arg, err);
+}
+
+int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
+                          struct pb_err *err)
+{
+    if (!id || !cb)
+        return pb_err_set(err, PB_EINVAL, "endpoint_get needs an id and a callback");
+    return s->be->endpoint_get(s->ctx, id, cb, arg, err);
 }
 
 json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err)

@@ -334,8 +334,8 @@ PB_TEST(migrations_idempotent)
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM meta"), 3);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
                               " AND name IN ('meta','messages','deliveries','attempts',"
-                              "'idempotency')"),
-              5);
+                              "'idempotency','endpoints')"),
+              6);
     sqlite3 *db;
     sqlite3_stmt *st;
     PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
@@ -344,6 +344,110 @@ PB_TEST(migrations_idempotent)
     PB_EQ_STR((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
     sqlite3_close(db);
+    tdir_remove(&t);
+}
+
+/* A schema version 1 store as patchbay 0.1 wrote it: the DDL of migration 1,
+ * frozen here on purpose (it must not follow the current code), plus a
+ * message with a pending and a dead delivery, an attempt and an
+ * idempotency key. */
+static const char V1_FIXTURE[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA application_id=1885495673;"
+    "BEGIN;"
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE messages(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+    " pipeline TEXT NOT NULL, received_at INTEGER NOT NULL, content_type TEXT,"
+    " body BLOB NOT NULL);"
+    "CREATE INDEX messages_received ON messages(received_at);"
+    "CREATE TABLE deliveries(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " msg_seq INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,"
+    " pipeline TEXT NOT NULL, output TEXT NOT NULL, state INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_status INTEGER,"
+    " last_error TEXT, replay_of INTEGER);"
+    "CREATE INDEX deliveries_pending ON deliveries(pipeline, output, id) WHERE state = 0;"
+    "CREATE INDEX deliveries_dead ON deliveries(pipeline, output, id) WHERE state = 2;"
+    "CREATE INDEX deliveries_msg ON deliveries(msg_seq);"
+    "CREATE TABLE attempts(delivery_id INTEGER NOT NULL REFERENCES deliveries(id)"
+    " ON DELETE CASCADE, n INTEGER NOT NULL, started_at INTEGER NOT NULL,"
+    " latency_ms INTEGER NOT NULL, status INTEGER NOT NULL, state INTEGER NOT NULL,"
+    " error TEXT, PRIMARY KEY (delivery_id, n)) WITHOUT ROWID;"
+    "CREATE TABLE idempotency(pipeline TEXT NOT NULL, key TEXT NOT NULL, msg_id TEXT NOT NULL,"
+    " expires_at INTEGER NOT NULL, PRIMARY KEY (pipeline, key)) WITHOUT ROWID;"
+    "CREATE INDEX idempotency_expires ON idempotency(expires_at);"
+    "INSERT INTO meta VALUES ('node_id', '0123456789abcdef'), ('created_at', '500'),"
+    " ('schema_version', '1');"
+    "INSERT INTO messages(id, pipeline, received_at, content_type, body)"
+    " VALUES ('old-1', 'p', 1000, 'application/json', CAST('{\"v\":1}' AS BLOB));"
+    "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at, created_at,"
+    " updated_at) VALUES (1, 'p', 'a', 0, 0, 1000, 1000, 1000);"
+    "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at, created_at,"
+    " updated_at, last_status, last_error) VALUES (1, 'p', 'b', 2, 1, 1000, 1000, 1500, 410,"
+    " 'gone');"
+    "INSERT INTO attempts VALUES (2, 1, 1490, 10, 410, 2, 'gone');"
+    "INSERT INTO idempotency VALUES ('p', 'k-1', 'old-1', 9000000000000);"
+    "COMMIT;";
+
+PB_TEST(migrate_v1_to_v2_keeps_data)
+{
+    struct tdir t;
+    struct pb_err err;
+    struct loaded l;
+    struct pb_op op;
+    int64_t ids[1];
+
+    tdir_make(&t);
+    PB_EQ_INT(sql_exec(t.path, V1_FIXTURE), SQLITE_OK);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema WHERE name = 'endpoints'"), 0);
+
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_STR(pb_store_node_id(s), "0123456789abcdef");
+    PB_EQ_INT(load(s, "p", "a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 1);
+    PB_EQ_INT(l.ids[0], 1);
+    PB_EQ_STR(l.msg_ids[0], "old-1");
+    PB_EQ_INT(l.lens[0], 7);
+    json_t *dl = pb_store_dead_letter_json(s, 2, &err);
+    PB_CHECK(dl != NULL);
+    PB_EQ_STR(json_string_value(json_object_get(dl, "last_error")), "gone");
+    PB_EQ_INT(json_integer_value(json_object_get(json_object_get(dl, "body"), "v")), 1);
+    PB_EQ_INT(json_array_size(json_object_get(dl, "attempt_log")), 1);
+    json_decref(dl);
+
+    /* The idempotency key still holds; new ids carry on past the old ones. */
+    ingest_init(&op, "p", "new-1", "{}", 2, OUTS1, 1, ids);
+    op.u.ingest.idem_key = "k-1";
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(op.u.ingest.duplicate);
+    PB_EQ_STR(op.u.ingest.dup_msg_id, "old-1");
+    PB_EQ_INT(ingest(s, "p", "new-2", OUTS1, 1, ids), 0);
+    PB_EQ_INT(ids[0], 3);
+
+    /* The new table works. */
+    struct pb_op put = {.kind = PB_OP_ENDPOINT_PUT};
+    put.u.endpoint_put.rec = (struct pb_endpoint_rec){.id = "ep_1",
+                                                      .pipeline = "p",
+                                                      .output = "hooks",
+                                                      .url = "https://x.test/",
+                                                      .secrets = "[]"};
+    PB_EQ_INT(pb_store_exec(s, &put), 0);
+    pb_store_destroy(s);
+
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 2);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'created_at'"), 500);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM endpoints"), 1);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages"), 2);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries"), 3);
+
+    /* Opening again migrates nothing and keeps it all. */
+    s = open_ok(t.url, NULL);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 2);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM endpoints"), 1);
+out:
     tdir_remove(&t);
 }
 
@@ -1216,6 +1320,663 @@ PB_TEST(disk_full_fails_batch_then_recovers)
     PB_EQ_STR(l.msg_ids[0], "before");
     PB_EQ_STR(l.msg_ids[1], "big");
     pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+/* ---- webhook fan-out and endpoints ---------------------------------------------------------- */
+
+static void fanout_init(struct pb_op *op, int64_t id, int attempt, const char *const *outs,
+                        size_t n, int64_t *child_ids)
+{
+    memset(op, 0, sizeof(*op));
+    op->kind = PB_OP_FANOUT;
+    op->u.fanout.delivery_id = id;
+    op->u.fanout.attempt = attempt;
+    op->u.fanout.now = 3000;
+    op->u.fanout.n = n;
+    op->u.fanout.outputs = outs;
+    op->u.fanout.note = "fanned out";
+    op->u.fanout.child_ids = child_ids;
+}
+
+static int fanout(struct pb_store *s, int64_t id, const char *const *outs, size_t n,
+                  int64_t *child_ids)
+{
+    struct pb_op op;
+    fanout_init(&op, id, 1, outs, n, child_ids);
+    return pb_store_exec(s, &op);
+}
+
+static const char *const HOOKS1[] = {"hooks"};
+
+static struct pb_endpoint_rec ep_rec(const char *id)
+{
+    return (struct pb_endpoint_rec){
+        .id = id,
+        .pipeline = "p",
+        .output = "hooks",
+        .url = "https://partner.test/hook",
+        .secrets = "[{\"key\":\"whsec_1\",\"expires_at\":null}]",
+        .created_at = 100,
+        .updated_at = 100,
+    };
+}
+
+static int ep_put(struct pb_store *s, const struct pb_endpoint_rec *rec, bool create_only)
+{
+    struct pb_op op = {.kind = PB_OP_ENDPOINT_PUT};
+    op.u.endpoint_put.rec = *rec;
+    op.u.endpoint_put.create_only = create_only;
+    return pb_store_exec(s, &op);
+}
+
+static int ep_state(struct pb_store *s, const char *id, int disabled, const char *reason,
+                    int64_t failing_since, int64_t now)
+{
+    struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
+    op.u.endpoint_state.id = id;
+    op.u.endpoint_state.disabled = disabled;
+    op.u.endpoint_state.disabled_reason = reason;
+    op.u.endpoint_state.failing_since = failing_since;
+    op.u.endpoint_state.now = now;
+    return pb_store_exec(s, &op);
+}
+
+static int ep_delete(struct pb_store *s, const char *id, int64_t *dead)
+{
+    struct pb_op op = {.kind = PB_OP_ENDPOINT_DELETE};
+    op.u.endpoint_delete.id = id;
+    op.u.endpoint_delete.now = 8000;
+    int rc = pb_store_exec(s, &op);
+    if (dead)
+        *dead = op.u.endpoint_delete.dead;
+    return rc;
+}
+
+/* Endpoint records copied out of the callback; NULL strings become "<null>". */
+struct ep_copy {
+    char id[PB_ENDPOINT_ID_MAX], pipeline[32], output[32], url[64], description[64];
+    char events[64], secrets[128], rate_limit[16], disabled_reason[64];
+    bool disabled;
+    int64_t failing_since, created_at, updated_at;
+};
+struct eps {
+    int n, stop_after;
+    struct ep_copy e[8];
+};
+
+#define EP_CP(dst, src) snprintf((dst), sizeof(dst), "%s", (src) ? (src) : "<null>")
+
+static int eps_cb(void *arg, const struct pb_endpoint_rec *r)
+{
+    struct eps *l = arg;
+    if (l->n < 8) {
+        struct ep_copy *c = &l->e[l->n];
+        EP_CP(c->id, r->id);
+        EP_CP(c->pipeline, r->pipeline);
+        EP_CP(c->output, r->output);
+        EP_CP(c->url, r->url);
+        EP_CP(c->description, r->description);
+        EP_CP(c->events, r->events);
+        EP_CP(c->secrets, r->secrets);
+        EP_CP(c->rate_limit, r->rate_limit);
+        EP_CP(c->disabled_reason, r->disabled_reason);
+        c->disabled = r->disabled;
+        c->failing_since = r->failing_since;
+        c->created_at = r->created_at;
+        c->updated_at = r->updated_at;
+    }
+    l->n++;
+    return l->stop_after && l->n >= l->stop_after;
+}
+
+/* The one endpoint id into *c; returns pb_store_endpoint_get's code. */
+static int ep_get(struct pb_store *s, const char *id, struct ep_copy *c)
+{
+    struct eps l = {0};
+    struct pb_err err;
+    int rc = pb_store_endpoint_get(s, id, eps_cb, &l, &err);
+    PB_EQ_INT(l.n, rc == 0 ? 1 : 0);
+    if (rc == PB_ENOTFOUND)
+        PB_CONTAINS(err.msg, id);
+    *c = l.e[0];
+    return rc;
+}
+
+PB_TEST(fanout_creates_children_and_finishes_parent)
+{
+    static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b", "hooks/ep_c"};
+    struct tdir t;
+    struct pb_err err;
+    struct loaded l;
+    struct pb_op op;
+    int64_t parent[1], other[1], child[3] = {0};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", HOOKS1, 1, parent), 0);
+    PB_EQ_INT(ingest(s, "p", "m2", HOOKS1, 1, other), 0);
+
+    fanout_init(&op, parent[0], 1, outs, 3, child);
+    op.u.fanout.note = "fanned out to 3 endpoints";
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_CHECK(child[0] > other[0]);
+    PB_CHECK(child[0] < child[1] && child[1] < child[2]);
+
+    json_t *m = pb_store_message_json(s, "m1", &err);
+    PB_CHECK(m != NULL);
+    json_t *dl = json_object_get(m, "deliveries");
+    PB_EQ_INT(json_array_size(dl), 4);
+    json_t *d0 = json_array_get(dl, 0);
+    PB_EQ_INT(json_integer_value(json_object_get(d0, "id")), parent[0]);
+    PB_EQ_STR(json_string_value(json_object_get(d0, "state")), "delivered");
+    PB_EQ_INT(json_integer_value(json_object_get(d0, "attempts")), 1);
+    PB_EQ_INT(json_integer_value(json_object_get(d0, "updated_at")), 3000);
+    json_t *log = json_object_get(d0, "attempt_log");
+    PB_EQ_INT(json_array_size(log), 1);
+    json_t *a0 = json_array_get(log, 0);
+    PB_EQ_INT(json_integer_value(json_object_get(a0, "n")), 1);
+    PB_EQ_INT(json_integer_value(json_object_get(a0, "started_at")), 3000);
+    PB_EQ_INT(json_integer_value(json_object_get(a0, "latency_ms")), 0);
+    PB_EQ_INT(json_integer_value(json_object_get(a0, "status")), 0);
+    PB_EQ_STR(json_string_value(json_object_get(a0, "state")), "delivered");
+    PB_EQ_STR(json_string_value(json_object_get(a0, "error")), "fanned out to 3 endpoints");
+    for (int i = 0; i < 3; i++) {
+        json_t *d = json_array_get(dl, (size_t)i + 1);
+        PB_EQ_INT(json_integer_value(json_object_get(d, "id")), child[i]);
+        PB_EQ_STR(json_string_value(json_object_get(d, "output")), outs[i]);
+        PB_EQ_STR(json_string_value(json_object_get(d, "state")), "pending");
+        PB_EQ_INT(json_integer_value(json_object_get(d, "attempts")), 0);
+        PB_EQ_INT(json_integer_value(json_object_get(d, "next_at")), 3000);
+        PB_EQ_INT(json_integer_value(json_object_get(d, "created_at")), 3000);
+        PB_EQ_INT(json_array_size(json_object_get(d, "attempt_log")), 0);
+    }
+    json_decref(m);
+
+    /* Children are ordinary pending deliveries of their own output. */
+    PB_EQ_INT(load(s, "p", "hooks/ep_b", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 1);
+    PB_EQ_INT(l.ids[0], child[1]);
+    PB_EQ_STR(l.msg_ids[0], "m1");
+    PB_EQ_INT(l.lens[0], 7);
+    PB_CHECK(memcmp(l.bodies[0], "{\"n\":1}", 7) == 0);
+    PB_EQ_INT(load(s, "p", "hooks", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 1); /* m2's; m1's is finished */
+    PB_EQ_INT(l.ids[0], other[0]);
+    PB_EQ_INT(load(s, "other", "hooks/ep_b", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 0);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(fanout_refusals_and_empty)
+{
+    static const char *const outs[] = {"hooks/ep_a"};
+    static const char *const bad_outs[] = {"hooks/ep_a", NULL};
+    struct tdir t;
+    struct pb_err err;
+    struct pb_op op;
+    int64_t p1[1], p2[1], p3[1], child[2] = {0};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", HOOKS1, 1, p1), 0);
+    PB_EQ_INT(ingest(s, "p", "m2", HOOKS1, 1, p2), 0);
+    PB_EQ_INT(ingest(s, "p", "m3", HOOKS1, 1, p3), 0);
+
+    /* Not pending (delivered, dead, fanned out already) or unknown. */
+    PB_EQ_INT(fanout(s, p1[0], outs, 1, child), 0);
+    PB_EQ_INT(fanout(s, p1[0], outs, 1, child), PB_ENOTFOUND);
+    PB_EQ_INT(result(s, p2[0], 1, PB_DSTATE_DEAD, 500, "x"), 0);
+    PB_EQ_INT(fanout(s, p2[0], outs, 1, child), PB_ENOTFOUND);
+    PB_EQ_INT(fanout(s, 987654, outs, 1, child), PB_ENOTFOUND);
+
+    /* Invalid: nothing written, the delivery stays pending. */
+    fanout_init(&op, p3[0], 0, outs, 1, child);
+    PB_EQ_INT(pb_store_exec(s, &op), PB_EINVAL);
+    PB_EQ_INT(fanout(s, p3[0], bad_outs, 2, child), PB_EINVAL);
+    PB_EQ_INT(fanout(s, p3[0], NULL, 1, child), PB_EINVAL);
+    json_t *m = pb_store_message_json(s, "m3", &err);
+    PB_EQ_INT(json_array_size(json_object_get(m, "deliveries")), 1);
+    PB_EQ_STR(json_string_value(
+                  json_object_get(json_array_get(json_object_get(m, "deliveries"), 0), "state")),
+              "pending");
+    json_decref(m);
+
+    /* No endpoints: the delivery is finished, no child, the note is kept. */
+    fanout_init(&op, p3[0], 2, NULL, 0, NULL);
+    op.u.fanout.note = "no endpoint subscribed";
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    m = pb_store_message_json(s, "m3", &err);
+    json_t *d = json_array_get(json_object_get(m, "deliveries"), 0);
+    PB_EQ_INT(json_array_size(json_object_get(m, "deliveries")), 1);
+    PB_EQ_STR(json_string_value(json_object_get(d, "state")), "delivered");
+    PB_EQ_INT(json_integer_value(json_object_get(d, "attempts")), 2);
+    PB_EQ_STR(json_string_value(
+                  json_object_get(json_array_get(json_object_get(d, "attempt_log"), 0), "error")),
+              "no endpoint subscribed");
+    json_decref(m);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries"), 4);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(fanout_child_ids_never_reused_and_grow_within_a_batch)
+{
+    static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b"};
+    struct tdir t;
+    struct pb_op ops[3];
+    int64_t p1[1], p2[1], last[1], c1[2] = {0}, c2[2] = {0};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", HOOKS1, 1, p1), 0);
+    PB_EQ_INT(ingest(s, "p", "m2", HOOKS1, 1, p2), 0);
+    PB_EQ_INT(ingest(s, "q", "m3", OUTS1, 1, last), 0);
+    /* The highest id goes away: AUTOINCREMENT must not hand it out again. */
+    PB_EQ_INT(result(s, last[0], 1, PB_DSTATE_DEAD, 500, "x"), 0);
+    PB_EQ_INT(purge(s, last[0]), 0);
+    pb_store_stop(s);
+    pb_store_destroy(s);
+
+    /* Two fan-outs and an ingest queued before start: one transaction. */
+    s = open_ok(t.url, NULL);
+    if (!s)
+        goto out;
+    fanout_init(&ops[0], p1[0], 1, outs, 2, c1);
+    ingest_init(&ops[1], "p", "m4", "{}", 2, HOOKS1, 1, last);
+    fanout_init(&ops[2], p2[0], 1, outs, 2, c2);
+    for (int i = 0; i < 3; i++)
+        PB_EQ_INT(pb_store_submit(s, &ops[i]), 0);
+    PB_EQ_INT(pb_store_start(s), 0);
+    pb_store_stop(s);
+    for (int i = 0; i < 3; i++)
+        PB_EQ_INT(ops[i].status, 0);
+    uint64_t commits = 0;
+    pb_store_stats(s, &commits, NULL);
+    PB_EQ_INT(commits, 1);
+    PB_CHECK(c1[0] > p2[0] + 1); /* past the purged one */
+    PB_CHECK(c1[0] < c1[1] && c1[1] < last[0] && last[0] < c2[0] && c2[0] < c2[1]);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(endpoint_put_get_load)
+{
+    struct tdir t;
+    struct pb_err err;
+    struct ep_copy c;
+    struct eps l = {0};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    struct pb_endpoint_rec b = ep_rec("ep_b"), a = ep_rec("ep_a");
+    b.events = "[\"order.*\"]";
+    b.rate_limit = "100/s";
+    b.description = "billing";
+    PB_EQ_INT(ep_put(s, &b, true), 0);
+    PB_EQ_INT(ep_put(s, &a, true), 0);
+    a.url = "https://elsewhere.test/";
+    PB_EQ_INT(ep_put(s, &a, true), PB_EEXISTS);
+
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_EQ_STR(c.id, "ep_a");
+    PB_EQ_STR(c.pipeline, "p");
+    PB_EQ_STR(c.output, "hooks");
+    PB_EQ_STR(c.url, "https://partner.test/hook"); /* the conflict changed nothing */
+    PB_EQ_STR(c.description, "<null>");
+    PB_EQ_STR(c.events, "[]");
+    PB_EQ_STR(c.secrets, "[{\"key\":\"whsec_1\",\"expires_at\":null}]");
+    PB_EQ_STR(c.rate_limit, "<null>");
+    PB_CHECK(!c.disabled);
+    PB_EQ_STR(c.disabled_reason, "<null>");
+    PB_EQ_INT(c.failing_since, 0);
+    PB_EQ_INT(c.created_at, 100);
+    PB_EQ_INT(c.updated_at, 100);
+
+    /* Replace: every column takes the new value. */
+    a.url = "https://elsewhere.test/";
+    a.description = "ops";
+    a.events = "[\"invoice.paid\"]";
+    a.secrets = "[]";
+    a.rate_limit = "5/s";
+    a.disabled = true;
+    a.disabled_reason = "paused";
+    a.failing_since = 4242;
+    a.updated_at = 200;
+    PB_EQ_INT(ep_put(s, &a, false), 0);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_EQ_STR(c.url, "https://elsewhere.test/");
+    PB_EQ_STR(c.description, "ops");
+    PB_EQ_STR(c.events, "[\"invoice.paid\"]");
+    PB_EQ_STR(c.secrets, "[]");
+    PB_EQ_STR(c.rate_limit, "5/s");
+    PB_CHECK(c.disabled);
+    PB_EQ_STR(c.disabled_reason, "paused");
+    PB_EQ_INT(c.failing_since, 4242);
+    PB_EQ_INT(c.updated_at, 200);
+    /* ... and clearing optional ones stores NULL again. */
+    a.description = NULL;
+    a.rate_limit = NULL;
+    PB_EQ_INT(ep_put(s, &a, false), 0);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_EQ_STR(c.description, "<null>");
+    PB_EQ_STR(c.rate_limit, "<null>");
+    /* Not create_only: a new id is simply inserted. */
+    struct pb_endpoint_rec cc = ep_rec("ep_c");
+    PB_EQ_INT(ep_put(s, &cc, false), 0);
+
+    /* All of them, by id; the callback may stop early. */
+    PB_EQ_INT(pb_store_endpoints_load(s, eps_cb, &l, &err), 0);
+    PB_EQ_INT(l.n, 3);
+    PB_EQ_STR(l.e[0].id, "ep_a");
+    PB_EQ_STR(l.e[1].id, "ep_b");
+    PB_EQ_STR(l.e[1].events, "[\"order.*\"]");
+    PB_EQ_STR(l.e[1].rate_limit, "100/s");
+    PB_EQ_STR(l.e[1].description, "billing");
+    PB_EQ_STR(l.e[2].id, "ep_c");
+    memset(&l, 0, sizeof(l));
+    l.stop_after = 1;
+    PB_EQ_INT(pb_store_endpoints_load(s, eps_cb, &l, &err), 0);
+    PB_EQ_INT(l.n, 1);
+
+    PB_EQ_INT(ep_get(s, "ep_zzz", &c), PB_ENOTFOUND);
+    PB_EQ_INT(pb_store_endpoint_get(s, NULL, eps_cb, &l, &err), PB_EINVAL);
+    PB_EQ_INT(pb_store_endpoints_load(s, NULL, NULL, &err), PB_EINVAL);
+
+    /* Required fields and the id's size. */
+    char longid[PB_ENDPOINT_ID_MAX + 1];
+    memset(longid, 'x', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    struct pb_endpoint_rec bad;
+    const char **fields[] = {&bad.id, &bad.pipeline, &bad.output, &bad.url, &bad.secrets};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        bad = ep_rec("ep_bad");
+        *fields[i] = NULL;
+        PB_EQ_INT(ep_put(s, &bad, false), PB_EINVAL);
+    }
+    bad = ep_rec("");
+    PB_EQ_INT(ep_put(s, &bad, false), PB_EINVAL);
+    bad = ep_rec(longid);
+    PB_EQ_INT(ep_put(s, &bad, false), PB_EINVAL);
+    longid[PB_ENDPOINT_ID_MAX - 1] = '\0'; /* the longest that fits */
+    bad = ep_rec(longid);
+    PB_EQ_INT(ep_put(s, &bad, true), 0);
+    PB_EQ_INT(ep_get(s, longid, &c), 0);
+    PB_EQ_STR(c.id, longid);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM endpoints"), 4);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(endpoint_state)
+{
+    struct tdir t;
+    struct ep_copy c;
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    struct pb_endpoint_rec a = ep_rec("ep_a");
+    PB_EQ_INT(ep_put(s, &a, true), 0);
+
+    /* Failing since 5000; nothing else moves. */
+    PB_EQ_INT(ep_state(s, "ep_a", -1, "ignored", 5000, 5001), 0);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_CHECK(!c.disabled);
+    PB_EQ_STR(c.disabled_reason, "<null>");
+    PB_EQ_INT(c.failing_since, 5000);
+    PB_EQ_INT(c.updated_at, 5001);
+
+    /* Disabled with a reason; failing_since kept. */
+    PB_EQ_INT(ep_state(s, "ep_a", 1, "failing for 5 days", -1, 6000), 0);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_CHECK(c.disabled);
+    PB_EQ_STR(c.disabled_reason, "failing for 5 days");
+    PB_EQ_INT(c.failing_since, 5000);
+    PB_EQ_INT(c.updated_at, 6000);
+    PB_EQ_INT(c.created_at, 100);
+
+    /* Keeping the flag keeps the reason. */
+    PB_EQ_INT(ep_state(s, "ep_a", -1, NULL, -1, 6500), 0);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_CHECK(c.disabled);
+    PB_EQ_STR(c.disabled_reason, "failing for 5 days");
+
+    /* Enabled: the reason goes; healthy again. */
+    PB_EQ_INT(ep_state(s, "ep_a", 0, "ignored", 0, 7000), 0);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_CHECK(!c.disabled);
+    PB_EQ_STR(c.disabled_reason, "<null>");
+    PB_EQ_INT(c.failing_since, 0);
+    PB_EQ_INT(c.updated_at, 7000);
+
+    PB_EQ_INT(ep_state(s, "ep_nope", 1, "x", -1, 7000), PB_ENOTFOUND);
+    PB_EQ_INT(ep_state(s, "ep_a", 2, "x", -1, 7000), PB_EINVAL);
+    PB_EQ_INT(ep_state(s, "ep_a", 1, "x", -2, 7000), PB_EINVAL);
+    PB_EQ_INT(ep_state(s, NULL, 1, "x", -1, 7000), PB_EINVAL);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
+    PB_CHECK(!c.disabled);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(endpoint_delete_kills_its_pending_deliveries)
+{
+    static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b"};
+    static const char *const q_outs[] = {"hooks/ep_a"};
+    struct tdir t;
+    struct pb_err err;
+    struct loaded l;
+    struct ep_copy c;
+    int64_t p[4][1], kids[4][2], qp[1], qkid[1], dead = -1;
+    char id[8];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    struct pb_endpoint_rec a = ep_rec("ep_a"), b = ep_rec("ep_b");
+    PB_EQ_INT(ep_put(s, &a, true), 0);
+    PB_EQ_INT(ep_put(s, &b, true), 0);
+    for (int i = 0; i < 4; i++) {
+        snprintf(id, sizeof(id), "m%d", i);
+        PB_EQ_INT(ingest(s, "p", id, HOOKS1, 1, p[i]), 0);
+        PB_EQ_INT(fanout(s, p[i][0], outs, 2, kids[i]), 0);
+    }
+    /* ep_a's children: m0 delivered, m1 dead, m2 retrying after one attempt, m3 new. */
+    PB_EQ_INT(result(s, kids[0][0], 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
+    PB_EQ_INT(result(s, kids[1][0], 1, PB_DSTATE_DEAD, 400, "bad"), 0);
+    PB_EQ_INT(result(s, kids[2][0], 1, PB_DSTATE_PENDING, 503, "busy"), 0);
+    /* The same output name in another pipeline is not ep_a's. */
+    PB_EQ_INT(ingest(s, "q", "q0", HOOKS1, 1, qp), 0);
+    PB_EQ_INT(fanout(s, qp[0], q_outs, 1, qkid), 0);
+
+    PB_EQ_INT(ep_delete(s, "ep_a", &dead), 0);
+    PB_EQ_INT(dead, 2);
+    PB_EQ_INT(ep_get(s, "ep_a", &c), PB_ENOTFOUND);
+    PB_EQ_INT(ep_get(s, "ep_b", &c), 0);
+    PB_EQ_INT(load(s, "p", "hooks/ep_a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 0);
+    PB_EQ_INT(load(s, "p", "hooks/ep_b", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 4);
+    PB_EQ_INT(load(s, "q", "hooks/ep_a", 0, 10, &l), 0);
+    PB_EQ_INT(l.n, 1);
+
+    /* In the dead-letter queue: m1's old death and the two just killed. */
+    json_t *page = pb_store_dead_letters_json(s, "p", "hooks/ep_a", 0, 10, &err);
+    PB_CHECK(page != NULL);
+    json_t *items = json_object_get(page, "items");
+    PB_EQ_INT(json_array_size(items), 3);
+    PB_EQ_INT(json_integer_value(json_object_get(json_array_get(items, 0), "id")), kids[1][0]);
+    PB_EQ_STR(json_string_value(json_object_get(json_array_get(items, 0), "last_error")), "bad");
+    for (int i = 1; i < 3; i++) {
+        json_t *it = json_array_get(items, (size_t)i);
+        PB_EQ_INT(json_integer_value(json_object_get(it, "id")), kids[i + 1][0]);
+        PB_EQ_STR(json_string_value(json_object_get(it, "last_error")), "endpoint deleted");
+        PB_EQ_INT(json_integer_value(json_object_get(it, "dead_at")), 8000);
+    }
+    json_decref(page);
+
+    /* The retried one keeps its log and gains the deletion as attempt 2. */
+    json_t *dl = pb_store_dead_letter_json(s, kids[2][0], &err);
+    PB_CHECK(dl != NULL);
+    PB_EQ_INT(json_integer_value(json_object_get(dl, "attempts")), 2);
+    json_t *log = json_object_get(dl, "attempt_log");
+    PB_EQ_INT(json_array_size(log), 2);
+    PB_EQ_STR(json_string_value(json_object_get(json_array_get(log, 0), "error")), "busy");
+    json_t *a1 = json_array_get(log, 1);
+    PB_EQ_INT(json_integer_value(json_object_get(a1, "n")), 2);
+    PB_EQ_INT(json_integer_value(json_object_get(a1, "started_at")), 8000);
+    PB_EQ_STR(json_string_value(json_object_get(a1, "state")), "dead");
+    PB_EQ_STR(json_string_value(json_object_get(a1, "error")), "endpoint deleted");
+    json_decref(dl);
+    dl = pb_store_dead_letter_json(s, kids[3][0], &err);
+    PB_EQ_INT(json_integer_value(json_object_get(dl, "attempts")), 1);
+    PB_EQ_INT(json_array_size(json_object_get(dl, "attempt_log")), 1);
+    json_decref(dl);
+
+    /* The delivered one stays delivered; a second delete finds nothing. */
+    json_t *m = pb_store_message_json(s, "m0", &err);
+    PB_EQ_STR(json_string_value(
+                  json_object_get(json_array_get(json_object_get(m, "deliveries"), 1), "state")),
+              "delivered");
+    json_decref(m);
+    dead = -1;
+    PB_EQ_INT(ep_delete(s, "ep_a", &dead), PB_ENOTFOUND);
+    PB_EQ_INT(dead, 0);
+    PB_EQ_INT(ep_delete(s, NULL, NULL), PB_EINVAL);
+
+    /* Dead letters of a deleted endpoint can still be replayed (to nobody:
+     * the dispatcher decides what to do with them), and purged. */
+    int64_t nid = 0;
+    PB_EQ_INT(replay(s, kids[3][0], &nid), 0);
+    PB_CHECK(nid > qkid[0]);
+    PB_EQ_INT(purge(s, kids[2][0]), 0);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(endpoint_and_fanout_failures_stay_local_to_their_op)
+{
+    static const char *const outs[] = {"hooks/ep_x"};
+    struct tdir t;
+    struct pb_op ops[5];
+    struct ep_copy c;
+    int64_t p1[1], child[1] = {0};
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", HOOKS1, 1, p1), 0);
+    pb_store_stop(s);
+    pb_store_destroy(s);
+
+    s = open_ok(t.url, NULL);
+    if (!s)
+        goto out;
+    memset(ops, 0, sizeof(ops));
+    ops[0].kind = ops[1].kind = ops[4].kind = PB_OP_ENDPOINT_PUT;
+    ops[0].u.endpoint_put.rec = ep_rec("ep_x");
+    ops[0].u.endpoint_put.create_only = true;
+    ops[1].u.endpoint_put.rec = ep_rec("ep_x");
+    ops[1].u.endpoint_put.rec.url = "https://second.test/";
+    ops[1].u.endpoint_put.create_only = true;
+    fanout_init(&ops[2], 999999, 1, outs, 1, NULL);
+    ops[3].kind = PB_OP_ENDPOINT_DELETE;
+    ops[3].u.endpoint_delete.id = "ep_never";
+    ops[4].u.endpoint_put.rec = ep_rec("ep_y");
+    for (int i = 0; i < 5; i++)
+        PB_EQ_INT(pb_store_submit(s, &ops[i]), 0);
+    struct pb_op last;
+    fanout_init(&last, p1[0], 1, outs, 1, child);
+    PB_EQ_INT(pb_store_submit(s, &last), 0);
+    struct pb_op bogus = {.kind = (enum pb_op_kind)(PB_OP_ENDPOINT_STATE + 1)};
+    PB_EQ_INT(pb_store_submit(s, &bogus), PB_EINVAL);
+    PB_EQ_INT(pb_store_start(s), 0);
+    pb_store_stop(s);
+    PB_EQ_INT(ops[0].status, 0);
+    PB_EQ_INT(ops[1].status, PB_EEXISTS);
+    PB_EQ_INT(ops[2].status, PB_ENOTFOUND);
+    PB_EQ_INT(ops[3].status, PB_ENOTFOUND);
+    PB_EQ_INT(ops[4].status, 0);
+    PB_EQ_INT(last.status, 0);
+    PB_CHECK(child[0] > p1[0]);
+    uint64_t commits = 0, nops = 0;
+    pb_store_stats(s, &commits, &nops);
+    PB_EQ_INT(commits, 1);
+    PB_EQ_INT(nops, 6);
+    PB_EQ_INT(ep_get(s, "ep_x", &c), 0);
+    PB_EQ_STR(c.url, "https://partner.test/hook");
+    PB_EQ_INT(ep_get(s, "ep_y", &c), 0);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+PB_TEST(replay_all_since)
+{
+    struct tdir t;
+    struct pb_op op;
+    int64_t ids[1];
+    char id[16];
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    /* p/a: dead deliveries created at 1000, 2000, 3000; q/a: one at 3000. */
+    for (int i = 0; i < 4; i++) {
+        snprintf(id, sizeof(id), "m%d", i);
+        ingest_init(&op, i < 3 ? "p" : "q", id, "{}", 2, OUTS1, 1, ids);
+        op.u.ingest.received_at = i < 3 ? 1000 * (i + 1) : 3000;
+        PB_EQ_INT(pb_store_exec(s, &op), 0);
+        PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DEAD, 500, "x"), 0);
+    }
+    struct pb_op ra = {.kind = PB_OP_REPLAY_ALL};
+    ra.u.replay_all.pipeline = "p";
+    ra.u.replay_all.since = 2000; /* inclusive */
+    ra.u.replay_all.now = 9000;
+    PB_EQ_INT(pb_store_exec(s, &ra), 0);
+    PB_EQ_INT(ra.u.replay_all.count, 2);
+    /* Any pipeline, since 3000: only q's is still dead. */
+    ra.u.replay_all.pipeline = NULL;
+    ra.u.replay_all.output = "a";
+    ra.u.replay_all.since = 3000;
+    PB_EQ_INT(pb_store_exec(s, &ra), 0);
+    PB_EQ_INT(ra.u.replay_all.count, 1);
+    ra.u.replay_all.since = 3001;
+    PB_EQ_INT(pb_store_exec(s, &ra), 0);
+    PB_EQ_INT(ra.u.replay_all.count, 0);
+    /* 0: any age. */
+    ra.u.replay_all.output = NULL;
+    ra.u.replay_all.since = 0;
+    PB_EQ_INT(pb_store_exec(s, &ra), 0);
+    PB_EQ_INT(ra.u.replay_all.count, 1);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE state = 4"), 4);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE state = 2"), 0);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries d JOIN deliveries o"
+                              " ON d.replay_of = o.id WHERE o.created_at >= 2000"
+                              " AND d.created_at = 9000 AND d.state = 0"),
+              3);
 out:
     tdir_remove(&t);
 }
