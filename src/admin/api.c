@@ -257,9 +257,21 @@ static int purge_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
     return 0;
 }
 
-static int handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
-                  const char *path, struct pb_api_resp *r)
+int pb_admin_reply(struct pb_api_resp *r, int status, json_t *body)
 {
+    return reply(r, status, body);
+}
+
+int pb_admin_error(struct pb_api_resp *r, int status, const char *msg)
+{
+    return reply_error(r, status, msg);
+}
+
+static int handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+                  const char *path, const char *body, size_t len, struct pb_api_resp *r)
+{
+    if (strcmp(path, "/api/endpoints") == 0 || strncmp(path, "/api/endpoints/", 15) == 0)
+        return pb_admin_endpoints(e, c, method, path, body, len, r);
     struct pb_err err = {0};
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0,
          del = strcmp(method, "DELETE") == 0;
@@ -336,7 +348,7 @@ static int handle(struct pb_engine *e, struct MHD_Connection *c, const char *met
 }
 
 void pb_admin_handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
-                     const char *path, struct pb_api_resp *r)
+                     const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
-    (void)handle(e, c, method, path, r);
+    (void)handle(e, c, method, path, body, len, r);
 }

@@ -14,6 +14,14 @@ struct pb_api_resp {
 
 /* Answer one admin request; fills resp. Runs on a listener thread. */
 void pb_admin_handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
-                     const char *path, struct pb_api_resp *resp);
+                     const char *path, const char *body, size_t len, struct pb_api_resp *resp);
+
+/* /api/endpoints... (api_endpoints.c). */
+int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+                       const char *path, const char *body, size_t len, struct pb_api_resp *r);
+
+/* Shared by the admin handlers. */
+int pb_admin_reply(struct pb_api_resp *r, int status, json_t *body);
+int pb_admin_error(struct pb_api_resp *r, int status, const char *msg);
 
 #endif

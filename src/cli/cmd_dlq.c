@@ -9,87 +9,6 @@
 
 #include "cli/cli.h"
 
-struct body {
-    char *p;
-    size_t len;
-};
-
-static size_t write_cb(char *ptr, size_t size, size_t n, void *arg)
-{
-    struct body *b = arg;
-    size_t add = size * n;
-    if (b->len + add > (64u << 20))
-        return 0;
-    char *np = realloc(b->p, b->len + add + 1);
-    if (!np)
-        return 0;
-    memcpy(np + b->len, ptr, add);
-    b->p = np;
-    b->len += add;
-    b->p[b->len] = 0;
-    return add;
-}
-
-/* Perform one admin request; returns the HTTP status (0 on transport error)
- * and the parsed JSON body in *out (may be NULL). */
-static long request(const char *base, const char *token, const char *method, const char *path,
-                    json_t **out)
-{
-    char url[2048];
-    snprintf(url, sizeof(url), "%s%s", base, path);
-    CURL *c = curl_easy_init();
-    if (!c)
-        return 0;
-    struct body b = {0};
-    struct curl_slist *h = NULL;
-    char auth[1024];
-    if (token) {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
-        h = curl_slist_append(h, auth);
-    }
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (strcmp(method, "POST") == 0) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    CURLcode rc = curl_easy_perform(c);
-    long status = 0;
-    if (rc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    else
-        fprintf(stderr, "patchbay: cannot reach %s: %s\n", base, curl_easy_strerror(rc));
-    *out = b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
-}
-
-static int fail_status(long status, json_t *body)
-{
-    if (status == 0)
-        return 1;
-    const char *msg = json_string_value(json_object_get(body, "error"));
-    fprintf(stderr, "patchbay: HTTP %ld: %s\n", status, msg ? msg : "request failed");
-    return 1;
-}
-
-static void append_arg(char *q, size_t len, const char *name, const char *value)
-{
-    if (!value)
-        return;
-    char *esc = curl_easy_escape(NULL, value, 0);
-    size_t used = strlen(q);
-    snprintf(q + used, len - used, "%s%s=%s", used ? "&" : "?", name, esc ? esc : "");
-    curl_free(esc);
-}
-
 static bool is_id(const char *s)
 {
     if (!s || !*s || strlen(s) > 18)
@@ -188,14 +107,14 @@ int pb_cmd_dlq(int argc, char **argv)
     long status;
     int rc = 0;
     if (!strcmp(verb, "list")) {
-        append_arg(q, sizeof(q), "pipeline", pipeline);
-        append_arg(q, sizeof(q), "output", output);
-        append_arg(q, sizeof(q), "limit", limit);
-        append_arg(q, sizeof(q), "after", after);
+        pb_cli_append_arg(q, sizeof(q), "pipeline", pipeline);
+        pb_cli_append_arg(q, sizeof(q), "output", output);
+        pb_cli_append_arg(q, sizeof(q), "limit", limit);
+        pb_cli_append_arg(q, sizeof(q), "after", after);
         snprintf(path, sizeof(path), "/api/dead-letters%s", q);
-        status = request(base, token, "GET", path, &body);
+        status = pb_cli_request(base, token, "GET", path, NULL, &body);
         if (status != 200)
-            rc = fail_status(status, body);
+            rc = pb_cli_fail_status(status, body);
         else if (as_json) {
             char *s = json_dumps(body, JSON_INDENT(2));
             printf("%s\n", s ? s : "");
@@ -204,9 +123,9 @@ int pb_cmd_dlq(int argc, char **argv)
             print_table(body);
     } else if (!strcmp(verb, "show") && is_id(pos[1])) {
         snprintf(path, sizeof(path), "/api/dead-letters/%s", pos[1]);
-        status = request(base, token, "GET", path, &body);
+        status = pb_cli_request(base, token, "GET", path, NULL, &body);
         if (status != 200)
-            rc = fail_status(status, body);
+            rc = pb_cli_fail_status(status, body);
         else {
             char *s = json_dumps(body, JSON_INDENT(2));
             printf("%s\n", s ? s : "");
@@ -214,15 +133,15 @@ int pb_cmd_dlq(int argc, char **argv)
         }
     } else if (!strcmp(verb, "replay") && (all || is_id(pos[1]))) {
         if (all) {
-            append_arg(q, sizeof(q), "pipeline", pipeline);
-            append_arg(q, sizeof(q), "output", output);
+            pb_cli_append_arg(q, sizeof(q), "pipeline", pipeline);
+            pb_cli_append_arg(q, sizeof(q), "output", output);
             snprintf(path, sizeof(path), "/api/dead-letters/replay%s", q);
         } else {
             snprintf(path, sizeof(path), "/api/dead-letters/%s/replay", pos[1]);
         }
-        status = request(base, token, "POST", path, &body);
+        status = pb_cli_request(base, token, "POST", path, NULL, &body);
         if (status != 200)
-            rc = fail_status(status, body);
+            rc = pb_cli_fail_status(status, body);
         else if (all)
             printf("replayed %lld dead letter(s)\n",
                    (long long)json_integer_value(json_object_get(body, "replayed")));
@@ -231,9 +150,9 @@ int pb_cmd_dlq(int argc, char **argv)
                    (long long)json_integer_value(json_object_get(body, "delivery_id")));
     } else if (!strcmp(verb, "purge") && is_id(pos[1])) {
         snprintf(path, sizeof(path), "/api/dead-letters/%s", pos[1]);
-        status = request(base, token, "DELETE", path, &body);
+        status = pb_cli_request(base, token, "DELETE", path, NULL, &body);
         if (status != 204)
-            rc = fail_status(status, body);
+            rc = pb_cli_fail_status(status, body);
         else
             printf("purged dead letter %s\n", pos[1]);
     } else {

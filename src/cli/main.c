@@ -7,19 +7,22 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: patchbay [--log-format human|json] [--log-level LEVEL] COMMAND ...\n"
-               "\n"
-               "commands:\n"
-               "  run CONFIG                 run the daemon (SIGTERM drains and exits)\n"
-               "  lint CONFIG                validate a configuration; errors as file:line:col\n"
-               "  dlq list [--pipeline P] [--output O] [--limit N] [--after ID] [--json]\n"
-               "  dlq show ID                one dead letter with its attempts\n"
-               "  dlq replay ID | --all [--pipeline P] [--output O]\n"
-               "  dlq purge ID\n"
-               "  version                    print the version\n"
-               "\n"
-               "dlq commands reach a running daemon: --url (or PATCHBAY_URL, default\n"
-               "http://127.0.0.1:8080) and --token (or PATCHBAY_ADMIN_TOKEN).\n");
+    fprintf(f,
+            "usage: patchbay [--log-format human|json] [--log-level LEVEL] COMMAND ...\n"
+            "\n"
+            "commands:\n"
+            "  run CONFIG                 run the daemon (SIGTERM drains and exits)\n"
+            "  lint CONFIG                validate a configuration; errors as file:line:col\n"
+            "  dlq list [--pipeline P] [--output O] [--limit N] [--after ID] [--json]\n"
+            "  dlq show ID                one dead letter with its attempts\n"
+            "  dlq replay ID | --all [--pipeline P] [--output O]\n"
+            "  dlq purge ID\n"
+            "  endpoints list|create|show|secret|rotate|disable|enable|delete|recover ...\n"
+            "                             managed webhook endpoints (see docs/webhooks.md)\n"
+            "  version                    print the version\n"
+            "\n"
+            "dlq and endpoints commands reach a running daemon: --url (or PATCHBAY_URL, default\n"
+            "http://127.0.0.1:8080) and --token (or PATCHBAY_ADMIN_TOKEN).\n");
 }
 
 int main(int argc, char **argv)
@@ -69,6 +72,8 @@ int main(int argc, char **argv)
         return pb_cmd_lint(sub_argc, sub_argv);
     if (strcmp(cmd, "dlq") == 0)
         return pb_cmd_dlq(sub_argc, sub_argv);
+    if (strcmp(cmd, "endpoints") == 0)
+        return pb_cmd_endpoints(sub_argc, sub_argv);
     if (strcmp(cmd, "version") == 0) {
         printf("patchbay %s\n", PB_VERSION);
         return 0;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/webhooks.h"
 
 #define OFF(field) offsetof(struct pb_config, field)
 
@@ -122,6 +123,10 @@ static const struct pb_field retry_fields[] = {
      .type = PB_F_DURATION,
      .offset = offsetof(struct pb_retry_conf, max_age),
      .def = "3d"},
+    {.name = "schedule",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_retry_conf, schedule),
+     .doc = "svix, exponential (default) or a list of waits: [5s, 1m, 10m]"},
     {0},
 };
 
@@ -339,6 +344,26 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
         .max_ms = o->common.retry.max,
         .max_age_ms = o->common.retry.max_age,
     };
+    const struct pb_node *sch = o->common.retry.schedule;
+    if (sch && sch->type == PB_NODE_SCALAR && strcmp(sch->str, "svix") == 0) {
+        o->policy.schedule = pb_schedule_svix;
+        o->policy.nschedule = sizeof(pb_schedule_svix) / sizeof(pb_schedule_svix[0]);
+    } else if (sch && sch->type == PB_NODE_SEQ && sch->n > 0 && sch->n <= 100) {
+        o->schedule_owned = calloc(sch->n, sizeof(int64_t));
+        if (!o->schedule_owned)
+            return pb_err_set(err, PB_ENOMEM, "out of memory");
+        for (size_t i = 0; i < sch->n; i++) {
+            const struct pb_node *it = sch->vals[i];
+            if (it->type != PB_NODE_SCALAR ||
+                pb_parse_duration(it->str, &o->schedule_owned[i]) != 0)
+                return bad(err, it, "retry.schedule entries are durations (e.g. 5s, 10m)");
+        }
+        o->policy.schedule = o->schedule_owned;
+        o->policy.nschedule = sch->n;
+    } else if (sch && !(sch->type == PB_NODE_SCALAR && strcmp(sch->str, "exponential") == 0)) {
+        return bad(err, sch,
+                   "retry.schedule takes svix, exponential or a list of 1 to 100 durations");
+    }
     if (o->policy.initial_ms <= 0)
         o->policy.initial_ms = 1;
     if (o->policy.max_ms < o->policy.initial_ms)
@@ -465,6 +490,7 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
         pl->nouts = i + 1;
         pl->outs[i].index = i;
         pl->outs[i].pl = pl;
+        pthread_mutex_init(&pl->outs[i].vlock, NULL);
         rc =
             load_output(c, pl, &pl->outs[i], raw.outputs->keys[i], raw.outputs->vals[i], http, err);
         if (rc)
@@ -538,6 +564,21 @@ fail:
 
 static void destroy_output(struct pb_output *o)
 {
+    /* Virtual endpoint outputs share everything but their name and state. */
+    for (size_t i = 0; i < o->nvouts; i++) {
+        struct pb_output *v = o->vouts[i];
+        pb_webhook_free_endpoint(v);
+        pthread_mutex_destroy(&v->vlock);
+        free(v->keys);
+        free(v->name);
+        free(v);
+    }
+    free(o->vouts);
+    o->vouts = NULL;
+    o->nvouts = 0;
+    free(o->schedule_owned);
+    if (o->pl)
+        pthread_mutex_destroy(&o->vlock);
     if (o->plugin && o->ctx) {
         if (o->plugin->destroy)
             o->plugin->destroy(o->ctx);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 #define LOAD_BATCH_MAX 2048
@@ -60,6 +61,11 @@ struct pb_dispatcher {
     struct pb_dl *inbox_head, *inbox_tail;
     bool closed;
 
+    struct pb_output **all; /* every output, endpoints' virtual ones included */
+    size_t nall;
+    bool all_dirty;
+    atomic_bool endpoints_dirty;
+
     struct pb_dl **heap; /* retry timers, min-heap on next_at */
     size_t nheap, heapcap;
     size_t inflight;
@@ -68,6 +74,7 @@ struct pb_dispatcher {
 
 struct result_op {
     struct pb_op op;
+    struct pb_output *out;
     char error[PB_ERROR_EXCERPT_MAX + 1];
 };
 
@@ -237,14 +244,39 @@ static void schedule(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
         ready_push(dl->out, dl);
 }
 
+/* Counters follow the store: they move once a result is committed, so
+ * /metrics never shows what the admin API cannot. */
+static void count_committed(struct pb_output *o, enum pb_dstate state)
+{
+    switch (state) {
+    case PB_DSTATE_DELIVERED:
+        atomic_fetch_add(&o->delivered, 1);
+        break;
+    case PB_DSTATE_DEAD:
+        atomic_fetch_add(&o->dead, 1);
+        break;
+    case PB_DSTATE_FILTERED:
+        atomic_fetch_add(&o->filtered, 1);
+        break;
+    case PB_DSTATE_PENDING:
+        atomic_fetch_add(&o->retried, 1);
+        return; /* still in the backlog */
+    default:
+        return;
+    }
+    atomic_fetch_sub(&o->backlog, 1);
+}
+
 static void result_done_cb(struct pb_op *op, void *arg)
 {
-    (void)arg;
+    struct result_op *r = arg;
     if (op->status)
         PB_ERROR("delivery result not recorded delivery_id=%lld error=\"%s\" (it stays pending "
                  "and will be attempted again after restart)",
                  (long long)op->u.result.delivery_id, pb_strerror(op->status));
-    free(op);
+    else
+        count_committed(r->out, op->u.result.state);
+    free(r);
 }
 
 static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
@@ -258,6 +290,8 @@ static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dst
     }
     r->op.kind = PB_OP_RESULT;
     r->op.done_cb = result_done_cb;
+    r->op.arg = r;
+    r->out = dl->out;
     struct pb_op_result *res = &r->op.u.result;
     res->delivery_id = dl->id;
     res->attempt = dl->attempts;
@@ -281,7 +315,6 @@ static void finish(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
     o->inmem--;
-    atomic_fetch_sub(&o->backlog, 1);
     struct pb_keyq *kq = dl->kq;
     if (kq) {
         struct pb_dl *nx = kq->head;
@@ -308,11 +341,8 @@ static void settle_locally(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_ds
     dl->started_at = now;
     submit_result(d, dl, state, 0, 0, reason);
     if (state == PB_DSTATE_DEAD) {
-        atomic_fetch_add(&o->dead, 1);
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld reason=\"%s\"",
                 o->pl->name, o->name, dl->msg->id, (long long)dl->id, reason);
-    } else {
-        atomic_fetch_add(&o->filtered, 1);
     }
     finish(d, dl, now);
 }
@@ -443,6 +473,18 @@ static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now
 {
     struct pb_output *o = dl->out;
     struct pb_err err = {0};
+    if (pb_webhook_is(o)) {
+        /* Fan out to the subscribed endpoints; their deliveries carry on. */
+        dl->attempts++;
+        dl->started_at = now;
+        if (pb_webhook_fanout(d, d->e, o, dl->msg, dl->id, dl->attempts, &err) != 0) {
+            dl->attempts--;
+            settle_locally(d, dl, PB_DSTATE_DEAD, err.msg[0] ? err.msg : "fan-out failed", now);
+            return;
+        }
+        finish(d, dl, now); /* counted when the fan-out is committed */
+        return;
+    }
     free(dl->payload);
     dl->payload = NULL;
     size_t plen = 0;
@@ -505,14 +547,12 @@ void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
     const char *errtxt = oc->error;
     if (oc->result == PB_RESULT_OK) {
         submit_result(d, dl, PB_DSTATE_DELIVERED, oc->status, lat_us / 1000, NULL);
-        atomic_fetch_add(&o->delivered, 1);
         PB_DEBUG("delivered pipeline=%s output=%s msg_id=%s attempt=%d status=%d", o->pl->name,
                  o->name, dl->msg->id, dl->attempts, oc->status);
         finish(d, dl, now);
     } else if (dec.give_up) {
         snprintf(error, sizeof(error), "%s (gave up: %s)", errtxt ? errtxt : "failed", dec.reason);
         submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
-        atomic_fetch_add(&o->dead, 1);
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "
                 "status=%d reason=\"%s\"",
                 o->pl->name, o->name, dl->msg->id, (long long)dl->id, dl->attempts, oc->status,
@@ -521,7 +561,6 @@ void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
     } else {
         dl->next_at = dec.next_at;
         submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt);
-        atomic_fetch_add(&o->retried, 1);
         PB_DEBUG("retry scheduled pipeline=%s output=%s msg_id=%s attempt=%d status=%d in_ms=%lld",
                  o->pl->name, o->name, dl->msg->id, dl->attempts, oc->status,
                  (long long)(dec.next_at - now));
@@ -664,6 +703,50 @@ static void maybe_expire(struct pb_dispatcher *d, int64_t now)
         free(op);
 }
 
+void pb__dispatcher_outputs_changed(struct pb_dispatcher *d);
+void pb__dispatcher_outputs_changed(struct pb_dispatcher *d)
+{
+    d->all_dirty = true;
+}
+
+struct pb_engine *pb__dispatcher_engine(struct pb_dispatcher *d);
+struct pb_engine *pb__dispatcher_engine(struct pb_dispatcher *d)
+{
+    return d->e;
+}
+
+static void rebuild_all(struct pb_dispatcher *d)
+{
+    struct pb_config *cfg = d->e->cfg;
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->npipelines; i++)
+        for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
+            n += 1 + cfg->pipelines[i].outs[j].nvouts;
+    struct pb_output **all = malloc((n ? n : 1) * sizeof(*all));
+    if (!all)
+        return; /* keep the old list; try again next turn */
+    n = 0;
+    for (size_t i = 0; i < cfg->npipelines; i++)
+        for (size_t j = 0; j < cfg->pipelines[i].nouts; j++) {
+            struct pb_output *o = &cfg->pipelines[i].outs[j];
+            all[n++] = o;
+            for (size_t k = 0; k < o->nvouts; k++)
+                all[n++] = o->vouts[k];
+        }
+    free(d->all);
+    d->all = all;
+    d->nall = n;
+    d->all_dirty = false;
+}
+
+static void sync_endpoints(struct pb_dispatcher *d)
+{
+    struct pb_config *cfg = d->e->cfg;
+    for (size_t i = 0; i < cfg->npipelines; i++)
+        for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
+            pb_webhook_sync(d, d->e, &cfg->pipelines[i].outs[j]);
+}
+
 static void *disp_main(void *arg)
 {
     struct pb_dispatcher *d = arg;
@@ -675,10 +758,13 @@ static void *disp_main(void *arg)
         if (stopping && (d->inflight == 0 || pb_mono_us() >= d->stop_deadline_mono_us))
             break;
         if (!stopping) {
+            if (atomic_exchange(&d->endpoints_dirty, false))
+                sync_endpoints(d);
+            if (d->all_dirty)
+                rebuild_all(d);
             take_inbox(d, now);
-            for (size_t i = 0; i < cfg->npipelines; i++)
-                for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
-                    page_in(d, &cfg->pipelines[i].outs[j], now);
+            for (size_t i = 0; i < d->nall; i++)
+                page_in(d, d->all[i], now);
             while (d->nheap && d->heap[0]->next_at <= now) {
                 struct pb_dl *dl = heap_pop(d);
                 ready_push(dl->out, dl);
@@ -687,16 +773,13 @@ static void *disp_main(void *arg)
         }
         int64_t wait = POLL_MAX_MS;
         if (!stopping) {
-            for (size_t i = 0; i < cfg->npipelines; i++) {
-                struct pb_pipeline *pl = &cfg->pipelines[i];
-                for (size_t j = 0; j < pl->nouts; j++) {
-                    struct pb_output *o = &pl->outs[j];
-                    while (o->ready_head && o->inflight < o->concurrency &&
-                           take_token(o, now, &wait))
-                        start_attempt(d, ready_pop(o), now);
-                    if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
-                        wait = wait > 50 ? 50 : wait;
-                }
+            for (size_t i = 0; i < d->nall; i++) {
+                struct pb_output *o = d->all[i];
+                while (!o->paused && o->ready_head && o->inflight < o->concurrency &&
+                       take_token(o, now, &wait))
+                    start_attempt(d, ready_pop(o), now);
+                if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
+                    wait = wait > 50 ? 50 : wait;
             }
             if (d->nheap) {
                 int64_t t = d->heap[0]->next_at - pb_now_ms();
@@ -720,12 +803,25 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
     }
     d->e = e;
     pthread_mutex_init(&d->lock, NULL);
+    atomic_init(&d->endpoints_dirty, true);
     for (size_t i = 0; i < e->cfg->npipelines; i++)
         for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
             struct pb_output *o = &e->cfg->pipelines[i].outs[j];
             o->spilled = true; /* resume whatever the store holds */
             o->cursor = 0;
+            if (pb_webhook_is(o) && pb_webhook_start(d, o, err) != 0) {
+                pthread_mutex_destroy(&d->lock);
+                free(d);
+                return NULL;
+            }
         }
+    rebuild_all(d);
+    if (!d->all) {
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        pthread_mutex_destroy(&d->lock);
+        free(d);
+        return NULL;
+    }
     return d;
 }
 
@@ -773,7 +869,6 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
 {
     if (!d)
         return;
-    struct pb_config *cfg = d->e->cfg;
     /* Attempts still in flight end through their callbacks, recording nothing. */
     atomic_store(&d->aborting, true);
     pb_http_client_destroy(d->http);
@@ -781,9 +876,10 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
     for (size_t i = 0; i < d->nheap; i++)
         dl_free(d->heap[i]);
     free(d->heap);
-    for (size_t i = 0; i < cfg->npipelines; i++)
-        for (size_t j = 0; j < cfg->pipelines[i].nouts; j++) {
-            struct pb_output *o = &cfg->pipelines[i].outs[j];
+    rebuild_all(d);
+    for (size_t i = 0; i < d->nall; i++) {
+        struct pb_output *o = d->all[i];
+        {
             struct pb_dl *dl;
             while ((dl = ready_pop(o)))
                 dl_free(dl);
@@ -802,13 +898,17 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
             o->keys = NULL;
             o->keycap = o->nkeys = 0;
         }
+    }
     for (struct pb_dl *dl = d->inbox_head, *n; dl; dl = n) {
         n = dl->next;
         dl_free(dl);
     }
+    free(d->all);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }
+
+static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail);
 
 void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
                             const int64_t *delivery_ids)
@@ -833,6 +933,13 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
             head = dl;
         tail = dl;
     }
+    inbox_append(d, head, tail);
+}
+
+/* Append a list of new deliveries to the inbox (any thread). The dispatcher
+ * takes the whole inbox at once: only the first post after it did wakes it. */
+static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail)
+{
     pthread_mutex_lock(&d->lock);
     if (d->closed) {
         pthread_mutex_unlock(&d->lock);
@@ -842,8 +949,6 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         }
         return;
     }
-    /* The dispatcher takes the whole inbox at once: only the first post
-     * after it did needs to wake it. */
     bool wake = !d->inbox_head;
     if (head) {
         if (d->inbox_tail)
@@ -855,6 +960,120 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
     pthread_mutex_unlock(&d->lock);
     if (wake)
         pb_http_client_wakeup(d->http);
+}
+
+void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
+                                 struct pb_output *const *outs, const int64_t *ids, size_t n)
+{
+    struct pb_dl *head = NULL, *tail = NULL;
+    int64_t now = pb_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        atomic_fetch_add(&outs[i]->backlog, 1);
+        struct pb_dl *dl = calloc(1, sizeof(*dl));
+        if (!dl) {
+            atomic_store(&outs[i]->notify, true);
+            continue;
+        }
+        dl->id = ids[i];
+        dl->msg = pb_msg_ref(msg);
+        dl->out = outs[i];
+        dl->disp = d;
+        dl->next_at = now;
+        if (tail)
+            tail->next = dl;
+        else
+            head = dl;
+        tail = dl;
+    }
+    inbox_append(d, head, tail);
+}
+
+struct emit_op {
+    struct pb_op op;
+    struct pb_dispatcher *d;
+    struct pb_pipeline *pl;
+    struct pb_msg *msg;
+    int64_t *ids;
+};
+
+static void emit_done_cb(struct pb_op *op, void *arg)
+{
+    struct emit_op *em = arg;
+    if (op->status == 0) {
+        em->msg->seq = op->u.ingest.msg_seq;
+        atomic_fetch_add(&em->pl->accepted, 1);
+        pb_dispatcher_post_new(em->d, em->pl, em->msg, em->ids);
+    } else {
+        PB_ERROR("internal event not recorded pipeline=%s error=%s", em->pl->name,
+                 pb_strerror(op->status));
+    }
+    pb_msg_unref(em->msg);
+    free(em->ids);
+    free(em);
+}
+
+int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char *body)
+{
+    struct pb_pipeline *pl = pb_engine_pipeline(d->e, pipeline);
+    if (!pl)
+        return PB_ENOTFOUND;
+    struct emit_op *em = calloc(1, sizeof(*em));
+    if (!em)
+        return PB_ENOMEM;
+    em->d = d;
+    em->pl = pl;
+    em->msg = pb_msg_create(body, strlen(body), NULL);
+    em->ids = calloc(pl->nouts, sizeof(*em->ids));
+    if (!em->msg || !em->ids) {
+        pb_msg_unref(em->msg);
+        free(em->ids);
+        free(em);
+        return PB_ENOMEM;
+    }
+    int64_t now = pb_now_ms();
+    em->msg->received_at = now;
+    pb_msg_new_id(em->msg->id, now);
+    em->op.kind = PB_OP_INGEST;
+    em->op.done_cb = emit_done_cb;
+    em->op.arg = em;
+    struct pb_op_ingest *in = &em->op.u.ingest;
+    in->pipeline = pl->name;
+    in->msg_id = em->msg->id;
+    in->body = em->msg->body;
+    in->len = em->msg->len;
+    in->received_at = now;
+    in->noutputs = pl->nouts;
+    in->outputs = pl->out_names;
+    in->first_due_at = now;
+    in->delivery_ids = em->ids;
+    atomic_fetch_add(&pl->received, 1);
+    int rc = pb_store_submit(d->e->store, &em->op);
+    if (rc) {
+        pb_msg_unref(em->msg);
+        free(em->ids);
+        free(em);
+    }
+    return rc;
+}
+
+void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d)
+{
+    atomic_store(&d->endpoints_dirty, true);
+    if (d->http)
+        pb_http_client_wakeup(d->http);
+}
+
+void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
+                             void *arg)
+{
+    for (size_t j = 0; j < pl->nouts; j++) {
+        struct pb_output *o = &pl->outs[j];
+        fn(o, arg);
+        pthread_mutex_lock(&o->vlock);
+        for (size_t k = 0; k < o->nvouts; k++)
+            fn(o->vouts[k], arg);
+        pthread_mutex_unlock(&o->vlock);
+    }
 }
 
 void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out)

@@ -61,6 +61,7 @@ struct pb_config {
 /* Options every output block carries besides its plugin's own. */
 struct pb_retry_conf {
     int64_t max_attempts, initial, max, max_age;
+    const struct pb_node *schedule; /* "svix", "exponential" or a list of durations */
 };
 struct pb_output_common {
     char *map;
@@ -96,8 +97,20 @@ struct pb_output {
     bool ctx_ready; /* init succeeded */
     struct pb_output_common common;
     struct pb_retry_policy policy;
+    int64_t *schedule_owned; /* explicit retry.schedule list */
     struct pb_allowlist *allow;
     struct pb_jq *map_jq; /* dispatcher thread only */
+
+    /* Webhook fan-out: a webhook output owns one virtual output per endpoint,
+     * named "<output>/<endpoint id>", created by the dispatcher. A virtual
+     * output shares its parent's pipeline, map, policy and allowlist, and is
+     * never freed before the engine stops (a deleted endpoint is "gone"). */
+    bool is_virtual;
+    bool paused; /* disabled endpoint: attempts wait */
+    struct pb_output *parent;
+    pthread_mutex_t vlock; /* guards vouts/nvouts for readers off the dispatcher */
+    struct pb_output **vouts;
+    size_t nvouts, vcap;
 
     /* dispatcher state (dispatcher thread only) */
     struct pb_dl *ready_head, *ready_tail;
@@ -228,6 +241,20 @@ void pb_httpd_quiesce(struct pb_httpd *h);
 void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms);
 void pb_httpd_destroy(struct pb_httpd *h);
 unsigned pb_httpd_port(const struct pb_httpd *h);
+
+/* Internal ingest: commit body as a new message of pipeline and deliver it
+ * like any other (used for endpoint.disabled events). Any thread. */
+int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char *body);
+/* Managed endpoints changed in the store: reload them. Any thread. */
+void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d);
+/* Hand over deliveries committed by a fan-out (syncer thread). */
+void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
+                                 struct pb_output *const *outs, const int64_t *ids, size_t n);
+
+/* Every output of a pipeline, virtual ones included, for readers such as
+ * metrics and the admin API: calls fn for each under the parent's lock. */
+void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
+                             void *arg);
 
 /* Metrics (src/core/metrics.c): Prometheus text into a malloc'd buffer. */
 char *pb_metrics_render(struct pb_engine *e, size_t *len);

@@ -99,6 +99,30 @@ static void hist(struct buf *b, const char *name, const char *labels, struct pb_
 
 #define U(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
 
+/* Every output, endpoints' virtual ones included (they are never freed while
+ * the engine runs, so the pointers outlive the locks). */
+struct out_list {
+    struct pb_output **v;
+    size_t n, cap;
+    bool oom;
+};
+
+static void collect_cb(struct pb_output *o, void *arg)
+{
+    struct out_list *l = arg;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 32;
+        struct pb_output **nv = realloc(l->v, cap * sizeof(*nv));
+        if (!nv) {
+            l->oom = true;
+            return;
+        }
+        l->v = nv;
+        l->cap = cap;
+    }
+    l->v[l->n++] = o;
+}
+
 char *pb_metrics_render(struct pb_engine *e, size_t *len)
 {
     struct buf b = {.cap = 16384};
@@ -107,6 +131,14 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
         return NULL;
     struct pb_config *c = e->cfg;
     char t1[256], t2[256], labels[600];
+    struct out_list outs = {0};
+    for (size_t i = 0; i < c->npipelines; i++)
+        pb_pipeline_each_output(&c->pipelines[i], collect_cb, &outs);
+    if (outs.oom) {
+        free(outs.v);
+        free(b.p);
+        return NULL;
+    }
 
     put(&b, "# HELP patchbay_up 1 while the daemon runs.\n# TYPE patchbay_up gauge\n"
             "patchbay_up 1\n");
@@ -189,30 +221,25 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
     for (size_t k = 0; k < sizeof(out_metrics) / sizeof(out_metrics[0]); k++) {
         put(&b, "# HELP %s %s\n# TYPE %s %s\n", out_metrics[k].name, out_metrics[k].help,
             out_metrics[k].name, out_metrics[k].type);
-        for (size_t i = 0; i < c->npipelines; i++)
-            for (size_t j = 0; j < c->pipelines[i].nouts; j++) {
-                struct pb_output *o = &c->pipelines[i].outs[j];
-                _Atomic uint64_t *v = (_Atomic uint64_t *)((char *)o + out_metrics[k].off);
-                put(&b, "%s{pipeline=\"%s\",output=\"%s\"} %llu\n", out_metrics[k].name,
-                    lv(c->pipelines[i].name, t1, sizeof(t1)), lv(o->name, t2, sizeof(t2)), U(*v));
-            }
+        for (size_t i = 0; i < outs.n; i++) {
+            struct pb_output *o = outs.v[i];
+            _Atomic uint64_t *v = (_Atomic uint64_t *)((char *)o + out_metrics[k].off);
+            put(&b, "%s{pipeline=\"%s\",output=\"%s\"} %llu\n", out_metrics[k].name,
+                lv(o->pl->name, t1, sizeof(t1)), lv(o->name, t2, sizeof(t2)), U(*v));
+        }
     }
     put(&b, "# HELP patchbay_deliveries_inflight Attempts in flight.\n"
             "# TYPE patchbay_deliveries_inflight gauge\n");
-    for (size_t i = 0; i < c->npipelines; i++)
-        for (size_t j = 0; j < c->pipelines[i].nouts; j++)
-            put(&b, "patchbay_deliveries_inflight{pipeline=\"%s\",output=\"%s\"} %lld\n",
-                lv(c->pipelines[i].name, t1, sizeof(t1)),
-                lv(c->pipelines[i].outs[j].name, t2, sizeof(t2)),
-                (long long)atomic_load(&c->pipelines[i].outs[j].inflight_gauge));
+    for (size_t i = 0; i < outs.n; i++)
+        put(&b, "patchbay_deliveries_inflight{pipeline=\"%s\",output=\"%s\"} %lld\n",
+            lv(outs.v[i]->pl->name, t1, sizeof(t1)), lv(outs.v[i]->name, t2, sizeof(t2)),
+            (long long)atomic_load(&outs.v[i]->inflight_gauge));
     put(&b, "# HELP patchbay_backlog Committed deliveries not yet finished.\n"
             "# TYPE patchbay_backlog gauge\n");
-    for (size_t i = 0; i < c->npipelines; i++)
-        for (size_t j = 0; j < c->pipelines[i].nouts; j++)
-            put(&b, "patchbay_backlog{pipeline=\"%s\",output=\"%s\"} %lld\n",
-                lv(c->pipelines[i].name, t1, sizeof(t1)),
-                lv(c->pipelines[i].outs[j].name, t2, sizeof(t2)),
-                (long long)atomic_load(&c->pipelines[i].outs[j].backlog));
+    for (size_t i = 0; i < outs.n; i++)
+        put(&b, "patchbay_backlog{pipeline=\"%s\",output=\"%s\"} %lld\n",
+            lv(outs.v[i]->pl->name, t1, sizeof(t1)), lv(outs.v[i]->name, t2, sizeof(t2)),
+            (long long)atomic_load(&outs.v[i]->backlog));
 
     put(&b, "# HELP patchbay_ingest_latency_seconds From request start to acknowledgement.\n"
             "# TYPE patchbay_ingest_latency_seconds histogram\n");
@@ -223,13 +250,12 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
     }
     put(&b, "# HELP patchbay_delivery_latency_seconds Duration of delivery attempts.\n"
             "# TYPE patchbay_delivery_latency_seconds histogram\n");
-    for (size_t i = 0; i < c->npipelines; i++)
-        for (size_t j = 0; j < c->pipelines[i].nouts; j++) {
-            snprintf(labels, sizeof(labels), "pipeline=\"%s\",output=\"%s\"",
-                     lv(c->pipelines[i].name, t1, sizeof(t1)),
-                     lv(c->pipelines[i].outs[j].name, t2, sizeof(t2)));
-            hist(&b, "patchbay_delivery_latency_seconds", labels, &c->pipelines[i].outs[j].latency);
-        }
+    for (size_t i = 0; i < outs.n; i++) {
+        snprintf(labels, sizeof(labels), "pipeline=\"%s\",output=\"%s\"",
+                 lv(outs.v[i]->pl->name, t1, sizeof(t1)), lv(outs.v[i]->name, t2, sizeof(t2)));
+        hist(&b, "patchbay_delivery_latency_seconds", labels, &outs.v[i]->latency);
+    }
+    free(outs.v);
     if (b.oom) {
         free(b.p);
         return NULL;

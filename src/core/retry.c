@@ -85,6 +85,11 @@ static int64_t add_sat(int64_t a, int64_t b)
     return a + b;
 }
 
+const int64_t pb_schedule_svix[7] = {
+    5 * 1000,        5 * 60 * 1000,    30 * 60 * 1000,   2 * 3600 * 1000,
+    5 * 3600 * 1000, 10 * 3600 * 1000, 10 * 3600 * 1000,
+};
+
 struct pb_retry_decision pb_retry_decide(const struct pb_retry_policy *p, enum pb_result result,
                                          int attempt, int64_t first_at, int64_t now,
                                          int64_t retry_after_ms, uint64_t rnd)
@@ -104,12 +109,14 @@ struct pb_retry_decision pb_retry_decide(const struct pb_retry_policy *p, enum p
     }
 
     int64_t max_attempts = p->max_attempts > 0 ? p->max_attempts : 1;
+    if (p->schedule)
+        max_attempts = (int64_t)p->nschedule + 1;
     if (attempt >= max_attempts) {
         d.give_up = true;
-        d.reason = "max_attempts reached";
+        d.reason = p->schedule ? "retry schedule exhausted" : "max_attempts reached";
         return d;
     }
-    int64_t delay = pb_backoff_delay(p, attempt, rnd);
+    int64_t delay = p->schedule ? p->schedule[attempt - 1] : pb_backoff_delay(p, attempt, rnd);
     if (retry_after_ms > delay)
         delay = retry_after_ms;
     d.next_at = add_sat(now, delay);

@@ -7,6 +7,7 @@
 #define PB_RETRY_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "patchbay/pb_plugin.h"
@@ -16,7 +17,15 @@ struct pb_retry_policy {
     int64_t initial_ms;   /* first backoff ceiling */
     int64_t max_ms;       /* backoff ceiling cap */
     int64_t max_age_ms;   /* give up when the message is older than this */
+    /* A fixed schedule instead of exponential backoff: schedule[i] is the
+     * wait before attempt i + 2 (attempt 1 is immediate), so there are
+     * nschedule + 1 attempts at most. Borrowed; NULL when unused. */
+    const int64_t *schedule;
+    size_t nschedule;
 };
+
+/* schedule: svix — immediately, then 5s, 5m, 30m, 2h, 5h, 10h, 10h. */
+extern const int64_t pb_schedule_svix[7];
 
 /* 2xx OK; 408, 425, 429 and 5xx RETRY; every other status PERMANENT
  * (redirects are not followed, so 3xx is PERMANENT too). 0 (no response) RETRY. */

@@ -366,7 +366,7 @@ static enum MHD_Result admin_answer(struct req *r, struct MHD_Connection *c, con
         return send_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong bearer token",
                           "WWW-Authenticate", "Bearer");
     struct pb_api_resp resp = {0};
-    pb_admin_handle(e, c, method, url, &resp);
+    pb_admin_handle(e, c, method, url, r->buf ? r->buf : "", r->len, &resp);
     enum MHD_Result ret;
     if (resp.status == 204) {
         struct MHD_Response *m = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);

@@ -300,6 +300,42 @@ PB_TEST(parse_retry_after_garbage)
     PB_EQ_INT(pb_parse_retry_after(NULL, 0, &ms), PB_EINVAL);
 }
 
+PB_TEST(svix_schedule_waits_exactly_then_gives_up)
+{
+    struct pb_retry_policy p = {.max_attempts = 99,
+                                .initial_ms = 1,
+                                .max_ms = 1,
+                                .max_age_ms = 30LL * 24 * 3600 * 1000,
+                                .schedule = pb_schedule_svix,
+                                .nschedule = 7};
+    const int64_t want[7] = {5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000};
+    int64_t now = 1000000;
+    for (int attempt = 1; attempt <= 7; attempt++) {
+        struct pb_retry_decision d =
+            pb_retry_decide(&p, PB_RESULT_RETRY, attempt, 1000000, now, -1, UINT64_MAX);
+        PB_CHECK(!d.give_up);
+        PB_EQ_INT(d.next_at - now, want[attempt - 1]);
+        now = d.next_at;
+    }
+    /* Attempt 8 was the last one the schedule allows. */
+    struct pb_retry_decision d = pb_retry_decide(&p, PB_RESULT_RETRY, 8, 1000000, now, -1, 0);
+    PB_CHECK(d.give_up);
+    PB_EQ_STR(d.reason, "retry schedule exhausted");
+}
+
+PB_TEST(schedule_honours_retry_after_and_max_age)
+{
+    static const int64_t sched[2] = {1000, 2000};
+    struct pb_retry_policy p = {
+        .max_attempts = 1, .max_age_ms = 10000, .schedule = sched, .nschedule = 2};
+    struct pb_retry_decision d = pb_retry_decide(&p, PB_RESULT_RETRY, 1, 0, 0, 4000, 0);
+    PB_CHECK(!d.give_up);
+    PB_EQ_INT(d.next_at, 4000); /* the partner asked for longer than the schedule */
+    d = pb_retry_decide(&p, PB_RESULT_RETRY, 2, 0, 9000, -1, 0);
+    PB_CHECK(d.give_up); /* 9000 + 2000 is past max_age */
+    PB_EQ_STR(d.reason, "max_age exceeded");
+}
+
 int main(void)
 {
     return pb_test_main();
