@@ -6,6 +6,7 @@
 #                    ASan/UBSan and the unit tests in the release build
 #   ./dev.sh bench   build, then run bench/run.sh (installs wrk and nginx-light)
 #   ./dev.sh build   install what is missing and build build/
+#   ./dev.sh deps    only install what is missing
 #
 # Missing Debian packages are installed first (apt-get, with sudo when not root).
 set -euo pipefail
@@ -34,6 +35,14 @@ ensure_packages() {
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# Node.js and npm run the webhook tests' reference client (the standardwebhooks
+# npm package). A machine may already have them from elsewhere: look for the
+# commands, and install Debian's packages only when they are missing.
+ensure_node() {
+    command -v node >/dev/null && command -v npm >/dev/null && return 0
+    ensure_packages nodejs npm
 }
 
 # build DIR [cmake args...]
@@ -75,6 +84,7 @@ run_ctest() {
 
 cmd_test() {
     ensure_packages "${PACKAGES[@]}"
+    ensure_node
     build_release
     build_asan
     local logdir status=0
@@ -110,11 +120,17 @@ cmd_build() {
     build_release
 }
 
+cmd_deps() {
+    ensure_packages "${PACKAGES[@]}"
+    ensure_node
+}
+
 case ${1:-} in
 test) cmd_test ;;
 demo) cmd_demo ;;
 bench) cmd_bench ;;
 build) cmd_build ;;
+deps) cmd_deps ;;
 *)
     echo "usage: $0 demo|test|bench|build" >&2
     exit 2

@@ -67,7 +67,8 @@ static const char *first_field(const char *s)
 static size_t format_json(char *buf, size_t cap, const char *ts, const char *level,
                           const char *text)
 {
-    size_t pos = (size_t)snprintf(buf, cap, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts, level);
+    size_t pos =
+        (size_t)snprintf(buf, cap, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts, level);
     const char *f = first_field(text);
     size_t msglen = f ? (size_t)(f - text) : strlen(text);
     pos = json_escape(buf, pos, cap, text, msglen);
