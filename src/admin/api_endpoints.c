@@ -596,11 +596,22 @@ int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char
         struct rec_copy rc = {0};
         if (get_rec(e, id, &rc, r) != 0)
             return 0;
-        json_t *sec = json_loads(rc.secrets, 0, NULL);
+        /* The current secret and those still signing during their overlap. */
+        json_t *all = json_loads(rc.secrets, 0, NULL), *sec = json_array();
+        int64_t now = pb_now_ms();
+        size_t i;
+        json_t *it;
+        json_array_foreach(all, i, it)
+        {
+            json_t *exp = json_object_get(it, "expires_at");
+            if (!json_is_integer(exp) || json_integer_value(exp) > now)
+                json_array_append(sec, it);
+        }
+        json_decref(all);
         pb_admin_reply(r, 200,
                        json_pack("{s:s?, s:o}", "secret",
                                  json_string_value(json_object_get(json_array_get(sec, 0), "key")),
-                                 "secrets", sec ? sec : json_array()));
+                                 "secrets", sec));
         rec_free(&rc);
         return 0;
     }

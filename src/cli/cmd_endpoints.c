@@ -13,7 +13,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: patchbay endpoints list [--pipeline P] [--output O]\n"
-            "       patchbay endpoints create --output O --url URL [--event TYPE]... "
+            "       patchbay endpoints create --output O --endpoint-url URL [--event TYPE]... "
             "[--pipeline P] [--rate-limit R] [--description D]\n"
             "       patchbay endpoints show|secret|rotate|disable|enable|delete ID\n"
             "       patchbay endpoints recover ID --since (UNIX_MS | YYYY-MM-DDTHH:MM:SSZ)\n");

@@ -10,7 +10,8 @@ int pb_cmd_run(int argc, char **argv)
         fprintf(stderr, "usage: patchbay run CONFIG\n");
         return 2;
     }
-    return pb_engine_run(argv[1]);
+    extern char **pb_cli_argv;
+    return pb_engine_run(argv[1], pb_cli_argv);
 }
 
 int pb_cmd_lint(int argc, char **argv)

@@ -3,6 +3,8 @@
 #include <string.h>
 
 #include "cli/cli.h"
+
+extern char **pb_cli_argv;
 #include "patchbay/pb_log.h"
 
 static void usage(FILE *f)
@@ -25,8 +27,12 @@ static void usage(FILE *f)
             "http://127.0.0.1:8080) and --token (or PATCHBAY_ADMIN_TOKEN).\n");
 }
 
+/* The whole command line, for `run` to re-execute itself on SIGHUP. */
+char **pb_cli_argv;
+
 int main(int argc, char **argv)
 {
+    pb_cli_argv = argv;
     enum pb_log_format fmt = PB_LOG_HUMAN;
     enum pb_log_level lvl = PB_LOG_INFO;
     int i = 1;

@@ -7,7 +7,10 @@
  *        commit are answered -> attempts in flight finish (shutdown_timeout)
  *        -> writer commits what is queued -> everything is freed. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -26,8 +29,25 @@ static size_t count_outputs(const struct pb_config *c)
     return n;
 }
 
-int pb_engine_run(const char *config_path)
+/* SIGHUP: is the file on disk good enough to restart with? */
+static bool reload_ok(const char *path)
 {
+    struct pb_err err = {0};
+    char buf[1024];
+    struct pb_config *next = pb_config_load(path, NULL, &err);
+    if (!next) {
+        PB_ERROR("reload refused, still running the previous configuration: %s",
+                 pb_err_format(&err, buf, sizeof(buf)));
+        return false;
+    }
+    pb_config_destroy(next);
+    return true;
+}
+
+int pb_engine_run(const char *config_path, char **argv)
+{
+    bool reload = false;
+    int listen_fd = -1;
     int code = 1;
     struct pb_err err = {0};
     char ebuf[1024];
@@ -93,9 +113,11 @@ int pb_engine_run(const char *config_path)
                     (long long)e.cfg->shutdown_timeout_ms);
             break;
         }
-        if (sig == SIGHUP)
-            PB_WARN("SIGHUP: configuration reload is not supported by this build; restart "
-                    "patchbay to apply changes (pending deliveries resume)");
+        if (sig == SIGHUP && argv && reload_ok(config_path)) {
+            PB_INFO("reloading config=%s (draining, then restarting in place)", config_path);
+            reload = true;
+            break;
+        }
         if (sig < 0 && errno != EAGAIN && errno != EINTR)
             break;
     }
@@ -109,7 +131,7 @@ out:
     atomic_store(&e.stopping, true);
     atomic_store(&e.ready, false);
     int64_t t0 = pb_mono_us();
-    pb_httpd_quiesce(e.httpd);
+    listen_fd = pb_httpd_quiesce(e.httpd, reload);
     pb_httpd_drain(e.httpd, 5000);
     pb_dispatcher_stop(e.disp, e.cfg->shutdown_timeout_ms);
     if (e.store)
@@ -121,5 +143,20 @@ out:
     if (code == 0)
         PB_INFO("stopped in_ms=%lld", (long long)((pb_mono_us() - t0) / 1000));
     pb_config_destroy(e.cfg);
+    if (reload) {
+        /* Same binary, same arguments, new configuration; the listening
+         * socket stays open so clients queue instead of being refused. */
+        char fdbuf[16];
+        if (listen_fd >= 0) {
+            int fl = fcntl(listen_fd, F_GETFD);
+            if (fl >= 0)
+                fcntl(listen_fd, F_SETFD, fl & ~FD_CLOEXEC);
+            snprintf(fdbuf, sizeof(fdbuf), "%d", listen_fd);
+            setenv("PATCHBAY_LISTEN_FD", fdbuf, 1);
+        }
+        execv("/proc/self/exe", argv);
+        PB_ERROR("reload failed: cannot re-execute patchbay: %s", strerror(errno));
+        return 1;
+    }
     return code;
 }

@@ -235,8 +235,9 @@ bool pb_dispatcher_running(const struct pb_dispatcher *d);
 /* HTTP server (src/net/httpd.c). */
 struct pb_httpd *pb_httpd_create(struct pb_engine *e, struct pb_err *err);
 int pb_httpd_start(struct pb_httpd *h, struct pb_err *err);
-/* Stop accepting new connections. */
-void pb_httpd_quiesce(struct pb_httpd *h);
+/* Stop accepting new connections. With keep_socket, the listening socket is
+ * returned open (for a reload to hand over), else closed and -1 returned. */
+int pb_httpd_quiesce(struct pb_httpd *h, bool keep_socket);
 /* Wait up to timeout for ingest requests still waiting on a commit. */
 void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms);
 void pb_httpd_destroy(struct pb_httpd *h);
@@ -259,7 +260,10 @@ void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output
 /* Metrics (src/core/metrics.c): Prometheus text into a malloc'd buffer. */
 char *pb_metrics_render(struct pb_engine *e, size_t *len);
 
-/* Run the daemon until SIGTERM/SIGINT. Returns the process exit code. */
-int pb_engine_run(const char *config_path);
+/* Run the daemon until SIGTERM/SIGINT. Returns the process exit code.
+ * On SIGHUP a valid new configuration is applied by draining like SIGTERM
+ * and re-executing argv in place, handing the listening socket over; an
+ * invalid one is reported and the daemon goes on as it was. */
+int pb_engine_run(const char *config_path, char **argv);
 
 #endif

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -575,6 +576,8 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
     return 0;
 }
 
+static int inherited_socket(const struct sockaddr_storage *want);
+
 struct pb_httpd *pb_httpd_create(struct pb_engine *e, struct pb_err *err)
 {
     struct pb_httpd *h = calloc(1, sizeof(*h));
@@ -599,9 +602,11 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned timeout_s = (unsigned)((sc->connection_timeout_ms + 999) / 1000);
+    int inherited = inherited_socket(&ss);
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log_cb, NULL},
-        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {inherited >= 0 ? MHD_OPTION_LISTEN_SOCKET : MHD_OPTION_SOCK_ADDR,
+         inherited >= 0 ? inherited : 0, inherited >= 0 ? NULL : &ss},
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)sc->max_connections, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)timeout_s, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(32 * 1024), NULL},
@@ -626,13 +631,53 @@ unsigned pb_httpd_port(const struct pb_httpd *h)
     return h ? h->port : 0;
 }
 
-void pb_httpd_quiesce(struct pb_httpd *h)
+int pb_httpd_quiesce(struct pb_httpd *h, bool keep_socket)
 {
-    if (h && h->mhd) {
-        MHD_socket s = MHD_quiesce_daemon(h->mhd);
-        if (s != MHD_INVALID_SOCKET)
-            close(s);
+    if (!h || !h->mhd)
+        return -1;
+    MHD_socket s = MHD_quiesce_daemon(h->mhd);
+    if (s == MHD_INVALID_SOCKET)
+        return -1;
+    if (!keep_socket) {
+        close(s);
+        return -1;
     }
+    return s;
+}
+
+/* A listening socket handed over by the previous process image on reload
+ * (PATCHBAY_LISTEN_FD), when it is bound to the address configured now.
+ * Connections that arrive during the reload wait in its backlog. */
+static int inherited_socket(const struct sockaddr_storage *want)
+{
+    const char *v = getenv("PATCHBAY_LISTEN_FD");
+    if (!v)
+        return -1;
+    char *end;
+    long fd = strtol(v, &end, 10);
+    unsetenv("PATCHBAY_LISTEN_FD");
+    if (*end || fd < 3 || fd > 65535)
+        return -1;
+    struct sockaddr_storage got;
+    socklen_t gl = sizeof(got);
+    bool same =
+        getsockname((int)fd, (struct sockaddr *)&got, &gl) == 0 && got.ss_family == want->ss_family;
+    if (same && got.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)&got, *b = (const void *)want;
+        same = a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+    } else if (same) {
+        const struct sockaddr_in6 *a = (const void *)&got, *b = (const void *)want;
+        same = a->sin6_port == b->sin6_port &&
+               memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+    }
+    if (!same) {
+        close((int)fd);
+        return -1;
+    }
+    int fl = fcntl((int)fd, F_GETFD);
+    if (fl >= 0)
+        fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+    return (int)fd;
 }
 
 void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms)
