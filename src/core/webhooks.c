@@ -445,54 +445,43 @@ struct ep_attempt {
     struct pb_webhook_endpoint *ep;
 };
 
+struct state_op {
+    struct pb_op op;
+    char id[PB_ENDPOINT_ID_MAX];
+    char reason[256];
+};
+
 static void state_done_cb(struct pb_op *op, void *arg)
 {
+    struct state_op *so = arg;
     if (op->status)
-        PB_WARN("endpoint state not recorded endpoint=%s error=%s", (char *)arg,
+        PB_WARN("endpoint state not recorded endpoint=%s error=%s", so->id,
                 pb_strerror(op->status));
-    free(arg);
-    free(op);
+    free(so);
 }
 
-/* Record disabled / failing_since of a managed endpoint. */
+/* Record disabled (1, 0, -1 = keep) and failing_since of a managed endpoint. */
 static void save_state(struct pb_webhook_endpoint *ep, int disabled, const char *reason)
 {
     if (ep->is_static)
         return; /* static endpoints live in the configuration */
-    struct pb_op *op = calloc(1, sizeof(*op));
-    char *id = strdup(ep->id);
-    char *why = reason ? strdup(reason) : NULL;
-    if (!op || !id || (reason && !why)) {
-        free(op);
-        free(id);
-        free(why);
+    struct state_op *so = calloc(1, sizeof(*so));
+    if (!so) {
+        PB_WARN("endpoint state not recorded endpoint=%s error=out of memory", ep->id);
         return;
     }
-    /* The reason is kept alongside the id: one allocation freed in done_cb. */
-    char *both = malloc(strlen(id) + (why ? strlen(why) : 0) + 2);
-    if (!both) {
-        free(op);
-        free(id);
-        free(why);
-        return;
-    }
-    strcpy(both, id);
-    char *reason_copy = both + strlen(id) + 1;
-    strcpy(reason_copy, why ? why : "");
-    free(id);
-    free(why);
-    op->kind = PB_OP_ENDPOINT_STATE;
-    op->u.endpoint_state.id = both;
-    op->u.endpoint_state.disabled = disabled;
-    op->u.endpoint_state.disabled_reason = reason ? reason_copy : NULL;
-    op->u.endpoint_state.failing_since = ep->failing_since;
-    op->u.endpoint_state.now = pb_now_ms();
-    op->done_cb = state_done_cb;
-    op->arg = both;
-    if (pb_store_submit(ep->e->store, op) != 0) {
-        free(both);
-        free(op);
-    }
+    snprintf(so->id, sizeof(so->id), "%s", ep->id);
+    snprintf(so->reason, sizeof(so->reason), "%s", reason ? reason : "");
+    so->op.kind = PB_OP_ENDPOINT_STATE;
+    so->op.u.endpoint_state.id = so->id;
+    so->op.u.endpoint_state.disabled = disabled;
+    so->op.u.endpoint_state.disabled_reason = reason ? so->reason : NULL;
+    so->op.u.endpoint_state.failing_since = ep->failing_since;
+    so->op.u.endpoint_state.now = pb_now_ms();
+    so->op.done_cb = state_done_cb;
+    so->op.arg = so;
+    if (pb_store_submit(ep->e->store, &so->op) != 0)
+        free(so);
 }
 
 static void disable(struct pb_webhook_endpoint *ep, const char *reason)
