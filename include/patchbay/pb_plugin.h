@@ -52,6 +52,13 @@ struct pb_outcome {
     const char *error;      /* short text for the attempt log; copied; may be NULL */
 };
 
+/* The outcome of an HTTP attempt (src/core/retry.c): classified status, the
+ * partner's Retry-After, and an error text ("HTTP 503: <printable excerpt of
+ * the answer>", or the transport error) written into buf. A request refused
+ * by the outbound guard is PERMANENT: retrying cannot make it allowed. */
+void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
+                          size_t len);
+
 /* End an attempt. Exactly once per deliver() call, on the dispatcher thread,
  * possibly from inside deliver(). d must not be used afterwards. */
 void pb_delivery_done(struct pb_delivery *d, const struct pb_outcome *o);

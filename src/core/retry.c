@@ -6,6 +6,7 @@
  * passed in, so every rule is testable without sleeping. */
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/retry.h"
@@ -242,4 +243,30 @@ int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms)
     else
         *delay_ms = at - now_ms;
     return 0;
+}
+
+/* ---- HTTP attempts ----------------------------------------------------------- */
+
+void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
+                          size_t len)
+{
+    *o = (struct pb_outcome){.status = resp->status, .retry_after_ms = resp->retry_after_ms};
+    if (resp->status == 0) {
+        o->result = resp->blocked ? PB_RESULT_PERMANENT : PB_RESULT_RETRY;
+        o->error = resp->error ? resp->error : "no response";
+        return;
+    }
+    o->result = pb_classify_http(resp->status);
+    if (o->result == PB_RESULT_OK || len == 0)
+        return;
+    /* A printable excerpt of what the partner said. */
+    char excerpt[200];
+    size_t n = 0;
+    for (size_t i = 0; i < resp->body_len && n + 1 < sizeof(excerpt); i++) {
+        unsigned char ch = (unsigned char)resp->body[i];
+        excerpt[n++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : ' ';
+    }
+    excerpt[n] = 0;
+    snprintf(buf, len, "HTTP %d%s%s", resp->status, n ? ": " : "", excerpt);
+    o->error = buf;
 }

@@ -513,25 +513,9 @@ static void ep_done_cb(void *arg, const struct pb_http_resp *resp)
     struct pb_webhook_endpoint *ep = a->ep;
     struct pb_delivery *d = a->d;
     free(a);
-    struct pb_outcome o = {.status = resp->status, .retry_after_ms = resp->retry_after_ms};
+    struct pb_outcome o;
     char error[320];
-    if (resp->status == 0) {
-        o.result = resp->blocked ? PB_RESULT_PERMANENT : PB_RESULT_RETRY;
-        o.error = resp->error ? resp->error : "no response";
-    } else {
-        o.result = pb_classify_http(resp->status);
-        if (o.result != PB_RESULT_OK) {
-            char excerpt[160];
-            size_t n = 0;
-            for (size_t i = 0; i < resp->body_len && n + 1 < sizeof(excerpt); i++) {
-                unsigned char ch = (unsigned char)resp->body[i];
-                excerpt[n++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : ' ';
-            }
-            excerpt[n] = 0;
-            snprintf(error, sizeof(error), "HTTP %d%s%s", resp->status, n ? ": " : "", excerpt);
-            o.error = error;
-        }
-    }
+    pb_outcome_from_http(resp, &o, error, sizeof(error));
     int64_t now = pb_now_ms();
     if (resp->status == 410) {
         disable(ep, "the endpoint answered 410 Gone");

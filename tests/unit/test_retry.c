@@ -336,6 +336,41 @@ PB_TEST(schedule_honours_retry_after_and_max_age)
     PB_EQ_STR(d.reason, "max_age exceeded");
 }
 
+PB_TEST(outcome_from_http_response)
+{
+    char buf[320];
+    struct pb_outcome o;
+    struct pb_http_resp ok = {.status = 201, .retry_after_ms = -1};
+    pb_outcome_from_http(&ok, &o, buf, sizeof(buf));
+    PB_EQ_INT(o.result, PB_RESULT_OK);
+    PB_CHECK(o.error == NULL);
+
+    struct pb_http_resp busy = {
+        .status = 503, .retry_after_ms = 7000, .body = "{\"e\":\"x\"}\n\x01", .body_len = 11};
+    pb_outcome_from_http(&busy, &o, buf, sizeof(buf));
+    PB_EQ_INT(o.result, PB_RESULT_RETRY);
+    PB_EQ_INT(o.retry_after_ms, 7000);
+    PB_EQ_STR(o.error, "HTTP 503: {\"e\":\"x\"}  "); /* control bytes shown as spaces */
+
+    struct pb_http_resp bad = {.status = 422, .retry_after_ms = -1};
+    pb_outcome_from_http(&bad, &o, buf, sizeof(buf));
+    PB_EQ_INT(o.result, PB_RESULT_PERMANENT);
+    PB_EQ_STR(o.error, "HTTP 422");
+
+    struct pb_http_resp blocked = {.status = 0,
+                                   .retry_after_ms = -1,
+                                   .blocked = true,
+                                   .error = "blocked: 10.0.0.1 is private"};
+    pb_outcome_from_http(&blocked, &o, buf, sizeof(buf));
+    PB_EQ_INT(o.result, PB_RESULT_PERMANENT);
+    PB_EQ_STR(o.error, "blocked: 10.0.0.1 is private");
+
+    struct pb_http_resp refused = {.status = 0, .retry_after_ms = -1};
+    pb_outcome_from_http(&refused, &o, buf, sizeof(buf));
+    PB_EQ_INT(o.result, PB_RESULT_RETRY);
+    PB_EQ_STR(o.error, "no response");
+}
+
 int main(void)
 {
     return pb_test_main();

@@ -184,29 +184,10 @@ static int http_init(void *ctx, const struct pb_output_env *env, struct pb_err *
 
 static void http_done_cb(void *arg, const struct pb_http_resp *resp)
 {
-    struct pb_delivery *d = arg;
-    struct pb_outcome o = {.status = resp->status, .retry_after_ms = resp->retry_after_ms};
+    struct pb_outcome o;
     char error[320];
-    if (resp->status == 0) {
-        /* A refused address will not become allowed by retrying. */
-        o.result = resp->blocked ? PB_RESULT_PERMANENT : PB_RESULT_RETRY;
-        o.error = resp->error ? resp->error : "no response";
-    } else {
-        o.result = pb_classify_http(resp->status);
-        if (o.result != PB_RESULT_OK) {
-            /* Keep a printable excerpt of what the partner said. */
-            char excerpt[200];
-            size_t n = 0;
-            for (size_t i = 0; i < resp->body_len && n + 1 < sizeof(excerpt); i++) {
-                unsigned char ch = (unsigned char)resp->body[i];
-                excerpt[n++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : ' ';
-            }
-            excerpt[n] = 0;
-            snprintf(error, sizeof(error), "HTTP %d%s%s", resp->status, n ? ": " : "", excerpt);
-            o.error = error;
-        }
-    }
-    pb_delivery_done(d, &o);
+    pb_outcome_from_http(resp, &o, error, sizeof(error));
+    pb_delivery_done(arg, &o);
 }
 
 static void http_deliver(void *ctx, struct pb_delivery *d)
