@@ -232,10 +232,9 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
         snprintf(r->idem_key, sizeof(r->idem_key), "webhook:%s", vres.webhook_id);
         key = r->idem_key;
     }
-    if (atomic_load(&e->stopping)) {
-        reject(pl, PB_REJECT_SHUTDOWN);
-        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down", "Retry-After", "5");
-    }
+    /* While stopping, the writer still commits what arrives on open
+     * connections (the answer then closes the connection); once it has
+     * stopped, submit says PB_ESHUTDOWN and the answer is 503. */
     const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
     if (pl->route.json || !ctype)
         ctype = pl->route.json ? "application/json" : "application/octet-stream";
@@ -297,6 +296,8 @@ static enum MHD_Result ingest_answer(struct req *r, struct MHD_Connection *c)
     MHD_add_response_header(resp, "Content-Type", "application/json");
     if (r->replayed)
         MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    if (atomic_load(&r->h->e->stopping))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
