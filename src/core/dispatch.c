@@ -70,6 +70,7 @@ struct pb_dispatcher {
     size_t nheap, heapcap;
     size_t inflight;
     int64_t next_expire_at;
+    atomic_bool expire_again; /* the last retention pass was full */
 };
 
 struct result_op {
@@ -679,16 +680,21 @@ static bool take_token(struct pb_output *o, int64_t now, int64_t *wait_ms)
 
 static void expire_done_cb(struct pb_op *op, void *arg)
 {
-    (void)arg;
+    struct pb_dispatcher *d = arg;
     if (op->status)
         PB_WARN("retention clean-up failed error=\"%s\"", pb_strerror(op->status));
     else if (op->u.expire.deleted)
         PB_INFO("retention clean-up deleted=%lld", (long long)op->u.expire.deleted);
+    /* A full pass means more is due: go again soon instead of in a minute. */
+    if (op->status == 0 && op->u.expire.deleted >= PB_STORE_EXPIRE_BATCH)
+        atomic_store(&d->expire_again, true);
     free(op);
 }
 
 static void maybe_expire(struct pb_dispatcher *d, int64_t now)
 {
+    if (atomic_exchange(&d->expire_again, false))
+        d->next_expire_at = now + 1000;
     if (now < d->next_expire_at)
         return;
     d->next_expire_at = now + 60 * 1000;
@@ -699,6 +705,7 @@ static void maybe_expire(struct pb_dispatcher *d, int64_t now)
     op->u.expire.now = now;
     op->u.expire.retention_ms = d->e->cfg->retention_ms;
     op->done_cb = expire_done_cb;
+    op->arg = d;
     if (pb_store_submit(d->e->store, op))
         free(op);
 }
