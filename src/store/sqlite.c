@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -541,6 +542,7 @@ out:
 
 static void sq_close(void *ctx);
 static int sq_sync(void *ctx);
+static int take_lock(struct sq *q, struct pb_err *err);
 
 static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_err *err)
 {
@@ -559,6 +561,7 @@ static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_e
         goto nomem;
     atomic_init(&q->max_pages_req, -1);
     q->wal_fd = -1;
+    q->lock_fd = -1;
     if (pthread_mutex_init(&q->pool_lock, NULL) != 0) {
         free(q);
         goto nomem;
@@ -579,7 +582,7 @@ static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_e
         goto nomem_q;
     sprintf(q->wal_path, "%s-wal", q->path);
 
-    if (make_parent_dirs(q->path, err) < 0 || check_header(q, err) < 0)
+    if (make_parent_dirs(q->path, err) < 0 || take_lock(q, err) < 0 || check_header(q, err) < 0)
         goto fail;
     if (pb__sqlite_open_conn(q, true, &q->db, err) < 0)
         goto fail;
@@ -621,6 +624,29 @@ fail:
     return NULL;
 }
 
+/* Two daemons on one store would both deliver everything: the second one is
+ * refused. The lock is an flock on PATH.lock, released when the process
+ * ends however it ends. */
+static int take_lock(struct sq *q, struct pb_err *err)
+{
+    size_t n = strlen(q->path) + 6;
+    char *lp = malloc(n);
+    if (!lp)
+        return pb_err_set(err, PB_ENOMEM, "out of memory opening the state store");
+    snprintf(lp, n, "%s.lock", q->path);
+    q->lock_fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int rc = 0;
+    if (q->lock_fd < 0)
+        rc = pb_err_set(err, PB_EIO, "state store %s: cannot open its lock file: %s", q->display,
+                        strerror(errno));
+    else if (flock(q->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        rc = pb_err_set(err, PB_EAGAIN,
+                        "state store %s is in use by another patchbay process (lock %s)",
+                        q->display, lp);
+    free(lp);
+    return rc;
+}
+
 static void sq_close(void *ctx)
 {
     struct sq *q = ctx;
@@ -636,6 +662,8 @@ static void sq_close(void *ctx)
     if (q->db && sqlite3_close(q->db) != SQLITE_OK)
         PB_WARN("state store close failed path=%s error=\"%s\"", q->display, sqlite3_errmsg(q->db));
     pthread_mutex_destroy(&q->pool_lock);
+    if (q->lock_fd >= 0)
+        close(q->lock_fd);
     free(q->path);
     free(q->wal_path);
     free(q->display);

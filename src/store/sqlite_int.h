@@ -59,7 +59,8 @@ struct sq {
      * a committed batch is reported done. */
     bool explicit_sync;
     char *wal_path;
-    int wal_fd; /* -1 until the WAL exists */
+    int wal_fd;  /* -1 until the WAL exists */
+    int lock_fd; /* PATH.lock, flock()ed for the store's life: one daemon per store */
 
     pthread_mutex_t pool_lock; /* guards idle/nidle (sqlite_read.c) */
     struct rconn *idle[READ_POOL_MAX];

@@ -323,6 +323,27 @@ out:
     tdir_remove(&t);
 }
 
+PB_TEST(second_daemon_on_the_same_store_refused)
+{
+    struct tdir t;
+    tdir_make(&t);
+    struct pb_store *s = open_ok(t.url, NULL);
+    if (s) {
+        struct pb_err err;
+        pb_err_clear(&err);
+        struct pb_store *twin = pb_store_open(t.url, NULL, &err);
+        PB_CHECK(twin == NULL);
+        PB_EQ_INT(err.code, PB_EAGAIN);
+        PB_CONTAINS(err.msg, "in use by another patchbay");
+        pb_store_destroy(twin);
+        pb_store_destroy(s);
+        /* Released with the store: the next one may open it. */
+        s = open_ok(t.url, NULL);
+        pb_store_destroy(s);
+    }
+    tdir_remove(&t);
+}
+
 PB_TEST(migrations_idempotent)
 {
     struct tdir t;
