@@ -7,6 +7,8 @@
 #ifndef PB_LOG_H
 #define PB_LOG_H
 
+#include <stddef.h>
+
 enum pb_log_level { PB_LOG_DEBUG = 0, PB_LOG_INFO, PB_LOG_WARN, PB_LOG_ERROR, PB_LOG_OFF };
 enum pb_log_format { PB_LOG_HUMAN = 0, PB_LOG_JSON };
 
@@ -16,6 +18,9 @@ void pb_log_setup(enum pb_log_level min, enum pb_log_format format);
 int pb_log_parse_level(const char *s, enum pb_log_level *out);
 void pb_log_write(enum pb_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* s made safe inside a quoted value (key="..."): quotes, backslashes and
+ * control characters become spaces or '. Returns buf. */
+const char *pb_log_value(const char *s, char *buf, size_t len);
 
 #define PB_LOG(level, ...)                                                                         \
     do {                                                                                           \

@@ -342,8 +342,10 @@ static void settle_locally(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_ds
     dl->started_at = now;
     submit_result(d, dl, state, 0, 0, reason);
     if (state == PB_DSTATE_DEAD) {
+        char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld reason=\"%s\"",
-                o->pl->name, o->name, dl->msg->id, (long long)dl->id, reason);
+                o->pl->name, o->name, dl->msg->id, (long long)dl->id,
+                pb_log_value(reason, safe, sizeof(safe)));
     }
     finish(d, dl, now);
 }
@@ -554,10 +556,11 @@ void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
     } else if (dec.give_up) {
         snprintf(error, sizeof(error), "%s (gave up: %s)", errtxt ? errtxt : "failed", dec.reason);
         submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
+        char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "
                 "status=%d reason=\"%s\"",
                 o->pl->name, o->name, dl->msg->id, (long long)dl->id, dl->attempts, oc->status,
-                error);
+                pb_log_value(error, safe, sizeof(safe)));
         finish(d, dl, now);
     } else {
         dl->next_at = dec.next_at;

@@ -88,9 +88,10 @@ static size_t format_json(char *buf, size_t cap, const char *ts, const char *lev
             while (*vend && !(*vend == '"' && vend[-1] != '\\'))
                 vend++;
         } else {
-            vend = v;
-            while (*vend && *vend != ' ')
-                vend++;
+            /* Unquoted: up to the next " key=" (names may hold spaces). */
+            vend = first_field(v);
+            if (!vend)
+                vend = v + strlen(v);
         }
         if (pos + 4 < cap) {
             buf[pos++] = ',';
@@ -139,4 +140,16 @@ void pb_log_write(enum pb_log_level level, const char *fmt, ...)
     line[n++] = '\n';
     ssize_t r = write(STDERR_FILENO, line, n);
     (void)r;
+}
+
+const char *pb_log_value(const char *s, char *buf, size_t len)
+{
+    size_t j = 0;
+    for (size_t i = 0; s && s[i] && j + 1 < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[j++] = c == '"' ? '\'' : (c < 0x20 || c == '\\') ? ' ' : (char)c;
+    }
+    if (len)
+        buf[j] = 0;
+    return buf;
 }
