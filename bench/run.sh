@@ -1,44 +1,67 @@
 #!/usr/bin/env bash
-# Ingest and delivery throughput, against a ceiling, on loopback.
+# One benchmark run, on loopback, same load for every server: wrk posts a ~1 KB JSON
+# order (bench/post.lua), a distinct id per request, over 64 connections from 2 threads
+# for BENCH_SECONDS (default 15).
 #
-#   (a) nginx, one worker, answering every POST with a fixed 202: the most an
-#       HTTP server on this machine can take with this load generator.
-#   (b) patchbay (release build, default durability) ingesting the same load,
-#       mapping each order with jq and delivering it to pb_sink --quiet.
+#   nginx        one worker answering every POST with a fixed 202: the ceiling of an HTTP
+#                server on this machine with this load generator.
+#   patchbay     ingest (commit, synchronous=FULL) -> jq map -> output jq map -> HTTP
+#                delivery to pb_sink --quiet, concurrency 64. Afterwards the backlog
+#                drains; delivered/s = sink 200s / (load + drain).
+#   node-red     Node-RED from npm (bench/node-red/) doing the same flow: http in ->
+#                function (the same mapping in JS) -> http request (to pb_sink) -> http
+#                response. It answers after the delivery: its accepted = delivered.
+#   drain        delivery only: BENCH_BACKLOG (50000) orders posted while pb_sink is
+#                down, then pb_sink started and the drain timed, with no load running.
+#   partner-10ms the patchbay flow against pb_sink --delay-ms 10 (concurrency 64): what
+#                concurrency buys against a slow partner (a serial client gets 100/s).
 #
-# wrk posts a ~1 KB JSON order (bench/post.lua) over 64 connections from 2
-# threads for BENCH_SECONDS (default 15). Afterwards patchbay drains its
-# backlog; delivered/s counts the sink's 200s over the time from the start of
-# the load to the drained backlog. Prints a table and writes it to
-# bench/results/latest.md.
+# For every row: accepted/s, delivered/s, wrk's p50/p99, peak RSS (VmHWM) and CPU seconds
+# (utime+stime from /proc/PID/stat, the server process and its children, over the
+# measured window), CPU-µs per delivered message, and ratios to nginx; the notes add
+# patchbay's CPU per thread and "other CPU": what the rest of the machine used in the
+# window (the noise figure on a shared machine). Prints a table and writes
+# bench/results/latest.md (plus a timestamped copy). Method: docs/performance.md.
 #
 # Usage: bench/run.sh   (or ./dev.sh bench, which installs wrk/nginx-light and builds)
-# Env:   BUILD_DIR (default build/), BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_THREADS
+# Env:   BUILD_DIR (default build/), BENCH_SECONDS (15), BENCH_CONNECTIONS (64),
+#        BENCH_THREADS (2), BENCH_DRAIN_LIMIT (60 s), BENCH_BACKLOG (50000),
+#        BENCH_DELAY_MS (10), BENCH_CONCURRENCY (64),
+#        BENCH_SCENARIOS (default "nginx patchbay node-red drain partner-10ms"),
+#        BENCH_REV (the revision to print; default from git, for builds of this tree),
+#        KEEP=1 keeps the work directory (logs, configs, wrk output).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+[[ $build == /* ]] || build=$root/$build
 PB=$build/patchbay
 SINK=$build/pb_sink
 SECS=${BENCH_SECONDS:-15}
 CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
 DRAIN_LIMIT=${BENCH_DRAIN_LIMIT:-60}
+BACKLOG=${BENCH_BACKLOG:-50000}
+DELAY_MS=${BENCH_DELAY_MS:-10}
+CONCURRENCY=${BENCH_CONCURRENCY:-64}
+SCENARIOS=${BENCH_SCENARIOS:-nginx patchbay node-red drain partner-10ms}
+NR_DIR=$here/node-red
 
 for bin in "$PB" "$SINK"; do
     [[ -x $bin ]] || {
-        echo "missing $bin: run ./dev.sh bench (it builds first)" >&2
+        echo "missing $bin: run ./dev.sh bench (it builds first), or set BUILD_DIR" >&2
         exit 1
     }
 done
-for tool in wrk nginx curl python3; do
+for tool in wrk nginx curl python3 ps; do
     command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || {
         echo "missing $tool: run ./dev.sh bench (it installs it)" >&2
         exit 1
     }
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HZ=$(getconf CLK_TCK)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/patchbay-bench.XXXXXX")
 pids=()
@@ -60,6 +83,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '==> %s\n' "$*" >&2; }
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -80,12 +104,116 @@ wait_for() {
 
 now() { date +%s.%N; }
 
-# run_wrk URL OUT: the load, with latency percentiles.
-run_wrk() {
-    wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency -s "$here/post.lua" "$1" >"$2"
+# calc FORMAT EXPR...: awk arithmetic (python3 can take most of a second to start on a busy
+# machine; nothing inside a measured window may be that slow).
+calc() {
+    local fmt=$1
+    shift
+    awk "BEGIN { printf \"$fmt\\n\", $(IFS=,; echo "$*") }"
 }
 
-# wrk_field FILE: requests/s, p50, p99 (in ms), non-2xx count.
+# stop PID: SIGTERM and reap.
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# ---- what a process costs: CPU ticks and peak RSS, children included --------------------
+
+tree_pids() { # PID...: these processes and all their descendants
+    local p
+    for p in "$@"; do
+        [[ -d /proc/$p ]] || continue
+        echo "$p"
+        # shellcheck disable=SC2046
+        tree_pids $(ps -o pid= --ppid "$p" 2>/dev/null)
+    done
+}
+
+cpu_ticks() { # PID...: utime+stime (clock ticks), summed over the tree
+    local t=0 p v
+    for p in $(tree_pids "$@"); do
+        v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || v=0
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+
+hwm_kb() { # PID...: VmHWM (kB), summed over the tree
+    local t=0 p v
+    for p in $(tree_pids "$@"); do
+        v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || v=0
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+
+# thread_ticks PID: "name ticks" per thread name (pb-dispatch, pb-store, pb-sync; the
+# listener and main threads keep the process name).
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s\n' "$(cat "$t/comm" 2>/dev/null)" \
+            "$(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{ print $12 + $13 }')"
+    done | awk 'NF == 2 { a[$1] += $2 } END { for (k in a) print k, a[k] }'
+}
+
+# thread_split BEFORE AFTER SECONDS: "pb-dispatch 6.1 s (92%), ..." -- CPU per thread name
+# over the window, and how much of one core that is.
+thread_split() {
+    awk -v hz="$HZ" -v secs="$3" 'NR == FNR { b[$1] = $2; next }
+        { d = ($2 - b[$1]) / hz; if (d > 0) out[$1] = d }
+        END { n = 0; for (k in out) names[++n] = k
+              for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+                  if (out[names[j]] > out[names[i]]) { t = names[i]; names[i] = names[j]; names[j] = t }
+              for (i = 1; i <= n; i++)
+                  printf "%s%s %.1f s (%.0f%%)", (i > 1 ? ", " : ""), names[i], out[names[i]],
+                         100 * out[names[i]] / secs
+              print "" }' "$1" "$2"
+}
+
+# Machine-wide busy ticks (user+nice+system+irq+softirq) and this shell's reaped children
+# (wrk, curl, python3): with the servers' own ticks they tell how much CPU went to other
+# people's work during a window -- the noise figure of each row.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+own_child_ticks() { sed 's/.*) //' "/proc/$$/stat" | awk '{ print $14 + $15 }'; }
+
+# window_start / window_end VAR PID...: CPU of PID... (and noise) over a window.
+window_start() {
+    w_t0=$(now)
+    w_m0=$(machine_ticks)
+    w_c0=$(own_child_ticks)
+    w_p0=$(cpu_ticks "$@")
+}
+window_end() { # sets w_secs w_cpu_ticks w_other_ticks; extra PIDs (sinks) count as ours
+    # The window closes now, or at W_END (a time taken earlier) when it is set.
+    local server_pids=$1
+    shift
+    local t1 m1 c1 p1 x1
+    t1=${W_END:-$(now)}
+    # shellcheck disable=SC2086
+    p1=$(cpu_ticks $server_pids)
+    x1=$(cpu_ticks "$@")
+    m1=$(machine_ticks)
+    c1=$(own_child_ticks)
+    w_secs=$(calc %.2f "$t1 - $w_t0")
+    w_cpu_ticks=$((p1 - w_p0))
+    w_partner_ticks=$((x1 - w_x0))
+    w_other_ticks=$((m1 - w_m0 - w_cpu_ticks - w_partner_ticks - (c1 - w_c0)))
+    ((w_other_ticks < 0)) && w_other_ticks=0
+    w_busy_pct=$(calc %.0f "100 * ($m1 - $w_m0) / $HZ / $(nproc) / ($(now) - $w_t0)")
+    return 0
+}
+partner_start() { w_x0=$(cpu_ticks "$@"); }
+
+# ---- the load ----------------------------------------------------------------------------
+
+run_wrk() { # URL OUT [SECONDS]
+    wrk -t"$THREADS" -c"$CONNS" -d"${3:-$SECS}s" --latency -s "$here/post.lua" "$1" >"$2"
+}
+
+# wrk_fields FILE: requests/s, p50 ms, p99 ms, completed requests, non-2xx, seconds,
+# socket errors (tab separated).
 wrk_fields() {
     python3 - "$1" <<'EOF'
 import re, sys
@@ -97,25 +225,103 @@ def ms(s):
 rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
 p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
-total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", t)
+total = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", t)
+secs = float(total.group(2)) * {"ms": 0.001, "s": 1, "m": 60}[total.group(3)]
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
-errors = re.search(r"Socket errors:.*", t)
+errors = re.search(r"Socket errors:(.*)", t)
 print(rps, f"{p50:.2f}", f"{p99:.2f}", total.group(1), non2xx.group(1) if non2xx else 0,
-      "'" + (errors.group(0) if errors else "") + "'")
+      f"{secs:.2f}", errors.group(1).strip() if errors else "-", sep="\t")
 EOF
 }
 
-metric_sum() { # metric_sum NAME: sum over every series of NAME
-    curl -fsS "http://127.0.0.1:$pb_port/metrics" |
-        awk -v name="$1" '($1 == name || index($1, name "{") == 1) { s += $NF }
+metric_sum() { # PORT NAME: sum over every series of NAME
+    curl -fsS "http://127.0.0.1:$1/metrics" |
+        awk -v name="$2" '($1 == name || index($1, name "{") == 1) { s += $NF }
                           END { printf "%d\n", s }'
 }
 
-# ---- (a) nginx ceiling -----------------------------------------------------------------
-say "nginx ceiling: worker_processes 1, return 202"
-nginx_port=$(free_port)
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
+sink_200() { # PORT: the sink's 200 count
+    curl -fsS "http://127.0.0.1:$1/_sink/stats" |
+        awk '{ if (match($0, /"200":[0-9]+/)) n = substr($0, RSTART + 6, RLENGTH - 6) }
+             END { print n + 0 }'
+}
+
+# start_sink PORT|0 [pb_sink args...]: sets sink_pid, sink_port.
+start_sink() {
+    local port=$1
+    shift
+    rm -f "$work/sink.port"
+    "$SINK" --listen "127.0.0.1:$port" --port-file "$work/sink.port" --threads 2 --quiet "$@" &
+    sink_pid=$!
+    pids+=("$sink_pid")
+    wait_for pb_sink 10 test -s "$work/sink.port"
+    sink_port=$(cat "$work/sink.port")
+}
+
+# start_patchbay NAME SINK_PORT [retry]: a fresh store, sets pb_pid, pb_port.
+start_patchbay() {
+    local name=$1 port=$2
+    local retry=${3:-"{ max_attempts: 10, initial: 100ms, max: 2s, max_age: 1h }"}
+    pb_port=$(free_port)
+    mkdir -p "$work/$name"
+    cat >"$work/$name/patchbay.yaml" <<EOF
+server: { listen: 127.0.0.1:$pb_port, admin_token: bench-token }
+state: sqlite:$work/$name/state.db
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  orders:
+    input:
+      http_server: { path: /hooks/shop, max_body: 64KiB, format: json }
+    process:
+      - map: '{order_id: .id, cents: .total_cents, email: .customer.email, items: [.items[] | {sku, qty}]}'
+    outputs:
+      fulfillment:
+        http:
+          url: http://127.0.0.1:$port/orders
+          timeout: 5s
+          map: '{order: .order_id, amount: .cents, currency: "eur", lines: (.items | length)}'
+          retry: $retry
+          concurrency: $CONCURRENCY
+EOF
+    "$PB" run "$work/$name/patchbay.yaml" >"$work/$name/patchbay.out" 2>"$work/$name/patchbay.log" &
+    pb_pid=$!
+    pids+=("$pb_pid")
+    wait_for "patchbay /ready" 30 curl -fsS "http://127.0.0.1:$pb_port/ready"
+}
+
+# wait_drained PORT LIMIT: until the backlog is 0; sets drained and t_drain.
+wait_drained() {
+    local backlog deadline=$((SECONDS + $2))
+    drained=yes
+    while :; do
+        backlog=$(metric_sum "$1" patchbay_backlog)
+        t_drain=$(now)
+        ((backlog == 0)) && break
+        if ((SECONDS >= deadline)); then
+            drained="no (backlog $backlog after $2 s)"
+            break
+        fi
+        sleep 0.1
+    done
+}
+
+# ---- results -------------------------------------------------------------------------------
+# rows.tsv: name, accepted/s, delivered/s, p50, p99, peak RSS kB, CPU ticks, delivered
+#           messages (for CPU µs/msg), other-CPU ticks, window s, machine busy %
+rows=$work/rows.tsv
+notes=$work/notes.md
+: >"$rows"
+: >"$notes"
+row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$rows"; }
+note() { printf -- '- %s\n' "$*" >>"$notes"; }
+ticks_s() { calc %.1f "$1 / $HZ"; }
+
+# ---- (a) nginx ceiling ---------------------------------------------------------------------
+if want nginx; then
+    say "nginx ceiling: worker_processes 1, return 202"
+    nginx_port=$(free_port)
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
 pid $work/nginx/nginx.pid;
@@ -136,105 +342,328 @@ http {
     }
 }
 EOF
-"$NGINX" -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
-nginx_pid=$!
-pids+=("$nginx_pid")
-wait_for nginx 10 curl -fsS -X POST -d '{}' "http://127.0.0.1:$nginx_port/"
-run_wrk "http://127.0.0.1:$nginx_port/hooks/shop" "$work/wrk-nginx.txt"
-read -r n_rps n_p50 n_p99 _ _ _ < <(wrk_fields "$work/wrk-nginx.txt")
-kill "$nginx_pid"
-wait "$nginx_pid" 2>/dev/null || true
-say "nginx: $n_rps req/s, p50 ${n_p50}ms, p99 ${n_p99}ms"
+    "$NGINX" -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" &
+    nginx_pid=$!
+    pids+=("$nginx_pid")
+    wait_for nginx 10 curl -fsS -X POST -d '{}' "http://127.0.0.1:$nginx_port/"
+    partner_start
+    window_start "$nginx_pid"
+    run_wrk "http://127.0.0.1:$nginx_port/hooks/shop" "$work/wrk-nginx.txt"
+    window_end "$nginx_pid"
+    IFS=$'\t' read -r n_rps n_p50 n_p99 n_total n_non2xx _ n_err < <(wrk_fields "$work/wrk-nginx.txt")
+    n_rss=$(hwm_kb "$nginx_pid")
+    stop "$nginx_pid"
+    row "nginx 202 (1 worker)" "$n_rps" "-" "$n_p50" "$n_p99" "$n_rss" "$w_cpu_ticks" \
+        "$n_total" "$w_other_ticks" "$w_secs" "$w_busy_pct"
+    note "nginx: $n_total requests in ${w_secs} s, $n_non2xx non-2xx, socket errors: $n_err." \
+        "CPU µs/msg here is per answered request (master + worker)."
+    say "nginx: $n_rps req/s, p50 ${n_p50} ms, p99 ${n_p99} ms"
+fi
 
-# ---- (b) patchbay ----------------------------------------------------------------------
-say "patchbay: ingest -> SQLite -> jq map -> HTTP delivery to pb_sink --quiet"
-"$SINK" --listen 127.0.0.1:0 --port-file "$work/sink.port" --threads 2 --quiet &
-pids+=($!)
-wait_for pb_sink 10 test -s "$work/sink.port"
-sink_port=$(cat "$work/sink.port")
-pb_port=$(free_port)
-mkdir -p "$work/data"
-cat >"$work/patchbay.yaml" <<EOF
-server: { listen: 127.0.0.1:$pb_port, admin_token: bench-token }
-state: sqlite:$work/data/state.db
-outbound: { allow: [127.0.0.0/8] }
-pipelines:
-  orders:
-    input:
-      http_server: { path: /hooks/shop, max_body: 64KiB, format: json }
-    process:
-      - map: '{order_id: .id, cents: .total_cents, email: .customer.email, items: [.items[] | {sku, qty}]}'
-    outputs:
-      fulfillment:
-        http:
-          url: http://127.0.0.1:$sink_port/orders
-          timeout: 5s
-          map: '{order: .order_id, amount: .cents, currency: "eur", lines: (.items | length)}'
-          retry: { max_attempts: 10, initial: 100ms, max: 2s, max_age: 1h }
-          concurrency: 64
-EOF
-"$PB" run "$work/patchbay.yaml" >"$work/patchbay.out" 2>"$work/patchbay.log" &
-pb_pid=$!
-pids+=("$pb_pid")
-wait_for "patchbay /ready" 30 curl -fsS "http://127.0.0.1:$pb_port/ready"
+# ---- (b) patchbay --------------------------------------------------------------------------
+if want patchbay; then
+    say "patchbay: ingest -> SQLite -> jq map -> HTTP delivery to pb_sink --quiet"
+    start_sink 0
+    start_patchbay patchbay "$sink_port"
+    partner_start "$sink_pid"
+    thread_ticks "$pb_pid" >"$work/patchbay/threads.0"
+    window_start "$pb_pid"
+    run_wrk "http://127.0.0.1:$pb_port/hooks/shop" "$work/wrk-patchbay.txt"
+    t_load=$(now)
+    backlog_end=$(metric_sum "$pb_port" patchbay_backlog)
+    dlv_load=$(sink_200 "$sink_port")
+    wait_drained "$pb_port" "$DRAIN_LIMIT"
+    W_END=$t_drain window_end "$pb_pid" "$sink_pid"
+    thread_ticks "$pb_pid" >"$work/patchbay/threads.1"
+    delivered=$(sink_200 "$sink_port")
+    accepted=$(metric_sum "$pb_port" patchbay_messages_accepted_total)
+    attempts=$(metric_sum "$pb_port" patchbay_delivery_attempts_total)
+    ops=$(metric_sum "$pb_port" patchbay_store_ops_total)
+    commits=$(metric_sum "$pb_port" patchbay_store_commits_total)
+    p_rss=$(hwm_kb "$pb_pid")
+    stop "$pb_pid"
+    stop "$sink_pid"
+    IFS=$'\t' read -r _ p_p50 p_p99 _ p_non2xx p_secs p_err \
+        < <(wrk_fields "$work/wrk-patchbay.txt")
+    read -r p_acc_rps p_dlv_rps p_drain p_dlv_load_rps p_batch < <(calc "%.0f %.0f %.1f %.0f %.0f" \
+        "$accepted / $p_secs" "$delivered / $w_secs" "$t_drain - $t_load" \
+        "$dlv_load / ($t_load - $w_t0)" "$ops / ($commits > 0 ? $commits : 1)")
+    row "patchbay → jq → pb_sink" "$p_acc_rps" "$p_dlv_rps" "$p_p50" "$p_p99" "$p_rss" \
+        "$w_cpu_ticks" "$delivered" "$w_other_ticks" "$w_secs" "$w_busy_pct"
+    note "patchbay: $accepted accepted in ${p_secs} s ($p_non2xx non-2xx = 503 back-pressure;" \
+        "socket errors: $p_err); $dlv_load delivered while the load ran ($p_dlv_load_rps/s)," \
+        "backlog $backlog_end when it stopped, drained ${p_drain} s later ($drained);" \
+        "$delivered delivered to pb_sink in all, $attempts attempts; group commit" \
+        "$p_batch ops/commit; pb_sink used $(ticks_s "$w_partner_ticks") CPU s." \
+        "CPU and delivered/s cover load + drain. patchbay's threads (share of one core):" \
+        "$(thread_split "$work/patchbay/threads.0" "$work/patchbay/threads.1" "$w_secs")."
+    say "patchbay: $p_acc_rps accepted/s, $p_dlv_rps delivered/s"
+fi
 
-t0=$(now)
-run_wrk "http://127.0.0.1:$pb_port/hooks/shop" "$work/wrk-patchbay.txt"
-t_load=$(now)
-read -r p_rps p_p50 p_p99 p_total p_non2xx p_errors < <(wrk_fields "$work/wrk-patchbay.txt")
-accepted=$(metric_sum patchbay_messages_accepted_total)
-say "load done: $accepted accepted ($p_non2xx non-2xx); waiting for the backlog to drain"
+# ---- (c) Node-RED --------------------------------------------------------------------------
+nr_ready() {
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$nr_port/") || return 1
+    [[ $code == 404 ]]
+}
 
-drained=yes
-drain_deadline=$((SECONDS + DRAIN_LIMIT))
-while :; do
-    backlog=$(metric_sum patchbay_backlog)
-    ((backlog == 0)) && break
-    if ((SECONDS >= drain_deadline)); then
-        drained="no (backlog $backlog after ${DRAIN_LIMIT}s)"
-        break
+node_red_install() { # bench/node-red/node_modules as the lock file says
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        nr_skip="node/npm not found (./dev.sh deps installs them)"
+        return 1
     fi
-    sleep 0.1
-done
-t_drain=$(now)
-delivered=$(curl -fsS "http://127.0.0.1:$sink_port/_sink/stats" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["by_status"].get("200", 0))')
-rss_kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pb_pid/status")
-kill -TERM "$pb_pid"
-wait "$pb_pid" 2>/dev/null || true
+    node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+             process.exit(a > 18 || (a == 18 && b >= 5) ? 0 : 1)' || {
+        nr_skip="Node.js $(node --version) is older than 18.5"
+        return 1
+    }
+    local want_v have_v
+    want_v=$(node -p 'require(process.argv[1]).dependencies["node-red"]' "$NR_DIR/package.json")
+    have_v=$(node -p 'require(process.argv[1]).version' \
+        "$NR_DIR/node_modules/node-red/package.json" 2>/dev/null || echo none)
+    if [[ $have_v != "$want_v" ]]; then
+        say "installing node-red $want_v into bench/node-red/node_modules (npm ci)"
+        (cd "$NR_DIR" && npm ci --no-audit --no-fund --loglevel=error >&2) || {
+            nr_skip="npm ci failed in bench/node-red"
+            return 1
+        }
+    fi
+    nr_version=$want_v
+}
 
-# ---- report ----------------------------------------------------------------------------
-read -r load_s drain_s accepted_rps delivered_rps ratio < <(python3 - "$t0" "$t_load" "$t_drain" \
-    "$accepted" "$delivered" "$n_rps" <<'EOF'
-import sys
-t0, tl, td = map(float, sys.argv[1:4])
-acc, dlv, ceiling = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-load, total = tl - t0, td - t0
-acc_rps = acc / load
-print(f"{load:.1f} {total:.1f} {acc_rps:.0f} {dlv / total:.0f} {100 * acc_rps / ceiling:.0f}%")
-EOF
-)
+if want node-red; then
+    nr_skip=
+    if node_red_install; then
+        say "node-red $nr_version: http in -> function -> http request (pb_sink) -> http response"
+        start_sink 0
+        nr_port=$(free_port)
+        mkdir -p "$work/node-red"
+        cp "$NR_DIR/flows.json" "$work/node-red/flows.json"
+        PB_BENCH_NR_PORT=$nr_port PB_BENCH_NR_USERDIR=$work/node-red \
+            PB_BENCH_SINK_URL=http://127.0.0.1:$sink_port/orders \
+            node "$NR_DIR/node_modules/node-red/red.js" --settings "$NR_DIR/settings.js" \
+            >"$work/node-red/node-red.log" 2>&1 &
+        nr_pid=$!
+        pids+=("$nr_pid")
+        wait_for node-red 60 nr_ready
+        # V8 compiles hot code as it runs: 3 s of the same load first, not counted.
+        run_wrk "http://127.0.0.1:$nr_port/hooks/shop" "$work/wrk-node-red-warmup.txt" 3
+        before=$(sink_200 "$sink_port")
+        partner_start "$sink_pid"
+        window_start "$nr_pid"
+        run_wrk "http://127.0.0.1:$nr_port/hooks/shop" "$work/wrk-node-red.txt"
+        window_end "$nr_pid" "$sink_pid"
+        IFS=$'\t' read -r _ r_p50 r_p99 r_total r_non2xx r_secs r_err \
+            < <(wrk_fields "$work/wrk-node-red.txt")
+        r_delivered=$(($(sink_200 "$sink_port") - before))
+        r_rss=$(hwm_kb "$nr_pid")
+        stop "$nr_pid"
+        stop "$sink_pid"
+        read -r r_acc_rps r_dlv_rps < <(calc "%.0f %.0f" "($r_total - $r_non2xx) / $r_secs" \
+            "$r_delivered / $r_secs")
+        row "Node-RED $nr_version (same flow)" "$r_acc_rps" "$r_dlv_rps" "$r_p50" "$r_p99" \
+            "$r_rss" "$w_cpu_ticks" "$r_delivered" "$w_other_ticks" "$w_secs" "$w_busy_pct"
+        note "Node-RED $nr_version on Node.js $(node --version): answers after its http request" \
+            "node completes, so accepted = delivered and its latency includes the delivery;" \
+            "nothing is stored (a crash loses what is in flight). $r_total requests in" \
+            "${r_secs} s, $r_non2xx non-2xx, socket errors: $r_err; $r_delivered delivered;" \
+            "after a 3 s warm-up (JIT) not counted. pb_sink used $(ticks_s "$w_partner_ticks") CPU s."
+        say "node-red: $r_acc_rps accepted/s, $r_dlv_rps delivered/s"
+    else
+        say "node-red skipped: $nr_skip"
+        row "Node-RED (skipped)" "-" "-" "-" "-" "-" "-" "-" "-" "-" "-"
+        note "Node-RED skipped: $nr_skip."
+    fi
+fi
+
+# ---- (d) delivery only: drain a backlog built while the partner was down -------------------
+if want drain; then
+    say "delivery only: $BACKLOG orders posted while pb_sink is down, then drained"
+    down_port=$(free_port)
+    start_patchbay drain "$down_port" "{ max_attempts: 1000, initial: 100ms, max: 1s, max_age: 1h }"
+    wrk -t"$THREADS" -c"$CONNS" -d120s --latency -s "$here/post.lua" \
+        "http://127.0.0.1:$pb_port/hooks/shop" >"$work/wrk-drain-build.txt" &
+    wrk_pid=$!
+    pids+=("$wrk_pid")
+    t_build=$(now)
+    while (($(metric_sum "$pb_port" patchbay_messages_accepted_total) < BACKLOG)); do
+        kill -0 "$wrk_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -INT "$wrk_pid" 2>/dev/null || true
+    wait "$wrk_pid" 2>/dev/null || true
+    t_built=$(now)
+    sleep 1 # the last commits, and every delivery has been tried at least once
+    accepted=$(metric_sum "$pb_port" patchbay_messages_accepted_total)
+    refused=$(metric_sum "$pb_port" patchbay_deliveries_retried_total)
+    build_rate=$(calc %.0f "$accepted / ($t_built - $t_build)")
+    say "backlog: $accepted accepted ($build_rate/s, $refused refused attempts); starting pb_sink"
+    thread_ticks "$pb_pid" >"$work/drain/threads.0"
+    window_start "$pb_pid"
+    start_sink "$down_port"
+    partner_start "$sink_pid"
+    first=
+    deadline=$((SECONDS + DRAIN_LIMIT))
+    drained=yes
+    while :; do
+        if [[ -z $first ]] && (($(sink_200 "$sink_port") > 0)); then
+            first=$(now)
+        fi
+        backlog=$(metric_sum "$pb_port" patchbay_backlog)
+        t_done=$(now)
+        ((backlog == 0)) && break
+        if ((SECONDS >= deadline)); then
+            drained="no (backlog $backlog after $DRAIN_LIMIT s)"
+            break
+        fi
+        sleep 0.05
+    done
+    W_END=$t_done window_end "$pb_pid" "$sink_pid"
+    thread_ticks "$pb_pid" >"$work/drain/threads.1"
+    d_delivered=$(sink_200 "$sink_port")
+    dead=$(metric_sum "$pb_port" patchbay_deliveries_dead_total)
+    d_rss=$(hwm_kb "$pb_pid")
+    stop "$pb_pid"
+    stop "$sink_pid"
+    first=${first:-$t_done}
+    read -r d_rps d_first d_rps_first < <(calc "%.0f %.2f %.0f" "$d_delivered / $w_secs" \
+        "$first - $w_t0" "$d_delivered / ($t_done - $first + 0.001)")
+    row "delivery only (drain $accepted)" "-" "$d_rps" "-" "-" "$d_rss" "$w_cpu_ticks" \
+        "$d_delivered" "$w_other_ticks" "$w_secs" "$w_busy_pct"
+    note "delivery only: $accepted orders accepted at $build_rate/s with pb_sink down" \
+        "($refused attempts refused and rescheduled, retry initial 100ms, max 1s); pb_sink" \
+        "started, $d_delivered delivered in $w_secs s (drained: $drained; $dead dead-lettered)." \
+        "The first delivery came $d_first s after the start (retry timers); from then on" \
+        "$d_rps_first/s. delivered/s in the table counts from the sink's start; CPU and RSS" \
+        "are patchbay's over the drain (RSS: peak of the whole run, outage included)." \
+        "pb_sink used $(ticks_s "$w_partner_ticks") CPU s. patchbay's threads:" \
+        "$(thread_split "$work/drain/threads.0" "$work/drain/threads.1" "$w_secs")."
+    say "drain: $d_rps delivered/s"
+fi
+
+# ---- (e) a partner answering after 10 ms -------------------------------------------------
+if want partner-10ms; then
+    say "patchbay against pb_sink --delay-ms $DELAY_MS, concurrency $CONCURRENCY"
+    start_sink 0 --delay-ms "$DELAY_MS"
+    start_patchbay slow "$sink_port"
+    partner_start "$sink_pid"
+    thread_ticks "$pb_pid" >"$work/slow/threads.0"
+    window_start "$pb_pid"
+    run_wrk "http://127.0.0.1:$pb_port/hooks/shop" "$work/wrk-slow.txt" &
+    wrk_pid=$!
+    pids+=("$wrk_pid")
+    max_inflight=0
+    while kill -0 "$wrk_pid" 2>/dev/null; do
+        v=$(metric_sum "$pb_port" patchbay_deliveries_inflight 2>/dev/null || echo 0)
+        ((v > max_inflight)) && max_inflight=$v
+        sleep 0.5
+    done
+    wait "$wrk_pid" || true
+    t_end=$(now)
+    s_delivered=$(sink_200 "$sink_port")
+    backlog_end=$(metric_sum "$pb_port" patchbay_backlog)
+    lat_sum=$(curl -fsS "http://127.0.0.1:$pb_port/metrics" |
+        awk '/^patchbay_delivery_latency_seconds_sum/ { s += $NF } END { printf "%f", s }')
+    lat_n=$(metric_sum "$pb_port" patchbay_delivery_latency_seconds_count)
+    W_END=$t_end window_end "$pb_pid" "$sink_pid"
+    thread_ticks "$pb_pid" >"$work/slow/threads.1"
+    IFS=$'\t' read -r _ s_p50 s_p99 _ s_non2xx s_secs s_err \
+        < <(wrk_fields "$work/wrk-slow.txt")
+    accepted=$(metric_sum "$pb_port" patchbay_messages_accepted_total)
+    s_rss=$(hwm_kb "$pb_pid")
+    stop "$pb_pid"
+    stop "$sink_pid"
+    read -r s_acc_rps s_dlv_rps s_ceiling s_serial s_attempt_ms < <(calc "%.0f %.0f %.0f %.0f %.1f" \
+        "$accepted / $s_secs" "$s_delivered / $w_secs" "$CONCURRENCY * 1000 / $DELAY_MS" \
+        "$s_delivered / $w_secs / (1000 / $DELAY_MS)" "1000 * $lat_sum / ($lat_n > 0 ? $lat_n : 1)")
+    row "patchbay → ${DELAY_MS} ms partner" "$s_acc_rps" "$s_dlv_rps" "$s_p50" "$s_p99" "$s_rss" \
+        "$w_cpu_ticks" "$s_delivered" "$w_other_ticks" "$w_secs" "$w_busy_pct"
+    note "${DELAY_MS} ms partner: $s_delivered delivered during the ${w_secs} s load =" \
+        "$s_dlv_rps/s, ${s_serial}× a serial client ($((1000 / DELAY_MS))/s); the bound with" \
+        "concurrency $CONCURRENCY is $s_ceiling/s; up to $max_inflight attempts in flight" \
+        "(sampled), a mean attempt of $s_attempt_ms ms (patchbay's delivery latency" \
+        "histogram: $CONCURRENCY / that = the rate). Ingest went on at $s_acc_rps/s" \
+        "($s_non2xx non-2xx; socket errors: $s_err); $backlog_end" \
+        "deliveries were still pending when the load stopped (not waited for). Its CPU µs/msg divides" \
+        "ingest of all $accepted accepted by the $s_delivered delivered, so it is not" \
+        "comparable with the other rows. pb_sink used $(ticks_s "$w_partner_ticks") CPU s." \
+        "patchbay's threads: $(thread_split "$work/slow/threads.0" "$work/slow/threads.1" "$w_secs")."
+    say "${DELAY_MS} ms partner: $s_dlv_rps delivered/s"
+fi
+
+# ---- report --------------------------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
-rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+# What was measured: the build's source tree (from its CMake cache), its git revision.
+src_dir=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+if [[ -n ${BENCH_REV:-} ]]; then
+    rev=$BENCH_REV
+elif [[ -z $src_dir || $src_dir == "$root" ]]; then
+    rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n $(git -C "$root" status --porcelain --untracked-files=no -- src include \
+        CMakeLists.txt tests/tools 2>/dev/null) ]]; then
+        rev="$rev + uncommitted changes"
+    fi
+else
+    rev="unknown (built from $src_dir; set BENCH_REV)"
+fi
+stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 mkdir -p "$here/results"
+out=$here/results/latest.md
+python3 - "$rows" "$HZ" >"$work/table.md" <<'EOF'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+hz = float(sys.argv[2])
+num = lambda s: None if s in ("-", "") else float(s)
+ceiling = next((num(r[1]) for r in rows if r[0].startswith("nginx")), None)
+def ratio(v):
+    return "—" if v is None or not ceiling else f"{100 * v / ceiling:.0f}%"
+def f0(v):
+    return "—" if v is None else f"{v:.0f}"
+print("| run | accepted/s | delivered/s | accepted ÷ nginx | delivered ÷ nginx "
+      "| p50 ingest | p99 ingest | peak RSS | CPU s | CPU µs/msg | other CPU s |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name, acc, dlv, p50, p99, rss, ticks, msgs, other, secs, busy in rows:
+    acc, dlv, rss, ticks, msgs, other = map(num, (acc, dlv, rss, ticks, msgs, other))
+    cpu = None if ticks is None else ticks / hz
+    per = "—" if cpu is None or not msgs else f"{cpu * 1e6 / msgs:.0f}"
+    print(f"| {name} | {f0(acc)} | {f0(dlv)} | {ratio(acc)} | {ratio(dlv)} "
+          f"| {p50 if p50 != '-' else '—'}{' ms' if p50 != '-' else ''} "
+          f"| {p99 if p99 != '-' else '—'}{' ms' if p99 != '-' else ''} "
+          f"| {'—' if rss is None else f'{rss / 1024:.0f} MiB'} "
+          f"| {'—' if cpu is None else f'{cpu:.1f}'} | {per} "
+          f"| {'—' if other is None else f'{other / hz:.1f} ({busy}% busy, {secs} s)'} |")
+EOF
 {
-    echo "# patchbay bench — $(date -u +%Y-%m-%dT%H:%MZ), rev $rev"
+    echo "# patchbay bench — $stamp, rev $rev"
     echo
-    echo "$(nproc) CPUs ($cpu); wrk -t$THREADS -c$CONNS -d${SECS}s, ~1 KB JSON order per POST; loopback."
+    echo "$(nproc) CPUs ($cpu); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "wrk -t$THREADS -c$CONNS -d${SECS}s --latency, ~1 KB JSON order per POST; loopback;"
+    echo "build: $build ($("$PB" version 2>/dev/null || echo "version unknown"))."
     echo
-    echo "| | requests/s | accepted/s | delivered/s | p50 ingest | p99 ingest | peak RSS | vs nginx |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    printf '| nginx 202 (1 worker) | %.0f | — | — | %s ms | %s ms | — | 100%% |\n' \
-        "$n_rps" "$n_p50" "$n_p99"
-    printf '| patchbay → jq → pb_sink | %.0f | %s | %s | %s ms | %s ms | %s MiB | %s |\n' \
-        "$p_rps" "$accepted_rps" "$delivered_rps" "$p_p50" "$p_p99" "$((rss_kb / 1024))" "$ratio"
+    cat "$work/table.md"
     echo
-    errors=${p_errors//\'/}
-    echo "- patchbay: $accepted accepted in ${load_s}s; wrk counted $p_total completed requests," \
-        "$p_non2xx of them non-2xx (503 = back-pressure)${errors:+; $errors}"
-    echo "- delivered: $delivered to pb_sink in ${drain_s}s from the start of the load;" \
-        "backlog drained: $drained"
-    echo "- accepted/s = accepted messages / load time; delivered/s = sink 200s / (load + drain)."
-} >"$here/results/latest.md"
+    cat "$notes"
+    echo "- accepted/s: acknowledged messages (2xx) per second of load. delivered/s: pb_sink's"
+    echo "  200s per second of the row's window (for patchbay: load + drain)."
+    echo "- CPU s: utime+stime of the server process (children included) over the window;"
+    echo "  CPU µs/msg = CPU s / messages delivered (nginx: requests answered). other CPU s:"
+    echo "  machine CPU time in the window not used by the server, pb_sink or wrk — other"
+    echo "  people's work on this shared machine (noise); busy % is the whole machine."
+    if want patchbay; then
+        python3 - "$rows" <<'EOF'
+import sys
+rows = {r[0]: r for r in (l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip())}
+n = next((r for k, r in rows.items() if k.startswith("nginx")), None)
+p = next((r for k, r in rows.items() if k.startswith("patchbay →") and "partner" not in k), None)
+if n and p:
+    d, c = float(p[2]), float(n[1])
+    print(f"- goal (issue 2): delivered/s ≥ 40% of nginx: {100 * d / c:.0f}% "
+          f"({'met' if d >= 0.4 * c else 'NOT met'}); p99 ingest < 25 ms: {p[4]} ms "
+          f"({'met' if float(p[4]) < 25 else 'NOT met'}); peak RSS < 64 MB: "
+          f"{int(p[5]) * 1024 / 1e6:.0f} MB ({'met' if int(p[5]) * 1024 < 64e6 else 'NOT met'}).")
+EOF
+    fi
+} >"$out"
+cp "$out" "$here/results/run-$stamp.md"
 echo
-cat "$here/results/latest.md"
+cat "$out"
