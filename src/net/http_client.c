@@ -429,9 +429,13 @@ static int setup(struct xfer *x, const struct pb_http_req *req)
     if (rc != CURLE_OK)
         return rc == CURLE_OUT_OF_MEMORY ? PB_ENOMEM : PB_EINVAL;
 
-    /* Best effort: not fatal on a libcurl built without HTTP/2. */
+    /* Best effort: not fatal on a libcurl built without HTTP/2. Waiting to
+     * multiplex only makes sense where HTTP/2 can be negotiated (TLS): on
+     * http:// libcurl 7.88 would park new transfers to a host whose
+     * connections all failed (a partner coming back from an outage) until
+     * the first one settles, stalling them up to their timeout. */
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(req->url, "https://", 8) == 0 ? 1L : 0L);
     return 0;
 }
 
