@@ -288,8 +288,17 @@ static int check_header(struct sq *q, struct pb_err *err)
         rc = pb_err_set(err, PB_EINVAL, "state store %s is not a regular file", q->display);
         goto out;
     }
-    if (st.st_size == 0)
+    if (st.st_size == 0) {
+        /* Empty is new, unless a write-ahead log holds commits: SQLite would
+         * throw that log away and start over an empty store. */
+        struct stat wst;
+        if (stat(q->wal_path, &wst) == 0 && wst.st_size > 0)
+            rc = pb_err_set(err, PB_ECORRUPT,
+                            "state store %s is empty but its write-ahead log %s holds %lld "
+                            "bytes; refusing to start — restore the database file from backup",
+                            q->display, q->wal_path, (long long)wst.st_size);
         goto out;
+    }
     do
         n = pread(fd, head, sizeof(head), 0);
     while (n < 0 && errno == EINTR);
@@ -548,6 +557,7 @@ static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_e
 {
     const char *path = url + strlen("sqlite:");
     struct sq *q = NULL;
+    bool wal_existed = false;
     bool got;
     int rc;
 
@@ -582,6 +592,8 @@ static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_e
         goto nomem_q;
     sprintf(q->wal_path, "%s-wal", q->path);
 
+    struct stat wst;
+    wal_existed = stat(q->wal_path, &wst) == 0;
     if (make_parent_dirs(q->path, err) < 0 || take_lock(q, err) < 0 || check_header(q, err) < 0)
         goto fail;
     if (pb__sqlite_open_conn(q, true, &q->db, err) < 0)
@@ -620,6 +632,10 @@ nomem:
     pb_err_set(err, PB_ENOMEM, "out of memory opening the state store");
     return NULL;
 fail:
+    /* A refused store is left exactly as it was: closing must not fold its
+     * write-ahead log into the (damaged) database file. */
+    if (q->db && wal_existed)
+        sqlite3_db_config(q->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
     sq_close(q);
     return NULL;
 }
