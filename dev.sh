@@ -16,6 +16,9 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
     libjansson-dev libjq-dev libonig-dev libyaml-dev libsqlite3-dev libssl-dev libpcre2-dev
     python3 curl sqlite3)
 BENCH_PACKAGES=(wrk nginx-light)
+# libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
+FUZZ_PACKAGES=(clang libclang-rt-14-dev)
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -83,7 +86,7 @@ run_ctest() {
 }
 
 cmd_test() {
-    ensure_packages "${PACKAGES[@]}"
+    ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
     ensure_node
     build_release
     build_asan
@@ -95,6 +98,13 @@ cmd_test() {
     run_ctest "$logdir/asan.log" --test-dir build-asan --output-on-failure -j2 || status=1
     say "unit tests, release build (build)"
     run_ctest "$logdir/unit.log" --test-dir build --output-on-failure -j2 -L unit || status=1
+    say "fuzzing each target for ${FUZZ_SECONDS}s (build-fuzz, clang + libFuzzer)"
+    if tests/fuzz/run.sh "$FUZZ_SECONDS"; then
+        PASSED=$((PASSED + 1))
+    else
+        FAILED=$((FAILED + 1))
+        status=1
+    fi
     rm -rf "$logdir"
     echo "$PASSED passed, $FAILED failed"
     if ((FAILED > 0)); then
@@ -111,6 +121,7 @@ cmd_demo() {
 
 cmd_bench() {
     ensure_packages "${PACKAGES[@]}" "${BENCH_PACKAGES[@]}"
+    ensure_node
     build_release
     exec bench/run.sh
 }

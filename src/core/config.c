@@ -43,7 +43,7 @@ static const struct pb_field server_fields[] = {
      .type = PB_F_DURATION,
      .offset = offsetof(struct pb_server_conf, connection_timeout_ms),
      .def = "30s",
-     .doc = "idle or slow client connections are closed after this"},
+     .doc = "a client connection with no traffic for this long is closed"},
     {0},
 };
 
