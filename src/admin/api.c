@@ -174,18 +174,6 @@ void pb_engine_resync_backlog(struct pb_engine *e)
         PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
 }
 
-static void notify_outputs(struct pb_engine *e, const char *pipeline, const char *output)
-{
-    for (size_t i = 0; i < e->cfg->npipelines; i++) {
-        struct pb_pipeline *pl = &e->cfg->pipelines[i];
-        if (pipeline && strcmp(pl->name, pipeline) != 0)
-            continue;
-        for (size_t j = 0; j < pl->nouts; j++)
-            if (!output || strcmp(pl->outs[j].name, output) == 0)
-                pb_dispatcher_notify_store(e->disp, &pl->outs[j]);
-    }
-}
-
 static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
 {
     struct pb_op op = {.kind = PB_OP_REPLAY};
@@ -218,24 +206,44 @@ static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
     return 0;
 }
 
+struct replay_all_ctx {
+    struct pb_engine *e;
+    const char *pipeline, *output;
+    int64_t total;
+    int rc;
+};
+
+/* One REPLAY_ALL per output, so each output's backlog gauge grows by exactly
+ * what was replayed into it (re-reading gauges from a store snapshot would
+ * race with results being committed). */
+static void replay_output_cb(struct pb_output *o, void *arg)
+{
+    struct replay_all_ctx *ra = arg;
+    if (ra->rc || (ra->output && strcmp(o->name, ra->output) != 0))
+        return;
+    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
+    op.u.replay_all.pipeline = o->pl->name;
+    op.u.replay_all.output = o->name;
+    op.u.replay_all.now = pb_now_ms();
+    ra->rc = pb_store_exec(ra->e->store, &op);
+    if (ra->rc == 0 && op.u.replay_all.count) {
+        atomic_fetch_add(&o->backlog, op.u.replay_all.count);
+        pb_dispatcher_notify_store(ra->e->disp, o);
+        ra->total += op.u.replay_all.count;
+    }
+}
+
 static int replay_all(struct pb_engine *e, struct MHD_Connection *c, struct pb_api_resp *r)
 {
-    const char *pipeline = arg(c, "pipeline"), *output = arg(c, "output");
-    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
-    op.u.replay_all.pipeline = pipeline;
-    op.u.replay_all.output = output;
-    op.u.replay_all.now = pb_now_ms();
-    int rc = pb_store_exec(e->store, &op);
-    if (rc) {
-        reply_error(r, 503, pb_strerror(rc));
-        return 0;
-    }
-    pb_engine_resync_backlog(e);
-    notify_outputs(e, pipeline, output);
-    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s",
-            (long long)op.u.replay_all.count, pipeline ? pipeline : "*", output ? output : "*");
-    reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)op.u.replay_all.count));
-    return 0;
+    struct replay_all_ctx ra = {.e = e, .pipeline = arg(c, "pipeline"), .output = arg(c, "output")};
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        if (!ra.pipeline || strcmp(e->cfg->pipelines[i].name, ra.pipeline) == 0)
+            pb_pipeline_each_output(&e->cfg->pipelines[i], replay_output_cb, &ra);
+    if (ra.rc)
+        return reply_error(r, 503, pb_strerror(ra.rc));
+    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s", (long long)ra.total,
+            ra.pipeline ? ra.pipeline : "*", ra.output ? ra.output : "*");
+    return reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)ra.total));
 }
 
 static int purge_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)

@@ -301,6 +301,21 @@ def integrity_ok(db):
     return out
 
 
+def wait_backlog_zero(pb, timeout, pipeline="orders"):
+    """Wait for patchbay_backlog to reach 0 for every output of pipeline; on
+    timeout show the gauge next to what the store holds, per output."""
+    try:
+        pbtest.wait_until(lambda: pb.metrics().value("patchbay_backlog", pipeline=pipeline) == 0,
+                          timeout, "backlog 0")
+    except TestFailure:
+        gauges = {lab.get("output"): v for lab, v in pb.metrics().series("patchbay_backlog")}
+        db = os.path.join(pb.dir, "state.db")
+        rows = sqlite3_query(db, "SELECT output, state, count(*) FROM deliveries GROUP BY 1, 2")
+        log(f"backlog gauge per output {gauges}; store (output|state|count; 0 pending, 1 "
+            f"delivered, 2 dead, 3 filtered, 4 replayed):\n{rows}")
+        raise
+
+
 def percentile(values, p):
     if not values:
         return None

@@ -98,8 +98,7 @@ def kill9_at_random_moments():
     log(f"{len(acked)} acknowledged, {unanswered} without answer (daemon down), {refused} refused")
 
     figures = faultlib.check_ledger(acked, dl, OUTPUTS, 180)
-    lab = dict(pipeline="orders")
-    wait_until(lambda: pb.metrics().value("patchbay_backlog", **lab) == 0, 60, "backlog 0")
+    faultlib.wait_backlog_zero(pb, 60)
 
     # Bodies: the mapped output carries the mapping, the other the exact bytes.
     by_index = {mid: i for i, mid in poster.acked()}

@@ -98,7 +98,7 @@ def memory_bounded_while_partner_down():
     t1 = time.monotonic()
     figures = faultlib.check_ledger(acked, dl, ("payments",), 900)
     drain_s = time.monotonic() - t1
-    wait_until(lambda: pb.metrics().value("patchbay_backlog", pipeline="orders") == 0, 60, "backlog 0")
+    faultlib.wait_backlog_zero(pb, 60)
     peak_all = sampler.stop() / 1024.0
     log(f"delivered all {len(acked)} in {drain_s:.0f}s after the partner returned "
         f"({len(acked) / drain_s:.0f}/s); peak RSS over the whole run {peak_all:.1f} MiB")

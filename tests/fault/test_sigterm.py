@@ -106,7 +106,7 @@ def sigterm_under_load():
         statuses[str(st)] = statuses.get(str(st), 0) + 1
     log(f"{len(acked)} acknowledged; answers by status: {statuses}")
     figures = faultlib.check_ledger(acked, dl, ("payments",), 120)
-    wait_until(lambda: pb.metrics().value("patchbay_backlog", pipeline="orders") == 0, 60, "backlog 0")
+    faultlib.wait_backlog_zero(pb, 60)
     check_eq(pb.dead_letters(), [], "dead letters")
     t = time.monotonic()
     check_eq(pb.term(), 0, "final exit code")
