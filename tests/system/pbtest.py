@@ -743,3 +743,23 @@ def run():
             log(f"  (kept {_tmp_root})")
     log(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed or passed == 0 else 0)
+
+
+def ensure_node_client(node_dir):
+    """node_dir/node_modules installed with npm if standardwebhooks is missing
+    (under a lock: several builds may run the suite at once)."""
+    import fcntl
+    import shutil
+
+    for tool in ("node", "npm"):
+        if not shutil.which(tool):
+            raise TestFailure(f"{tool} not found: ./dev.sh installs nodejs and npm")
+    with open(os.path.join(node_dir, "package.json")) as lock:  # flock needs no write access
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(os.path.join(node_dir, "node_modules", "standardwebhooks")):
+            return
+        has_lock = os.path.exists(os.path.join(node_dir, "package-lock.json"))
+        argv = ["npm", "ci" if has_lock else "install", "--no-audit", "--no-fund"]
+        r = subprocess.run(argv, cwd=node_dir, capture_output=True, text=True,
+                           timeout=scaled(300))
+        check(r.returncode == 0, f"{' '.join(argv)} failed:\n{r.stdout}\n{r.stderr}")

@@ -9,17 +9,16 @@ and delivered once, failures are counted by reason, and the secret never
 reaches the log. GitHub's published test vector goes through a raw route."""
 
 import base64
-import fcntl
 import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pbtest  # noqa: E402
 from pbtest import (  # noqa: E402
     Patchbay,
     TestFailure,
@@ -38,20 +37,7 @@ NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webhooks")
 
 
 def ensure_client():
-    """node_modules/standardwebhooks, installed with npm if missing (under a
-    lock: several builds may run the suite at once)."""
-    for tool in ("node", "npm"):
-        if not shutil.which(tool):
-            raise TestFailure(f"{tool} not found: ./dev.sh installs nodejs and npm")
-    with open(os.path.join(NODE_DIR, "package.json")) as lock:  # flock needs no write access
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(os.path.join(NODE_DIR, "node_modules", "standardwebhooks")):
-            return
-        has_lock = os.path.exists(os.path.join(NODE_DIR, "package-lock.json"))
-        argv = ["npm", "ci" if has_lock else "install", "--no-audit", "--no-fund"]
-        r = subprocess.run(argv, cwd=NODE_DIR, capture_output=True, text=True,
-                           timeout=scaled(300))
-        check(r.returncode == 0, f"{' '.join(argv)} failed:\n{r.stdout}\n{r.stderr}")
+    pbtest.ensure_node_client(NODE_DIR)
 
 
 def npm_sign(requests):

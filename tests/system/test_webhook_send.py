@@ -21,16 +21,15 @@ against docs/webhooks.md (Sending):
   "blocked: ..." in the dead letter, and the partner sees nothing."""
 
 import base64
-import fcntl
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pbtest  # noqa: E402
 from pbtest import (  # noqa: E402
     Patchbay,
     TestFailure,
@@ -54,20 +53,7 @@ FAST_RETRY = "retry: { schedule: [200ms, 200ms, 200ms] }"
 
 
 def ensure_client():
-    """node_modules/standardwebhooks, installed with npm if missing (under a
-    lock: several builds may run the suite at once)."""
-    for tool in ("node", "npm"):
-        if not shutil.which(tool):
-            raise TestFailure(f"{tool} not found: ./dev.sh installs nodejs and npm")
-    with open(os.path.join(NODE_DIR, "package.json")) as lock:  # flock needs no write access
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(os.path.join(NODE_DIR, "node_modules", "standardwebhooks")):
-            return
-        has_lock = os.path.exists(os.path.join(NODE_DIR, "package-lock.json"))
-        argv = ["npm", "ci" if has_lock else "install", "--no-audit", "--no-fund"]
-        r = subprocess.run(argv, cwd=NODE_DIR, capture_output=True, text=True,
-                           timeout=scaled(300))
-        check(r.returncode == 0, f"{' '.join(argv)} failed:\n{r.stdout}\n{r.stderr}")
+    pbtest.ensure_node_client(NODE_DIR)
 
 
 def npm_verify(items):
