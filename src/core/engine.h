@@ -238,7 +238,9 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err);
 /* Stop accepting new connections. With keep_socket, the listening socket is
  * returned open (for a reload to hand over), else closed and -1 returned. */
 int pb_httpd_quiesce(struct pb_httpd *h, bool keep_socket);
-/* Wait up to timeout for ingest requests still waiting on a commit. */
+/* Wait up to timeout for ingest requests still waiting on a commit, then
+ * close the gate: later requests on open connections are closed unanswered,
+ * for the client to retry elsewhere, rather than refused with a 503. */
 void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms);
 void pb_httpd_destroy(struct pb_httpd *h);
 unsigned pb_httpd_port(const struct pb_httpd *h);

@@ -53,6 +53,10 @@ struct pb_httpd {
     unsigned port;
     _Atomic int64_t inflight_bytes;
     _Atomic int waiting; /* ingest requests waiting for their commit */
+    /* Set once the store is about to stop: a request arriving on a kept-alive
+     * connection is then closed unanswered, so the client retries it on a new
+     * connection (RFC 9112 9.3.1) instead of reading a 503. */
+    _Atomic bool closed;
 };
 
 enum req_kind { REQ_INGEST = 1, REQ_ADMIN, REQ_OPS, REQ_NOTFOUND };
@@ -268,6 +272,12 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
     /* Suspend before queueing: the writer may resume us at any moment. */
     atomic_store(&r->phase, PH_COMMITTING);
     atomic_fetch_add(&r->h->waiting, 1);
+    if (atomic_load(&r->h->closed)) {
+        /* Counted before the check, so pb_httpd_drain sees us or we see it. */
+        atomic_fetch_sub(&r->h->waiting, 1);
+        reject(pl, PB_REJECT_SHUTDOWN);
+        return MHD_NO;
+    }
     r->counted = true;
     MHD_suspend_connection(c);
     int rc = pb_store_submit(e->store, &r->op);
@@ -686,9 +696,14 @@ void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms)
     if (!h)
         return;
     int64_t deadline = pb_mono_us() + timeout_ms * 1000;
-    while (atomic_load(&h->waiting) > 0 && pb_mono_us() < deadline) {
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+    for (int pass = 0; pass < 2; pass++) {
+        while (atomic_load(&h->waiting) > 0 && pb_mono_us() < deadline) {
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        /* From here on nothing new reaches the store; wait for what slipped
+         * in between the first wait and closing the gate. */
+        atomic_store(&h->closed, true);
     }
 }
 
