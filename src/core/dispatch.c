@@ -57,7 +57,7 @@ struct pb_dispatcher {
     atomic_bool aborting;
     int64_t stop_deadline_mono_us;
 
-    pthread_mutex_t lock; /* guards inbox and closed */
+    pthread_mutex_t lock; /* guards inbox, closed and the redo_* list */
     struct pb_dl *inbox_head, *inbox_tail;
     bool closed;
 
@@ -71,13 +71,27 @@ struct pb_dispatcher {
     size_t inflight;
     int64_t next_expire_at;
     atomic_bool expire_again; /* the last retention pass was full */
+
+    /* Results the store failed to commit (disk full, I/O error), waiting to
+     * be submitted again; guarded by lock. While any wait, no attempt starts:
+     * the partner would get deliveries the store cannot record. */
+    struct result_op *redo_head, *redo_tail;
+    size_t unrecorded;  /* results that failed once and are not committed yet */
+    int64_t redo_at;    /* next resubmission */
+    int64_t redo_delay; /* its backoff, reset once everything is recorded */
 };
 
 struct result_op {
     struct pb_op op;
+    struct pb_dispatcher *d;
     struct pb_output *out;
+    struct result_op *redo_next;
+    bool failed; /* counted in unrecorded */
     char error[PB_ERROR_EXCERPT_MAX + 1];
 };
+
+#define REDO_DELAY_MIN_MS 50
+#define REDO_DELAY_MAX_MS 2000
 
 /* ---- timer heap ------------------------------------------------------------------ */
 
@@ -268,16 +282,89 @@ static void count_committed(struct pb_output *o, enum pb_dstate state)
     atomic_fetch_sub(&o->backlog, 1);
 }
 
+/* Writer or syncer thread. A result whose commit failed goes back to the
+ * dispatcher to be submitted again: recording it twice is harmless (the
+ * attempt row is replaced, a final state stays final). */
 static void result_done_cb(struct pb_op *op, void *arg)
 {
     struct result_op *r = arg;
-    if (op->status)
-        PB_ERROR("delivery result not recorded delivery_id=%lld error=\"%s\" (it stays pending "
-                 "and will be attempted again after restart)",
-                 (long long)op->u.result.delivery_id, pb_strerror(op->status));
-    else
+    struct pb_dispatcher *d = r->d;
+    switch (op->status) {
+    case 0:
         count_committed(r->out, op->u.result.state);
+        break;
+    case PB_ENOTFOUND:
+        /* No longer pending: purged, or recorded by an earlier submission. */
+        break;
+    case PB_EINVAL:
+        PB_ERROR("delivery result refused by the state store delivery_id=%lld",
+                 (long long)op->u.result.delivery_id);
+        break;
+    default:
+        pthread_mutex_lock(&d->lock);
+        bool first = !d->redo_head;
+        r->redo_next = NULL;
+        if (d->redo_tail)
+            d->redo_tail->redo_next = r;
+        else
+            d->redo_head = r;
+        d->redo_tail = r;
+        if (!r->failed) {
+            r->failed = true;
+            if (d->unrecorded++ == 0)
+                PB_WARN("delivery results not recorded error=\"%s\": new attempts paused, "
+                        "submitting the results again until the state store takes them",
+                        pb_strerror(op->status));
+        }
+        pthread_mutex_unlock(&d->lock);
+        if (first)
+            pb_http_client_wakeup(d->http);
+        return;
+    }
+    if (r->failed) {
+        pthread_mutex_lock(&d->lock);
+        if (--d->unrecorded == 0)
+            PB_INFO("delivery results recorded again: attempts resume");
+        pthread_mutex_unlock(&d->lock);
+    }
     free(r);
+}
+
+/* Dispatcher thread: true while failed results wait to be recorded; submits
+ * them again once their backoff is over (now < 0: at once, on the way out). */
+static bool redo_results(struct pb_dispatcher *d, int64_t now, int64_t *wait)
+{
+    pthread_mutex_lock(&d->lock);
+    if (!d->unrecorded) {
+        d->redo_delay = 0;
+        pthread_mutex_unlock(&d->lock);
+        return false;
+    }
+    struct result_op *list = NULL;
+    if (d->redo_head && (now < 0 || now >= d->redo_at)) {
+        list = d->redo_head;
+        d->redo_head = d->redo_tail = NULL;
+        d->redo_delay = d->redo_delay ? d->redo_delay * 2 : REDO_DELAY_MIN_MS;
+        if (d->redo_delay > REDO_DELAY_MAX_MS)
+            d->redo_delay = REDO_DELAY_MAX_MS;
+        d->redo_at = (now < 0 ? pb_now_ms() : now) + d->redo_delay;
+    } else if (d->redo_head && d->redo_at - now < *wait) {
+        *wait = d->redo_at - now;
+    }
+    pthread_mutex_unlock(&d->lock);
+    for (struct result_op *r = list, *next; r; r = next) {
+        next = r->redo_next;
+        if (pb_store_submit(d->e->store, &r->op) != 0) {
+            PB_WARN("delivery result not recorded delivery_id=%lld (store stopped; it stays "
+                    "pending and is sent again after restart)",
+                    (long long)r->op.u.result.delivery_id);
+            pthread_mutex_lock(&d->lock);
+            d->unrecorded--;
+            pthread_mutex_unlock(&d->lock);
+            free(r);
+        }
+    }
+    return true;
 }
 
 static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
@@ -292,6 +379,7 @@ static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dst
     r->op.kind = PB_OP_RESULT;
     r->op.done_cb = result_done_cb;
     r->op.arg = r;
+    r->d = d;
     r->out = dl->out;
     struct pb_op_result *res = &r->op.u.result;
     res->delivery_id = dl->id;
@@ -783,9 +871,10 @@ static void *disp_main(void *arg)
         }
         int64_t wait = POLL_MAX_MS;
         if (!stopping) {
+            bool unrecorded = redo_results(d, now, &wait);
             for (size_t i = 0; i < d->nall; i++) {
                 struct pb_output *o = d->all[i];
-                while (!o->paused && o->ready_head && o->inflight < o->concurrency &&
+                while (!unrecorded && !o->paused && o->ready_head && o->inflight < o->concurrency &&
                        take_token(o, now, &wait))
                     start_attempt(d, ready_pop(o), now);
                 if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
@@ -799,6 +888,8 @@ static void *disp_main(void *arg)
         }
         pb_http_client_poll(d->http, (int)wait);
     }
+    int64_t ignored = 0;
+    redo_results(d, -1, &ignored); /* the store commits them before it stops */
     return NULL;
 }
 
@@ -912,6 +1003,14 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
     for (struct pb_dl *dl = d->inbox_head, *n; dl; dl = n) {
         n = dl->next;
         dl_free(dl);
+    }
+    if (d->unrecorded)
+        PB_WARN("delivery results not recorded count=%zu (those deliveries stay pending and "
+                "are sent again after restart)",
+                d->unrecorded);
+    for (struct result_op *r = d->redo_head, *n; r; r = n) {
+        n = r->redo_next;
+        free(r);
     }
     free(d->all);
     pthread_mutex_destroy(&d->lock);
