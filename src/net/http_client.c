@@ -522,7 +522,10 @@ static void finish(struct pb_http_client *c, struct xfer *x, CURLcode res, const
             long os_errno = 0;
             char ebuf[128];
             const char *os = NULL;
-            curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
+            /* Only a failed connect sets it in this transfer; on a recycled
+             * handle it may still hold an earlier transfer's errno. */
+            if (res == CURLE_COULDNT_CONNECT)
+                curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
             if (os_errno > 0 && os_errno <= INT_MAX)
                 os = strerror_r((int)os_errno, ebuf, sizeof(ebuf));
             if (os && !strstr(text, os))

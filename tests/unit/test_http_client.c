@@ -509,6 +509,16 @@ PB_TEST(connection_refused)
     PB_CHECK(r.error[0] != 0);
     PB_CONTAINS(r.error, "refused");
     PB_CHECK(!r.blocked && !r.timed_out);
+
+    /* The next transfer reuses the handle: its timeout must not carry the
+     * refusal's errno along. */
+    struct result r2 = {0};
+    struct pb_http_req slow = get_req(url("/slow"));
+    slow.timeout_ms = 200;
+    PB_EQ_INT(pb_http_client_send(c, &slow, done_cb, &r2), 0);
+    PB_CHECK(run_until(c, &r2.done, 1));
+    PB_CHECK(r2.timed_out);
+    PB_CHECK(strstr(r2.error, "refused") == NULL);
     pb_http_client_destroy(c);
     close(fd);
 }
