@@ -254,6 +254,30 @@ out:
     return rc;
 }
 
+/* Object members of v (borrowed) and everything in it. The validator bounds
+ * the depth (PB_JSON_MAX_DEPTH_DEFAULT), so recursion is safe here. */
+static size_t count_members(jv v)
+{
+    size_t n = 0;
+    jv_kind kind = jv_get_kind(v);
+    if (kind == JV_KIND_ARRAY) {
+        int len = jv_array_length(jv_copy(v));
+        for (int i = 0; i < len; i++) {
+            jv child = jv_array_get(jv_copy(v), i);
+            n += count_members(child);
+            jv_free(child);
+        }
+    } else if (kind == JV_KIND_OBJECT) {
+        for (int it = jv_object_iter(v); jv_object_iter_valid(v, it);
+             it = jv_object_iter_next(v, it)) {
+            jv child = jv_object_iter_value(v, it);
+            n += 1 + count_members(child);
+            jv_free(child);
+        }
+    }
+    return n;
+}
+
 int pb_jq_parse(const char *buf, size_t len, jv *out, struct pb_err *err)
 {
     struct pb_json_check c = {.exact_numbers = true};
@@ -271,6 +295,12 @@ int pb_jq_parse(const char *buf, size_t len, jv *out, struct pb_err *err)
         char text[PB_ERR_MSG_MAX - 32];
         describe(jv_invalid_get_msg(v), text, sizeof(text));
         return pb_err_set(err, PB_EPARSE, "jq could not parse the JSON: %s", text);
+    }
+    /* jq keeps the last of duplicate keys and drops the others. */
+    if (count_members(v) != c.members) {
+        jv_free(v);
+        return pb_err_set(err, PB_EFIDELITY,
+                          "an object has the same key twice: jq would keep only the last value");
     }
     *out = v;
     return 0;

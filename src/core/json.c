@@ -404,6 +404,7 @@ int pb_json_validate(const char *buf, size_t len, struct pb_json_check *c)
     struct scan s = {.base = p, .exact = c && c->exact_numbers};
     uint64_t stack[JSON_DEPTH_LIMIT / 64];
     size_t depth = 0, max_depth = c && c->max_depth ? c->max_depth : PB_JSON_MAX_DEPTH_DEFAULT;
+    size_t members = 0;
 
     if (max_depth > JSON_DEPTH_LIMIT)
         max_depth = JSON_DEPTH_LIMIT;
@@ -533,6 +534,7 @@ key:
     p = scan_string(p + 1, end, &s);
     if (!p)
         goto out;
+    members++;
     p = skip_ws(p, end);
     if (p == end || *p != ':') {
         fail(&s, PB_EPARSE, p, p == end ? "unexpected end of input" : "expected ':'");
@@ -543,6 +545,7 @@ key:
 
 out:
     if (c) {
+        c->members = members;
         c->err_offset = s.code ? (size_t)(s.err_at - s.base) : 0;
         c->err_reason = s.code ? s.reason : NULL;
     }

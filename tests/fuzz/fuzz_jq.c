@@ -4,7 +4,8 @@
  * The promise under test is fidelity: what pb_jq_parse accepts, jq carries
  * exactly. Properties:
  *  - pb_jq_parse accepts exactly what pb_json_validate accepts with
- *    exact_numbers;
+ *    exact_numbers, less objects with a key given twice (jansson, told to
+ *    reject duplicates, agrees on those);
  *  - an accepted value dumps without error; the dump is valid JSON, jq reads
  *    it back as the same value, and dumps that to the same bytes;
  *  - the dump denotes the same value as the input: compared through jansson
@@ -82,13 +83,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     jv v;
     int rc = pb_jq_parse(buf, size, &v, &err);
 
+    json_error_t je;
+    const size_t jflags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
     if (rc != 0) {
         FUZZ_ASSERT(err.msg[0], "pb_jq_parse failed without a message");
-        FUZZ_ASSERT(vrc != 0, "pb_jq_parse rejects what the validator accepts: %s", err.msg);
+        if (vrc == 0) {
+            FUZZ_ASSERT(strstr(err.msg, "same key twice"),
+                        "pb_jq_parse rejects what the validator accepts: %s", err.msg);
+            json_t *plain = json_loadb(buf, size, jflags, &je);
+            json_t *strict = json_loadb(buf, size, jflags | JSON_REJECT_DUPLICATES, &je);
+            FUZZ_ASSERT(!plain || !strict, "jansson finds no duplicate key in what was refused");
+            json_decref(plain);
+            json_decref(strict);
+        }
         jv_free(v);
         return 0;
     }
     FUZZ_ASSERT(vrc == 0, "pb_jq_parse accepts what the validator rejects: %s", chk.err_reason);
+    {
+        json_t *plain = json_loadb(buf, size, jflags, &je);
+        json_t *strict = json_loadb(buf, size, jflags | JSON_REJECT_DUPLICATES, &je);
+        FUZZ_ASSERT(!plain || strict, "a duplicate key got through pb_jq_parse");
+        json_decref(plain);
+        json_decref(strict);
+    }
 
     /* Identity through jq. */
     jv outv[2];
@@ -118,9 +136,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(jv_equal(v, v2), "the dump reads back as another value");
     FUZZ_ASSERT(l1 == l2 && memcmp(d1, d2, l1) == 0, "dump is not a fixed point");
 
-    json_error_t je;
-    json_t *a = json_loadb(buf, size, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    json_t *b = json_loadb(d1, l1, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    json_t *a = json_loadb(buf, size, jflags, &je);
+    json_t *b = json_loadb(d1, l1, jflags, &je);
     if (a && b)
         FUZZ_ASSERT(same_value(a, b), "jq altered the value: in %.*s out %.*s",
                     (int)(size > 300 ? 300 : size), buf, (int)(l1 > 300 ? 300 : l1), d1);

@@ -206,8 +206,9 @@ pipelines:
 @test
 def fidelity_unmapped_bytes_and_big_integers():
     # Without a map the partner gets the posted bytes, untouched. Through jq an
-    # integer beyond 2^53 cannot be carried exactly: that delivery is dead
-    # with a reason, never rounded.
+    # integer beyond 2^53 cannot be carried exactly, and of a key given twice
+    # jq keeps only the last value: such a delivery is dead with a reason,
+    # never rounded or trimmed.
     sink = start_sink()
     pb = Patchbay(FIDELITY_CONFIG.replace("SINK", sink.url))
     bodies = {
@@ -215,6 +216,7 @@ def fidelity_unmapped_bytes_and_big_integers():
         "beyond": b'{"id":"beyond","big":9007199254740993}',
         "negative": b'{"id":"negative","big":-9007199254740993}',
         "huge": b'{"id":"huge","big":123456789012345678901234567890}',
+        "dupkey": b'{"id":"dupkey","big":1,"big":2}',
         "spacing": b'{ "id" : "spacing",\n  "big": 1, "f": 1.10, "e": 1E+2,'
         b' "u": "\\u00e9\xc3\xa9\xf0\x9f\x93\xa6", "z": -0.0 }',
     }
@@ -225,7 +227,8 @@ def fidelity_unmapped_bytes_and_big_integers():
         mids[name] = json.loads(data)["id"]
     pb.wait_states([mids["exact"], mids["spacing"]], {"same": "delivered", "mapped": "delivered"})
     pb.wait_states(
-        [mids[k] for k in ("beyond", "negative", "huge")], {"same": "delivered", "mapped": "dead"}
+        [mids[k] for k in ("beyond", "negative", "huge", "dupkey")],
+        {"same": "delivered", "mapped": "dead"},
     )
     same = {r["headers"]["x-patchbay-message-id"]: r["body"] for r in sink.records() if r["path"] == "/same"}
     for name, b in bodies.items():
@@ -238,7 +241,7 @@ def fidelity_unmapped_bytes_and_big_integers():
     check(strict_equal(mapped.get(mids["exact"]), {"n": 9007199254740992, "id": "exact"}),
           f"2^53 itself is exact: {mapped.get(mids['exact'])}")
     check(strict_equal(mapped.get(mids["spacing"]), {"n": 1, "id": "spacing"}), "mapped spacing")
-    for name in ("beyond", "negative", "huge"):
+    for name in ("beyond", "negative", "huge", "dupkey"):
         check(mids[name] not in mapped, f"{name}: a rounded value was delivered")
         (d,) = [d for d in pb.message(mids[name])["deliveries"] if d["output"] == "mapped"]
         check(d["last_error"], f"{name}: the dead delivery says why: {d}")

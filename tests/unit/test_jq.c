@@ -219,6 +219,29 @@ PB_TEST(input_fidelity)
     jv_free(v);
 }
 
+PB_TEST(input_duplicate_keys)
+{
+    struct pb_err err = {0};
+    jv v;
+    /* jq would keep the last value and drop the first, at any depth and
+     * whatever the spelling of the key. */
+    static const char *const dup[] = {
+        "{\"a\":1,\"a\":2}",
+        "[0,{\"x\":[{\"b\":1,\"c\":2,\"b\":3}]}]",
+        "{\"a\":1,\"\\u0061\":2}",
+        "{\"a\":{},\"a\":{}}",
+    };
+    for (size_t i = 0; i < sizeof(dup) / sizeof(dup[0]); i++) {
+        PB_EQ_INT(pb_jq_parse(dup[i], strlen(dup[i]), &v, &err), PB_EFIDELITY);
+        PB_CONTAINS(err.msg, "same key twice");
+        PB_EQ_INT(jv_get_kind(v), JV_KIND_INVALID);
+    }
+    /* The same key in different objects is not a duplicate. */
+    static const char ok[] = "[{\"a\":1},{\"a\":2,\"b\":{\"a\":3}}]";
+    PB_EQ_INT(pb_jq_parse(ok, sizeof(ok) - 1, &v, &err), 0);
+    jv_free(v);
+}
+
 PB_TEST(output_fidelity)
 {
     struct pb_err err = {0};
