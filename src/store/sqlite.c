@@ -6,9 +6,10 @@
  * through a pool of separate connections in sqlite_read.c.
  *
  * Opening never resets anything: a file that is not a SQLite database, is
- * corrupt or truncated, belongs to another application or carries a newer
- * schema is refused with a message that says what to do. The schema lives in
- * an ordered list of migrations applied in one transaction. */
+ * corrupt or truncated, has a damaged write-ahead log (sqlite_wal.c),
+ * belongs to another application or carries a newer schema is refused with
+ * a message that says what to do. The schema lives in an ordered list of
+ * migrations applied in one transaction. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -27,6 +28,7 @@
 
 #include "patchbay/pb_log.h"
 #include "store/sqlite_int.h"
+#include "store/sqlite_wal.h"
 
 #define BUSY_TIMEOUT_MS 5000
 #define APPLICATION_ID 0x70626179 /* "pbay" */
@@ -258,22 +260,24 @@ out:
 /* An existing, non-empty file must start with the SQLite header. Checked
  * before SQLite touches the file, so a stray file is left as it is. A new
  * store is created here, empty and private (0600: it holds message bodies);
- * SQLite gives its -wal and -shm files the same mode. */
-static int check_header(struct sq *q, struct pb_err *err)
+ * SQLite gives its -wal and -shm files the same mode. *page_size is the
+ * header's page size, 0 when the file has none (new) or it is invalid. */
+static int check_header(struct sq *q, uint32_t *page_size, struct pb_err *err)
 {
     static const char magic[16] = "SQLite format 3";
-    char head[16];
+    unsigned char head[18];
     struct stat st;
     ssize_t n;
     int fd, rc = 0;
 
+    *page_size = 0;
     fd = open(q->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
         fd = open(q->path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd >= 0 || errno == EEXIST) {
             if (fd >= 0)
                 close(fd);
-            return fd >= 0 ? 0 : check_header(q, err); /* lost a race: look again */
+            return fd >= 0 ? 0 : check_header(q, page_size, err); /* lost a race: look again */
         }
     }
     if (fd < 0) {
@@ -306,11 +310,20 @@ static int check_header(struct sq *q, struct pb_err *err)
         rc = pb_err_set(err, PB_EIO, "cannot read state store %s: %s", q->display, strerror(errno));
         goto out;
     }
-    if (n < (ssize_t)sizeof(head) || memcmp(head, magic, sizeof(magic)) != 0)
+    if (n < (ssize_t)sizeof(magic) || memcmp(head, magic, sizeof(magic)) != 0) {
         rc = pb_err_set(err, PB_ECORRUPT,
                         "state store %s is not a SQLite database (no SQLite header);"
                         " refusing to start — restore from backup or move the file away",
                         q->display);
+        goto out;
+    }
+    if (n == (ssize_t)sizeof(head)) {
+        /* Big-endian at offset 16; 1 stands for 65536. */
+        uint32_t psz = (uint32_t)head[16] << 8 | head[17];
+        psz = psz == 1 ? 65536 : psz;
+        if (psz >= 512 && (psz & (psz - 1)) == 0)
+            *page_size = psz;
+    }
 out:
     close(fd);
     return rc;
@@ -593,8 +606,13 @@ static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_e
     sprintf(q->wal_path, "%s-wal", q->path);
 
     struct stat wst;
+    uint32_t page_size = 0;
     wal_existed = stat(q->wal_path, &wst) == 0;
-    if (make_parent_dirs(q->path, err) < 0 || take_lock(q, err) < 0 || check_header(q, err) < 0)
+    if (make_parent_dirs(q->path, err) < 0 || take_lock(q, err) < 0 ||
+        check_header(q, &page_size, err) < 0)
+        goto fail;
+    /* SQLite would replay the log only as far as it holds together. */
+    if (pb__sqlite_wal_check(q->wal_path, q->display, page_size, err) < 0)
         goto fail;
     if (pb__sqlite_open_conn(q, true, &q->db, err) < 0)
         goto fail;

@@ -15,12 +15,15 @@ were (never reset, never started empty over existing data):
   mixed: (the clean file plus 20 more commits in the log) a page of the
          file that the log does not supersede overwritten;
   wal:   the database file truncated to 0 bytes while the log holds the
-         messages.
+         messages; the log's header garbage; a page in the middle of the
+         log's current run garbage. SQLite itself would ignore the log from
+         the damage on, so the commits after it would vanish silently.
 
-Damage SQLite itself cannot see is reported, not failed (known defects):
-a log whose header or a middle frame is garbage is ignored by SQLite from
-that point on, so the commits in it would vanish silently; patchbay must
-refuse such a log rather than start without them.
+What a crash leaves at the end of the log is no damage: a frame cut short,
+or a last frame that fails its checksum, after the last commit, is dropped
+by SQLite, and patchbay must start on it with every message. Two such torn
+tails are written behind the log's current run in copies of the "wal"
+snapshot.
 
 Finally the intact snapshot starts and delivers all 300 messages."""
 
@@ -145,6 +148,28 @@ def wal_pages(wal):
     return pages
 
 
+def current_run(data):
+    """Frames from the first on that carry the log header's salts (the
+    frames of an earlier run, behind them, are stale)."""
+    salt = data[16:24]
+    frame = 24 + PAGE
+    n = 0
+    while 32 + (n + 1) * frame <= len(data) and data[32 + n * frame + 8:32 + n * frame + 16] == salt:
+        n += 1
+    return n
+
+
+def torn_frame(db, page_bytes, commit):
+    """Right after the log's current run, a frame of it (its salts) whose
+    page is page_bytes of garbage and whose checksum fails, as a crash in
+    the middle of writing a commit nobody was told about leaves it."""
+    with open(db + "-wal", "rb") as f:
+        data = f.read()
+    header = (2).to_bytes(4, "big") + (1 if commit else 0).to_bytes(4, "big") + data[16:24]
+    overwrite(db + "-wal", 32 + current_run(data) * (24 + PAGE),
+              header + garbage(8, 5) + garbage(page_bytes, 6))
+
+
 def page_not_in_log(db):
     """A page in the middle of the database file that the log does not
     supersede: damage to it is damage SQLite will read."""
@@ -156,7 +181,11 @@ def page_not_in_log(db):
     raise AssertionError("every page is in the log")
 
 
-# name, snapshot, damage(db) -> None, None or the known defect it shows
+STARTS = "starts"  # not damage: patchbay must start on it, with every message
+
+
+# name, snapshot, damage(db) -> None, and what is expected: None (refused),
+# STARTS, or the name of a known defect it shows
 def _damages():
     def wal_header(db):
         overwrite(db + "-wal", 0, garbage(32, 2))
@@ -165,14 +194,9 @@ def _damages():
         # The middle frame of the log's current run (frames carrying the
         # header's salt): every commit after it is cut off.
         with open(db + "-wal", "rb") as f:
-            data = f.read()
-        salt = data[16:24]
-        frame = 24 + PAGE
-        valid = 0
-        while 32 + (valid + 1) * frame <= len(data) and data[32 + valid * frame + 8:32 + valid * frame + 16] == salt:
-            valid += 1
+            valid = current_run(f.read())
         check(valid >= 10, f"the log has a current run of frames: {valid}")
-        overwrite(db + "-wal", 32 + (valid // 2) * frame + 24, garbage(PAGE, 3))
+        overwrite(db + "-wal", 32 + (valid // 2) * (24 + PAGE) + 24, garbage(PAGE, 3))
 
     return [
         ("truncated to 50 bytes", "clean", lambda db: truncate(db, 50), None),
@@ -186,8 +210,12 @@ def _damages():
         ("a page overwritten, log present", "mixed",
          lambda db: overwrite(db, (page_not_in_log(db) - 1) * PAGE, garbage(PAGE, 4)), None),
         ("database 0 bytes, log holds the data", "wal", lambda db: truncate(db, 0), None),
-        ("log header garbage", "wal", wal_header, "wal-damage-silent"),
-        ("log frame garbage", "wal", wal_middle_frame, "wal-damage-silent"),
+        ("log header garbage", "wal", wal_header, None),
+        ("log frame garbage", "wal", wal_middle_frame, None),
+        ("log tail: a frame cut short", "wal",
+         lambda db: torn_frame(db, PAGE // 2, commit=False), STARTS),
+        ("log tail: a torn commit frame", "wal",
+         lambda db: torn_frame(db, PAGE, commit=True), STARTS),
     ]
 
 
@@ -248,6 +276,7 @@ def corrupt_store_refuses_to_start():
         log(f"{name} ({snap}): exit {code} in {dt:.2f}s, files "
             f"{'unchanged' if unchanged else 'CHANGED'}: {message[-200:]}")
         refused = code not in (None, 0) and clear
+        db_now = None
         if code is None:
             what = f"started (and kept running) on it; files {'unchanged' if unchanged else 'changed'}"
             view = copy_store(db, tmpdir("view"))  # what the daemon serves, without touching db
@@ -255,7 +284,10 @@ def corrupt_store_refuses_to_start():
             what += f"; messages it holds: {db_now} of the {N} acknowledged"
         else:
             what = f"exited {code}" + ("" if clear else f" without a clear message: {err[-300:]!r}")
-        if defect is None:
+        if defect == STARTS:
+            check(code is None, f"{name}: a crash leaves such a tail, yet patchbay {what}")
+            check_eq(db_now, str(N), f"{name}: messages the started store holds")
+        elif defect is None:
             check(refused, f"{name}: patchbay {what}")
             check(unchanged, f"{name}: the store's files were modified: {before} -> {after}")
         elif defect == "refusal-checkpoints-log":
@@ -270,7 +302,9 @@ def corrupt_store_refuses_to_start():
         else:
             faultlib.known_defect(defect, refused and unchanged, f"{name}: patchbay {what}")
         outcomes[-1]["refused"] = refused
-        outcomes[-1]["known_defect"] = defect if not (refused and unchanged) else None
+        outcomes[-1]["expected"] = "start" if defect == STARTS else "refusal"
+        outcomes[-1]["known_defect"] = (defect if defect != STARTS and not (refused and unchanged)
+                                        else None)
 
     # The intact snapshot still holds and delivers everything.
     sink.restart()
@@ -280,9 +314,12 @@ def corrupt_store_refuses_to_start():
     figures = faultlib.check_ledger(acked, dl, ("payments",), 60,
                                     "the intact store delivers every message")
     check_eq(p3.term(), 0, "exit code on SIGTERM")
-    refused = sum(1 for o in outcomes if o["exit"] not in (None, 0) and o["unchanged"])
-    faultlib.result("corrupt_store", damages=len(outcomes), refused_unchanged=refused,
-                    acknowledged=len(acked), outcomes=outcomes, **figures)
+    damages = [o for o in outcomes if o["expected"] == "refusal"]
+    refused = sum(1 for o in damages if o["exit"] not in (None, 0) and o["unchanged"])
+    started = sum(1 for o in outcomes if o["expected"] == "start" and o["exit"] is None)
+    faultlib.result("corrupt_store", damages=len(damages), refused_unchanged=refused,
+                    torn_tails_started=started, acknowledged=len(acked), outcomes=outcomes,
+                    **figures)
 
 
 if __name__ == "__main__":

@@ -653,6 +653,322 @@ PB_TEST(unsupported_url_refused_without_secret)
     PB_EQ_INT(err.code, PB_EINVAL);
 }
 
+/* ---- write-ahead log damage ------------------------------------------------------------- */
+
+/* What the tests need of a log: its page size, whole frames, the current
+ * run (frames from the first on that carry the header's salts) and the
+ * last commit frame in that run. */
+struct walinfo {
+    char path[160];
+    uint32_t psz;
+    long nframes, ncur, last_commit;
+};
+
+static uint32_t rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void wr32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static long wal_frame_off(const struct walinfo *w, long i)
+{
+    return 32 + (i - 1) * (24 + (long)w->psz);
+}
+
+static void wal_info(const struct tdir *t, struct walinfo *w)
+{
+    size_t n = 0;
+    unsigned char *d;
+
+    memset(w, 0, sizeof(*w));
+    snprintf(w->path, sizeof(w->path), "%s-wal", t->path);
+    d = (unsigned char *)slurp(w->path, &n);
+    if (!d || n < 32) {
+        PB__FAIL("no write-ahead log at %s", w->path);
+        free(d);
+        return;
+    }
+    w->psz = rd32(d + 8);
+    w->nframes = (long)((n - 32) / (24 + w->psz));
+    while (w->ncur < w->nframes && memcmp(d + wal_frame_off(w, w->ncur + 1) + 8, d + 16, 8) == 0) {
+        w->ncur++;
+        if (rd32(d + wal_frame_off(w, w->ncur) + 4) != 0)
+            w->last_commit = w->ncur;
+    }
+    free(d);
+}
+
+enum {
+    WAL_SPILL = 1,   /* after the first commit, a rolled-back transaction spills into the log */
+    WAL_RESTART = 2, /* a checkpoint first, so that the log starts over */
+};
+
+/* Commit n messages ("w<first>"..), each in its own transaction, through a
+ * plain connection that ends without a checkpoint: the log keeps them, as
+ * a kill -9 leaves it. */
+static void wal_commits(const struct tdir *t, int first, int n, int flags)
+{
+    sqlite3 *db = NULL;
+    char sql[200];
+
+    PB_EQ_INT(sqlite3_open_v2(t->path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    PB_EQ_INT(sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL), SQLITE_OK);
+    PB_EQ_INT(sqlite3_exec(db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL), SQLITE_OK);
+    if (flags & WAL_RESTART)
+        PB_EQ_INT(sqlite3_exec(db, "PRAGMA wal_checkpoint(RESTART)", NULL, NULL, NULL), SQLITE_OK);
+    for (int i = first; i < first + n; i++) {
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO messages(id, pipeline, received_at, body)"
+                 " VALUES ('w%d', 'p', 1, randomblob(1500))",
+                 i);
+        PB_EQ_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        if (i > first || !(flags & WAL_SPILL))
+            continue;
+        /* 600 KB through a cache of 10 pages, then undone. */
+        PB_EQ_INT(sqlite3_exec(db, "PRAGMA cache_size=10; BEGIN", NULL, NULL, NULL), SQLITE_OK);
+        for (int j = 0; j < 200; j++) {
+            snprintf(sql, sizeof(sql),
+                     "INSERT INTO messages(id, pipeline, received_at, body)"
+                     " VALUES ('gone%d', 'p', 1, randomblob(3000))",
+                     j);
+            PB_EQ_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        }
+        PB_EQ_INT(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    }
+    sqlite3_close(db);
+}
+
+/* A new store whose log holds n commits. */
+static void wal_store(struct tdir *t, int n, struct walinfo *w)
+{
+    tdir_make(t);
+    pb_store_destroy(open_ok(t->url, NULL));
+    wal_commits(t, 0, n, 0);
+    wal_info(t, w);
+    PB_CHECK(w->ncur > 2 * n);
+    PB_EQ_INT(w->last_commit, w->ncur);
+}
+
+static void flip_byte(const char *path, long off)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char b = 0;
+
+    PB_CHECK(fd >= 0);
+    PB_EQ_INT(pread(fd, &b, 1, off), 1);
+    b ^= 0x5a;
+    PB_EQ_INT(pwrite(fd, &b, 1, off), 1);
+    close(fd);
+}
+
+/* The store opens and holds want messages. */
+static void wal_opens(const struct tdir *t, long long want)
+{
+    struct pb_store *s = open_ok(t->url, NULL);
+
+    pb_store_destroy(s);
+    if (s)
+        PB_EQ_INT(sql_int(t->path, "SELECT count(*) FROM messages"), want);
+}
+
+/* The store is refused as damaged, its files as they were; err.msg has
+ * every string of needles. */
+static void wal_refused(const struct tdir *t, const char *const *needles)
+{
+    struct pb_err err;
+    char wal[200];
+    size_t n1, n2, w1, w2;
+
+    snprintf(wal, sizeof(wal), "%s-wal", t->path);
+    char *db_before = slurp(t->path, &n1), *wal_before = slurp(wal, &w1);
+    pb_err_clear(&err);
+    struct pb_store *s = pb_store_open(t->url, NULL, &err);
+    PB_CHECK(s == NULL);
+    pb_store_destroy(s);
+    PB_EQ_STR(pb_err_name(err.code), "PB_ECORRUPT");
+    PB_CONTAINS(err.msg, t->path);
+    PB_CONTAINS(err.msg, wal);
+    PB_CONTAINS(err.msg, "refusing to start, nothing was changed");
+    for (; *needles; needles++)
+        PB_CONTAINS(err.msg, *needles);
+    char *db_after = slurp(t->path, &n2), *wal_after = slurp(wal, &w2);
+    PB_EQ_INT(n2, n1);
+    PB_EQ_INT(w2, w1);
+    PB_CHECK(db_before && db_after && memcmp(db_before, db_after, n1) == 0);
+    PB_CHECK(wal_before && wal_after && memcmp(wal_before, wal_after, w1) == 0);
+    free(db_before);
+    free(db_after);
+    free(wal_before);
+    free(wal_after);
+}
+
+PB_TEST(wal_intact_log_opens_with_every_commit)
+{
+    struct tdir t;
+    struct walinfo w;
+
+    wal_store(&t, 40, &w);
+    wal_opens(&t, 40);
+    tdir_remove(&t);
+}
+
+PB_TEST(wal_damaged_middle_frame_refused_unchanged)
+{
+    struct tdir t;
+    struct walinfo w;
+    char frame[64];
+
+    wal_store(&t, 40, &w);
+    /* In the page, then (another store) in the frame header's page number. */
+    flip_byte(w.path, wal_frame_off(&w, w.ncur / 2) + 24 + 1000);
+    snprintf(frame, sizeof(frame), "frame %ld of %ld fails its checksum", w.ncur / 2, w.nframes);
+    wal_refused(&t, (const char *const[]){frame, "later commits would be lost", NULL});
+    tdir_remove(&t);
+
+    wal_store(&t, 40, &w);
+    flip_byte(w.path, wal_frame_off(&w, 3) + 3);
+    wal_refused(&t, (const char *const[]){"frame 3 of", NULL});
+    tdir_remove(&t);
+}
+
+PB_TEST(wal_damaged_header_refused_unchanged)
+{
+    static const struct {
+        long off;
+        const char *why;
+    } cases[] = {
+        {0, "no log header"},      {5, "format version"},
+        {10, "page size"},         {12, "log header checksum mismatch"},
+        {20, "checksum mismatch"}, {28, "checksum mismatch"},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct tdir t;
+        struct walinfo w;
+
+        wal_store(&t, 10, &w);
+        flip_byte(w.path, cases[i].off);
+        wal_refused(&t,
+                    (const char *const[]){cases[i].why, "every commit in it would be lost", NULL});
+        tdir_remove(&t);
+    }
+}
+
+/* What a crash can leave after the last commit is not damage: SQLite
+ * drops it, and the store opens with the commits before it. */
+PB_TEST(wal_torn_tail_opens)
+{
+    struct tdir t;
+    struct walinfo w;
+
+    wal_store(&t, 20, &w);
+    flip_byte(w.path, wal_frame_off(&w, w.ncur) + 24 + 100); /* the last commit, torn */
+    wal_opens(&t, 19);
+    tdir_remove(&t);
+
+    wal_store(&t, 20, &w);
+    PB_EQ_INT(truncate(w.path, wal_frame_off(&w, w.ncur) + 24 + w.psz / 2), 0);
+    wal_opens(&t, 19);
+    tdir_remove(&t);
+
+    wal_store(&t, 20, &w); /* a header and part of a frame: nothing to lose */
+    PB_EQ_INT(truncate(w.path, 32 + 100), 0);
+    flip_byte(w.path, 20);
+    wal_opens(&t, 0);
+    tdir_remove(&t);
+}
+
+/* Frames a rolled-back transaction spilled carry the log's salts; the
+ * commits after it overwrite only their start. The rest is no commit. */
+PB_TEST(wal_rolled_back_leftovers_open)
+{
+    struct tdir t;
+    struct walinfo w;
+
+    tdir_make(&t);
+    pb_store_destroy(open_ok(t.url, NULL));
+    wal_commits(&t, 0, 5, WAL_SPILL);
+    wal_info(&t, &w);
+    PB_CHECK(w.ncur > w.last_commit + 10);
+    wal_opens(&t, 5);
+    tdir_remove(&t);
+}
+
+/* After a checkpoint the log starts over with new salts; the frames of the
+ * earlier run behind the new ones are stale, not damage. */
+PB_TEST(wal_stale_frames_of_an_earlier_run_open)
+{
+    struct tdir t;
+    struct walinfo w;
+
+    wal_store(&t, 30, &w);
+    long before = w.nframes;
+    wal_commits(&t, 30, 2, WAL_RESTART);
+    wal_info(&t, &w);
+    PB_EQ_INT(w.nframes, before);
+    PB_CHECK(w.ncur < w.nframes);
+    wal_opens(&t, 32);
+    tdir_remove(&t);
+}
+
+static void cksum_be(uint32_t *s, const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        s[0] += rd32(p + i) + s[1];
+        s[1] += rd32(p + i + 4) + s[0];
+    }
+}
+
+/* Checksums of big-endian words (magic 0x377f0683, what a big-endian host
+ * writes): the log rewritten so, SQLite and the check agree on it. */
+PB_TEST(wal_big_endian_checksums)
+{
+    struct tdir t;
+    struct walinfo w;
+    size_t n;
+
+    for (int damaged = 0; damaged <= 1; damaged++) {
+        wal_store(&t, 20, &w);
+        unsigned char *d = (unsigned char *)slurp(w.path, &n);
+        uint32_t s[2] = {0, 0};
+        if (!d) {
+            PB__FAIL("cannot read %s", w.path);
+            tdir_remove(&t);
+            return;
+        }
+        wr32(d, 0x377f0683);
+        cksum_be(s, d, 24);
+        wr32(d + 24, s[0]);
+        wr32(d + 28, s[1]);
+        for (long i = 1; i <= w.ncur; i++) {
+            unsigned char *f = d + wal_frame_off(&w, i);
+            cksum_be(s, f, 8);
+            cksum_be(s, f + 24, w.psz);
+            wr32(f + 16, s[0]);
+            wr32(f + 20, s[1]);
+        }
+        if (damaged)
+            d[wal_frame_off(&w, w.ncur / 2) + 24 + 7] ^= 1;
+        FILE *f = fopen(w.path, "wb");
+        PB_CHECK(f && fwrite(d, 1, n, f) == n);
+        if (f)
+            fclose(f);
+        free(d);
+        if (damaged)
+            wal_refused(&t, (const char *const[]){"fails its checksum", NULL});
+        else
+            wal_opens(&t, 20);
+        tdir_remove(&t);
+    }
+}
+
 /* ---- writer ops ---------------------------------------------------------------------------- */
 
 PB_TEST(ingest_load_pending_round_trip)
