@@ -6,10 +6,16 @@
  * op; the store's writer thread resumes the connection once the op's
  * transaction has landed, and the handler then answers 202 with the id.
  * Bounds: body size per route, bytes being received across all requests,
- * and the writer's ingest queue; past them the answer is 413 or 503. */
+ * and the writer's ingest queue; past them the answer is 413 or 503.
+ * server.connection_timeout bounds both a connection's silence (libmicrohttpd's
+ * inactivity timeout) and the time a request may take to arrive (the request
+ * deadline below), so clients trickling bytes cannot hold the listener. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +63,37 @@ struct pb_httpd {
      * connection is then closed unanswered, so the client retries it on a new
      * connection (RFC 9112 9.3.1) instead of reading a 503. */
     _Atomic bool closed;
+    /* The request deadline (see "request deadline" below). */
+    int64_t deadline_us; /* server.connection_timeout; 0: none */
+    pthread_mutex_t conns_lock;
+    pthread_cond_t sweep_wake;
+    struct conn *conns; /* under conns_lock */
+    bool sweep_stop;    /* under conns_lock */
+    bool sweeper_running;
+    pthread_t sweeper;
+    _Atomic uint64_t cut[2]; /* connections cut past the deadline, by enum conn_part */
+    uint64_t cuts_logged;    /* sweeper thread only */
+    int64_t cuts_logged_at;
+};
+
+/* What a connection is doing, for the request deadline. */
+enum conn_state {
+    CONN_RECEIVING = 0, /* a request is arriving; since_us is when it began */
+    CONN_IDLE,          /* kept alive between requests; since_us is when the last one ended */
+    CONN_ANSWERING,     /* the request arrived: being handled, committed or answered */
+    CONN_CUT,           /* shut down past the deadline */
+};
+enum conn_part { PART_HEAD = 0, PART_BODY };
+
+/* One per TCP connection, from MHD_CONNECTION_NOTIFY_STARTED to _CLOSED
+ * (libmicrohttpd closes the socket only after _CLOSED, so under conns_lock
+ * fd is the connection's). Fields are under pb_httpd.conns_lock. */
+struct conn {
+    struct conn *prev, *next;
+    int fd;
+    enum conn_state state;
+    enum conn_part part; /* PART_BODY once the head has arrived */
+    int64_t since_us;
 };
 
 enum req_kind { REQ_INGEST = 1, REQ_ADMIN, REQ_OPS, REQ_NOTFOUND };
@@ -72,7 +109,9 @@ struct req {
     bool too_big;
     bool counted; /* in pb_httpd.waiting */
     int64_t start_us;
-    const char *method; /* borrowed from MHD for the request's life */
+    int64_t deadline_us; /* the whole request must have arrived by then */
+    struct conn *cs;     /* borrowed: NULL when the connection is not tracked */
+    const char *method;  /* borrowed from MHD for the request's life */
     _Atomic int phase;
     struct pb_msg *msg;
     struct pb_op op;
@@ -313,11 +352,254 @@ static enum MHD_Result ingest_answer(struct req *r, struct MHD_Connection *c)
     return ret;
 }
 
+/* ---- request deadline --------------------------------------------------------------------
+ *
+ * libmicrohttpd's connection timeout measures silence only: a client sending
+ * a byte every half second would hold its connection for ever, and
+ * max_connections of them would shut ingest out. So a request must also
+ * arrive whole, head and body, within server.connection_timeout: counted from
+ * connect for a connection's first request, and from its first byte for a
+ * later one on a kept-alive connection (between requests only the inactivity
+ * timeout applies). Once a request has arrived it is not cut any more: its
+ * commit (the connection suspended) and its answer are outside the deadline.
+ *
+ * libmicrohttpd calls nothing before a head is complete, so a sweeper thread
+ * looks at every connection a few times per timeout and shuts down the
+ * socket of one still receiving past its deadline; libmicrohttpd then reads
+ * the end of stream and closes the connection as if the client had. A body
+ * is also checked as it arrives (access_cb), which cuts it without waiting
+ * for a sweep. */
+
+#define SWEEP_MIN_US (50 * 1000)
+#define SWEEP_MAX_US (1000 * 1000)
+#define CUT_LOG_EVERY_US (10 * 1000 * 1000)
+/* The kernel keeps the time of the last data received in jiffies. */
+#define RECV_SLACK_US (20 * 1000)
+
+static void conn_notify_cb(void *cls, struct MHD_Connection *c, void **socket_context,
+                           enum MHD_ConnectionNotificationCode toe)
+{
+    struct pb_httpd *h = cls;
+    struct conn *cs = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        if (!cs)
+            return;
+        pthread_mutex_lock(&h->conns_lock);
+        if (cs->prev)
+            cs->prev->next = cs->next;
+        else
+            h->conns = cs->next;
+        if (cs->next)
+            cs->next->prev = cs->prev;
+        pthread_mutex_unlock(&h->conns_lock);
+        free(cs);
+        *socket_context = NULL;
+        return;
+    }
+    if (!h->deadline_us)
+        return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci || ci->connect_fd == MHD_INVALID_SOCKET)
+        return;
+    cs = calloc(1, sizeof(*cs));
+    if (!cs)
+        return; /* untracked: only its body is held to the deadline */
+    cs->fd = ci->connect_fd;
+    cs->state = CONN_RECEIVING;
+    cs->part = PART_HEAD;
+    cs->since_us = pb_mono_us();
+    pthread_mutex_lock(&h->conns_lock);
+    cs->next = h->conns;
+    if (h->conns)
+        h->conns->prev = cs;
+    h->conns = cs;
+    pthread_mutex_unlock(&h->conns_lock);
+    *socket_context = cs;
+}
+
+/* r's head has arrived (MHD thread): set its deadline. False when the
+ * sweeper has cut the connection meanwhile. */
+static bool conn_head_arrived(struct pb_httpd *h, struct req *r, struct MHD_Connection *c)
+{
+    r->deadline_us = INT64_MAX;
+    if (!h->deadline_us)
+        return true;
+    r->deadline_us = r->start_us + h->deadline_us;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    r->cs = ci ? ci->socket_context : NULL;
+    if (!r->cs)
+        return true;
+    pthread_mutex_lock(&h->conns_lock);
+    struct conn *cs = r->cs;
+    bool ok = cs->state != CONN_CUT;
+    if (ok) {
+        if (cs->state != CONN_RECEIVING) {
+            /* The first byte came after the sweeper's last look: within a sweep. */
+            cs->state = CONN_RECEIVING;
+            cs->since_us = r->start_us;
+        }
+        cs->part = PART_BODY;
+        r->deadline_us = cs->since_us + h->deadline_us;
+    }
+    pthread_mutex_unlock(&h->conns_lock);
+    return ok;
+}
+
+/* r has arrived whole (MHD thread): the deadline no longer applies. False
+ * when the sweeper has cut the connection first. */
+static bool conn_request_arrived(struct pb_httpd *h, struct req *r)
+{
+    if (!r->cs)
+        return true;
+    pthread_mutex_lock(&h->conns_lock);
+    bool ok = r->cs->state != CONN_CUT;
+    if (ok)
+        r->cs->state = CONN_ANSWERING;
+    pthread_mutex_unlock(&h->conns_lock);
+    return ok;
+}
+
+/* r's body is still arriving past its deadline (MHD thread; the caller
+ * drops the connection): count it, unless the sweeper already has. */
+static void conn_cut_body(struct pb_httpd *h, struct req *r)
+{
+    bool counted = false;
+    if (r->cs) {
+        pthread_mutex_lock(&h->conns_lock);
+        counted = r->cs->state == CONN_CUT;
+        r->cs->state = CONN_CUT;
+        pthread_mutex_unlock(&h->conns_lock);
+    }
+    if (!counted)
+        atomic_fetch_add(&h->cut[PART_BODY], 1);
+}
+
+/* r is over (MHD thread). On a kept-alive connection the next request's
+ * time starts with its first byte, which the sweeper watches for. */
+static void conn_request_done(struct pb_httpd *h, struct req *r,
+                              enum MHD_RequestTerminationCode toe)
+{
+    if (!r->cs)
+        return;
+    pthread_mutex_lock(&h->conns_lock);
+    if (r->cs->state != CONN_CUT) {
+        r->cs->state = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? CONN_IDLE : CONN_ANSWERING;
+        r->cs->part = PART_HEAD;
+        r->cs->since_us = pb_mono_us();
+    }
+    pthread_mutex_unlock(&h->conns_lock);
+}
+
+/* Microseconds since data last arrived on fd, or -1 when unknown. */
+static int64_t last_data_age_us(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_last_data_recv) + sizeof(ti.tcpi_last_data_recv))
+        return -1;
+    return (int64_t)ti.tcpi_last_data_recv * 1000;
+}
+
+/* Under conns_lock. */
+static void sweep(struct pb_httpd *h, int64_t now)
+{
+    for (struct conn *cs = h->conns; cs; cs = cs->next) {
+        if (cs->state == CONN_IDLE) {
+            /* Data since the last request ended: the next one has begun. */
+            int64_t age = last_data_age_us(cs->fd);
+            if (age < 0 || age + RECV_SLACK_US >= now - cs->since_us)
+                continue;
+            cs->state = CONN_RECEIVING;
+            cs->since_us = now - age;
+        }
+        if (cs->state != CONN_RECEIVING || now - cs->since_us < h->deadline_us)
+            continue;
+        shutdown(cs->fd, SHUT_RDWR);
+        cs->state = CONN_CUT;
+        atomic_fetch_add(&h->cut[cs->part], 1);
+    }
+}
+
+/* One warning for the first cut, then at most one per CUT_LOG_EVERY_US
+ * with what came since; and what is left when the sweeper stops. */
+static void report_cuts(struct pb_httpd *h, bool last)
+{
+    uint64_t head = atomic_load(&h->cut[PART_HEAD]), body = atomic_load(&h->cut[PART_BODY]);
+    int64_t now = pb_mono_us();
+    if (head + body == h->cuts_logged ||
+        (!last && h->cuts_logged && now - h->cuts_logged_at < CUT_LOG_EVERY_US))
+        return;
+    PB_WARN("http server: closed connections whose request did not arrive within "
+            "server.connection_timeout connections=%llu timeout_ms=%lld total_head=%llu "
+            "total_body=%llu",
+            (unsigned long long)(head + body - h->cuts_logged), (long long)(h->deadline_us / 1000),
+            (unsigned long long)head, (unsigned long long)body);
+    h->cuts_logged = head + body;
+    h->cuts_logged_at = now;
+}
+
+static void *sweeper_main(void *arg)
+{
+    struct pb_httpd *h = arg;
+    int64_t period = h->deadline_us / 8;
+    if (period < SWEEP_MIN_US)
+        period = SWEEP_MIN_US;
+    if (period > SWEEP_MAX_US)
+        period = SWEEP_MAX_US;
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += (time_t)(period / 1000000);
+        ts.tv_nsec += (long)(period % 1000000) * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_mutex_lock(&h->conns_lock);
+        while (!h->sweep_stop &&
+               pthread_cond_timedwait(&h->sweep_wake, &h->conns_lock, &ts) != ETIMEDOUT)
+            ;
+        bool stop = h->sweep_stop;
+        if (!stop)
+            sweep(h, pb_mono_us());
+        pthread_mutex_unlock(&h->conns_lock);
+        report_cuts(h, stop);
+        if (stop)
+            return NULL;
+    }
+}
+
+/* The listener's own counters, after the engine's. Takes ownership of text. */
+static char *add_listener_metrics(struct pb_httpd *h, char *text, size_t *len)
+{
+    char more[512];
+    int n = snprintf(more, sizeof(more),
+                     "# HELP patchbay_http_request_timeouts_total Connections closed because "
+                     "their request did not arrive within server.connection_timeout, by the part "
+                     "still arriving.\n# TYPE patchbay_http_request_timeouts_total counter\n"
+                     "patchbay_http_request_timeouts_total{part=\"head\"} %llu\n"
+                     "patchbay_http_request_timeouts_total{part=\"body\"} %llu\n",
+                     (unsigned long long)atomic_load(&h->cut[PART_HEAD]),
+                     (unsigned long long)atomic_load(&h->cut[PART_BODY]));
+    char *p = n > 0 && (size_t)n < sizeof(more) ? realloc(text, *len + (size_t)n + 1) : NULL;
+    if (!p) {
+        free(text);
+        return NULL;
+    }
+    memcpy(p + *len, more, (size_t)n + 1);
+    *len += (size_t)n;
+    return p;
+}
+
 /* ---- operations endpoints --------------------------------------------------------------- */
 
-static enum MHD_Result ops_answer(struct pb_engine *e, struct MHD_Connection *c, const char *url,
+static enum MHD_Result ops_answer(struct pb_httpd *h, struct MHD_Connection *c, const char *url,
                                   const char *method)
 {
+    struct pb_engine *e = h->e;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed", "Allow", "GET");
     if (strcmp(url, "/health") == 0)
@@ -339,6 +621,8 @@ static enum MHD_Result ops_answer(struct pb_engine *e, struct MHD_Connection *c,
     }
     size_t len = 0;
     char *text = pb_metrics_render(e, &len);
+    if (text)
+        text = add_listener_metrics(h, text, &len);
     if (!text)
         return send_error(c, 500, "out of memory", NULL, NULL);
     struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -410,6 +694,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         r->start_us = pb_mono_us();
         r->method = method;
         *con_cls = r;
+        if (!conn_head_arrived(h, r, c))
+            return MHD_NO; /* cut by the sweeper meanwhile */
         if (strncmp(url, "/api/", 5) == 0 || strcmp(url, "/api") == 0) {
             r->kind = REQ_ADMIN;
             r->limit = 64 * 1024;
@@ -463,6 +749,10 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
+        if (pb_mono_us() > r->deadline_us) {
+            conn_cut_body(h, r);
+            return MHD_NO; /* drop the connection: the request is too slow to arrive */
+        }
         if (r->kind == REQ_OPS || r->kind == REQ_NOTFOUND || r->too_big)
             return MHD_YES; /* discard */
         if (r->len + n > r->limit) {
@@ -494,6 +784,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
 
+    if (!conn_request_arrived(h, r))
+        return MHD_NO; /* cut by the sweeper meanwhile: nothing is committed */
     switch (r->kind) {
     case REQ_INGEST:
         if (atomic_load(&r->phase) == PH_ANSWER)
@@ -506,7 +798,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
             return send_error(c, 413, "body too large", NULL, NULL);
         return admin_answer(r, c, url, method);
     case REQ_OPS:
-        return ops_answer(h->e, c, url, method);
+        return ops_answer(h, c, url, method);
     default:
         return send_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint", NULL, NULL);
     }
@@ -516,11 +808,11 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     (void)c;
-    (void)toe;
     struct pb_httpd *h = cls;
     struct req *r = *con_cls;
     if (!r)
         return;
+    conn_request_done(h, r, toe);
     if (r->cap)
         atomic_fetch_sub(&h->inflight_bytes, (int64_t)r->cap);
     if (r->counted)
@@ -592,10 +884,27 @@ static int inherited_socket(const struct sockaddr_storage *want);
 struct pb_httpd *pb_httpd_create(struct pb_engine *e, struct pb_err *err)
 {
     struct pb_httpd *h = calloc(1, sizeof(*h));
+    pthread_condattr_t ca;
+    bool have_ca = false, have_cond = false, ok = false;
     if (!h)
+        goto out;
+    h->e = e;
+    have_ca = pthread_condattr_init(&ca) == 0;
+    if (!have_ca || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&h->sweep_wake, &ca) != 0)
+        goto out;
+    have_cond = true;
+    ok = pthread_mutex_init(&h->conns_lock, NULL) == 0;
+out:
+    if (have_ca)
+        pthread_condattr_destroy(&ca);
+    if (!ok) {
+        if (have_cond)
+            pthread_cond_destroy(&h->sweep_wake);
+        free(h);
+        h = NULL;
         pb_err_set(err, PB_ENOMEM, "out of memory");
-    else
-        h->e = e;
+    }
     return h;
 }
 
@@ -613,6 +922,12 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned timeout_s = (unsigned)((sc->connection_timeout_ms + 999) / 1000);
+    h->deadline_us = sc->connection_timeout_ms > 0 ? sc->connection_timeout_ms * 1000 : 0;
+    if (h->deadline_us) {
+        if (pthread_create(&h->sweeper, NULL, sweeper_main, h) != 0)
+            return pb_err_set(err, PB_ENOMEM, "cannot start the http server's sweeper thread");
+        h->sweeper_running = true;
+    }
     int inherited = inherited_socket(&ss);
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log_cb, NULL},
@@ -622,6 +937,7 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)timeout_s, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(32 * 1024), NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, h},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)conn_notify_cb, h},
         {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {sc->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)sc->threads,
          NULL},
@@ -711,7 +1027,16 @@ void pb_httpd_destroy(struct pb_httpd *h)
 {
     if (!h)
         return;
+    if (h->sweeper_running) {
+        pthread_mutex_lock(&h->conns_lock);
+        h->sweep_stop = true;
+        pthread_cond_signal(&h->sweep_wake);
+        pthread_mutex_unlock(&h->conns_lock);
+        pthread_join(h->sweeper, NULL);
+    }
     if (h->mhd)
-        MHD_stop_daemon(h->mhd);
+        MHD_stop_daemon(h->mhd); /* every connection reported closed: h->conns is empty */
+    pthread_mutex_destroy(&h->conns_lock);
+    pthread_cond_destroy(&h->sweep_wake);
     free(h);
 }

@@ -5,25 +5,36 @@ once; `slow` answers after 3 s, past its 1 s timeout, so every attempt to
 it times out and is retried. Meanwhile raw-socket clients misbehave
 against the listener (server.connection_timeout 2s):
 
-  idle            connect and send nothing;
-  stalled-header  send half a request head, then nothing;
-  stalled-body    send the head and 10 of 1000 announced body bytes;
-  trickle-header  send the head one byte every 0.5 s, without end;
-  trickle-body    send the head, then the body one byte every 0.5 s.
+  idle               connect and send nothing;
+  stalled-header     send half a request head, then nothing;
+  stalled-body       send the head and 10 of 1000 announced body bytes;
+  trickle-header     send the head one byte every 0.5 s, without end;
+  trickle-body       send the head, then the body one byte every 0.5 s;
+  keepalive-trickle  post one message, keep the connection idle for 1 s,
+                     then send the next head one byte every 0.5 s.
 
 Limits that must hold: idle and stalled connections are closed within the
-connection timeout (plus the listener's 1 s timer granularity); a slow
-client's connection does not outlive 2 x connection_timeout (the documented
-"idle or slow clients are disconnected"); attempts to the slow partner end
-at the output timeout. Other traffic keeps flowing meanwhile: a normal
-client's posts all succeed with bounded latency, and the fast output
-delivers each message within a bounded delay of its acknowledgement, while
-the slow output keeps timing out. When the slow partner recovers,
-everything reaches it too.
+connection timeout (plus the listener's 1 s timer granularity); a client
+trickling its request is closed once the request is connection_timeout old
+(plus the request-deadline sweep's granularity), and not before: counted
+from connect, or for keepalive-trickle from the second request's first byte
+(the idle time between requests is the inactivity timeout's business);
+attempts to the slow partner end at the output timeout. Other traffic keeps
+flowing meanwhile: a normal client's posts all succeed with bounded latency,
+and the fast output delivers each message within a bounded delay of its
+acknowledgement, while the slow output keeps timing out. When the slow
+partner recovers, everything reaches it too.
 
 connection_limit_holds: with server.max_connections 16, 40 idle
 connections: at most 16 stay open, the rest are closed at once; the server
-stays healthy and, once the idle ones time out, normal posts succeed again."""
+stays healthy and, once the idle ones time out, normal posts succeed again.
+
+slow_clients_do_not_shut_out_ingest: with server.max_connections 8, 8
+clients trickle requests (half of them the head, half the body) and open a
+new connection as soon as one is closed, so every slot stays taken. A
+normal client's posts still succeed, each within about one
+connection_timeout: its connection waits in the listen queue until the
+request deadline frees a slot."""
 
 import http.client
 import json
@@ -51,6 +62,15 @@ CONN_TIMEOUT = 2.0
 ATTACK_S = 60.0 if faultlib.LONG else 8.0
 PER_KIND = 12 if faultlib.LONG else 5
 TRICKLE_GAP = 0.5
+KEEPALIVE_IDLE = 1.0  # below the 2 s inactivity timeout
+# A request trickled in is closed once it is connection_timeout old, not
+# before (less 0.5 s: the server may start counting a little before the
+# client's clock starts), and not much later: the deadline sweep's
+# granularity (connection_timeout / 8) and scheduling slack. The lower bound
+# also tells whether idle time between kept-alive requests was counted
+# (keepalive-trickle would be closed about KEEPALIVE_IDLE early).
+CUT_MIN = CONN_TIMEOUT - 0.5
+CUT_MAX = CONN_TIMEOUT + scaled(1.5)
 
 CONFIG = """
 server: { listen: "@LISTEN@", admin_token: "@TOKEN@", connection_timeout: 2s,
@@ -73,11 +93,38 @@ pipelines:
 """
 
 HEAD = b"POST /hooks/shop HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+TRICKLE_HEAD = HEAD + b"X-Pad: " + b"a" * 100000
+TRICKLE_BODY = b'{"pad": "' + b"b" * 990
+
+
+def read_answer(sock, timeout):
+    """Read one HTTP answer with a Content-Length from a raw socket; its
+    status (OSError when none arrives)."""
+    data, end = b"", time.monotonic() + timeout
+    while True:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            n = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    n = int(v)
+            if len(rest) >= n:
+                return int(head.split(b" ")[1])
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {timeout}s: got {data[:200]!r}")
+        sock.settimeout(left)
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed before answering: got {data[:200]!r}")
+        data += chunk
 
 
 class SlowClient(threading.Thread):
-    """One misbehaving connection. closed_after: seconds from connect to the
-    server closing it (None: still open when the run ended)."""
+    """One misbehaving connection. closed_after: seconds from connect (for
+    keepalive-trickle: from the second request's first byte) to the server
+    closing it (None: still open when the run ended)."""
 
     def __init__(self, port, kind, run_for):
         super().__init__(daemon=True)
@@ -123,7 +170,21 @@ class SlowClient(threading.Thread):
                 if self._wait_closed(s, self.run_for):
                     self.closed_after = time.monotonic() - t0
                 return
-            src = HEAD + b"X-Pad: " + b"a" * 100000 if self.kind == "trickle-header" else b'{"pad": "' + b"b" * 990
+            if self.kind == "keepalive-trickle":
+                body = b'{"id": "keepalive-then-trickle"}'
+                s.sendall(HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                try:
+                    st = read_answer(s, scaled(10))
+                except OSError as e:
+                    st = repr(e)
+                if st != 202:
+                    self.error = f"first request answered {st}"
+                    return
+                if self._wait_closed(s, KEEPALIVE_IDLE):
+                    self.error = f"closed while idle for {KEEPALIVE_IDLE}s between requests"
+                    return
+                t0 = time.monotonic()
+            src = TRICKLE_BODY if self.kind == "trickle-body" else TRICKLE_HEAD
             i = 0
             while time.monotonic() - t0 < self.run_for:
                 try:
@@ -190,7 +251,8 @@ def slow_partner_and_slow_clients():
     for n in normals:
         n.start()
     time.sleep(0.3)
-    kinds = ("idle", "stalled-header", "stalled-body", "trickle-header", "trickle-body")
+    kinds = ("idle", "stalled-header", "stalled-body", "trickle-header", "trickle-body",
+             "keepalive-trickle")
     attackers = [SlowClient(pb.port, k, ATTACK_S) for k in kinds for _ in range(PER_KIND)]
     t0 = time.monotonic()
     for a in attackers:
@@ -219,7 +281,7 @@ def slow_partner_and_slow_clients():
     # Idle and stalled connections are closed by the connection timeout.
     by_kind = {}
     for a in attackers:
-        check(a.error is None, f"{a.kind}: could not connect: {a.error}")
+        check(a.error is None, f"{a.kind}: {a.error}")
         by_kind.setdefault(a.kind, []).append(a.closed_after)
     summary = {k: [None if v is None else round(v, 1) for v in vs] for k, vs in by_kind.items()}
     log(f"seconds until the server closed each slow connection: {summary}")
@@ -227,14 +289,21 @@ def slow_partner_and_slow_clients():
         for v in by_kind[k]:
             check(v is not None and v <= CONN_TIMEOUT + scaled(1.5),
                   f"{k} connection closed within connection_timeout: {v}")
-    trickle = by_kind["trickle-header"] + by_kind["trickle-body"]
-    limit = 2 * CONN_TIMEOUT + scaled(1.5)
-    held = [v for v in trickle if v is None or v > limit]
-    faultlib.known_defect(
-        "slow-client-not-disconnected", not held,
-        f"{len(held)} of {len(trickle)} clients sending one byte every {TRICKLE_GAP}s were still "
-        f"connected after {limit:.1f}s (connection_timeout {CONN_TIMEOUT}s): connection_timeout "
-        f"is only an idle timeout, so max_connections such clients hold the listener indefinitely")
+    # slow-client-not-disconnected: clients trickling their request are
+    # closed by the request deadline, neither before nor much after it.
+    for k in ("trickle-header", "trickle-body", "keepalive-trickle"):
+        for v in by_kind[k]:
+            check(v is not None and CUT_MIN <= v <= CUT_MAX,
+                  f"{k} connection (one byte every {TRICKLE_GAP}s) closed by the request deadline "
+                  f"{CONN_TIMEOUT}s: after {v} s, want {CUT_MIN:.1f}..{CUT_MAX:.1f}s")
+    m = pb.metrics()
+    cut_head = m.value("patchbay_http_request_timeouts_total", part="head")
+    cut_body = m.value("patchbay_http_request_timeouts_total", part="body")
+    log(f"connections closed by the request deadline: head {cut_head:.0f}, body {cut_body:.0f}")
+    check(cut_head >= 2 * PER_KIND, f"trickled heads counted: {cut_head}")
+    check(cut_body >= PER_KIND, f"trickled bodies counted: {cut_body}")
+    check("request did not arrive within server.connection_timeout" in pb.log(),
+          "the cuts are logged")
 
     # Fast deliveries flowed while the slow partner timed out.
     acked = {mid: t for n in normals for (mid, t, _, st) in n.results if st == 202}
@@ -319,6 +388,112 @@ def connection_limit_holds():
     check_eq(pb.term(), 0, "exit code on SIGTERM")
     faultlib.result("connection_limit", flood=40, max_connections=16, accepted=accepted,
                     recovered_after_s=round(recovered, 1))
+
+
+def accepted_connections(pid, port):
+    """Connections to the listener on port that process pid has accepted:
+    its sockets among the established ones (those still waiting in the listen
+    queue belong to no process yet)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if (parts[1].rsplit(":", 1)[1] == f"{port:04X}" and parts[3] == "01"
+                        and parts[9] in inodes):
+                    n += 1
+    return n
+
+
+class Slowloris(threading.Thread):
+    """Trickles a request (kind trickle-header or trickle-body) one byte
+    every TRICKLE_GAP and connects again as soon as the server closes the
+    connection, until stopped. held: seconds each connection lasted."""
+
+    def __init__(self, port, kind):
+        super().__init__(daemon=True)
+        self.port, self.kind = port, kind
+        self.held = []
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            except OSError:
+                self._halt.wait(0.05)
+                continue
+            t0 = time.monotonic()
+            try:
+                if self.kind == "trickle-body":
+                    s.sendall(HEAD + b"Content-Length: 1000\r\n\r\n")
+                src = TRICKLE_BODY if self.kind == "trickle-body" else TRICKLE_HEAD
+                for i in range(len(src)):
+                    s.send(src[i:i + 1])
+                    r, _, _ = select.select([s], [], [], TRICKLE_GAP)
+                    if (r and not s.recv(4096)) or self._halt.is_set():
+                        break
+            except OSError:
+                pass
+            finally:
+                s.close()
+            self.held.append(time.monotonic() - t0)
+
+    def stop(self):
+        self._halt.set()
+        self.join(scaled(10))
+
+
+@test
+def slow_clients_do_not_shut_out_ingest():
+    maxconn = 8
+    sink = start_sink()
+    pb = Patchbay(CONFIG.replace("FAST", sink.url).replace("SLOW", sink.url)
+                  .replace("MAXCONN", str(maxconn)))
+    attackers = [Slowloris(pb.port, k) for k in ("trickle-header", "trickle-body")
+                 for _ in range(maxconn // 2)]
+    for a in attackers:
+        a.start()
+    wait_until(lambda: accepted_connections(pb.proc.pid, pb.port) == maxconn, scaled(10),
+               f"the {maxconn} trickling clients hold every connection slot")
+    waits = []
+    try:
+        for i in range(3):
+            t = time.monotonic()
+            try:
+                st, _, _ = pb.post("/hooks/shop", {"id": f"past-slowloris-{i}"},
+                                   timeout=CONN_TIMEOUT + scaled(10))
+            except (OSError, http.client.HTTPException) as e:
+                st = repr(e)
+            waits.append(time.monotonic() - t)
+            check_eq(st, 202, f"post {i} while {maxconn} clients trickle requests, after "
+                              f"{waits[-1]:.1f}s")
+    finally:
+        for a in attackers:
+            a.stop()
+    held = sorted(v for a in attackers for v in a.held) or [0]
+    log(f"normal posts through {maxconn} trickling clients answered after "
+        f"{[round(w, 1) for w in waits]} s; trickling connections lasted {held[0]:.1f}.."
+        f"{held[-1]:.1f} s ({len(held)} connections)")
+    for i, w in enumerate(waits):
+        check(w <= CUT_MAX, f"post {i} waited at most about one connection_timeout for a slot: "
+                            f"{w:.1f}s, limit {CUT_MAX:.1f}s")
+    cut = [v for a in attackers for v in a.held[:-1]]  # the last one ended by stop()
+    check(cut and max(cut) <= CUT_MAX, f"trickling connections closed by the request deadline: "
+                                       f"longest {max(cut, default=0):.1f}s")
+    check_eq(pb.term(), 0, "exit code on SIGTERM")
+    faultlib.result("slowloris", max_connections=maxconn, slow_clients=len(attackers),
+                    normal_waits_s=[round(w, 1) for w in waits],
+                    slow_connection_max_s=round(max(cut), 1))
 
 
 if __name__ == "__main__":
