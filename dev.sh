@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 
 PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl4-openssl-dev
     libjansson-dev libjq-dev libonig-dev libyaml-dev libsqlite3-dev libssl-dev libpcre2-dev
-    python3 curl sqlite3)
+    zlib1g-dev python3 curl sqlite3)
 BENCH_PACKAGES=(wrk nginx-light)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)

@@ -478,6 +478,14 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     if (dl->id > o->cursor)
         o->cursor = dl->id;
     snprintf(dl->idem, sizeof(dl->idem), "%s.%s", dl->msg->id, o->name);
+    if (dl->msg->damaged) {
+        /* Sending it would hand the partner something we never received. */
+        settle_locally(d, dl, PB_DSTATE_DEAD,
+                       "stored body damaged: it no longer matches the checksum taken at "
+                       "ingest (the state store's file was changed on disk)",
+                       now);
+        return;
+    }
     if (pl->key_jq) {
         char *key = NULL;
         struct pb_err err = {0};
@@ -679,6 +687,7 @@ static int load_row_cb(void *arg, const struct pb_pending *row)
     }
     m->seq = row->msg_seq;
     m->received_at = row->received_at;
+    m->damaged = row->body_damaged;
     snprintf(m->id, sizeof(m->id), "%s", row->msg_id);
     dl->id = row->delivery_id;
     dl->msg = m;

@@ -184,6 +184,7 @@ struct pb_msg {
     int64_t received_at; /* unix ms */
     char id[PB_MSG_ID_MAX];
     char *content_type; /* NULL = application/json */
+    bool damaged;       /* read back from the store not matching its checksum */
     size_t len;
     char body[]; /* len bytes + NUL */
 };

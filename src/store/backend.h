@@ -66,6 +66,8 @@ json_t *pb__store_base64_json(const void *data, size_t len);
  * whitespace, else NULL: a view never shows a silently altered body
  * (1.10 printed as 1.1000000000000001, duplicate keys collapsed...). */
 json_t *pb__store_body_json(const void *data, size_t len);
+/* The checksum stored with each body (CRC-32, as zlib computes it). */
+int64_t pb__store_body_crc(const void *data, size_t len);
 /* Set "body" or "body_base64" on obj. 0 or PB_ENOMEM. */
 int pb__store_set_body(json_t *obj, const void *data, size_t len);
 /* Text of n bytes as a JSON string, each byte that is not part of valid

@@ -21,7 +21,7 @@
 
 #include "patchbay/pb_err.h"
 
-#define PB_STORE_SCHEMA_VERSION 2 /* 2: endpoints */
+#define PB_STORE_SCHEMA_VERSION 3 /* 2: endpoints, 3: body checksums */
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -236,6 +236,7 @@ struct pb_pending {
     const char *content_type; /* may be NULL */
     const void *body;
     size_t len;
+    bool body_damaged; /* the body no longer matches the checksum taken at ingest */
 };
 /* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */
 typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);

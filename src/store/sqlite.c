@@ -91,6 +91,10 @@ static const char *const migrations[] = {
     " failing_since INTEGER NOT NULL DEFAULT 0,"
     " created_at INTEGER NOT NULL,"
     " updated_at INTEGER NOT NULL);",
+    /* 3: a CRC-32 of each body, taken at ingest and checked whenever the body
+     * is read back: SQLite checks the structure of its pages, not the data
+     * in them. NULL for messages stored before. */
+    "ALTER TABLE messages ADD COLUMN body_crc INTEGER;",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -122,8 +126,8 @@ static const char *const wsql[W_COUNT] = {
                    " WHERE pipeline = ?1 AND key = ?2 AND expires_at > ?3",
     [W_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency(pipeline, key, msg_id, expires_at)"
                    " VALUES (?1, ?2, ?3, ?4)",
-    [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body)"
-                  " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [W_DLV_INS] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
                   " created_at, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5)",
     [W_DLV_RESULT] = "UPDATE deliveries SET state = ?2, attempts = ?3, next_at = ?4,"
@@ -825,6 +829,7 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     sqlite3_bind_int64(st, 3, in->received_at);
     bind_text_or_null(st, 4, in->content_type);
     sqlite3_bind_blob64(st, 5, in->body ? in->body : "", in->len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, pb__store_body_crc(in->body, in->len));
     rc = step_done(st);
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {

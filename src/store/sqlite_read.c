@@ -37,12 +37,13 @@ enum {
 
 static const char *const rsql[R_COUNT_ALL] = {
     [R_PENDING] = "SELECT d.id, d.msg_seq, m.id, d.attempts, d.next_at, m.received_at,"
-                  " m.content_type, m.body FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+                  " m.content_type, m.body, m.body_crc"
+                  " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
                   " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.id > ?3"
                   " ORDER BY d.id LIMIT ?4",
     [R_COUNT] = "SELECT pipeline, output, state, count(*) FROM deliveries"
                 " GROUP BY pipeline, output, state",
-    [R_MSG] = "SELECT seq, id, pipeline, received_at, content_type, body FROM messages"
+    [R_MSG] = "SELECT seq, id, pipeline, received_at, content_type, body, body_crc FROM messages"
               " WHERE id = ?1",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
                          " last_status, last_error, replay_of FROM deliveries"
@@ -125,6 +126,14 @@ static void rconn_put(struct sq *q, struct rconn *r)
     rconn_close(r);
 }
 
+/* Does the body match the checksum in column col (NULL: stored before
+ * checksums were kept, taken as intact)? */
+static bool body_intact(sqlite3_stmt *st, int col, const void *body, size_t len)
+{
+    return sqlite3_column_type(st, col) == SQLITE_NULL ||
+           sqlite3_column_int64(st, col) == pb__store_body_crc(body, len);
+}
+
 /* The cached statement i of r, prepared on first use. */
 static sqlite3_stmt *rstmt(struct rconn *r, int i, struct pb_err *err)
 {
@@ -172,6 +181,7 @@ int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output,
         row.len = (size_t)sqlite3_column_bytes(st, 7);
         if (!row.body)
             row.body = "";
+        row.body_damaged = !body_intact(st, 8, row.body, row.len);
         if (!row.msg_id) {
             ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
             goto out;
@@ -398,8 +408,11 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
     bad |= jset(m, "pipeline", col_json(st, 2));
     bad |= jset(m, "received_at", col_json(st, 3));
     bad |= jset(m, "content_type", col_json(st, 4));
-    if (bad ||
-        pb__store_set_body(m, sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5)) < 0)
+    const void *body = sqlite3_column_blob(st, 5);
+    size_t blen = (size_t)sqlite3_column_bytes(st, 5);
+    if (!body_intact(st, 6, body, blen))
+        bad |= jset(m, "body_damaged", json_true());
+    if (bad || pb__store_set_body(m, body, blen) < 0)
         goto nomem;
     if (!(dl = json_array()) || json_object_set_new(m, "deliveries", dl) != 0)
         goto nomem;

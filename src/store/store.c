@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "patchbay/pb_log.h"
 #include "store/backend.h"
@@ -678,6 +679,11 @@ json_t *pb__store_body_json(const void *data, size_t len)
         return NULL;
     }
     return j;
+}
+
+int64_t pb__store_body_crc(const void *data, size_t len)
+{
+    return (int64_t)crc32_z(crc32_z(0, NULL, 0), data ? data : (const void *)"", len);
 }
 
 int pb__store_set_body(json_t *obj, const void *data, size_t len)
