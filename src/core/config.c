@@ -43,7 +43,8 @@ static const struct pb_field server_fields[] = {
      .type = PB_F_DURATION,
      .offset = offsetof(struct pb_server_conf, connection_timeout_ms),
      .def = "30s",
-     .doc = "a client connection with no traffic for this long is closed"},
+     .doc = "a client connection silent for this long, or whose request has not fully "
+            "arrived this long after it began, is closed"},
     {0},
 };
 
