@@ -47,6 +47,11 @@ struct wal {
     uint64_t nframes;              /* whole frames in the file */
     unsigned char *frame;          /* FRAME_HDR + page_size bytes */
     unsigned char prev[FRAME_HDR]; /* header of the frame before the one in frame */
+    /* The chain carried over the frame where replay stopped, as if only its
+     * stored checksum were damaged: the frame after it may hold together
+     * with that instead of with the value stored. */
+    struct cksum through;
+    uint64_t through_next; /* the frame that may use it */
 };
 
 static uint32_t get32(const unsigned char *p, bool big_endian)
@@ -151,8 +156,11 @@ static const char *frame_fault(const struct wal *w, struct cksum *c)
 
 /* Does frame i (header in w->frame, the one before in w->prev) close a
  * transaction that replay from the start would not reach? Its own checksum
- * is checked from the one the frame before it stores; when that frame is
- * not of this log (damaged too) it cannot be, and the frame counts. */
+ * is checked from the one the frame before it stores, and for the frame
+ * right after the one replay stops at, also from the chain carried over
+ * that frame (when only its stored checksum is damaged); when the frame
+ * before is not of this log (damaged too) it cannot be, and the frame
+ * counts. */
 static int lost_commit(struct wal *w, uint64_t i, bool *lost)
 {
     const unsigned char *f = w->frame;
@@ -176,6 +184,12 @@ static int lost_commit(struct wal *w, uint64_t i, bool *lost)
     cksum_add(&c, f, 8, w->big_endian);
     cksum_add(&c, f + FRAME_HDR, w->page_size, w->big_endian);
     *lost = cksum_is(&c, f + 16);
+    if (!*lost && i == w->through_next) {
+        c = w->through;
+        cksum_add(&c, f, 8, w->big_endian);
+        cksum_add(&c, f + FRAME_HDR, w->page_size, w->big_endian);
+        *lost = cksum_is(&c, f + 16);
+    }
     return 0;
 }
 
@@ -267,6 +281,10 @@ int pb__sqlite_wal_check(const char *wal_path, const char *display, uint32_t db_
 
     /* What follows it: a commit of this log that holds together is one
      * replay would drop. Frame headers only, and a page per candidate. */
+    w.through = c;
+    cksum_add(&w.through, w.frame, 8, w.big_endian);
+    cksum_add(&w.through, w.frame + FRAME_HDR, w.page_size, w.big_endian);
+    w.through_next = bad + 1;
     memcpy(w.prev, w.frame, FRAME_HDR);
     for (i = bad + 1; i <= w.nframes; i++) {
         bool is_lost;

@@ -27,7 +27,8 @@
  *    point where replay stops close no transaction, is accepted; one with
  *    a damaged header is refused exactly when a frame fits behind it; a
  *    commit after that point that holds together with the frame before it
- *    (or follows a frame of another log) refuses the log;
+ *    (or follows a frame of another log, or, right after that point, holds
+ *    together with the chain carried over the frame there) refuses the log;
  *  - whatever those rules say, a repaired log left intact (bits 2-3 are 0)
  *    is accepted, and one with a byte changed before a commit (bits 2-3
  *    are 1) is refused;
@@ -172,7 +173,7 @@ static void repair(uint8_t *w, size_t len, uint8_t mode, struct shape *sh)
 static int expect(const uint8_t *w, size_t len, uint32_t db, const char **why)
 {
     bool be;
-    uint32_t psz, s[2] = {0, 0};
+    uint32_t psz, s[2] = {0, 0}, through[2] = {0, 0};
     size_t fsz, n, i, bad;
 
     if (len < WAL_HDR) {
@@ -192,11 +193,15 @@ static int expect(const uint8_t *w, size_t len, uint32_t db, const char **why)
     for (bad = 0; bad < n; bad++) {
         const uint8_t *f = w + WAL_HDR + bad * fsz;
 
-        if (memcmp(f + 8, w + 16, 8) != 0 || be32(f) == 0)
+        /* The chain carried over this frame whatever it stores: the frame
+         * after the one replay stops at may hold together with it. */
+        through[0] = s[0];
+        through[1] = s[1];
+        frame_sum(through, f, psz, be);
+        if (memcmp(f + 8, w + 16, 8) != 0 || be32(f) == 0 || !sum_is(through, f + 16))
             break;
-        frame_sum(s, f, psz, be);
-        if (!sum_is(s, f + 16))
-            break;
+        s[0] = through[0];
+        s[1] = through[1];
     }
     if (bad == n) {
         *why = "intact";
@@ -219,6 +224,15 @@ static int expect(const uint8_t *w, size_t len, uint32_t db, const char **why)
         if (sum_is(s, f + 16)) {
             *why = "a commit that holds together after the frame replay stops at";
             return PB_ECORRUPT;
+        }
+        if (i == bad + 1) {
+            s[0] = through[0];
+            s[1] = through[1];
+            frame_sum(s, f, psz, be);
+            if (sum_is(s, f + 16)) {
+                *why = "a commit right after a frame whose stored checksum alone is damaged";
+                return PB_ECORRUPT;
+            }
         }
     }
     return 0;
@@ -245,15 +259,13 @@ static bool shape_promises(const uint8_t *w, size_t len, const struct shape *sh,
     }
     if (sh->fix != FIX_DAMAGE)
         return false;
-    /* Damage to frame k, and a commit after it. A commit is checked from
-     * the checksum the frame before it stores, so one right after a frame
-     * whose checksum field alone changed is not told from a torn tail: not
-     * promised. */
+    /* Damage to frame k, and a commit after it: wherever in frame k the
+     * byte changed (its stored checksum too), the commit is one replay
+     * would lose. */
     for (i = sh->k + 1; i < n; i++) {
         const uint8_t *f = w + WAL_HDR + i * fsz;
 
-        if (be32(f) != 0 && be32(f + 4) != 0 &&
-            (i > sh->k + 1 || sh->at < 16 || sh->at >= FRAME_HDR)) {
+        if (be32(f) != 0 && be32(f + 4) != 0) {
             *want = PB_ECORRUPT;
             return true;
         }
