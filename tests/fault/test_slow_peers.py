@@ -122,17 +122,32 @@ def read_answer(sock, timeout):
 
 
 class SlowClient(threading.Thread):
-    """One misbehaving connection. closed_after: seconds from connect (for
-    keepalive-trickle: from the second request's first byte) to the server
-    closing it (None: still open when the run ended)."""
+    """One misbehaving client: for run_for seconds it opens a connection,
+    misbehaves until the server closes it (giving up CUT_MAX + 2 s after),
+    and starts again. closed: for
+    each connection, seconds from connect (for keepalive-trickle: from the
+    second request's first byte) to the server closing it (None: still open
+    when the run ended)."""
 
     def __init__(self, port, kind, run_for):
         super().__init__(daemon=True)
         self.port, self.kind, self.run_for = port, kind, run_for
-        self.closed_after = None
+        self.closed = []
         self.sent = 0
         self.answer = b""
         self.error = None
+
+    def run(self):
+        end = time.monotonic() + self.run_for
+        while time.monotonic() < end:
+            self.closed_after = None
+            # Long enough for the server to close it, not for ever.
+            self._one(CUT_MAX + 2.0)
+            if self.error:
+                return
+            self.closed.append(self.closed_after)
+            if self.closed_after is None:
+                return
 
     def _wait_closed(self, sock, timeout):
         """Read until EOF or timeout; True when the server closed."""
@@ -152,7 +167,7 @@ class SlowClient(threading.Thread):
                 return True
             self.answer += data
 
-    def run(self):
+    def _one(self, run_for):
         try:
             s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         except OSError as e:
@@ -167,7 +182,7 @@ class SlowClient(threading.Thread):
                 s.sendall(head)
                 self.sent = len(head)
             if self.kind in ("idle", "stalled-header", "stalled-body"):
-                if self._wait_closed(s, self.run_for):
+                if self._wait_closed(s, run_for):
                     self.closed_after = time.monotonic() - t0
                 return
             if self.kind == "keepalive-trickle":
@@ -186,7 +201,7 @@ class SlowClient(threading.Thread):
                 t0 = time.monotonic()
             src = TRICKLE_BODY if self.kind == "trickle-body" else TRICKLE_HEAD
             i = 0
-            while time.monotonic() - t0 < self.run_for:
+            while time.monotonic() - t0 < run_for:
                 try:
                     s.send(src[i:i + 1])
                 except OSError:
@@ -282,8 +297,11 @@ def slow_partner_and_slow_clients():
     by_kind = {}
     for a in attackers:
         check(a.error is None, f"{a.kind}: {a.error}")
-        by_kind.setdefault(a.kind, []).append(a.closed_after)
-    summary = {k: [None if v is None else round(v, 1) for v in vs] for k, vs in by_kind.items()}
+        by_kind.setdefault(a.kind, []).extend(a.closed)
+    summary = {k: {"connections": len(vs), "still_open": sum(v is None for v in vs),
+                   "min_s": round(min((v for v in vs if v is not None), default=0), 1),
+                   "max_s": round(max((v for v in vs if v is not None), default=0), 1)}
+               for k, vs in by_kind.items()}
     log(f"seconds until the server closed each slow connection: {summary}")
     for k in ("idle", "stalled-header", "stalled-body"):
         for v in by_kind[k]:
