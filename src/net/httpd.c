@@ -825,9 +825,43 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* libmicrohttpd reports each client that misbehaves or hangs up early; under
+ * a flood of such clients that would be a line each. At most MHD_LOG_BURST
+ * lines per MHD_LOG_WINDOW_US, then one line saying how many were left out. */
+#define MHD_LOG_BURST 20
+#define MHD_LOG_WINDOW_US (10 * 1000 * 1000)
+
+static struct {
+    pthread_mutex_t lock;
+    int64_t window_start;
+    unsigned n;
+    unsigned long long dropped;
+} mhd_log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
 static void mhd_log_cb(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
+    int64_t now = pb_mono_us();
+    unsigned long long dropped = 0;
+    pthread_mutex_lock(&mhd_log.lock);
+    if (now - mhd_log.window_start >= MHD_LOG_WINDOW_US) {
+        dropped = mhd_log.dropped;
+        mhd_log.window_start = now;
+        mhd_log.n = 0;
+        mhd_log.dropped = 0;
+    }
+    bool show = mhd_log.n < MHD_LOG_BURST;
+    if (show)
+        mhd_log.n++;
+    else
+        mhd_log.dropped++;
+    pthread_mutex_unlock(&mhd_log.lock);
+    if (dropped)
+        PB_WARN("http server: %llu more messages were left out (at most %d per %d s are "
+                "logged)",
+                dropped, MHD_LOG_BURST, MHD_LOG_WINDOW_US / 1000000);
+    if (!show)
+        return;
     char buf[512];
     vsnprintf(buf, sizeof(buf), fmt, ap);
     size_t n = strlen(buf);

@@ -322,6 +322,14 @@ def slow_partner_and_slow_clients():
     check(cut_body >= PER_KIND, f"trickled bodies counted: {cut_body}")
     check("request did not arrive within server.connection_timeout" in pb.log(),
           "the cuts are logged")
+    # libmicrohttpd's own line per misbehaving client is rate-limited (20 per
+    # 10 s, then a count of what was left out): an attack does not flood the log.
+    mhd_lines = [ln for ln in pb.log().splitlines() if "http server:" in ln
+                 and "request did not arrive" not in ln]
+    windows = int(time.monotonic() - t0) // 10 + 2
+    log(f"libmicrohttpd lines logged during the attack: {len(mhd_lines)}")
+    check(len(mhd_lines) <= 21 * windows,
+          f"{len(mhd_lines)} lines from the HTTP library in {windows} windows of 10 s")
 
     # Fast deliveries flowed while the slow partner timed out.
     acked = {mid: t for n in normals for (mid, t, _, st) in n.results if st == 202}
