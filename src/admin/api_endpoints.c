@@ -440,6 +440,39 @@ static int rotate(struct pb_engine *e, const char *id, const char *body, size_t 
     return 0;
 }
 
+/* Disable or enable a static endpoint (one of the configuration): its state
+ * is kept in the store by (pipeline, output, id). */
+static int set_static_disabled(struct pb_engine *e, const char *id, bool disabled,
+                               struct pb_api_resp *r)
+{
+    const char *pipeline = NULL, *output = NULL, *url = NULL;
+    int n = pb_webhook_static_find(e, id, &pipeline, &output, &url);
+    if (n == 0)
+        return pb_admin_error(r, 404, "no such endpoint");
+    if (n > 1)
+        return pb_admin_error(r, 409, "several static endpoints have this id: give them "
+                                      "distinct ids in the configuration");
+    struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
+    op.u.endpoint_state = (struct pb_op_endpoint_state){
+        .id = id,
+        .disabled = disabled ? 1 : 0,
+        .disabled_reason = disabled ? "disabled through the admin API" : NULL,
+        .failing_since = disabled ? -1 : 0,
+        .now = pb_now_ms(),
+        .pipeline = pipeline,
+        .output = output,
+        .url = url,
+    };
+    int rc = exec_op(e, &op);
+    if (rc)
+        return pb_admin_error(r, 503, pb_strerror(rc));
+    PB_INFO("webhook endpoint %s endpoint=%s (static)", disabled ? "disabled" : "enabled", id);
+    pb_admin_reply(r, 200,
+                   json_pack("{s:s, s:s, s:s, s:s, s:b, s:b}", "id", id, "pipeline", pipeline,
+                             "output", output, "url", url, "static", 1, "disabled", disabled));
+    return 0;
+}
+
 static int set_disabled(struct pb_engine *e, const char *id, bool disabled, struct pb_api_resp *r)
 {
     struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
@@ -450,7 +483,7 @@ static int set_disabled(struct pb_engine *e, const char *id, bool disabled, stru
     op.u.endpoint_state.now = pb_now_ms();
     int rc = exec_op(e, &op);
     if (rc == PB_ENOTFOUND)
-        return pb_admin_error(r, 404, "no such managed endpoint");
+        return set_static_disabled(e, id, disabled, r);
     if (rc)
         return pb_admin_error(r, 503, pb_strerror(rc));
     PB_INFO("webhook endpoint %s endpoint=%s", disabled ? "disabled" : "enabled", id);

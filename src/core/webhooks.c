@@ -73,6 +73,7 @@ struct pb_webhook_endpoint {
     size_t nevents;
     bool is_static, disabled, gone;
     int64_t failing_since;
+    _Atomic int state_unsaved; /* state ops submitted, not done yet */
     struct wh_conf *conf;
     struct pb_output *vout;
     struct pb_dispatcher *disp;
@@ -371,6 +372,26 @@ bool pb_webhook_is(const struct pb_output *o)
     return o->plugin == &pb_out_webhook;
 }
 
+int pb_webhook_static_find(struct pb_engine *e, const char *id, const char **pipeline,
+                           const char **output, const char **url)
+{
+    int n = 0;
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
+            struct pb_output *o = &e->cfg->pipelines[i].outs[j];
+            if (!pb_webhook_is(o))
+                continue;
+            struct wh_conf *c = o->ctx;
+            for (size_t k = 0; k < c->nstatics; k++)
+                if (strcmp(c->statics[k].id, id) == 0 && n++ == 0) {
+                    *pipeline = c->pipeline;
+                    *output = c->output;
+                    *url = c->statics[k].url;
+                }
+        }
+    return n;
+}
+
 bool pb_webhook_managed(const struct pb_output *o)
 {
     return pb_webhook_is(o) && ((const struct wh_conf *)o->ctx)->managed;
@@ -447,6 +468,7 @@ struct ep_attempt {
 
 struct state_op {
     struct pb_op op;
+    struct pb_webhook_endpoint *ep;
     char id[PB_ENDPOINT_ID_MAX];
     char reason[256];
 };
@@ -457,14 +479,15 @@ static void state_done_cb(struct pb_op *op, void *arg)
     if (op->status)
         PB_WARN("endpoint state not recorded endpoint=%s error=%s", so->id,
                 pb_strerror(op->status));
+    atomic_fetch_sub(&so->ep->state_unsaved, 1);
     free(so);
 }
 
-/* Record disabled (1, 0, -1 = keep) and failing_since of a managed endpoint. */
+/* Record disabled (1, 0, -1 = keep) and failing_since of an endpoint: a
+ * managed one in its record, a static one by (pipeline, output, id) with its
+ * url, so a restart or a reload keeps both. */
 static void save_state(struct pb_webhook_endpoint *ep, int disabled, const char *reason)
 {
-    if (ep->is_static)
-        return; /* static endpoints live in the configuration */
     struct state_op *so = calloc(1, sizeof(*so));
     if (!so) {
         PB_WARN("endpoint state not recorded endpoint=%s error=out of memory", ep->id);
@@ -478,10 +501,19 @@ static void save_state(struct pb_webhook_endpoint *ep, int disabled, const char 
     so->op.u.endpoint_state.disabled_reason = reason ? so->reason : NULL;
     so->op.u.endpoint_state.failing_since = ep->failing_since;
     so->op.u.endpoint_state.now = pb_now_ms();
+    if (ep->is_static) {
+        so->op.u.endpoint_state.pipeline = ep->conf->pipeline;
+        so->op.u.endpoint_state.output = ep->conf->output;
+        so->op.u.endpoint_state.url = ep->url;
+    }
     so->op.done_cb = state_done_cb;
     so->op.arg = so;
-    if (pb_store_submit(ep->e->store, &so->op) != 0)
+    so->ep = ep;
+    atomic_fetch_add(&ep->state_unsaved, 1);
+    if (pb_store_submit(ep->e->store, &so->op) != 0) {
+        atomic_fetch_sub(&ep->state_unsaved, 1);
         free(so);
+    }
 }
 
 static void disable(struct pb_webhook_endpoint *ep, const char *reason)
@@ -816,8 +848,50 @@ static int sync_cb(void *arg, const struct pb_endpoint_rec *r)
     return 0;
 }
 
+/* The saved state of one static endpoint of o (arg). */
+static int static_state_cb(void *arg, const struct pb_endpoint_rec *r)
+{
+    struct pb_output *o = arg;
+    struct wh_conf *c = o->ctx;
+    if (strcmp(r->pipeline, c->pipeline) != 0 || strcmp(r->output, c->output) != 0)
+        return 0;
+    struct pb_output *v = vout_find(o, r->id);
+    struct pb_webhook_endpoint *ep = v ? v->ctx : NULL;
+    /* Not while a change of ours is on its way to the store: it is newer. */
+    if (!ep || !ep->is_static || atomic_load(&ep->state_unsaved) > 0)
+        return 0;
+    if (strcmp(r->url, ep->url) != 0) {
+        /* The configuration points it elsewhere now: a fresh start. */
+        if (r->disabled && !ep->disabled)
+            PB_INFO("webhook endpoint enabled: its url changed since it was disabled "
+                    "pipeline=%s output=%s endpoint=%s",
+                    c->pipeline, c->output, ep->id);
+        return 0;
+    }
+    ep->failing_since = r->failing_since;
+    if (r->disabled != ep->disabled) {
+        ep->disabled = r->disabled;
+        v->paused = r->disabled;
+        if (r->disabled)
+            PB_WARN("webhook endpoint disabled pipeline=%s output=%s endpoint=%s reason=\"%s\" "
+                    "(saved; enable it through the admin API)",
+                    c->pipeline, c->output, ep->id, r->disabled_reason ? r->disabled_reason : "");
+        else
+            PB_INFO("webhook endpoint enabled pipeline=%s output=%s endpoint=%s", c->pipeline,
+                    c->output, ep->id);
+    }
+    return 0;
+}
+
 void pb_webhook_sync(struct pb_dispatcher *d, struct pb_engine *e, struct pb_output *o)
 {
+    if (!pb_webhook_is(o))
+        return;
+    if (((struct wh_conf *)o->ctx)->nstatics) {
+        struct pb_err err = {0};
+        if (pb_store_static_states_load(e->store, static_state_cb, o, &err) != 0)
+            PB_ERROR("cannot load the saved state of static endpoints error=\"%s\"", err.msg);
+    }
     if (!pb_webhook_managed(o))
         return;
     /* Room for endpoints created during this sync as well. */

@@ -12,6 +12,10 @@ struct pb_webhook_endpoint;
 
 bool pb_webhook_is(const struct pb_output *o);
 bool pb_webhook_managed(const struct pb_output *o);
+/* How many static endpoints of the configuration have this id; the first
+ * one's pipeline, output and url. Any thread (the configuration is fixed). */
+int pb_webhook_static_find(struct pb_engine *e, const char *id, const char **pipeline,
+                           const char **output, const char **url);
 int64_t pb_webhook_rotation_overlap(const struct pb_output *o);
 
 /* A new "whsec_" secret (24 random bytes) into buf (>= 64 bytes). */

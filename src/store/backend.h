@@ -43,6 +43,7 @@ struct pb_store_backend {
                                  int64_t after_id, int limit, struct pb_err *err);
     json_t *(*dead_letter_json)(void *ctx, int64_t delivery_id, struct pb_err *err);
     int (*endpoints_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
+    int (*static_states_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
     int (*endpoint_get)(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
                         struct pb_err *err);
 

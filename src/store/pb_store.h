@@ -21,7 +21,7 @@
 
 #include "patchbay/pb_err.h"
 
-#define PB_STORE_SCHEMA_VERSION 3 /* 2: endpoints, 3: body checksums */
+#define PB_STORE_SCHEMA_VERSION 4 /* 2: endpoints, 3: body checksums, 4: static endpoints' state */
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -185,6 +185,9 @@ struct pb_op_endpoint_state {
     const char *disabled_reason; /* stored when disabled changes to 1; cleared on 0 */
     int64_t failing_since;       /* -1 to keep */
     int64_t now;
+    /* Set for an endpoint of the configuration (static): its state is kept
+     * by (pipeline, output, id), created on first use, with the url it had. */
+    const char *pipeline, *output, *url;
 };
 
 struct pb_op {
@@ -270,6 +273,10 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
  * stop), or one (PB_ENOTFOUND + err when absent, cb not called). */
 typedef int (*pb_endpoint_cb)(void *arg, const struct pb_endpoint_rec *rec);
 int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err);
+/* The saved state of static endpoints: id, pipeline, output, url (as it was
+ * when saved), disabled, disabled_reason, failing_since, updated_at. */
+int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,
+                                struct pb_err *err);
 int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
                           struct pb_err *err);
 

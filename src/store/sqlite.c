@@ -95,6 +95,18 @@ static const char *const migrations[] = {
      * is read back: SQLite checks the structure of its pages, not the data
      * in them. NULL for messages stored before. */
     "ALTER TABLE messages ADD COLUMN body_crc INTEGER;",
+    /* 4: endpoints of the configuration keep their disabled state and
+     * failing time across restarts and reloads, with the url they had. */
+    "CREATE TABLE static_endpoint_state("
+    " pipeline TEXT NOT NULL,"
+    " output TEXT NOT NULL,"
+    " id TEXT NOT NULL,"
+    " url TEXT NOT NULL,"
+    " disabled INTEGER NOT NULL DEFAULT 0,"
+    " disabled_reason TEXT,"
+    " failing_since INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL,"
+    " PRIMARY KEY (pipeline, output, id)) WITHOUT ROWID;",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -170,6 +182,15 @@ static const char *const wsql[W_COUNT] = {
                    " ELSE disabled_reason END,"
                    " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
                    " updated_at = ?5 WHERE id = ?1",
+    [W_EP_STATIC_STATE] =
+        "INSERT INTO static_endpoint_state(pipeline, output, id, url, disabled,"
+        " disabled_reason, failing_since, updated_at)"
+        " VALUES (?6, ?7, ?1, ?8, max(?2, 0), CASE ?2 WHEN 1 THEN ?3 END, max(?4, 0), ?5)"
+        " ON CONFLICT (pipeline, output, id) DO UPDATE SET url = ?8,"
+        " disabled = CASE WHEN ?2 < 0 THEN disabled ELSE ?2 END,"
+        " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL ELSE disabled_reason END,"
+        " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
+        " updated_at = ?5",
     [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
     [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
     [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
@@ -1170,12 +1191,19 @@ static int apply_endpoint_delete(struct sq *q, struct pb_op *op)
 static int apply_endpoint_state(struct sq *q, struct pb_op *op)
 {
     struct pb_op_endpoint_state *e = &op->u.endpoint_state;
-    sqlite3_stmt *st = q->ws[W_EP_STATE];
+    bool is_static = e->pipeline != NULL;
+    sqlite3_stmt *st = q->ws[is_static ? W_EP_STATIC_STATE : W_EP_STATE];
     int rc;
 
-    if (!e->id || e->disabled < -1 || e->disabled > 1 || e->failing_since < -1) {
+    if (!e->id || e->disabled < -1 || e->disabled > 1 || e->failing_since < -1 ||
+        (is_static && (!e->output || !e->url))) {
         op->status = PB_EINVAL;
         return 0;
+    }
+    if (is_static) {
+        sqlite3_bind_text(st, 6, e->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, e->output, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 8, e->url, -1, SQLITE_STATIC);
     }
     sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, e->disabled);
@@ -1236,6 +1264,7 @@ const struct pb_store_backend pb__store_sqlite = {
     .dead_letters_json = pb__sqlite_dead_letters_json,
     .dead_letter_json = pb__sqlite_dead_letter_json,
     .endpoints_load = pb__sqlite_endpoints_load,
+    .static_states_load = pb__sqlite_static_states_load,
     .endpoint_get = pb__sqlite_endpoint_get,
     .test_max_pages = sq_test_max_pages,
 };

@@ -38,6 +38,7 @@ enum {
     W_EP_DEAD_DLV,
     W_EP_DEL,
     W_EP_STATE,
+    W_EP_STATIC_STATE,
     /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
     W_RALL_INS,
     W_RALL_UPD = W_RALL_INS + 4,
@@ -83,6 +84,7 @@ json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char
                                      int64_t after_id, int limit, struct pb_err *err);
 json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err);
 int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
+int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
 int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
                             struct pb_err *err);
 /* Close the idle read connections (store teardown, no reader active). */

@@ -22,6 +22,7 @@ enum {
     R_DEAD_ONE,
     R_EP_ALL,
     R_EP_ONE,
+    R_EP_STATIC,
     R_DEAD_LIST, /* + 0..3: bit 0 pipeline, bit 1 output */
     R_COUNT_ALL = R_DEAD_LIST + 4,
 };
@@ -53,6 +54,10 @@ static const char *const rsql[R_COUNT_ALL] = {
     [R_DEAD_ONE] = DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
     [R_EP_ALL] = EP_SELECT " ORDER BY id",
     [R_EP_ONE] = EP_SELECT " WHERE id = ?1",
+    /* The columns of EP_SELECT, with what a static endpoint's state lacks. */
+    [R_EP_STATIC] = "SELECT id, pipeline, output, url, NULL, '[]', '[]', NULL, disabled,"
+                    " disabled_reason, failing_since, 0, updated_at FROM static_endpoint_state"
+                    " ORDER BY pipeline, output, id",
     [R_DEAD_LIST + 0] = DEAD_LIST(""),
     [R_DEAD_LIST + 1] = DEAD_LIST(" AND d.pipeline = ?1"),
     [R_DEAD_LIST + 2] = DEAD_LIST(" AND d.output = ?2"),
@@ -290,6 +295,12 @@ int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb
 {
     size_t n;
     return endpoint_rows(ctx, R_EP_ALL, NULL, cb, arg, &n, err);
+}
+
+int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err)
+{
+    size_t n;
+    return endpoint_rows(ctx, R_EP_STATIC, NULL, cb, arg, &n, err);
 }
 
 int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,

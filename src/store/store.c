@@ -560,6 +560,14 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
     return s->be->count(s->ctx, cb, arg, err);
 }
 
+int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,
+                                struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "static_states_load needs a callback");
+    return s->be->static_states_load(s->ctx, cb, arg, err);
+}
+
 int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err)
 {
     if (!cb)

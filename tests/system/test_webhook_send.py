@@ -24,6 +24,7 @@ import base64
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -501,6 +502,56 @@ def gone_410_disables_and_enable_sends_what_waited():
     shown = endpoint(pb, eid)
     check(not shown["disabled"] and not shown.get("disabled_reason"), f"enabled: {shown}")
     check_eq(alerts.requests(), 1, "one endpoint.disabled event")
+
+
+STATIC_GONE_CONFIG = GONE_CONFIG.replace("""          events_pipeline: alerts
+""", """          events_pipeline: alerts
+          endpoints:
+            - { id: shop, url: "SHOP_URL", secret: "SHOP_SECRET" }
+""")
+
+
+@test
+def static_endpoint_stays_disabled_across_reload_and_restart():
+    sink = start_sink(status=410)
+    alerts = start_sink()
+    secret = new_secret()
+    pb = Patchbay(STATIC_GONE_CONFIG.replace("ALERTS", alerts.url)
+                  .replace("SHOP_URL", sink.url + "/gone").replace("SHOP_SECRET", secret))
+    out = "customers/shop"
+    m1 = post(pb, {"type": "order.created", "n": 1})
+    wait_until(lambda: pb.dead_letters(output=out), 10, "the 410 delivery in the DLQ")
+    wait_until(lambda: alerts.ok_count() == 1, 10, "endpoint.disabled at the alerts sink")
+    sink.set_mode(status=200)
+
+    # A reload (SIGHUP) and a restart keep it disabled: nothing is sent, and
+    # no second endpoint.disabled is raised.
+    pid = pb.proc.pid
+    os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: pb.log().count(" started ") >= 2, 30, "reloaded in place")
+    m2 = post(pb, {"type": "order.created", "n": 2})
+    wait_until(lambda: child_deliveries(pb, m2, "customers").get(out) == "pending", 10,
+               "fan-out to the disabled endpoint after the reload, pending")
+    pb.restart()
+    m3 = post(pb, {"type": "order.created", "n": 3})
+    wait_until(lambda: child_deliveries(pb, m3, "customers").get(out) == "pending", 10,
+               "fan-out to the disabled endpoint after the restart, pending")
+    stays(lambda: sink.requests() == 1, 1.0, "a disabled static endpoint gets no request")
+    check_eq(alerts.requests(), 1, "one endpoint.disabled event in all")
+    check("(saved; enable it through the admin API)" in pb.log(), "the start says it is disabled")
+
+    # Enabled through the API (by the id of the configuration), what waited goes.
+    st, doc = pb.admin("POST", "/api/endpoints/shop/enable")
+    check_eq(st, 200, f"enable: {doc}")
+    check_eq((doc.get("static"), doc.get("disabled"), doc.get("output")),
+             (True, False, "customers"), f"enable answer: {doc}")
+    pb.wait_states([m2, m3], {out: "delivered"})
+    ok = recs(sink, "/gone", 200)
+    check_eq(sorted(r["headers"].get("webhook-id") for r in ok), sorted([m2, m3]),
+             "the waiting messages arrive")
+    check_eq(pb.dead_letters(output=out)[0]["message_id"], m1, "the 410'd one stays dead")
+    st, doc = pb.admin("POST", "/api/endpoints/nope/enable")
+    check_eq(st, 404, f"unknown id: {doc}")
 
 
 # ---- 5. recovery -----------------------------------------------------------------------

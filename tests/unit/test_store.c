@@ -2160,6 +2160,74 @@ out:
     tdir_remove(&t);
 }
 
+/* Endpoints of the configuration keep their state by (pipeline, output, id),
+ * created on first use; managed endpoints never see it. */
+static int static_state(struct pb_store *s, const char *output, const char *id, const char *url,
+                        int disabled, const char *reason, int64_t failing_since, int64_t now)
+{
+    struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
+    op.u.endpoint_state = (struct pb_op_endpoint_state){.id = id,
+                                                        .disabled = disabled,
+                                                        .disabled_reason = reason,
+                                                        .failing_since = failing_since,
+                                                        .now = now,
+                                                        .pipeline = "p",
+                                                        .output = output,
+                                                        .url = url};
+    return pb_store_exec(s, &op);
+}
+
+PB_TEST(static_endpoint_state)
+{
+    struct tdir t;
+    struct eps l = {0};
+    struct pb_err err;
+
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    /* First use creates; -1 keeps; the same id under another output is another. */
+    PB_EQ_INT(static_state(s, "hooks", "shop", "https://a.test/", -1, NULL, 5000, 5001), 0);
+    PB_EQ_INT(static_state(s, "hooks", "shop", "https://a.test/", 1, "410 Gone", -1, 6000), 0);
+    PB_EQ_INT(static_state(s, "other", "shop", "https://b.test/", -1, NULL, 0, 6100), 0);
+    PB_EQ_INT(pb_store_static_states_load(s, eps_cb, &l, &err), 0);
+    PB_EQ_INT(l.n, 2);
+    PB_EQ_STR(l.e[0].output, "hooks");
+    PB_EQ_STR(l.e[0].id, "shop");
+    PB_EQ_STR(l.e[0].url, "https://a.test/");
+    PB_CHECK(l.e[0].disabled);
+    PB_EQ_STR(l.e[0].disabled_reason, "410 Gone");
+    PB_EQ_INT(l.e[0].failing_since, 5000);
+    PB_EQ_INT(l.e[0].updated_at, 6000);
+    PB_EQ_STR(l.e[1].output, "other");
+    PB_CHECK(!l.e[1].disabled);
+
+    /* Enabled again, healthy, under a new url; a restart keeps it. */
+    PB_EQ_INT(static_state(s, "hooks", "shop", "https://c.test/", 0, NULL, 0, 7000), 0);
+    pb_store_destroy(s);
+    s = open_started(t.url);
+    if (!s)
+        goto out;
+    l = (struct eps){0};
+    PB_EQ_INT(pb_store_static_states_load(s, eps_cb, &l, &err), 0);
+    PB_EQ_INT(l.n, 2);
+    PB_CHECK(!l.e[0].disabled);
+    PB_EQ_STR(l.e[0].disabled_reason, "<null>");
+    PB_EQ_INT(l.e[0].failing_since, 0);
+    PB_EQ_STR(l.e[0].url, "https://c.test/");
+
+    /* Not a managed endpoint; a static one needs its output and url. */
+    l = (struct eps){0};
+    PB_EQ_INT(pb_store_endpoints_load(s, eps_cb, &l, &err), 0);
+    PB_EQ_INT(l.n, 0);
+    PB_EQ_INT(static_state(s, NULL, "shop", "https://a.test/", 1, "x", -1, 8000), PB_EINVAL);
+    PB_EQ_INT(static_state(s, "hooks", "shop", NULL, 1, "x", -1, 8000), PB_EINVAL);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
 PB_TEST(endpoint_delete_kills_its_pending_deliveries)
 {
     static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b"};
