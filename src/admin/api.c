@@ -170,7 +170,7 @@ void pb_engine_resync_backlog(struct pb_engine *e)
             atomic_store(&e->cfg->pipelines[i].outs[j].backlog, 0);
     struct count_ctx cc = {.e = e};
     struct pb_err err = {0};
-    if (pb_store_count(e->store, backlog_cb, &cc, &err) != 0)
+    if (pb_store_count_pending(e->store, backlog_cb, &cc, &err) != 0)
         PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
 }
 

@@ -37,7 +37,7 @@ struct pb_store_backend {
     int (*load_pending)(void *ctx, const char *pipeline, const char *output, int64_t after_id,
                         size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
                         struct pb_err *err);
-    int (*count)(void *ctx, pb_count_cb cb, void *arg, struct pb_err *err);
+    int (*count)(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
     json_t *(*message_json)(void *ctx, const char *msg_id, struct pb_err *err);
     json_t *(*dead_letters_json)(void *ctx, const char *pipeline, const char *output,
                                  int64_t after_id, int limit, struct pb_err *err);

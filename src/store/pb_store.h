@@ -254,6 +254,9 @@ int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *
 typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output,
                             enum pb_dstate state, int64_t count);
 int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
+/* The same for PENDING deliveries only, through their index: it does not
+ * grow with the finished ones kept for `retention`. */
+int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 
 /* Admin views as JSON (new references; NULL + err on failure, PB_ENOTFOUND
  * when absent). Bodies that are UTF-8 JSON are embedded as "body"; others as

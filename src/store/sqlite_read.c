@@ -23,6 +23,7 @@ enum {
     R_EP_ALL,
     R_EP_ONE,
     R_EP_STATIC,
+    R_COUNT_PENDING,
     R_DEAD_LIST, /* + 0..3: bit 0 pipeline, bit 1 output */
     R_COUNT_ALL = R_DEAD_LIST + 4,
 };
@@ -42,6 +43,8 @@ static const char *const rsql[R_COUNT_ALL] = {
                   " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
                   " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.id > ?3"
                   " ORDER BY d.id LIMIT ?4",
+    [R_COUNT_PENDING] = "SELECT pipeline, output, 0, count(*) FROM deliveries WHERE state = 0"
+                        " GROUP BY pipeline, output",
     [R_COUNT] = "SELECT pipeline, output, state, count(*) FROM deliveries"
                 " GROUP BY pipeline, output, state",
     [R_MSG] = "SELECT seq, id, pipeline, received_at, content_type, body, body_crc FROM messages"
@@ -206,7 +209,8 @@ out:
     return ret;
 }
 
-int pb__sqlite_count(void *ctx, pb_count_cb cb, void *arg, struct pb_err *err)
+int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg,
+                     struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
@@ -215,7 +219,7 @@ int pb__sqlite_count(void *ctx, pb_count_cb cb, void *arg, struct pb_err *err)
 
     if (!r)
         return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, R_COUNT, err))) {
+    if (!(st = rstmt(r, pending_only ? R_COUNT_PENDING : R_COUNT, err))) {
         ret = err ? err->code : PB_ESTORE;
         goto out;
     }

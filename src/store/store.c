@@ -557,7 +557,14 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
 {
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
-    return s->be->count(s->ctx, cb, arg, err);
+    return s->be->count(s->ctx, false, cb, arg, err);
+}
+
+int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "count needs a callback");
+    return s->be->count(s->ctx, true, cb, arg, err);
 }
 
 int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,

@@ -2487,6 +2487,12 @@ PB_TEST(count_groups_by_pipeline_output_state)
     PB_EQ_INT(group_n(&gs, "p", "b", PB_DSTATE_PENDING), 1);
     PB_EQ_INT(group_n(&gs, "p", "b", PB_DSTATE_DEAD), 1);
     PB_EQ_INT(group_n(&gs, "q", "a", PB_DSTATE_PENDING), 1);
+    struct groups pending = {0};
+    PB_EQ_INT(pb_store_count_pending(s, groups_cb, &pending, NULL), 0);
+    PB_EQ_INT(pending.n, 3);
+    PB_EQ_INT(group_n(&pending, "p", "a", PB_DSTATE_PENDING), 1);
+    PB_EQ_INT(group_n(&pending, "p", "b", PB_DSTATE_PENDING), 1);
+    PB_EQ_INT(group_n(&pending, "q", "a", PB_DSTATE_PENDING), 1);
     pb_store_destroy(s);
 out:
     tdir_remove(&t);
