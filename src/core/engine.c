@@ -77,6 +77,13 @@ int pb_engine_run(const char *config_path, char **argv)
     struct pb_store_opts so;
     pb_store_opts_default(&so);
     so.ingest_queue_max = (size_t)e.cfg->limits.ingest_queue;
+    /* A reload re-opens the store this process has just closed cleanly: the
+     * full read of quick_check (seconds on a large store, while clients wait
+     * in the listen queue) finds nothing new. The log is still checked. */
+    if (getenv("PATCHBAY_RELOADED")) {
+        unsetenv("PATCHBAY_RELOADED");
+        so.integrity_check = false;
+    }
     e.store = pb_store_open(e.cfg->state, &so, &err);
     if (!e.store) {
         PB_ERROR("cannot open the state store: %s", pb_err_format(&err, ebuf, sizeof(ebuf)));
@@ -154,6 +161,7 @@ out:
             snprintf(fdbuf, sizeof(fdbuf), "%d", listen_fd);
             setenv("PATCHBAY_LISTEN_FD", fdbuf, 1);
         }
+        setenv("PATCHBAY_RELOADED", "1", 1);
         execv("/proc/self/exe", argv);
         PB_ERROR("reload failed: cannot re-execute patchbay: %s", strerror(errno));
         return 1;
