@@ -75,10 +75,11 @@ static void rec_free(struct rec_copy *c)
 static json_t *rec_json(const struct pb_endpoint_rec *r)
 {
     json_t *events = json_loads(r->events ? r->events : "[]", 0, NULL);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s?, s:b, s:s?, s:o?, s:I, s:I}", "id",
-                     r->id, "pipeline", r->pipeline, "output", r->output, "url", r->url,
+    return json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s?, s:b, s:b, s:s?, s:o?, s:I, s:I}",
+                     "id", r->id, "pipeline", r->pipeline, "output", r->output, "url", r->url,
                      "description", r->description, "events", events ? events : json_array(),
-                     "rate_limit", r->rate_limit, "disabled", r->disabled, "disabled_reason",
+                     "rate_limit", r->rate_limit, "static", 0, "disabled", r->disabled,
+                     "disabled_reason",
                      r->disabled_reason, "failing_since",
                      r->failing_since ? json_integer(r->failing_since) : NULL, "created_at",
                      (json_int_t)r->created_at, "updated_at", (json_int_t)r->updated_at);
@@ -115,6 +116,75 @@ static int list_cb(void *arg, const struct pb_endpoint_rec *r)
         (l->output && strcmp(l->output, r->output) != 0))
         return 0;
     json_array_append_new(l->items, rec_json(r));
+    return 0;
+}
+
+/* ---- static endpoints: the configuration's, with the state saved for them ---- */
+
+struct static_ctx {
+    json_t *saved; /* "pipeline/output/id" -> the saved state */
+    json_t *items; /* list: every match; show: the one found */
+    const char *pipeline, *output, *id;
+    bool bad;
+};
+
+static int saved_cb(void *arg, const struct pb_endpoint_rec *r)
+{
+    struct static_ctx *sc = arg;
+    char key[3 * PB_NAME_MAX + PB_ENDPOINT_ID_MAX];
+    snprintf(key, sizeof(key), "%s/%s/%s", r->pipeline, r->output, r->id);
+    json_t *st = json_pack("{s:s, s:b, s:s?, s:I, s:I}", "url", r->url, "disabled", r->disabled,
+                           "disabled_reason", r->disabled_reason, "failing_since",
+                           (json_int_t)r->failing_since, "updated_at", (json_int_t)r->updated_at);
+    if (!st || json_object_set_new(sc->saved, key, st) != 0)
+        sc->bad = true;
+    return 0;
+}
+
+static void static_cb(void *arg, const struct pb_webhook_static_view *v)
+{
+    struct static_ctx *sc = arg;
+    if ((sc->pipeline && strcmp(sc->pipeline, v->pipeline) != 0) ||
+        (sc->output && strcmp(sc->output, v->output) != 0) || (sc->id && strcmp(sc->id, v->id) != 0))
+        return;
+    char key[3 * PB_NAME_MAX + PB_ENDPOINT_ID_MAX];
+    snprintf(key, sizeof(key), "%s/%s/%s", v->pipeline, v->output, v->id);
+    json_t *st = json_object_get(sc->saved, key);
+    /* A state saved under another url is not this endpoint's any more. */
+    if (st && strcmp(json_string_value(json_object_get(st, "url")), v->url) != 0)
+        st = NULL;
+    json_t *events = json_array();
+    for (size_t i = 0; events && i < v->nevents; i++)
+        json_array_append_new(events, json_string(v->events[i]));
+    int64_t failing = st ? json_integer_value(json_object_get(st, "failing_since")) : 0;
+    json_t *item = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s?, s:o, s:b, s:b, s:O?, s:o?, s:O?}", "id", v->id, "pipeline",
+        v->pipeline, "output", v->output, "url", v->url, "description", v->description, "events",
+        events ? events : json_array(), "static", 1, "disabled",
+        st && json_is_true(json_object_get(st, "disabled")), "disabled_reason",
+        st ? json_object_get(st, "disabled_reason") : NULL, "failing_since",
+        failing ? json_integer(failing) : NULL, "updated_at",
+        st ? json_object_get(st, "updated_at") : NULL);
+    if (!item || json_array_append_new(sc->items, item) != 0)
+        sc->bad = true;
+}
+
+/* Static endpoints matching pipeline/output/id (each may be NULL) into
+ * items. 0, or an error already answered. */
+static int static_items(struct pb_engine *e, struct static_ctx *sc, struct pb_api_resp *r)
+{
+    struct pb_err err = {0};
+    sc->saved = json_object();
+    if (!sc->saved)
+        return pb_admin_error(r, 500, "out of memory");
+    if (pb_store_static_states_load(e->store, saved_cb, sc, &err) != 0) {
+        json_decref(sc->saved);
+        return pb_admin_error(r, 500, err.msg);
+    }
+    pb_webhook_static_each(e, static_cb, sc);
+    json_decref(sc->saved);
+    if (sc->bad)
+        return pb_admin_error(r, 500, "out of memory");
     return 0;
 }
 
@@ -587,6 +657,11 @@ int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char
             json_decref(l.items);
             return pb_admin_error(r, 500, err.msg);
         }
+        struct static_ctx sc = {.items = l.items, .pipeline = l.pipeline, .output = l.output};
+        if (static_items(e, &sc, r) != 0) {
+            json_decref(l.items);
+            return 0;
+        }
         return pb_admin_reply(r, 200, json_pack("{s:o}", "items", l.items));
     }
     char id[PB_ENDPOINT_ID_MAX];
@@ -618,8 +693,28 @@ int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char
         if (!get)
             return pb_admin_error(r, 405, "method not allowed");
         struct rec_copy rc = {0};
-        if (get_rec(e, id, &rc, r) != 0)
+        if (get_rec(e, id, &rc, r) != 0) {
+            if (r->status != 404)
+                return 0;
+            /* Not managed: a static endpoint of that id? */
+            free(r->body);
+            r->body = NULL;
+            struct static_ctx sc = {.items = json_array(), .id = id};
+            if (!sc.items)
+                return pb_admin_error(r, 500, "out of memory");
+            if (static_items(e, &sc, r) == 0) {
+                size_t n = json_array_size(sc.items);
+                if (n == 1)
+                    pb_admin_reply(r, 200, json_incref(json_array_get(sc.items, 0)));
+                else if (n > 1)
+                    pb_admin_error(r, 409, "several static endpoints have this id: give them "
+                                           "distinct ids in the configuration");
+                else
+                    pb_admin_error(r, 404, "no such endpoint");
+            }
+            json_decref(sc.items);
             return 0;
+        }
         struct pb_endpoint_rec v = rec_view(&rc);
         pb_admin_reply(r, 200, rec_json(&v));
         rec_free(&rc);

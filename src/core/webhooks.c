@@ -392,6 +392,32 @@ int pb_webhook_static_find(struct pb_engine *e, const char *id, const char **pip
     return n;
 }
 
+void pb_webhook_static_each(struct pb_engine *e,
+                            void (*fn)(void *arg, const struct pb_webhook_static_view *v),
+                            void *arg)
+{
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
+            struct pb_output *o = &e->cfg->pipelines[i].outs[j];
+            if (!pb_webhook_is(o))
+                continue;
+            struct wh_conf *c = o->ctx;
+            for (size_t k = 0; k < c->nstatics; k++) {
+                const struct wh_static *st = &c->statics[k];
+                struct pb_webhook_static_view v = {
+                    .pipeline = c->pipeline,
+                    .output = c->output,
+                    .id = st->id,
+                    .url = st->url,
+                    .description = st->description,
+                    .events = (const char *const *)st->events.items,
+                    .nevents = st->events.n,
+                };
+                fn(arg, &v);
+            }
+        }
+}
+
 bool pb_webhook_managed(const struct pb_output *o)
 {
     return pb_webhook_is(o) && ((const struct wh_conf *)o->ctx)->managed;

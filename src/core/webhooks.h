@@ -16,6 +16,18 @@ bool pb_webhook_managed(const struct pb_output *o);
  * one's pipeline, output and url. Any thread (the configuration is fixed). */
 int pb_webhook_static_find(struct pb_engine *e, const char *id, const char **pipeline,
                            const char **output, const char **url);
+
+/* A static endpoint as the configuration gives it (borrowed). */
+struct pb_webhook_static_view {
+    const char *pipeline, *output, *id, *url, *description;
+    const char *const *events;
+    size_t nevents;
+};
+/* fn for every static endpoint of every webhook output, in configuration
+ * order. Any thread. */
+void pb_webhook_static_each(struct pb_engine *e,
+                            void (*fn)(void *arg, const struct pb_webhook_static_view *v),
+                            void *arg);
 int64_t pb_webhook_rotation_overlap(const struct pb_output *o);
 
 /* A new "whsec_" secret (24 random bytes) into buf (>= 64 bytes). */

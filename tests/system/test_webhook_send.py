@@ -539,6 +539,16 @@ def static_endpoint_stays_disabled_across_reload_and_restart():
     stays(lambda: sink.requests() == 1, 1.0, "a disabled static endpoint gets no request")
     check_eq(alerts.requests(), 1, "one endpoint.disabled event in all")
     check("(saved; enable it through the admin API)" in pb.log(), "the start says it is disabled")
+    # The admin API lists and shows it, with its saved state.
+    st, doc = pb.admin("GET", "/api/endpoints?output=customers")
+    check_eq(st, 200, f"list: {doc}")
+    (item,) = doc["items"]
+    check_eq((item["id"], item["static"], item["disabled"], item["url"]),
+             ("shop", True, True, sink.url + "/gone"), f"listed: {item}")
+    check("410" in (item.get("disabled_reason") or ""), f"reason listed: {item}")
+    check("secret" not in json.dumps(item), f"no secret listed: {item}")
+    st, shown = pb.admin("GET", "/api/endpoints/shop")
+    check_eq((st, shown), (200, item), "shown as listed")
 
     # Enabled through the API (by the id of the configuration), what waited goes.
     st, doc = pb.admin("POST", "/api/endpoints/shop/enable")
@@ -550,8 +560,11 @@ def static_endpoint_stays_disabled_across_reload_and_restart():
     check_eq(sorted(r["headers"].get("webhook-id") for r in ok), sorted([m2, m3]),
              "the waiting messages arrive")
     check_eq(pb.dead_letters(output=out)[0]["message_id"], m1, "the 410'd one stays dead")
+    check_eq(endpoint(pb, "shop")["disabled"], False, "shown enabled")
     st, doc = pb.admin("POST", "/api/endpoints/nope/enable")
     check_eq(st, 404, f"unknown id: {doc}")
+    st, doc = pb.admin("GET", "/api/endpoints/nope")
+    check_eq(st, 404, f"unknown id shown: {doc}")
 
 
 # ---- 5. recovery -----------------------------------------------------------------------
