@@ -13,11 +13,11 @@
 #define PB_JSON_MAX_DEPTH_DEFAULT 64
 
 struct pb_json_check {
-    size_t max_depth;    /* 0 = PB_JSON_MAX_DEPTH_DEFAULT */
-    bool exact_numbers;  /* fail numbers a double cannot carry exactly */
+    size_t max_depth;   /* 0 = PB_JSON_MAX_DEPTH_DEFAULT */
+    bool exact_numbers; /* fail numbers a double cannot carry exactly */
     /* out */
-    size_t members;      /* object members seen, duplicates included */
-    size_t err_offset;   /* byte offset of the first problem */
+    size_t members;         /* object members seen, duplicates included */
+    size_t err_offset;      /* byte offset of the first problem */
     const char *err_reason; /* static text: "invalid UTF-8", "unexpected character", ... */
 };
 

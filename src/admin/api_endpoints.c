@@ -75,12 +75,11 @@ static void rec_free(struct rec_copy *c)
 static json_t *rec_json(const struct pb_endpoint_rec *r)
 {
     json_t *events = json_loads(r->events ? r->events : "[]", 0, NULL);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s?, s:b, s:b, s:s?, s:o?, s:I, s:I}",
-                     "id", r->id, "pipeline", r->pipeline, "output", r->output, "url", r->url,
+    return json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s?, s:b, s:b, s:s?, s:o?, s:I, s:I}", "id",
+                     r->id, "pipeline", r->pipeline, "output", r->output, "url", r->url,
                      "description", r->description, "events", events ? events : json_array(),
                      "rate_limit", r->rate_limit, "static", 0, "disabled", r->disabled,
-                     "disabled_reason",
-                     r->disabled_reason, "failing_since",
+                     "disabled_reason", r->disabled_reason, "failing_since",
                      r->failing_since ? json_integer(r->failing_since) : NULL, "created_at",
                      (json_int_t)r->created_at, "updated_at", (json_int_t)r->updated_at);
 }
@@ -145,7 +144,8 @@ static void static_cb(void *arg, const struct pb_webhook_static_view *v)
 {
     struct static_ctx *sc = arg;
     if ((sc->pipeline && strcmp(sc->pipeline, v->pipeline) != 0) ||
-        (sc->output && strcmp(sc->output, v->output) != 0) || (sc->id && strcmp(sc->id, v->id) != 0))
+        (sc->output && strcmp(sc->output, v->output) != 0) ||
+        (sc->id && strcmp(sc->id, v->id) != 0))
         return;
     char key[3 * PB_NAME_MAX + PB_ENDPOINT_ID_MAX];
     snprintf(key, sizeof(key), "%s/%s/%s", v->pipeline, v->output, v->id);
@@ -157,14 +157,14 @@ static void static_cb(void *arg, const struct pb_webhook_static_view *v)
     for (size_t i = 0; events && i < v->nevents; i++)
         json_array_append_new(events, json_string(v->events[i]));
     int64_t failing = st ? json_integer_value(json_object_get(st, "failing_since")) : 0;
-    json_t *item = json_pack(
-        "{s:s, s:s, s:s, s:s, s:s?, s:o, s:b, s:b, s:O?, s:o?, s:O?}", "id", v->id, "pipeline",
-        v->pipeline, "output", v->output, "url", v->url, "description", v->description, "events",
-        events ? events : json_array(), "static", 1, "disabled",
-        st && json_is_true(json_object_get(st, "disabled")), "disabled_reason",
-        st ? json_object_get(st, "disabled_reason") : NULL, "failing_since",
-        failing ? json_integer(failing) : NULL, "updated_at",
-        st ? json_object_get(st, "updated_at") : NULL);
+    json_t *item =
+        json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:b, s:b, s:O?, s:o?, s:O?}", "id", v->id,
+                  "pipeline", v->pipeline, "output", v->output, "url", v->url, "description",
+                  v->description, "events", events ? events : json_array(), "static", 1, "disabled",
+                  st && json_is_true(json_object_get(st, "disabled")), "disabled_reason",
+                  st ? json_object_get(st, "disabled_reason") : NULL, "failing_since",
+                  failing ? json_integer(failing) : NULL, "updated_at",
+                  st ? json_object_get(st, "updated_at") : NULL);
     if (!item || json_array_append_new(sc->items, item) != 0)
         sc->bad = true;
 }
@@ -520,8 +520,9 @@ static int set_static_disabled(struct pb_engine *e, const char *id, bool disable
     if (n == 0)
         return pb_admin_error(r, 404, "no such endpoint");
     if (n > 1)
-        return pb_admin_error(r, 409, "several static endpoints have this id: give them "
-                                      "distinct ids in the configuration");
+        return pb_admin_error(r, 409,
+                              "several static endpoints have this id: give them "
+                              "distinct ids in the configuration");
     struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
     op.u.endpoint_state = (struct pb_op_endpoint_state){
         .id = id,
@@ -707,8 +708,9 @@ int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char
                 if (n == 1)
                     pb_admin_reply(r, 200, json_incref(json_array_get(sc.items, 0)));
                 else if (n > 1)
-                    pb_admin_error(r, 409, "several static endpoints have this id: give them "
-                                           "distinct ids in the configuration");
+                    pb_admin_error(r, 409,
+                                   "several static endpoints have this id: give them "
+                                   "distinct ids in the configuration");
                 else
                     pb_admin_error(r, 404, "no such endpoint");
             }

@@ -21,7 +21,9 @@
 
 #include "patchbay/pb_err.h"
 
-#define PB_STORE_SCHEMA_VERSION 4 /* 2: endpoints, 3: body checksums, 4: static endpoints' state */
+#define PB_STORE_SCHEMA_VERSION                                                                    \
+    4 /* 2: endpoints, 3: body checksums, 4: static endpoints' state                               \
+       */
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,

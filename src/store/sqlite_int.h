@@ -78,8 +78,7 @@ int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err
 int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output, int64_t after_id,
                             size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
                             struct pb_err *err);
-int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg,
-                     struct pb_err *err);
+int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
 json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err);
 json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
                                      int64_t after_id, int limit, struct pb_err *err);

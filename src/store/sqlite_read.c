@@ -209,8 +209,7 @@ out:
     return ret;
 }
 
-int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg,
-                     struct pb_err *err)
+int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
