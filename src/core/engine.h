@@ -245,6 +245,9 @@ int pb_httpd_quiesce(struct pb_httpd *h, bool keep_socket);
 void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms);
 void pb_httpd_destroy(struct pb_httpd *h);
 unsigned pb_httpd_port(const struct pb_httpd *h);
+/* Connections closed past the request deadline, by the part still arriving
+ * (0 for NULL). Any thread. */
+void pb_httpd_request_timeouts(const struct pb_httpd *h, uint64_t *head, uint64_t *body);
 
 /* Internal ingest: commit body as a new message of pipeline and deliver it
  * like any other (used for endpoint.disabled events). Any thread. */

@@ -161,6 +161,15 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
         "# HELP patchbay_store_queue_depth Operations waiting for the writer.\n"
         "# TYPE patchbay_store_queue_depth gauge\npatchbay_store_queue_depth %zu\n",
         pb_store_queue_depth(e->store));
+    uint64_t cut_head, cut_body;
+    pb_httpd_request_timeouts(e->httpd, &cut_head, &cut_body);
+    put(&b,
+        "# HELP patchbay_http_request_timeouts_total Connections closed because their request did "
+        "not arrive within server.connection_timeout, by the part still arriving.\n"
+        "# TYPE patchbay_http_request_timeouts_total counter\n"
+        "patchbay_http_request_timeouts_total{part=\"head\"} %llu\n"
+        "patchbay_http_request_timeouts_total{part=\"body\"} %llu\n",
+        (unsigned long long)cut_head, (unsigned long long)cut_body);
 
     static const struct {
         const char *name, *help;

@@ -572,34 +572,17 @@ static void *sweeper_main(void *arg)
     }
 }
 
-/* The listener's own counters, after the engine's. Takes ownership of text. */
-static char *add_listener_metrics(struct pb_httpd *h, char *text, size_t *len)
+void pb_httpd_request_timeouts(const struct pb_httpd *h, uint64_t *head, uint64_t *body)
 {
-    char more[512];
-    int n = snprintf(more, sizeof(more),
-                     "# HELP patchbay_http_request_timeouts_total Connections closed because "
-                     "their request did not arrive within server.connection_timeout, by the part "
-                     "still arriving.\n# TYPE patchbay_http_request_timeouts_total counter\n"
-                     "patchbay_http_request_timeouts_total{part=\"head\"} %llu\n"
-                     "patchbay_http_request_timeouts_total{part=\"body\"} %llu\n",
-                     (unsigned long long)atomic_load(&h->cut[PART_HEAD]),
-                     (unsigned long long)atomic_load(&h->cut[PART_BODY]));
-    char *p = n > 0 && (size_t)n < sizeof(more) ? realloc(text, *len + (size_t)n + 1) : NULL;
-    if (!p) {
-        free(text);
-        return NULL;
-    }
-    memcpy(p + *len, more, (size_t)n + 1);
-    *len += (size_t)n;
-    return p;
+    *head = h ? atomic_load(&h->cut[PART_HEAD]) : 0;
+    *body = h ? atomic_load(&h->cut[PART_BODY]) : 0;
 }
 
 /* ---- operations endpoints --------------------------------------------------------------- */
 
-static enum MHD_Result ops_answer(struct pb_httpd *h, struct MHD_Connection *c, const char *url,
+static enum MHD_Result ops_answer(struct pb_engine *e, struct MHD_Connection *c, const char *url,
                                   const char *method)
 {
-    struct pb_engine *e = h->e;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed", "Allow", "GET");
     if (strcmp(url, "/health") == 0)
@@ -621,8 +604,6 @@ static enum MHD_Result ops_answer(struct pb_httpd *h, struct MHD_Connection *c, 
     }
     size_t len = 0;
     char *text = pb_metrics_render(e, &len);
-    if (text)
-        text = add_listener_metrics(h, text, &len);
     if (!text)
         return send_error(c, 500, "out of memory", NULL, NULL);
     struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -798,7 +779,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
             return send_error(c, 413, "body too large", NULL, NULL);
         return admin_answer(r, c, url, method);
     case REQ_OPS:
-        return ops_answer(h, c, url, method);
+        return ops_answer(h->e, c, url, method);
     default:
         return send_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint", NULL, NULL);
     }
