@@ -372,26 +372,6 @@ bool pb_webhook_is(const struct pb_output *o)
     return o->plugin == &pb_out_webhook;
 }
 
-int pb_webhook_static_find(struct pb_engine *e, const char *id, const char **pipeline,
-                           const char **output, const char **url)
-{
-    int n = 0;
-    for (size_t i = 0; i < e->cfg->npipelines; i++)
-        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
-            struct pb_output *o = &e->cfg->pipelines[i].outs[j];
-            if (!pb_webhook_is(o))
-                continue;
-            struct wh_conf *c = o->ctx;
-            for (size_t k = 0; k < c->nstatics; k++)
-                if (strcmp(c->statics[k].id, id) == 0 && n++ == 0) {
-                    *pipeline = c->pipeline;
-                    *output = c->output;
-                    *url = c->statics[k].url;
-                }
-        }
-    return n;
-}
-
 void pb_webhook_static_each(struct pb_engine *e,
                             void (*fn)(void *arg, const struct pb_webhook_static_view *v),
                             void *arg)
@@ -416,6 +396,34 @@ void pb_webhook_static_each(struct pb_engine *e,
                 fn(arg, &v);
             }
         }
+}
+
+struct static_find {
+    const char *id, *pipeline, *output, *url;
+    int n;
+};
+
+static void static_find_cb(void *arg, const struct pb_webhook_static_view *v)
+{
+    struct static_find *f = arg;
+    if (strcmp(v->id, f->id) == 0 && f->n++ == 0) {
+        f->pipeline = v->pipeline;
+        f->output = v->output;
+        f->url = v->url;
+    }
+}
+
+int pb_webhook_static_find(struct pb_engine *e, const char *id, const char **pipeline,
+                           const char **output, const char **url)
+{
+    struct static_find f = {.id = id};
+    pb_webhook_static_each(e, static_find_cb, &f);
+    if (f.n) {
+        *pipeline = f.pipeline;
+        *output = f.output;
+        *url = f.url;
+    }
+    return f.n;
 }
 
 bool pb_webhook_managed(const struct pb_output *o)
