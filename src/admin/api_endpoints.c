@@ -127,11 +127,18 @@ struct static_ctx {
     bool bad;
 };
 
+/* The key of a static endpoint's saved state in static_ctx.saved. */
+#define STATE_KEY_MAX (2 * PB_NAME_MAX + PB_ENDPOINT_ID_MAX + 3)
+static void state_key(char *key, const char *pipeline, const char *output, const char *id)
+{
+    snprintf(key, STATE_KEY_MAX, "%s/%s/%s", pipeline, output, id);
+}
+
 static int saved_cb(void *arg, const struct pb_endpoint_rec *r)
 {
     struct static_ctx *sc = arg;
-    char key[3 * PB_NAME_MAX + PB_ENDPOINT_ID_MAX];
-    snprintf(key, sizeof(key), "%s/%s/%s", r->pipeline, r->output, r->id);
+    char key[STATE_KEY_MAX];
+    state_key(key, r->pipeline, r->output, r->id);
     json_t *st = json_pack("{s:s, s:b, s:s?, s:I, s:I}", "url", r->url, "disabled", r->disabled,
                            "disabled_reason", r->disabled_reason, "failing_since",
                            (json_int_t)r->failing_since, "updated_at", (json_int_t)r->updated_at);
@@ -147,8 +154,8 @@ static void static_cb(void *arg, const struct pb_webhook_static_view *v)
         (sc->output && strcmp(sc->output, v->output) != 0) ||
         (sc->id && strcmp(sc->id, v->id) != 0))
         return;
-    char key[3 * PB_NAME_MAX + PB_ENDPOINT_ID_MAX];
-    snprintf(key, sizeof(key), "%s/%s/%s", v->pipeline, v->output, v->id);
+    char key[STATE_KEY_MAX];
+    state_key(key, v->pipeline, v->output, v->id);
     json_t *st = json_object_get(sc->saved, key);
     /* A state saved under another url is not this endpoint's any more. */
     if (st && strcmp(json_string_value(json_object_get(st, "url")), v->url) != 0)
