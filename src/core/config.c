@@ -218,14 +218,17 @@ static int plugin_block(const struct pb_node *n, const char *what, const char *o
     return 0;
 }
 
-static void names_of(char *buf, size_t len, const char *const *names)
-{
-    buf[0] = 0;
-    for (size_t i = 0; names[i]; i++) {
-        size_t used = strlen(buf);
-        snprintf(buf + used, len - used, "%s%s", i ? ", " : "", names[i]);
-    }
-}
+/* "a, b, c": the names of a NULL-terminated plugin table (any kind: each
+ * starts with its name) into the array buf, cut to fit. */
+#define PLUGIN_NAMES(buf, plugins)                                                                 \
+    do {                                                                                           \
+        (buf)[0] = 0;                                                                              \
+        for (size_t i_ = 0; (plugins)[i_]; i_++) {                                                 \
+            size_t used_ = strlen(buf);                                                            \
+            snprintf((buf) + used_, sizeof(buf) - used_, "%s%s", i_ ? ", " : "",                   \
+                     (plugins)[i_]->name);                                                         \
+        }                                                                                          \
+    } while (0)
 
 static int add_route_cb(void *arg, const struct pb_ingest_route *r, struct pb_err *err)
 {
@@ -245,13 +248,8 @@ static int load_input(struct pb_pipeline *pl, const struct pb_node *n, struct pb
         return rc;
     pl->input = pb_registry_input(name->str);
     if (!pl->input) {
-        const char *list[16];
-        size_t k = 0;
-        for (size_t i = 0; pb_input_plugins[i] && k < 15; i++)
-            list[k++] = pb_input_plugins[i]->name;
-        list[k] = NULL;
         char avail[256];
-        names_of(avail, sizeof(avail), list);
+        PLUGIN_NAMES(avail, pb_input_plugins);
         return bad(err, name, "unknown input \"%s\" (available: %s)", name->str, avail);
     }
     pl->input_ctx = calloc(1, pl->input->ctx_size ? pl->input->ctx_size : 1);
@@ -280,13 +278,8 @@ static int load_processor(struct pb_pipeline *pl, struct pb_proc *pr, const stru
         return rc;
     pr->plugin = pb_registry_processor(name->str);
     if (!pr->plugin) {
-        const char *list[16];
-        size_t k = 0;
-        for (size_t i = 0; pb_processor_plugins[i] && k < 15; i++)
-            list[k++] = pb_processor_plugins[i]->name;
-        list[k] = NULL;
         char avail[256];
-        names_of(avail, sizeof(avail), list);
+        PLUGIN_NAMES(avail, pb_processor_plugins);
         return bad(err, name, "unknown processor \"%s\" (available: %s)", name->str, avail);
     }
     pr->ctx = calloc(1, pr->plugin->ctx_size ? pr->plugin->ctx_size : 1);
@@ -324,13 +317,8 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
         return rc;
     o->plugin = pb_registry_output(name->str);
     if (!o->plugin) {
-        const char *list[16];
-        size_t k = 0;
-        for (size_t i = 0; pb_output_plugins[i] && k < 15; i++)
-            list[k++] = pb_output_plugins[i]->name;
-        list[k] = NULL;
         char avail[256];
-        names_of(avail, sizeof(avail), list);
+        PLUGIN_NAMES(avail, pb_output_plugins);
         return bad(err, name, "unknown output \"%s\" (available: %s)", name->str, avail);
     }
     o->ctx = calloc(1, o->plugin->ctx_size ? o->plugin->ctx_size : 1);
