@@ -19,6 +19,12 @@ struct pb_jq;
 /* Compile program; NULL with the jq compiler's message in err. */
 struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err);
 void pb_jq_destroy(struct pb_jq *q);
+/* A condition: only the first output counts, so `.a, .b` is not an error;
+ * no output is false. */
+struct pb_jq *pb_jq_compile_predicate(const char *program, struct pb_err *err);
+/* Run a predicate on in and meta (both borrowed): *truth is jq truthiness
+ * of its first output. 0 or PB_EJQ... with err. */
+int pb_jq_test(struct pb_jq *q, jv in, jv meta, bool *truth, struct pb_err *err);
 
 /* Run q on in (ownership taken). Collects up to max_out results into out[]
  * (each owned by the caller) and their count into *nout; more results than
@@ -26,6 +32,10 @@ void pb_jq_destroy(struct pb_jq *q);
  * libjq 1.6 offers no step limit: only the number of outputs is bounded, so a
  * program that loops without producing output is the configuration's bug. */
 int pb_jq_run(struct pb_jq *q, jv in, jv *out, size_t max_out, size_t *nout, struct pb_err *err);
+/* The same with $meta bound to meta (ownership taken; jv_null() when the
+ * message has none). Every program can name $meta. */
+int pb_jq_run_meta(struct pb_jq *q, jv in, jv meta, jv *out, size_t max_out, size_t *nout,
+                   struct pb_err *err);
 
 /* Parse JSON bytes into a jv, refusing values jq cannot carry exactly. */
 int pb_jq_parse(const char *buf, size_t len, jv *out, struct pb_err *err);

@@ -83,9 +83,36 @@ struct pb_output_plugin {
 
 /* ---- processors ------------------------------------------------------------ */
 
-enum pb_proc_verdict {
-    PB_PROC_PASS = 0, /* *out holds the new value */
-    PB_PROC_DROP,     /* message filtered out on purpose */
+/* Processors run in the route stage, once per message (DESIGN semantics 9):
+ * the pipeline's steps in order, each taking one message and passing on 0..N
+ * messages, each with the set of outputs it still goes to. What the last step
+ * passes on, and the outputs chosen, is committed before any delivery starts. */
+
+/* A pipeline has at most this many outputs, so a set of them is a bit mask
+ * (bit i: the i-th output in configuration order). */
+#define PB_MAX_OUTPUTS 64
+typedef uint64_t pb_outset;
+
+/* One message going through a step (core-owned; valid during process()). */
+struct pb_proc_io;
+
+/* The message's metadata as jq sees it ($meta); borrowed, do not free. */
+jv pb_proc_meta(const struct pb_proc_io *io);
+/* The outputs the message goes to when it reached this step. */
+pb_outset pb_proc_outputs(const struct pb_proc_io *io);
+/* Pass body (ownership taken) on to the next step, going to outputs. Emitting
+ * nothing drops the message on purpose (a filter). PB_ETOOBIG past the
+ * pipeline's bound on messages made from one (the body is freed). */
+int pb_proc_emit(struct pb_proc_io *io, jv body, pb_outset outputs);
+/* Mark the messages emitted by this step as new messages of their own (each
+ * with its own id, linked to the one it came from), as `split` does. Without
+ * it an emitted message is the same message, changed. */
+void pb_proc_new_messages(struct pb_proc_io *io);
+
+struct pb_proc_env {
+    const char *pipeline;
+    size_t noutputs;              /* <= PB_MAX_OUTPUTS */
+    const char *const *outputs;   /* names, in configuration order */
 };
 
 struct pb_processor_plugin {
@@ -95,12 +122,17 @@ struct pb_processor_plugin {
      * scalar_offset instead of being decoded with fields. */
     bool scalar_form;
     size_t scalar_offset;
+    /* When set, a sequence block ("switch: [...]") is stored as the
+     * const struct pb_node * at node_offset, borrowed from the document. */
+    bool seq_form;
+    size_t node_offset;
     size_t ctx_size;
-    int (*init)(void *ctx, struct pb_err *err);
-    /* Takes ownership of in. On PASS sets *out (owned by caller). Returns the
-     * verdict (>= 0) or a negative PB_E* with a reason in err, which
-     * dead-letters the delivery. Called from one thread per context. */
-    int (*process)(void *ctx, jv in, jv *out, struct pb_err *err);
+    /* Validate and prepare; no I/O. env is borrowed for the call. */
+    int (*init)(void *ctx, const struct pb_proc_env *env, struct pb_err *err);
+    /* Takes ownership of in. Returns 0 (having emitted 0..N messages) or a
+     * negative PB_E* with a reason in err, which dead-letters the message.
+     * Called from one thread per context. */
+    int (*process)(void *ctx, struct pb_proc_io *io, jv in, struct pb_err *err);
     void (*destroy)(void *ctx);
 };
 

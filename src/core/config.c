@@ -269,7 +269,8 @@ static int load_input(struct pb_pipeline *pl, const struct pb_node *n, struct pb
     return 0;
 }
 
-static int load_processor(struct pb_pipeline *pl, struct pb_proc *pr, const struct pb_node *n,
+static int load_processor(struct pb_pipeline *pl, struct pb_route_step *pr,
+                          const struct pb_proc_env *env, const struct pb_node *n,
                           struct pb_err *err)
 {
     const struct pb_node *name = NULL, *body = NULL;
@@ -290,18 +291,36 @@ static int load_processor(struct pb_pipeline *pl, struct pb_proc *pr, const stru
         if (!s)
             return pb_err_set(err, PB_ENOMEM, "out of memory");
         memcpy((char *)pr->ctx + pr->plugin->scalar_offset, &s, sizeof(s));
+    } else if (pr->plugin->seq_form) {
+        if (body->type != PB_NODE_SEQ)
+            return bad(err, body, "%s takes a list", pr->plugin->name);
+        memcpy((char *)pr->ctx + pr->plugin->node_offset, &body, sizeof(body));
     } else {
         rc = pb_conf_decode(body, pr->plugin->fields, pr->ctx, err);
         if (rc)
             return rc;
     }
-    rc = pr->plugin->init(pr->ctx, err);
+    rc = pr->plugin->init(pr->ctx, env, err);
     if (rc) {
         if (!err->file)
             err->file = body->file, err->line = body->line, err->col = body->col;
         return rc;
     }
     return 0;
+}
+
+/* Output names appear in URLs, metrics and the store; webhook endpoints and
+ * the route stage take names no output can have ('/', '('). */
+static bool output_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= PB_NAME_MAX)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '-' || *s == '_' || *s == '.'))
+            return false;
+    return true;
 }
 
 static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_output *o,
@@ -312,6 +331,10 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     o->name = strdup(key->str);
     if (!o->name)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
+    if (!output_name_ok(o->name))
+        return bad(err, key,
+                   "output name \"%s\": use letters, digits, '-', '_' and '.' (at most %d)",
+                   o->name, PB_NAME_MAX - 1);
     int rc = plugin_block(n, "output", o->name, &name, &body, err);
     if (rc)
         return rc;
@@ -411,6 +434,46 @@ allow_fail:
     return err->code ? err->code : PB_ECONFIG;
 }
 
+extern const struct pb_output_plugin pb__route_plugin;
+
+/* Where ingest commits create deliveries: the route stage when there are
+ * process steps (it runs them once per message, then creates the outputs'
+ * deliveries), else every output directly. */
+static int setup_routing(struct pb_pipeline *pl, struct pb_err *err)
+{
+    pl->routes = pl->nprocs > 0;
+    pl->ningest = pl->routes ? 1 : pl->nouts;
+    pl->ingest_outs = calloc(pl->ningest, sizeof(*pl->ingest_outs));
+    pl->ingest_names = calloc(pl->ningest, sizeof(*pl->ingest_names));
+    if (!pl->ingest_outs || !pl->ingest_names)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    if (!pl->routes) {
+        for (size_t i = 0; i < pl->nouts; i++) {
+            pl->ingest_outs[i] = &pl->outs[i];
+            pl->ingest_names[i] = pl->outs[i].name;
+        }
+        return 0;
+    }
+    struct pb_output *r = &pl->router;
+    r->name = strdup(PB_ROUTE_OUTPUT);
+    if (!r->name)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    r->index = pl->nouts;
+    r->pl = pl;
+    r->plugin = &pb__route_plugin;
+    r->is_route = true;
+    r->ctx_ready = true;
+    pthread_mutex_init(&r->vlock, NULL);
+    /* A step that fails fails the same way again: one attempt, then the
+     * dead-letter queue, where a replay routes it anew. */
+    r->policy = (struct pb_retry_policy){
+        .max_attempts = 1, .initial_ms = 500, .max_ms = 600000, .max_age_ms = 3 * 86400000LL};
+    r->concurrency = (size_t)r->plugin->default_concurrency;
+    pl->ingest_outs[0] = r;
+    pl->ingest_names[0] = r->name;
+    return 0;
+}
+
 static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const struct pb_node *key,
                          const struct pb_node *n, struct pb_http_client *http, struct pb_err *err)
 {
@@ -441,32 +504,14 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
             goto out;
         }
     }
-    if (raw.process) {
-        if (raw.process->type != PB_NODE_SEQ) {
-            rc = bad(err, raw.process, "\"process\" of pipeline \"%s\" must be a list of steps%s",
-                     pl->name, "");
-            goto out;
-        }
-        if (raw.process->n && pl->has_route && !pl->route.json) {
-            rc = bad(err, raw.process,
-                     "pipeline \"%s\" has process steps, which need format: json%s", pl->name, "");
-            goto out;
-        }
-        pl->procs = calloc(raw.process->n ? raw.process->n : 1, sizeof(*pl->procs));
-        if (!pl->procs) {
-            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
-            goto out;
-        }
-        for (size_t i = 0; i < raw.process->n; i++) {
-            pl->nprocs = i + 1;
-            rc = load_processor(pl, &pl->procs[i], raw.process->vals[i], err);
-            if (rc)
-                goto out;
-        }
-    }
     if (raw.outputs->type != PB_NODE_MAP || raw.outputs->n == 0) {
         rc = bad(err, raw.outputs,
                  "\"outputs\" of pipeline \"%s\" must be a map of named outputs%s", pl->name, "");
+        goto out;
+    }
+    if (raw.outputs->n > PB_MAX_OUTPUTS) {
+        rc = bad(err, raw.outputs, "pipeline \"%s\" has %zu outputs; at most %d", pl->name,
+                 raw.outputs->n, PB_MAX_OUTPUTS);
         goto out;
     }
     pl->outs = calloc(raw.outputs->n, sizeof(*pl->outs));
@@ -486,6 +531,32 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
             goto out;
         pl->out_names[i] = pl->outs[i].name;
     }
+    if (raw.process) {
+        struct pb_proc_env penv = {
+            .pipeline = pl->name, .noutputs = pl->nouts, .outputs = pl->out_names};
+        if (raw.process->type != PB_NODE_SEQ) {
+            rc = bad(err, raw.process, "\"process\" of pipeline \"%s\" must be a list of steps%s",
+                     pl->name, "");
+            goto out;
+        }
+        if (raw.process->n && pl->has_route && !pl->route.json) {
+            rc = bad(err, raw.process,
+                     "pipeline \"%s\" has process steps, which need format: json%s", pl->name, "");
+            goto out;
+        }
+        pl->procs = calloc(raw.process->n ? raw.process->n : 1, sizeof(*pl->procs));
+        if (!pl->procs) {
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < raw.process->n; i++) {
+            pl->nprocs = i + 1;
+            rc = load_processor(pl, &pl->procs[i], &penv, raw.process->vals[i], err);
+            if (rc)
+                goto out;
+        }
+    }
+    rc = setup_routing(pl, err);
 out:
     pb_conf_free(pipeline_fields, &raw);
     return rc;
@@ -590,7 +661,7 @@ static void destroy_pipeline(struct pb_pipeline *pl)
     }
     free(pl->input_ctx);
     for (size_t i = 0; i < pl->nprocs; i++) {
-        struct pb_proc *pr = &pl->procs[i];
+        struct pb_route_step *pr = &pl->procs[i];
         if (pr->plugin && pr->ctx) {
             if (pr->plugin->destroy)
                 pr->plugin->destroy(pr->ctx);
@@ -611,6 +682,13 @@ static void destroy_pipeline(struct pb_pipeline *pl)
         destroy_output(&pl->outs[i]);
     free(pl->outs);
     free(pl->out_names);
+    if (pl->router.name) {
+        pthread_mutex_destroy(&pl->router.vlock);
+        free(pl->router.keys);
+        free(pl->router.name);
+    }
+    free(pl->ingest_outs);
+    free(pl->ingest_names);
     pb_jq_destroy(pl->key_jq);
     free(pl->ordering_key);
     free(pl->name);

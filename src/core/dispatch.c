@@ -18,68 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/engine.h"
+#include "core/dispatch_int.h"
 #include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 #define LOAD_BATCH_MAX 2048
 #define POLL_MAX_MS 500
-
-struct pb_keyq {
-    char *key;
-    uint64_t hash;
-    struct pb_keyq *next;      /* hash chain */
-    struct pb_dl *head, *tail; /* admitted, waiting for the key */
-};
-
-struct pb_dl {
-    int64_t id;
-    struct pb_msg *msg;
-    struct pb_output *out;
-    struct pb_dispatcher *disp;
-    struct pb_keyq *kq;
-    int attempts; /* made so far */
-    int64_t next_at;
-    struct pb_dl *next; /* ready queue, key queue or inbox */
-    size_t heap_idx;
-    char *payload; /* mapped payload of the attempt in flight (NULL: the body) */
-    int64_t started_mono_us, started_at;
-    struct pb_delivery d;
-    char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
-};
-
-struct pb_dispatcher {
-    struct pb_engine *e;
-    struct pb_http_client *http;
-    pthread_t thread;
-    bool started;
-    atomic_bool stop;
-    atomic_bool aborting;
-    int64_t stop_deadline_mono_us;
-
-    pthread_mutex_t lock; /* guards inbox, closed and the redo_* list */
-    struct pb_dl *inbox_head, *inbox_tail;
-    bool closed;
-
-    struct pb_output **all; /* every output, endpoints' virtual ones included */
-    size_t nall;
-    bool all_dirty;
-    atomic_bool endpoints_dirty;
-
-    struct pb_dl **heap; /* retry timers, min-heap on next_at */
-    size_t nheap, heapcap;
-    size_t inflight;
-    int64_t next_expire_at;
-    atomic_bool expire_again; /* the last retention pass was full */
-
-    /* Results the store failed to commit (disk full, I/O error), waiting to
-     * be submitted again; guarded by lock. While any wait, no attempt starts:
-     * the partner would get deliveries the store cannot record. */
-    struct result_op *redo_head, *redo_tail;
-    size_t unrecorded;  /* results that failed once and are not committed yet */
-    int64_t redo_at;    /* next resubmission */
-    int64_t redo_delay; /* its backoff, reset once everything is recorded */
-};
 
 struct result_op {
     struct pb_op op;
@@ -439,15 +383,21 @@ static void settle_locally(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_ds
 }
 
 /* Compute the ordering key of dl's message. *key NULL: unordered. */
-static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, struct pb_err *err)
+/* $meta of m as a jv (null when it has none). Dispatcher thread. */
+static jv msg_meta(const struct pb_msg *m)
 {
-    jv in, outv[1];
+    jv meta;
+    if (!m->meta || pb_jq_parse(m->meta, m->meta_len, &meta, NULL) != 0)
+        return jv_null();
+    return meta;
+}
+
+int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err)
+{
+    jv outv[1];
     size_t n = 0;
     *key = NULL;
-    int rc = pb_jq_parse(m->body, m->len, &in, err);
-    if (rc)
-        return rc;
-    rc = pb_jq_run(pl->key_jq, in, outv, 1, &n, err);
+    int rc = pb_jq_run_meta(pl->key_jq, body, meta, outv, 1, &n, err);
     if (rc)
         return rc;
     if (n == 0)
@@ -467,6 +417,22 @@ static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, str
             return rc;
     }
     return *key ? 0 : pb_err_set(err, PB_ENOMEM, "out of memory");
+}
+
+/* The ordering key of m: the one the route stage took from the message as
+ * received, or, when it left the body as it was, the body's. */
+static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, struct pb_err *err)
+{
+    jv in;
+    *key = NULL;
+    if (m->okey_known) {
+        *key = m->okey ? strdup(m->okey) : NULL;
+        return m->okey && !*key ? pb_err_set(err, PB_ENOMEM, "out of memory") : 0;
+    }
+    int rc = pb_jq_parse(m->body, m->len, &in, err);
+    if (rc)
+        return rc;
+    return pb__disp_key(pl, in, msg_meta(m), key, err);
 }
 
 /* Take dl into memory (from the inbox or a page-in). */
@@ -524,44 +490,29 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     schedule(d, dl, now);
 }
 
-/* Run the pipeline's processors and the output's map. Returns 1 when the
- * message was filtered out, 0 with the payload set, or a negative code. */
+
+/* Run the output's map on the routed message (the pipeline's steps ran once,
+ * in the route stage). Returns 1 when the map produced nothing (filtered for
+ * this output), 0 with the payload set, or a negative code. */
 static int build_payload(struct pb_dl *dl, size_t *plen, struct pb_err *err)
 {
     struct pb_output *o = dl->out;
-    struct pb_pipeline *pl = o->pl;
-    if (pl->nprocs == 0 && !o->map_jq)
+    if (!o->map_jq)
         return 0;
-    jv v;
+    jv v, outv[1];
+    size_t n = 0;
     int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &v, err);
     if (rc)
         return rc;
-    for (size_t i = 0; i < pl->nprocs; i++) {
-        jv nv = jv_invalid();
-        rc = pl->procs[i].plugin->process(pl->procs[i].ctx, v, &nv, err);
-        if (rc < 0)
-            return rc;
-        if (rc == PB_PROC_DROP) {
-            pb_err_set(err, 0, "filtered by process step %zu (%s)", i + 1,
-                       pl->procs[i].plugin->name);
-            return 1;
-        }
-        v = nv;
-    }
-    if (o->map_jq) {
-        jv outv[1];
-        size_t n = 0;
-        rc = pb_jq_run(o->map_jq, v, outv, 1, &n, err);
-        if (rc)
-            return rc;
-        if (n == 0) {
-            pb_err_set(err, 0, "filtered by the map of output %s (no value)", o->name);
-            return 1;
-        }
-        v = outv[0];
+    rc = pb_jq_run_meta(o->map_jq, v, msg_meta(dl->msg), outv, 1, &n, err);
+    if (rc)
+        return rc;
+    if (n == 0) {
+        pb_err_set(err, 0, "filtered by the map of output %s (no value)", o->name);
+        return 1;
     }
     size_t len = 0;
-    rc = pb_jq_dump(v, &dl->payload, &len, err);
+    rc = pb_jq_dump(outv[0], &dl->payload, &len, err);
     if (rc)
         return rc;
     *plen = len;
@@ -572,6 +523,10 @@ static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now
 {
     struct pb_output *o = dl->out;
     struct pb_err err = {0};
+    if (o->is_route) {
+        pb__route_attempt(d, dl, now);
+        return;
+    }
     if (pb_webhook_is(o)) {
         /* Fan out to the subscribed endpoints; their deliveries carry on. */
         dl->attempts++;
@@ -684,6 +639,13 @@ static int load_row_cb(void *arg, const struct pb_pending *row)
     if (!m) {
         free(dl);
         return 1; /* stop; the rest stays spilled */
+    }
+    m->okey_known = row->key_known;
+    if ((row->key && !(m->okey = strdup(row->key))) ||
+        pb_msg_set_meta(m, row->meta, row->meta_len) != 0) {
+        pb_msg_unref(m);
+        free(dl);
+        return 1;
     }
     m->seq = row->msg_seq;
     m->received_at = row->received_at;
@@ -826,20 +788,25 @@ static void rebuild_all(struct pb_dispatcher *d)
 {
     struct pb_config *cfg = d->e->cfg;
     size_t n = 0;
-    for (size_t i = 0; i < cfg->npipelines; i++)
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        n += cfg->pipelines[i].routes;
         for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
             n += 1 + cfg->pipelines[i].outs[j].nvouts;
+    }
     struct pb_output **all = malloc((n ? n : 1) * sizeof(*all));
     if (!all)
         return; /* keep the old list; try again next turn */
     n = 0;
-    for (size_t i = 0; i < cfg->npipelines; i++)
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        if (cfg->pipelines[i].routes)
+            all[n++] = &cfg->pipelines[i].router;
         for (size_t j = 0; j < cfg->pipelines[i].nouts; j++) {
             struct pb_output *o = &cfg->pipelines[i].outs[j];
             all[n++] = o;
             for (size_t k = 0; k < o->nvouts; k++)
                 all[n++] = o->vouts[k];
         }
+    }
     free(d->all);
     d->all = all;
     d->nall = n;
@@ -854,6 +821,8 @@ static void sync_endpoints(struct pb_dispatcher *d)
             pb_webhook_sync(d, d->e, &cfg->pipelines[i].outs[j]);
 }
 
+static void run_posts(struct pb_dispatcher *d, int64_t now);
+
 static void *disp_main(void *arg)
 {
     struct pb_dispatcher *d = arg;
@@ -864,6 +833,7 @@ static void *disp_main(void *arg)
         bool stopping = atomic_load(&d->stop);
         if (stopping && (d->inflight == 0 || pb_mono_us() >= d->stop_deadline_mono_us))
             break;
+        run_posts(d, now);
         if (!stopping) {
             if (atomic_exchange(&d->endpoints_dirty, false))
                 sync_endpoints(d);
@@ -914,7 +884,8 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
     d->e = e;
     pthread_mutex_init(&d->lock, NULL);
     atomic_init(&d->endpoints_dirty, true);
-    for (size_t i = 0; i < e->cfg->npipelines; i++)
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        e->cfg->pipelines[i].router.spilled = true;
         for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
             struct pb_output *o = &e->cfg->pipelines[i].outs[j];
             o->spilled = true; /* resume whatever the store holds */
@@ -925,6 +896,7 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
                 return NULL;
             }
         }
+    }
     rebuild_all(d);
     if (!d->all) {
         pb_err_set(err, PB_ENOMEM, "out of memory");
@@ -1013,6 +985,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
         n = dl->next;
         dl_free(dl);
     }
+    run_posts(d, -1); /* aborting is set: each frees what it carries */
     if (d->unrecorded)
         PB_WARN("delivery results not recorded count=%zu (those deliveries stay pending and "
                 "are sent again after restart)",
@@ -1032,17 +1005,18 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
                             const int64_t *delivery_ids)
 {
     struct pb_dl *head = NULL, *tail = NULL;
-    for (size_t i = 0; i < pl->nouts; i++) {
-        atomic_fetch_add(&pl->outs[i].backlog, 1);
+    for (size_t i = 0; i < pl->ningest; i++) {
+        struct pb_output *o = pl->ingest_outs[i];
+        atomic_fetch_add(&o->backlog, 1);
         struct pb_dl *dl = calloc(1, sizeof(*dl));
         if (!dl) {
             /* Committed: it will be paged in from the store. */
-            atomic_store(&pl->outs[i].notify, true);
+            atomic_store(&o->notify, true);
             continue;
         }
         dl->id = delivery_ids[i];
         dl->msg = pb_msg_ref(msg);
-        dl->out = &pl->outs[i];
+        dl->out = o;
         dl->disp = d;
         dl->next_at = msg->received_at;
         if (tail)
@@ -1141,7 +1115,7 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
     em->d = d;
     em->pl = pl;
     em->msg = pb_msg_create(body, strlen(body), NULL);
-    em->ids = calloc(pl->nouts, sizeof(*em->ids));
+    em->ids = calloc(pl->ningest, sizeof(*em->ids));
     if (!em->msg || !em->ids) {
         pb_msg_unref(em->msg);
         free(em->ids);
@@ -1160,8 +1134,8 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
     in->body = em->msg->body;
     in->len = em->msg->len;
     in->received_at = now;
-    in->noutputs = pl->nouts;
-    in->outputs = pl->out_names;
+    in->noutputs = pl->ningest;
+    in->outputs = pl->ingest_names;
     in->first_due_at = now;
     in->delivery_ids = em->ids;
     atomic_fetch_add(&pl->received, 1);
@@ -1199,4 +1173,61 @@ void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out)
     atomic_store(&out->notify, true);
     if (d && d->http)
         pb_http_client_wakeup(d->http);
+}
+
+/* ---- for route_stage.c -------------------------------------------------------------------- */
+
+void pb__disp_post(struct pb_dispatcher *d, struct pb__disp_post *p)
+{
+    p->next = NULL;
+    pthread_mutex_lock(&d->lock);
+    bool wake = !d->posts_head;
+    if (d->posts_tail)
+        d->posts_tail->next = p;
+    else
+        d->posts_head = p;
+    d->posts_tail = p;
+    pthread_mutex_unlock(&d->lock);
+    if (wake && d->http)
+        pb_http_client_wakeup(d->http);
+}
+
+/* Run what other threads posted (now < 0: the dispatcher is going away). */
+static void run_posts(struct pb_dispatcher *d, int64_t now)
+{
+    pthread_mutex_lock(&d->lock);
+    struct pb__disp_post *p = d->posts_head;
+    d->posts_head = d->posts_tail = NULL;
+    pthread_mutex_unlock(&d->lock);
+    while (p) {
+        struct pb__disp_post *next = p->next;
+        p->fn(d, p, now);
+        p = next;
+    }
+}
+
+void pb__disp_inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail)
+{
+    inbox_append(d, head, tail);
+}
+
+void pb__disp_finish(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    finish(d, dl, now);
+}
+
+void pb__disp_schedule(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    schedule(d, dl, now);
+}
+
+void pb__disp_settle(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
+                     const char *reason, int64_t now)
+{
+    settle_locally(d, dl, state, reason, now);
+}
+
+void pb__disp_dl_free(struct pb_dl *dl)
+{
+    dl_free(dl);
 }

@@ -20,6 +20,7 @@
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_plugin.h"
 #include "core/retry.h"
+#include "core/route.h"
 #include "store/pb_store.h"
 
 #define PB_NAME_MAX 128
@@ -71,11 +72,6 @@ struct pb_output_common {
     struct pb_outbound_conf outbound;
 };
 
-struct pb_proc {
-    const struct pb_processor_plugin *plugin;
-    void *ctx;
-};
-
 struct pb_keyq;
 struct pb_dl;
 
@@ -106,7 +102,8 @@ struct pb_output {
      * output shares its parent's pipeline, map, policy and allowlist, and is
      * never freed before the engine stops (a deleted endpoint is "gone"). */
     bool is_virtual;
-    bool paused; /* disabled endpoint: attempts wait */
+    bool is_route; /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
+    bool paused;   /* disabled endpoint: attempts wait */
     struct pb_output *parent;
     pthread_mutex_t vlock; /* guards vouts/nvouts for readers off the dispatcher */
     struct pb_output **vouts;
@@ -128,7 +125,7 @@ struct pb_output {
     atomic_bool notify; /* set by any thread: page in from the store */
 
     /* metrics */
-    _Atomic uint64_t delivered, retried, dead, filtered, attempts;
+    _Atomic uint64_t delivered, retried, dead, filtered, routed_away, attempts;
     _Atomic int64_t backlog; /* committed pending deliveries */
     _Atomic int64_t inflight_gauge;
     struct pb_hist latency;
@@ -158,10 +155,17 @@ struct pb_pipeline {
     char *ordering_key;
     struct pb_jq *key_jq; /* dispatcher thread only */
     size_t nprocs;
-    struct pb_proc *procs;
+    struct pb_route_step *procs;
     size_t nouts;
     struct pb_output *outs;
-    const char **out_names; /* for store ingest ops */
+    const char **out_names; /* in configuration order */
+    /* Where an ingest commit creates deliveries: the route stage when the
+     * pipeline has process steps, else every output. */
+    bool routes;
+    struct pb_output router; /* the route stage, when routes */
+    size_t ningest;
+    struct pb_output **ingest_outs;
+    const char **ingest_names;
 
     _Atomic uint64_t received, accepted, duplicates;
     _Atomic uint64_t rejected[PB_REJECT_COUNT];
@@ -184,6 +188,12 @@ struct pb_msg {
     int64_t received_at; /* unix ms */
     char id[PB_MSG_ID_MAX];
     char *content_type; /* NULL = application/json */
+    char *meta;         /* $meta as JSON object text; NULL = none */
+    size_t meta_len;
+    /* The ordering key, when the route stage took it from the message as
+     * received (okey_known; NULL okey: unordered). Otherwise the body's. */
+    char *okey;
+    bool okey_known;
     bool damaged;       /* read back from the store not matching its checksum */
     size_t len;
     char body[]; /* len bytes + NUL */
@@ -191,6 +201,8 @@ struct pb_msg {
 
 /* Copies body; refs = 1. NULL on ENOMEM. */
 struct pb_msg *pb_msg_create(const void *body, size_t len, const char *content_type);
+/* Copy meta (JSON object text) into m, before m is shared. 0 or PB_ENOMEM. */
+int pb_msg_set_meta(struct pb_msg *m, const char *meta, size_t len);
 struct pb_msg *pb_msg_ref(struct pb_msg *m);
 void pb_msg_unref(struct pb_msg *m);
 /* "msg_" + 26-character ULID into buf (>= 31 bytes). Thread-safe. */

@@ -43,6 +43,14 @@ struct pb_jq {
     jq_state *jq;
 };
 
+/* Every program runs inside this wrapper, fed [$meta, body]: jq 1.6 binds
+ * named arguments only at compile time, and $meta changes per message. The
+ * program starts on line 1, as written, so compiler errors keep its line
+ * numbers; the closing parenthesis goes on a line of its own, so a trailing
+ * comment cannot swallow it. */
+#define WRAP_HEAD ". as [$meta, $__pb_in] | $__pb_in | ("
+#define WRAP_TAIL "\n)"
+
 /* Compiler messages gathered while jq_compile runs. */
 struct compile_msgs {
     char text[PB_ERR_MSG_MAX];
@@ -132,6 +140,7 @@ struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err)
 {
     struct compile_msgs msgs = {.len = 0};
     struct pb_jq *q = NULL;
+    char *wrapped = NULL;
 
     if (!program) {
         pb_err_set(err, PB_EINVAL, "jq: no program");
@@ -149,7 +158,35 @@ struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err)
     }
     jq_set_error_cb(q->jq, err_cb, &msgs);
     jq_set_attr(q->jq, jv_string("JQ_LIBRARY_PATH"), jv_array());
-    if (!jq_compile(q->jq, program)) {
+    /* The program as written first, with $meta bound: its errors (and line
+     * numbers) are the ones to show, and a text that only parses once
+     * wrapped (".) | (.") is refused. */
+    if (!jq_compile_args(q->jq, program, jv_object_set(jv_object(), jv_string("meta"),
+                                                       jv_null()))) {
+        pb_err_set(err, PB_EJQ, "jq: %s",
+                   msgs.len          ? msgs.text
+                   : msgs.summary[0] ? msgs.summary
+                                     : "compile error");
+        goto fail;
+    }
+    jq_teardown(&q->jq);
+    q->jq = jq_init();
+    if (!q->jq) {
+        pb_err_set(err, PB_ENOMEM, "jq: out of memory");
+        goto fail;
+    }
+    jq_set_error_cb(q->jq, err_cb, &msgs);
+    jq_set_attr(q->jq, jv_string("JQ_LIBRARY_PATH"), jv_array());
+    size_t plen = strlen(program);
+    wrapped = malloc(sizeof(WRAP_HEAD) + plen + sizeof(WRAP_TAIL));
+    if (!wrapped) {
+        pb_err_set(err, PB_ENOMEM, "jq: out of memory");
+        goto fail;
+    }
+    memcpy(wrapped, WRAP_HEAD, sizeof(WRAP_HEAD) - 1);
+    memcpy(wrapped + sizeof(WRAP_HEAD) - 1, program, plen);
+    memcpy(wrapped + sizeof(WRAP_HEAD) - 1 + plen, WRAP_TAIL, sizeof(WRAP_TAIL));
+    if (!jq_compile(q->jq, wrapped)) {
         pb_err_set(err, PB_EJQ, "jq: %s",
                    msgs.len          ? msgs.text
                    : msgs.summary[0] ? msgs.summary
@@ -157,11 +194,56 @@ struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err)
         goto fail;
     }
     jq_set_error_cb(q->jq, err_cb, NULL);
+    free(wrapped);
     return q;
 
 fail:
+    free(wrapped);
     pb_jq_destroy(q);
     return NULL;
+}
+
+struct pb_jq *pb_jq_compile_predicate(const char *program, struct pb_err *err)
+{
+    static const char head[] = "first((", tail[] = "\n))"; /* \n ends a trailing # comment */
+    struct pb_jq *q;
+    char *wrapped;
+    size_t len;
+
+    /* Compile the program as written first: its errors are the ones to
+     * show, and a text that only parses once wrapped (".) | (.") is refused. */
+    q = pb_jq_compile(program, err);
+    if (!q)
+        return NULL;
+    pb_jq_destroy(q);
+    len = strlen(program);
+    wrapped = malloc(sizeof(head) - 1 + len + sizeof(tail));
+    if (!wrapped) {
+        pb_err_set(err, PB_ENOMEM, "jq: out of memory");
+        return NULL;
+    }
+    memcpy(wrapped, head, sizeof(head) - 1);
+    memcpy(wrapped + sizeof(head) - 1, program, len);
+    memcpy(wrapped + sizeof(head) - 1 + len, tail, sizeof(tail));
+    q = pb_jq_compile(wrapped, err);
+    free(wrapped);
+    return q;
+}
+
+int pb_jq_test(struct pb_jq *q, jv in, jv meta, bool *truth, struct pb_err *err)
+{
+    jv res;
+    size_t n = 0;
+    int rc = pb_jq_run_meta(q, jv_copy(in), jv_copy(meta), &res, 1, &n, err);
+
+    *truth = false;
+    if (rc)
+        return rc;
+    if (n) {
+        *truth = pb_jq_truthy(res);
+        jv_free(res);
+    }
+    return 0;
 }
 
 void pb_jq_destroy(struct pb_jq *q)
@@ -210,15 +292,22 @@ static int halted_error(jq_state *jq, struct pb_err *err)
 
 int pb_jq_run(struct pb_jq *q, jv in, jv *out, size_t max_out, size_t *nout, struct pb_err *err)
 {
+    return pb_jq_run_meta(q, in, jv_null(), out, max_out, nout, err);
+}
+
+int pb_jq_run_meta(struct pb_jq *q, jv in, jv meta, jv *out, size_t max_out, size_t *nout,
+                   struct pb_err *err)
+{
     size_t n = 0;
     int rc = 0;
 
     *nout = 0;
-    if (!q || !jv_is_valid(in)) {
+    if (!q || !jv_is_valid(in) || !jv_is_valid(meta)) {
         jv_free(in);
+        jv_free(meta);
         return pb_err_set(err, PB_EINVAL, "jq: no program or no input");
     }
-    jq_start(q->jq, in, 0);
+    jq_start(q->jq, jv_array_append(jv_array_append(jv_array(), meta), in), 0);
     for (;;) {
         jv r = jq_next(q->jq);
         if (jv_is_valid(r)) {

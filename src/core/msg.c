@@ -28,6 +28,22 @@ struct pb_msg *pb_msg_create(const void *body, size_t len, const char *content_t
     return m;
 }
 
+int pb_msg_set_meta(struct pb_msg *m, const char *meta, size_t len)
+{
+    char *copy = NULL;
+    if (meta) {
+        copy = malloc(len + 1);
+        if (!copy)
+            return PB_ENOMEM;
+        memcpy(copy, meta, len);
+        copy[len] = 0;
+    }
+    free(m->meta);
+    m->meta = copy;
+    m->meta_len = copy ? len : 0;
+    return 0;
+}
+
 struct pb_msg *pb_msg_ref(struct pb_msg *m)
 {
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
@@ -38,6 +54,8 @@ void pb_msg_unref(struct pb_msg *m)
 {
     if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) {
         free(m->content_type);
+        free(m->meta);
+        free(m->okey);
         free(m);
     }
 }

@@ -282,8 +282,8 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
     if (pl->route.json || !ctype)
         ctype = pl->route.json ? "application/json" : "application/octet-stream";
     r->msg = pb_msg_create(r->buf, r->len, ctype);
-    if (pl->nouts > INLINE_OUTPUTS)
-        r->ids = calloc(pl->nouts, sizeof(*r->ids));
+    if (pl->ningest > INLINE_OUTPUTS)
+        r->ids = calloc(pl->ningest, sizeof(*r->ids));
     else
         r->ids = r->ids_inline;
     if (!r->msg || !r->ids) {
@@ -303,8 +303,8 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
     in->received_at = now;
     in->idem_key = key;
     in->idem_expires_at = now + pl->route.idempotency_window_ms;
-    in->noutputs = pl->nouts;
-    in->outputs = pl->out_names;
+    in->noutputs = pl->ningest;
+    in->outputs = pl->ingest_names;
     in->first_due_at = now;
     in->delivery_ids = r->ids;
 

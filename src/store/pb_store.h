@@ -21,9 +21,9 @@
 
 #include "patchbay/pb_err.h"
 
-#define PB_STORE_SCHEMA_VERSION                                                                    \
-    4 /* 2: endpoints, 3: body checksums, 4: static endpoints' state                               \
-       */
+/* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
+ * split children and routed bodies */
+#define PB_STORE_SCHEMA_VERSION 5
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -37,7 +37,11 @@ enum pb_dstate {
     PB_DSTATE_DEAD = 2,      /* in the dead-letter queue */
     PB_DSTATE_FILTERED = 3,  /* dropped on purpose by a filter; recorded */
     PB_DSTATE_REPLAYED = 4,  /* was dead; a replay created a new delivery */
+    PB_DSTATE_ROUTED_AWAY = 5, /* the route stage chose other outputs; recorded */
 };
+/* The output name of a pipeline's route stage: its deliveries run the
+ * pipeline's process steps once per message. */
+#define PB_ROUTE_OUTPUT "(route)"
 const char *pb_dstate_name(enum pb_dstate s);
 
 struct pb_store_opts {
@@ -74,6 +78,7 @@ enum pb_op_kind {
     PB_OP_ENDPOINT_PUT,    /* create or replace a managed webhook endpoint */
     PB_OP_ENDPOINT_DELETE, /* delete one; its pending deliveries become dead */
     PB_OP_ENDPOINT_STATE,  /* disabled flag / reason / failing_since of one */
+    PB_OP_ROUTE,           /* a route delivery -> routed messages and their deliveries */
 };
 
 /* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
@@ -101,6 +106,8 @@ struct pb_op_ingest {
     const void *body;
     size_t len;
     const char *content_type; /* may be NULL */
+    const char *meta;         /* JSON object text ($meta); NULL = none */
+    size_t meta_len;
     int64_t received_at;      /* unix ms */
     const char *idem_key;     /* NULL: no idempotency check */
     int64_t idem_expires_at;  /* unix ms */
@@ -165,6 +172,44 @@ struct pb_op_fanout {
     int64_t *child_ids; /* out: caller array of n, in order */
 };
 
+/* One message the route stage decided on: the routed message itself (msg_id
+ * NULL: same id, body NULL when the steps left it unchanged) or, after a
+ * split, a new message of its own (msg_id set, linked to the routed one,
+ * same metadata). It gets a pending delivery per entry of outputs and a
+ * final one (final_state, e.g. ROUTED_AWAY or FILTERED, with final_note as
+ * its last error) per entry of final_outputs. */
+struct pb_route_msg {
+    const char *msg_id;
+    const void *body;
+    size_t len;
+    size_t noutputs;
+    const char *const *outputs;
+    size_t nfinal;
+    const char *const *final_outputs;
+    enum pb_dstate final_state;
+    const char *final_note;
+    const char *key; /* ordering key taken from the message as received, or NULL */
+    /* out */
+    int64_t msg_seq;
+    int64_t *delivery_ids; /* caller array of noutputs, in order */
+};
+
+/* The route delivery delivery_id (PENDING, output PB_ROUTE_OUTPUT, of message
+ * msg_seq) is finished in state (DELIVERED, or FILTERED when nothing went
+ * on) with an attempt row holding note, and what it decided is inserted.
+ * PB_ENOTFOUND (nothing written) when it is no longer pending. */
+struct pb_op_route {
+    int64_t delivery_id;
+    int64_t msg_seq;
+    const char *pipeline;
+    int attempt;
+    int64_t now;
+    enum pb_dstate state;
+    const char *note;
+    size_t nmsgs;
+    struct pb_route_msg *msgs;
+};
+
 /* PB_EINVAL unless id (1 to PB_ENDPOINT_ID_MAX - 1 bytes), pipeline, output,
  * url and secrets are set; events NULL is stored as "[]". */
 struct pb_op_endpoint_put {
@@ -206,6 +251,7 @@ struct pb_op {
         struct pb_op_endpoint_put endpoint_put;
         struct pb_op_endpoint_delete endpoint_delete;
         struct pb_op_endpoint_state endpoint_state;
+        struct pb_op_route route;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -239,8 +285,14 @@ struct pb_pending {
     int64_t next_at;          /* unix ms */
     int64_t received_at;      /* unix ms, of the message */
     const char *content_type; /* may be NULL */
-    const void *body;
+    const void *body; /* the routed body when the route stage changed it */
     size_t len;
+    const char *meta; /* JSON object text, or NULL */
+    size_t meta_len;
+    /* key_known: the route stage recorded the ordering key (key, NULL when
+     * unordered) with the routed body or split child. */
+    const char *key;
+    bool key_known;
     bool body_damaged; /* the body no longer matches the checksum taken at ingest */
 };
 /* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */

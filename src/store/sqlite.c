@@ -107,6 +107,19 @@ static const char *const migrations[] = {
     " failing_since INTEGER NOT NULL DEFAULT 0,"
     " updated_at INTEGER NOT NULL,"
     " PRIMARY KEY (pipeline, output, id)) WITHOUT ROWID;",
+    /* 5: what an input knew of each message ($meta, JSON), split children
+     * linked to the message they came from, and the body the route stage
+     * made when its steps changed it (kept apart: the body as received stays
+     * as it was). */
+    "ALTER TABLE messages ADD COLUMN meta TEXT;"
+    "ALTER TABLE messages ADD COLUMN parent_seq INTEGER;"
+    "ALTER TABLE messages ADD COLUMN okey TEXT;"
+    "CREATE INDEX messages_parent ON messages(parent_seq) WHERE parent_seq IS NOT NULL;"
+    "CREATE TABLE routed("
+    " seq INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE,"
+    " body BLOB NOT NULL,"
+    " body_crc INTEGER NOT NULL,"
+    " okey TEXT);",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -138,8 +151,8 @@ static const char *const wsql[W_COUNT] = {
                    " WHERE pipeline = ?1 AND key = ?2 AND expires_at > ?3",
     [W_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency(pipeline, key, msg_id, expires_at)"
                    " VALUES (?1, ?2, ?3, ?4)",
-    [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc)"
-                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
+                  " meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [W_DLV_INS] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
                   " created_at, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5)",
     [W_DLV_RESULT] = "UPDATE deliveries SET state = ?2, attempts = ?3, next_at = ?4,"
@@ -191,6 +204,15 @@ static const char *const wsql[W_COUNT] = {
         " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL ELSE disabled_reason END,"
         " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
         " updated_at = ?5",
+    [W_ROUTE_FINISH] = "UPDATE deliveries SET state = ?2, attempts = ?3, updated_at = ?4,"
+                       " last_status = 0, last_error = ?5 WHERE id = ?1 AND state = 0",
+    [W_ROUTED_PUT] = "INSERT OR REPLACE INTO routed(seq, body, body_crc, okey)"
+                     " VALUES (?1, ?2, ?3, ?4)",
+    [W_CHILD_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
+                    " meta, parent_seq, okey) SELECT ?1, pipeline, received_at, NULL, ?2, ?3, meta,"
+                    " seq, ?5 FROM messages WHERE seq = ?4",
+    [W_DLV_FINAL] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
+                    " created_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?5, ?6)",
     [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
     [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
     [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
@@ -851,6 +873,10 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     bind_text_or_null(st, 4, in->content_type);
     sqlite3_bind_blob64(st, 5, in->body ? in->body : "", in->len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, pb__store_body_crc(in->body, in->len));
+    if (in->meta)
+        sqlite3_bind_text(st, 7, in->meta, (int)in->meta_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
     rc = step_done(st);
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
@@ -1217,6 +1243,117 @@ static int apply_endpoint_state(struct sq *q, struct pb_op *op)
     return 0;
 }
 
+/* Insert one delivery per name: pending (state 0) or final with note. */
+static int insert_deliveries(struct sq *q, int64_t msg_seq, const char *pipeline, int64_t now,
+                             size_t n, const char *const *outputs, enum pb_dstate state,
+                             const char *note, int64_t *ids)
+{
+    sqlite3_stmt *st = q->ws[state == PB_DSTATE_PENDING ? W_DLV_INS : W_DLV_FINAL];
+    int rc;
+
+    sqlite3_bind_int64(st, 1, msg_seq);
+    sqlite3_bind_text(st, 2, pipeline, -1, SQLITE_STATIC);
+    if (state == PB_DSTATE_PENDING) {
+        sqlite3_bind_int64(st, 4, now);
+        sqlite3_bind_int64(st, 5, now);
+    } else {
+        sqlite3_bind_int(st, 4, (int)state);
+        sqlite3_bind_int64(st, 5, now);
+        bind_text_or_null(st, 6, note);
+    }
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_text(st, 3, outputs[i], -1, SQLITE_STATIC);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "insert delivery");
+        if (ids)
+            ids[i] = sqlite3_last_insert_rowid(q->db);
+    }
+    return 0;
+}
+
+static int apply_route(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_route *r = &op->u.route;
+    size_t nlen = r->note ? pb__store_utf8_cut(r->note, PB_ERROR_EXCERPT_MAX) : 0;
+    sqlite3_stmt *st;
+    int rc;
+
+    if (r->attempt < 1 || !r->pipeline || (r->nmsgs && !r->msgs) ||
+        (r->state != PB_DSTATE_DELIVERED && r->state != PB_DSTATE_FILTERED)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    for (size_t i = 0; i < r->nmsgs; i++) {
+        const struct pb_route_msg *m = &r->msgs[i];
+        if ((m->noutputs && !m->outputs) || (m->nfinal && !m->final_outputs) ||
+            (m->msg_id && !m->body)) {
+            op->status = PB_EINVAL;
+            return 0;
+        }
+    }
+
+    st = q->ws[W_ROUTE_FINISH];
+    sqlite3_bind_int64(st, 1, r->delivery_id);
+    sqlite3_bind_int(st, 2, (int)r->state);
+    sqlite3_bind_int(st, 3, r->attempt);
+    sqlite3_bind_int64(st, 4, r->now);
+    if (r->note)
+        sqlite3_bind_text(st, 5, r->note, (int)nlen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "finish route delivery");
+    if (sqlite3_changes(q->db) == 0) {
+        op->status = PB_ENOTFOUND;
+        return 0;
+    }
+    st = q->ws[W_ATT_INS];
+    sqlite3_bind_int64(st, 1, r->delivery_id);
+    sqlite3_bind_int(st, 2, r->attempt);
+    sqlite3_bind_int64(st, 3, r->now);
+    sqlite3_bind_int64(st, 4, 0);
+    sqlite3_bind_int(st, 5, 0);
+    sqlite3_bind_int(st, 6, (int)r->state);
+    if (r->note)
+        sqlite3_bind_text(st, 7, r->note, (int)nlen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if ((rc = step_done(st)) != SQLITE_OK)
+        return write_fail(q, rc, "insert attempt");
+
+    for (size_t i = 0; i < r->nmsgs; i++) {
+        struct pb_route_msg *m = &r->msgs[i];
+        m->msg_seq = r->msg_seq;
+        if (m->msg_id) {
+            st = q->ws[W_CHILD_INS];
+            sqlite3_bind_text(st, 1, m->msg_id, -1, SQLITE_STATIC);
+            sqlite3_bind_blob64(st, 2, m->body, m->len, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, pb__store_body_crc(m->body, m->len));
+            sqlite3_bind_int64(st, 4, r->msg_seq);
+            bind_text_or_null(st, 5, m->key);
+            if ((rc = step_done(st)) != SQLITE_OK)
+                return write_fail(q, rc, "insert split message");
+            m->msg_seq = sqlite3_last_insert_rowid(q->db);
+        } else if (m->body) {
+            st = q->ws[W_ROUTED_PUT];
+            sqlite3_bind_int64(st, 1, r->msg_seq);
+            sqlite3_bind_blob64(st, 2, m->body, m->len, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, pb__store_body_crc(m->body, m->len));
+            bind_text_or_null(st, 4, m->key);
+            if ((rc = step_done(st)) != SQLITE_OK)
+                return write_fail(q, rc, "insert routed body");
+        }
+        rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->noutputs, m->outputs,
+                               PB_DSTATE_PENDING, NULL, m->delivery_ids);
+        if (rc == 0)
+            rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->nfinal,
+                                   m->final_outputs, m->final_state, m->final_note, NULL);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 static int sq_apply(void *ctx, struct pb_op *op)
 {
     struct sq *q = ctx;
@@ -1242,6 +1379,8 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_endpoint_delete(q, op);
     case PB_OP_ENDPOINT_STATE:
         return apply_endpoint_state(q, op);
+    case PB_OP_ROUTE:
+        return apply_route(q, op);
     }
     op->status = PB_EINVAL;
     return 0;

@@ -39,6 +39,10 @@ enum {
     W_EP_DEL,
     W_EP_STATE,
     W_EP_STATIC_STATE,
+    W_ROUTE_FINISH,
+    W_ROUTED_PUT,
+    W_CHILD_INS,
+    W_DLV_FINAL,
     /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
     W_RALL_INS,
     W_RALL_UPD = W_RALL_INS + 4,

@@ -24,6 +24,7 @@ enum {
     R_EP_ONE,
     R_EP_STATIC,
     R_COUNT_PENDING,
+    R_MSG_CHILDREN,
     R_DEAD_LIST, /* + 0..3: bit 0 pipeline, bit 1 output */
     R_COUNT_ALL = R_DEAD_LIST + 4,
 };
@@ -38,17 +39,24 @@ enum {
 #define DEAD_LIST(w) DEAD_COLS " WHERE d.state = 2 AND d.id > ?3" w " ORDER BY d.id LIMIT ?4"
 
 static const char *const rsql[R_COUNT_ALL] = {
+    /* The route stage reads the body as received; outputs the routed one. */
     [R_PENDING] = "SELECT d.id, d.msg_seq, m.id, d.attempts, d.next_at, m.received_at,"
-                  " m.content_type, m.body, m.body_crc"
+                  " m.content_type, coalesce(r.body, m.body),"
+                  " CASE WHEN r.seq IS NULL THEN m.body_crc ELSE r.body_crc END, m.meta,"
+                  " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END,"
+                  " r.seq IS NOT NULL OR m.parent_seq IS NOT NULL"
                   " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+                  " LEFT JOIN routed r ON r.seq = d.msg_seq AND d.output <> '" PB_ROUTE_OUTPUT "'"
                   " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.id > ?3"
                   " ORDER BY d.id LIMIT ?4",
     [R_COUNT_PENDING] = "SELECT pipeline, output, 0, count(*) FROM deliveries WHERE state = 0"
                         " GROUP BY pipeline, output",
     [R_COUNT] = "SELECT pipeline, output, state, count(*) FROM deliveries"
                 " GROUP BY pipeline, output, state",
-    [R_MSG] = "SELECT seq, id, pipeline, received_at, content_type, body, body_crc FROM messages"
-              " WHERE id = ?1",
+    [R_MSG] = "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body, m.body_crc,"
+              " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
+              " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
+    [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
                          " last_status, last_error, replay_of FROM deliveries"
                          " WHERE msg_seq = ?1 ORDER BY id",
@@ -190,6 +198,10 @@ int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output,
         if (!row.body)
             row.body = "";
         row.body_damaged = !body_intact(st, 8, row.body, row.len);
+        row.meta = (const char *)sqlite3_column_text(st, 9);
+        row.meta_len = row.meta ? (size_t)sqlite3_column_bytes(st, 9) : 0;
+        row.key = (const char *)sqlite3_column_text(st, 10);
+        row.key_known = sqlite3_column_int(st, 11) != 0;
         if (!row.msg_id) {
             ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
             goto out;
@@ -428,6 +440,50 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
         bad |= jset(m, "body_damaged", json_true());
     if (bad || pb__store_set_body(m, body, blen) < 0)
         goto nomem;
+    if (sqlite3_column_type(st, 7) != SQLITE_NULL) {
+        json_t *meta = json_loadb((const char *)sqlite3_column_text(st, 7),
+                                  (size_t)sqlite3_column_bytes(st, 7), 0, NULL);
+        if (meta && json_object_set_new(m, "meta", meta) != 0)
+            goto nomem;
+    }
+    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
+        bad |= jset(m, "parent", col_json(st, 8));
+    if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
+        /* The body the route stage made; shown like the body as received. */
+        const void *rb = sqlite3_column_blob(st, 9);
+        size_t rlen = (size_t)sqlite3_column_bytes(st, 9);
+        json_t *routed = json_object();
+        if (!routed || json_object_set_new(m, "routed", routed) != 0 ||
+            pb__store_set_body(routed, rb ? rb : "", rlen) < 0)
+            goto nomem;
+        if (!body_intact(st, 10, rb ? rb : "", rlen))
+            bad |= jset(routed, "body_damaged", json_true());
+    }
+    if (bad)
+        goto nomem;
+    {
+        sqlite3_stmt *cst = rstmt(r, R_MSG_CHILDREN, err);
+        json_t *children = NULL;
+        if (!cst)
+            goto fail;
+        sqlite3_bind_int64(cst, 1, seq);
+        while ((rc = sqlite3_step(cst)) == SQLITE_ROW) {
+            if (!children && (!(children = json_array()) ||
+                              json_object_set_new(m, "children", children) != 0)) {
+                sqlite3_reset(cst);
+                goto nomem;
+            }
+            if (json_array_append_new(children, col_json(cst, 0)) != 0) {
+                sqlite3_reset(cst);
+                goto nomem;
+            }
+        }
+        sqlite3_reset(cst);
+        if (rc != SQLITE_DONE) {
+            read_fail(r->db, rc, err, "children");
+            goto fail;
+        }
+    }
     if (!(dl = json_array()) || json_object_set_new(m, "deliveries", dl) != 0)
         goto nomem;
 

@@ -71,6 +71,8 @@ const char *pb_dstate_name(enum pb_dstate s)
         return "filtered";
     case PB_DSTATE_REPLAYED:
         return "replayed";
+    case PB_DSTATE_ROUTED_AWAY:
+        return "routed_away";
     }
     return "unknown";
 }
@@ -218,6 +220,8 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "endpoint_delete";
     case PB_OP_ENDPOINT_STATE:
         return "endpoint_state";
+    case PB_OP_ROUTE:
+        return "route";
     }
     return "?";
 }
@@ -399,7 +403,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_ENDPOINT_STATE)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_ROUTE)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);

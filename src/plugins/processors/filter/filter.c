@@ -1,15 +1,12 @@
-/* filter.c - the filter processor: keep a message when a jq program says so.
+/* filter.c - the filter processor: keep the message when a jq condition
+ * holds, drop it on purpose otherwise.
  *
- *   filter: '.paid and .total_cents > 0'
- *   filter: { program: '.paid' }
+ *   filter: '.cents > 0'
+ *   filter: { program: '$meta.headers["x-github-event"] == "push"' }
  *
- * The program's first output decides: anything but false or null passes the
- * message on unchanged; false, null or no output drops it (PB_PROC_DROP). A
- * runtime error dead-letters the message rather than guessing. Only the first
- * output is computed: the program runs as first((PROGRAM)). */
+ * Only the condition's first output counts (jq truthiness: false and null
+ * are false); no output is false. A dropped message goes to no output. */
 #include <stddef.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_plugin.h"
@@ -25,7 +22,7 @@ static const struct pb_field filter_fields[] = {
         .type = PB_F_STR,
         .offset = offsetof(struct filter_ctx, program),
         .flags = PB_FIELD_REQUIRED,
-        .doc = "jq program; the message passes when its first output is not false or null",
+        .doc = "jq condition; the message goes on when its first output is true",
     },
     {0},
 };
@@ -37,63 +34,28 @@ static bool blank(const char *s)
     return *s == 0;
 }
 
-static int filter_init(void *ctx, struct pb_err *err)
+static int filter_init(void *ctx, const struct pb_proc_env *env, struct pb_err *err)
 {
-    static const char head[] = "first((", tail[] = "\n))"; /* \n ends a trailing # comment */
     struct filter_ctx *f = ctx;
-    struct pb_jq *plain;
-    char *wrapped = NULL;
-    size_t len;
-    int rc = 0;
 
+    (void)env;
     if (!f->program || blank(f->program))
         return pb_err_set(err, PB_ECONFIG, "filter: a jq program is required");
-    /* Compile the program as written first: its errors are the ones to
-     * show, and a text that only parses once wrapped (".) | (.") is refused. */
-    plain = pb_jq_compile(f->program, err);
-    if (!plain)
-        return err ? err->code : PB_EJQ;
-    pb_jq_destroy(plain);
-
-    len = strlen(f->program);
-    wrapped = malloc(sizeof(head) - 1 + len + sizeof(tail));
-    if (!wrapped) {
-        rc = pb_err_set(err, PB_ENOMEM, "filter: out of memory");
-        goto out;
-    }
-    memcpy(wrapped, head, sizeof(head) - 1);
-    memcpy(wrapped + sizeof(head) - 1, f->program, len);
-    memcpy(wrapped + sizeof(head) - 1 + len, tail, sizeof(tail));
-    f->q = pb_jq_compile(wrapped, err);
-    if (!f->q)
-        rc = err ? err->code : PB_EJQ;
-out:
-    free(wrapped);
-    return rc;
+    f->q = pb_jq_compile_predicate(f->program, err);
+    return f->q ? 0 : (err ? err->code : PB_EJQ);
 }
 
-static int filter_process(void *ctx, jv in, jv *out, struct pb_err *err)
+static int filter_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err *err)
 {
     struct filter_ctx *f = ctx;
-    jv res;
-    size_t n = 0;
     bool pass;
-    int rc;
+    int rc = pb_jq_test(f->q, in, pb_proc_meta(io), &pass, err);
 
-    rc = pb_jq_run(f->q, jv_copy(in), &res, 1, &n, err);
-    if (rc) {
+    if (rc || !pass) {
         jv_free(in);
         return rc;
     }
-    pass = n == 1 && pb_jq_truthy(res);
-    if (n)
-        jv_free(res);
-    if (!pass) {
-        jv_free(in);
-        return PB_PROC_DROP;
-    }
-    *out = in;
-    return PB_PROC_PASS;
+    return pb_proc_emit(io, in, pb_proc_outputs(io));
 }
 
 static void filter_destroy(void *ctx)

@@ -4,8 +4,9 @@
  *   map: { program: '{order_id: .id}' }
  *
  * Exactly one output replaces the message; no output drops it on purpose
- * (PB_PROC_DROP, e.g. `select(.paid)`); several outputs are an error that
- * dead-letters the message, since a map cannot fan out. */
+ * (e.g. `select(.paid)`); several outputs are an error that dead-letters the
+ * message, since a map cannot fan out (split does). $meta is the message's
+ * metadata. */
 #include <stddef.h>
 
 #include "patchbay/pb_jq.h"
@@ -37,10 +38,11 @@ static bool blank(const char *s)
     return *s == 0;
 }
 
-static int map_init(void *ctx, struct pb_err *err)
+static int map_init(void *ctx, const struct pb_proc_env *env, struct pb_err *err)
 {
     struct map_ctx *m = ctx;
 
+    (void)env;
     if (!m->program || blank(m->program))
         return pb_err_set(err, PB_ECONFIG, "map: a jq program is required");
     m->q = pb_jq_compile(m->program, err);
@@ -49,26 +51,26 @@ static int map_init(void *ctx, struct pb_err *err)
     return 0;
 }
 
-static int map_process(void *ctx, jv in, jv *out, struct pb_err *err)
+static int map_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err *err)
 {
     struct map_ctx *m = ctx;
     jv res[MAP_MAX_OUT];
     size_t n = 0;
     int rc;
 
-    rc = pb_jq_run(m->q, in, res, MAP_MAX_OUT, &n, err);
+    rc = pb_jq_run_meta(m->q, in, jv_copy(pb_proc_meta(io)), res, MAP_MAX_OUT, &n, err);
     if (rc)
         return rc;
     if (n == 0)
-        return PB_PROC_DROP;
+        return 0; /* dropped on purpose */
     if (n > 1) {
         size_t i;
         for (i = 0; i < n; i++)
             jv_free(res[i]);
-        return pb_err_set(err, PB_EJQ, "map produced %zu values; expected one", n);
+        return pb_err_set(
+            err, PB_EJQ, "map produced %zu values; expected one (split makes several messages)", n);
     }
-    *out = res[0];
-    return PB_PROC_PASS;
+    return pb_proc_emit(io, res[0], pb_proc_outputs(io));
 }
 
 static void map_destroy(void *ctx)

@@ -1,0 +1,98 @@
+/* dispatch_int.h - the dispatcher's insides, shared by dispatch.c (queues,
+ * attempts, results) and route_stage.c (the route stage's attempts).
+ * Dispatcher thread only, unless a comment says otherwise. */
+#ifndef PB_DISPATCH_INT_H
+#define PB_DISPATCH_INT_H
+
+#include "core/engine.h"
+
+/* A callback posted to the dispatcher thread; the node is the poster's
+ * (embedded in what it posts) until fn runs. fn runs with aborting set when
+ * the dispatcher is destroyed before its thread took it. */
+struct pb__disp_post {
+    void (*fn)(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now);
+    struct pb__disp_post *next;
+};
+
+struct pb_keyq {
+    char *key;
+    uint64_t hash;
+    struct pb_keyq *next;      /* hash chain */
+    struct pb_dl *head, *tail; /* admitted, waiting for the key */
+};
+
+struct pb_dl {
+    int64_t id;
+    struct pb_msg *msg;
+    struct pb_output *out;
+    struct pb_dispatcher *disp;
+    struct pb_keyq *kq;
+    int attempts; /* made so far */
+    int64_t next_at;
+    struct pb_dl *next; /* ready queue, key queue or inbox */
+    size_t heap_idx;
+    char *payload; /* mapped payload of the attempt in flight (NULL: the body) */
+    int64_t started_mono_us, started_at;
+    struct pb_delivery d;
+    char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
+};
+
+struct pb_dispatcher {
+    struct pb_engine *e;
+    struct pb_http_client *http;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    atomic_bool aborting;
+    int64_t stop_deadline_mono_us;
+
+    pthread_mutex_t lock; /* guards inbox, closed and the redo_* list */
+    struct pb_dl *inbox_head, *inbox_tail;
+    bool closed;
+
+    struct pb_output **all; /* every output, endpoints' virtual ones included */
+    size_t nall;
+    bool all_dirty;
+    atomic_bool endpoints_dirty;
+
+    struct pb_dl **heap; /* retry timers, min-heap on next_at */
+    size_t nheap, heapcap;
+    size_t inflight;
+    int64_t next_expire_at;
+    atomic_bool expire_again; /* the last retention pass was full */
+
+    /* Results the store failed to commit (disk full, I/O error), waiting to
+     * be submitted again; guarded by lock. While any wait, no attempt starts:
+     * the partner would get deliveries the store cannot record. */
+    struct result_op *redo_head, *redo_tail;
+    size_t unrecorded;  /* results that failed once and are not committed yet */
+    int64_t redo_at;    /* next resubmission */
+    int64_t redo_delay; /* its backoff, reset once everything is recorded */
+
+    /* Callbacks posted from other threads, run on the dispatcher thread at
+     * the start of its next turn (guarded by lock). */
+    struct pb__disp_post *posts_head, *posts_tail;
+};
+
+/* Any thread: run p->fn on the dispatcher thread soon. */
+void pb__disp_post(struct pb_dispatcher *d, struct pb__disp_post *p);
+/* Any thread: hand new deliveries (a list linked by next) to the dispatcher. */
+void pb__disp_inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail);
+/* dl is finished for good: release its key and its memory. */
+void pb__disp_finish(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
+/* Put dl where it waits for its next attempt (next_at). */
+void pb__disp_schedule(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
+/* End dl without a partner attempt (a failed step, ...) in state with reason. */
+void pb__disp_settle(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
+                     const char *reason, int64_t now);
+/* Free dl that never reached an output's memory count. */
+void pb__disp_dl_free(struct pb_dl *dl);
+
+/* The ordering key of body with $meta (both taken): *key malloc'd, NULL
+ * when the key program gives null or nothing (unordered). */
+int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err);
+
+/* route_stage.c: one attempt of a route delivery. */
+void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
+
+#endif

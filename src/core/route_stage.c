@@ -1,0 +1,396 @@
+/* route_stage.c - the route stage: a pipeline's process steps, once per
+ * message, committed before any delivery starts (DESIGN semantics 9).
+ *
+ * A pipeline with process steps gets one delivery per message at ingest, to
+ * its route output (PB_ROUTE_OUTPUT). That delivery is scheduled like any
+ * other (its own queue, in-memory bound and page-in), and its attempt, here,
+ * runs the steps (route.c) on the message as received and commits what they
+ * decided in one PB_OP_ROUTE: the route delivery finished, the routed body
+ * when a step changed it (or one new message per value after a split), a
+ * pending delivery for each chosen output and a recorded routed-away (or
+ * filtered) one for each other. Once that commit is durable the new
+ * deliveries go to their outputs' queues, carrying the routed message, so
+ * attempts never run the steps again; an output's own map still runs per
+ * attempt.
+ *
+ * A step that fails (a jq error, a value jq cannot carry exactly, a split
+ * past its bound) dead-letters the route delivery with the step and the
+ * reason; replaying it routes the message anew. A ROUTE commit that fails
+ * (disk full) leaves the delivery pending: it is routed again a second
+ * later without spending its attempt.
+ *
+ * Threads: route_attempt on the dispatcher; route_done_cb on the store's
+ * writer or syncer, which hands the new deliveries to the dispatcher's inbox
+ * and posts the route delivery's end back to the dispatcher thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dispatch_int.h"
+#include "patchbay/pb_log.h"
+
+#define ROUTE_RETRY_MS 1000
+_Static_assert(PB_ROUTE_MAX_MSGS < 65536, "split children are numbered with an unsigned short");
+
+struct route_op {
+    struct pb__disp_post post; /* the route delivery's end, on the dispatcher */
+    struct pb_op op;
+    struct pb_dl *dl; /* the route delivery: in flight until post runs */
+    struct pb_pipeline *pl;
+    size_t nmsgs;
+    struct pb_route_msg *msgs;
+    struct pb_msg **carry; /* per msg: what its new deliveries carry */
+    char **bodies;         /* per msg: the routed or split body (NULL: unchanged) */
+    char (*child_ids)[PB_MSG_ID_MAX];
+    /* Per msg, nouts slots each: pending outputs first, then final ones. */
+    const char **names;
+    struct pb_output **targets;
+    int64_t *ids;
+    char *key; /* ordering key of the message as received */
+    int status;
+    char note[160];
+};
+
+static void route_op_free(struct route_op *ro)
+{
+    for (size_t i = 0; i < ro->nmsgs; i++) {
+        pb_msg_unref(ro->carry ? ro->carry[i] : NULL);
+        free(ro->bodies ? ro->bodies[i] : NULL);
+    }
+    free(ro->msgs);
+    free(ro->carry);
+    free(ro->bodies);
+    free(ro->child_ids);
+    free(ro->names);
+    free(ro->targets);
+    free(ro->ids);
+    free(ro->key);
+    free(ro);
+}
+
+static struct route_op *route_op_create(struct pb_pipeline *pl, size_t nmsgs)
+{
+    struct route_op *ro = calloc(1, sizeof(*ro));
+    size_t slots = (nmsgs ? nmsgs : 1) * pl->nouts;
+    if (!ro)
+        return NULL;
+    ro->pl = pl;
+    ro->nmsgs = nmsgs ? nmsgs : 1;
+    ro->msgs = calloc(ro->nmsgs, sizeof(*ro->msgs));
+    ro->carry = calloc(ro->nmsgs, sizeof(*ro->carry));
+    ro->bodies = calloc(ro->nmsgs, sizeof(*ro->bodies));
+    ro->child_ids = calloc(ro->nmsgs, sizeof(*ro->child_ids));
+    ro->names = calloc(slots, sizeof(*ro->names));
+    ro->targets = calloc(slots, sizeof(*ro->targets));
+    ro->ids = calloc(slots, sizeof(*ro->ids));
+    if (!ro->msgs || !ro->carry || !ro->bodies || !ro->child_ids || !ro->names || !ro->targets ||
+        !ro->ids) {
+        route_op_free(ro);
+        return NULL;
+    }
+    return ro;
+}
+
+/* Slots of msg i: outputs in set first, in configuration order, then the
+ * others with final_state. */
+static void fill_outputs(struct route_op *ro, size_t i, pb_outset set, enum pb_dstate final_state,
+                         const char *final_note)
+{
+    struct pb_pipeline *pl = ro->pl;
+    struct pb_route_msg *m = &ro->msgs[i];
+    const char **names = ro->names + i * pl->nouts;
+    struct pb_output **targets = ro->targets + i * pl->nouts;
+    size_t k = 0;
+    for (size_t j = 0; j < pl->nouts; j++)
+        if (set >> j & 1) {
+            names[k] = pl->outs[j].name;
+            targets[k++] = &pl->outs[j];
+        }
+    m->noutputs = k;
+    m->outputs = names;
+    m->delivery_ids = ro->ids + i * pl->nouts;
+    for (size_t j = 0; j < pl->nouts; j++)
+        if (!(set >> j & 1)) {
+            names[k] = pl->outs[j].name;
+            targets[k++] = &pl->outs[j];
+        }
+    m->nfinal = pl->nouts - m->noutputs;
+    m->final_outputs = names + m->noutputs;
+    m->final_state = final_state;
+    m->final_note = final_note;
+}
+
+/* Dispatcher thread: the ROUTE op is done (or the dispatcher is going). */
+static void route_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
+{
+    struct route_op *ro = (struct route_op *)p;
+    struct pb_dl *dl = ro->dl;
+    struct pb_output *o = dl->out;
+
+    o->inflight--;
+    d->inflight--;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    if (now < 0 || atomic_load(&d->aborting)) {
+        o->inmem--;
+        pb__disp_dl_free(dl);
+    } else if (ro->status == 0 || ro->status == PB_ENOTFOUND) {
+        pb__disp_finish(d, dl, now);
+    } else {
+        /* Still pending in the store: route it again soon. */
+        dl->attempts--;
+        dl->next_at = now + ROUTE_RETRY_MS;
+        pb__disp_schedule(d, dl, now);
+    }
+    route_op_free(ro);
+}
+
+/* Writer or syncer thread. */
+static void route_done_cb(struct pb_op *op, void *arg)
+{
+    struct route_op *ro = arg;
+    struct pb_dispatcher *d = ro->dl->disp;
+    struct pb_output *router = ro->dl->out;
+    struct pb_op_route *r = &op->u.route;
+
+    ro->status = op->status;
+    if (op->status == 0) {
+        struct pb_dl *head = NULL, *tail = NULL;
+        atomic_fetch_add(r->state == PB_DSTATE_FILTERED ? &router->filtered : &router->delivered,
+                         1);
+        atomic_fetch_sub(&router->backlog, 1);
+        for (size_t i = 0; i < ro->nmsgs; i++) {
+            struct pb_route_msg *m = &ro->msgs[i];
+            struct pb_output **targets = ro->targets + i * ro->pl->nouts;
+            struct pb_msg *msg = ro->carry[i];
+            if (msg)
+                msg->seq = m->msg_seq;
+            for (size_t k = 0; k < m->noutputs; k++) {
+                struct pb_output *o = targets[k];
+                struct pb_dl *nd = msg ? calloc(1, sizeof(*nd)) : NULL;
+                atomic_fetch_add(&o->backlog, 1);
+                if (!nd) {
+                    atomic_store(&o->notify, true); /* committed: paged in later */
+                    continue;
+                }
+                nd->id = m->delivery_ids[k];
+                nd->msg = pb_msg_ref(msg);
+                nd->out = o;
+                nd->disp = d;
+                nd->next_at = r->now;
+                if (tail)
+                    tail->next = nd;
+                else
+                    head = nd;
+                tail = nd;
+            }
+            for (size_t k = m->noutputs; k < m->noutputs + m->nfinal; k++)
+                atomic_fetch_add(m->final_state == PB_DSTATE_FILTERED ? &targets[k]->filtered
+                                                                      : &targets[k]->routed_away,
+                                 1);
+        }
+        pb__disp_inbox_append(d, head, tail);
+    } else if (op->status != PB_ENOTFOUND) {
+        PB_WARN("route decision not recorded pipeline=%s msg_id=%s error=\"%s\" (routed again "
+                "in %d ms)",
+                ro->pl->name, ro->dl->msg->id, pb_strerror(op->status), ROUTE_RETRY_MS);
+    }
+    ro->post.fn = route_complete;
+    pb__disp_post(d, &ro->post);
+}
+
+/* The message a routed delivery carries: the routed one itself (same id,
+ * the body a step made, or the body as received) or a split child. */
+static struct pb_msg *carried(const struct pb_msg *src, const char *id, const char *body,
+                              size_t len)
+{
+    struct pb_msg *m = pb_msg_create(body ? body : src->body, body ? len : src->len,
+                                     body ? NULL : src->content_type);
+    if (!m)
+        return NULL;
+    if (pb_msg_set_meta(m, src->meta, src->meta_len) != 0) {
+        pb_msg_unref(m);
+        return NULL;
+    }
+    m->seq = src->seq;
+    m->received_at = src->received_at;
+    snprintf(m->id, sizeof(m->id), "%s", id);
+    return m;
+}
+
+static void route_fail(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_err *err, int rc,
+                       int64_t now)
+{
+    char reason[PB_ERR_MSG_MAX + 16];
+    snprintf(reason, sizeof(reason), "%s", err->msg[0] ? err->msg : pb_strerror(rc));
+    pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
+}
+
+/* The route output's plugin: its attempts are pb__route_attempt's, never
+ * deliver's (the dispatcher checks is_route first). */
+static void route_deliver(void *ctx, struct pb_delivery *pd)
+{
+    (void)ctx;
+    struct pb_outcome oc = {
+        .result = PB_RESULT_RETRY, .retry_after_ms = -1, .error = "route stage missed"};
+    pb_delivery_done(pd, &oc);
+}
+
+const struct pb_output_plugin pb__route_plugin = {
+    .name = "route",
+    .default_concurrency = 256,
+    .deliver = route_deliver,
+};
+
+static jv meta_of(const struct pb_msg *m)
+{
+    jv meta;
+    if (!m->meta || pb_jq_parse(m->meta, m->meta_len, &meta, NULL) != 0)
+        return jv_null();
+    return meta;
+}
+
+void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_pipeline *pl = o->pl;
+    struct pb_route_result res = {0};
+    struct pb_err err = {0};
+    struct route_op *ro = NULL;
+    jv body, meta;
+    int rc;
+
+    rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, &err);
+    if (rc) {
+        char why[PB_ERR_MSG_MAX];
+        snprintf(why, sizeof(why), "%s", err.msg);
+        pb_err_set(&err, rc, "process: the message is not JSON jq can carry exactly: %s", why);
+        route_fail(d, dl, &err, rc, now);
+        return;
+    }
+    meta = meta_of(dl->msg);
+    char *key = NULL;
+    if (pl->key_jq) {
+        /* Ordering follows the message as received, whatever the steps make. */
+        rc = pb__disp_key(pl, jv_copy(body), jv_copy(meta), &key, &err);
+        if (rc) {
+            char why[PB_ERR_MSG_MAX];
+            snprintf(why, sizeof(why), "%s", err.msg);
+            pb_err_set(&err, rc, "ordering key: %s", why);
+            jv_free(body);
+            jv_free(meta);
+            route_fail(d, dl, &err, rc, now);
+            return;
+        }
+    }
+    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
+    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &res, &err);
+    jv_free(meta);
+    if (rc) {
+        free(key);
+        route_fail(d, dl, &err, rc, now);
+        return;
+    }
+
+    ro = route_op_create(pl, res.n);
+    if (ro)
+        ro->key = key;
+    else
+        free(key);
+    if (!ro) {
+        pb_err_set(&err, PB_ENOMEM, "out of memory");
+        goto retry;
+    }
+    struct pb_op_route *r = &ro->op.u.route;
+    if (res.n == 0) {
+        snprintf(ro->note, sizeof(ro->note), "filtered by process step %zu (%s)", res.dropped_at,
+                 res.dropped_by ? res.dropped_by : "?");
+        fill_outputs(ro, 0, 0, PB_DSTATE_FILTERED, ro->note);
+        r->state = PB_DSTATE_FILTERED;
+    } else {
+        size_t sent = 0;
+        for (size_t i = 0; i < res.n; i++) {
+            struct pb_route_msg *m = &ro->msgs[i];
+            size_t len = 0;
+            if (res.changed || res.split) {
+                rc = pb_jq_dump(jv_copy(res.items[i].body), &ro->bodies[i], &len, &err);
+                if (rc) {
+                    pb_route_result_cleanup(&res);
+                    route_op_free(ro);
+                    route_fail(d, dl, &err, rc, now);
+                    return;
+                }
+                m->body = ro->bodies[i];
+                m->len = len;
+            }
+            const char *id = dl->msg->id;
+            if (res.split) {
+                /* i < PB_ROUTE_MAX_MSGS, so the number fits an unsigned short. */
+                snprintf(ro->child_ids[i], sizeof(ro->child_ids[i]), "%.30s-%hu", dl->msg->id,
+                         (unsigned short)(i + 1));
+                m->msg_id = ro->child_ids[i];
+                id = m->msg_id;
+            }
+            ro->carry[i] = carried(dl->msg, id, ro->bodies[i], len);
+            if (!ro->carry[i]) {
+                pb_err_set(&err, PB_ENOMEM, "out of memory");
+                goto retry;
+            }
+            if (m->body && pl->key_jq) {
+                /* Recorded with the routed body or the child, so a page-in
+                 * after a restart orders it the same way. */
+                m->key = ro->key;
+                ro->carry[i]->okey_known = true;
+                if (ro->key && !(ro->carry[i]->okey = strdup(ro->key))) {
+                    pb_err_set(&err, PB_ENOMEM, "out of memory");
+                    goto retry;
+                }
+            }
+            fill_outputs(ro, i, res.items[i].outputs, PB_DSTATE_ROUTED_AWAY, "routed away");
+            sent += m->noutputs;
+        }
+        if (res.split)
+            snprintf(ro->note, sizeof(ro->note), "split into %zu messages, %zu deliveries", res.n,
+                     sent);
+        else
+            snprintf(ro->note, sizeof(ro->note), "routed to %zu of %zu outputs", sent, pl->nouts);
+        r->state = PB_DSTATE_DELIVERED;
+    }
+    pb_route_result_cleanup(&res);
+
+    dl->attempts++;
+    dl->started_at = now;
+    r->delivery_id = dl->id;
+    r->msg_seq = dl->msg->seq;
+    r->pipeline = pl->name;
+    r->attempt = dl->attempts;
+    r->now = now;
+    r->note = ro->note;
+    r->nmsgs = ro->nmsgs;
+    r->msgs = ro->msgs;
+    ro->dl = dl;
+    ro->op.kind = PB_OP_ROUTE;
+    ro->op.done_cb = route_done_cb;
+    ro->op.arg = ro;
+    o->inflight++;
+    d->inflight++;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    atomic_fetch_add(&o->attempts, 1);
+    if (pb_store_submit(d->e->store, &ro->op) != 0) {
+        /* Stopping: it stays pending and is routed after the restart. */
+        o->inflight--;
+        d->inflight--;
+        dl->attempts--;
+        route_op_free(ro);
+        o->inmem--;
+        pb__disp_dl_free(dl);
+    }
+    return;
+
+retry:
+    pb_route_result_cleanup(&res);
+    route_op_free(ro);
+    PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"%s\" (trying again in %d ms)", pl->name,
+            dl->msg->id, err.msg, ROUTE_RETRY_MS);
+    dl->next_at = now + ROUTE_RETRY_MS;
+    pb__disp_schedule(d, dl, now);
+}
