@@ -190,6 +190,9 @@ struct pb_ingest_route {
     const char *idempotency_header;   /* header carrying the key */
     pb_verify_fn verify;              /* NULL: no verification */
     const void *verify_ctx;
+    /* Request headers kept in $meta.headers (names compared case-blind,
+     * stored lower-cased; "*" keeps all). Empty: none. */
+    const struct pb_strlist *meta_headers;
 };
 
 struct pb_input_env {

@@ -224,6 +224,9 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
          offsetof(struct pb_output, dead)},
         {"patchbay_deliveries_filtered_total", "Deliveries dropped on purpose by a filter.",
          "counter", offsetof(struct pb_output, filtered)},
+        {"patchbay_deliveries_routed_away_total",
+         "Messages the route stage sent to other outputs of the pipeline.", "counter",
+         offsetof(struct pb_output, routed_away)},
         {"patchbay_delivery_attempts_total", "Attempts started.", "counter",
          offsetof(struct pb_output, attempts)},
     };

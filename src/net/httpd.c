@@ -11,6 +11,7 @@
  * inactivity timeout) and the time a request may take to arrive (the request
  * deadline below), so clients trickling bytes cannot hold the listener. */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -213,6 +214,124 @@ static void ingest_done_cb(struct pb_op *op, void *arg)
     MHD_resume_connection(r->conn);
 }
 
+/* ---- $meta -------------------------------------------------------------------------------- */
+
+#define META_HEADERS_MAX 100       /* distinct header names kept */
+#define META_VALUE_MAX (16 * 1024) /* bytes of one header's joined values */
+
+struct meta_walk {
+    const struct pb_strlist *want;
+    bool all;
+    json_t *obj;
+    size_t n;
+    bool failed;
+};
+
+static bool wanted(const struct meta_walk *w, const char *name)
+{
+    if (w->all)
+        return true;
+    for (size_t i = 0; i < w->want->n; i++)
+        if (strcasecmp(w->want->items[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* One header (repeats come one by one): lower-cased name, values joined
+ * with ", " into one string. */
+static enum MHD_Result meta_header_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    struct meta_walk *w = cls;
+    char name[128];
+    size_t n = strlen(key);
+
+    (void)kind;
+    if (!value || n == 0 || n >= sizeof(name) || !wanted(w, key))
+        return MHD_YES;
+    for (size_t i = 0; i <= n; i++)
+        name[i] = (char)tolower((unsigned char)key[i]);
+    if (!pb_utf8_valid(value, strlen(value)))
+        return MHD_YES; /* jansson takes UTF-8 only; such a header is not kept */
+    json_t *old = json_object_get(w->obj, name);
+    if (old) {
+        const char *ov = json_string_value(old);
+        size_t ol = strlen(ov), vl = strlen(value);
+        if (ol + 2 + vl > META_VALUE_MAX)
+            return MHD_YES;
+        char *joined = malloc(ol + 2 + vl + 1);
+        if (!joined) {
+            w->failed = true;
+            return MHD_NO;
+        }
+        memcpy(joined, ov, ol);
+        memcpy(joined + ol, ", ", 2);
+        memcpy(joined + ol + 2, value, vl + 1);
+        if (json_object_set_new(w->obj, name, json_string(joined)) != 0)
+            w->failed = true;
+        free(joined);
+        return w->failed ? MHD_NO : MHD_YES;
+    }
+    if (w->n >= META_HEADERS_MAX || strlen(value) > META_VALUE_MAX)
+        return MHD_YES;
+    w->n++;
+    if (json_object_set_new(w->obj, name, json_string(value)) != 0) {
+        w->failed = true;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result meta_query_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    struct meta_walk *w = cls;
+    (void)kind;
+    if (w->n >= META_HEADERS_MAX || !pb_utf8_valid(key, strlen(key)) ||
+        (value && !pb_utf8_valid(value, strlen(value))) || json_object_get(w->obj, key))
+        return MHD_YES;
+    w->n++;
+    if (json_object_set_new(w->obj, key, value ? json_string(value) : json_null()) != 0) {
+        w->failed = true;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* $meta of an ingest request: input, pipeline, receipt time, method, path,
+ * query arguments and the headers the route keeps. malloc'd JSON text. */
+static char *request_meta(struct req *r, struct MHD_Connection *c, int64_t now, size_t *len)
+{
+    const struct pb_ingest_route *rt = &r->pl->route;
+    json_t *m =
+        json_pack("{s:s, s:s, s:I, s:s, s:s}", "input", "http_server", "pipeline", r->pl->name,
+                  "received_at", (json_int_t)now, "method", r->method, "path", rt->path);
+    struct meta_walk hw = {.want = rt->meta_headers}, qw = {0};
+    char *text = NULL;
+
+    if (!m)
+        return NULL;
+    hw.all = rt->meta_headers && rt->meta_headers->n == 1 &&
+             strcmp(rt->meta_headers->items[0], "*") == 0;
+    qw.obj = json_object();
+    if (!qw.obj || json_object_set_new(m, "query", qw.obj) != 0)
+        goto out;
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, meta_query_cb, &qw);
+    if (rt->meta_headers && rt->meta_headers->n) {
+        hw.obj = json_object();
+        if (!hw.obj || json_object_set_new(m, "headers", hw.obj) != 0)
+            goto out;
+        MHD_get_connection_values(c, MHD_HEADER_KIND, meta_header_cb, &hw);
+    }
+    if (!hw.failed && !qw.failed)
+        text = json_dumps(m, JSON_COMPACT);
+out:
+    json_decref(m);
+    if (text)
+        *len = strlen(text);
+    return text;
+}
+
 static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
 {
     struct pb_pipeline *pl = r->pl;
@@ -293,6 +412,14 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
     int64_t now = pb_now_ms();
     r->msg->received_at = now;
     pb_msg_new_id(r->msg->id, now);
+    size_t mlen = 0;
+    char *meta = request_meta(r, c, now, &mlen);
+    int mrc = meta ? pb_msg_set_meta(r->msg, meta, mlen) : PB_ENOMEM;
+    free(meta);
+    if (mrc) {
+        reject(pl, PB_REJECT_OVERLOAD);
+        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory", "Retry-After", "1");
+    }
     r->op = (struct pb_op){.kind = PB_OP_INGEST, .done_cb = ingest_done_cb, .arg = r};
     struct pb_op_ingest *in = &r->op.u.ingest;
     in->pipeline = pl->name;
@@ -300,6 +427,8 @@ static enum MHD_Result ingest_final(struct req *r, struct MHD_Connection *c)
     in->body = r->msg->body;
     in->len = r->msg->len;
     in->content_type = r->msg->content_type;
+    in->meta = r->msg->meta;
+    in->meta_len = r->msg->meta_len;
     in->received_at = now;
     in->idem_key = key;
     in->idem_expires_at = now + pl->route.idempotency_window_ms;

@@ -20,6 +20,7 @@ struct in_http {
     int format; /* 0 json, 1 raw */
     struct idem_conf idempotency;
     struct pb_verify_conf verify;
+    struct pb_strlist headers;
     struct pb_verifier *verifier; /* owned; NULL without verification */
 };
 
@@ -64,6 +65,10 @@ static const struct pb_field http_server_fields[] = {
      .type = PB_F_OBJECT,
      .offset = offsetof(struct in_http, idempotency),
      .sub = idem_fields},
+    {.name = "headers",
+     .type = PB_F_STRLIST,
+     .offset = offsetof(struct in_http, headers),
+     .doc = "request headers kept in $meta.headers ([*] for all)"},
     {.name = "verify",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct in_http, verify),
@@ -87,6 +92,8 @@ static int http_server_init(void *ctx, const struct pb_input_env *env, struct pb
             return pb_err_set(err, PB_ECONFIG,
                               "http_server methods may be POST, PUT or PATCH, not \"%s\"", m);
     }
+    if (h->headers.n > 64)
+        return pb_err_set(err, PB_ECONFIG, "http_server headers: at most 64 names");
     if (h->verify.scheme != PB_SCHEME_NONE) {
         h->verifier = pb_verifier_create(&h->verify, err);
         if (!h->verifier)
@@ -105,6 +112,7 @@ static int http_server_init(void *ctx, const struct pb_input_env *env, struct pb
         .idempotency_header = h->idempotency.header,
         .verify = h->verifier ? pb_verifier_check : NULL,
         .verify_ctx = h->verifier,
+        .meta_headers = &h->headers,
     };
     return env->add_route(env->arg, &r, err);
 }
