@@ -60,8 +60,23 @@ build() {
     ninja -C "$dir"
 }
 
-build_release() { build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; }
-build_asan() { build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPB_SANITIZE=ON; }
+build_release() { build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPB_WERROR=ON; }
+build_asan() { build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPB_SANITIZE=ON -DPB_WERROR=ON; }
+
+# CI: every build type with gcc and clang, warnings as errors (built, not run).
+build_matrix() {
+    local cc type
+    for cc in gcc clang; do
+        for type in Debug RelWithDebInfo Release; do
+            say "building build-matrix/$cc-$type"
+            if [[ ! -f build-matrix/$cc-$type/build.ninja ]]; then
+                CC=$cc cmake -S . -B "build-matrix/$cc-$type" -G Ninja \
+                    -DCMAKE_BUILD_TYPE="$type" -DPB_WERROR=ON >/dev/null
+            fi
+            ninja -C "build-matrix/$cc-$type" patchbay pb_sink
+        done
+    done
+}
 
 # run_ctest LOG ctest-args... : run ctest, tee its output, add to the totals.
 PASSED=0
@@ -90,6 +105,14 @@ cmd_test() {
     ensure_node
     build_release
     build_asan
+    if [[ ${CI:-} == true ]]; then
+        if build_matrix; then
+            PASSED=$((PASSED + 1))
+        else
+            say "a build of the matrix failed"
+            FAILED=$((FAILED + 1))
+        fi
+    fi
     local logdir status=0
     logdir=$(mktemp -d)
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
@@ -115,7 +138,11 @@ cmd_test() {
 
 cmd_demo() {
     ensure_packages "${PACKAGES[@]}"
-    build_release
+    if [[ ! -f build/build.ninja ]]; then
+        cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPB_WERROR=ON
+    fi
+    say "building what the demo runs"
+    ninja -C build patchbay pb_sink
     exec examples/order-fulfillment/run.sh
 }
 

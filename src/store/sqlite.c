@@ -986,7 +986,7 @@ static int apply_replay(struct sq *q, struct pb_op *op)
 {
     struct pb_op_replay *r = &op->u.replay;
     sqlite3_stmt *st;
-    int64_t msg_seq;
+    int64_t msg_seq = 0;
     int rc;
 
     r->new_delivery_id = 0;
@@ -1040,7 +1040,7 @@ static int apply_replay_all(struct sq *q, struct pb_op *op)
 
 static int apply_purge(struct sq *q, struct pb_op *op)
 {
-    int64_t id = op->u.purge.delivery_id, msg_seq;
+    int64_t id = op->u.purge.delivery_id, msg_seq = 0;
     sqlite3_stmt *st;
     int rc = find_dead(q, id, &msg_seq, NULL, 0, NULL, 0);
 

@@ -395,6 +395,33 @@ PB_TEST(standard_webhooks_spec_vector)
     pb_verifier_destroy(v);
 }
 
+PB_TEST(standard_webhooks_takes_svix_header_names)
+{
+    /* What Svix sends by default: the same scheme under svix-* names. */
+    struct pb_verifier *v = mk("{scheme: standard-webhooks, secret: " SW_SECRET "}");
+    PB_CHECK(v != NULL);
+    if (!v)
+        return;
+    struct fake f = {
+        .h = {{"svix-id", SW_ID}, {"svix-timestamp", SW_TS}, {"svix-signature", SW_SIG}}};
+    PB_EQ_INT(check_at(v, &f, SW_BODY, SW_NOW), OK);
+    PB_EQ_STR(last.webhook_id, SW_ID);
+    PB_EQ_INT(check_at(v, &f, "{\"test\": 2432232315}", SW_NOW), SIGNATURE);
+    /* One set whole: a webhook-* header present means the webhook-* set. */
+    struct fake mixed = {
+        .h = {{"webhook-id", SW_ID}, {"svix-timestamp", SW_TS}, {"svix-signature", SW_SIG}}};
+    PB_EQ_INT(check_at(v, &mixed, SW_BODY, SW_NOW), MISSING);
+    /* webhook-* wins when both sets are there. */
+    struct fake both = {.h = {{"webhook-id", SW_ID},
+                              {"webhook-timestamp", SW_TS},
+                              {"webhook-signature", SW_SIG},
+                              {"svix-id", SW_ID},
+                              {"svix-timestamp", SW_TS},
+                              {"svix-signature", "v1,Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="}}};
+    PB_EQ_INT(check_at(v, &both, SW_BODY, SW_NOW), OK);
+    pb_verifier_destroy(v);
+}
+
 PB_TEST(standard_webhooks_tolerance)
 {
     struct pb_verifier *v = mk("{scheme: standard-webhooks, secret: " SW_SECRET "}");

@@ -259,9 +259,16 @@ out:
 static int standard_check(const struct pb_verifier *v, const struct pb_verify_req *req,
                           struct pb_verify_result *res)
 {
+    /* Svix sends svix-* by default; webhook-* is the white-labelled set. A
+     * request takes one set whole, webhook-* first. */
     const char *id = req->header(req->conn, "webhook-id");
     const char *ts = req->header(req->conn, "webhook-timestamp");
     const char *sig = req->header(req->conn, "webhook-signature");
+    if (!id && !ts && !sig) {
+        id = req->header(req->conn, "svix-id");
+        ts = req->header(req->conn, "svix-timestamp");
+        sig = req->header(req->conn, "svix-signature");
+    }
     if (!id || !ts || !sig)
         return pb__vfy_deny(res, PB_VERIFY_MISSING);
     int64_t sec = 0;
