@@ -1082,7 +1082,6 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(32 * 1024), NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, h},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)conn_notify_cb, h},
-        {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
         {sc->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)sc->threads,
          NULL},
         {MHD_OPTION_END, 0, NULL},
@@ -1090,7 +1089,9 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
     h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, h, MHD_OPTION_ARRAY, opts,
                               MHD_OPTION_END);
     if (!h->mhd)
-        return pb_err_set(err, PB_EIO, "cannot listen on %s (address in use or not permitted)",
+        return pb_err_set(err, PB_EIO,
+                          "cannot listen on %s: the port is in use by another process, or not "
+                          "permitted",
                           sc->listen);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : 0;
