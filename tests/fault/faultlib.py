@@ -17,10 +17,8 @@ Every scenario ends by printing one line
 and, when PB_FAULT_RESULTS names a directory, also writes it there as
 <scenario>.json (tests/fault/run_long.sh collects them into a table).
 
-A "known defect" check (known_defect()) is an engine defect this suite
-found and reported but that is not fixed yet: it prints KNOWN-DEFECT and
-does not fail the run, unless PB_FAULT_STRICT=1. When the check starts to
-pass it says so, so the check can be made strict.
+Every check can fail: a defect the suite finds fails the run (there is no
+mode that reports it and passes), so a regression never lands quietly.
 
 Standard library only."""
 
@@ -39,7 +37,6 @@ from pbtest import TestFailure, check, log, scaled  # noqa: E402
 
 LONG = os.environ.get("PB_FAULT_LONG", "") not in ("", "0")
 SEED = int(os.environ.get("PB_FAULT_SEED", "0") or 0) or int(time.time() * 1000) % 1000003
-STRICT = os.environ.get("PB_FAULT_STRICT", "") not in ("", "0")
 SANITIZE = pbtest.SANITIZE
 SKIP = 77  # ctest SKIP_RETURN_CODE
 
@@ -78,16 +75,12 @@ def skip(why):
 
 
 def known_defect(name, ok, what):
-    """A reported, not yet fixed, engine defect: report, and fail only in strict mode."""
+    """A check for a defect this suite once found (name), kept so it never
+    comes back: it fails the run like any other check."""
     if ok:
-        log(f"known defect {name} did not reproduce: {what} holds now - make this check strict")
         return True
-    msg = f"KNOWN-DEFECT {name}: {what}"
-    if STRICT:
-        raise TestFailure(msg)
-    log(msg)
     _defects.append(name)
-    return False
+    raise TestFailure(f"DEFECT {name}: {what}")
 
 
 _defects = []

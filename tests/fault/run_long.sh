@@ -9,8 +9,7 @@
 # figures are written to BUILD_DIR/fault-results/NAME.json and summed up
 # in a table at the end (the one docs/reliability.md shows). Takes about
 # 15 minutes on 2 cores; the disk-full scenario needs root (mount).
-# PB_FAULT_SEED fixes the random choices; PB_FAULT_STRICT=1 fails on known
-# defects too.
+# PB_FAULT_SEED fixes the random choices.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
