@@ -1,12 +1,24 @@
 /* cmd_run.c - `patchbay run CONFIG` and `patchbay lint CONFIG`. */
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "cli/cli.h"
 #include "core/engine.h"
 
+/* A CONFIG argument alone; a stray option is named. */
+static bool one_config(int argc, char **argv, const char *cmd)
+{
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "patchbay %s: unknown option %s\n", cmd, argv[i]);
+            return false;
+        }
+    return argc == 2;
+}
+
 int pb_cmd_run(int argc, char **argv)
 {
-    if (argc != 2) {
+    if (!one_config(argc, argv, "run")) {
         fprintf(stderr, "usage: patchbay run CONFIG\n");
         return 2;
     }
@@ -16,7 +28,7 @@ int pb_cmd_run(int argc, char **argv)
 
 int pb_cmd_lint(int argc, char **argv)
 {
-    if (argc != 2) {
+    if (!one_config(argc, argv, "lint")) {
         fprintf(stderr, "usage: patchbay lint CONFIG\n");
         return 2;
     }

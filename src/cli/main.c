@@ -1,5 +1,7 @@
 /* main.c - the patchbay command: global options and subcommand dispatch. */
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -10,7 +12,7 @@ extern char **pb_cli_argv;
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: patchbay [--log-format human|json] [--log-level LEVEL] COMMAND ...\n"
+            "usage: patchbay COMMAND [--log-format human|json] [--log-level LEVEL] ...\n"
             "\n"
             "commands:\n"
             "  run CONFIG                 run the daemon (SIGTERM drains and exits)\n"
@@ -24,54 +26,139 @@ static void usage(FILE *f)
             "  version                    print the version\n"
             "\n"
             "dlq and endpoints commands reach a running daemon: --url (or PATCHBAY_URL, default\n"
-            "http://127.0.0.1:8080) and --token (or PATCHBAY_ADMIN_TOKEN).\n");
+            "http://127.0.0.1:8080) and --token (or PATCHBAY_ADMIN_TOKEN). Options may stand\n"
+            "anywhere; `patchbay COMMAND --help` shows a command's usage.\n");
 }
+
+/* What `patchbay COMMAND --help` prints. */
+static const struct {
+    const char *cmd, *text;
+} helps[] = {
+    {"run", "usage: patchbay run CONFIG\n"
+            "\n"
+            "Run the daemon with the configuration CONFIG. SIGTERM (or SIGINT) drains and\n"
+            "exits; SIGHUP reloads a valid new configuration in place.\n"},
+    {"lint", "usage: patchbay lint CONFIG\n"
+             "\n"
+             "Validate CONFIG without connecting anywhere; errors as file:line:col, exit 1.\n"},
+    {"dlq", "usage: patchbay dlq list [--pipeline P] [--output O] [--limit N] [--after ID] "
+            "[--json]\n"
+            "       patchbay dlq show ID\n"
+            "       patchbay dlq replay ID | --all [--pipeline P] [--output O]\n"
+            "       patchbay dlq purge ID\n"
+            "\n"
+            "The dead-letter queue of a running daemon, through its admin API: --url (or\n"
+            "PATCHBAY_URL, default http://127.0.0.1:8080) and --token (or "
+            "PATCHBAY_ADMIN_TOKEN).\n"},
+    {"endpoints",
+     "usage: patchbay endpoints list [--pipeline P] [--output O]\n"
+     "       patchbay endpoints create --output O --endpoint-url URL [--event TYPE]...\n"
+     "                                 [--pipeline P] [--rate-limit R] [--description D]\n"
+     "       patchbay endpoints show|secret|rotate|disable|enable|delete ID\n"
+     "       patchbay endpoints recover ID --since (UNIX_MS | YYYY-MM-DDTHH:MM:SSZ)\n"
+     "\n"
+     "Managed webhook endpoints of a running daemon (docs/webhooks.md): --url (or\n"
+     "PATCHBAY_URL) and --token (or PATCHBAY_ADMIN_TOKEN).\n"},
+    {"version", "usage: patchbay version\n\nPrint the version.\n"},
+    {"help", "usage: patchbay help\n\nPrint the commands.\n"},
+};
 
 /* The whole command line, for `run` to re-execute itself on SIGHUP. */
 char **pb_cli_argv;
 
-int main(int argc, char **argv)
+/* Options that mean the same to every command, taken wherever they stand
+ * (before or after the command) and removed from what the command sees.
+ * --url and --token reach the client commands as PATCHBAY_URL and
+ * PATCHBAY_ADMIN_TOKEN. Returns 0, 1 (help asked: printed) or 2 (error). */
+static int global_options(int *argc, char **argv, enum pb_log_format *fmt, enum pb_log_level *lvl,
+                          bool *help)
 {
-    pb_cli_argv = argv;
-    enum pb_log_format fmt = PB_LOG_HUMAN;
-    enum pb_log_level lvl = PB_LOG_INFO;
-    int i = 1;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if (strcmp(argv[i], "--log-format") == 0 && i + 1 < argc) {
-            const char *v = argv[++i];
-            if (strcmp(v, "json") == 0)
-                fmt = PB_LOG_JSON;
-            else if (strcmp(v, "human") == 0)
-                fmt = PB_LOG_HUMAN;
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        const char *a = argv[i];
+        bool takes = !strcmp(a, "--log-format") || !strcmp(a, "--log-level") ||
+                     !strcmp(a, "--url") || !strcmp(a, "--token");
+        if (!strcmp(a, "--")) {
+            while (i < *argc)
+                argv[out++] = argv[i++];
+            break;
+        }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            *help = true;
+            continue;
+        }
+        if (!takes) {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (i + 1 >= *argc) {
+            fprintf(stderr, "patchbay: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--log-format")) {
+            if (!strcmp(v, "json"))
+                *fmt = PB_LOG_JSON;
+            else if (!strcmp(v, "human"))
+                *fmt = PB_LOG_HUMAN;
             else {
                 fprintf(stderr, "patchbay: --log-format takes human or json\n");
                 return 2;
             }
-        } else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
-            if (pb_log_parse_level(argv[++i], &lvl) != 0) {
+        } else if (!strcmp(a, "--log-level")) {
+            if (pb_log_parse_level(v, lvl) != 0) {
                 fprintf(stderr, "patchbay: --log-level takes debug, info, warn or error\n");
                 return 2;
             }
-        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(argv[i], "--version") == 0) {
-            printf("patchbay %s\n", PB_VERSION);
-            return 0;
         } else {
-            fprintf(stderr, "patchbay: unknown option %s\n", argv[i]);
-            usage(stderr);
-            return 2;
+            setenv(!strcmp(a, "--url") ? "PATCHBAY_URL" : "PATCHBAY_ADMIN_TOKEN", v, 1);
         }
     }
+    argv[out] = NULL;
+    *argc = out;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum pb_log_format fmt = PB_LOG_HUMAN;
+    enum pb_log_level lvl = PB_LOG_INFO;
+    bool help = false;
+    char **args = calloc((size_t)argc + 1, sizeof(*args));
+    int n = argc;
+
+    pb_cli_argv = argv;
+    if (!args)
+        return 1;
+    memcpy(args, argv, (size_t)argc * sizeof(*args));
+    int rc = global_options(&n, args, &fmt, &lvl, &help);
+    if (rc)
+        return rc;
     pb_log_setup(lvl, fmt);
-    if (i >= argc) {
+    if (n >= 2 && !strcmp(args[1], "--version")) {
+        printf("patchbay %s\n", PB_VERSION);
+        return 0;
+    }
+    if (n < 2 || args[1][0] == '-') {
+        if (help && n < 2) {
+            usage(stdout);
+            return 0;
+        }
+        if (n >= 2)
+            fprintf(stderr, "patchbay: unknown option %s\n", args[1]);
         usage(stderr);
         return 2;
     }
-    const char *cmd = argv[i];
-    int sub_argc = argc - i;
-    char **sub_argv = argv + i;
+    const char *cmd = args[1];
+    if (help) {
+        for (size_t i = 0; i < sizeof(helps) / sizeof(helps[0]); i++)
+            if (!strcmp(helps[i].cmd, cmd)) {
+                fputs(helps[i].text, stdout);
+                return 0;
+            }
+    }
+    int sub_argc = n - 1;
+    char **sub_argv = args + 1;
     if (strcmp(cmd, "run") == 0)
         return pb_cmd_run(sub_argc, sub_argv);
     if (strcmp(cmd, "lint") == 0)
