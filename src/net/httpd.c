@@ -948,7 +948,7 @@ static struct {
     unsigned long long dropped;
 } mhd_log = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static void mhd_log_cb(void *cls, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_log_cb(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     int64_t now = pb_mono_us();
