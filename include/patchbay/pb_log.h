@@ -18,8 +18,10 @@ void pb_log_setup(enum pb_log_level min, enum pb_log_format format);
 int pb_log_parse_level(const char *s, enum pb_log_level *out);
 void pb_log_write(enum pb_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* s made safe inside a quoted value (key="..."): quotes, backslashes and
- * control characters become spaces or '. Returns buf. */
+/* s escaped for a quoted value (key="..."): \" \\ \n \r \t and \xHH for
+ * other control bytes, so a partner's text is kept exactly and cannot break
+ * the line; JSON lines decode it back. Cut at len, never inside an escape.
+ * Returns buf. */
 const char *pb_log_value(const char *s, char *buf, size_t len);
 
 #define PB_LOG(level, ...)                                                                         \

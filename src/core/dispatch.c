@@ -490,7 +490,6 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     schedule(d, dl, now);
 }
 
-
 /* Run the output's map on the routed message (the pipeline's steps ran once,
  * in the route stage). Returns 1 when the map produced nothing (filtered for
  * this output), 0 with the payload set, or a negative code. */
@@ -574,6 +573,39 @@ static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now
     o->plugin->deliver(o->ctx, &dl->d);
 }
 
+/* A failed attempt that will be retried, at info with its cause: at most
+ * FAIL_LOG_BURST lines per output per FAIL_LOG_WINDOW_MS, then one line
+ * saying how many were left out. */
+#define FAIL_LOG_BURST 10
+#define FAIL_LOG_WINDOW_MS 10000
+
+static void log_failed_attempt(struct pb_output *o, struct pb_dl *dl, const struct pb_outcome *oc,
+                               int64_t in_ms, int64_t now)
+{
+    if (pb_log_level_min > PB_LOG_INFO)
+        return;
+    if (now - o->faillog_since >= FAIL_LOG_WINDOW_MS) {
+        if (o->faillog_dropped)
+            PB_INFO("attempts failed pipeline=%s output=%s left_out=%llu (at most %d lines per "
+                    "%d s are logged per output)",
+                    o->pl->name, o->name, (unsigned long long)o->faillog_dropped, FAIL_LOG_BURST,
+                    FAIL_LOG_WINDOW_MS / 1000);
+        o->faillog_since = now;
+        o->faillog_n = 0;
+        o->faillog_dropped = 0;
+    }
+    if (o->faillog_n >= FAIL_LOG_BURST) {
+        o->faillog_dropped++;
+        return;
+    }
+    o->faillog_n++;
+    char safe[PB_ERROR_EXCERPT_MAX];
+    PB_INFO("attempt failed, will retry pipeline=%s output=%s msg_id=%s attempt=%d status=%d "
+            "retry_in_ms=%lld error=\"%s\"",
+            o->pl->name, o->name, dl->msg->id, dl->attempts, oc->status, (long long)in_ms,
+            pb_log_value(oc->error ? oc->error : "failed", safe, sizeof(safe)));
+}
+
 void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
 {
     struct pb_dl *dl = pd->core;
@@ -616,9 +648,7 @@ void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
     } else {
         dl->next_at = dec.next_at;
         submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt);
-        PB_DEBUG("retry scheduled pipeline=%s output=%s msg_id=%s attempt=%d status=%d in_ms=%lld",
-                 o->pl->name, o->name, dl->msg->id, dl->attempts, oc->status,
-                 (long long)(dec.next_at - now));
+        log_failed_attempt(o, dl, oc, dec.next_at - now, now);
         schedule(d, dl, now);
     }
 }

@@ -123,6 +123,9 @@ struct pb_output {
     int64_t tokens_at;
     int64_t load_after; /* unix ms before which no store page-in is tried */
     atomic_bool notify; /* set by any thread: page in from the store */
+    int64_t faillog_since; /* failed-attempt log lines: window start, count, left out */
+    unsigned faillog_n;
+    uint64_t faillog_dropped;
 
     /* metrics */
     _Atomic uint64_t delivered, retried, dead, filtered, routed_away, attempts;

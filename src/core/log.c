@@ -4,6 +4,7 @@
  * text becomes "msg" and each key=value pair (values may be "quoted") becomes
  * a field. One write(2) per line so concurrent threads never interleave. */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -51,6 +52,56 @@ static size_t json_escape(char *buf, size_t pos, size_t cap, const char *s, size
     return pos;
 }
 
+/* An integer as JSON writes it: -?(0|[1-9][0-9]*), at most 18 digits. */
+static bool is_integer(const char *s, size_t n)
+{
+    size_t i = n && s[0] == '-' ? 1 : 0;
+    if (i == n || n - i > 18 || (s[i] == '0' && n - i > 1))
+        return false;
+    for (; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+/* A quoted value as pb_log_value escaped it, decoded and appended to buf as
+ * JSON string content. */
+static size_t json_unescape(char *buf, size_t pos, size_t cap, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n && pos + 7 < cap; i++) {
+        char c = s[i];
+        if (c == '\\' && i + 1 < n) {
+            char e = s[++i];
+            if (e == 'n')
+                c = '\n';
+            else if (e == 'r')
+                c = '\r';
+            else if (e == 't')
+                c = '\t';
+            else if (e == 'x') {
+                unsigned v = 0;
+                int got = 0;
+                for (int k = 0; k < 2 && i + 1 < n; k++) {
+                    char h = s[i + 1];
+                    unsigned d = (h >= '0' && h <= '9')   ? (unsigned)(h - '0')
+                                 : (h >= 'a' && h <= 'f') ? (unsigned)(h - 'a' + 10)
+                                                          : 16;
+                    if (d == 16)
+                        break;
+                    v = v * 16 + d;
+                    i++;
+                    got++;
+                }
+                c = got ? (char)v : 'x';
+            } else {
+                c = e; /* \" and \\ */
+            }
+        }
+        pos = json_escape(buf, pos, cap, &c, 1);
+    }
+    return pos;
+}
+
 /* Start of the first " key=" token, or NULL. */
 static const char *first_field(const char *s)
 {
@@ -82,11 +133,12 @@ static size_t format_json(char *buf, size_t cap, const char *ts, const char *lev
         if (!eq)
             break;
         const char *v = eq + 1, *vend;
-        if (*v == '"') {
+        bool quoted = *v == '"';
+        if (quoted) {
             v++;
             vend = v;
-            while (*vend && !(*vend == '"' && vend[-1] != '\\'))
-                vend++;
+            while (*vend && *vend != '"')
+                vend += (*vend == '\\' && vend[1]) ? 2 : 1;
         } else {
             /* Unquoted: up to the next " key=" (names may hold spaces). */
             vend = first_field(v);
@@ -101,11 +153,22 @@ static size_t format_json(char *buf, size_t cap, const char *ts, const char *lev
         if (pos + 4 < cap) {
             buf[pos++] = '"';
             buf[pos++] = ':';
-            buf[pos++] = '"';
         }
-        pos = json_escape(buf, pos, cap, v, (size_t)(vend - v));
-        if (pos < cap)
-            buf[pos++] = '"';
+        if (!quoted && is_integer(v, (size_t)(vend - v))) {
+            /* attempt=3, status=503: a number in JSON too */
+            size_t n = (size_t)(vend - v);
+            if (pos + n < cap) {
+                memcpy(buf + pos, v, n);
+                pos += n;
+            }
+        } else {
+            if (pos < cap)
+                buf[pos++] = '"';
+            pos = quoted ? json_unescape(buf, pos, cap, v, (size_t)(vend - v))
+                         : json_escape(buf, pos, cap, v, (size_t)(vend - v));
+            if (pos < cap)
+                buf[pos++] = '"';
+        }
         p = (*vend == '"') ? vend + 1 : vend;
     }
     if (pos + 2 < cap) {
@@ -144,10 +207,30 @@ void pb_log_write(enum pb_log_level level, const char *fmt, ...)
 
 const char *pb_log_value(const char *s, char *buf, size_t len)
 {
+    static const char hex[] = "0123456789abcdef";
     size_t j = 0;
-    for (size_t i = 0; s && s[i] && j + 1 < len; i++) {
+    for (size_t i = 0; s && s[i]; i++) {
         unsigned char c = (unsigned char)s[i];
-        buf[j++] = c == '"' ? '\'' : (c < 0x20 || c == '\\') ? ' ' : (char)c;
+        char esc[4];
+        size_t n = 0;
+        if (c == '"' || c == '\\') {
+            esc[n++] = '\\';
+            esc[n++] = (char)c;
+        } else if (c == '\n' || c == '\r' || c == '\t') {
+            esc[n++] = '\\';
+            esc[n++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        } else if (c < 0x20 || c == 0x7f) {
+            esc[n++] = '\\';
+            esc[n++] = 'x';
+            esc[n++] = hex[c >> 4];
+            esc[n++] = hex[c & 15];
+        } else {
+            esc[n++] = (char)c;
+        }
+        if (j + n + 1 > len)
+            break; /* never half an escape */
+        memcpy(buf + j, esc, n);
+        j += n;
     }
     if (len)
         buf[j] = 0;

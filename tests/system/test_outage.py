@@ -149,6 +149,11 @@ def retry_after_and_429_are_retried_not_dead():
     statuses = [a["status"] for a in d["attempt_log"]]
     check(429 in statuses and 503 in statuses and statuses[-1] == 200, f"attempt statuses {statuses}")
     check_eq(pb.dead_letters(), [], "no dead letters")
+    # Each failed attempt is logged at the default level, with its cause.
+    lines = [ln for ln in pb.log().splitlines() if "attempt failed, will retry" in ln]
+    check(any("status=429" in ln and "error=\"HTTP 429" in ln for ln in lines),
+          f"a 429 attempt logged with its cause: {lines[:3]}")
+    check(any("status=503" in ln for ln in lines), "a 503 attempt logged")
 
 
 if __name__ == "__main__":

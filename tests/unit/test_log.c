@@ -39,8 +39,11 @@ PB_TEST(json_line_parses_with_fields)
     }
     PB_EQ_STR(json_string_value(json_object_get(j, "level")), "warn");
     PB_EQ_STR(json_string_value(json_object_get(j, "msg")), "dead-lettered");
-    PB_EQ_STR(json_string_value(json_object_get(j, "attempt")), "3");
-    PB_EQ_STR(json_string_value(json_object_get(j, "reason")), "HTTP 400: {'ok':false}  x");
+    PB_CHECK(json_is_integer(json_object_get(j, "attempt")));
+    PB_EQ_INT(json_integer_value(json_object_get(j, "attempt")), 3);
+    PB_EQ_STR(json_string_value(json_object_get(j, "pipeline")), "shop orders");
+    /* the partner's text exactly: quotes, newline and backslash kept */
+    PB_EQ_STR(json_string_value(json_object_get(j, "reason")), "HTTP 400: {\"ok\":false}\n\\x");
     json_decref(j);
 }
 
@@ -49,6 +52,20 @@ PB_TEST(human_line_has_level_and_fields)
     const char *line = capture(PB_LOG_HUMAN, "timeout");
     PB_CONTAINS(line, " warn  dead-lettered pipeline=shop orders attempt=3 reason=\"timeout\"");
     PB_CHECK(line[strlen(line) - 1] == '\n');
+}
+
+PB_TEST(human_line_escapes_partner_text)
+{
+    const char *line = capture(PB_LOG_HUMAN, "say \"hi\"\n\\ \x01");
+    PB_CONTAINS(line, "reason=\"say \\\"hi\\\"\\n\\\\ \\x01\"");
+    PB_CHECK(strchr(line, '\n') == line + strlen(line) - 1);
+}
+
+PB_TEST(log_value_never_cuts_an_escape)
+{
+    char buf[6];
+    PB_EQ_STR(pb_log_value("ab\"cd", buf, sizeof(buf)), "ab\\\"c");
+    PB_EQ_STR(pb_log_value("abcd\"", buf, sizeof(buf)), "abcd");
 }
 
 PB_TEST(below_level_is_not_written)
