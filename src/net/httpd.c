@@ -101,6 +101,8 @@ enum req_kind { REQ_INGEST = 1, REQ_ADMIN, REQ_OPS, REQ_NOTFOUND };
 enum req_phase { PH_RECEIVING = 0, PH_COMMITTING, PH_ANSWER };
 
 struct req {
+    bool fresh;      /* made by uri_log_cb, the access handler has not run yet */
+    bool bad_target; /* the raw request-target holds an encoded NUL */
     enum req_kind kind;
     struct pb_httpd *h;
     struct pb_pipeline *pl;
@@ -786,6 +788,82 @@ static enum MHD_Result admin_answer(struct req *r, struct MHD_Connection *c, con
     return ret;
 }
 
+/* ---- message framing (RFC 9112 section 6) ---------------------------------------------------
+ *
+ * A request whose body length could be read two ways is one a proxy in
+ * front of patchbay may read the other way: that is how requests are
+ * smuggled. Such a request is answered 400 and its connection closed
+ * (RFC 9112 6.3, 11.2): Content-Length given twice (even with the same
+ * value) or as a list, or not a plain decimal number; Content-Length with
+ * Transfer-Encoding; a Transfer-Encoding whose last coding is not chunked.
+ * A request-target with an encoded NUL (%00) is refused too: unescaped, it
+ * would be cut short and routed to another path. */
+
+struct framing {
+    int content_length; /* headers seen */
+    bool cl_bad;
+    int transfer_encoding;
+    bool te_chunked_last;
+};
+
+static enum MHD_Result framing_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    struct framing *f = cls;
+    (void)kind;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        f->content_length++;
+        if (!value || !*value || strspn(value, "0123456789") != strlen(value) || strlen(value) > 19)
+            f->cl_bad = true;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->transfer_encoding++;
+        /* the last coding of the last header line */
+        const char *last = value ? strrchr(value, ',') : NULL;
+        last = last ? last + 1 : (value ? value : "");
+        while (*last == ' ' || *last == '\t')
+            last++;
+        size_t n = strlen(last);
+        while (n && (last[n - 1] == ' ' || last[n - 1] == '\t'))
+            n--;
+        f->te_chunked_last = n == 7 && strncasecmp(last, "chunked", 7) == 0;
+    }
+    return MHD_YES;
+}
+
+/* NULL when the request's framing is sound, else the reason. */
+static const char *framing_problem(struct MHD_Connection *c, const struct req *r)
+{
+    struct framing f = {0};
+    if (r->bad_target)
+        return "request target holds an encoded NUL (%00)";
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_cb, &f);
+    if (f.content_length > 1)
+        return "Content-Length given more than once";
+    if (f.cl_bad)
+        return "Content-Length is not one decimal number";
+    if (f.content_length && f.transfer_encoding)
+        return "Content-Length together with Transfer-Encoding";
+    if (f.transfer_encoding && !f.te_chunked_last)
+        return "Transfer-Encoding whose last coding is not chunked";
+    return NULL;
+}
+
+/* The raw request-target, before libmicrohttpd unescapes it; what this
+ * returns is the request's context from here on. */
+static void *uri_log_cb(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls;
+    (void)c;
+    struct req *r = calloc(1, sizeof(*r));
+    if (r) {
+        r->fresh = true;
+        for (const char *p = uri; p && (p = strchr(p, '%')); p++)
+            if (p[1] == '0' && p[2] == '0')
+                r->bad_target = true;
+    }
+    return r;
+}
+
 /* ---- MHD callbacks ------------------------------------------------------------------------- */
 
 static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char *url,
@@ -795,10 +873,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
     (void)version;
     struct pb_httpd *h = cls;
     struct req *r = *con_cls;
-    if (!r) {
-        r = calloc(1, sizeof(*r));
+    if (!r || r->fresh) {
+        if (!r)
+            r = calloc(1, sizeof(*r));
         if (!r)
             return MHD_NO;
+        r->fresh = false;
         r->h = h;
         r->conn = c;
         r->start_us = pb_mono_us();
@@ -806,6 +886,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         *con_cls = r;
         if (!conn_head_arrived(h, r, c))
             return MHD_NO; /* cut by the sweeper meanwhile */
+        const char *framing = framing_problem(c, r);
+        if (framing) {
+            r->kind = REQ_NOTFOUND;
+            r->too_big = true; /* whatever follows is discarded */
+            return send_error(c, MHD_HTTP_BAD_REQUEST, framing, "Connection", "close");
+        }
         if (strncmp(url, "/api/", 5) == 0 || strcmp(url, "/api") == 0) {
             r->kind = REQ_ADMIN;
             r->limit = 64 * 1024;
@@ -1082,6 +1168,7 @@ int pb_httpd_start(struct pb_httpd *h, struct pb_err *err)
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(32 * 1024), NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed_cb, h},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)conn_notify_cb, h},
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)uri_log_cb, NULL},
         {sc->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)sc->threads,
          NULL},
         {MHD_OPTION_END, 0, NULL},
