@@ -10,10 +10,12 @@
  *
  * Reads go to the store's read connections; changes go through the writer
  * like everything else, and the dispatcher is told to page replays in. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "admin/api.h"
+#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 static int reply(struct pb_api_resp *r, int status, json_t *body)
@@ -174,8 +176,47 @@ void pb_engine_resync_backlog(struct pb_engine *e)
         PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
 }
 
+static int endpoint_cb(void *arg, const struct pb_endpoint_rec *rec)
+{
+    (void)rec;
+    *(bool *)arg = true;
+    return 0;
+}
+
+/* Why a replay of a dead letter to pipeline/output would wait unseen for
+ * ever, or NULL when its output is there to take it. */
+static const char *replay_refusal(struct pb_engine *e, const char *pipeline, const char *output)
+{
+    if (!pb_config_output_known(e->cfg, pipeline, output))
+        return "its output is no longer in the configuration";
+    const char *slash = strchr(output, '/');
+    if (slash) {
+        const char *a, *b, *c;
+        bool found = false;
+        struct pb_err err = {0};
+        if (pb_webhook_static_find(e, slash + 1, &a, &b, &c) > 0)
+            return NULL;
+        if (pb_store_endpoint_get(e->store, slash + 1, endpoint_cb, &found, &err) != 0 || !found)
+            return "its webhook endpoint was deleted";
+    }
+    return NULL;
+}
+
 static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
 {
+    struct pb_err err = {0};
+    json_t *dead = pb_store_dead_letter_json(e->store, id, &err);
+    if (!dead)
+        return reply_store_error(r, &err);
+    const char *why = replay_refusal(e, json_string_value(json_object_get(dead, "pipeline")),
+                                     json_string_value(json_object_get(dead, "output")));
+    if (why) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "cannot replay dead letter %lld: %s", (long long)id, why);
+        json_decref(dead);
+        return reply_error(r, 409, msg);
+    }
+    json_decref(dead);
     struct pb_op op = {.kind = PB_OP_REPLAY};
     op.u.replay.delivery_id = id;
     op.u.replay.now = pb_now_ms();

@@ -1,6 +1,7 @@
 /* cmd_run.c - `patchbay run CONFIG` and `patchbay lint CONFIG`. */
 #include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli/cli.h"
 #include "core/engine.h"
@@ -18,12 +19,20 @@ static bool one_config(int argc, char **argv, const char *cmd)
 
 int pb_cmd_run(int argc, char **argv)
 {
-    if (!one_config(argc, argv, "run")) {
-        fprintf(stderr, "usage: patchbay run CONFIG\n");
+    bool force = false;
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--force") == 0)
+            force = true;
+        else
+            argv[n++] = argv[i];
+    }
+    if (!one_config(n, argv, "run")) {
+        fprintf(stderr, "usage: patchbay run [--force] CONFIG\n");
         return 2;
     }
     extern char **pb_cli_argv;
-    return pb_engine_run(argv[1], pb_cli_argv);
+    return pb_engine_run(argv[1], pb_cli_argv, force);
 }
 
 int pb_cmd_lint(int argc, char **argv)

@@ -15,7 +15,7 @@ static void usage(FILE *f)
             "usage: patchbay COMMAND [--log-format human|json] [--log-level LEVEL] ...\n"
             "\n"
             "commands:\n"
-            "  run CONFIG                 run the daemon (SIGTERM drains and exits)\n"
+            "  run [--force] CONFIG       run the daemon (SIGTERM drains and exits)\n"
             "  lint CONFIG                validate a configuration; errors as file:line:col\n"
             "  dlq list [--pipeline P] [--output O] [--limit N] [--after ID] [--json]\n"
             "  dlq show ID                one dead letter with its attempts\n"
@@ -34,10 +34,12 @@ static void usage(FILE *f)
 static const struct {
     const char *cmd, *text;
 } helps[] = {
-    {"run", "usage: patchbay run CONFIG\n"
+    {"run", "usage: patchbay run [--force] CONFIG\n"
             "\n"
             "Run the daemon with the configuration CONFIG. SIGTERM (or SIGINT) drains and\n"
-            "exits; SIGHUP reloads a valid new configuration in place.\n"},
+            "exits; SIGHUP reloads a valid new configuration in place. A configuration\n"
+            "without an output that still has pending deliveries is refused; --force\n"
+            "moves those deliveries to the dead-letter queue (\"output removed\").\n"},
     {"lint", "usage: patchbay lint CONFIG\n"
              "\n"
              "Validate CONFIG without connecting anywhere; errors as file:line:col, exit 1.\n"},
@@ -119,36 +121,9 @@ static int global_options(int *argc, char **argv, enum pb_log_format *fmt, enum 
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Run the command args[1] (args holds n entries, global options removed). */
+static int dispatch(int n, char **args, bool help)
 {
-    enum pb_log_format fmt = PB_LOG_HUMAN;
-    enum pb_log_level lvl = PB_LOG_INFO;
-    bool help = false;
-    char **args = calloc((size_t)argc + 1, sizeof(*args));
-    int n = argc;
-
-    pb_cli_argv = argv;
-    if (!args)
-        return 1;
-    memcpy(args, argv, (size_t)argc * sizeof(*args));
-    int rc = global_options(&n, args, &fmt, &lvl, &help);
-    if (rc)
-        return rc;
-    pb_log_setup(lvl, fmt);
-    if (n >= 2 && !strcmp(args[1], "--version")) {
-        printf("patchbay %s\n", PB_VERSION);
-        return 0;
-    }
-    if (n < 2 || args[1][0] == '-') {
-        if (help && n < 2) {
-            usage(stdout);
-            return 0;
-        }
-        if (n >= 2)
-            fprintf(stderr, "patchbay: unknown option %s\n", args[1]);
-        usage(stderr);
-        return 2;
-    }
     const char *cmd = args[1];
     if (help) {
         for (size_t i = 0; i < sizeof(helps) / sizeof(helps[0]); i++)
@@ -178,4 +153,45 @@ int main(int argc, char **argv)
     fprintf(stderr, "patchbay: unknown command \"%s\"\n", cmd);
     usage(stderr);
     return 2;
+}
+
+int main(int argc, char **argv)
+{
+    enum pb_log_format fmt = PB_LOG_HUMAN;
+    enum pb_log_level lvl = PB_LOG_INFO;
+    bool help = false;
+    char **args = calloc((size_t)argc + 1, sizeof(*args));
+    int n = argc;
+
+    pb_cli_argv = argv;
+    if (!args)
+        return 1;
+    memcpy(args, argv, (size_t)argc * sizeof(*args));
+    int rc = global_options(&n, args, &fmt, &lvl, &help);
+    if (rc) {
+        free(args);
+        return rc;
+    }
+    pb_log_setup(lvl, fmt);
+    if (n >= 2 && !strcmp(args[1], "--version")) {
+        printf("patchbay %s\n", PB_VERSION);
+        free(args);
+        return 0;
+    }
+    if (n < 2 || args[1][0] == '-') {
+        rc = 2;
+        if (help && n < 2) {
+            usage(stdout);
+            rc = 0;
+        } else {
+            if (n >= 2)
+                fprintf(stderr, "patchbay: unknown option %s\n", args[1]);
+            usage(stderr);
+        }
+        free(args);
+        return rc;
+    }
+    rc = dispatch(n, args, help);
+    free(args);
+    return rc;
 }

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "core/engine.h"
+#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_http_client *http);
@@ -29,22 +30,112 @@ static size_t count_outputs(const struct pb_config *c)
     return n;
 }
 
+/* Does c still deliver to pipeline/output (an output, its route stage, or
+ * an endpoint of its webhook output)? */
+bool pb_config_output_known(const struct pb_config *c, const char *pipeline, const char *output)
+{
+    for (size_t i = 0; i < c->npipelines; i++) {
+        const struct pb_pipeline *pl = &c->pipelines[i];
+        if (strcmp(pl->name, pipeline) != 0)
+            continue;
+        if (pl->routes && strcmp(output, PB_ROUTE_OUTPUT) == 0)
+            return true;
+        for (size_t j = 0; j < pl->nouts; j++) {
+            const struct pb_output *o = &pl->outs[j];
+            size_t n = strlen(o->name);
+            if (strcmp(o->name, output) == 0 ||
+                (pb_webhook_is(o) && strncmp(output, o->name, n) == 0 && output[n] == '/'))
+                return true;
+        }
+    }
+    return false;
+}
+
+#define ORPHANS_MAX 64
+
+struct orphans {
+    const struct pb_config *cfg;
+    size_t n;
+    int64_t total;
+    char pipeline[ORPHANS_MAX][PB_NAME_MAX], output[ORPHANS_MAX][PB_NAME_MAX * 2];
+};
+
+static void orphan_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
+                      int64_t count)
+{
+    struct orphans *o = arg;
+    if (state != PB_DSTATE_PENDING || count == 0 ||
+        pb_config_output_known(o->cfg, pipeline, output))
+        return;
+    o->total += count;
+    if (o->n < ORPHANS_MAX) {
+        snprintf(o->pipeline[o->n], sizeof(o->pipeline[0]), "%s", pipeline);
+        snprintf(o->output[o->n], sizeof(o->output[0]), "%s", output);
+        o->n++;
+    }
+}
+
+/* Pending deliveries of outputs cfg no longer has would wait, unseen, for
+ * ever. Refuse (PB_EEXISTS, with the count) unless force, which moves
+ * them to the dead-letter queue ("output removed"), where they show. */
+static int check_orphans(const struct pb_config *cfg, struct pb_store *store, bool force,
+                         struct pb_err *err)
+{
+    struct orphans *o = calloc(1, sizeof(*o));
+    int rc;
+    if (!o)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    o->cfg = cfg;
+    rc = pb_store_count_pending(store, orphan_cb, o, err);
+    if (rc || o->total == 0)
+        goto out;
+    if (!force) {
+        rc = pb_err_set(err, PB_EEXISTS,
+                        "%lld pending deliveries belong to outputs this configuration no longer "
+                        "has (first: pipeline %s, output %s); restore the output, or start with "
+                        "`patchbay run --force` to move them to the dead-letter queue",
+                        (long long)o->total, o->pipeline[0], o->output[0]);
+        goto out;
+    }
+    for (size_t i = 0; i < o->n && rc == 0; i++) {
+        struct pb_op op = {.kind = PB_OP_ORPHANS};
+        op.u.orphans.pipeline = o->pipeline[i];
+        op.u.orphans.output = o->output[i];
+        op.u.orphans.now = pb_now_ms();
+        rc = pb_store_exec(store, &op);
+        if (rc == 0)
+            PB_WARN("output removed: pending deliveries dead-lettered pipeline=%s output=%s "
+                    "count=%lld",
+                    o->pipeline[i], o->output[i], (long long)op.u.orphans.dead);
+        else
+            pb_err_set(err, rc, "cannot dead-letter the deliveries of removed outputs: %s",
+                       pb_strerror(rc));
+    }
+    if (rc == 0 && o->n == ORPHANS_MAX)
+        PB_WARN("more removed outputs have pending deliveries: they are dead-lettered at the "
+                "next start with --force");
+out:
+    free(o);
+    return rc;
+}
+
 /* SIGHUP: is the file on disk good enough to restart with? */
-static bool reload_ok(const char *path)
+static bool reload_ok(const char *path, struct pb_store *store, bool force)
 {
     struct pb_err err = {0};
     char buf[1024];
     struct pb_config *next = pb_config_load(path, NULL, &err);
-    if (!next) {
+    if (!next || (!force && check_orphans(next, store, false, &err) != 0)) {
         PB_ERROR("reload refused, still running the previous configuration: %s",
                  pb_err_format(&err, buf, sizeof(buf)));
+        pb_config_destroy(next);
         return false;
     }
     pb_config_destroy(next);
     return true;
 }
 
-int pb_engine_run(const char *config_path, char **argv)
+int pb_engine_run(const char *config_path, char **argv, bool force)
 {
     bool reload = false;
     int listen_fd = -1;
@@ -98,6 +189,9 @@ int pb_engine_run(const char *config_path, char **argv)
         pb_err_set(&err, PB_EINTERNAL, "cannot start the store writer");
         goto fail;
     }
+    /* After the writer starts (--force commits), before anything is paged in. */
+    if (check_orphans(e.cfg, e.store, force, &err) != 0)
+        goto fail;
     pb_engine_resync_backlog(&e);
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
@@ -120,7 +214,7 @@ int pb_engine_run(const char *config_path, char **argv)
                     (long long)e.cfg->shutdown_timeout_ms);
             break;
         }
-        if (sig == SIGHUP && argv && reload_ok(config_path)) {
+        if (sig == SIGHUP && argv && reload_ok(config_path, e.store, force)) {
             PB_INFO("reloading config=%s (draining, then restarting in place)", config_path);
             reload = true;
             break;

@@ -285,6 +285,12 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len);
  * On SIGHUP a valid new configuration is applied by draining like SIGTERM
  * and re-executing argv in place, handing the listening socket over; an
  * invalid one is reported and the daemon goes on as it was. */
-int pb_engine_run(const char *config_path, char **argv);
+/* Does c deliver to pipeline/output: one of its outputs, its route stage,
+ * or an endpoint ("<webhook output>/<id>") of one of its webhook outputs? */
+bool pb_config_output_known(const struct pb_config *c, const char *pipeline, const char *output);
+
+/* force: pending deliveries of outputs the configuration no longer has are
+ * dead-lettered ("output removed") instead of refusing to start or reload. */
+int pb_engine_run(const char *config_path, char **argv, bool force);
 
 #endif

@@ -79,6 +79,7 @@ enum pb_op_kind {
     PB_OP_ENDPOINT_DELETE, /* delete one; its pending deliveries become dead */
     PB_OP_ENDPOINT_STATE,  /* disabled flag / reason / failing_since of one */
     PB_OP_ROUTE,           /* a route delivery -> routed messages and their deliveries */
+    PB_OP_ORPHANS,         /* pending deliveries of a removed output -> dead */
 };
 
 /* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
@@ -210,6 +211,14 @@ struct pb_op_route {
     struct pb_route_msg *msgs;
 };
 
+/* Every pending delivery of pipeline/output becomes DEAD with last_error
+ * "output removed" and an attempt row saying so. */
+struct pb_op_orphans {
+    const char *pipeline, *output;
+    int64_t now;
+    int64_t dead; /* out */
+};
+
 /* PB_EINVAL unless id (1 to PB_ENDPOINT_ID_MAX - 1 bytes), pipeline, output,
  * url and secrets are set; events NULL is stored as "[]". */
 struct pb_op_endpoint_put {
@@ -252,6 +261,7 @@ struct pb_op {
         struct pb_op_endpoint_delete endpoint_delete;
         struct pb_op_endpoint_state endpoint_state;
         struct pb_op_route route;
+        struct pb_op_orphans orphans;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */

@@ -213,6 +213,12 @@ static const char *const wsql[W_COUNT] = {
                     " seq, ?5 FROM messages WHERE seq = ?4",
     [W_DLV_FINAL] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
                     " created_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?5, ?6)",
+    [W_ORPHAN_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
+                     " status, state, error) SELECT id, attempts + 1, ?3, 0, 0, 2, 'output removed'"
+                     " FROM deliveries WHERE state = 0 AND pipeline = ?1 AND output = ?2",
+    [W_ORPHAN_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?3,"
+                     " last_error = 'output removed' WHERE state = 0 AND pipeline = ?1"
+                     " AND output = ?2",
     [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
     [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
     [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
@@ -1354,6 +1360,28 @@ static int apply_route(struct sq *q, struct pb_op *op)
     return 0;
 }
 
+static int apply_orphans(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_orphans *o = &op->u.orphans;
+    int rc;
+
+    o->dead = 0;
+    if (!o->pipeline || !o->output) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    for (int w = W_ORPHAN_ATT; w <= W_ORPHAN_DLV; w++) {
+        sqlite3_stmt *st = q->ws[w];
+        sqlite3_bind_text(st, 1, o->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, o->output, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, o->now);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "dead-letter a removed output's deliveries");
+    }
+    o->dead = sqlite3_changes64(q->db);
+    return 0;
+}
+
 static int sq_apply(void *ctx, struct pb_op *op)
 {
     struct sq *q = ctx;
@@ -1381,6 +1409,8 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_endpoint_state(q, op);
     case PB_OP_ROUTE:
         return apply_route(q, op);
+    case PB_OP_ORPHANS:
+        return apply_orphans(q, op);
     }
     op->status = PB_EINVAL;
     return 0;

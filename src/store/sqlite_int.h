@@ -43,6 +43,8 @@ enum {
     W_ROUTED_PUT,
     W_CHILD_INS,
     W_DLV_FINAL,
+    W_ORPHAN_ATT,
+    W_ORPHAN_DLV,
     /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
     W_RALL_INS,
     W_RALL_UPD = W_RALL_INS + 4,

@@ -222,6 +222,8 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "endpoint_state";
     case PB_OP_ROUTE:
         return "route";
+    case PB_OP_ORPHANS:
+        return "orphans";
     }
     return "?";
 }
@@ -403,7 +405,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_ROUTE)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_ORPHANS)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);

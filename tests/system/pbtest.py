@@ -347,6 +347,7 @@ class Patchbay:
         self.stderr_path = os.path.join(self.dir, "patchbay.log")
         self.stdout_path = os.path.join(self.dir, "stdout.log")
         self._template = config
+        self.run_args = []  # options of `patchbay run` (e.g. --force)
         self._write_config()
         self.proc = None
         self.starts = 0
@@ -388,7 +389,8 @@ class Patchbay:
         err.write(f"==== pbtest: start #{self.starts}\n".encode())
         err.flush()
         self.proc = _spawn(
-            [PB_BIN, "run", self.config_path], open(self.stdout_path, "ab"), err, env=self.env
+            [PB_BIN, "run", *self.run_args, self.config_path], open(self.stdout_path, "ab"), err,
+            env=self.env
         )
         if wait_ready:
             self.wait_ready(timeout)
