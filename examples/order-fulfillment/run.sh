@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The order-fulfillment demo: a shop posts ~20 orders to patchbay, which
 # delivers each one, mapped four different ways, to four partners. The
-# shipping partner fails every third request, so you can watch retries.
+# shipping partner fails every third request, so you can watch retries; the
+# mail service refuses everything at first (422), so the emails land in the
+# dead-letter queue, and once it is fixed they are replayed and delivered.
 #
 # Usage: examples/order-fulfillment/run.sh   (or ./dev.sh demo, which builds first)
 # Env:   BUILD_DIR (default build/), KEEP=1 keeps the work directory.
@@ -69,7 +71,7 @@ bold "Starting four partners (pb_sink) on free ports"
 start_partner payments
 start_partner inventory
 start_partner shipping --fail-every 3 --fail-status 503
-start_partner email
+start_partner email --status 422
 # shellcheck disable=SC2154 # set by start_partner through printf -v
 {
     export PAYMENTS_URL="http://127.0.0.1:$payments_port/v1/charges"
@@ -78,7 +80,8 @@ start_partner email
     export EMAIL_URL="http://127.0.0.1:$email_port/send"
 }
 printf '  %-10s %s\n' payments "$PAYMENTS_URL" inventory "$INVENTORY_URL" \
-    shipping "$SHIPPING_URL  (fails every 3rd request with 503)" email "$EMAIL_URL"
+    shipping "$SHIPPING_URL  (fails every 3rd request with 503)" \
+    email "$EMAIL_URL  (refuses everything with 422 until it is fixed)"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PATCHBAY_LISTEN="127.0.0.1:$port"
@@ -205,6 +208,31 @@ fi
 echo
 echo "  dead letters now:"
 PATCHBAY_URL=$url "$PB" dlq list | sed 's/^/    /' || true
+
+bold "A partner's mistake, fixed: replaying the dead letters"
+echo "  The mail service refused each email with 422, a permanent answer, so each went"
+echo "  to the dead-letter queue at once, with the partner's answer kept. Its side is"
+echo "  fixed now (it answers 200); replaying sends each email again, with the same"
+echo "  Idempotency-Key, so a mail service that had half-taken one can drop the repeat."
+curl -fsS -o /dev/null -X POST "http://127.0.0.1:$email_port/_sink/mode" -d '{"status":200}'
+echo "  \$ patchbay dlq show <first id>"
+first_dead=$(PATCHBAY_URL=$url "$PB" dlq list --json |
+    python3 -c 'import json,sys; i=json.load(sys.stdin)["items"]; print(i[0]["id"] if i else "")')
+if [[ -n $first_dead ]]; then
+    PATCHBAY_URL=$url "$PB" dlq show "$first_dead" | python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print("    output %s, %s attempt(s), last answer %s: %s" % (d["output"], d["attempts"], d["last_status"], d["last_error"]))'
+fi
+echo "  \$ patchbay dlq replay --all --output email"
+PATCHBAY_URL=$url "$PB" dlq replay --all --output email | sed 's/^/    /'
+dlq_empty() {
+    PATCHBAY_URL=$url "$PB" dlq list --json | python3 -c 'import json,sys; sys.exit(1 if json.load(sys.stdin)["items"] else 0)' &&
+        (($(sum_metric patchbay_backlog) == 0))
+}
+wait_for "the replayed emails to be delivered" 60 dlq_empty
+echo "  dead letters after the replay:"
+PATCHBAY_URL=$url "$PB" dlq list | sed 's/^/    /' || true
+echo "  emails delivered: $(sum_metric patchbay_deliveries_delivered_total 'output="email"')"
 
 if [[ -t 0 ]]; then
     echo
