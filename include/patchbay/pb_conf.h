@@ -26,6 +26,7 @@ struct pb_node {
     size_t len;
     bool quoted;       /* the scalar was quoted in YAML */
     bool interpolated; /* the text came (partly) from the environment */
+    bool bare_var;     /* holds $NAME (upper case) that is not ${NAME}: left literal */
     /* MAP: n pairs keys[i] -> vals[i], in file order, keys unique.
      * SEQ: n items in vals[i]; keys is NULL. */
     size_t n;
@@ -102,6 +103,9 @@ enum pb_field_type {
 };
 
 #define PB_FIELD_REQUIRED 0x1u
+/* A URL the plugin connects to: lint warns when the outbound guard would
+ * refuse its host (a loopback or private literal without outbound.allow). */
+#define PB_FIELD_URL 0x2u
 
 struct pb_field {
     const char *name;

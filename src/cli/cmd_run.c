@@ -42,12 +42,20 @@ int pb_cmd_lint(int argc, char **argv)
         return 2;
     }
     struct pb_err err = {0};
-    char buf[1024];
-    struct pb_config *c = pb_config_load(argv[1], NULL, &err);
+    struct pb_diag diag = {0};
+    struct pb_config *c = pb_config_load_diag(argv[1], NULL, &diag, &err);
+    for (size_t i = 0; i < diag.nwarn; i++)
+        fprintf(stderr, "%s\n", diag.warn[i]);
+    for (size_t i = 0; i < diag.nerr; i++)
+        fprintf(stderr, "%s\n", diag.err[i]);
+    if (diag.dropped)
+        fprintf(stderr, "... and %zu more\n", diag.dropped);
     if (!c) {
-        fprintf(stderr, "%s\n", pb_err_format(&err, buf, sizeof(buf)));
+        fprintf(stderr, "%s: %zu error%s\n", argv[1], diag.nerr, diag.nerr == 1 ? "" : "s");
+        pb_diag_free(&diag);
         return 1;
     }
+    pb_diag_free(&diag);
     size_t nout = 0;
     for (size_t i = 0; i < c->npipelines; i++)
         nout += c->pipelines[i].nouts;

@@ -454,7 +454,17 @@ static int interpolate(struct loader *ld, struct pb_node *n, const char *s, size
             name = NULL;
             i = (size_t)(close - s) + 1;
         } else {
-            rc = buf_put(ld, "$", 1); /* a lone $ is itself */
+            /* A lone $ is itself. $NAME in capitals is most likely a
+             * variable meant as ${NAME}: lint warns (jq's $vars are lower case). */
+            if (i + 1 < len && s[i + 1] >= 'A' && s[i + 1] <= 'Z') {
+                size_t k = i + 1;
+                while (k < len && ((s[k] >= 'A' && s[k] <= 'Z') || (s[k] >= '0' && s[k] <= '9') ||
+                                   s[k] == '_'))
+                    k++;
+                if (k == len || !name_char(s[k]))
+                    n->bare_var = true;
+            }
+            rc = buf_put(ld, "$", 1);
             i++;
         }
         if (rc)

@@ -4,14 +4,18 @@
  * Everything a user can get wrong is found here, before anything starts:
  * unknown keys, bad values, unknown plugins, jq programs that do not
  * compile, two pipelines on one path. Errors carry file:line:col. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/engine.h"
 #include "core/webhooks.h"
+#include "net/listen.h"
 
 #define OFF(field) offsetof(struct pb_config, field)
 
@@ -562,9 +566,165 @@ out:
     return rc;
 }
 
+void pb_diag_free(struct pb_diag *d)
+{
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->nerr; i++)
+        free(d->err[i]);
+    for (size_t i = 0; i < d->nwarn; i++)
+        free(d->warn[i]);
+    memset(d, 0, sizeof(*d));
+}
+
+static void diag_add(struct pb_diag *d, bool warning, const struct pb_err *e)
+{
+    char buf[PB_ERR_MSG_MAX + 4200];
+    size_t *n = warning ? &d->nwarn : &d->nerr;
+    char **list = warning ? d->warn : d->err;
+    if (*n >= PB_DIAG_MAX) {
+        d->dropped++;
+        return;
+    }
+    pb_err_format(e, buf, sizeof(buf));
+    if (warning) {
+        /* "file:line:col: warning: ..." */
+        const char *msg = e->msg;
+        if (e->file)
+            snprintf(buf, sizeof(buf), "%s:%d:%d: warning: %s", e->file, e->line, e->col, msg);
+        else
+            snprintf(buf, sizeof(buf), "warning: %s", msg);
+    }
+    if ((list[*n] = strdup(buf)))
+        (*n)++;
+}
+
+__attribute__((format(printf, 4, 5))) static void warn_at(struct pb_diag *d,
+                                                          const struct pb_node *n,
+                                                          const char *what, const char *fmt, ...)
+{
+    struct pb_err e = {0};
+    char msg[PB_ERR_MSG_MAX];
+    va_list ap;
+    (void)what;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pb_err_at(&e, 0, n->file, n->line, n->col, "%s", msg);
+    diag_add(d, true, &e);
+}
+
+/* $NAME left literal anywhere in the document. */
+static void warn_bare_vars(struct pb_diag *d, const struct pb_node *n)
+{
+    if (!n)
+        return;
+    if (n->type == PB_NODE_SCALAR && n->bare_var)
+        warn_at(d, n, "var", "$NAME is not interpolated; write ${NAME} (or $$ for a literal $)");
+    for (size_t i = 0; (n->type == PB_NODE_MAP || n->type == PB_NODE_SEQ) && i < n->n; i++)
+        warn_bare_vars(d, n->vals[i]);
+}
+
+/* A URL field whose host is a literal internal address (or localhost) that
+ * the output's outbound allow list does not let through: every delivery
+ * would be refused and dead-lettered. No DNS: names other than localhost
+ * are checked when connecting. */
+static void warn_url(struct pb_diag *d, const struct pb_output *o, const struct pb_node *v)
+{
+    char host[256];
+    const char *p = strstr(v->str, "://");
+    if (!p)
+        return;
+    p += 3;
+    const char *at = strpbrk(p, "@/?#");
+    if (at && *at == '@')
+        p = at + 1;
+    size_t n;
+    if (*p == '[') {
+        const char *close = strchr(p, ']');
+        if (!close)
+            return;
+        p++;
+        n = (size_t)(close - p);
+    } else {
+        n = strcspn(p, ":/?#");
+    }
+    if (n == 0 || n >= sizeof(host))
+        return;
+    memcpy(host, p, n);
+    host[n] = 0;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    size_t sl;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (strcasecmp(host, "localhost") == 0) {
+        a4->sin_family = AF_INET;
+        a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sl = sizeof(*a4);
+    } else if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        sl = sizeof(*a4);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        sl = sizeof(*a6);
+    } else {
+        return;
+    }
+    const char *range = pb_addr_internal_range(&ss, sl);
+    if (range && pb_outbound_check(o->allow, host, &ss, sl) != 0)
+        warn_at(d, v, "url",
+                "output \"%s\" sends to %s (%s), which the outbound guard refuses unless "
+                "outbound.allow lists it: every delivery would be dead-lettered",
+                o->name, host, range);
+}
+
+static void warn_urls(struct pb_diag *d, const struct pb_output *o, const struct pb_node *body,
+                      const struct pb_field *fields)
+{
+    for (size_t i = 0; fields && fields[i].name; i++) {
+        const struct pb_node *v = body ? pb_node_get(body, fields[i].name) : NULL;
+        if (!v)
+            continue;
+        if ((fields[i].flags & PB_FIELD_URL) && v->type == PB_NODE_SCALAR)
+            warn_url(d, o, v);
+        else if (fields[i].type == PB_F_OBJECT && v->type == PB_NODE_MAP)
+            warn_urls(d, o, v, fields[i].sub);
+    }
+}
+
+static void check_listen(struct pb_config *c, const struct pb_node *root, struct pb_diag *d,
+                         struct pb_err *first)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (pb_listen_parse(c->server.listen, &ss, &sl) == 0)
+        return;
+    const struct pb_node *srv = pb_node_get(root, "server");
+    const struct pb_node *n = srv ? pb_node_get(srv, "listen") : NULL;
+    struct pb_err e = {0};
+    pb_err_at(&e, PB_ECONFIG, n ? n->file : c->path, n ? n->line : 1, n ? n->col : 1,
+              "server.listen \"%s\" is not host:port, [v6]:port or :port with a port of "
+              "0-65535 and a host that is an IP address, localhost or 0.0.0.0",
+              c->server.listen);
+    if (!first->code)
+        *first = e;
+    if (d)
+        diag_add(d, false, &e);
+}
+
 struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, struct pb_err *err)
 {
+    return pb_config_load_diag(path, http, NULL, err);
+}
+
+struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http,
+                                      struct pb_diag *diag, struct pb_err *err)
+{
+    struct pb_err first = {0}, local = {0};
     struct pb_config *c = calloc(1, sizeof(*c));
+    if (!err)
+        err = &local;
     if (!c) {
         pb_err_set(err, PB_ENOMEM, "out of memory");
         return NULL;
@@ -581,6 +741,7 @@ struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, 
     }
     if (pb_conf_decode(root, top_fields, c, err))
         goto fail;
+    check_listen(c, root, diag, &first);
     const struct pb_node *pls = c->pipelines_node;
     if (pls->type != PB_NODE_MAP || pls->n == 0) {
         pb_err_at(err, PB_ECONFIG, pls->file, pls->line, pls->col,
@@ -592,24 +753,55 @@ struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, 
         pb_err_set(err, PB_ENOMEM, "out of memory");
         goto fail;
     }
+    /* Every pipeline is checked, so one run reports every error. */
     for (size_t i = 0; i < pls->n; i++) {
         c->npipelines = i + 1;
         c->pipelines[i].index = i;
-        if (load_pipeline(c, &c->pipelines[i], pls->keys[i], pls->vals[i], http, err))
-            goto fail;
+        struct pb_err e = {0};
+        if (load_pipeline(c, &c->pipelines[i], pls->keys[i], pls->vals[i], http, &e)) {
+            if (!e.code)
+                e.code = PB_ECONFIG;
+            if (!first.code)
+                first = e;
+            if (diag)
+                diag_add(diag, false, &e);
+            if (!diag || e.code == PB_ENOMEM)
+                break;
+            continue;
+        }
         for (size_t j = 0; j < i; j++) {
             struct pb_pipeline *a = &c->pipelines[j], *b = &c->pipelines[i];
             if (a->has_route && b->has_route && strcmp(a->route.path, b->route.path) == 0) {
                 const struct pb_node *at = pls->vals[i];
-                pb_err_at(err, PB_ECONFIG, at->file, at->line, at->col,
+                pb_err_at(&e, PB_ECONFIG, at->file, at->line, at->col,
                           "pipelines \"%s\" and \"%s\" both listen on path %s", a->name, b->name,
                           b->route.path);
-                goto fail;
+                if (!first.code)
+                    first = e;
+                if (diag)
+                    diag_add(diag, false, &e);
+            }
+        }
+        if (diag) {
+            struct pb_pipeline *pl = &c->pipelines[i];
+            const struct pb_node *outs = pb_node_get(pls->vals[i], "outputs");
+            for (size_t j = 0; outs && j < pl->nouts; j++) {
+                const struct pb_node *blk = outs->vals[j];
+                if (blk->type == PB_NODE_MAP && blk->n == 1)
+                    warn_urls(diag, &pl->outs[j], blk->vals[0], pl->outs[j].plugin->fields);
             }
         }
     }
+    if (diag)
+        warn_bare_vars(diag, root);
+    if (first.code) {
+        *err = first;
+        goto fail;
+    }
     return c;
 fail:
+    if (diag && diag->nerr == 0 && err->code)
+        diag_add(diag, false, err);
     if (err && !err->code)
         err->code = PB_ECONFIG;
     if (err && err->file) {

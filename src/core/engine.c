@@ -159,12 +159,20 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
         PB_ERROR("cannot start the HTTP client: %s", pb_err_format(&err, ebuf, sizeof(ebuf)));
         return 1;
     }
-    e.cfg = pb_config_load(config_path, http, &err);
+    struct pb_diag diag = {0};
+    e.cfg = pb_config_load_diag(config_path, http, &diag, &err);
+    for (size_t i = 0; i < diag.nwarn; i++)
+        PB_WARN("configuration: %s", diag.warn[i]);
     if (!e.cfg) {
-        fprintf(stderr, "%s\n", pb_err_format(&err, ebuf, sizeof(ebuf)));
+        for (size_t i = 0; i < diag.nerr; i++)
+            fprintf(stderr, "%s\n", diag.err[i]);
+        if (diag.dropped)
+            fprintf(stderr, "... and %zu more\n", diag.dropped);
+        pb_diag_free(&diag);
         pb_http_client_destroy(http);
         return 1;
     }
+    pb_diag_free(&diag);
     struct pb_store_opts so;
     pb_store_opts_default(&so);
     so.ingest_queue_max = (size_t)e.cfg->limits.ingest_queue;

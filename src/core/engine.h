@@ -181,6 +181,19 @@ struct pb_pipeline {
  * will use (borrowed; NULL for lint). NULL + err (file:line:col) on the
  * first error. */
 struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, struct pb_err *err);
+
+/* What lint shows: every error (each pipeline is checked) and the warnings,
+ * formatted "file:line:col: message" / "file:line:col: warning: message". */
+#define PB_DIAG_MAX 100
+struct pb_diag {
+    size_t nerr, nwarn, dropped;
+    char *err[PB_DIAG_MAX];
+    char *warn[PB_DIAG_MAX];
+};
+void pb_diag_free(struct pb_diag *d);
+/* pb_config_load collecting into diag (may be NULL); err gets the first. */
+struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http,
+                                      struct pb_diag *diag, struct pb_err *err);
 void pb_config_destroy(struct pb_config *c);
 
 /* ---- messages ------------------------------------------------------------------ */
