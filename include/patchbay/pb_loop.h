@@ -65,6 +65,15 @@ void pb_loop_timer_destroy(struct pb_loop_timer *t);
 /* Any thread: run cb(arg, PB_LOOP_RUN) on the loop thread soon, in post
  * order. PB_ENOMEM or PB_ESHUTDOWN (after pb_loop_close) and cb never runs. */
 int pb_loop_post(struct pb_loop *l, pb_loop_post_cb cb, void *arg);
+/* A post whose node the caller embeds in what it posts, so it cannot fail
+ * for want of memory: PB_ESHUTDOWN after pb_loop_close is the only error.
+ * The node is the loop's from the call until cb runs. */
+struct pb_loop_node {
+    pb_loop_post_cb cb;
+    void *arg;
+    struct pb_loop_node *next;
+};
+int pb_loop_post_node(struct pb_loop *l, struct pb_loop_node *n, pb_loop_post_cb cb, void *arg);
 /* Any thread: refuse later posts (PB_ESHUTDOWN); queued ones still run. */
 void pb_loop_close(struct pb_loop *l);
 /* Any thread: make a pb_loop_run_once() waiting now return soon. */
