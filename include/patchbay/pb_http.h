@@ -1,6 +1,6 @@
 /* pb_http.h - the asynchronous outbound HTTP client (libcurl multi).
  *
- * One client is driven by one thread (the dispatcher): many transfers in
+ * A client lives on one pb_loop and is used on that loop's thread only: many transfers in
  * flight, keep-alive connection reuse, HTTP/2 where the server offers it.
  * Every request is checked against the outbound guard at connect time (after
  * DNS, so rebinding cannot slip through); redirects are never followed and
@@ -14,6 +14,7 @@
 
 #include "pb_conf.h"
 #include "pb_err.h"
+#include "pb_loop.h"
 
 /* ---- outbound guard (SSRF) -------------------------------------------- */
 
@@ -23,8 +24,7 @@
 struct pb_allowlist;
 struct pb_allowlist *pb_allowlist_create(const struct pb_strlist *entries, struct pb_err *err);
 /* A list holding the entries of a and b (either may be NULL). */
-struct pb_allowlist *pb_allowlist_merge(const struct pb_allowlist *a,
-                                        const struct pb_allowlist *b);
+struct pb_allowlist *pb_allowlist_merge(const struct pb_allowlist *a, const struct pb_allowlist *b);
 void pb_allowlist_destroy(struct pb_allowlist *al);
 
 /* Classify an address: NULL when public, otherwise the name of the internal
@@ -50,23 +50,23 @@ struct pb_http_req {
     size_t nheaders;
     const void *body; /* borrowed until done_cb runs */
     size_t len;
-    int64_t timeout_ms;         /* whole transfer */
+    int64_t timeout_ms; /* whole transfer */
     int64_t connect_timeout_ms;
-    size_t max_response;        /* response body bytes kept (rest discarded) */
+    size_t max_response;              /* response body bytes kept (rest discarded) */
     const struct pb_allowlist *allow; /* borrowed; NULL = only public addresses */
-    const char *basic_user;     /* with basic_pass: HTTP basic auth (secret: never logged) */
+    const char *basic_user;           /* with basic_pass: HTTP basic auth (secret: never logged) */
     const char *basic_pass;
 };
 
 struct pb_http_resp {
-    int status;           /* HTTP status, 0 when no response was received */
+    int status; /* HTTP status, 0 when no response was received */
     int64_t latency_ms;
     int64_t retry_after_ms; /* from Retry-After (seconds or HTTP-date), -1 when absent */
-    const char *error;    /* transport error text ("connection refused", "timeout",
-                             "blocked: 127.0.0.1 is loopback"), NULL when a response came */
-    bool blocked;         /* refused by the outbound guard */
+    const char *error;      /* transport error text ("connection refused", "timeout",
+                               "blocked: 127.0.0.1 is loopback"), NULL when a response came */
+    bool blocked;           /* refused by the outbound guard */
     bool timed_out;
-    const char *body;     /* response body (up to max_response), NUL-terminated */
+    const char *body; /* response body (up to max_response), NUL-terminated */
     size_t body_len;
 };
 
@@ -78,7 +78,10 @@ struct pb_http_client_opts {
     size_t max_host_connections; /* per destination host, 0 = libcurl default */
     size_t max_total_connections;
 };
-struct pb_http_client *pb_http_client_create(const struct pb_http_client_opts *o,
+/* The client's sockets and timeout are watched on loop (borrowed: it must
+ * outlive the client); every call, and every done_cb, is on its thread. */
+struct pb_http_client *pb_http_client_create(struct pb_loop *loop,
+                                             const struct pb_http_client_opts *o,
                                              struct pb_err *err);
 /* Aborts transfers still running (their callbacks run with an error). Accepts NULL. */
 void pb_http_client_destroy(struct pb_http_client *c);
@@ -86,11 +89,6 @@ void pb_http_client_destroy(struct pb_http_client *c);
 /* Start a request. If the call fails, done_cb never runs. */
 int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
                         pb_http_done_cb done_cb, void *arg);
-/* Wait up to timeout_ms for socket activity or a wakeup, perform transfers,
- * run callbacks of finished ones. Returns 0 or a negative code. */
-int pb_http_client_poll(struct pb_http_client *c, int timeout_ms);
-/* Interrupt a poll from any thread. */
-void pb_http_client_wakeup(struct pb_http_client *c);
 size_t pb_http_client_inflight(const struct pb_http_client *c);
 
 #endif

@@ -262,7 +262,7 @@ static void result_done_cb(struct pb_op *op, void *arg)
         }
         pthread_mutex_unlock(&d->lock);
         if (first)
-            pb_http_client_wakeup(d->http);
+            pb_loop_wake(d->loop);
         return;
     }
     if (r->failed) {
@@ -606,9 +606,34 @@ static void log_failed_attempt(struct pb_output *o, struct pb_dl *dl, const stru
             pb_log_value(oc->error ? oc->error : "failed", safe, sizeof(safe)));
 }
 
+static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc);
+
+/* An outcome reported on another thread, carried to the dispatcher's. */
+static void done_post_cb(void *arg, int status)
+{
+    struct pb_dl *dl = arg;
+    (void)status; /* cancelled: the dispatcher is going away; aborting is set */
+    struct pb_outcome oc = dl->posted;
+    oc.error = dl->posted_error[0] ? dl->posted_error : NULL;
+    delivery_done(dl, &oc);
+}
+
 void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
 {
     struct pb_dl *dl = pd->core;
+    struct pb_dispatcher *d = dl->disp;
+    if (!pb_loop_on_thread(d->loop) && !atomic_load(&d->aborting)) {
+        dl->posted = *oc;
+        snprintf(dl->posted_error, sizeof(dl->posted_error), "%s", oc->error ? oc->error : "");
+        if (pb_loop_post_node(d->loop, &dl->post_node, done_post_cb, dl) == 0)
+            return;
+        /* The loop is closed: the dispatcher is stopping; nothing is recorded. */
+    }
+    delivery_done(dl, oc);
+}
+
+static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
+{
     struct pb_dispatcher *d = dl->disp;
     struct pb_output *o = dl->out;
     int64_t now = pb_now_ms();
@@ -895,7 +920,7 @@ static void *disp_main(void *arg)
                     wait = t < 0 ? 0 : t;
             }
         }
-        pb_http_client_poll(d->http, (int)wait);
+        pb_loop_run_once(d->loop, (int)wait);
     }
     int64_t ignored = 0;
     redo_results(d, -1, &ignored); /* the store commits them before it stops */
@@ -939,9 +964,12 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
 
 /* The dispatcher drives the client; the engine created it before the
  * configuration so outputs could be initialised with it. */
-void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_http_client *http);
-void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_http_client *http)
+void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_loop *loop,
+                            struct pb_http_client *http);
+void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_loop *loop,
+                            struct pb_http_client *http)
 {
+    d->loop = loop;
     d->http = http;
 }
 
@@ -968,7 +996,7 @@ void pb_dispatcher_stop(struct pb_dispatcher *d, int64_t timeout_ms)
     pthread_mutex_unlock(&d->lock);
     d->stop_deadline_mono_us = pb_mono_us() + timeout_ms * 1000;
     atomic_store(&d->stop, true);
-    pb_http_client_wakeup(d->http);
+    pb_loop_wake(d->loop);
     pthread_join(d->thread, NULL);
     d->started = false;
     if (d->inflight)
@@ -985,6 +1013,9 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
     atomic_store(&d->aborting, true);
     pb_http_client_destroy(d->http);
     d->http = NULL;
+    /* Outcomes posted from other threads that the loop has not run yet. */
+    if (d->loop)
+        pb_loop_run_once(d->loop, 0);
     for (size_t i = 0; i < d->nheap; i++)
         dl_free(d->heap[i]);
     free(d->heap);
@@ -1081,7 +1112,7 @@ static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_
     }
     pthread_mutex_unlock(&d->lock);
     if (wake)
-        pb_http_client_wakeup(d->http);
+        pb_loop_wake(d->loop);
 }
 
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
@@ -1181,8 +1212,8 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
 void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d)
 {
     atomic_store(&d->endpoints_dirty, true);
-    if (d->http)
-        pb_http_client_wakeup(d->http);
+    if (d->loop)
+        pb_loop_wake(d->loop);
 }
 
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
@@ -1201,8 +1232,8 @@ void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output
 void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out)
 {
     atomic_store(&out->notify, true);
-    if (d && d->http)
-        pb_http_client_wakeup(d->http);
+    if (d && d->loop)
+        pb_loop_wake(d->loop);
 }
 
 /* ---- for route_stage.c -------------------------------------------------------------------- */
@@ -1218,8 +1249,8 @@ void pb__disp_post(struct pb_dispatcher *d, struct pb__disp_post *p)
         d->posts_head = p;
     d->posts_tail = p;
     pthread_mutex_unlock(&d->lock);
-    if (wake && d->http)
-        pb_http_client_wakeup(d->http);
+    if (wake && d->loop)
+        pb_loop_wake(d->loop);
 }
 
 /* Run what other threads posted (now < 0: the dispatcher is going away). */

@@ -5,6 +5,7 @@
 #define PB_DISPATCH_INT_H
 
 #include "core/engine.h"
+#include "patchbay/pb_loop.h"
 
 /* A callback posted to the dispatcher thread; the node is the poster's
  * (embedded in what it posts) until fn runs. fn runs with aborting set when
@@ -35,10 +36,15 @@ struct pb_dl {
     int64_t started_mono_us, started_at;
     struct pb_delivery d;
     char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
+    /* an outcome reported on another thread, on its way to the dispatcher */
+    struct pb_loop_node post_node;
+    struct pb_outcome posted;
+    char posted_error[PB_ERROR_EXCERPT_MAX];
 };
 
 struct pb_dispatcher {
     struct pb_engine *e;
+    struct pb_loop *loop; /* the engine's; this thread runs it */
     struct pb_http_client *http;
     pthread_t thread;
     bool started;

@@ -18,8 +18,10 @@
 #include "core/engine.h"
 #include "core/webhooks.h"
 #include "patchbay/pb_log.h"
+#include "patchbay/pb_loop.h"
 
-void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_http_client *http);
+void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_loop *loop,
+                            struct pb_http_client *http);
 void pb_engine_resync_backlog(struct pb_engine *e);
 
 static size_t count_outputs(const struct pb_config *c)
@@ -144,6 +146,7 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
     char ebuf[1024];
     struct pb_engine e = {0};
     struct pb_http_client *http = NULL;
+    struct pb_loop *loop = NULL;
     sigset_t sigs;
 
     /* Signals are taken synchronously by this thread only. */
@@ -154,9 +157,11 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    http = pb_http_client_create(NULL, &err);
+    loop = pb_loop_create(&err);
+    http = loop ? pb_http_client_create(loop, NULL, &err) : NULL;
     if (!http) {
         PB_ERROR("cannot start the HTTP client: %s", pb_err_format(&err, ebuf, sizeof(ebuf)));
+        pb_loop_destroy(loop);
         return 1;
     }
     struct pb_diag diag = {0};
@@ -170,6 +175,7 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
             fprintf(stderr, "... and %zu more\n", diag.dropped);
         pb_diag_free(&diag);
         pb_http_client_destroy(http);
+        pb_loop_destroy(loop);
         return 1;
     }
     pb_diag_free(&diag);
@@ -191,7 +197,7 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
     e.disp = pb_dispatcher_create(&e, &err);
     if (!e.disp)
         goto fail;
-    pb_dispatcher_set_http(e.disp, http);
+    pb_dispatcher_set_http(e.disp, loop, http);
     http = NULL; /* the dispatcher owns it now */
     if (pb_store_start(e.store) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the store writer");
@@ -249,6 +255,7 @@ out:
     pb_dispatcher_destroy(e.disp);
     pb_http_client_destroy(http);
     pb_store_destroy(e.store);
+    pb_loop_destroy(loop);
     if (code == 0)
         PB_INFO("stopped in_ms=%lld", (long long)((pb_mono_us() - t0) / 1000));
     pb_config_destroy(e.cfg);

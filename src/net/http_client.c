@@ -16,9 +16,11 @@
  * transfers go back to a small free list so the next request skips
  * allocation and setup.
  *
- * done callbacks run from pb_http_client_poll() (or destroy), outside any
- * libcurl callback, so they may call pb_http_client_send() (a retry); they
- * must not call poll or destroy on the same client. */
+ * The client lives on a pb_loop (curl_multi_socket_action): libcurl's
+ * sockets are loop watches and its timeout a loop timer, so the thread that
+ * runs the loop drives every transfer without a poll of its own. done
+ * callbacks run on that thread, after libcurl has returned, so they may call
+ * pb_http_client_send() (a retry); they must not destroy the client. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
@@ -37,6 +39,7 @@
 #include "core/retry.h"
 #include "patchbay/pb_http.h"
 #include "patchbay/pb_log.h"
+#include "patchbay/pb_loop.h"
 
 #define FREE_MAX 32               /* ended transfers kept for reuse */
 #define BODY_KEEP_MAX (64 * 1024) /* larger response buffers are not kept on reuse */
@@ -62,12 +65,14 @@ struct xfer {
 
 struct pb_http_client {
     CURLM *multi;
+    struct pb_loop *loop;
+    struct pb_loop_timer *timer; /* libcurl's timeout */
+    struct csock *socks;         /* sockets libcurl asked to watch */
     struct xfer *active;
     size_t inflight;
     struct xfer *free;
     size_t nfree;
     bool closing;
-    bool polling;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -557,29 +562,92 @@ static void drain(struct pb_http_client *c)
     }
 }
 
-int pb_http_client_poll(struct pb_http_client *c, int timeout_ms)
+/* ---- on the loop -------------------------------------------------------------- */
+
+static void socket_action(struct pb_http_client *c, curl_socket_t fd, int ev)
 {
     int running = 0;
-    if (!c || c->polling)
-        return PB_EINVAL;
-    c->polling = true;
-    int rc = 0;
-    CURLMcode mc = curl_multi_poll(c->multi, NULL, 0, timeout_ms > 0 ? timeout_ms : 0, NULL);
-    if (mc == CURLM_OK)
-        mc = curl_multi_perform(c->multi, &running);
-    if (mc != CURLM_OK) {
-        PB_ERROR("http client poll failed error=\"%s\"", curl_multi_strerror(mc));
-        rc = mc == CURLM_OUT_OF_MEMORY ? PB_ENOMEM : PB_EINTERNAL;
-    }
+    CURLMcode mc = curl_multi_socket_action(c->multi, fd, ev, &running);
+    if (mc != CURLM_OK)
+        PB_ERROR("http client error=\"%s\"", curl_multi_strerror(mc));
     drain(c);
-    c->polling = false;
-    return rc;
 }
 
-void pb_http_client_wakeup(struct pb_http_client *c)
+static void watch_cb(struct pb_loop_watch *w, int fd, unsigned events, void *arg)
 {
-    if (c)
-        curl_multi_wakeup(c->multi);
+    (void)w;
+    int ev = (events & PB_LOOP_READ ? CURL_CSELECT_IN : 0) |
+             (events & PB_LOOP_WRITE ? CURL_CSELECT_OUT : 0) |
+             (events & PB_LOOP_ERROR ? CURL_CSELECT_ERR : 0);
+    socket_action(arg, fd, ev);
+}
+
+static void timer_cb(struct pb_loop_timer *t, void *arg)
+{
+    (void)t;
+    socket_action(arg, CURL_SOCKET_TIMEOUT, 0);
+}
+
+/* A socket libcurl asked us to watch (kept in a list, so that destroy can
+ * remove what libcurl did not). */
+struct csock {
+    struct pb_loop_watch *w;
+    struct csock *prev, *next;
+};
+
+static void csock_drop(struct pb_http_client *c, struct csock *k)
+{
+    pb_loop_watch_remove(k->w);
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        c->socks = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    free(k);
+}
+
+/* libcurl says which sockets to watch for what. */
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct pb_http_client *c = userp;
+    struct csock *k = socketp;
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (k)
+            csock_drop(c, k);
+        curl_multi_assign(c->multi, fd, NULL);
+        return 0;
+    }
+    unsigned events =
+        (what & CURL_POLL_IN ? PB_LOOP_READ : 0) | (what & CURL_POLL_OUT ? PB_LOOP_WRITE : 0);
+    if (k)
+        return pb_loop_watch_modify(k->w, events) == 0 ? 0 : -1;
+    k = calloc(1, sizeof(*k));
+    if (!k)
+        return -1;
+    k->w = pb_loop_watch_add(c->loop, fd, events, watch_cb, c);
+    if (!k->w) {
+        free(k);
+        return -1;
+    }
+    k->next = c->socks;
+    if (c->socks)
+        c->socks->prev = k;
+    c->socks = k;
+    curl_multi_assign(c->multi, fd, k);
+    return 0;
+}
+
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct pb_http_client *c = userp;
+    (void)multi;
+    if (timeout_ms < 0)
+        pb_loop_timer_stop(c->timer);
+    else
+        pb_loop_timer_start(c->timer, timeout_ms);
+    return 0;
 }
 
 size_t pb_http_client_inflight(const struct pb_http_client *c)
@@ -587,8 +655,8 @@ size_t pb_http_client_inflight(const struct pb_http_client *c)
     return c ? c->inflight : 0;
 }
 
-struct pb_http_client *pb_http_client_create(const struct pb_http_client_opts *o,
-                                             struct pb_err *err)
+struct pb_http_client *
+pb_http_client_create(struct pb_loop *loop, const struct pb_http_client_opts *o, struct pb_err *err)
 {
     struct pb_http_client *c = NULL;
 
@@ -600,9 +668,15 @@ struct pb_http_client *pb_http_client_create(const struct pb_http_client_opts *o
     c = calloc(1, sizeof(*c));
     if (!c)
         goto nomem;
+    c->loop = loop;
+    c->timer = pb_loop_timer_create(loop, timer_cb, c);
     c->multi = curl_multi_init();
-    if (!c->multi)
+    if (!c->multi || !c->timer)
         goto nomem;
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     if (o && o->max_host_connections > 0)
         curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
@@ -614,6 +688,10 @@ struct pb_http_client *pb_http_client_create(const struct pb_http_client_opts *o
                                                               : (long)o->max_total_connections);
     return c;
 nomem:
+    if (c && c->multi)
+        curl_multi_cleanup(c->multi);
+    if (c)
+        pb_loop_timer_destroy(c->timer);
     free(c);
     pb_err_set(err, PB_ENOMEM, "out of memory");
     return NULL;
@@ -633,5 +711,8 @@ void pb_http_client_destroy(struct pb_http_client *c)
         xfer_free(x);
     }
     curl_multi_cleanup(c->multi);
+    while (c->socks)
+        csock_drop(c, c->socks);
+    pb_loop_timer_destroy(c->timer);
     free(c);
 }

@@ -188,6 +188,8 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static struct pb_loop *test_loop;
+
 /* Poll until *count reaches want, with a deadline (never a fixed sleep). */
 static bool run_until(struct pb_http_client *c, const int *count, int want)
 {
@@ -195,7 +197,7 @@ static bool run_until(struct pb_http_client *c, const int *count, int want)
     while (*count < want) {
         if (mono_ms() > deadline)
             return false;
-        pb_http_client_poll(c, 100);
+        pb_loop_run_once(test_loop, 100);
     }
     return true;
 }
@@ -225,7 +227,7 @@ static struct pb_http_client *client(size_t per_host)
 {
     struct pb_err err = {0};
     struct pb_http_client_opts o = {.max_host_connections = per_host};
-    struct pb_http_client *c = pb_http_client_create(&o, &err);
+    struct pb_http_client *c = pb_http_client_create(test_loop, &o, &err);
     if (!c) {
         fprintf(stderr, "client: %s\n", err.msg);
         exit(1);
@@ -267,7 +269,7 @@ PB_TEST(concurrent_and_keepalive)
     PB_EQ_INT(pb_http_client_inflight(c), N);
     int64_t deadline = mono_ms() + 10000;
     while (pb_http_client_inflight(c) > 0 && mono_ms() < deadline)
-        pb_http_client_poll(c, 100);
+        pb_loop_run_once(test_loop, 100);
     int ok = 0;
     for (int i = 0; i < N; i++)
         ok += rs[i].done == 1 && rs[i].status == 200 && strcmp(rs[i].body, "hello") == 0;
@@ -427,7 +429,7 @@ PB_TEST(bad_requests_fail_without_callback)
     req.method = "GE T";
     PB_EQ_INT(pb_http_client_send(c, &req, done_cb, &r), PB_EINVAL);
     PB_EQ_INT(pb_http_client_inflight(c), 0);
-    pb_http_client_poll(c, 0);
+    pb_loop_run_once(test_loop, 0);
     PB_EQ_INT(r.done, 0);
     pb_http_client_destroy(c);
 }
@@ -559,7 +561,7 @@ PB_TEST(destroy_aborts)
     struct pb_http_req req = get_req(url("/slow"));
     PB_EQ_INT(pb_http_client_send(ch.c, &req, done_cb, &r), 0);
     PB_EQ_INT(pb_http_client_send(ch.c, &req, first_cb, &ch), 0);
-    pb_http_client_poll(ch.c, 50);
+    pb_loop_run_once(test_loop, 50);
     pb_http_client_destroy(ch.c);
     PB_EQ_INT(r.done, 1);
     PB_EQ_INT(r.status, 0);
@@ -570,23 +572,26 @@ PB_TEST(destroy_aborts)
     PB_EQ_INT(ch.second.done, 0);
 }
 
-static void *wake_later(void *arg)
+/* A client destroyed with transfers and kept-alive connections leaves no
+ * watch or timer behind on its loop. */
+PB_TEST(destroy_leaves_loop_clean)
 {
-    usleep(50 * 1000);
-    pb_http_client_wakeup(arg);
-    return NULL;
-}
-
-PB_TEST(wakeup)
-{
-    struct pb_http_client *c = client(0);
-    pthread_t t;
-    int64_t t0 = mono_ms();
-    PB_EQ_INT(pthread_create(&t, NULL, wake_later, c), 0);
-    PB_EQ_INT(pb_http_client_poll(c, 5000), 0);
-    PB_CHECK(mono_ms() - t0 < 2500);
-    pthread_join(t, NULL);
+    struct pb_err err = {0};
+    struct pb_loop *l = pb_loop_create(&err);
+    struct pb_http_client *c = pb_http_client_create(l, NULL, &err);
+    struct result r = {0}, s = {0};
+    struct pb_http_req req = get_req(url("/ok"));
+    PB_EQ_INT(pb_http_client_send(c, &req, done_cb, &r), 0);
+    int64_t deadline = mono_ms() + 10000;
+    while (!r.done && mono_ms() < deadline)
+        pb_loop_run_once(l, 100);
+    PB_EQ_INT(r.status, 200);
+    req = get_req(url("/slow"));
+    PB_EQ_INT(pb_http_client_send(c, &req, done_cb, &s), 0);
+    pb_loop_run_once(l, 20);
     pb_http_client_destroy(c);
+    PB_EQ_STR(s.error, "aborted");
+    pb_loop_destroy(l); /* ASan reports a watch or timer left behind */
     pb_http_client_destroy(NULL);
 }
 
@@ -595,6 +600,7 @@ int main(void)
     static const char *const loop[] = {"127.0.0.0/8"};
     struct pb_strlist l = {.n = 1, .items = (char **)loop};
     server_start();
+    test_loop = pb_loop_create(NULL);
     loopback_allow = pb_allowlist_create(&l, NULL);
     if (!loopback_allow)
         return 1;
@@ -602,5 +608,6 @@ int main(void)
     atomic_store(&stopping, 1);
     MHD_stop_daemon(daemon_);
     pb_allowlist_destroy(loopback_allow);
+    pb_loop_destroy(test_loop);
     return rc;
 }
