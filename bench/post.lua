@@ -1,13 +1,19 @@
 -- wrk script: POST a ~1 KB JSON order, a distinct order id on every request.
 -- Used against both nginx (the ceiling) and patchbay's ingest path.
+-- At the end it prints "post.lua: N bodies, B bytes, mean M bytes": the bodies it built
+-- (bench/run.sh reads the mean to compare disk bytes per message with the body size).
 local counter = 0
 local nthreads = 0
 local template
-thread_id = 0 -- a global: setup() gives each thread its own value
+local threads = {}
+thread_id = 0 -- globals: setup() gives each thread its own thread_id,
+body_bytes = 0 -- and done() reads each thread's body_bytes and body_count
+body_count = 0
 
 function setup(thread)
   nthreads = nthreads + 1
   thread:set("thread_id", nthreads)
+  table.insert(threads, thread)
 end
 
 function init(args)
@@ -27,5 +33,17 @@ end
 function request()
   counter = counter + 1
   local body = string.format(template, thread_id, counter, 100 + counter % 100000, counter % 1000)
+  body_bytes = body_bytes + #body
+  body_count = body_count + 1
   return wrk.format("POST", nil, nil, body)
+end
+
+function done(summary, latency, requests)
+  local n, b = 0, 0
+  for _, t in ipairs(threads) do
+    n = n + t:get("body_count")
+    b = b + t:get("body_bytes")
+  end
+  io.write(string.format("post.lua: %d bodies, %d bytes, mean %.1f bytes\n", n, b,
+    n > 0 and b / n or 0))
 end
