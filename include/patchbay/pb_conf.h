@@ -67,8 +67,8 @@ const char *pb_node_type_name(enum pb_node_type t);
 int pb_parse_duration(const char *s, int64_t *ms);
 int pb_parse_size(const char *s, uint64_t *bytes);
 struct pb_rate {
-    uint64_t count;     /* events ... */
-    int64_t period_ms;  /* ... per this many milliseconds */
+    uint64_t count;    /* events ... */
+    int64_t period_ms; /* ... per this many milliseconds */
 };
 int pb_parse_rate(const char *s, struct pb_rate *out);
 /* Strict integer and boolean (true/false only). */
@@ -87,7 +87,7 @@ struct pb_strmap {
 };
 
 enum pb_field_type {
-    PB_F_END = 0, /* terminates a table */
+    PB_F_END = 0,  /* terminates a table */
     PB_F_STR,      /* char *  (malloc'd, NULL when absent and no default) */
     PB_F_SECRET,   /* char *  like STR, but never printed in errors, logs, lint */
     PB_F_BOOL,     /* bool */
@@ -112,11 +112,11 @@ struct pb_field {
     enum pb_field_type type;
     size_t offset;
     unsigned flags;
-    const char *def;                /* default as text, parsed like a YAML value */
-    const struct pb_field *sub;     /* PB_F_OBJECT */
-    const char *const *choices;     /* PB_F_ENUM, NULL-terminated */
-    int64_t min, max;               /* PB_F_INT bounds (ignored when max <= min) */
-    const char *doc;                /* one line for lint --explain and docs */
+    const char *def;            /* default as text, parsed like a YAML value */
+    const struct pb_field *sub; /* PB_F_OBJECT */
+    const char *const *choices; /* PB_F_ENUM, NULL-terminated */
+    int64_t min, max;           /* PB_F_INT bounds (ignored when max <= min) */
+    const char *doc;            /* one line for lint --explain and docs */
 };
 
 /* Fill out from a map node using fields. node may be NULL (all defaults).

@@ -41,10 +41,10 @@ enum pb_errno {
 #define PB_ERR_MSG_MAX 512
 
 struct pb_err {
-    int code;                  /* PB_E* or 0 */
-    char msg[PB_ERR_MSG_MAX];  /* human text, never contains a secret value */
-    const char *file;          /* borrowed; NULL when not from a file */
-    int line, col;             /* 1-based; 0 when unknown */
+    int code;                 /* PB_E* or 0 */
+    char msg[PB_ERR_MSG_MAX]; /* human text, never contains a secret value */
+    const char *file;         /* borrowed; NULL when not from a file */
+    int line, col;            /* 1-based; 0 when unknown */
 };
 
 /* Name of an error code ("PB_ENOMEM") and its text ("out of memory"). */

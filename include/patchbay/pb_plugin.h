@@ -18,6 +18,8 @@
 #include "pb_conf.h"
 #include "pb_err.h"
 #include "pb_http.h"
+#include "pb_loop.h"
+#include "pb_server.h"
 
 /* ---- outputs ------------------------------------------------------------- */
 
@@ -111,8 +113,8 @@ void pb_proc_new_messages(struct pb_proc_io *io);
 
 struct pb_proc_env {
     const char *pipeline;
-    size_t noutputs;              /* <= PB_MAX_OUTPUTS */
-    const char *const *outputs;   /* names, in configuration order */
+    size_t noutputs;            /* <= PB_MAX_OUTPUTS */
+    const char *const *outputs; /* names, in configuration order */
 };
 
 struct pb_processor_plugin {
@@ -179,35 +181,146 @@ struct pb_verify_result {
 typedef int (*pb_verify_fn)(const void *ctx, const struct pb_verify_req *req,
                             struct pb_verify_result *res);
 
-/* Options of an HTTP ingest route (http_server input). Strings are borrowed
- * from the plugin context, which lives as long as the configuration. */
-struct pb_ingest_route {
-    const char *path;                 /* exact path, e.g. "/hooks/shop" */
-    const struct pb_strlist *methods; /* allowed methods; empty = POST */
-    uint64_t max_body;                /* bytes */
-    bool json;                        /* format: json (validated) or raw */
-    int64_t idempotency_window_ms;    /* 0 = no idempotency */
-    const char *idempotency_header;   /* header carrying the key */
-    pb_verify_fn verify;              /* NULL: no verification */
-    const void *verify_ctx;
-    /* Request headers kept in $meta.headers (names compared case-blind,
-     * stored lower-cased; "*" keeps all). Empty: none. */
-    const struct pb_strlist *meta_headers;
+/* Why an input refused something: a fixed set, so metrics stay bounded. */
+enum pb_reject {
+    PB_REJECT_BAD_JSON = 0, /* not valid JSON (or another malformed request) */
+    PB_REJECT_TOO_LARGE,
+    PB_REJECT_OVERLOAD, /* a bound was hit: the sender should retry later */
+    PB_REJECT_STORE,    /* the state store failed the commit */
+    PB_REJECT_METHOD,
+    PB_REJECT_SHUTDOWN,
+    PB_REJECT_UNAUTHORIZED,
+    PB_REJECT_COUNT
 };
+extern const char *const pb_reject_names[PB_REJECT_COUNT];
+
+/* One item an input hands the core. Everything is copied by submit. */
+#define PB_ITEM_KEY_MAX 255
+struct pb_item {
+    const void *body;
+    size_t len;
+    const char *content_type; /* NULL: application/json */
+    /* What the input knows of the item, as the text of a JSON object; the
+     * core adds input, pipeline and received_at, and every jq program sees
+     * the whole as $meta. NULL: nothing more. */
+    const char *meta;
+    size_t meta_len;
+    /* Idempotency key (1..PB_ITEM_KEY_MAX bytes): an item whose key the
+     * pipeline has seen within key_window_ms is a duplicate and nothing new
+     * is stored. NULL: none. */
+    const char *key;
+    int64_t key_window_ms; /* 0: the input's idempotency window */
+    /* Set when the item cannot be carried (invalid JSON on a format: json
+     * input...): it is committed straight into the dead-letter queue with
+     * this reason, and counts as taken: ack it at the source. */
+    const char *dead_reason;
+};
+
+/* A checkpoint committed in the same transaction as the items. */
+struct pb_checkpoint {
+    const char *name; /* "" for an input's only one */
+    const void *value;
+    size_t len;
+};
+
+enum pb_item_status {
+    PB_ITEM_STORED = 0, /* a new message */
+    PB_ITEM_DUPLICATE,  /* its key was seen: msg_id is the original */
+    PB_ITEM_DEAD,       /* stored in the dead-letter queue (dead_reason) */
+};
+struct pb_item_result {
+    enum pb_item_status status;
+    char msg_id[40];
+};
+
+/* The core's side of one running input. */
+struct pb_input;
+
+/* Runs exactly once per accepted submit, on the input's loop thread, after
+ * the items and checkpoints are durable (status 0, res[i] for items[i]) or
+ * after the commit failed (status < 0, res NULL: nothing was stored; do
+ * not ack). Only then may the input acknowledge its source. */
+typedef void (*pb_submit_cb)(void *arg, int status, const struct pb_item_result *res, size_t n);
+
+#define PB_SUBMIT_MAX 1000 /* items per submit */
+/* Hand items (0..PB_SUBMIT_MAX) and checkpoints (0..8, at least one of
+ * either) to the core, which commits them in one transaction. Any thread. If the call fails, cb
+ * never runs: PB_EFULL when a bound is hit (the input is paused and resumed once there is room;
+ * answer 503, nack, or keep the items for later), PB_ESHUTDOWN once stopping, PB_EINVAL for a
+ * malformed item, PB_ENOMEM. */
+int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
+                    const struct pb_checkpoint *ckpt, size_t nckpt, pb_submit_cb cb, void *arg);
+/* The checkpoint as last committed: 0 with *value borrowed until the next
+ * submit's callback, or PB_ENOTFOUND. The input's loop thread. */
+int pb_input_checkpoint(struct pb_input *in, const char *name, const void **value, size_t *len);
+/* The loop every callback of this input runs on. */
+struct pb_loop *pb_input_loop(struct pb_input *in);
+const char *pb_input_pipeline(const struct pb_input *in);
+
+/* What /ready, /api/inputs and patchbay_input_connected show. Any thread. */
+enum pb_input_state {
+    PB_INPUT_STARTING = 0,
+    PB_INPUT_CONNECTED,    /* taking data (or ready to: a listener, a timer) */
+    PB_INPUT_RECONNECTING, /* lost its source; retrying with backoff */
+    PB_INPUT_FINISHED,     /* a finite input submitted everything it will */
+    PB_INPUT_STOPPED,
+};
+/* detail (copied, may be NULL): the last error while reconnecting. */
+void pb_input_set_state(struct pb_input *in, enum pb_input_state state, const char *detail);
+/* Where the input stands at its source (offset, cursor, LSN), as text. */
+void pb_input_set_position(struct pb_input *in, const char *position);
+/* Items waiting at the source (JetStream pending, consumer lag...); -1 unknown. */
+void pb_input_set_lag(struct pb_input *in, int64_t lag);
+/* Counters the core cannot see by itself. Any thread. */
+void pb_input_count_received(struct pb_input *in, uint64_t n);
+void pb_input_count_reject(struct pb_input *in, enum pb_reject why);
+void pb_input_count_verify_failed(struct pb_input *in, enum pb_verify_reason why);
+void pb_input_count_nacked(struct pb_input *in, uint64_t n);
+/* Time from an item's arrival to its acknowledgement, microseconds. */
+void pb_input_observe_latency(struct pb_input *in, int64_t us);
+/* A finite input has submitted everything it ever will (generate with a
+ * count, a folder under --once): `patchbay run --once` exits when every
+ * input has finished and every delivery is done. */
+void pb_input_finished(struct pb_input *in);
 
 struct pb_input_env {
     const char *pipeline;
-    /* Ask the core to serve this pipeline's ingest route on the shared
-     * listener. Fails (with err) when the path is taken. */
-    int (*add_route)(void *arg, const struct pb_ingest_route *r, struct pb_err *err);
-    void *arg;
+    const char *plugin;
+    bool once; /* `patchbay run --once` */
+    /* Declare a route on the shared listener; paths are checked against
+     * every other route at load. Its handler is only called once the input
+     * has started. */
+    int (*add_route)(const struct pb_input_env *env, const struct pb_http_route *route,
+                     struct pb_err *err);
+    void *core;
+    /* Set by init when they apply: */
+    bool raw;                      /* bodies are not JSON: no map, no process steps */
+    bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */
+    int64_t idempotency_window_ms; /* how long item keys are remembered (0: not at all) */
 };
+
+/* flags */
+#define PB_INPUT_OWN_THREAD 0x1u /* a loop and thread of its own (blocking client libraries) */
+#define PB_INPUT_SINGLETON 0x2u  /* one node of a cluster at a time (pollers, CDC) */
+#define PB_INPUT_CAN_FINISH 0x4u /* may call pb_input_finished (for --once) */
 
 struct pb_input_plugin {
     const char *name;
     const struct pb_field *fields;
     size_t ctx_size;
-    int (*init)(void *ctx, const struct pb_input_env *env, struct pb_err *err);
+    unsigned flags;
+    /* Validate and prepare; no I/O (lint and reload call it). */
+    int (*init)(void *ctx, struct pb_input_env *env, struct pb_err *err);
+    /* Connect and begin taking data, on the input's loop. A failure is
+     * logged and start is tried again with backoff. NULL: nothing to do. */
+    int (*start)(void *ctx, struct pb_input *in, struct pb_err *err);
+    /* Stop taking new data; submit nothing after it returns. Callbacks of
+     * what was submitted still run (ack those), then destroy follows. */
+    void (*stop)(void *ctx);
+    /* Back-pressure: stop fetching / start again. May be NULL. */
+    void (*pause)(void *ctx);
+    void (*resume)(void *ctx);
+    /* Must cope with a context whose init or start failed half way. */
     void (*destroy)(void *ctx);
 };
 

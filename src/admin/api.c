@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "admin/api.h"
+#include "core/input.h"
 #include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
@@ -45,9 +46,9 @@ static int reply_store_error(struct pb_api_resp *r, const struct pb_err *err)
     return 0;
 }
 
-static const char *arg(struct MHD_Connection *c, const char *name)
+static const char *arg(struct pb_http_request *c, const char *name)
 {
-    const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
+    const char *v = pb_http_request_query(c, name);
     return v && *v ? v : NULL;
 }
 
@@ -97,7 +98,7 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
         struct pb_pipeline *pl = &e->cfg->pipelines[i];
         json_t *outs = json_object();
         json_t *p = json_pack("{s:s, s:s?, s:I, s:I, s:I, s:o}", "name", pl->name, "path",
-                              pl->has_route ? pl->route.path : NULL, "received",
+                              pl->in->nroutes ? pl->in->routes[0].path : NULL, "received",
                               (json_int_t)atomic_load(&pl->received), "accepted",
                               (json_int_t)atomic_load(&pl->accepted), "duplicates",
                               (json_int_t)atomic_load(&pl->duplicates), "outputs_by_name", outs);
@@ -274,7 +275,7 @@ static void replay_output_cb(struct pb_output *o, void *arg)
     }
 }
 
-static int replay_all(struct pb_engine *e, struct MHD_Connection *c, struct pb_api_resp *r)
+static int replay_all(struct pb_engine *e, struct pb_http_request *c, struct pb_api_resp *r)
 {
     struct replay_all_ctx ra = {.e = e, .pipeline = arg(c, "pipeline"), .output = arg(c, "output")};
     for (size_t i = 0; i < e->cfg->npipelines; i++)
@@ -316,7 +317,7 @@ int pb_admin_error(struct pb_api_resp *r, int status, const char *msg)
     return reply_error(r, status, msg);
 }
 
-static int handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+static int handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                   const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
     if (strcmp(path, "/api/endpoints") == 0 || strncmp(path, "/api/endpoints/", 15) == 0)
@@ -396,7 +397,7 @@ static int handle(struct pb_engine *e, struct MHD_Connection *c, const char *met
     return reply_error(r, 404, "no such endpoint");
 }
 
-void pb_admin_handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+void pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                      const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
     (void)handle(e, c, method, path, body, len, r);

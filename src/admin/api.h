@@ -3,25 +3,29 @@
 #ifndef PB_ADMIN_API_H
 #define PB_ADMIN_API_H
 
-#include <microhttpd.h>
-
 #include "core/engine.h"
+#include "patchbay/pb_server.h"
 
 struct pb_api_resp {
     int status;
     char *body; /* malloc'd JSON text, or NULL for an empty body */
 };
 
-/* Answer one admin request; fills resp. Runs on a listener thread. */
-void pb_admin_handle(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+/* Answer one admin request; fills resp. Runs on a worker thread: it may
+ * read the store. */
+void pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                      const char *path, const char *body, size_t len, struct pb_api_resp *resp);
 
 /* /api/endpoints... (api_endpoints.c). */
-int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+int pb_admin_endpoints(struct pb_engine *e, struct pb_http_request *c, const char *method,
                        const char *path, const char *body, size_t len, struct pb_api_resp *r);
 
 /* Shared by the admin handlers. */
 int pb_admin_reply(struct pb_api_resp *r, int status, json_t *body);
 int pb_admin_error(struct pb_api_resp *r, int status, const char *msg);
+
+/* Serve /health, /ready, /metrics and /api on the engine's listener
+ * (routes.c); the admin API runs on the engine's worker threads. */
+int pb_admin_attach(struct pb_engine *e, struct pb_err *err);
 
 #endif

@@ -195,9 +195,9 @@ static int static_items(struct pb_engine *e, struct static_ctx *sc, struct pb_ap
     return 0;
 }
 
-static const char *qarg(struct MHD_Connection *c, const char *name)
+static const char *qarg(struct pb_http_request *c, const char *name)
 {
-    const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
+    const char *v = pb_http_request_query(c, name);
     return v && *v ? v : NULL;
 }
 
@@ -592,7 +592,7 @@ static int parse_since(const char *s, int64_t *out)
 }
 
 /* Replay the dead deliveries of an endpoint (static or managed). */
-static int recover(struct pb_engine *e, struct MHD_Connection *c, const char *id,
+static int recover(struct pb_engine *e, struct pb_http_request *c, const char *id,
                    struct pb_api_resp *r)
 {
     const char *since_s = qarg(c, "since");
@@ -648,7 +648,7 @@ static int recover(struct pb_engine *e, struct MHD_Connection *c, const char *id
                           json_pack("{s:I}", "replayed", (json_int_t)op.u.replay_all.count));
 }
 
-int pb_admin_endpoints(struct pb_engine *e, struct MHD_Connection *c, const char *method,
+int pb_admin_endpoints(struct pb_engine *e, struct pb_http_request *c, const char *method,
                        const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"),

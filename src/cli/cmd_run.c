@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "admin/api.h"
 #include "core/engine.h"
 
 /* A CONFIG argument alone; a stray option is named. */
@@ -19,20 +20,27 @@ static bool one_config(int argc, char **argv, const char *cmd)
 
 int pb_cmd_run(int argc, char **argv)
 {
-    bool force = false;
+    bool force = false, once = false;
     int n = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--force") == 0)
             force = true;
+        else if (strcmp(argv[i], "--once") == 0)
+            once = true;
         else
             argv[n++] = argv[i];
     }
     if (!one_config(n, argv, "run")) {
-        fprintf(stderr, "usage: patchbay run [--force] CONFIG\n");
+        fprintf(stderr, "usage: patchbay run [--once] [--force] CONFIG\n");
         return 2;
     }
     extern char **pb_cli_argv;
-    return pb_engine_run(argv[1], pb_cli_argv, force);
+    struct pb_run_opts o = {.config_path = argv[1],
+                            .argv = pb_cli_argv,
+                            .force = force,
+                            .once = once,
+                            .attach = pb_admin_attach};
+    return pb_engine_run(&o);
 }
 
 int pb_cmd_lint(int argc, char **argv)
@@ -43,7 +51,7 @@ int pb_cmd_lint(int argc, char **argv)
     }
     struct pb_err err = {0};
     struct pb_diag diag = {0};
-    struct pb_config *c = pb_config_load_diag(argv[1], NULL, &diag, &err);
+    struct pb_config *c = pb_config_load_diag(argv[1], NULL, false, &diag, &err);
     for (size_t i = 0; i < diag.nwarn; i++)
         fprintf(stderr, "%s\n", diag.warn[i]);
     for (size_t i = 0; i < diag.nerr; i++)

@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "core/engine.h"
+#include "core/input.h"
 #include "core/webhooks.h"
 #include "net/listen.h"
 
@@ -234,45 +235,6 @@ static int plugin_block(const struct pb_node *n, const char *what, const char *o
         }                                                                                          \
     } while (0)
 
-static int add_route_cb(void *arg, const struct pb_ingest_route *r, struct pb_err *err)
-{
-    struct pb_pipeline *pl = arg;
-    if (pl->has_route)
-        return pb_err_set(err, PB_ECONFIG, "pipeline \"%s\" has two ingest routes", pl->name);
-    pl->route = *r;
-    pl->has_route = true;
-    return 0;
-}
-
-static int load_input(struct pb_pipeline *pl, const struct pb_node *n, struct pb_err *err)
-{
-    const struct pb_node *name = NULL, *body = NULL;
-    int rc = plugin_block(n, "input of pipeline", pl->name, &name, &body, err);
-    if (rc)
-        return rc;
-    pl->input = pb_registry_input(name->str);
-    if (!pl->input) {
-        char avail[256];
-        PLUGIN_NAMES(avail, pb_input_plugins);
-        return bad(err, name, "unknown input \"%s\" (available: %s)", name->str, avail);
-    }
-    pl->input_ctx = calloc(1, pl->input->ctx_size ? pl->input->ctx_size : 1);
-    if (!pl->input_ctx)
-        return pb_err_set(err, PB_ENOMEM, "out of memory");
-    rc = pb_conf_decode(body, pl->input->fields, pl->input_ctx, err);
-    if (rc)
-        return rc;
-    struct pb_input_env env = {.pipeline = pl->name, .add_route = add_route_cb, .arg = pl};
-    rc = pl->input->init(pl->input_ctx, &env, err);
-    if (rc) {
-        if (!err->file)
-            err->file = name->file, err->line = name->line, err->col = name->col;
-        return rc;
-    }
-    pl->input_ready = true;
-    return 0;
-}
-
 static int load_processor(struct pb_pipeline *pl, struct pb_route_step *pr,
                           const struct pb_proc_env *env, const struct pb_node *n,
                           struct pb_err *err)
@@ -385,7 +347,7 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     if (o->policy.max_ms < o->policy.initial_ms)
         o->policy.max_ms = o->policy.initial_ms;
     if (o->common.map) {
-        if (!pl->route.json && pl->has_route)
+        if (pl->in && pl->in->raw)
             return bad(err, body, "output \"%s\" has a map, but pipeline \"%s\" takes format: raw",
                        o->name, pl->name);
         o->map_jq = pb_jq_compile(o->common.map, err);
@@ -493,7 +455,7 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
     rc = pb_conf_decode(n, pipeline_fields, &raw, err);
     if (rc)
         goto out;
-    rc = load_input(pl, raw.input, err);
+    rc = pb__input_load(pl, raw.input, c->once, err);
     if (rc)
         goto out;
     if (raw.ordering.key) {
@@ -543,7 +505,7 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
                      pl->name, "");
             goto out;
         }
-        if (raw.process->n && pl->has_route && !pl->route.json) {
+        if (raw.process->n && pl->in->raw) {
             rc = bad(err, raw.process,
                      "pipeline \"%s\" has process steps, which need format: json%s", pl->name, "");
             goto out;
@@ -599,9 +561,8 @@ static void diag_add(struct pb_diag *d, bool warning, const struct pb_err *e)
         (*n)++;
 }
 
-__attribute__((format(printf, 4, 5))) static void warn_at(struct pb_diag *d,
-                                                          const struct pb_node *n,
-                                                          const char *what, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void
+warn_at(struct pb_diag *d, const struct pb_node *n, const char *what, const char *fmt, ...)
 {
     struct pb_err e = {0};
     char msg[PB_ERR_MSG_MAX];
@@ -713,12 +674,29 @@ static void check_listen(struct pb_config *c, const struct pb_node *root, struct
         diag_add(d, false, &e);
 }
 
-struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, struct pb_err *err)
+/* Does pipeline i declare a route another one before it has? */
+static bool route_clash(const struct pb_config *c, size_t i, const char **other, const char **path)
 {
-    return pb_config_load_diag(path, http, NULL, err);
+    const struct pb_input *b = c->pipelines[i].in;
+    for (size_t j = 0; b && j < i; j++) {
+        const struct pb_input *a = c->pipelines[j].in;
+        for (size_t x = 0; a && x < a->nroutes; x++)
+            for (size_t y = 0; y < b->nroutes; y++)
+                if (strcmp(a->routes[x].path, b->routes[y].path) == 0) {
+                    *other = c->pipelines[j].name;
+                    *path = b->routes[y].path;
+                    return true;
+                }
+    }
+    return false;
 }
 
-struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http,
+struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, struct pb_err *err)
+{
+    return pb_config_load_diag(path, http, false, NULL, err);
+}
+
+struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http, bool once,
                                       struct pb_diag *diag, struct pb_err *err)
 {
     struct pb_err first = {0}, local = {0};
@@ -729,6 +707,7 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
         pb_err_set(err, PB_ENOMEM, "out of memory");
         return NULL;
     }
+    c->once = once;
     c->path = strdup(path);
     c->doc = pb_conf_load_file(path, err);
     if (!c->path || !c->doc)
@@ -769,18 +748,16 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
                 break;
             continue;
         }
-        for (size_t j = 0; j < i; j++) {
-            struct pb_pipeline *a = &c->pipelines[j], *b = &c->pipelines[i];
-            if (a->has_route && b->has_route && strcmp(a->route.path, b->route.path) == 0) {
-                const struct pb_node *at = pls->vals[i];
-                pb_err_at(&e, PB_ECONFIG, at->file, at->line, at->col,
-                          "pipelines \"%s\" and \"%s\" both listen on path %s", a->name, b->name,
-                          b->route.path);
-                if (!first.code)
-                    first = e;
-                if (diag)
-                    diag_add(diag, false, &e);
-            }
+        const char *a_name = NULL, *rpath = NULL;
+        if (route_clash(c, i, &a_name, &rpath)) {
+            const struct pb_node *at = pls->vals[i];
+            pb_err_at(&e, PB_ECONFIG, at->file, at->line, at->col,
+                      "pipelines \"%s\" and \"%s\" both listen on path %s", a_name,
+                      c->pipelines[i].name, rpath);
+            if (!first.code)
+                first = e;
+            if (diag)
+                diag_add(diag, false, &e);
         }
         if (diag) {
             struct pb_pipeline *pl = &c->pipelines[i];
@@ -846,12 +823,7 @@ static void destroy_output(struct pb_output *o)
 
 static void destroy_pipeline(struct pb_pipeline *pl)
 {
-    if (pl->input && pl->input_ctx) {
-        if (pl->input->destroy)
-            pl->input->destroy(pl->input_ctx);
-        pb_conf_free(pl->input->fields, pl->input_ctx);
-    }
-    free(pl->input_ctx);
+    pb__input_free(pl->in);
     for (size_t i = 0; i < pl->nprocs; i++) {
         struct pb_route_step *pr = &pl->procs[i];
         if (pr->plugin && pr->ctx) {

@@ -1111,7 +1111,7 @@ static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_
         d->inbox_tail = tail;
     }
     pthread_mutex_unlock(&d->lock);
-    if (wake)
+    if (wake && d->loop)
         pb_loop_wake(d->loop);
 }
 

@@ -16,9 +16,14 @@
 #include <time.h>
 
 #include "core/engine.h"
+#include "core/input.h"
+#include "core/workers.h"
+#include "net/httpd.h"
 #include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
+
+#define WORKERS 2 /* admin requests reading the store */
 
 void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_loop *loop,
                             struct pb_http_client *http);
@@ -137,7 +142,71 @@ static bool reload_ok(const char *path, struct pb_store *store, bool force)
     return true;
 }
 
-int pb_engine_run(const char *config_path, char **argv, bool force)
+static void *input_loop_main(void *arg)
+{
+    pb_loop_run(arg);
+    return NULL;
+}
+
+/* Inputs get their loops and start; their routes join the listener. */
+static int start_inputs(struct pb_engine *e, struct pb_err *err)
+{
+    e->input_loop = pb_loop_create(err);
+    if (!e->input_loop)
+        return err->code ? err->code : PB_ENOMEM;
+    if (pthread_create(&e->input_thread, NULL, input_loop_main, e->input_loop) != 0)
+        return pb_err_set(err, PB_ENOMEM, "cannot start the inputs' thread");
+    pthread_setname_np(e->input_thread, "pb-inputs");
+    e->input_thread_running = true;
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_input *in = e->cfg->pipelines[i].in;
+        for (size_t k = 0; k < in->nroutes; k++) {
+            int rc = pb_httpd_route_add(e->httpd, &in->routes[k], err);
+            if (rc)
+                return rc;
+        }
+        int rc = pb__input_start(in, e, e->input_loop, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void stop_inputs(struct pb_engine *e, int64_t timeout_ms)
+{
+    for (size_t i = 0; e->cfg && i < e->cfg->npipelines; i++)
+        pb__input_stop(e->cfg->pipelines[i].in, timeout_ms);
+    if (e->input_thread_running) {
+        pb_loop_close(e->input_loop);
+        pb_loop_stop(e->input_loop);
+        pthread_join(e->input_thread, NULL);
+        e->input_thread_running = false;
+    }
+    pb_loop_destroy(e->input_loop);
+    e->input_loop = NULL;
+}
+
+/* --once: every input has finished and nothing is left to deliver. */
+static bool once_done(const struct pb_engine *e)
+{
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        const struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        if (!atomic_load(&pl->in->finished) || atomic_load(&pl->in->outstanding) > 0)
+            return false;
+        if (pl->routes && atomic_load(&pl->router.backlog) > 0)
+            return false;
+        for (size_t j = 0; j < pl->nouts; j++) {
+            if (atomic_load(&pl->outs[j].backlog) > 0)
+                return false;
+            for (size_t k = 0; k < pl->outs[j].nvouts; k++)
+                if (atomic_load(&pl->outs[j].vouts[k]->backlog) > 0)
+                    return false;
+        }
+    }
+    return true;
+}
+
+int pb_engine_run(const struct pb_run_opts *ro)
 {
     bool reload = false;
     int listen_fd = -1;
@@ -148,6 +217,7 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
     struct pb_http_client *http = NULL;
     struct pb_loop *loop = NULL;
     sigset_t sigs;
+    const char *config_path = ro->config_path;
 
     /* Signals are taken synchronously by this thread only. */
     sigemptyset(&sigs);
@@ -157,6 +227,7 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    e.once = ro->once;
     loop = pb_loop_create(&err);
     http = loop ? pb_http_client_create(loop, NULL, &err) : NULL;
     if (!http) {
@@ -165,7 +236,7 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
         return 1;
     }
     struct pb_diag diag = {0};
-    e.cfg = pb_config_load_diag(config_path, http, &diag, &err);
+    e.cfg = pb_config_load_diag(config_path, http, ro->once, &diag, &err);
     for (size_t i = 0; i < diag.nwarn; i++)
         PB_WARN("configuration: %s", diag.warn[i]);
     if (!e.cfg) {
@@ -204,15 +275,27 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
         goto fail;
     }
     /* After the writer starts (--force commits), before anything is paged in. */
-    if (check_orphans(e.cfg, e.store, force, &err) != 0)
+    if (check_orphans(e.cfg, e.store, ro->force, &err) != 0)
         goto fail;
     pb_engine_resync_backlog(&e);
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;
     }
-    e.httpd = pb_httpd_create(&e, &err);
-    if (!e.httpd || pb_httpd_start(e.httpd, &err) != 0)
+    e.workers = pb_workers_create("pb-work", WORKERS, &err);
+    if (!e.workers)
+        goto fail;
+    struct pb_httpd_opts ho = {
+        .listen = e.cfg->server.listen,
+        .max_connections = e.cfg->server.max_connections,
+        .threads = e.cfg->server.threads,
+        .connection_timeout_ms = e.cfg->server.connection_timeout_ms,
+        .max_inflight_bytes = e.cfg->limits.max_inflight_bytes,
+    };
+    e.httpd = pb_httpd_create(&ho, &err);
+    if (!e.httpd || (ro->attach && ro->attach(&e, &err) != 0))
+        goto fail;
+    if (start_inputs(&e, &err) != 0 || pb_httpd_start(e.httpd, &err) != 0)
         goto fail;
     e.started_at = pb_now_ms();
     atomic_store(&e.ready, true);
@@ -221,20 +304,24 @@ int pb_engine_run(const char *config_path, char **argv, bool force)
             e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
 
     for (;;) {
-        struct timespec ts = {1, 0};
+        struct timespec ts = {ro->once ? 0 : 1, ro->once ? 100 * 1000 * 1000 : 0};
         int sig = sigtimedwait(&sigs, NULL, &ts);
         if (sig == SIGTERM || sig == SIGINT) {
             PB_INFO("shutting down signal=%s timeout_ms=%lld", sig == SIGTERM ? "TERM" : "INT",
                     (long long)e.cfg->shutdown_timeout_ms);
             break;
         }
-        if (sig == SIGHUP && argv && reload_ok(config_path, e.store, force)) {
+        if (sig == SIGHUP && ro->argv && reload_ok(config_path, e.store, ro->force)) {
             PB_INFO("reloading config=%s (draining, then restarting in place)", config_path);
             reload = true;
             break;
         }
         if (sig < 0 && errno != EAGAIN && errno != EINTR)
             break;
+        if (ro->once && once_done(&e)) {
+            PB_INFO("every input has finished and every delivery is done: exiting (--once)");
+            break;
+        }
     }
     code = 0;
     goto out;
@@ -248,10 +335,12 @@ out:
     int64_t t0 = pb_mono_us();
     listen_fd = pb_httpd_quiesce(e.httpd, reload);
     pb_httpd_drain(e.httpd, 5000);
+    stop_inputs(&e, e.cfg->shutdown_timeout_ms);
     pb_dispatcher_stop(e.disp, e.cfg->shutdown_timeout_ms);
     if (e.store)
         pb_store_stop(e.store);
     pb_httpd_destroy(e.httpd);
+    pb_workers_destroy(e.workers);
     pb_dispatcher_destroy(e.disp);
     pb_http_client_destroy(http);
     pb_store_destroy(e.store);
@@ -271,7 +360,7 @@ out:
             setenv("PATCHBAY_LISTEN_FD", fdbuf, 1);
         }
         setenv("PATCHBAY_RELOADED", "1", 1);
-        execv("/proc/self/exe", argv);
+        execv("/proc/self/exe", ro->argv);
         PB_ERROR("reload failed: cannot re-execute patchbay: %s", strerror(errno));
         return 1;
     }

@@ -19,6 +19,7 @@
 #include "patchbay/pb_http.h"
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_plugin.h"
+#include "patchbay/pb_time.h"
 #include "core/retry.h"
 #include "core/route.h"
 #include "store/pb_store.h"
@@ -48,6 +49,7 @@ struct pb_outbound_conf {
 struct pb_config {
     struct pb_conf_doc *doc;
     char *path;
+    bool once; /* loaded for `run --once` */
     struct pb_server_conf server;
     char *state;
     struct pb_outbound_conf outbound;
@@ -121,8 +123,8 @@ struct pb_output {
     size_t nkeys, keycap;
     double tokens; /* rate limit bucket */
     int64_t tokens_at;
-    int64_t load_after; /* unix ms before which no store page-in is tried */
-    atomic_bool notify; /* set by any thread: page in from the store */
+    int64_t load_after;    /* unix ms before which no store page-in is tried */
+    atomic_bool notify;    /* set by any thread: page in from the store */
     int64_t faillog_since; /* failed-attempt log lines: window start, count, left out */
     unsigned faillog_n;
     uint64_t faillog_dropped;
@@ -134,27 +136,11 @@ struct pb_output {
     struct pb_hist latency;
 };
 
-enum pb_reject {
-    PB_REJECT_BAD_JSON = 0,
-    PB_REJECT_TOO_LARGE,
-    PB_REJECT_OVERLOAD,
-    PB_REJECT_STORE,
-    PB_REJECT_METHOD,
-    PB_REJECT_SHUTDOWN,
-    PB_REJECT_UNAUTHORIZED,
-    PB_REJECT_COUNT
-};
-extern const char *const pb_reject_names[PB_REJECT_COUNT];
-
 struct pb_pipeline {
     char *name;
     size_t index;
     const struct pb_node *node;
-    const struct pb_input_plugin *input;
-    void *input_ctx;
-    bool input_ready;
-    struct pb_ingest_route route; /* filled by the http_server input */
-    bool has_route;
+    struct pb_input *in;
     char *ordering_key;
     struct pb_jq *key_jq; /* dispatcher thread only */
     size_t nprocs;
@@ -170,7 +156,7 @@ struct pb_pipeline {
     struct pb_output **ingest_outs;
     const char **ingest_names;
 
-    _Atomic uint64_t received, accepted, duplicates;
+    _Atomic uint64_t received, accepted, duplicates, dead_on_arrival;
     _Atomic uint64_t rejected[PB_REJECT_COUNT];
     _Atomic uint64_t verify_failed[PB_VERIFY_REASON_COUNT];
     struct pb_hist ingest_latency;
@@ -192,7 +178,7 @@ struct pb_diag {
 };
 void pb_diag_free(struct pb_diag *d);
 /* pb_config_load collecting into diag (may be NULL); err gets the first. */
-struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http,
+struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http, bool once,
                                       struct pb_diag *diag, struct pb_err *err);
 void pb_config_destroy(struct pb_config *c);
 
@@ -210,7 +196,7 @@ struct pb_msg {
      * received (okey_known; NULL okey: unordered). Otherwise the body's. */
     char *okey;
     bool okey_known;
-    bool damaged;       /* read back from the store not matching its checksum */
+    bool damaged; /* read back from the store not matching its checksum */
     size_t len;
     char body[]; /* len bytes + NUL */
 };
@@ -224,20 +210,23 @@ void pb_msg_unref(struct pb_msg *m);
 /* "msg_" + 26-character ULID into buf (>= 31 bytes). Thread-safe. */
 void pb_msg_new_id(char *buf, int64_t now_ms);
 
-int64_t pb_now_ms(void);  /* wall clock, unix ms */
-int64_t pb_mono_us(void); /* monotonic microseconds */
-uint64_t pb_rand64(void); /* fast per-thread PRNG seeded from the OS */
-
 /* ---- engine ---------------------------------------------------------------------------- */
 
 struct pb_dispatcher;
 struct pb_httpd;
+struct pb_loop;
+struct pb_workers;
 
 struct pb_engine {
     struct pb_config *cfg;
     struct pb_store *store;
     struct pb_dispatcher *disp;
     struct pb_httpd *httpd;
+    struct pb_workers *workers; /* blocking work off the event threads: admin requests */
+    struct pb_loop *input_loop; /* inputs without a thread of their own (thread pb-inputs) */
+    pthread_t input_thread;
+    bool input_thread_running;
+    bool once; /* run --once */
     atomic_bool stopping;
     atomic_bool ready;
     int64_t started_at;
@@ -260,22 +249,6 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
  * (replays): page them in from the store. Any thread. */
 void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out);
 bool pb_dispatcher_running(const struct pb_dispatcher *d);
-
-/* HTTP server (src/net/httpd.c). */
-struct pb_httpd *pb_httpd_create(struct pb_engine *e, struct pb_err *err);
-int pb_httpd_start(struct pb_httpd *h, struct pb_err *err);
-/* Stop accepting new connections. With keep_socket, the listening socket is
- * returned open (for a reload to hand over), else closed and -1 returned. */
-int pb_httpd_quiesce(struct pb_httpd *h, bool keep_socket);
-/* Wait up to timeout for ingest requests still waiting on a commit, then
- * close the gate: later requests on open connections are closed unanswered,
- * for the client to retry elsewhere, rather than refused with a 503. */
-void pb_httpd_drain(struct pb_httpd *h, int64_t timeout_ms);
-void pb_httpd_destroy(struct pb_httpd *h);
-unsigned pb_httpd_port(const struct pb_httpd *h);
-/* Connections closed past the request deadline, by the part still arriving
- * (0 for NULL). Any thread. */
-void pb_httpd_request_timeouts(const struct pb_httpd *h, uint64_t *head, uint64_t *body);
 
 /* Internal ingest: commit body as a new message of pipeline and deliver it
  * like any other (used for endpoint.disabled events). Any thread. */
@@ -302,8 +275,16 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len);
  * or an endpoint ("<webhook output>/<id>") of one of its webhook outputs? */
 bool pb_config_output_known(const struct pb_config *c, const char *pipeline, const char *output);
 
-/* force: pending deliveries of outputs the configuration no longer has are
- * dead-lettered ("output removed") instead of refusing to start or reload. */
-int pb_engine_run(const char *config_path, char **argv, bool force);
+struct pb_run_opts {
+    const char *config_path;
+    char **argv; /* re-executed on reload */
+    /* Pending deliveries of outputs the configuration no longer has are
+     * dead-lettered ("output removed") instead of refusing to start or reload. */
+    bool force;
+    bool once; /* finite inputs, then exit once everything is delivered */
+    /* Adds the routes of the admin side (/health, /api...) to e->httpd. */
+    int (*attach)(struct pb_engine *e, struct pb_err *err);
+};
+int pb_engine_run(const struct pb_run_opts *o);
 
 #endif

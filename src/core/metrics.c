@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/input.h"
+#include "net/httpd.h"
 
 /* Bucket upper bounds in microseconds (and as text, in seconds). */
 static const int64_t bucket_us[PB_HIST_BUCKETS] = {500,     1000,    2500,    5000,    10000,
@@ -204,7 +206,7 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
     put(&b, "# HELP patchbay_webhook_verify_failures_total Requests refused by the input's "
             "verify block, by reason.\n# TYPE patchbay_webhook_verify_failures_total counter\n");
     for (size_t i = 0; i < c->npipelines; i++) {
-        if (!c->pipelines[i].route.verify)
+        if (!c->pipelines[i].in->env.verifies)
             continue;
         for (int r = 0; r < PB_VERIFY_REASON_COUNT; r++)
             put(&b, "patchbay_webhook_verify_failures_total{pipeline=\"%s\",reason=\"%s\"} %llu\n",

@@ -5,6 +5,7 @@
 #include "patchbay/pb_plugin.h"
 
 extern const struct pb_input_plugin pb_in_http_server;
+extern const struct pb_input_plugin pb_in_generate;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -14,7 +15,8 @@ extern const struct pb_output_plugin pb_out_stdout;
 extern const struct pb_output_plugin pb_out_drop;
 extern const struct pb_output_plugin pb_out_webhook;
 
-const struct pb_input_plugin *const pb_input_plugins[] = {&pb_in_http_server, NULL};
+const struct pb_input_plugin *const pb_input_plugins[] = {&pb_in_http_server, &pb_in_generate,
+                                                           NULL};
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_map, &pb_proc_filter, &pb_proc_switch, &pb_proc_split, NULL};
 const struct pb_output_plugin *const pb_output_plugins[] = {&pb_out_http, &pb_out_webhook,

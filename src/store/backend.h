@@ -46,6 +46,7 @@ struct pb_store_backend {
     int (*static_states_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
     int (*endpoint_get)(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
                         struct pb_err *err);
+    int (*kv_load)(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
 
     /* Tests only, may be NULL: cap the store's size in pages from the next
      * transaction on (0 lifts the cap), to exercise the disk-full path. */

@@ -22,8 +22,9 @@
 #include "patchbay/pb_err.h"
 
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
- * split children and routed bodies */
-#define PB_STORE_SCHEMA_VERSION 5
+ * split children and routed bodies, 6: key-value state (checkpoints,
+ * plugins' state) */
+#define PB_STORE_SCHEMA_VERSION 6
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -32,16 +33,19 @@
 
 /* Delivery states, as stored. */
 enum pb_dstate {
-    PB_DSTATE_PENDING = 0,   /* waiting for its first or next attempt */
-    PB_DSTATE_DELIVERED = 1, /* partner acknowledged */
-    PB_DSTATE_DEAD = 2,      /* in the dead-letter queue */
-    PB_DSTATE_FILTERED = 3,  /* dropped on purpose by a filter; recorded */
-    PB_DSTATE_REPLAYED = 4,  /* was dead; a replay created a new delivery */
+    PB_DSTATE_PENDING = 0,     /* waiting for its first or next attempt */
+    PB_DSTATE_DELIVERED = 1,   /* partner acknowledged */
+    PB_DSTATE_DEAD = 2,        /* in the dead-letter queue */
+    PB_DSTATE_FILTERED = 3,    /* dropped on purpose by a filter; recorded */
+    PB_DSTATE_REPLAYED = 4,    /* was dead; a replay created a new delivery */
     PB_DSTATE_ROUTED_AWAY = 5, /* the route stage chose other outputs; recorded */
 };
 /* The output name of a pipeline's route stage: its deliveries run the
  * pipeline's process steps once per message. */
 #define PB_ROUTE_OUTPUT "(route)"
+/* The output name of the dead delivery an item that could not be taken in
+ * (invalid JSON on a format: json input...) is stored with. */
+#define PB_INPUT_OUTPUT "(input)"
 const char *pb_dstate_name(enum pb_dstate s);
 
 struct pb_store_opts {
@@ -80,6 +84,8 @@ enum pb_op_kind {
     PB_OP_ENDPOINT_STATE,  /* disabled flag / reason / failing_since of one */
     PB_OP_ROUTE,           /* a route delivery -> routed messages and their deliveries */
     PB_OP_ORPHANS,         /* pending deliveries of a removed output -> dead */
+    PB_OP_SUBMIT,          /* an input's batch: INGEST items and key-value writes, together */
+    PB_OP_KV,              /* key-value writes */
 };
 
 /* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
@@ -109,12 +115,15 @@ struct pb_op_ingest {
     const char *content_type; /* may be NULL */
     const char *meta;         /* JSON object text ($meta); NULL = none */
     size_t meta_len;
-    int64_t received_at;      /* unix ms */
-    const char *idem_key;     /* NULL: no idempotency check */
-    int64_t idem_expires_at;  /* unix ms */
+    int64_t received_at;     /* unix ms */
+    const char *idem_key;    /* NULL: no idempotency check */
+    int64_t idem_expires_at; /* unix ms */
     size_t noutputs;
     const char *const *outputs;
     int64_t first_due_at; /* next_at for the new deliveries (usually received_at) */
+    /* Set: the message is stored with one DEAD delivery to PB_INPUT_OUTPUT
+     * whose last error is this reason, instead of the outputs' deliveries. */
+    const char *dead_reason;
     /* out */
     bool duplicate;                 /* idem_key was seen: nothing stored */
     char dup_msg_id[PB_MSG_ID_MAX]; /* the original message id */
@@ -246,6 +255,32 @@ struct pb_op_endpoint_state {
     const char *pipeline, *output, *url;
 };
 
+/* A key-value write: value NULL deletes the key. Borrowed until done_cb. */
+struct pb_kv_put {
+    const char *scope; /* "input/<pipeline>", "output/<pipeline>/<output>"... */
+    const char *key;
+    const void *value;
+    size_t len;
+};
+
+/* Items and key-value writes committed together (an input's batch and its
+ * checkpoint): all or nothing. Each item is applied as an INGEST op; an
+ * invalid item (PB_EINVAL in its status) fails the whole op, before any
+ * write. */
+struct pb_op_submit {
+    size_t n;
+    struct pb_op_ingest *items;
+    size_t nkv;
+    const struct pb_kv_put *kv;
+    int64_t now;
+};
+
+struct pb_op_kv {
+    size_t n;
+    const struct pb_kv_put *kv;
+    int64_t now;
+};
+
 struct pb_op {
     enum pb_op_kind kind;
     int status; /* out: 0, PB_ENOTFOUND (replay/purge), PB_ENOSPACE, PB_ESTORE... */
@@ -262,6 +297,8 @@ struct pb_op {
         struct pb_op_endpoint_state endpoint_state;
         struct pb_op_route route;
         struct pb_op_orphans orphans;
+        struct pb_op_submit submit;
+        struct pb_op_kv kv;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -271,9 +308,9 @@ struct pb_op {
 };
 
 int pb_store_start(struct pb_store *s);
-/* Queue op; it stays borrowed until its done_cb has run. INGEST ops are
- * refused with PB_EFULL past ingest_queue_max (done_cb not called); other
- * kinds are always taken. PB_ESHUTDOWN once stopping. */
+/* Queue op; it stays borrowed until its done_cb has run. INGEST and SUBMIT
+ * ops are refused with PB_EFULL past ingest_queue_max (done_cb not called);
+ * other kinds are always taken. PB_ESHUTDOWN once stopping. */
 int pb_store_submit(struct pb_store *s, struct pb_op *op);
 /* Submit and block until done (not from the writer thread). Returns op->status. */
 int pb_store_exec(struct pb_store *s, struct pb_op *op);
@@ -295,7 +332,7 @@ struct pb_pending {
     int64_t next_at;          /* unix ms */
     int64_t received_at;      /* unix ms, of the message */
     const char *content_type; /* may be NULL */
-    const void *body; /* the routed body when the route stage changed it */
+    const void *body;         /* the routed body when the route stage changed it */
     size_t len;
     const char *meta; /* JSON object text, or NULL */
     size_t meta_len;
@@ -313,6 +350,12 @@ typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);
 int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
                           int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
                           size_t *nloaded, struct pb_err *err);
+
+/* Every key of scope with its value (borrowed for the call); cb returns
+ * non-zero to stop. */
+typedef int (*pb_kv_cb)(void *arg, const char *key, const void *value, size_t len);
+int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *arg,
+                     struct pb_err *err);
 
 /* Count deliveries per (pipeline, output, state); cb per non-zero group. */
 typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output,

@@ -120,6 +120,14 @@ static const char *const migrations[] = {
     " body BLOB NOT NULL,"
     " body_crc INTEGER NOT NULL,"
     " okey TEXT);",
+    /* 6: key-value state: inputs' checkpoints (committed with the messages
+     * they produced) and plugins' own state. */
+    "CREATE TABLE kv("
+    " scope TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " value BLOB NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " PRIMARY KEY (scope, key)) WITHOUT ROWID;",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -211,8 +219,16 @@ static const char *const wsql[W_COUNT] = {
     [W_CHILD_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
                     " meta, parent_seq, okey) SELECT ?1, pipeline, received_at, NULL, ?2, ?3, meta,"
                     " seq, ?5 FROM messages WHERE seq = ?4",
-    [W_DLV_FINAL] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
-                    " created_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?5, ?6)",
+    [W_DLV_FINAL] =
+        "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
+        " created_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?5, ?6)",
+    [W_KV_PUT] = "INSERT OR REPLACE INTO kv(scope, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)",
+    [W_KV_DEL] = "DELETE FROM kv WHERE scope = ?1 AND key = ?2",
+    [W_DEAD_IN_DLV] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
+                      " created_at, updated_at, last_status, last_error)"
+                      " VALUES (?1, ?2, '" PB_INPUT_OUTPUT "', 2, 1, 0, ?3, ?3, 0, ?4)",
+    [W_DEAD_IN_ATT] = "INSERT INTO attempts(delivery_id, n, started_at, latency_ms, status, state,"
+                      " error) VALUES (?1, 1, ?2, 0, 0, 2, ?3)",
     [W_ORPHAN_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
                      " status, state, error) SELECT id, attempts + 1, ?3, 0, 0, 2, 'output removed'"
                      " FROM deliveries WHERE state = 0 AND pipeline = ?1 AND output = ?2",
@@ -903,6 +919,25 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
             return write_fail(q, rc, "insert idempotency key");
     }
 
+    if (in->dead_reason) {
+        size_t rl = pb__store_utf8_cut(in->dead_reason, PB_ERROR_EXCERPT_MAX);
+        st = q->ws[W_DEAD_IN_DLV];
+        sqlite3_bind_int64(st, 1, in->msg_seq);
+        sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, in->received_at);
+        sqlite3_bind_text(st, 4, in->dead_reason, (int)rl, SQLITE_STATIC);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "insert dead delivery");
+        int64_t id = sqlite3_last_insert_rowid(q->db);
+        st = q->ws[W_DEAD_IN_ATT];
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_int64(st, 2, in->received_at);
+        sqlite3_bind_text(st, 3, in->dead_reason, (int)rl, SQLITE_STATIC);
+        if ((rc = step_done(st)) != SQLITE_OK)
+            return write_fail(q, rc, "insert dead attempt");
+        return 0;
+    }
+
     st = q->ws[W_DLV_INS];
     sqlite3_bind_int64(st, 1, in->msg_seq);
     sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
@@ -916,6 +951,70 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
             in->delivery_ids[i] = sqlite3_last_insert_rowid(q->db);
     }
     return 0;
+}
+
+static int kv_write(struct sq *q, const struct pb_kv_put *kv, size_t n, int64_t now)
+{
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_stmt *st = q->ws[kv[i].value ? W_KV_PUT : W_KV_DEL];
+        sqlite3_bind_text(st, 1, kv[i].scope, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, kv[i].key, -1, SQLITE_STATIC);
+        if (kv[i].value) {
+            sqlite3_bind_blob64(st, 3, kv[i].value, kv[i].len, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 4, now);
+        }
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return write_fail(q, rc, "key-value write");
+    }
+    return 0;
+}
+
+static bool kv_ok(const struct pb_kv_put *kv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!kv[i].scope || !kv[i].key || (kv[i].len && !kv[i].value))
+            return false;
+    return true;
+}
+
+/* Every item is checked before anything is written, so an invalid one
+ * leaves nothing of the op behind. */
+static int apply_submit(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_submit *sb = &op->u.submit;
+    if ((sb->n && !sb->items) || (sb->nkv && !kv_ok(sb->kv, sb->nkv))) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    for (size_t i = 0; i < sb->n; i++) {
+        const struct pb_op_ingest *in = &sb->items[i];
+        if (!in->pipeline || !in->msg_id || (in->noutputs && !in->outputs) ||
+            (!in->body && in->len)) {
+            op->status = PB_EINVAL;
+            return 0;
+        }
+    }
+    for (size_t i = 0; i < sb->n; i++) {
+        struct pb_op item = {.kind = PB_OP_INGEST};
+        item.u.ingest = sb->items[i];
+        int rc = apply_ingest(q, &item);
+        if (rc)
+            return rc;
+        if (item.status)
+            return write_fail(q, SQLITE_CONSTRAINT, "insert message of a batch");
+        sb->items[i] = item.u.ingest;
+    }
+    return kv_write(q, sb->kv, sb->nkv, sb->now);
+}
+
+static int apply_kv(struct sq *q, struct pb_op *op)
+{
+    if (!kv_ok(op->u.kv.kv, op->u.kv.n)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    return kv_write(q, op->u.kv.kv, op->u.kv.n, op->u.kv.now);
 }
 
 static int apply_result(struct sq *q, struct pb_op *op)
@@ -1352,8 +1451,8 @@ static int apply_route(struct sq *q, struct pb_op *op)
         rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->noutputs, m->outputs,
                                PB_DSTATE_PENDING, NULL, m->delivery_ids);
         if (rc == 0)
-            rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->nfinal,
-                                   m->final_outputs, m->final_state, m->final_note, NULL);
+            rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->nfinal, m->final_outputs,
+                                   m->final_state, m->final_note, NULL);
         if (rc)
             return rc;
     }
@@ -1411,6 +1510,10 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_route(q, op);
     case PB_OP_ORPHANS:
         return apply_orphans(q, op);
+    case PB_OP_SUBMIT:
+        return apply_submit(q, op);
+    case PB_OP_KV:
+        return apply_kv(q, op);
     }
     op->status = PB_EINVAL;
     return 0;
@@ -1435,5 +1538,6 @@ const struct pb_store_backend pb__store_sqlite = {
     .endpoints_load = pb__sqlite_endpoints_load,
     .static_states_load = pb__sqlite_static_states_load,
     .endpoint_get = pb__sqlite_endpoint_get,
+    .kv_load = pb__sqlite_kv_load,
     .test_max_pages = sq_test_max_pages,
 };

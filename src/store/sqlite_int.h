@@ -45,6 +45,10 @@ enum {
     W_DLV_FINAL,
     W_ORPHAN_ATT,
     W_ORPHAN_DLV,
+    W_KV_PUT,
+    W_KV_DEL,
+    W_DEAD_IN_DLV,
+    W_DEAD_IN_ATT,
     /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
     W_RALL_INS,
     W_RALL_UPD = W_RALL_INS + 4,
@@ -93,6 +97,7 @@ int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb
 int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
 int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
                             struct pb_err *err);
+int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
 /* Close the idle read connections (store teardown, no reader active). */
 void pb__sqlite_readers_close(struct sq *q);
 

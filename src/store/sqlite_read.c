@@ -25,6 +25,7 @@ enum {
     R_EP_STATIC,
     R_COUNT_PENDING,
     R_MSG_CHILDREN,
+    R_KV,
     R_DEAD_LIST, /* + 0..3: bit 0 pipeline, bit 1 output */
     R_COUNT_ALL = R_DEAD_LIST + 4,
 };
@@ -53,9 +54,10 @@ static const char *const rsql[R_COUNT_ALL] = {
                         " GROUP BY pipeline, output",
     [R_COUNT] = "SELECT pipeline, output, state, count(*) FROM deliveries"
                 " GROUP BY pipeline, output, state",
-    [R_MSG] = "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body, m.body_crc,"
-              " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
-              " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
+    [R_MSG] =
+        "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body, m.body_crc,"
+        " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
+        " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
                          " last_status, last_error, replay_of FROM deliveries"
@@ -69,6 +71,7 @@ static const char *const rsql[R_COUNT_ALL] = {
     [R_EP_STATIC] = "SELECT id, pipeline, output, url, NULL, '[]', '[]', NULL, disabled,"
                     " disabled_reason, failing_since, 0, updated_at FROM static_endpoint_state"
                     " ORDER BY pipeline, output, id",
+    [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
     [R_DEAD_LIST + 0] = DEAD_LIST(""),
     [R_DEAD_LIST + 1] = DEAD_LIST(" AND d.pipeline = ?1"),
     [R_DEAD_LIST + 2] = DEAD_LIST(" AND d.output = ?2"),
@@ -245,6 +248,40 @@ int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, st
     }
     if (rc != SQLITE_DONE)
         ret = read_fail(r->db, rc, err, "count");
+out:
+    if (st)
+        sqlite3_reset(st);
+    rconn_put(q, r);
+    return ret;
+}
+
+int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err)
+{
+    struct sq *q = ctx;
+    struct rconn *r = rconn_get(q, err);
+    sqlite3_stmt *st;
+    int rc, ret = 0;
+
+    if (!r)
+        return err ? err->code : PB_ESTORE;
+    if (!(st = rstmt(r, R_KV, err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        const void *v = sqlite3_column_blob(st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        if (!k) {
+            ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
+            goto out;
+        }
+        if (cb(arg, k, v ? v : "", len))
+            break;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        ret = read_fail(r->db, rc, err, "key-value read");
 out:
     if (st)
         sqlite3_reset(st);
@@ -468,8 +505,8 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
             goto fail;
         sqlite3_bind_int64(cst, 1, seq);
         while ((rc = sqlite3_step(cst)) == SQLITE_ROW) {
-            if (!children && (!(children = json_array()) ||
-                              json_object_set_new(m, "children", children) != 0)) {
+            if (!children &&
+                (!(children = json_array()) || json_object_set_new(m, "children", children) != 0)) {
                 sqlite3_reset(cst);
                 goto nomem;
             }

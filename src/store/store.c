@@ -224,6 +224,10 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "route";
     case PB_OP_ORPHANS:
         return "orphans";
+    case PB_OP_SUBMIT:
+        return "submit";
+    case PB_OP_KV:
+        return "kv";
     }
     return "?";
 }
@@ -349,7 +353,7 @@ static void *writer_main(void *arg)
         batch = last = s->head;
         for (;;) {
             n++;
-            if (last->kind == PB_OP_INGEST)
+            if (last->kind == PB_OP_INGEST || last->kind == PB_OP_SUBMIT)
                 s->ningest--;
             if (n == s->opts.batch_max || !last->next)
                 break;
@@ -405,7 +409,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_ORPHANS)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_KV)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);
@@ -413,7 +417,7 @@ int pb_store_submit(struct pb_store *s, struct pb_op *op)
         pthread_mutex_unlock(&s->lock);
         return PB_ESHUTDOWN;
     }
-    if (op->kind == PB_OP_INGEST) {
+    if (op->kind == PB_OP_INGEST || op->kind == PB_OP_SUBMIT) {
         if (s->ningest >= s->opts.ingest_queue_max) {
             pthread_mutex_unlock(&s->lock);
             return PB_EFULL;
@@ -571,6 +575,14 @@ int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
     return s->be->count(s->ctx, true, cb, arg, err);
+}
+
+int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *arg,
+                     struct pb_err *err)
+{
+    if (!scope || !cb)
+        return pb_err_set(err, PB_EINVAL, "kv_load needs a scope and a callback");
+    return s->be->kv_load(s->ctx, scope, cb, arg, err);
 }
 
 int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,

@@ -2360,7 +2360,7 @@ PB_TEST(endpoint_and_fanout_failures_stay_local_to_their_op)
     struct pb_op last;
     fanout_init(&last, p1[0], 1, outs, 1, child);
     PB_EQ_INT(pb_store_submit(s, &last), 0);
-    struct pb_op bogus = {.kind = (enum pb_op_kind)(PB_OP_ORPHANS + 1)};
+    struct pb_op bogus = {.kind = (enum pb_op_kind)(PB_OP_KV + 1)};
     PB_EQ_INT(pb_store_submit(s, &bogus), PB_EINVAL);
     PB_EQ_INT(pb_store_start(s), 0);
     pb_store_stop(s);

@@ -1,0 +1,172 @@
+/* routes.c - what the admin side serves on the shared listener:
+ * /health, /ready and /metrics (answered on the listener thread: they read
+ * counters, never the store), and /api (the admin API: the bearer token is
+ * checked on the listener thread, in constant time; the request then runs on
+ * one of the engine's worker threads, where it may read the store, and is
+ * answered from there). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+
+#include "admin/api.h"
+#include "core/input.h"
+#include "core/workers.h"
+#include "net/httpd.h"
+#include "patchbay/pb_log.h"
+
+#define ADMIN_MAX_BODY (64 * 1024)
+
+static const char *const get_methods[] = {"GET", "HEAD", NULL};
+
+static void respond_error(struct pb_http_request *r, int status, const char *reason,
+                          const char *hname, const char *hval)
+{
+    json_t *o = json_pack("{s:s}", "error", reason);
+    char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    const char *body = t ? t : "{\"error\":\"internal\"}";
+    struct pb_http_header h = {hname, hval};
+    pb_http_respond(r, status, NULL, body, strlen(body), &h, hname ? 1 : 0);
+    free(t);
+    json_decref(o);
+}
+
+/* ---- operations ----------------------------------------------------------------------- */
+
+static void health(void *arg, struct pb_http_request *r)
+{
+    (void)arg;
+    pb_http_respond_json(r, 200, "{\"status\":\"ok\"}");
+}
+
+/* Why the daemon is not ready, or NULL. */
+static const char *not_ready(struct pb_engine *e, char *buf, size_t len)
+{
+    if (!atomic_load(&e->ready))
+        return atomic_load(&e->stopping) ? "shutting down" : "starting";
+    if (!pb_store_writable(e->store))
+        return "state store is not writable";
+    if (!pb_dispatcher_running(e->disp))
+        return "dispatcher stopped";
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        const struct pb_input *in = e->cfg->pipelines[i].in;
+        if (in && atomic_load(&in->state) == PB_INPUT_RECONNECTING) {
+            snprintf(buf, len, "input of pipeline %s is reconnecting", e->cfg->pipelines[i].name);
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+static void ready(void *arg, struct pb_http_request *r)
+{
+    char buf[PB_NAME_MAX + 64];
+    const char *why = not_ready(arg, buf, sizeof(buf));
+    if (!why) {
+        pb_http_respond_json(r, 200, "{\"ready\":true}");
+        return;
+    }
+    json_t *o = json_pack("{s:b, s:s}", "ready", 0, "reason", why);
+    char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    pb_http_respond_json(r, 503, t ? t : "{\"ready\":false}");
+    free(t);
+    json_decref(o);
+}
+
+static void metrics(void *arg, struct pb_http_request *r)
+{
+    size_t len = 0;
+    char *text = pb_metrics_render(arg, &len);
+    if (!text) {
+        respond_error(r, 500, "out of memory", NULL, NULL);
+        return;
+    }
+    pb_http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, 0);
+    free(text);
+}
+
+/* ---- the admin API ------------------------------------------------------------------------ */
+
+static bool token_ok(const char *want, const char *got)
+{
+    if (!want || !*want || !got || strncasecmp(got, "Bearer ", 7) != 0)
+        return false;
+    got += 7;
+    size_t wl = strlen(want), gl = strlen(got);
+    /* Constant time in the secret's content; length mismatch still compares. */
+    unsigned char diff = (unsigned char)(wl != gl);
+    for (size_t i = 0; i < wl; i++)
+        diff |= (unsigned char)(want[i] ^ (i < gl ? got[i] : 0));
+    return diff == 0 && CRYPTO_memcmp(want, got, wl < gl ? wl : gl) == 0;
+}
+
+struct admin_job {
+    struct pb_job job;
+    struct pb_engine *e;
+    struct pb_http_request *r;
+};
+
+static void admin_job_cb(struct pb_job *job, int cancelled)
+{
+    struct admin_job *aj = (struct admin_job *)job;
+    struct pb_http_request *r = aj->r;
+    if (cancelled) {
+        respond_error(r, 503, "shutting down", "Retry-After", "1");
+        free(aj);
+        return;
+    }
+    size_t len = 0;
+    const char *body = pb_http_request_body(r, &len);
+    struct pb_api_resp resp = {0};
+    pb_admin_handle(aj->e, r, pb_http_request_method(r), pb_http_request_path(r), body, len, &resp);
+    if (resp.status == 204)
+        pb_http_respond(r, 204, NULL, "", 0, NULL, 0);
+    else
+        pb_http_respond_json(r, resp.status, resp.body ? resp.body : "{}");
+    free(resp.body);
+    free(aj);
+}
+
+static void admin(void *arg, struct pb_http_request *r)
+{
+    struct pb_engine *e = arg;
+    const char *want = e->cfg->server.admin_token;
+    if (!want || !*want) {
+        respond_error(r, 403, "admin API disabled: set server.admin_token", NULL, NULL);
+        return;
+    }
+    if (!token_ok(want, pb_http_request_header(r, "Authorization"))) {
+        respond_error(r, 401, "missing or wrong bearer token", "WWW-Authenticate", "Bearer");
+        return;
+    }
+    struct admin_job *aj = calloc(1, sizeof(*aj));
+    if (!aj) {
+        respond_error(r, 503, "out of memory", "Retry-After", "1");
+        return;
+    }
+    aj->job.fn = admin_job_cb;
+    aj->e = e;
+    aj->r = r;
+    if (pb_workers_post(e->workers, &aj->job) != 0) {
+        free(aj);
+        respond_error(r, 503, "shutting down", "Retry-After", "1");
+    }
+}
+
+int pb_admin_attach(struct pb_engine *e, struct pb_err *err)
+{
+    const struct pb_http_route routes[] = {
+        {.path = "/health", .methods = get_methods, .handler = health, .arg = e},
+        {.path = "/ready", .methods = get_methods, .handler = ready, .arg = e},
+        {.path = "/metrics", .methods = get_methods, .handler = metrics, .arg = e},
+        {.path = "/api", .prefix = true, .max_body = ADMIN_MAX_BODY, .handler = admin, .arg = e},
+    };
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        int rc = pb_httpd_route_add(e->httpd, &routes[i], err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
