@@ -35,6 +35,14 @@ const char *pb_addr_internal_range(const void *sa, size_t salen);
 /* 0 when a connection to sa for URL host `host` is allowed, PB_EDENIED otherwise. */
 int pb_outbound_check(const struct pb_allowlist *al, const char *host, const void *sa,
                       size_t salen);
+/* For clients that are not libcurl (brokers, databases, SMTP): resolve host
+ * and write the first address the guard allows as text into ip (>= 46
+ * bytes); connect to that literal, not to the name, so a second lookup
+ * cannot be answered differently (DNS rebinding). PB_EDENIED with the
+ * reason when every address is refused, PB_ENET when none resolves.
+ * Blocks on DNS: call it from a thread that may block. */
+int pb_outbound_resolve(const struct pb_allowlist *al, const char *host, int port, char *ip,
+                        size_t iplen, struct pb_err *err);
 
 /* ---- requests ----------------------------------------------------------- */
 

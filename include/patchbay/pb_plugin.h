@@ -44,12 +44,20 @@ struct pb_delivery {
     const char *payload;         /* bytes to send (after the output's map) */
     size_t len;
     const char *content_type; /* "application/json" unless the input said otherwise */
-    void *core;               /* internal */
+    const char *meta;         /* $meta, JSON object text */
+    size_t meta_len;
+    const char *sub;     /* the sub-output it is for (a webhook endpoint), or NULL */
+    int64_t deadline_ms; /* unix ms by which the attempt should end (attempt_timeout) */
+    /* The output's template fields rendered on the message as it reached
+     * the output, in the order init registered them (template_add). */
+    const char *const *tmpl;
+    size_t ntmpl;
+    void *core; /* internal */
 };
 
 struct pb_outcome {
     enum pb_result result;
-    int status;             /* protocol status (HTTP) or 0 */
+    int status;             /* protocol status (HTTP, SMTP...) or 0 */
     int64_t retry_after_ms; /* partner asked to wait this long; -1 when not */
     const char *error;      /* short text for the attempt log; copied; may be NULL */
 };
@@ -61,27 +69,69 @@ struct pb_outcome {
 void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
                           size_t len);
 
-/* End an attempt. Exactly once per deliver() call, on the dispatcher thread,
+/* End an attempt: exactly once per delivery handed over, from any thread,
  * possibly from inside deliver(). d must not be used afterwards. */
 void pb_delivery_done(struct pb_delivery *d, const struct pb_outcome *o);
+
+/* The core's side of one running output. */
+struct pb_output;
 
 struct pb_output_env {
     const char *pipeline;
     const char *output;
-    struct pb_http_client *http;      /* shared async client, dispatcher thread */
+    struct pb_http_client *http;      /* the shared async client (dispatcher loop); NULL in lint */
     const struct pb_allowlist *allow; /* outbound guard for this output */
+    /* Register a template field: a string whose {{ JQ }} parts are evaluated
+     * on each message as it reaches the output ("review.{{ .order_id }}").
+     * Returns its index in pb_delivery.tmpl, or a negative code with err (a
+     * part that does not compile). A part that yields anything but a string
+     * or a number fails that delivery into the dead-letter queue. */
+    int (*template_add)(struct pb_output_env *env, const char *text, struct pb_err *err);
+    void *core;
+    /* Set by init when they apply: */
+    size_t batch_max;           /* deliver_batch: deliveries per call (default 100) */
+    int64_t batch_period_ms;    /* wait up to this long for a batch to fill (default 0) */
+    int64_t attempt_timeout_ms; /* pb_delivery.deadline_ms = start + this (default 30 s) */
+};
+
+enum pb_output_state {
+    PB_OUTPUT_STARTING = 0,
+    PB_OUTPUT_CONNECTED,
+    PB_OUTPUT_RECONNECTING, /* lost its partner; deliveries fail and retry meanwhile */
+    PB_OUTPUT_STOPPED,
 };
 
 struct pb_output_plugin {
     const char *name;
     const struct pb_field *fields;
     size_t ctx_size;
-    int default_concurrency; /* attempts in flight per output unless configured */
-    int (*init)(void *ctx, const struct pb_output_env *env, struct pb_err *err);
-    /* Asynchronous: ends with pb_delivery_done(d, ...). */
+    int default_concurrency; /* deliveries in flight per output unless configured */
+    /* > 0: start, deliver, deliver_batch and stop run on this many threads
+     * of the output's own (client libraries that block), not on the
+     * dispatcher's loop. */
+    unsigned workers;
+    /* Validate and prepare; no I/O (lint and reload call it). */
+    int (*init)(void *ctx, struct pb_output_env *env, struct pb_err *err);
+    /* Connect. Deliveries wait until it succeeds; a failure is logged and
+     * start is tried again with backoff. NULL: nothing to do. */
+    int (*start)(void *ctx, struct pb_output *out, struct pb_err *err);
+    /* One delivery, or (when set) a batch: each ends with pb_delivery_done,
+     * with its own outcome. The array is borrowed for the call only. */
     void (*deliver)(void *ctx, struct pb_delivery *d);
+    void (*deliver_batch)(void *ctx, struct pb_delivery **d, size_t n);
+    /* No more deliveries come; finish or fail what is in flight. */
+    void (*stop)(void *ctx);
+    /* Must cope with a context whose init or start failed half way. */
     void (*destroy)(void *ctx);
 };
+
+/* For a started output. Any thread unless said otherwise. */
+struct pb_loop *pb_output_loop(struct pb_output *o); /* the dispatcher's */
+const char *pb_output_name(const struct pb_output *o);
+const char *pb_output_pipeline(const struct pb_output *o);
+/* What /ready, /api/pipelines and patchbay_output_connected show. detail
+ * (copied, may be NULL): the last connection error. */
+void pb_output_set_state(struct pb_output *o, enum pb_output_state state, const char *detail);
 
 /* ---- processors ------------------------------------------------------------ */
 

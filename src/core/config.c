@@ -376,9 +376,7 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     if (o->concurrency == 0)
         o->concurrency = 1;
 
-    struct pb_output_env env = {
-        .pipeline = pl->name, .output = o->name, .http = http, .allow = o->allow};
-    rc = o->plugin->init(o->ctx, &env, err);
+    rc = pb__output_init(o, http, err);
     if (rc) {
         if (!err->file)
             err->file = body->file, err->line = body->line, err->col = body->col;
@@ -430,6 +428,7 @@ static int setup_routing(struct pb_pipeline *pl, struct pb_err *err)
     r->is_route = true;
     r->ctx_ready = true;
     pthread_mutex_init(&r->vlock, NULL);
+    pthread_mutex_init(&r->slock, NULL);
     /* A step that fails fails the same way again: one attempt, then the
      * dead-letter queue, where a replay routes it anew. */
     r->policy = (struct pb_retry_policy){
@@ -491,6 +490,7 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
         pl->outs[i].index = i;
         pl->outs[i].pl = pl;
         pthread_mutex_init(&pl->outs[i].vlock, NULL);
+        pthread_mutex_init(&pl->outs[i].slock, NULL);
         rc =
             load_output(c, pl, &pl->outs[i], raw.outputs->keys[i], raw.outputs->vals[i], http, err);
         if (rc)
@@ -798,6 +798,7 @@ static void destroy_output(struct pb_output *o)
         struct pb_output *v = o->vouts[i];
         pb_webhook_free_endpoint(v);
         pthread_mutex_destroy(&v->vlock);
+        pthread_mutex_destroy(&v->slock);
         free(v->keys);
         free(v->name);
         free(v);
@@ -806,8 +807,10 @@ static void destroy_output(struct pb_output *o)
     o->vouts = NULL;
     o->nvouts = 0;
     free(o->schedule_owned);
-    if (o->pl)
+    if (o->pl) {
         pthread_mutex_destroy(&o->vlock);
+        pb__output_cleanup(o);
+    }
     if (o->plugin && o->ctx) {
         if (o->plugin->destroy)
             o->plugin->destroy(o->ctx);
@@ -848,6 +851,7 @@ static void destroy_pipeline(struct pb_pipeline *pl)
     free(pl->out_names);
     if (pl->router.name) {
         pthread_mutex_destroy(&pl->router.vlock);
+        pthread_mutex_destroy(&pl->router.slock);
         free(pl->router.keys);
         free(pl->router.name);
     }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/template.h"
 #include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
@@ -165,8 +166,19 @@ static void keyq_remove(struct pb_output *o, struct pb_keyq *kq)
 
 /* ---- delivery life cycle ------------------------------------------------------------- */
 
+static void tmpl_free(struct pb_dl *dl)
+{
+    if (!dl->tmpl)
+        return;
+    for (size_t i = 0; i < dl->out->ntmpls; i++)
+        free(dl->tmpl[i]);
+    free(dl->tmpl);
+    dl->tmpl = NULL;
+}
+
 static void dl_free(struct pb_dl *dl)
 {
+    tmpl_free(dl);
     pb_msg_unref(dl->msg);
     free(dl->payload);
     free(dl);
@@ -490,32 +502,123 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     schedule(d, dl, now);
 }
 
-/* Run the output's map on the routed message (the pipeline's steps ran once,
- * in the route stage). Returns 1 when the map produced nothing (filtered for
- * this output), 0 with the payload set, or a negative code. */
-static int build_payload(struct pb_dl *dl, size_t *plen, struct pb_err *err)
+/* What an attempt sends: the output's map run on the routed message (the
+ * pipeline's steps ran once, in the route stage), and its template fields
+ * rendered on it. Returns 1 when the map produced nothing (filtered for this
+ * output), 0 with dl->payload (NULL: the body as it is) and dl->tmpl set, or
+ * a negative code with the reason (the delivery is dead-lettered). */
+static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
 {
     struct pb_output *o = dl->out;
-    if (!o->map_jq)
+    struct pb_output *tmpl_of = o->is_virtual ? o->parent : o;
+    if (!o->map_jq && !tmpl_of->ntmpls)
         return 0;
-    jv v, outv[1];
-    size_t n = 0;
-    int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &v, err);
+    jv body, meta = jv_null();
+    int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, err);
     if (rc)
         return rc;
-    rc = pb_jq_run_meta(o->map_jq, v, msg_meta(dl->msg), outv, 1, &n, err);
-    if (rc)
-        return rc;
-    if (n == 0) {
-        pb_err_set(err, 0, "filtered by the map of output %s (no value)", o->name);
-        return 1;
+    if (dl->msg->meta && pb_jq_parse(dl->msg->meta, dl->msg->meta_len, &meta, NULL) != 0)
+        meta = jv_null();
+    if (tmpl_of->ntmpls) {
+        dl->tmpl = calloc(tmpl_of->ntmpls, sizeof(*dl->tmpl));
+        if (!dl->tmpl) {
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < tmpl_of->ntmpls; i++) {
+            struct pb_err terr = {0};
+            rc = pb_template_render(tmpl_of->tmpls[i], body, meta, &dl->tmpl[i], NULL, &terr);
+            if (rc) {
+                pb_err_set(err, rc, "template field %zu of output %s: %s", i + 1, o->name,
+                           terr.msg);
+                goto out;
+            }
+        }
     }
-    size_t len = 0;
-    rc = pb_jq_dump(outv[0], &dl->payload, &len, err);
-    if (rc)
-        return rc;
-    *plen = len;
-    return 0;
+    if (o->map_jq) {
+        jv outv[1];
+        size_t n = 0;
+        rc = pb_jq_run_meta(o->map_jq, jv_copy(body), jv_copy(meta), outv, 1, &n, err);
+        if (rc)
+            goto out;
+        if (n == 0) {
+            pb_err_set(err, 0, "filtered by the map of output %s (no value)", o->name);
+            rc = 1;
+            goto out;
+        }
+        size_t len = 0;
+        rc = pb_jq_dump(outv[0], &dl->payload, &len, err);
+        if (rc)
+            goto out;
+        *plen = len;
+    }
+out:
+    jv_free(body);
+    jv_free(meta);
+    return rc;
+}
+
+static void attempt_job_cb(struct pb_job *job, int cancelled);
+static bool take_token(struct pb_output *o, int64_t now, int64_t *wait_ms);
+
+/* Get dl ready for an attempt. False when it ended here (filtered, dead). */
+static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_err err = {0};
+    free(dl->payload);
+    dl->payload = NULL;
+    tmpl_free(dl);
+    size_t plen = 0;
+    int rc = build_attempt(dl, &plen, &err);
+    if (rc != 0) {
+        tmpl_free(dl);
+        if (rc == 1) {
+            settle_locally(d, dl, PB_DSTATE_FILTERED, err.msg, now);
+        } else {
+            char reason[PB_ERR_MSG_MAX + 32];
+            snprintf(reason, sizeof(reason), "%s", err.msg[0] ? err.msg : pb_strerror(rc));
+            settle_locally(d, dl, PB_DSTATE_DEAD, reason, now);
+        }
+        return false;
+    }
+    struct pb_output *tmpl_of = o->is_virtual ? o->parent : o;
+    dl->attempts++;
+    dl->started_at = now;
+    dl->started_mono_us = pb_mono_us();
+    dl->d = (struct pb_delivery){
+        .id = dl->id,
+        .msg_id = dl->msg->id,
+        .idempotency_key = dl->idem,
+        .attempt = dl->attempts,
+        .payload = dl->payload ? dl->payload : dl->msg->body,
+        .len = dl->payload ? plen : dl->msg->len,
+        .content_type = dl->msg->content_type ? dl->msg->content_type : "application/json",
+        .meta = dl->msg->meta ? dl->msg->meta : "{}",
+        .meta_len = dl->msg->meta ? dl->msg->meta_len : 2,
+        .sub = o->sub,
+        .deadline_ms = now + tmpl_of->env.attempt_timeout_ms,
+        .tmpl = (const char *const *)dl->tmpl,
+        .ntmpl = dl->tmpl ? tmpl_of->ntmpls : 0,
+        .core = dl,
+    };
+    o->inflight++;
+    d->inflight++;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    atomic_fetch_add(&o->attempts, 1);
+    return true;
+}
+
+static void attempt_job_cb(struct pb_job *job, int cancelled)
+{
+    struct pb_dl *dl = (struct pb_dl *)((char *)job - offsetof(struct pb_dl, job));
+    if (cancelled) {
+        struct pb_outcome oc = {
+            .result = PB_RESULT_RETRY, .retry_after_ms = -1, .error = "shutting down"};
+        pb_delivery_done(&dl->d, &oc);
+        return;
+    }
+    dl->out->plugin->deliver(dl->out->ctx, &dl->d);
 }
 
 static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
@@ -538,39 +641,80 @@ static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now
         finish(d, dl, now); /* counted when the fan-out is committed */
         return;
     }
-    free(dl->payload);
-    dl->payload = NULL;
-    size_t plen = 0;
-    int rc = build_payload(dl, &plen, &err);
-    if (rc != 0) {
-        if (rc == 1) {
-            settle_locally(d, dl, PB_DSTATE_FILTERED, err.msg, now);
-        } else {
-            char reason[PB_ERR_MSG_MAX + 32];
-            snprintf(reason, sizeof(reason), "%s", err.msg[0] ? err.msg : pb_strerror(rc));
-            settle_locally(d, dl, PB_DSTATE_DEAD, reason, now);
-        }
+    if (!prepare_attempt(d, dl, now))
+        return;
+    if (o->workers) {
+        dl->job.fn = attempt_job_cb;
+        if (pb_workers_post(o->workers, &dl->job) != 0)
+            attempt_job_cb(&dl->job, 1);
         return;
     }
-    dl->attempts++;
-    dl->started_at = now;
-    dl->started_mono_us = pb_mono_us();
-    dl->d = (struct pb_delivery){
-        .id = dl->id,
-        .msg_id = dl->msg->id,
-        .idempotency_key = dl->idem,
-        .attempt = dl->attempts,
-        .payload = dl->payload ? dl->payload : dl->msg->body,
-        .len = dl->payload ? plen : dl->msg->len,
-        .content_type = dl->msg->content_type ? dl->msg->content_type : "application/json",
-        .core = dl,
-    };
-    o->inflight++;
-    d->inflight++;
-    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
-    atomic_fetch_add(&o->attempts, 1);
     /* dl may be gone when deliver returns (synchronous outputs). */
     o->plugin->deliver(o->ctx, &dl->d);
+}
+
+/* A batch for an output with deliver_batch, on a worker or here. */
+struct batch_job {
+    struct pb_job job;
+    struct pb_output *o;
+    size_t n;
+    struct pb_delivery *ds[];
+};
+
+static void batch_job_cb(struct pb_job *job, int cancelled)
+{
+    struct batch_job *bj = (struct batch_job *)job;
+    if (cancelled) {
+        struct pb_outcome oc = {
+            .result = PB_RESULT_RETRY, .retry_after_ms = -1, .error = "shutting down"};
+        for (size_t i = 0; i < bj->n; i++)
+            pb_delivery_done(bj->ds[i], &oc);
+    } else {
+        bj->o->plugin->deliver_batch(bj->o->ctx, bj->ds, bj->n);
+    }
+    free(bj);
+}
+
+/* Start a batch of o's ready deliveries when it is full, or has waited its
+ * period. Returns true when it started one. */
+static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait)
+{
+    size_t room = o->concurrency > o->inflight ? o->concurrency - o->inflight : 0;
+    size_t max = o->env.batch_max < room ? o->env.batch_max : room;
+    if (max == 0 || !o->ready_head)
+        return false;
+    if (o->batch_since == 0)
+        o->batch_since = now;
+    bool stopping = atomic_load(&d->stop);
+    if (o->nready < max && now - o->batch_since < o->env.batch_period_ms && !stopping) {
+        int64_t left = o->env.batch_period_ms - (now - o->batch_since);
+        if (left < *wait)
+            *wait = left;
+        return false;
+    }
+    struct batch_job *bj = malloc(sizeof(*bj) + max * sizeof(bj->ds[0]));
+    if (!bj)
+        return false;
+    bj->job.fn = batch_job_cb;
+    bj->o = o;
+    bj->n = 0;
+    while (bj->n < max && o->ready_head && take_token(o, now, wait)) {
+        struct pb_dl *dl = ready_pop(o);
+        if (prepare_attempt(d, dl, now))
+            bj->ds[bj->n++] = &dl->d;
+    }
+    o->batch_since = o->ready_head ? now : 0;
+    if (bj->n == 0) {
+        free(bj);
+        return o->ready_head != NULL;
+    }
+    if (o->workers) {
+        if (pb_workers_post(o->workers, &bj->job) != 0)
+            batch_job_cb(&bj->job, 1);
+    } else {
+        batch_job_cb(&bj->job, 0);
+    }
+    return true;
 }
 
 /* A failed attempt that will be retried, at info with its cause: at most
@@ -908,9 +1052,17 @@ static void *disp_main(void *arg)
             bool unrecorded = redo_results(d, now, &wait);
             for (size_t i = 0; i < d->nall; i++) {
                 struct pb_output *o = d->all[i];
-                while (!unrecorded && !o->paused && o->ready_head && o->inflight < o->concurrency &&
-                       take_token(o, now, &wait))
-                    start_attempt(d, ready_pop(o), now);
+                pb__output_maybe_start(d, o, now, &wait);
+                if (unrecorded || o->paused || !o->started)
+                    continue;
+                if (o->plugin->deliver_batch) {
+                    while (start_batch(d, o, now, &wait))
+                        ;
+                } else {
+                    while (o->ready_head && o->inflight < o->concurrency &&
+                           take_token(o, now, &wait))
+                        start_attempt(d, ready_pop(o), now);
+                }
                 if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
                     wait = wait > 50 ? 50 : wait;
             }
@@ -941,8 +1093,10 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
     atomic_init(&d->endpoints_dirty, true);
     for (size_t i = 0; i < e->cfg->npipelines; i++) {
         e->cfg->pipelines[i].router.spilled = true;
+        e->cfg->pipelines[i].router.disp = d;
         for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
             struct pb_output *o = &e->cfg->pipelines[i].outs[j];
+            o->disp = d;
             o->spilled = true; /* resume whatever the store holds */
             o->cursor = 0;
             if (pb_webhook_is(o) && pb_webhook_start(d, o, err) != 0) {
@@ -999,6 +1153,10 @@ void pb_dispatcher_stop(struct pb_dispatcher *d, int64_t timeout_ms)
     pb_loop_wake(d->loop);
     pthread_join(d->thread, NULL);
     d->started = false;
+    /* Outputs stop after their attempts have ended (or the timeout): the
+     * plugins' stop runs with nothing more to come. */
+    for (size_t i = 0; i < d->nall; i++)
+        pb__output_stop(d->all[i]);
     if (d->inflight)
         PB_WARN("shutdown timeout reached attempts_in_flight=%zu (they stay pending and resume "
                 "after restart)",

@@ -5,6 +5,7 @@
 #define PB_DISPATCH_INT_H
 
 #include "core/engine.h"
+#include "core/workers.h"
 #include "patchbay/pb_loop.h"
 
 /* A callback posted to the dispatcher thread; the node is the poster's
@@ -36,6 +37,8 @@ struct pb_dl {
     int64_t started_mono_us, started_at;
     struct pb_delivery d;
     char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
+    char **tmpl;       /* rendered template fields of the attempt in flight (ntmpls) */
+    struct pb_job job; /* the attempt on one of the output's worker threads */
     /* an outcome reported on another thread, on its way to the dispatcher */
     struct pb_loop_node post_node;
     struct pb_outcome posted;
@@ -100,5 +103,11 @@ int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb
 
 /* route_stage.c: one attempt of a route delivery. */
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
+
+/* output.c: the life cycle of outputs. */
+void pb__output_maybe_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now,
+                            int64_t *wait);
+void pb__output_stop(struct pb_output *o);
+struct pb_dispatcher *pb__dispatcher_of(struct pb_output *o);
 
 #endif

@@ -76,6 +76,8 @@ struct pb_output_common {
 
 struct pb_keyq;
 struct pb_dl;
+struct pb_template;
+struct pb_workers;
 
 /* Histogram with fixed bucket bounds in seconds. */
 #define PB_HIST_BUCKETS 14
@@ -97,15 +99,31 @@ struct pb_output {
     struct pb_retry_policy policy;
     int64_t *schedule_owned; /* explicit retry.schedule list */
     struct pb_allowlist *allow;
-    struct pb_jq *map_jq; /* dispatcher thread only */
+    struct pb_jq *map_jq;       /* dispatcher thread only */
+    struct pb_output_env env;   /* as init left it (batch, timeout) */
+    struct pb_template **tmpls; /* template fields (dispatcher thread) */
+    size_t ntmpls;
+
+    /* Life cycle (dispatcher thread, except state, detail under slock). */
+    struct pb_dispatcher *disp; /* set when the dispatcher is created */
+    struct pb_workers *workers; /* plugin->workers threads, from start to stop */
+    bool started;               /* start succeeded: attempts may begin */
+    bool starting;              /* a start is under way (on a worker) */
+    int64_t start_retry_ms;
+    int64_t start_again_at; /* unix ms; 0: not waiting */
+    _Atomic int state;      /* enum pb_output_state */
+    pthread_mutex_t slock;
+    char *detail;
+    int64_t batch_since; /* unix ms the oldest ready delivery waits for a batch */
 
     /* Webhook fan-out: a webhook output owns one virtual output per endpoint,
      * named "<output>/<endpoint id>", created by the dispatcher. A virtual
      * output shares its parent's pipeline, map, policy and allowlist, and is
      * never freed before the engine stops (a deleted endpoint is "gone"). */
     bool is_virtual;
-    bool is_route; /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
-    bool paused;   /* disabled endpoint: attempts wait */
+    const char *sub; /* a virtual output's id (within name), else NULL */
+    bool is_route;   /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
+    bool paused;     /* disabled endpoint: attempts wait */
     struct pb_output *parent;
     pthread_mutex_t vlock; /* guards vouts/nvouts for readers off the dispatcher */
     struct pb_output **vouts;
@@ -263,6 +281,12 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
  * metrics and the admin API: calls fn for each under the parent's lock. */
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
                              void *arg);
+
+/* output.c */
+int pb__output_init(struct pb_output *o, struct pb_http_client *http, struct pb_err *err);
+void pb__output_cleanup(struct pb_output *o);
+const char *pb__output_state_name(enum pb_output_state s);
+void pb__output_detail(struct pb_output *o, char *buf, size_t len);
 
 /* Metrics (src/core/metrics.c): Prometheus text into a malloc'd buffer. */
 char *pb_metrics_render(struct pb_engine *e, size_t *len);

@@ -275,7 +275,7 @@ static int load_signing_key(struct wh_conf *c, struct pb_err *err)
     return 0;
 }
 
-static int webhook_init(void *ctx, const struct pb_output_env *env, struct pb_err *err)
+static int webhook_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
 {
     struct wh_conf *c = ctx;
     c->http = env->http;
@@ -754,7 +754,10 @@ static struct pb_output *vout_create(struct pb_dispatcher *d, struct pb_engine *
     v->is_virtual = true;
     v->parent = parent;
     v->spilled = true; /* page in whatever the store holds for it */
+    v->sub = v->name + strlen(parent->name) + 1;
+    v->disp = d;
     pthread_mutex_init(&v->vlock, NULL);
+    pthread_mutex_init(&v->slock, NULL);
     pthread_mutex_lock(&parent->vlock);
     parent->vouts[parent->nvouts++] = v;
     pthread_mutex_unlock(&parent->vlock);

@@ -8,6 +8,8 @@
  * to connect to, after DNS, so a name that re-resolves to an internal
  * address is caught too. */
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -395,4 +397,38 @@ int pb_outbound_check(const struct pb_allowlist *al, const char *host, const voi
     if (host_allowed(al, host) || cidr_allowed(al, family, b))
         return 0;
     return PB_EDENIED;
+}
+
+int pb_outbound_resolve(const struct pb_allowlist *al, const char *host, int port, char *ip,
+                        size_t iplen, struct pb_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    char portbuf[8];
+    snprintf(portbuf, sizeof(portbuf), "%d", port > 0 && port < 65536 ? port : 0);
+    int rc = getaddrinfo(host, portbuf, &hints, &res);
+    if (rc != 0)
+        return pb_err_set(err, PB_ENET, "cannot resolve %s: %s", host, gai_strerror(rc));
+    const char *refused = NULL;
+    char addr[INET6_ADDRSTRLEN] = "";
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        if (a->ai_family != AF_INET && a->ai_family != AF_INET6)
+            continue;
+        const void *in = a->ai_family == AF_INET
+                             ? (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr
+                             : (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+        inet_ntop(a->ai_family, in, addr, sizeof(addr));
+        if (pb_outbound_check(al, host, a->ai_addr, a->ai_addrlen) == 0) {
+            snprintf(ip, iplen, "%s", addr);
+            freeaddrinfo(res);
+            return 0;
+        }
+        if (!refused)
+            refused = pb_addr_internal_range(a->ai_addr, a->ai_addrlen);
+    }
+    freeaddrinfo(res);
+    if (refused)
+        return pb_err_set(err, PB_EDENIED, "blocked: %s is %s (add it to outbound.allow to permit)",
+                          addr, refused);
+    return pb_err_set(err, PB_ENET, "cannot resolve %s to an IP address", host);
 }

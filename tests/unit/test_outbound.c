@@ -265,6 +265,24 @@ PB_TEST(allow_empty_and_merge)
     pb_allowlist_destroy(NULL);
 }
 
+PB_TEST(resolve_gives_an_allowed_literal)
+{
+    static const char *const loop[] = {"127.0.0.0/8"};
+    struct pb_strlist l = {.n = 1, .items = (char **)loop};
+    struct pb_allowlist *al = pb_allowlist_create(&l, NULL);
+    char ip[64] = "";
+    struct pb_err err = {0};
+    PB_EQ_INT(pb_outbound_resolve(NULL, "127.0.0.1", 4222, ip, sizeof(ip), &err), PB_EDENIED);
+    PB_CONTAINS(err.msg, "loopback");
+    PB_EQ_INT(pb_outbound_resolve(al, "127.0.0.1", 4222, ip, sizeof(ip), &err), 0);
+    PB_EQ_STR(ip, "127.0.0.1");
+    PB_EQ_INT(pb_outbound_resolve(al, "localhost", 4222, ip, sizeof(ip), &err) == 0 ||
+                  err.code == PB_EDENIED,
+              1); /* ::1 is not in 127.0.0.0/8 */
+    PB_EQ_INT(pb_outbound_resolve(al, "no-such-host.invalid", 1, ip, sizeof(ip), &err), PB_ENET);
+    pb_allowlist_destroy(al);
+}
+
 int main(void)
 {
     return pb_test_main();

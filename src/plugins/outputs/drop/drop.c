@@ -4,7 +4,7 @@
 
 static const struct pb_field drop_fields[] = {{0}};
 
-static int drop_init(void *ctx, const struct pb_output_env *env, struct pb_err *err)
+static int drop_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
 {
     (void)ctx;
     (void)env;

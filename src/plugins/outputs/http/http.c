@@ -145,7 +145,7 @@ static bool header_value_ok(const char *s)
     return true;
 }
 
-static int http_init(void *ctx, const struct pb_output_env *env, struct pb_err *err)
+static int http_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
 {
     struct out_http *h = ctx;
     if (strncasecmp(h->url, "http://", 7) != 0 && strncasecmp(h->url, "https://", 8) != 0)

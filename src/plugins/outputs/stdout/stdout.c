@@ -6,7 +6,7 @@
 
 static const struct pb_field stdout_fields[] = {{0}};
 
-static int stdout_init(void *ctx, const struct pb_output_env *env, struct pb_err *err)
+static int stdout_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
 {
     (void)ctx;
     (void)env;
