@@ -14,7 +14,12 @@ cd "$(dirname "$0")"
 
 PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl4-openssl-dev
     libjansson-dev libjq-dev libonig-dev libyaml-dev libsqlite3-dev libssl-dev libpcre2-dev
-    zlib1g-dev python3 curl sqlite3)
+    zlib1g-dev libnats-dev librabbitmq-dev libhiredis-dev libmosquitto-dev librdkafka-dev
+    libpq-dev libmariadb-dev libxml2-dev python3 curl sqlite3)
+# The real servers the system tests run against, on 127.0.0.1 with free ports
+# and temporary directories (never the system's own instances).
+TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
+    openssh-server openssh-client python3-aiosmtpd)
 BENCH_PACKAGES=(wrk nginx-light)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
@@ -46,6 +51,16 @@ ensure_packages() {
 ensure_node() {
     command -v node >/dev/null && command -v npm >/dev/null && return 0
     ensure_packages nodejs npm
+}
+
+# Debian starts the servers it installs where it can; the tests start their
+# own, so the system's instances are stopped (they would only take memory).
+stop_system_services() {
+    local svc
+    command -v service >/dev/null || return 0
+    for svc in rabbitmq-server redis-server mosquitto mariadb postgresql nats-server; do
+        service "$svc" stop >/dev/null 2>&1 || true
+    done
 }
 
 # build DIR [cmake args...]
@@ -101,7 +116,8 @@ run_ctest() {
 }
 
 cmd_test() {
-    ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}"
+    ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    stop_system_services
     ensure_node
     build_release
     build_asan

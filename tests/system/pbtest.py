@@ -119,6 +119,13 @@ def _kill_all():
         procs = list(_procs)
         _procs.clear()
     for p in procs:
+        # A server started in a session of its own (servers.py) takes the
+        # processes it started with it.
+        try:
+            if os.getpgid(p.pid) == p.pid:
+                os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
         if p.poll() is None:
             try:
                 p.kill()
