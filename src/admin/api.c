@@ -66,6 +66,38 @@ static int64_t parse_id(const char *s, size_t len)
     return v;
 }
 
+/* GET /api/inputs: every pipeline's input, as it is now. */
+static int get_inputs(struct pb_engine *e, struct pb_api_resp *r)
+{
+    json_t *list = json_array();
+    if (!list)
+        return reply_error(r, 500, "out of memory");
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        struct pb_input *in = pl->in;
+        pthread_mutex_lock(&in->lock);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:I, s:I, s:I, s:I, s:I, s:I}", "pipeline",
+                      pl->name, "input", in->plugin->name, "state",
+                      pb__input_state_name(atomic_load(&in->state)), "detail", in->detail,
+                      "position", in->position, "received", (json_int_t)atomic_load(&pl->received),
+                      "accepted", (json_int_t)atomic_load(&pl->accepted), "duplicates",
+                      (json_int_t)atomic_load(&pl->duplicates), "dead_on_arrival",
+                      (json_int_t)atomic_load(&pl->dead_on_arrival), "nacked",
+                      (json_int_t)atomic_load(&in->nacked), "in_flight",
+                      (json_int_t)atomic_load(&in->outstanding));
+        pthread_mutex_unlock(&in->lock);
+        int64_t lag = atomic_load(&in->lag);
+        if (o)
+            json_object_set_new(o, "lag", lag >= 0 ? json_integer(lag) : json_null());
+        if (!o || json_array_append_new(list, o) != 0) {
+            json_decref(list);
+            return reply_error(r, 500, "out of memory");
+        }
+    }
+    return reply(r, 200, json_pack("{s:o}", "inputs", list));
+}
+
 struct count_ctx {
     struct pb_engine *e;
     json_t *pipelines; /* name -> {outputs: name -> obj} while building */
@@ -118,6 +150,13 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
                           (json_int_t)atomic_load(&o->dead), "filtered_total",
                           (json_int_t)atomic_load(&o->filtered), "concurrency",
                           (json_int_t)o->concurrency));
+            json_t *oo = json_object_get(outs, o->name);
+            char detail[256];
+            pb__output_detail(o, detail, sizeof(detail));
+            json_object_set_new(oo, "state",
+                                json_string(pb__output_state_name(atomic_load(&o->state))));
+            if (detail[0])
+                json_object_set_new(oo, "detail", json_string(detail));
         }
         json_object_set_new(by_name, pl->name, p);
     }
@@ -327,6 +366,11 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
          del = strcmp(method, "DELETE") == 0;
     const char *rest;
 
+    if (strcmp(path, "/api/inputs") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        return get_inputs(e, r);
+    }
     if (strcmp(path, "/api/pipelines") == 0) {
         if (!get)
             return reply_error(r, 405, "method not allowed");

@@ -255,6 +255,48 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
             lv(outs.v[i]->pl->name, t1, sizeof(t1)), lv(outs.v[i]->name, t2, sizeof(t2)),
             (long long)atomic_load(&outs.v[i]->backlog));
 
+    put(&b, "# HELP patchbay_input_connected 1 while the pipeline's input is connected to its "
+            "source (or ready to take data).\n# TYPE patchbay_input_connected gauge\n");
+    for (size_t i = 0; i < c->npipelines; i++) {
+        const struct pb_input *in = c->pipelines[i].in;
+        int st = atomic_load(&in->state);
+        put(&b, "patchbay_input_connected{pipeline=\"%s\",input=\"%s\"} %d\n",
+            lv(c->pipelines[i].name, t1, sizeof(t1)), in->plugin->name,
+            st == PB_INPUT_CONNECTED || st == PB_INPUT_FINISHED);
+    }
+    put(&b, "# HELP patchbay_input_lag Items waiting at the input's source, where it tells "
+            "(JetStream pending, consumer lag, stream entries not yet read).\n"
+            "# TYPE patchbay_input_lag gauge\n");
+    for (size_t i = 0; i < c->npipelines; i++) {
+        const struct pb_input *in = c->pipelines[i].in;
+        int64_t lag = atomic_load(&in->lag);
+        if (lag >= 0)
+            put(&b, "patchbay_input_lag{pipeline=\"%s\",input=\"%s\"} %lld\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)), in->plugin->name, (long long)lag);
+    }
+    put(&b, "# HELP patchbay_messages_nacked_total Items handed back to their source "
+            "unacknowledged (a failed commit, back-pressure) for it to redeliver.\n"
+            "# TYPE patchbay_messages_nacked_total counter\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        put(&b, "patchbay_messages_nacked_total{pipeline=\"%s\"} %llu\n",
+            lv(c->pipelines[i].name, t1, sizeof(t1)), U(c->pipelines[i].in->nacked));
+    put(&b, "# HELP patchbay_messages_dead_on_arrival_total Items an input could not carry "
+            "(invalid JSON...), stored straight into the dead-letter queue.\n"
+            "# TYPE patchbay_messages_dead_on_arrival_total counter\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        put(&b, "patchbay_messages_dead_on_arrival_total{pipeline=\"%s\"} %llu\n",
+            lv(c->pipelines[i].name, t1, sizeof(t1)), U(c->pipelines[i].dead_on_arrival));
+    put(&b, "# HELP patchbay_output_connected 1 while the output is connected to its partner "
+            "(always 1 for outputs without a connection of their own).\n"
+            "# TYPE patchbay_output_connected gauge\n");
+    for (size_t i = 0; i < c->npipelines; i++)
+        for (size_t j = 0; j < c->pipelines[i].nouts; j++) {
+            const struct pb_output *o = &c->pipelines[i].outs[j];
+            put(&b, "patchbay_output_connected{pipeline=\"%s\",output=\"%s\"} %d\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)), lv(o->name, t2, sizeof(t2)),
+                atomic_load(&o->state) == PB_OUTPUT_CONNECTED);
+        }
+
     put(&b, "# HELP patchbay_ingest_latency_seconds From request start to acknowledgement.\n"
             "# TYPE patchbay_ingest_latency_seconds histogram\n");
     for (size_t i = 0; i < c->npipelines; i++) {
