@@ -342,6 +342,9 @@ struct pb_input_env {
      * has started. */
     int (*add_route)(const struct pb_input_env *env, const struct pb_http_route *route,
                      struct pb_err *err);
+    /* The outbound guard (outbound.allow) for inputs that connect out to
+     * their source (brokers, databases): resolve with pb_outbound_resolve. */
+    const struct pb_allowlist *allow;
     void *core;
     /* Set by init when they apply: */
     bool raw;                      /* bodies are not JSON: no map, no process steps */

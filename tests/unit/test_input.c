@@ -243,6 +243,57 @@ PB_TEST(failed_submit_never_calls_back)
     fixture_down(&f);
 }
 
+/* An input that connects out to its source (a broker) gets the outbound
+ * guard of the configuration: loopback is refused unless outbound.allow
+ * lists it. */
+static struct pb_config *load_text(const char *dir, const char *text)
+{
+    struct pb_err err = {0};
+    char path[128];
+    snprintf(path, sizeof(path), "%s/patchbay.yaml", dir);
+    FILE *fp = fopen(path, "w");
+    fputs(text, fp);
+    fclose(fp);
+    struct pb_config *c = pb_config_load(path, NULL, &err);
+    if (!c)
+        fprintf(stderr, "config: %s\n", err.msg);
+    return c;
+}
+
+PB_TEST(inputs_get_the_outbound_guard)
+{
+    char dir[64] = "/tmp/pbinput-XXXXXX";
+    PB_CHECK(mkdtemp(dir) != NULL);
+    char ip[64];
+    struct pb_err err = {0};
+    struct pb_config *c = load_text(dir, "pipelines:\n"
+                                         "  p:\n"
+                                         "    input: { generate: { count: 1 } }\n"
+                                         "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+        PB_CHECK(al != NULL);
+        PB_EQ_INT(pb_outbound_resolve(al, "127.0.0.1", 4222, ip, sizeof(ip), &err), PB_EDENIED);
+        pb_config_destroy(c);
+    }
+    c = load_text(dir, "outbound: { allow: [127.0.0.0/8] }\n"
+                       "pipelines:\n"
+                       "  p:\n"
+                       "    input: { generate: { count: 1 } }\n"
+                       "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+        PB_EQ_INT(pb_outbound_resolve(al, "127.0.0.1", 4222, ip, sizeof(ip), &err), 0);
+        PB_EQ_STR(ip, "127.0.0.1");
+        pb_config_destroy(c);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    PB_EQ_INT(system(cmd), 0);
+}
+
 int main(void)
 {
     return pb_test_main();
