@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Atomic long acked, dups, errors;
+static _Atomic long acked, dups, errors, handled;
 
 static void ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
@@ -41,6 +41,7 @@ static void ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
                     pae && pae->ErrText ? pae->ErrText : natsStatus_GetText(pae ? pae->Err : 0));
     }
     natsMsg_Destroy(msg);
+    atomic_fetch_add(&handled, 1);
 }
 
 static void print_json(json_t *o)
@@ -182,6 +183,9 @@ static int cmd_publish(jsCtx *js, int argc, char **argv)
     natsStatus s = js_PublishAsyncComplete(js, &po);
     if (s != NATS_OK)
         return fail("publish complete", s, 0);
+    /* The last handler may still be finishing: let it, before the teardown. */
+    for (int i = 0; i < 10000 && atomic_load(&handled) < count; i++)
+        nats_Sleep(1);
     print_json(json_pack("{s:I, s:I, s:I}", "published", (json_int_t)atomic_load(&acked),
                          "duplicates", (json_int_t)atomic_load(&dups), "errors",
                          (json_int_t)atomic_load(&errors)));
@@ -287,6 +291,6 @@ out:
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     natsOptions_Destroy(o);
-    nats_Close();
+    /* No nats_Close(): it would end the library's threads with a reply still in hand. */
     return rc;
 }

@@ -72,7 +72,8 @@ struct batch {
     struct session *s; /* a reference */
     natsMsgList list;
     int64_t fetched_us;
-    uint64_t top_seq; /* the highest stream sequence in it */
+    uint64_t top_seq;   /* the highest stream sequence in it */
+    struct batch *next; /* on the leftover list */
 };
 
 struct in_nats {
@@ -100,6 +101,11 @@ struct in_nats {
     pthread_t fetcher;
     bool fetcher_running;
     uint64_t acked_seq; /* highest stream sequence acknowledged (position) */
+    /* Batches the daemon would not take any more (stopping): naked once
+     * the fetcher is gone, so the server cannot hand them straight back to
+     * a pull request of ours that nobody reads. */
+    struct batch *leftover;
+    bool fetcher_done;
 
     /* shared by the loop, the fetcher and connection events */
     pthread_mutex_t mu;
@@ -504,6 +510,20 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
     batch_finish(b);
 }
 
+/* The loop thread: a batch not taken because the daemon stops. Naked
+ * without delay (another consumer may take them at once), but only once
+ * the fetcher has ended and drained its subscription. */
+static void batch_leftover(struct in_nats *n, struct batch *b)
+{
+    if (n->fetcher_done || !n->fetcher_running) {
+        batch_nak(b, 0);
+        batch_finish(b);
+        return;
+    }
+    b->next = n->leftover;
+    n->leftover = b;
+}
+
 /* ---- from messages to items --------------------------------------------------------------- */
 
 /* $meta.headers: each name as sent, a string, or an array of strings when
@@ -660,12 +680,21 @@ out:
     free(reasons);
     if (rc == 0)
         return;
-    /* Not taken: PB_EFULL (the core pauses the input), out of memory, or
-     * stopping. The server redelivers them; nothing was stored. */
-    if (rc != PB_EFULL && rc != PB_ESHUTDOWN)
+    if (rc == PB_ESHUTDOWN) {
+        /* The daemon is stopping: fetch no more, give these back at stop. */
+        pthread_mutex_lock(&n->mu);
+        n->stopping = true;
+        pthread_cond_broadcast(&n->cv);
+        pthread_mutex_unlock(&n->mu);
+        batch_leftover(n, b);
+        return;
+    }
+    /* Not taken: PB_EFULL (the core pauses the input) or out of memory.
+     * The server redelivers them later; nothing was stored. */
+    if (rc != PB_EFULL)
         PB_WARN("nats: batch not submitted, naked for redelivery pipeline=%s count=%d error=\"%s\"",
                 n->pipeline, cnt, pb_strerror(rc));
-    batch_nak(b, rc == PB_ESHUTDOWN ? 0 : n->nak_delay_ms);
+    batch_nak(b, n->nak_delay_ms);
     batch_finish(b);
 }
 
@@ -679,8 +708,7 @@ static void batch_post_cb(void *arg, int status)
     stopping = n->stopping;
     pthread_mutex_unlock(&n->mu);
     if (status != PB_LOOP_RUN || stopping) {
-        batch_nak(b, 0); /* another consumer may take them at once */
-        batch_finish(b);
+        batch_leftover(n, b);
         return;
     }
     batch_submit(n, b);
@@ -722,6 +750,32 @@ static void refresh_lag(struct in_nats *n, struct session *s)
         atomic_store(&s->broken, true);
     }
     jsConsumerInfo_Destroy(ci);
+}
+
+/* Stopping: a pull request can outlive the fetch that sent it by a moment,
+ * and what the server sent to it waits in the subscription, delivered but
+ * never fetched. Take it (no_wait requests end at once on the server, so
+ * none is left behind) and give it back. */
+static void drain(struct in_nats *n, struct session *s)
+{
+    for (int round = 0; round < 3; round++) {
+        int msgs = 0, bytes = 0;
+        if (natsSubscription_GetPending(s->sub, &msgs, &bytes) != NATS_OK || msgs <= 0)
+            return;
+        jsFetchRequest req;
+        jsFetchRequest_Init(&req);
+        req.Batch = msgs;
+        req.NoWait = true;
+        req.Expires = 500 * 1000000LL;
+        natsMsgList list = {0};
+        if (natsSubscription_FetchRequest(&list, s->sub, &req) == NATS_OK) {
+            for (int i = 0; i < list.Count; i++)
+                natsMsg_Nak(list.Msgs[i], NULL);
+            if (list.Count)
+                pb_input_count_nacked(n->in, (uint64_t)list.Count);
+        }
+        natsMsgList_Destroy(&list);
+    }
 }
 
 static void *fetcher_main(void *arg)
@@ -833,6 +887,8 @@ static void *fetcher_main(void *arg)
             wait_ms(n, errors > 10 ? 2000 : 200);
         pthread_mutex_unlock(&n->mu);
     }
+    if (s && !atomic_load(&s->broken))
+        drain(n, s);
     session_unref(s);
     return NULL;
 }
@@ -896,6 +952,13 @@ static void nats_stop(void *ctx)
     if (n->fetcher_running) {
         pthread_join(n->fetcher, NULL);
         n->fetcher_running = false;
+        n->fetcher_done = true;
+    }
+    while (n->leftover) {
+        struct batch *b = n->leftover;
+        n->leftover = b->next;
+        batch_nak(b, 0);
+        batch_finish(b);
     }
 }
 

@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "../../inputs/nats/nats_common.h"
 #include "patchbay/pb_log.h"
@@ -43,6 +44,8 @@
 #define RETRY_MIN_MS 500
 #define RETRY_MAX_MS 30000
 #define STOP_WAIT_MS 5000
+#define SWEEP_MS 250
+#define GRACE_MS 2000
 
 /* JetStream API errors that no retry can fix. */
 #define JS_ERR_EXPECTED_STREAM 10060
@@ -52,6 +55,7 @@
 struct pending {
     natsMsg *msg;
     struct pb_delivery *d;
+    int64_t deadline_ms; /* its PubAck is given up on after this (plus a grace) */
     struct pending *next;
 };
 
@@ -72,15 +76,21 @@ struct out_nats {
     struct pb_output *out;
     struct nats_conn *nc;
     jsCtx *js;
+    struct route *route; /* the reply thread's way to this output */
     int64_t retry_at_ms; /* connect again no sooner */
     int64_t retry_ms;
 
-    /* publishes in flight, by message (worker and reply thread) */
+    /* publishes in flight, by message (worker, reply and sweeper threads) */
     pthread_mutex_t mu;
+    pthread_cond_t cv; /* wakes the sweeper */
     bool mu_ready;
     struct pending **table;
     size_t nbuckets;
     size_t npending;
+    bool closed;       /* the connection is closed for good: no PubAck will come */
+    bool sweeper_stop; /* under mu */
+    pthread_t sweeper; /* ends what the library no longer will */
+    bool sweeper_running;
 };
 
 static const struct pb_field nats_fields[] = {
@@ -142,6 +152,58 @@ static void end(struct pb_delivery *d, enum pb_result r, const char *error)
     pb_delivery_done(d, &oc);
 }
 
+/* The library reports a PubAck, an error or the MaxWait timeout for every
+ * publish while its connection lives; one made just before the connection
+ * closed for good gets none of them. The sweeper ends such publishes with
+ * RETRY: all of them once the connection is closed, any other once its
+ * deadline is well past. The message itself stays the library's until
+ * disconnect() takes it back. */
+static void *sweeper_main(void *arg)
+{
+    struct out_nats *o = arg;
+    pthread_mutex_lock(&o->mu);
+    while (!o->sweeper_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += SWEEP_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&o->cv, &o->mu, &ts);
+        if (o->npending == 0)
+            continue;
+        int64_t now = pb_now_ms();
+        bool closed = o->closed;
+        struct pending *due = NULL;
+        for (size_t b = 0; b < o->nbuckets; b++) {
+            struct pending **pp = &o->table[b], *p;
+            while ((p = *pp)) {
+                if (closed || now > p->deadline_ms + GRACE_MS) {
+                    *pp = p->next;
+                    o->npending--;
+                    p->next = due;
+                    due = p;
+                } else {
+                    pp = &p->next;
+                }
+            }
+        }
+        pthread_mutex_unlock(&o->mu);
+        while (due) {
+            struct pending *p = due;
+            due = p->next;
+            end(p->d, PB_RESULT_RETRY,
+                closed ? "connection closed before the PubAck"
+                       : "no PubAck before the attempt's deadline");
+            free(p);
+        }
+        pthread_mutex_lock(&o->mu);
+    }
+    pthread_mutex_unlock(&o->mu);
+    return NULL;
+}
+
 /* ---- the PubAck ---------------------------------------------------------------------------- */
 
 static enum pb_result classify(const jsPubAckErr *pae, char *buf, size_t len)
@@ -168,22 +230,84 @@ static enum pb_result classify(const jsPubAckErr *pae, char *buf, size_t len)
     }
 }
 
+/* How the library's reply thread finds the output. The library does not
+ * wait for a callback under way when its context and connection are
+ * destroyed, so the callback's closure is this small route, not the
+ * output: disconnect() detaches it (under its lock, so no callback is
+ * inside afterwards) and it is freed a minute later, when no callback of
+ * that connection can still be running. */
+struct route {
+    pthread_mutex_t mu;
+    struct out_nats *o; /* NULL once detached */
+    int64_t detached_at;
+    struct route *next;
+};
+#define ROUTE_KEEP_MS 60000
+static pthread_mutex_t routes_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct route *detached_routes;
+
+static struct route *route_create(struct out_nats *o)
+{
+    int64_t now = pb_mono_us() / 1000;
+    struct route *old = NULL;
+    pthread_mutex_lock(&routes_mu);
+    for (struct route **pp = &detached_routes; *pp;) {
+        struct route *r = *pp;
+        if (now - r->detached_at > ROUTE_KEEP_MS) {
+            *pp = r->next;
+            r->next = old;
+            old = r;
+        } else {
+            pp = &r->next;
+        }
+    }
+    pthread_mutex_unlock(&routes_mu);
+    while (old) {
+        struct route *r = old;
+        old = r->next;
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+    }
+    struct route *r = calloc(1, sizeof(*r));
+    if (r) {
+        pthread_mutex_init(&r->mu, NULL);
+        r->o = o;
+    }
+    return r;
+}
+
+static void route_detach(struct route *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->o = NULL;
+    pthread_mutex_unlock(&r->mu);
+    r->detached_at = pb_mono_us() / 1000;
+    pthread_mutex_lock(&routes_mu);
+    r->next = detached_routes;
+    detached_routes = r;
+    pthread_mutex_unlock(&routes_mu);
+}
+
 /* The library's reply thread: a PubAck, an error, or a timeout. */
 static void ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
-    struct out_nats *o = closure;
+    struct route *r = closure;
     (void)js;
-    struct pending *p = pending_take(o, msg);
+    pthread_mutex_lock(&r->mu);
+    struct pending *p = r->o ? pending_take(r->o, msg) : NULL;
     if (p) {
         if (pa) {
             end(p->d, PB_RESULT_OK, pa->Duplicate ? "duplicate: the stream had it already" : NULL);
         } else {
             char t[320];
-            enum pb_result r = pae ? classify(pae, t, sizeof(t)) : PB_RESULT_RETRY;
-            end(p->d, r, pae ? t : "no PubAck");
+            enum pb_result res = pae ? classify(pae, t, sizeof(t)) : PB_RESULT_RETRY;
+            end(p->d, res, pae ? t : "no PubAck");
         }
         free(p);
     }
+    pthread_mutex_unlock(&r->mu);
     natsMsg_Destroy(msg);
 }
 
@@ -192,6 +316,12 @@ static void ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
 static void event_cb(void *arg, enum nats_event ev, const char *detail)
 {
     struct out_nats *o = arg;
+    if (ev == NATS_EV_CLOSED) {
+        pthread_mutex_lock(&o->mu);
+        o->closed = true;
+        pthread_cond_broadcast(&o->cv);
+        pthread_mutex_unlock(&o->mu);
+    }
     if (!o->out)
         return;
     if (ev == NATS_EV_RECONNECTED)
@@ -222,17 +352,47 @@ static void disconnect(struct out_nats *o, const char *why)
     }
     nats_conn_close(o->nc, 0);
     o->nc = NULL;
+    route_detach(o->route);
+    o->route = NULL;
+    /* Whatever the library did not hand back (it never will now). */
+    struct pending *left = NULL;
+    pthread_mutex_lock(&o->mu);
+    for (size_t b = 0; b < o->nbuckets; b++) {
+        while (o->table[b]) {
+            struct pending *p = o->table[b];
+            o->table[b] = p->next;
+            p->next = left;
+            left = p;
+        }
+    }
+    o->npending = 0;
+    pthread_mutex_unlock(&o->mu);
+    while (left) {
+        struct pending *p = left;
+        left = p->next;
+        end(p->d, PB_RESULT_RETRY, why);
+        free(p);
+    }
 }
 
 static int connect_now(struct out_nats *o, struct pb_err *err)
 {
+    pthread_mutex_lock(&o->mu);
+    o->closed = false;
+    pthread_mutex_unlock(&o->mu);
+    o->route = route_create(o);
+    if (!o->route)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
     o->nc = nats_conn_open(&o->conn, o->allow, o->name, event_cb, o, err);
-    if (!o->nc)
+    if (!o->nc) {
+        route_detach(o->route);
+        o->route = NULL;
         return err->code ? err->code : PB_ENET;
+    }
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.AckHandler = ack_cb;
-    jo.PublishAsync.AckHandlerClosure = o;
+    jo.PublishAsync.AckHandlerClosure = o->route;
     jo.PublishAsync.MaxPending = 0; /* the output's concurrency bounds what is in flight */
     natsStatus st = natsConnection_JetStream(&o->js, nats_conn_nc(o->nc), &jo);
     if (st != NATS_OK) {
@@ -248,6 +408,15 @@ static int nats_start(void *ctx, struct pb_output *out, struct pb_err *err)
 {
     struct out_nats *o = ctx;
     o->out = out;
+    if (!o->sweeper_running) {
+        pthread_mutex_lock(&o->mu);
+        o->sweeper_stop = false;
+        pthread_mutex_unlock(&o->mu);
+        if (pthread_create(&o->sweeper, NULL, sweeper_main, o) != 0)
+            return pb_err_set(err, PB_ENOMEM, "cannot start a thread");
+        pthread_setname_np(o->sweeper, "pb-nats-sweep");
+        o->sweeper_running = true;
+    }
     int rc = connect_now(o, err);
     if (rc == 0)
         PB_INFO("nats: output connected pipeline=%s output=%s", o->pipeline, o->output);
@@ -332,6 +501,7 @@ static void nats_deliver(void *ctx, struct pb_delivery *d)
         po.MaxWait = 100;
     p->msg = msg;
     p->d = d;
+    p->deadline_ms = d->deadline_ms;
     pending_put(o, p); /* before the publish: the PubAck may come before it returns */
     natsMsg *m = msg;
     st = js_PublishMsgAsync(o->js, &m, &po);
@@ -396,22 +566,36 @@ static int nats_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     if (!o->table)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
     pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
     o->mu_ready = true;
     return 0;
 }
 
 /* No more deliveries come: wait a little for the PubAcks still due, then
  * end what is left with RETRY and close. */
+static void sweeper_end(struct out_nats *o)
+{
+    if (!o->sweeper_running)
+        return;
+    pthread_mutex_lock(&o->mu);
+    o->sweeper_stop = true;
+    pthread_cond_broadcast(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+    pthread_join(o->sweeper, NULL);
+    o->sweeper_running = false;
+}
+
 static void nats_stop(void *ctx)
 {
     struct out_nats *o = ctx;
-    if (o->js) {
+    if (o->js && natsConnection_Status(nats_conn_nc(o->nc)) == NATS_CONN_STATUS_CONNECTED) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MaxWait = STOP_WAIT_MS;
         js_PublishAsyncComplete(o->js, &po);
     }
     disconnect(o, "shutting down");
+    sweeper_end(o);
 }
 
 static void nats_destroy(void *ctx)
@@ -419,6 +603,8 @@ static void nats_destroy(void *ctx)
     struct out_nats *o = ctx;
     if (o->mu_ready) {
         disconnect(o, "shutting down");
+        sweeper_end(o);
+        pthread_cond_destroy(&o->cv);
         pthread_mutex_destroy(&o->mu);
         o->mu_ready = false;
     }
