@@ -223,6 +223,26 @@ def sigterm_acks_what_was_taken_and_a_restart_doubles_nothing():
 
 
 @test
+def store_back_pressure_naks_with_a_delay_and_loses_nothing():
+    n = server()
+    n.stream_add("B1", "b1.>")
+    sink = start_sink()
+    conf = in_conf("B1", "b1.>", sink, batch=50).replace(
+        "outbound: {", "limits: { ingest_queue: 1 }\noutbound: {")
+    conf = conf.replace("        batch: 50", "        batch: 50\n        nak_delay: 200ms")
+    pb = Patchbay(conf)
+    n.publish("b1.x", 3000)
+    wait_until(lambda: settled(n, "B1", "patchbay"), 120, "everything taken")
+    st = input_status(pb)
+    check(st["nacked"] > 0, f"the store pushed back and batches were naked: {st}")
+    wait_until(lambda: len(sink.records()) >= 3000, 60, "3,000 deliveries")
+    got = bodies(sink)
+    check_eq(sorted(b["n"] for b in got), list(range(3000)), "every message once")
+    again = [b for b in got if b["delivered"] > 1]
+    check(again, "naked messages came back as redeliveries ($meta.num_delivered > 1)")
+
+
+@test
 def another_consumer_takes_over_what_a_dead_one_left_unacked():
     n = server()
     n.stream_add("K1", "k1.>")

@@ -26,7 +26,13 @@
  * the current one, every batch the one it came from, so acks of a batch
  * fetched before a reconnect still find their connection; the last reference
  * flushes and closes it. The library's own threads only report connection
- * events (nats_common.c). */
+ * events (nats_common.c).
+ *
+ * Stop: the fetcher ends after the fetch under way, takes what the server
+ * still sent to its last pull request and naks it; batches the core no
+ * longer takes are naked (without delay, for another consumer) once the
+ * fetcher is gone; batches already submitted are acked in their callbacks,
+ * which the core still runs on the loop. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>

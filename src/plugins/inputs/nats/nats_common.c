@@ -100,7 +100,7 @@ int nats_conf_check(struct nats_conn_conf *c, struct pb_err *err)
 {
     const char *s = c->url;
     c->nurls = 0;
-    while (*s) {
+    for (bool more = *s != 0; more;) {
         while (*s == ' ')
             s++;
         size_t len = strcspn(s, ",");
@@ -114,7 +114,8 @@ int nats_conf_check(struct nats_conn_conf *c, struct pb_err *err)
             return rc;
         c->nurls++;
         s += len;
-        if (*s == ',')
+        more = *s == ',';
+        if (more)
             s++;
     }
     if (c->nurls == 0)

@@ -55,47 +55,29 @@ extern const struct pb_field nats_tls_fields[];
 
 /* The connection's options at the top of a plugin's block; T is the
  * plugin's context type, M the member holding a struct nats_conn_conf. */
+// clang-format off
 #define NATS_CONN_FIELDS(T, M)                                                                     \
-    {.name = "url",                                                                                \
-     .type = PB_F_STR,                                                                             \
-     .offset = offsetof(T, M.url),                                                                 \
+    {.name = "url", .type = PB_F_STR, .offset = offsetof(T, M.url),                                \
      .flags = PB_FIELD_REQUIRED | PB_FIELD_URL,                                                    \
      .doc = "nats://host:port or tls://host:port; several comma-separated for a cluster"},         \
-        {.name = "user",                                                                           \
-         .type = PB_F_STR,                                                                         \
-         .offset = offsetof(T, M.user),                                                            \
-         .doc = "user name (with password)"},                                                      \
-        {.name = "password",                                                                       \
-         .type = PB_F_SECRET,                                                                      \
-         .offset = offsetof(T, M.password),                                                        \
-         .doc = "password (secret)"},                                                              \
-        {.name = "token",                                                                          \
-         .type = PB_F_SECRET,                                                                      \
-         .offset = offsetof(T, M.token),                                                           \
-         .doc = "authentication token (secret)"},                                                  \
-        {.name = "credentials_file",                                                               \
-         .type = PB_F_STR,                                                                         \
-         .offset = offsetof(T, M.credentials_file),                                                \
-         .doc = "a .creds file (user JWT and NKey seed)"},                                         \
-        {.name = "tls",                                                                            \
-         .type = PB_F_OBJECT,                                                                      \
-         .offset = offsetof(T, M.tls),                                                             \
-         .sub = nats_tls_fields,                                                                   \
-         .doc = "ca_file, cert_file, key_file, server_name"},                                      \
-        {.name = "connect_timeout",                                                                \
-         .type = PB_F_DURATION,                                                                    \
-         .offset = offsetof(T, M.connect_timeout_ms),                                              \
-         .def = "5s"},                                                                             \
-        {.name = "ping_interval",                                                                  \
-         .type = PB_F_DURATION,                                                                    \
-         .offset = offsetof(T, M.ping_interval_ms),                                                \
-         .def = "10s",                                                                             \
-         .doc = "a connection silent for two of these is taken as lost"},                          \
-    {                                                                                              \
-        .name = "reconnect_attempts", .type = PB_F_INT,                                            \
-        .offset = offsetof(T, M.reconnect_attempts), .def = "10", .min = 0, .max = 1000000,        \
-        .doc = "reconnects to the same addresses before they are resolved again"                   \
-    }
+    {.name = "user", .type = PB_F_STR, .offset = offsetof(T, M.user),                              \
+     .doc = "user name (with password)"},                                                          \
+    {.name = "password", .type = PB_F_SECRET, .offset = offsetof(T, M.password),                   \
+     .doc = "password (secret)"},                                                                  \
+    {.name = "token", .type = PB_F_SECRET, .offset = offsetof(T, M.token),                         \
+     .doc = "authentication token (secret)"},                                                      \
+    {.name = "credentials_file", .type = PB_F_STR, .offset = offsetof(T, M.credentials_file),      \
+     .doc = "a .creds file (user JWT and NKey seed)"},                                             \
+    {.name = "tls", .type = PB_F_OBJECT, .offset = offsetof(T, M.tls), .sub = nats_tls_fields,     \
+     .doc = "ca_file, cert_file, key_file, server_name"},                                          \
+    {.name = "connect_timeout", .type = PB_F_DURATION,                                             \
+     .offset = offsetof(T, M.connect_timeout_ms), .def = "5s"},                                    \
+    {.name = "ping_interval", .type = PB_F_DURATION, .offset = offsetof(T, M.ping_interval_ms),    \
+     .def = "10s", .doc = "a connection silent for two of these is taken as lost"},                \
+    {.name = "reconnect_attempts", .type = PB_F_INT, .offset = offsetof(T, M.reconnect_attempts),  \
+     .def = "10", .min = 0, .max = 1000000,                                                        \
+     .doc = "reconnects to the same addresses before they are resolved again"}
+// clang-format on
 
 /* init: parse and check the url list and the credentials. No I/O. */
 int nats_conf_check(struct nats_conn_conf *c, struct pb_err *err);
