@@ -674,9 +674,12 @@ static void start_on_loop(struct pb_input *in)
         return;
     int rc = in->plugin->start ? in->plugin->start(in->ctx, in, &err) : 0;
     if (rc == 0) {
+        /* Connected, unless the plugin said otherwise; a failed start
+         * before this one left the core's own "reconnecting". */
+        bool retried = in->retry_ms != 0;
         in->started = true;
         in->retry_ms = 0;
-        if (atomic_load(&in->state) == PB_INPUT_STARTING)
+        if (atomic_load(&in->state) == PB_INPUT_STARTING || retried)
             pb_input_set_state(in, PB_INPUT_CONNECTED, NULL);
         return;
     }

@@ -152,10 +152,13 @@ static void start_finished(struct pb_dispatcher *d, struct pb_output *o, int rc,
 {
     o->starting = false;
     if (rc == 0) {
+        /* Connected, unless the plugin said otherwise; a failed start
+         * before this one left the core's own "reconnecting". */
+        bool retried = o->start_retry_ms != 0;
         o->started = true;
         o->start_retry_ms = 0;
         o->start_again_at = 0;
-        if (atomic_load(&o->state) == PB_OUTPUT_STARTING)
+        if (atomic_load(&o->state) == PB_OUTPUT_STARTING || retried)
             pb_output_set_state(o, PB_OUTPUT_CONNECTED, NULL);
         return;
     }

@@ -32,6 +32,22 @@ static const struct pb_input_plugin test_plugin = {
     .start = test_start,
 };
 
+/* Fails its first start, as a broker input does while its broker is down. */
+static int flaky_starts;
+static int flaky_start(void *ctx, struct pb_input *in, struct pb_err *err)
+{
+    if (flaky_starts++ == 0)
+        return pb_err_set(err, PB_ENET, "connection refused");
+    return test_start(ctx, in, err);
+}
+
+static const struct pb_input_plugin flaky_plugin = {
+    .name = "flaky",
+    .start = flaky_start,
+};
+
+static const struct pb_input_plugin *fixture_plugin = &test_plugin;
+
 struct calls {
     int n;
     int status;
@@ -89,10 +105,10 @@ static void fixture_up(struct fixture *f)
     f->loop = pb_loop_create(&err);
     f->in = f->e.cfg->pipelines[0].in;
     f->orig = f->in->plugin;
-    f->in->plugin = &test_plugin;
+    f->in->plugin = fixture_plugin;
     started_in = NULL;
     PB_EQ_INT(pb__input_start(f->in, &f->e, f->loop, &err), 0);
-    for (int i = 0; i < 100 && !started_in; i++)
+    for (int i = 0; i < 300 && !started_in; i++) /* a failed start is retried after 1 s */
         pb_loop_run_once(f->loop, 10);
     PB_CHECK(started_in == f->in);
 }
@@ -242,6 +258,20 @@ PB_TEST(failed_submit_never_calls_back)
         pb_loop_run_once(f.loop, 5);
     PB_EQ_INT(c.n, 0);
     PB_EQ_INT(count_messages(&f), 0);
+    fixture_down(&f);
+}
+
+/* A start that failed (the core reported "reconnecting") and then
+ * succeeded leaves the input connected. */
+PB_TEST(a_start_that_succeeds_after_a_failure_is_connected)
+{
+    struct fixture f = {0};
+    flaky_starts = 0;
+    fixture_plugin = &flaky_plugin;
+    fixture_up(&f);
+    fixture_plugin = &test_plugin;
+    PB_EQ_INT(flaky_starts, 2);
+    PB_EQ_INT(atomic_load(&f.in->state), PB_INPUT_CONNECTED);
     fixture_down(&f);
 }
 
