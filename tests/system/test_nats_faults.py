@@ -254,5 +254,39 @@ def the_broker_restarted_mid_stream():
     check_eq(pb.term(), 0, "exit code on SIGTERM")
 
 
+@test
+def patchbay_started_before_the_broker_connects_when_it_comes():
+    n = server()
+    n.stream_add("WIN", "win.>")
+    n.stream_add("WOUT", "wout.>")
+    n.stop()
+    sink = start_sink()
+    pb = Patchbay(conf(n, sink, "WIN", "win", "WOUT", "wout"), start=False)
+    pb.start(wait_ready=False)
+
+    def states():
+        _, i = pb.admin("GET", "/api/inputs")
+        _, p = pb.admin("GET", "/api/pipelines")
+        inp = [x for x in i["inputs"] if x["pipeline"] == "consume"][0]["state"]
+        out = [x for x in p["pipelines"] if x["name"] == "publish"][0]["outputs"][0]["state"]
+        return inp, out
+
+    wait_until(lambda: states() == ("reconnecting", "reconnecting"), 30,
+               "input and output reconnecting while the broker is down")
+    code, _, _ = pb.get("/ready")
+    check_eq(code, 503, "not ready")
+    st, _, _ = pb.post("/orders", {"id": "o-0", "region": "eu"})
+    check_eq(st, 202, "HTTP still takes messages")
+    n.start()
+    wait_until(lambda: states() == ("connected", "connected"), 60,
+               "input and output connected once the broker is up")
+    pb.wait_ready()
+    n.publish("win.x", 100)
+    for i in range(1, 100):
+        st, _, _ = pb.post("/orders", {"id": f"o-{i}", "region": "us"})
+        check_eq(st, 202, "accepted")
+    check_outcome(n, pb, sink, "WIN", "WOUT", 100, 100)
+
+
 if __name__ == "__main__":
     run()
