@@ -176,6 +176,26 @@ def no_stream_for_the_subject_is_permanent():
 
 
 @test
+def another_stream_than_the_expected_one_is_permanent():
+    n = server()
+    n.stream_add("EXP1", "exp1.>")
+    conf = OUT_CONF.replace("stream: OUT1", "stream: '{{ .region }}'").replace(
+        "'out1.{{ .region }}'", "'exp1.{{ .region }}'") % {"url": n.url}
+    pb = Patchbay(conf)
+    st, _, right = pb.post("/orders", {"id": "e-1", "region": "EXP1", "total": 1})
+    st2, _, wrong = pb.post("/orders", {"id": "e-2", "region": "OTHER", "total": 1})
+    check_eq((st, st2), (202, 202), "accepted")
+    right, wrong = json.loads(right)["id"], json.loads(wrong)["id"]
+    pb.wait_states([right], {"js": "delivered"}, timeout=30)
+    pb.wait_states([wrong], {"js": "dead"}, timeout=30)
+    dl = pb.dead_letters()
+    check_eq([d["message_id"] for d in dl], [wrong], "only the wrong one is dead")
+    check("expected stream" in json.dumps(dl[0]), f"the reason: {dl[0]}")
+    check_eq(dl[0]["attempts"], 1, "not retried")
+    check_eq(n.stream_info("EXP1")["messages"], 1, "the right one stored")
+
+
+@test
 def poison_is_dead_lettered_and_acked_never_redelivered():
     n = server()
     n.stream_add("P1", "p1.>")

@@ -67,6 +67,7 @@ struct out_nats {
     char *stream;
     const struct pb_allowlist *allow;
     int subject_tmpl;             /* index in d->tmpl */
+    int stream_tmpl;              /* index in d->tmpl, or -1: static (or none) */
     int header_tmpl[MAX_HEADERS]; /* -1: a static value */
     char pipeline[128];
     char output[128];
@@ -107,7 +108,7 @@ static const struct pb_field nats_fields[] = {
     {.name = "stream",
      .type = PB_F_STR,
      .offset = offsetof(struct out_nats, stream),
-     .doc = "the stream that must store the message (Nats-Expected-Stream)"},
+     .doc = "the stream that must store the message (Nats-Expected-Stream); a template"},
     {0},
 };
 
@@ -471,7 +472,8 @@ static void nats_deliver(void *ctx, struct pb_delivery *d)
         end(d, PB_RESULT_RETRY, why);
         return;
     }
-    if (d->len > (size_t)natsConnection_GetMaxPayload(nats_conn_nc(o->nc))) {
+    int64_t max_payload = natsConnection_GetMaxPayload(nats_conn_nc(o->nc));
+    if (max_payload > 0 && d->len > (size_t)max_payload) {
         end(d, PB_RESULT_PERMANENT, "message larger than the server's max_payload");
         return;
     }
@@ -495,7 +497,9 @@ static void nats_deliver(void *ctx, struct pb_delivery *d)
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MsgId = d->idempotency_key;
-    po.ExpectStream = o->stream;
+    po.ExpectStream = o->stream_tmpl >= 0 ? d->tmpl[o->stream_tmpl] : o->stream;
+    if (po.ExpectStream && !*po.ExpectStream)
+        po.ExpectStream = NULL; /* a template that rendered empty: no expectation */
     po.MaxWait = d->deadline_ms - pb_now_ms();
     if (po.MaxWait < 100)
         po.MaxWait = 100;
@@ -557,6 +561,13 @@ static int nats_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     }
     if (o->stream && !*o->stream)
         return pb_err_set(err, PB_ECONFIG, "stream must not be empty");
+    o->stream_tmpl = -1;
+    if (o->stream && strstr(o->stream, "{{")) {
+        rc = env->template_add(env, o->stream, err);
+        if (rc < 0)
+            return rc;
+        o->stream_tmpl = rc;
+    }
     o->allow = env->allow;
     snprintf(o->pipeline, sizeof(o->pipeline), "%s", env->pipeline);
     snprintf(o->output, sizeof(o->output), "%s", env->output);
