@@ -111,11 +111,21 @@ static json_t *output_obj(json_t *pipelines, const char *pl, const char *out)
     return outs ? json_object_get(outs, out) : NULL;
 }
 
-static void count_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
-                     int64_t count)
+/* "output" or "output/sub", as the admin API and the metrics name them. */
+static const char *out_name(const char *output, const char *sub, char *buf, size_t len)
+{
+    if (!sub)
+        return output;
+    snprintf(buf, len, "%s/%s", output, sub);
+    return buf;
+}
+
+static void count_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                     enum pb_dstate state, int64_t count)
 {
     struct count_ctx *cc = arg;
-    json_t *o = output_obj(cc->pipelines, pipeline, output);
+    char name[PB_NAME_MAX * 2];
+    json_t *o = output_obj(cc->pipelines, pipeline, out_name(output, sub, name, sizeof(name)));
     if (o)
         json_object_set_new(o, pb_dstate_name(state), json_integer(count));
 }
@@ -189,31 +199,6 @@ oom:
     json_decref(list);
     reply_error(r, 500, "out of memory");
     return 0;
-}
-
-/* Re-read the pending counts so the backlog gauges stay exact after replays. */
-static void backlog_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
-                       int64_t count)
-{
-    struct count_ctx *cc = arg;
-    if (state != PB_DSTATE_PENDING)
-        return;
-    struct pb_pipeline *pl = pb_engine_pipeline(cc->e, pipeline);
-    struct pb_output *o = pl ? pb_pipeline_output(pl, output) : NULL;
-    if (o)
-        atomic_store(&o->backlog, count);
-}
-
-void pb_engine_resync_backlog(struct pb_engine *e);
-void pb_engine_resync_backlog(struct pb_engine *e)
-{
-    for (size_t i = 0; i < e->cfg->npipelines; i++)
-        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
-            atomic_store(&e->cfg->pipelines[i].outs[j].backlog, 0);
-    struct count_ctx cc = {.e = e};
-    struct pb_err err = {0};
-    if (pb_store_count_pending(e->store, backlog_cb, &cc, &err) != 0)
-        PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
 }
 
 static int endpoint_cb(void *arg, const struct pb_endpoint_rec *rec)

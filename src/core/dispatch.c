@@ -6,10 +6,10 @@
  * `rate_limit`, and each output progresses on its own.
  *
  * Memory is bounded: an output holds at most limits.in_memory deliveries.
- * Past that it is "spilled": new deliveries stay in the store only, and are
- * paged back in, in id order, as room frees up. Delivery ids grow in commit
- * order, so `cursor` (the highest id taken in) tells duplicates (already
- * paged in) from news.
+ * Past that it is "spilled": new deliveries stay in the store only, unleased,
+ * and are claimed back, in id order, as room frees up (see "paging in").
+ * Every delivery in memory is leased to this process, and its results are
+ * recorded only while that lease holds.
  *
  * With ordering.key, deliveries sharing a key go out one at a time per output,
  * in acceptance order, retries included: a key is busy from admission of its
@@ -345,6 +345,7 @@ static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dst
     res->status = status;
     res->state = state;
     res->next_at = dl->next_at;
+    res->lease = d->lease;
     if (error) {
         snprintf(r->error, sizeof(r->error), "%s", error);
         res->error = r->error;
@@ -447,14 +448,14 @@ static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, str
     return pb__disp_key(pl, in, msg_meta(m), key, err);
 }
 
+static void release_later(struct pb_dispatcher *d, struct pb_dl *dl);
+
 /* Take dl into memory (from the inbox or a page-in). */
 static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
     struct pb_pipeline *pl = o->pl;
     o->inmem++;
-    if (dl->id > o->cursor)
-        o->cursor = dl->id;
     snprintf(dl->idem, sizeof(dl->idem), "%s.%s", dl->msg->id, o->name);
     if (dl->msg->damaged) {
         /* Sending it would hand the partner something we never received. */
@@ -489,11 +490,9 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
             kq = keyq_add(o, key, h);
             free(key);
             if (!kq) {
-                /* Without memory to order it, keep it for a later page-in. */
+                /* Without memory to order it, leave it for a later page-in. */
                 o->inmem--;
-                o->spilled = true;
-                o->cursor = dl->id - 1; /* admission is in id order: dl was the highest */
-                dl_free(dl);
+                release_later(d, dl);
                 return;
             }
             dl->kq = kq;
@@ -822,22 +821,35 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
     }
 }
 
-/* ---- paging in from the store ------------------------------------------------------------ */
+/* ---- paging in from the store ------------------------------------------------------------
+ *
+ * An output whose deliveries do not all fit in memory is spilled: what is
+ * made for it meanwhile is made unleased and left in the store, and the
+ * dispatcher claims pending deliveries back, a batch at a time, as room
+ * frees up (CLAIM: unleased ones, and those of an earlier process, leased to
+ * this one). Claims run on the store's writer; their rows come back here by
+ * a post. A delivery the dispatcher cannot keep is released (its lease
+ * dropped) so a later claim finds it. */
 
-struct load_ctx {
+struct claim_op {
+    struct pb__disp_post post;
+    struct pb_op op;
     struct pb_dispatcher *d;
     struct pb_output *o;
-    int64_t now;
+    struct pb_dl *head, *tail; /* made from the rows on the writer thread */
+    size_t limit;
 };
 
-static int load_row_cb(void *arg, const struct pb_pending *row)
+/* Writer thread: one claimed row becomes a delivery in memory (not yet
+ * admitted). */
+static int claim_row_cb(void *arg, const struct pb_pending *row)
 {
-    struct load_ctx *lc = arg;
+    struct claim_op *co = arg;
     struct pb_dl *dl = calloc(1, sizeof(*dl));
     struct pb_msg *m = dl ? pb_msg_create(row->body, row->len, row->content_type) : NULL;
     if (!m) {
         free(dl);
-        return 1; /* stop; the rest stays spilled */
+        return 1; /* stop; the rest stays in the store, unleased */
     }
     m->okey_known = row->key_known;
     if ((row->key && !(m->okey = strdup(row->key))) ||
@@ -852,39 +864,164 @@ static int load_row_cb(void *arg, const struct pb_pending *row)
     snprintf(m->id, sizeof(m->id), "%s", row->msg_id);
     dl->id = row->delivery_id;
     dl->msg = m;
-    dl->out = lc->o;
-    dl->disp = lc->d;
+    dl->out = co->o;
+    dl->disp = co->d;
     dl->attempts = row->attempts;
     dl->next_at = row->next_at;
-    admit(lc->d, dl, lc->now);
+    dl->leased = true;
+    if (co->tail)
+        co->tail->next = dl;
+    else
+        co->head = dl;
+    co->tail = dl;
     return 0;
+}
+
+static void claim_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
+{
+    struct claim_op *co = (struct claim_op *)p;
+    struct pb_output *o = co->o;
+    o->claiming = false;
+    bool ok = co->op.status == 0 && now >= 0 && !atomic_load(&d->aborting);
+    if (co->op.status != 0 && now >= 0) {
+        PB_ERROR("claiming pending deliveries failed pipeline=%s output=%s error=%s", o->pl->name,
+                 o->name, pb_strerror(co->op.status));
+        o->load_after = now + 1000;
+    }
+    size_t n = 0;
+    for (struct pb_dl *dl = co->head, *next; dl; dl = next) {
+        next = dl->next;
+        dl->next = NULL;
+        if (ok) {
+            admit(d, dl, now);
+            n++;
+        } else {
+            dl_free(dl); /* the claim did not commit, or the dispatcher is going */
+        }
+    }
+    if (ok && n < co->limit && !atomic_exchange(&o->notify, false))
+        atomic_store(&o->spilled, false);
+    free(co);
+}
+
+/* Writer or syncer thread. */
+static void claim_done_cb(struct pb_op *op, void *arg)
+{
+    struct claim_op *co = arg;
+    (void)op;
+    co->post.fn = claim_complete;
+    pb__disp_post(co->d, &co->post);
 }
 
 static void page_in(struct pb_dispatcher *d, struct pb_output *o, int64_t now)
 {
     size_t cap = (size_t)d->e->cfg->limits.in_memory;
     if (atomic_exchange(&o->notify, false))
-        o->spilled = true;
-    if (!o->spilled || o->inmem >= cap || now < o->load_after)
+        atomic_store(&o->spilled, true);
+    if (!atomic_load(&o->spilled) || o->claiming || o->inmem >= cap || now < o->load_after)
         return;
     size_t want = cap - o->inmem;
     if (want > LOAD_BATCH_MAX)
         want = LOAD_BATCH_MAX;
     if (want < 64 && o->inmem > 0)
         return; /* wait for more room: page in in batches */
-    struct load_ctx lc = {.d = d, .o = o, .now = now};
-    size_t n = 0;
-    struct pb_err err = {0};
-    int rc = pb_store_load_pending(d->e->store, o->pl->name, o->name, o->cursor, want, load_row_cb,
-                                   &lc, &n, &err);
-    if (rc) {
-        PB_ERROR("loading pending deliveries failed pipeline=%s output=%s error=\"%s\"",
-                 o->pl->name, o->name, err.msg);
+    struct claim_op *co = calloc(1, sizeof(*co));
+    if (!co) {
         o->load_after = now + 1000;
         return;
     }
-    if (n < want)
-        o->spilled = false;
+    co->d = d;
+    co->o = o;
+    co->limit = want;
+    co->op.kind = PB_OP_CLAIM;
+    co->op.done_cb = claim_done_cb;
+    co->op.arg = co;
+    co->op.u.claim = (struct pb_op_claim){
+        .pipeline = o->pl->name,
+        .output = o->is_virtual ? o->parent->name : o->name,
+        .sub = o->sub,
+        .limit = want,
+        .lease = d->lease,
+        .cb = claim_row_cb,
+        .arg = co,
+    };
+    if (pb_store_submit(d->e->store, &co->op) != 0) {
+        free(co);
+        o->load_after = now + 1000;
+        return;
+    }
+    o->claiming = true;
+}
+
+/* A leased delivery this process will not keep in memory: its lease is
+ * dropped at the end of the turn, and the output is paged in again later. */
+static void release_later(struct pb_dispatcher *d, struct pb_dl *dl)
+{
+    atomic_store(&dl->out->spilled, true);
+    if (dl->leased) {
+        if (d->nrelease == d->releasecap) {
+            size_t cap = d->releasecap ? d->releasecap * 2 : 256;
+            int64_t *r = realloc(d->release, cap * sizeof(*r));
+            if (r) {
+                d->release = r;
+                d->releasecap = cap;
+            }
+        }
+        if (d->nrelease < d->releasecap)
+            d->release[d->nrelease++] = dl->id;
+        /* else: it stays leased to this process until the next start */
+    }
+    dl_free(dl);
+}
+
+struct release_op {
+    struct pb_op op;
+    int64_t ids[];
+};
+
+static void release_done_cb(struct pb_op *op, void *arg)
+{
+    (void)op;
+    free(arg);
+}
+
+static void flush_releases(struct pb_dispatcher *d)
+{
+    if (!d->nrelease)
+        return;
+    struct release_op *r = malloc(sizeof(*r) + d->nrelease * sizeof(int64_t));
+    if (r) {
+        memcpy(r->ids, d->release, d->nrelease * sizeof(int64_t));
+        r->op = (struct pb_op){.kind = PB_OP_RELEASE, .done_cb = release_done_cb, .arg = r};
+        r->op.u.release =
+            (struct pb_op_release){.n = d->nrelease, .ids = r->ids, .lease = d->lease};
+        if (pb_store_submit(d->e->store, &r->op) != 0)
+            free(r);
+    }
+    d->nrelease = 0;
+}
+
+void pb__disp_lost(struct pb_dispatcher *d, struct pb_output *out, int64_t id)
+{
+    atomic_store(&out->spilled, true);
+    atomic_store(&out->notify, true);
+    if (!id)
+        return;
+    struct release_op *r = malloc(sizeof(*r) + sizeof(int64_t));
+    if (r) {
+        r->ids[0] = id;
+        r->op = (struct pb_op){.kind = PB_OP_RELEASE, .done_cb = release_done_cb, .arg = r};
+        r->op.u.release = (struct pb_op_release){.n = 1, .ids = r->ids, .lease = d->lease};
+        if (pb_store_submit(d->e->store, &r->op) == 0)
+            return;
+        free(r);
+    }
+    PB_ERROR("out of memory: delivery_id=%lld stays held until the next start", (long long)id);
+}
+
+bool pb__disp_spilled(const struct pb_output *out)
+{
+    return atomic_load(&out->spilled);
 }
 
 /* ---- the loop ------------------------------------------------------------------------------- */
@@ -902,12 +1039,13 @@ static void take_inbox(struct pb_dispatcher *d, int64_t now)
         dl->next = NULL;
         struct pb_output *o = dl->out;
         if (atomic_exchange(&o->notify, false))
-            o->spilled = true;
-        if (dl->id <= o->cursor) {
-            dl_free(dl); /* already paged in */
-        } else if (o->spilled || o->inmem >= cap) {
-            o->spilled = true; /* the store has it; page in later */
+            atomic_store(&o->spilled, true);
+        if (!dl->leased) {
+            /* Made while the output was spilled: a claim takes it. */
+            atomic_store(&o->spilled, true);
             dl_free(dl);
+        } else if (atomic_load(&o->spilled) || o->inmem >= cap) {
+            release_later(d, dl);
         } else {
             admit(d, dl, now);
         }
@@ -1063,7 +1201,7 @@ static void *disp_main(void *arg)
                            take_token(o, now, &wait))
                         start_attempt(d, ready_pop(o), now);
                 }
-                if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
+                if (atomic_load(&o->spilled) && o->inmem < (size_t)cfg->limits.in_memory)
                     wait = wait > 50 ? 50 : wait;
             }
             if (d->nheap) {
@@ -1072,6 +1210,7 @@ static void *disp_main(void *arg)
                     wait = t < 0 ? 0 : t;
             }
         }
+        flush_releases(d);
         pb_loop_run_once(d->loop, (int)wait);
     }
     int64_t ignored = 0;
@@ -1089,16 +1228,16 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
         return NULL;
     }
     d->e = e;
+    d->lease = pb_store_epoch(e->store);
     pthread_mutex_init(&d->lock, NULL);
     atomic_init(&d->endpoints_dirty, true);
     for (size_t i = 0; i < e->cfg->npipelines; i++) {
-        e->cfg->pipelines[i].router.spilled = true;
+        atomic_store(&e->cfg->pipelines[i].router.spilled, true);
         e->cfg->pipelines[i].router.disp = d;
         for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
             struct pb_output *o = &e->cfg->pipelines[i].outs[j];
             o->disp = d;
-            o->spilled = true; /* resume whatever the store holds */
-            o->cursor = 0;
+            atomic_store(&o->spilled, true); /* resume whatever the store holds */
             if (pb_webhook_is(o) && pb_webhook_start(d, o, err) != 0) {
                 pthread_mutex_destroy(&d->lock);
                 free(d);
@@ -1214,6 +1353,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
         free(r);
     }
     free(d->all);
+    free(d->release);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }
@@ -1221,7 +1361,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
 static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail);
 
 void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
-                            const int64_t *delivery_ids)
+                            const int64_t *delivery_ids, uint64_t unleased)
 {
     struct pb_dl *head = NULL, *tail = NULL;
     for (size_t i = 0; i < pl->ningest; i++) {
@@ -1230,7 +1370,7 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         struct pb_dl *dl = calloc(1, sizeof(*dl));
         if (!dl) {
             /* Committed: it will be paged in from the store. */
-            atomic_store(&o->notify, true);
+            pb__disp_lost(d, o, (i < 64 && (unleased >> i & 1)) ? 0 : delivery_ids[i]);
             continue;
         }
         dl->id = delivery_ids[i];
@@ -1238,6 +1378,7 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         dl->out = o;
         dl->disp = d;
         dl->next_at = msg->received_at;
+        dl->leased = !(i < 64 && (unleased >> i & 1));
         if (tail)
             tail->next = dl;
         else
@@ -1274,7 +1415,8 @@ static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_
 }
 
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
-                                 struct pb_output *const *outs, const int64_t *ids, size_t n)
+                                 struct pb_output *const *outs, const int64_t *ids,
+                                 const unsigned char *unleased, size_t n)
 {
     struct pb_dl *head = NULL, *tail = NULL;
     int64_t now = pb_now_ms();
@@ -1282,7 +1424,7 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
         atomic_fetch_add(&outs[i]->backlog, 1);
         struct pb_dl *dl = calloc(1, sizeof(*dl));
         if (!dl) {
-            atomic_store(&outs[i]->notify, true);
+            pb__disp_lost(d, outs[i], unleased && unleased[i] ? 0 : ids[i]);
             continue;
         }
         dl->id = ids[i];
@@ -1290,6 +1432,7 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
         dl->out = outs[i];
         dl->disp = d;
         dl->next_at = now;
+        dl->leased = !(unleased && unleased[i]);
         if (tail)
             tail->next = dl;
         else
@@ -1313,7 +1456,7 @@ static void emit_done_cb(struct pb_op *op, void *arg)
     if (op->status == 0) {
         em->msg->seq = op->u.ingest.msg_seq;
         atomic_fetch_add(&em->pl->accepted, 1);
-        pb_dispatcher_post_new(em->d, em->pl, em->msg, em->ids);
+        pb_dispatcher_post_new(em->d, em->pl, em->msg, em->ids, em->op.u.ingest.unleased);
     } else {
         PB_ERROR("internal event not recorded pipeline=%s error=%s", em->pl->name,
                  pb_strerror(op->status));
@@ -1357,6 +1500,10 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
     in->outputs = pl->ingest_names;
     in->first_due_at = now;
     in->delivery_ids = em->ids;
+    in->lease = d->lease;
+    for (size_t i = 0; i < pl->ningest && i < 64; i++)
+        if (atomic_load(&pl->ingest_outs[i]->spilled))
+            in->unleased |= (uint64_t)1 << i;
     atomic_fetch_add(&pl->received, 1);
     int rc = pb_store_submit(d->e->store, &em->op);
     if (rc) {

@@ -30,6 +30,7 @@ struct pb_dl {
     struct pb_dispatcher *disp;
     struct pb_keyq *kq;
     int attempts; /* made so far */
+    bool leased;  /* made (or claimed) with this process's lease */
     int64_t next_at;
     struct pb_dl *next; /* ready queue, key queue or inbox */
     size_t heap_idx;
@@ -78,6 +79,12 @@ struct pb_dispatcher {
     int64_t redo_at;    /* next resubmission */
     int64_t redo_delay; /* its backoff, reset once everything is recorded */
 
+    /* Leased deliveries this turn could not keep in memory: released in
+     * one op at the end of the turn. */
+    int64_t *release;
+    size_t nrelease, releasecap;
+    int64_t lease; /* the store's epoch: what in-memory deliveries are held by */
+
     /* Callbacks posted from other threads, run on the dispatcher thread at
      * the start of its next turn (guarded by lock). */
     struct pb__disp_post *posts_head, *posts_tail;
@@ -96,6 +103,12 @@ void pb__disp_settle(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate s
                      const char *reason, int64_t now);
 /* Free dl that never reached an output's memory count. */
 void pb__disp_dl_free(struct pb_dl *dl);
+/* Is out spilled (its new deliveries are made unleased)? Any thread. */
+bool pb__disp_spilled(const struct pb_output *out);
+/* A committed delivery of out could not be handed over (out of memory):
+ * release it (id; 0 when it was made unleased) so a claim finds it. Any
+ * thread. */
+void pb__disp_lost(struct pb_dispatcher *d, struct pb_output *out, int64_t id);
 
 /* The ordering key of body with $meta (both taken): *key malloc'd, NULL
  * when the key program gives null or nothing (unordered). */

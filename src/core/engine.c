@@ -27,7 +27,6 @@
 
 void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_loop *loop,
                             struct pb_http_client *http);
-void pb_engine_resync_backlog(struct pb_engine *e);
 
 static size_t count_outputs(const struct pb_config *c)
 {
@@ -67,9 +66,10 @@ struct orphans {
     char pipeline[ORPHANS_MAX][PB_NAME_MAX], output[ORPHANS_MAX][PB_NAME_MAX * 2];
 };
 
-static void orphan_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
-                      int64_t count)
+static void orphan_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                      enum pb_dstate state, int64_t count)
 {
+    (void)sub; /* a removed sub-output's deliveries are dead-lettered when it goes */
     struct orphans *o = arg;
     if (state != PB_DSTATE_PENDING || count == 0 ||
         pb_config_output_known(o->cfg, pipeline, output))
@@ -124,6 +124,39 @@ static int check_orphans(const struct pb_config *cfg, struct pb_store *store, bo
 out:
     free(o);
     return rc;
+}
+
+static void backlog_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                       enum pb_dstate state, int64_t count)
+{
+    struct pb_engine *e = arg;
+    if (state != PB_DSTATE_PENDING)
+        return;
+    struct pb_pipeline *pl = pb_engine_pipeline(e, pipeline);
+    struct pb_output *o = NULL;
+    if (pl && strcmp(output, PB_ROUTE_OUTPUT) == 0)
+        o = pl->routes ? &pl->router : NULL;
+    else if (pl)
+        o = pb_pipeline_output(pl, output);
+    if (o && sub) {
+        struct pb_output *v = NULL;
+        pthread_mutex_lock(&o->vlock);
+        for (size_t k = 0; k < o->nvouts; k++)
+            if (strcmp(o->vouts[k]->sub, sub) == 0)
+                v = o->vouts[k];
+        pthread_mutex_unlock(&o->vlock);
+        o = v;
+    }
+    if (o)
+        atomic_store(&o->backlog, count);
+}
+
+/* The backlog gauges from the store: at start, before anything is paged in. */
+static void resync_backlog(struct pb_engine *e)
+{
+    struct pb_err err = {0};
+    if (pb_store_count_pending(e->store, backlog_cb, e, &err) != 0)
+        PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
 }
 
 /* SIGHUP: is the file on disk good enough to restart with? */
@@ -277,7 +310,7 @@ int pb_engine_run(const struct pb_run_opts *ro)
     /* After the writer starts (--force commits), before anything is paged in. */
     if (check_orphans(e.cfg, e.store, ro->force, &err) != 0)
         goto fail;
-    pb_engine_resync_backlog(&e);
+    resync_backlog(&e);
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;

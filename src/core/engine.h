@@ -135,8 +135,10 @@ struct pb_output {
     size_t inmem; /* deliveries of this output held in memory */
     size_t inflight;
     size_t concurrency;
-    bool spilled;          /* the store holds pending deliveries not in memory */
-    int64_t cursor;        /* highest delivery id taken into memory */
+    /* The store holds pending deliveries of this output not in memory (read
+     * by any thread: what is made while it is set is made unleased). */
+    atomic_bool spilled;
+    bool claiming;         /* a CLAIM of this output is on its way */
     struct pb_keyq **keys; /* ordering: open-addressing table */
     size_t nkeys, keycap;
     double tokens; /* rate limit bucket */
@@ -262,7 +264,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d);
 /* After an ingest commit (writer thread): hand the new deliveries over.
  * Takes a reference to msg per delivery. */
 void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
-                            const int64_t *delivery_ids);
+                            const int64_t *delivery_ids, uint64_t unleased);
 /* The store gained pending deliveries for out that were never posted
  * (replays): page them in from the store. Any thread. */
 void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out);
@@ -275,7 +277,8 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
 void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d);
 /* Hand over deliveries committed by a fan-out (syncer thread). */
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
-                                 struct pb_output *const *outs, const int64_t *ids, size_t n);
+                                 struct pb_output *const *outs, const int64_t *ids,
+                                 const unsigned char *unleased, size_t n);
 
 /* Every output of a pipeline, virtual ones included, for readers such as
  * metrics and the admin API: calls fn for each under the parent's lock. */

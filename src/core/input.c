@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "core/engine.h"
+#include "core/dispatch_int.h"
 #include "core/input.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
@@ -322,7 +323,7 @@ static void submit_done_cb(struct pb_op *op, void *arg)
             }
             r->status = PB_ITEM_STORED;
             atomic_fetch_add(&pl->accepted, 1);
-            pb_dispatcher_post_new(in->e->disp, pl, so->msgs[i], it->delivery_ids);
+            pb_dispatcher_post_new(in->e->disp, pl, so->msgs[i], it->delivery_ids, it->unleased);
         }
     } else {
         for (size_t i = 0; i < so->n; i++)
@@ -477,6 +478,12 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
     if (!so->items || !so->msgs || !so->res || !so->ids || (nckpt && !so->kv))
         goto nomem;
     int64_t now = pb_now_ms();
+    /* An output that cannot take more into memory gets its deliveries unleased. */
+    uint64_t unleased = 0;
+    for (size_t i = 0; i < pl->ningest && i < 64; i++)
+        if (pb__disp_spilled(pl->ingest_outs[i]))
+            unleased |= (uint64_t)1 << i;
+    int64_t lease = pb_store_epoch(in->e->store);
     for (size_t i = 0; i < n; i++) {
         const struct pb_item *it = &items[i];
         struct pb_msg *m = pb_msg_create(it->body, it->len, it->content_type);
@@ -503,6 +510,8 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             .outputs = pl->ingest_names,
             .first_due_at = now,
             .dead_reason = it->dead_reason,
+            .lease = lease,
+            .unleased = unleased,
             .delivery_ids = so->ids + i * pl->ningest,
         };
     }

@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
+#include "core/dispatch_int.h"
 #include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
@@ -753,7 +754,7 @@ static struct pb_output *vout_create(struct pb_dispatcher *d, struct pb_engine *
     v->concurrency = parent->concurrency;
     v->is_virtual = true;
     v->parent = parent;
-    v->spilled = true; /* page in whatever the store holds for it */
+    atomic_store(&v->spilled, true); /* page in whatever the store holds for it */
     v->sub = v->name + strlen(parent->name) + 1;
     v->disp = d;
     pthread_mutex_init(&v->vlock, NULL);
@@ -965,6 +966,7 @@ struct fanout_op {
     size_t n;
     struct pb_output **outs;
     const char **names;
+    unsigned char *unleased;
     int64_t *ids;
     char note[96];
 };
@@ -977,7 +979,7 @@ static void fanout_done_cb(struct pb_op *op, void *arg)
         atomic_fetch_sub(&f->parent->backlog, 1);
     }
     if (op->status == 0 && f->n)
-        pb_dispatcher_post_children(f->d, f->msg, f->outs, f->ids, f->n);
+        pb_dispatcher_post_children(f->d, f->msg, f->outs, f->ids, f->unleased, f->n);
     else if (op->status)
         PB_ERROR("fan-out not recorded msg_id=%s error=%s (it is fanned out again after "
                  "restart)",
@@ -985,6 +987,7 @@ static void fanout_done_cb(struct pb_op *op, void *arg)
     pb_msg_unref(f->msg);
     free(f->outs);
     free(f->names);
+    free(f->unleased);
     free(f->ids);
     free(f);
 }
@@ -1013,10 +1016,12 @@ int pb_webhook_fanout(struct pb_dispatcher *d, struct pb_engine *e, struct pb_ou
     struct fanout_op *f = calloc(1, sizeof(*f));
     size_t cap = o->nvouts ? o->nvouts : 1;
     if (!f || !(f->outs = calloc(cap, sizeof(*f->outs))) ||
-        !(f->names = calloc(cap, sizeof(*f->names))) || !(f->ids = calloc(cap, sizeof(*f->ids)))) {
+        !(f->names = calloc(cap, sizeof(*f->names))) || !(f->ids = calloc(cap, sizeof(*f->ids))) ||
+        !(f->unleased = calloc(cap, 1))) {
         if (f) {
             free(f->outs);
             free(f->names);
+            free(f->ids);
         }
         free(f);
         return pb_err_set(err, PB_ENOMEM, "out of memory");
@@ -1028,7 +1033,8 @@ int pb_webhook_fanout(struct pb_dispatcher *d, struct pb_engine *e, struct pb_ou
         if (ep->gone || !ep_subscribed(ep, type))
             continue;
         f->outs[f->n] = v;
-        f->names[f->n] = v->name;
+        f->names[f->n] = v->sub;
+        f->unleased[f->n] = pb__disp_spilled(v);
         f->n++;
     }
     snprintf(f->note, sizeof(f->note), "event %.40s fanned out to %zu endpoint%s", type, f->n,
@@ -1043,7 +1049,9 @@ int pb_webhook_fanout(struct pb_dispatcher *d, struct pb_engine *e, struct pb_ou
     f->op.u.fanout.attempt = attempt;
     f->op.u.fanout.now = pb_now_ms();
     f->op.u.fanout.n = f->n;
-    f->op.u.fanout.outputs = f->names;
+    f->op.u.fanout.subs = f->names;
+    f->op.u.fanout.unleased = f->unleased;
+    f->op.u.fanout.lease = pb_store_epoch(e->store);
     f->op.u.fanout.note = f->note;
     f->op.u.fanout.child_ids = f->ids;
     rc = pb_store_submit(e->store, &f->op);
@@ -1051,6 +1059,7 @@ int pb_webhook_fanout(struct pb_dispatcher *d, struct pb_engine *e, struct pb_ou
         pb_msg_unref(f->msg);
         free(f->outs);
         free(f->names);
+        free(f->unleased);
         free(f->ids);
         free(f);
         return pb_err_set(err, rc, "cannot record the fan-out: %s", pb_strerror(rc));

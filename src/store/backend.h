@@ -19,6 +19,7 @@ struct pb_store_backend {
     /* Close everything; accepts NULL. */
     void (*close)(void *ctx);
     const char *(*node_id)(const void *ctx);
+    int64_t (*epoch)(const void *ctx);
 
     /* Writer thread only. begin/commit return 0 or a PB_E* code. apply
      * leaves an op-local outcome (PB_ENOTFOUND, PB_EEXISTS, PB_EINVAL) in
@@ -34,9 +35,6 @@ struct pb_store_backend {
     int (*sync)(void *ctx);
 
     /* Reads, any thread; same contracts as the pb_store_* functions. */
-    int (*load_pending)(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                        size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
-                        struct pb_err *err);
     int (*count)(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
     json_t *(*message_json)(void *ctx, const char *msg_id, struct pb_err *err);
     json_t *(*dead_letters_json)(void *ctx, const char *pipeline, const char *output,

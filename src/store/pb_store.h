@@ -8,6 +8,18 @@
  * pending deliveries, admin queries) use separate read connections and may
  * run on any thread.
  *
+ * Leases: a pending delivery held in a process's memory carries that
+ * process's lease (pb_store_epoch, new at every open). Deliveries are made
+ * leased when their maker will hand them to its dispatcher, unleased when
+ * the output is spilled; CLAIM takes unleased ones (and those of leases no
+ * longer live: on SQLite, any other epoch), RELEASE gives them back, and a
+ * RESULT, ROUTE or FANOUT is applied only while its lease still holds, so a
+ * process that lost a delivery cannot overwrite a newer attempt. Delivery
+ * ids are not assumed to grow in commit order.
+ *
+ * Deliveries are addressed by (pipeline, output, sub): sub names a
+ * sub-output (a webhook endpoint) and is NULL for the output itself.
+ *
  * Backends: "sqlite:PATH" now; the interface is kept free of SQLite types so
  * a PostgreSQL backend can follow. */
 #ifndef PB_STORE_H
@@ -23,8 +35,8 @@
 
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
  * split children and routed bodies, 6: key-value state (checkpoints,
- * plugins' state) */
-#define PB_STORE_SCHEMA_VERSION 6
+ * plugins' state), 7: sub-outputs and leases */
+#define PB_STORE_SCHEMA_VERSION 7
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -68,6 +80,8 @@ void pb_store_destroy(struct pb_store *s);
 
 /* Random id made when the store was created; stable for its life. */
 const char *pb_store_node_id(const struct pb_store *s);
+/* The lease of this open store: what its deliveries in memory are held by. */
+int64_t pb_store_epoch(const struct pb_store *s);
 
 /* ---- writer ---------------------------------------------------------- */
 
@@ -86,6 +100,8 @@ enum pb_op_kind {
     PB_OP_ORPHANS,         /* pending deliveries of a removed output -> dead */
     PB_OP_SUBMIT,          /* an input's batch: INGEST items and key-value writes, together */
     PB_OP_KV,              /* key-value writes */
+    PB_OP_CLAIM,           /* take unleased pending deliveries of an output into memory */
+    PB_OP_RELEASE,         /* give leased deliveries back (memory full) */
 };
 
 /* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
@@ -121,6 +137,8 @@ struct pb_op_ingest {
     size_t noutputs;
     const char *const *outputs;
     int64_t first_due_at; /* next_at for the new deliveries (usually received_at) */
+    int64_t lease;        /* the deliveries' lease (pb_store_epoch), 0: none */
+    uint64_t unleased;    /* bit i: outputs[i] spilled, its delivery is made unleased */
     /* Set: the message is stored with one DEAD delivery to PB_INPUT_OUTPUT
      * whose last error is this reason, instead of the outputs' deliveries. */
     const char *dead_reason;
@@ -140,6 +158,7 @@ struct pb_op_result {
     enum pb_dstate state; /* after this attempt: PENDING (retry later), DELIVERED, DEAD, FILTERED */
     int64_t next_at;      /* PENDING: when the next attempt is due */
     const char *error;    /* may be NULL; truncated to PB_ERROR_EXCERPT_MAX */
+    int64_t lease;        /* applied only while the delivery holds this lease */
 };
 
 struct pb_op_replay {
@@ -176,10 +195,12 @@ struct pb_op_fanout {
     int64_t delivery_id;
     int attempt;
     int64_t now;
+    int64_t lease; /* of the parent; the children are made with it */
     size_t n;
-    const char *const *outputs;
-    const char *note;   /* attempt log text, e.g. "fanned out to 3 endpoints" */
-    int64_t *child_ids; /* out: caller array of n, in order */
+    const char *const *subs;       /* the children's sub-outputs of the parent's output */
+    const unsigned char *unleased; /* NULL, or per child: made unleased (spilled) */
+    const char *note;              /* attempt log text, e.g. "fanned out to 3 endpoints" */
+    int64_t *child_ids;            /* out: caller array of n, in order */
 };
 
 /* One message the route stage decided on: the routed message itself (msg_id
@@ -198,7 +219,8 @@ struct pb_route_msg {
     const char *const *final_outputs;
     enum pb_dstate final_state;
     const char *final_note;
-    const char *key; /* ordering key taken from the message as received, or NULL */
+    const char *key;   /* ordering key taken from the message as received, or NULL */
+    uint64_t unleased; /* bit i: outputs[i] spilled, its delivery is made unleased */
     /* out */
     int64_t msg_seq;
     int64_t *delivery_ids; /* caller array of noutputs, in order */
@@ -214,6 +236,7 @@ struct pb_op_route {
     const char *pipeline;
     int attempt;
     int64_t now;
+    int64_t lease; /* of the route delivery; the new deliveries are made with it */
     enum pb_dstate state;
     const char *note;
     size_t nmsgs;
@@ -253,6 +276,48 @@ struct pb_op_endpoint_state {
     /* Set for an endpoint of the configuration (static): its state is kept
      * by (pipeline, output, id), created on first use, with the url it had. */
     const char *pipeline, *output, *url;
+};
+
+struct pb_pending {
+    int64_t delivery_id;
+    int64_t msg_seq;
+    const char *msg_id;
+    int attempts;             /* attempts made so far */
+    int64_t next_at;          /* unix ms */
+    int64_t received_at;      /* unix ms, of the message */
+    const char *content_type; /* may be NULL */
+    const void *body;         /* the routed body when the route stage changed it */
+    size_t len;
+    const char *meta; /* JSON object text, or NULL */
+    size_t meta_len;
+    /* key_known: the route stage recorded the ordering key (key, NULL when
+     * unordered) with the routed body or split child. */
+    const char *key;
+    bool key_known;
+    bool body_damaged; /* the body no longer matches the checksum taken at ingest */
+};
+/* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */
+typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);
+
+/* Up to limit pending deliveries of (pipeline, output, sub) that no live
+ * lease holds, in id order, are leased to lease and passed to cb on the
+ * writer thread while the op is applied (cb copies what it needs; returning
+ * non-zero stops). n: how many. If the transaction then fails (status), the
+ * leases were not taken: what cb got must be dropped. */
+struct pb_op_claim {
+    const char *pipeline, *output, *sub;
+    size_t limit;
+    int64_t lease;
+    pb_pending_cb cb;
+    void *arg;
+    size_t n; /* out */
+};
+
+/* Deliveries ids[0..n) still held by lease are made unleased. */
+struct pb_op_release {
+    size_t n;
+    const int64_t *ids;
+    int64_t lease;
 };
 
 /* A key-value write: value NULL deletes the key. Borrowed until done_cb. */
@@ -299,6 +364,8 @@ struct pb_op {
         struct pb_op_orphans orphans;
         struct pb_op_submit submit;
         struct pb_op_kv kv;
+        struct pb_op_claim claim;
+        struct pb_op_release release;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -324,41 +391,15 @@ void pb_store_stats(const struct pb_store *s, uint64_t *commits, uint64_t *ops);
 
 /* ---- reads ------------------------------------------------------------ */
 
-struct pb_pending {
-    int64_t delivery_id;
-    int64_t msg_seq;
-    const char *msg_id;
-    int attempts;             /* attempts made so far */
-    int64_t next_at;          /* unix ms */
-    int64_t received_at;      /* unix ms, of the message */
-    const char *content_type; /* may be NULL */
-    const void *body;         /* the routed body when the route stage changed it */
-    size_t len;
-    const char *meta; /* JSON object text, or NULL */
-    size_t meta_len;
-    /* key_known: the route stage recorded the ordering key (key, NULL when
-     * unordered) with the routed body or split child. */
-    const char *key;
-    bool key_known;
-    bool body_damaged; /* the body no longer matches the checksum taken at ingest */
-};
-/* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */
-typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);
-
-/* PENDING deliveries of pipeline/output with id > after_id, by id, at most
- * limit. *nloaded gets how many rows were passed to cb. */
-int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
-                          int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
-                          size_t *nloaded, struct pb_err *err);
-
 /* Every key of scope with its value (borrowed for the call); cb returns
  * non-zero to stop. */
 typedef int (*pb_kv_cb)(void *arg, const char *key, const void *value, size_t len);
 int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *arg,
                      struct pb_err *err);
 
-/* Count deliveries per (pipeline, output, state); cb per non-zero group. */
-typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output,
+/* Count deliveries per (pipeline, output, sub, state); cb per non-zero
+ * group (sub NULL for the output itself). */
+typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output, const char *sub,
                             enum pb_dstate state, int64_t count);
 int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 /* The same for PENDING deliveries only, through their index: it does not

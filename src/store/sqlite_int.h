@@ -45,6 +45,9 @@ enum {
     W_DLV_FINAL,
     W_ORPHAN_ATT,
     W_ORPHAN_DLV,
+    W_CLAIM,
+    W_LEASE_SET,
+    W_LEASE_DROP,
     W_KV_PUT,
     W_KV_DEL,
     W_DEAD_IN_DLV,
@@ -62,7 +65,8 @@ struct sq {
     char *path;    /* as handed to SQLite */
     char *display; /* as the user wrote it, for messages */
     char node_id[17];
-    sqlite3 *db; /* write connection: writer thread only after open */
+    int64_t epoch; /* this open's lease, one more than the last open's */
+    sqlite3 *db;   /* write connection: writer thread only after open */
     sqlite3_stmt *ws[W_COUNT];
     _Atomic int64_t max_pages_req; /* test knob; -1 = unchanged */
     /* Durable commits without blocking the writer: the connection runs with
@@ -85,9 +89,9 @@ int pb__sqlite_map_rc(sqlite3 *db, int rc);
 int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err *err);
 
 /* sqlite_read.c: the backend's read entry points (see backend.h). */
-int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                            size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
-                            struct pb_err *err);
+/* Does body (read from st) still match the CRC in column col of st? NULL
+ * there (a body stored before checksums) counts as a match. */
+bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len);
 int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
 json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err);
 json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,

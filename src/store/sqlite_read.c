@@ -14,7 +14,6 @@
 
 /* Read statements, prepared on first use per read connection. */
 enum {
-    R_PENDING,
     R_COUNT,
     R_MSG,
     R_MSG_DELIVERIES,
@@ -31,7 +30,8 @@ enum {
 };
 
 #define DEAD_COLS                                                                                  \
-    "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
+    "SELECT d.id, m.id, d.pipeline, d.output || coalesce('/' || d.sub, ''), d.attempts,"           \
+    " d.created_at, d.updated_at,"                                                                 \
     " d.last_status, d.last_error, m.content_type, m.body"                                         \
     " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
 #define EP_SELECT                                                                                  \
@@ -41,25 +41,17 @@ enum {
 
 static const char *const rsql[R_COUNT_ALL] = {
     /* The route stage reads the body as received; outputs the routed one. */
-    [R_PENDING] = "SELECT d.id, d.msg_seq, m.id, d.attempts, d.next_at, m.received_at,"
-                  " m.content_type, coalesce(r.body, m.body),"
-                  " CASE WHEN r.seq IS NULL THEN m.body_crc ELSE r.body_crc END, m.meta,"
-                  " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END,"
-                  " r.seq IS NOT NULL OR m.parent_seq IS NOT NULL"
-                  " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
-                  " LEFT JOIN routed r ON r.seq = d.msg_seq AND d.output <> '" PB_ROUTE_OUTPUT "'"
-                  " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.id > ?3"
-                  " ORDER BY d.id LIMIT ?4",
-    [R_COUNT_PENDING] = "SELECT pipeline, output, 0, count(*) FROM deliveries WHERE state = 0"
-                        " GROUP BY pipeline, output",
-    [R_COUNT] = "SELECT pipeline, output, state, count(*) FROM deliveries"
-                " GROUP BY pipeline, output, state",
+    [R_COUNT_PENDING] = "SELECT pipeline, output, sub, 0, count(*) FROM deliveries"
+                        " WHERE state = 0 GROUP BY pipeline, output, sub",
+    [R_COUNT] = "SELECT pipeline, output, sub, state, count(*) FROM deliveries"
+                " GROUP BY pipeline, output, sub, state",
     [R_MSG] =
         "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body, m.body_crc,"
         " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
         " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
-    [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
+    [R_MSG_DELIVERIES] = "SELECT id, output || coalesce('/' || sub, ''), state, attempts, next_at,"
+                         " created_at, updated_at,"
                          " last_status, last_error, replay_of FROM deliveries"
                          " WHERE msg_seq = ?1 ORDER BY id",
     [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
@@ -74,8 +66,10 @@ static const char *const rsql[R_COUNT_ALL] = {
     [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
     [R_DEAD_LIST + 0] = DEAD_LIST(""),
     [R_DEAD_LIST + 1] = DEAD_LIST(" AND d.pipeline = ?1"),
-    [R_DEAD_LIST + 2] = DEAD_LIST(" AND d.output = ?2"),
-    [R_DEAD_LIST + 3] = DEAD_LIST(" AND d.pipeline = ?1 AND d.output = ?2"),
+    /* An output filter takes the output with its sub-outputs, or one of them ("out/sub"). */
+    [R_DEAD_LIST + 2] = DEAD_LIST(" AND (d.output = ?2 OR d.output || '/' || d.sub = ?2)"),
+    [R_DEAD_LIST + 3] = DEAD_LIST(" AND d.pipeline = ?1 AND (d.output = ?2"
+                                  " OR d.output || '/' || d.sub = ?2)"),
 };
 
 struct rconn {
@@ -147,7 +141,7 @@ static void rconn_put(struct sq *q, struct rconn *r)
 
 /* Does the body match the checksum in column col (NULL: stored before
  * checksums were kept, taken as intact)? */
-static bool body_intact(sqlite3_stmt *st, int col, const void *body, size_t len)
+bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len)
 {
     return sqlite3_column_type(st, col) == SQLITE_NULL ||
            sqlite3_column_int64(st, col) == pb__store_body_crc(body, len);
@@ -164,64 +158,6 @@ static sqlite3_stmt *rstmt(struct rconn *r, int i, struct pb_err *err)
         }
     }
     return r->st[i];
-}
-
-int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                            size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
-                            struct pb_err *err)
-{
-    struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st;
-    size_t n = 0;
-    int rc, ret = 0;
-
-    if (!r)
-        return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, R_PENDING, err))) {
-        ret = err ? err->code : PB_ESTORE;
-        goto out;
-    }
-    sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, output, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, after_id);
-    sqlite3_bind_int64(st, 4, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct pb_pending row = {
-            .delivery_id = sqlite3_column_int64(st, 0),
-            .msg_seq = sqlite3_column_int64(st, 1),
-            .msg_id = (const char *)sqlite3_column_text(st, 2),
-            .attempts = sqlite3_column_int(st, 3),
-            .next_at = sqlite3_column_int64(st, 4),
-            .received_at = sqlite3_column_int64(st, 5),
-            .content_type = (const char *)sqlite3_column_text(st, 6),
-        };
-        row.body = sqlite3_column_blob(st, 7);
-        row.len = (size_t)sqlite3_column_bytes(st, 7);
-        if (!row.body)
-            row.body = "";
-        row.body_damaged = !body_intact(st, 8, row.body, row.len);
-        row.meta = (const char *)sqlite3_column_text(st, 9);
-        row.meta_len = row.meta ? (size_t)sqlite3_column_bytes(st, 9) : 0;
-        row.key = (const char *)sqlite3_column_text(st, 10);
-        row.key_known = sqlite3_column_int(st, 11) != 0;
-        if (!row.msg_id) {
-            ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
-            goto out;
-        }
-        n++;
-        if (cb(arg, &row) != 0)
-            break;
-    }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "load pending");
-out:
-    if (st)
-        sqlite3_reset(st);
-    if (nloaded)
-        *nloaded = n;
-    rconn_put(q, r);
-    return ret;
 }
 
 int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err)
@@ -244,7 +180,8 @@ int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, st
             ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
             goto out;
         }
-        cb(arg, p, o, (enum pb_dstate)sqlite3_column_int(st, 2), sqlite3_column_int64(st, 3));
+        cb(arg, p, o, (const char *)sqlite3_column_text(st, 2),
+           (enum pb_dstate)sqlite3_column_int(st, 3), sqlite3_column_int64(st, 4));
     }
     if (rc != SQLITE_DONE)
         ret = read_fail(r->db, rc, err, "count");
@@ -473,7 +410,7 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
     bad |= jset(m, "content_type", col_json(st, 4));
     const void *body = sqlite3_column_blob(st, 5);
     size_t blen = (size_t)sqlite3_column_bytes(st, 5);
-    if (!body_intact(st, 6, body, blen))
+    if (!pb__sqlite_body_intact(st, 6, body, blen))
         bad |= jset(m, "body_damaged", json_true());
     if (bad || pb__store_set_body(m, body, blen) < 0)
         goto nomem;
@@ -493,7 +430,7 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
         if (!routed || json_object_set_new(m, "routed", routed) != 0 ||
             pb__store_set_body(routed, rb ? rb : "", rlen) < 0)
             goto nomem;
-        if (!body_intact(st, 10, rb ? rb : "", rlen))
+        if (!pb__sqlite_body_intact(st, 10, rb ? rb : "", rlen))
             bad |= jset(routed, "body_damaged", json_true());
     }
     if (bad)

@@ -195,6 +195,11 @@ const char *pb_store_node_id(const struct pb_store *s)
     return s->be->node_id(s->ctx);
 }
 
+int64_t pb_store_epoch(const struct pb_store *s)
+{
+    return s->be->epoch(s->ctx);
+}
+
 /* ---- writer ------------------------------------------------------------------ */
 
 static const char *op_kind_name(enum pb_op_kind k)
@@ -228,6 +233,10 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "submit";
     case PB_OP_KV:
         return "kv";
+    case PB_OP_CLAIM:
+        return "claim";
+    case PB_OP_RELEASE:
+        return "release";
     }
     return "?";
 }
@@ -409,7 +418,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_KV)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_RELEASE)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);
@@ -551,17 +560,6 @@ int pb__store_test_max_pages(struct pb_store *s, int64_t pages)
 }
 
 /* ---- reads --------------------------------------------------------------------- */
-
-int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
-                          int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
-                          size_t *nloaded, struct pb_err *err)
-{
-    if (nloaded)
-        *nloaded = 0;
-    if (!pipeline || !output || !cb)
-        return pb_err_set(err, PB_EINVAL, "load_pending needs pipeline, output and a callback");
-    return s->be->load_pending(s->ctx, pipeline, output, after_id, limit, cb, arg, nloaded, err);
-}
 
 int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
 {
