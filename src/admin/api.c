@@ -16,7 +16,6 @@
 
 #include "admin/api.h"
 #include "core/input.h"
-#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 static int reply(struct pb_api_resp *r, int status, json_t *body)
@@ -201,28 +200,23 @@ oom:
     return 0;
 }
 
-static int endpoint_cb(void *arg, const struct pb_endpoint_rec *rec)
-{
-    (void)rec;
-    *(bool *)arg = true;
-    return 0;
-}
-
-/* Why a replay of a dead letter to pipeline/output would wait unseen for
- * ever, or NULL when its output is there to take it. */
+/* Why a replay of a dead letter to pipeline/output ("output/sub" for a
+ * sub-output) would wait unseen for ever, or NULL when it has somewhere to
+ * go. */
 static const char *replay_refusal(struct pb_engine *e, const char *pipeline, const char *output)
 {
+    if (strcmp(output, PB_INPUT_OUTPUT) == 0)
+        return "it was never taken in (its body cannot be carried); post a corrected copy";
     if (!pb_config_output_known(e->cfg, pipeline, output))
         return "its output is no longer in the configuration";
     const char *slash = strchr(output, '/');
     if (slash) {
-        const char *a, *b, *c;
-        bool found = false;
-        struct pb_err err = {0};
-        if (pb_webhook_static_find(e, slash + 1, &a, &b, &c) > 0)
-            return NULL;
-        if (pb_store_endpoint_get(e->store, slash + 1, endpoint_cb, &found, &err) != 0 || !found)
-            return "its webhook endpoint was deleted";
+        char name[PB_NAME_MAX];
+        snprintf(name, sizeof(name), "%.*s", (int)(slash - output), output);
+        struct pb_pipeline *pl = pb_engine_pipeline(e, pipeline);
+        struct pb_output *o = pl ? pb_pipeline_output(pl, name) : NULL;
+        if (!o || !pb_output_sub_exists(o, slash + 1))
+            return "its sub-output (a webhook endpoint) was deleted";
     }
     return NULL;
 }
@@ -341,11 +335,41 @@ int pb_admin_error(struct pb_api_resp *r, int status, const char *msg)
     return reply_error(r, status, msg);
 }
 
+/* A route an output plugin serves (/api/<admin_path>...): hand the request
+ * to it with every output of that plugin. True when one took it. */
+static bool plugin_route(struct pb_engine *e, struct pb_http_request *c, const char *path)
+{
+    for (size_t k = 0; pb_output_plugins[k]; k++) {
+        const struct pb_output_plugin *p = pb_output_plugins[k];
+        if (!p->admin || !p->admin_path)
+            continue;
+        size_t n = strlen(p->admin_path);
+        if (strncmp(path + 5, p->admin_path, n) != 0 || (path[5 + n] && path[5 + n] != '/'))
+            continue;
+        size_t count = 0;
+        for (size_t i = 0; i < e->cfg->npipelines; i++)
+            for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
+                count += e->cfg->pipelines[i].outs[j].plugin == p;
+        struct pb_output **outs = calloc(count ? count : 1, sizeof(*outs));
+        if (!outs) {
+            pb_http_respond_json(c, 500, "{\"error\":\"out of memory\"}");
+            return true;
+        }
+        count = 0;
+        for (size_t i = 0; i < e->cfg->npipelines; i++)
+            for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
+                if (e->cfg->pipelines[i].outs[j].plugin == p)
+                    outs[count++] = &e->cfg->pipelines[i].outs[j];
+        p->admin(outs, count, c);
+        free(outs);
+        return true;
+    }
+    return false;
+}
+
 static int handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                   const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
-    if (strcmp(path, "/api/endpoints") == 0 || strncmp(path, "/api/endpoints/", 15) == 0)
-        return pb_admin_endpoints(e, c, method, path, body, len, r);
     struct pb_err err = {0};
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0,
          del = strcmp(method, "DELETE") == 0;
@@ -426,8 +450,11 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
     return reply_error(r, 404, "no such endpoint");
 }
 
-void pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
+bool pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                      const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
+    if (strncmp(path, "/api/", 5) == 0 && plugin_route(e, c, path))
+        return true;
     (void)handle(e, c, method, path, body, len, r);
+    return false;
 }

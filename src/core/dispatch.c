@@ -20,7 +20,6 @@
 
 #include "core/dispatch_int.h"
 #include "core/template.h"
-#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 #define LOAD_BATCH_MAX 2048
@@ -72,6 +71,21 @@ static int heap_push(struct pb_dispatcher *d, struct pb_dl *dl)
     return 0;
 }
 
+static void heap_down(struct pb_dispatcher *d, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
+            m = l;
+        if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
+            m = r;
+        if (m == i)
+            break;
+        heap_swap(d, i, m);
+        i = m;
+    }
+}
+
 static struct pb_dl *heap_pop(struct pb_dispatcher *d)
 {
     struct pb_dl *top = d->heap[0];
@@ -79,18 +93,7 @@ static struct pb_dl *heap_pop(struct pb_dispatcher *d)
     if (d->nheap) {
         d->heap[0] = d->heap[d->nheap];
         d->heap[0]->heap_idx = 0;
-        size_t i = 0;
-        for (;;) {
-            size_t l = 2 * i + 1, r = l + 1, m = i;
-            if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
-                m = l;
-            if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
-                m = r;
-            if (m == i)
-                break;
-            heap_swap(d, i, m);
-            i = m;
-        }
+        heap_down(d, 0);
     }
     return top;
 }
@@ -509,7 +512,8 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
 {
     struct pb_output *o = dl->out;
-    struct pb_output *tmpl_of = o->is_virtual ? o->parent : o;
+    /* Template fields are rendered for the output's own deliveries only. */
+    struct pb_output *tmpl_of = o;
     if (!o->map_jq && !tmpl_of->ntmpls)
         return 0;
     jv body, meta = jv_null();
@@ -581,7 +585,7 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         }
         return false;
     }
-    struct pb_output *tmpl_of = o->is_virtual ? o->parent : o;
+    struct pb_output *tmpl_of = o;
     dl->attempts++;
     dl->started_at = now;
     dl->started_mono_us = pb_mono_us();
@@ -623,21 +627,8 @@ static void attempt_job_cb(struct pb_job *job, int cancelled)
 static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
-    struct pb_err err = {0};
     if (o->is_route) {
         pb__route_attempt(d, dl, now);
-        return;
-    }
-    if (pb_webhook_is(o)) {
-        /* Fan out to the subscribed endpoints; their deliveries carry on. */
-        dl->attempts++;
-        dl->started_at = now;
-        if (pb_webhook_fanout(d, d->e, o, dl->msg, dl->id, dl->attempts, &err) != 0) {
-            dl->attempts--;
-            settle_locally(d, dl, PB_DSTATE_DEAD, err.msg[0] ? err.msg : "fan-out failed", now);
-            return;
-        }
-        finish(d, dl, now); /* counted when the fan-out is committed */
         return;
     }
     if (!prepare_attempt(d, dl, now))
@@ -1040,7 +1031,11 @@ static void take_inbox(struct pb_dispatcher *d, int64_t now)
         struct pb_output *o = dl->out;
         if (atomic_exchange(&o->notify, false))
             atomic_store(&o->spilled, true);
-        if (!dl->leased) {
+        if (o->gone) {
+            /* Made for a sub-output removed meanwhile: it ends here, visibly. */
+            o->inmem++;
+            settle_locally(d, dl, PB_DSTATE_DEAD, "sub-output removed", now);
+        } else if (!dl->leased) {
             /* Made while the output was spilled: a claim takes it. */
             atomic_store(&o->spilled, true);
             dl_free(dl);
@@ -1150,12 +1145,14 @@ static void rebuild_all(struct pb_dispatcher *d)
     d->all_dirty = false;
 }
 
-static void sync_endpoints(struct pb_dispatcher *d)
+/* Gone sub-outputs: what they hold is dropped, and they are freed. */
+static void reap_subs(struct pb_dispatcher *d, int64_t now)
 {
     struct pb_config *cfg = d->e->cfg;
     for (size_t i = 0; i < cfg->npipelines; i++)
         for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
-            pb_webhook_sync(d, d->e, &cfg->pipelines[i].outs[j]);
+            if (cfg->pipelines[i].outs[j].nvouts)
+                pb__subs_reap(d, &cfg->pipelines[i].outs[j], now);
 }
 
 static void run_posts(struct pb_dispatcher *d, int64_t now);
@@ -1172,8 +1169,7 @@ static void *disp_main(void *arg)
             break;
         run_posts(d, now);
         if (!stopping) {
-            if (atomic_exchange(&d->endpoints_dirty, false))
-                sync_endpoints(d);
+            reap_subs(d, now);
             if (d->all_dirty)
                 rebuild_all(d);
             take_inbox(d, now);
@@ -1230,7 +1226,6 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
     d->e = e;
     d->lease = pb_store_epoch(e->store);
     pthread_mutex_init(&d->lock, NULL);
-    atomic_init(&d->endpoints_dirty, true);
     for (size_t i = 0; i < e->cfg->npipelines; i++) {
         atomic_store(&e->cfg->pipelines[i].router.spilled, true);
         e->cfg->pipelines[i].router.disp = d;
@@ -1238,11 +1233,6 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
             struct pb_output *o = &e->cfg->pipelines[i].outs[j];
             o->disp = d;
             atomic_store(&o->spilled, true); /* resume whatever the store holds */
-            if (pb_webhook_is(o) && pb_webhook_start(d, o, err) != 0) {
-                pthread_mutex_destroy(&d->lock);
-                free(d);
-                return NULL;
-            }
         }
     }
     rebuild_all(d);
@@ -1514,13 +1504,6 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
     return rc;
 }
 
-void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d)
-{
-    atomic_store(&d->endpoints_dirty, true);
-    if (d->loop)
-        pb_loop_wake(d->loop);
-}
-
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
                              void *arg)
 {
@@ -1570,6 +1553,53 @@ static void run_posts(struct pb_dispatcher *d, int64_t now)
         p->fn(d, p, now);
         p = next;
     }
+}
+
+void pb__disp_drop_all(struct pb_dispatcher *d, struct pb_output *out, int64_t now)
+{
+    (void)now;
+    struct pb_dl *dl;
+    while ((dl = ready_pop(out))) {
+        out->inmem--;
+        dl_free(dl);
+    }
+    for (size_t k = 0; k < out->keycap; k++) {
+        for (struct pb_keyq *kq = out->keys[k], *nk; kq; kq = nk) {
+            nk = kq->next;
+            for (struct pb_dl *w = kq->head, *nw; w; w = nw) {
+                nw = w->next;
+                out->inmem--;
+                dl_free(w);
+            }
+            kq->head = kq->tail = NULL;
+        }
+    }
+    /* Waiting for a retry: take them out of the heap. */
+    size_t kept = 0;
+    for (size_t i = 0; i < d->nheap; i++) {
+        if (d->heap[i]->out == out) {
+            out->inmem--;
+            dl_free(d->heap[i]);
+            continue;
+        }
+        d->heap[kept] = d->heap[i];
+        d->heap[kept]->heap_idx = kept;
+        kept++;
+    }
+    if (kept != d->nheap) {
+        d->nheap = kept;
+        for (size_t i = d->nheap / 2 + 1; i-- > 0;)
+            heap_down(d, i);
+    }
+}
+
+void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl)
+{
+    struct pb_output *o = dl->out;
+    o->inflight--;
+    d->inflight--;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    finish(d, dl, pb_now_ms());
 }
 
 void pb__disp_inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail)

@@ -117,6 +117,15 @@ int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb
 /* route_stage.c: one attempt of a route delivery. */
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
 
+/* Drop every delivery of out held in memory (a gone sub-output): nothing
+ * is recorded; the store has them as they are. */
+void pb__disp_drop_all(struct pb_dispatcher *d, struct pb_output *out, int64_t now);
+/* dl's attempt ended without an outcome to record (a fan-out took it):
+ * free it and whatever waited behind it for its key. */
+void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl);
+/* suboutput.c: drop and free the gone sub-outputs of parent. */
+void pb__subs_reap(struct pb_dispatcher *d, struct pb_output *parent, int64_t now);
+
 /* output.c: the life cycle of outputs. */
 void pb__output_maybe_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now,
                             int64_t *wait);

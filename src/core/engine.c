@@ -19,7 +19,6 @@
 #include "core/input.h"
 #include "core/workers.h"
 #include "net/httpd.h"
-#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
 
@@ -37,7 +36,7 @@ static size_t count_outputs(const struct pb_config *c)
 }
 
 /* Does c still deliver to pipeline/output (an output, its route stage, or
- * an endpoint of its webhook output)? */
+ * "output/sub", a sub-output of one of its outputs)? */
 bool pb_config_output_known(const struct pb_config *c, const char *pipeline, const char *output)
 {
     for (size_t i = 0; i < c->npipelines; i++) {
@@ -50,7 +49,7 @@ bool pb_config_output_known(const struct pb_config *c, const char *pipeline, con
             const struct pb_output *o = &pl->outs[j];
             size_t n = strlen(o->name);
             if (strcmp(o->name, output) == 0 ||
-                (pb_webhook_is(o) && strncmp(output, o->name, n) == 0 && output[n] == '/'))
+                (strncmp(output, o->name, n) == 0 && output[n] == '/'))
                 return true;
         }
     }
@@ -311,6 +310,11 @@ int pb_engine_run(const struct pb_run_opts *ro)
     if (check_orphans(e.cfg, e.store, ro->force, &err) != 0)
         goto fail;
     resync_backlog(&e);
+    /* What outputs keep in the store, for their start to read. */
+    for (size_t i = 0; i < e.cfg->npipelines; i++)
+        for (size_t j = 0; j < e.cfg->pipelines[i].nouts; j++)
+            if (pb__output_kv_load(&e.cfg->pipelines[i].outs[j], e.store, &err) != 0)
+                goto fail;
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;

@@ -76,6 +76,12 @@ struct pb_output_common {
 
 struct pb_keyq;
 struct pb_dl;
+struct pb_kv_entry {
+    struct pb_kv_entry *next;
+    char *key;
+    char *value; /* len bytes + NUL */
+    size_t len;
+};
 struct pb_template;
 struct pb_workers;
 
@@ -121,9 +127,11 @@ struct pb_output {
      * output shares its parent's pipeline, map, policy and allowlist, and is
      * never freed before the engine stops (a deleted endpoint is "gone"). */
     bool is_virtual;
-    const char *sub; /* a virtual output's id (within name), else NULL */
-    bool is_route;   /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
-    bool paused;     /* disabled endpoint: attempts wait */
+    const char *sub;        /* a virtual output's id (within name), else NULL */
+    bool gone;              /* a removed sub-output, freed once nothing of it is in flight */
+    struct pb_kv_entry *kv; /* its state as loaded for start (suboutput.c) */
+    bool is_route;          /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
+    bool paused;            /* disabled endpoint: attempts wait */
     struct pb_output *parent;
     pthread_mutex_t vlock; /* guards vouts/nvouts for readers off the dispatcher */
     struct pb_output **vouts;
@@ -290,6 +298,11 @@ int pb__output_init(struct pb_output *o, struct pb_http_client *http, struct pb_
 void pb__output_cleanup(struct pb_output *o);
 const char *pb__output_state_name(enum pb_output_state s);
 void pb__output_detail(struct pb_output *o, char *buf, size_t len);
+
+/* suboutput.c */
+int pb__output_kv_load(struct pb_output *o, struct pb_store *store, struct pb_err *err);
+void pb__output_kv_drop(struct pb_output *o);
+void pb__sub_free(struct pb_output *v);
 
 /* Metrics (src/core/metrics.c): Prometheus text into a malloc'd buffer. */
 char *pb_metrics_render(struct pb_engine *e, size_t *len);

@@ -40,10 +40,6 @@ struct pb_store_backend {
     json_t *(*dead_letters_json)(void *ctx, const char *pipeline, const char *output,
                                  int64_t after_id, int limit, struct pb_err *err);
     json_t *(*dead_letter_json)(void *ctx, int64_t delivery_id, struct pb_err *err);
-    int (*endpoints_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-    int (*static_states_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-    int (*endpoint_get)(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
-                        struct pb_err *err);
     int (*kv_load)(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
 
     /* Tests only, may be NULL: cap the store's size in pages from the next

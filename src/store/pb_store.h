@@ -35,8 +35,9 @@
 
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
  * split children and routed bodies, 6: key-value state (checkpoints,
- * plugins' state), 7: sub-outputs and leases */
-#define PB_STORE_SCHEMA_VERSION 7
+ * plugins' state), 7: sub-outputs and leases, 8: webhook endpoints in the
+ * webhook outputs' key-value state */
+#define PB_STORE_SCHEMA_VERSION 8
 #define PB_MSG_ID_MAX 40
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
@@ -86,40 +87,20 @@ int64_t pb_store_epoch(const struct pb_store *s);
 /* ---- writer ---------------------------------------------------------- */
 
 enum pb_op_kind {
-    PB_OP_INGEST = 1,      /* new message + one pending delivery per output */
-    PB_OP_RESULT,          /* one attempt's outcome for a delivery */
-    PB_OP_REPLAY,          /* dead delivery -> new pending delivery */
-    PB_OP_REPLAY_ALL,      /* every dead delivery of pipeline/output */
-    PB_OP_PURGE,           /* delete one dead delivery (and the message when unused) */
-    PB_OP_EXPIRE,          /* delete expired idempotency keys and finished messages */
-    PB_OP_FANOUT,          /* a webhook output's delivery -> one child delivery per endpoint */
-    PB_OP_ENDPOINT_PUT,    /* create or replace a managed webhook endpoint */
-    PB_OP_ENDPOINT_DELETE, /* delete one; its pending deliveries become dead */
-    PB_OP_ENDPOINT_STATE,  /* disabled flag / reason / failing_since of one */
-    PB_OP_ROUTE,           /* a route delivery -> routed messages and their deliveries */
-    PB_OP_ORPHANS,         /* pending deliveries of a removed output -> dead */
-    PB_OP_SUBMIT,          /* an input's batch: INGEST items and key-value writes, together */
-    PB_OP_KV,              /* key-value writes */
-    PB_OP_CLAIM,           /* take unleased pending deliveries of an output into memory */
-    PB_OP_RELEASE,         /* give leased deliveries back (memory full) */
-};
-
-/* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
- * done_cb; for reads: for the callback). */
-#define PB_ENDPOINT_ID_MAX 64
-struct pb_endpoint_rec {
-    const char *id;       /* "ep_..." unique */
-    const char *pipeline; /* the webhook output it belongs to */
-    const char *output;
-    const char *url;
-    const char *description; /* may be NULL */
-    const char *events;      /* JSON array of patterns: ["order.created","invoice.*"]; [] = all */
-    const char *secrets; /* JSON array, newest first: [{"key":"whsec_...","expires_at":ms|null}] */
-    const char *rate_limit; /* "100/s" or NULL */
-    bool disabled;
-    const char *disabled_reason; /* may be NULL */
-    int64_t failing_since; /* unix ms of the first failure since the last success; 0 = healthy */
-    int64_t created_at, updated_at;
+    PB_OP_INGEST = 1, /* new message + one pending delivery per output */
+    PB_OP_RESULT,     /* one attempt's outcome for a delivery */
+    PB_OP_REPLAY,     /* dead delivery -> new pending delivery */
+    PB_OP_REPLAY_ALL, /* every dead delivery of pipeline/output */
+    PB_OP_PURGE,      /* delete one dead delivery (and the message when unused) */
+    PB_OP_EXPIRE,     /* delete expired idempotency keys and finished messages */
+    PB_OP_FANOUT,     /* an output's delivery -> one child delivery per sub-output */
+    PB_OP_ROUTE,      /* a route delivery -> routed messages and their deliveries */
+    PB_OP_ORPHANS,    /* pending deliveries of a removed output -> dead */
+    PB_OP_SUBMIT,     /* an input's batch: INGEST items and key-value writes, together */
+    PB_OP_KV,         /* key-value writes */
+    PB_OP_CLAIM,      /* take unleased pending deliveries of an output into memory */
+    PB_OP_RELEASE,    /* give leased deliveries back (memory full) */
+    PB_OP_SUB_KILL,   /* pending deliveries of a removed sub-output -> dead */
 };
 
 struct pb_op_ingest {
@@ -187,10 +168,10 @@ struct pb_op_expire {
     int64_t deleted;      /* out: messages deleted */
 };
 
-/* The delivery delivery_id (PENDING, of a webhook output) is finished as
+/* The delivery delivery_id (PENDING, of an output) is finished as
  * DELIVERED with an attempt row saying it fanned out, and one PENDING child
- * delivery per entry of outputs is inserted (same message and pipeline,
- * output = "<output>/<endpoint id>", next_at = now). n may be 0. */
+ * delivery per entry of subs is inserted (same message, pipeline and output,
+ * that sub-output, next_at = now). n may be 0. */
 struct pb_op_fanout {
     int64_t delivery_id;
     int attempt;
@@ -243,39 +224,20 @@ struct pb_op_route {
     struct pb_route_msg *msgs;
 };
 
+/* Every pending delivery of sub-output (pipeline, output, sub) becomes DEAD
+ * with reason as its last error and an attempt row saying so. */
+struct pb_op_sub_kill {
+    const char *pipeline, *output, *sub, *reason;
+    int64_t now;
+    int64_t dead; /* out */
+};
+
 /* Every pending delivery of pipeline/output becomes DEAD with last_error
  * "output removed" and an attempt row saying so. */
 struct pb_op_orphans {
     const char *pipeline, *output;
     int64_t now;
     int64_t dead; /* out */
-};
-
-/* PB_EINVAL unless id (1 to PB_ENDPOINT_ID_MAX - 1 bytes), pipeline, output,
- * url and secrets are set; events NULL is stored as "[]". */
-struct pb_op_endpoint_put {
-    struct pb_endpoint_rec rec;
-    bool create_only; /* PB_EEXISTS when the id exists */
-};
-
-/* Pending deliveries of output "<output>/<id>" in the endpoint's pipeline
- * become DEAD with last_error "endpoint deleted" (and an attempt row saying
- * so). PB_ENOTFOUND when there is no such endpoint. */
-struct pb_op_endpoint_delete {
-    const char *id;
-    int64_t now;
-    int64_t dead; /* out: pending deliveries moved to the dead-letter queue */
-};
-
-struct pb_op_endpoint_state {
-    const char *id;
-    int disabled;                /* 1, 0, or -1 to keep */
-    const char *disabled_reason; /* stored when disabled changes to 1; cleared on 0 */
-    int64_t failing_since;       /* -1 to keep */
-    int64_t now;
-    /* Set for an endpoint of the configuration (static): its state is kept
-     * by (pipeline, output, id), created on first use, with the url it had. */
-    const char *pipeline, *output, *url;
 };
 
 struct pb_pending {
@@ -357,15 +319,13 @@ struct pb_op {
         struct pb_op_purge purge;
         struct pb_op_expire expire;
         struct pb_op_fanout fanout;
-        struct pb_op_endpoint_put endpoint_put;
-        struct pb_op_endpoint_delete endpoint_delete;
-        struct pb_op_endpoint_state endpoint_state;
         struct pb_op_route route;
         struct pb_op_orphans orphans;
         struct pb_op_submit submit;
         struct pb_op_kv kv;
         struct pb_op_claim claim;
         struct pb_op_release release;
+        struct pb_op_sub_kill sub_kill;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -420,17 +380,6 @@ int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct
  * absent values (last_status before any attempt, replay_of) are null. A
  * JSON body is embedded only when it prints back unchanged (no 1.10 shown
  * as 1.1000000000000001); otherwise it comes as "body_base64". */
-/* Managed webhook endpoints: every one (id order; cb returns non-zero to
- * stop), or one (PB_ENOTFOUND + err when absent, cb not called). */
-typedef int (*pb_endpoint_cb)(void *arg, const struct pb_endpoint_rec *rec);
-int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-/* The saved state of static endpoints: id, pipeline, output, url (as it was
- * when saved), disabled, disabled_reason, failing_since, updated_at. */
-int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,
-                                struct pb_err *err);
-int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
-                          struct pb_err *err);
-
 json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err);
 json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
                                    int64_t after_id, int limit, struct pb_err *err);

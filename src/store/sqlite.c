@@ -137,7 +137,30 @@ static const char *const migrations[] = {
     " output = substr(output, 1, instr(output, '/') - 1) WHERE instr(output, '/') > 0;"
     "DROP INDEX deliveries_pending;"
     "CREATE INDEX deliveries_pending ON deliveries(pipeline, output, sub, id) WHERE state = 0;",
+    /* 8: webhook endpoints become the webhook outputs' own state (key-value,
+     * scope output/<pipeline>/<output>): managed ones whole under
+     * endpoint/<id>, the saved state of static ones under static/<id>. */
+    "INSERT OR REPLACE INTO kv(scope, key, value, updated_at)"
+    " SELECT 'output/' || pipeline || '/' || output, 'endpoint/' || id,"
+    " json_object('id', id, 'url', url, 'description', description, 'events', json(events),"
+    " 'secrets', json(secrets), 'rate_limit', rate_limit,"
+    " 'disabled', json(CASE WHEN disabled THEN 'true' ELSE 'false' END),"
+    " 'disabled_reason', disabled_reason, 'failing_since', failing_since,"
+    " 'created_at', created_at, 'updated_at', updated_at), updated_at FROM endpoints;"
+    "INSERT OR REPLACE INTO kv(scope, key, value, updated_at)"
+    " SELECT 'output/' || pipeline || '/' || output, 'static/' || id,"
+    " json_object('url', url, 'disabled', json(CASE WHEN disabled THEN 'true' ELSE 'false' END),"
+    " 'disabled_reason', disabled_reason, 'failing_since', failing_since,"
+    " 'updated_at', updated_at), updated_at FROM static_endpoint_state;"
+    "DROP TABLE endpoints;"
+    "DROP TABLE static_endpoint_state;",
 };
+
+const char *pb__sqlite_migration_sql(int v)
+{
+    return v >= 1 && v <= (int)(sizeof(migrations) / sizeof(migrations[0])) ? migrations[v - 1]
+                                                                            : NULL;
+}
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
 
@@ -154,16 +177,6 @@ _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema
     " updated_at, replay_of) SELECT msg_seq, pipeline, output, sub, 0, 0, ?3, ?3, ?3, id"          \
     " FROM deliveries WHERE " w " ORDER BY id"
 #define RALL_UPD(w) "UPDATE deliveries SET state = 4, updated_at = ?3 WHERE " w
-
-#define EP_COLS                                                                                    \
-    "id, pipeline, output, url, description, events, secrets, rate_limit, disabled,"               \
-    " disabled_reason, failing_since, created_at, updated_at"
-#define EP_VALUES "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-/* The pending deliveries of endpoint ?1: sub-output ?1 of its output. */
-#define EP_PENDING_OF                                                                              \
-    "state = 0 AND pipeline = (SELECT pipeline FROM endpoints WHERE id = ?1)"                      \
-    " AND output = (SELECT output FROM endpoints WHERE id = ?1) AND sub = ?1"
-#define EP_DELETED "endpoint deleted" /* last_error of what ENDPOINT_DELETE kills */
 
 static const char *const wsql[W_COUNT] = {
     [W_IDEM_GET] = "SELECT msg_id FROM idempotency"
@@ -204,29 +217,6 @@ static const char *const wsql[W_COUNT] = {
     [W_FAN_CHILD] = "INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts,"
                     " next_at, created_at, updated_at, lease) SELECT msg_seq, pipeline, output,"
                     " ?2, 0, 0, ?3, ?3, ?3, ?4 FROM deliveries WHERE id = ?1",
-    [W_EP_INS] = "INSERT INTO endpoints(" EP_COLS ") " EP_VALUES,
-    [W_EP_PUT] = "INSERT OR REPLACE INTO endpoints(" EP_COLS ") " EP_VALUES,
-    [W_EP_DEAD_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
-                      " status, state, error) SELECT id, attempts + 1, ?2, 0, 0, 2, '" EP_DELETED
-                      "' FROM deliveries WHERE " EP_PENDING_OF,
-    [W_EP_DEAD_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?2,"
-                      " last_error = '" EP_DELETED "' WHERE " EP_PENDING_OF,
-    [W_EP_DEL] = "DELETE FROM endpoints WHERE id = ?1",
-    [W_EP_STATE] = "UPDATE endpoints SET"
-                   " disabled = CASE WHEN ?2 < 0 THEN disabled ELSE ?2 END,"
-                   " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL"
-                   " ELSE disabled_reason END,"
-                   " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
-                   " updated_at = ?5 WHERE id = ?1",
-    [W_EP_STATIC_STATE] =
-        "INSERT INTO static_endpoint_state(pipeline, output, id, url, disabled,"
-        " disabled_reason, failing_since, updated_at)"
-        " VALUES (?6, ?7, ?1, ?8, max(?2, 0), CASE ?2 WHEN 1 THEN ?3 END, max(?4, 0), ?5)"
-        " ON CONFLICT (pipeline, output, id) DO UPDATE SET url = ?8,"
-        " disabled = CASE WHEN ?2 < 0 THEN disabled ELSE ?2 END,"
-        " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL ELSE disabled_reason END,"
-        " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
-        " updated_at = ?5",
     [W_ROUTE_FINISH] = "UPDATE deliveries SET state = ?2, attempts = ?3, updated_at = ?4,"
                        " last_status = 0, last_error = ?5, lease = NULL"
                        " WHERE id = ?1 AND state = 0 AND lease IS ?6",
@@ -247,6 +237,13 @@ static const char *const wsql[W_COUNT] = {
                 " LEFT JOIN routed r ON r.seq = d.msg_seq AND d.output <> '" PB_ROUTE_OUTPUT "'"
                 " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.sub IS ?3"
                 " AND (d.lease IS NULL OR d.lease <> ?4) ORDER BY d.id LIMIT ?5",
+    [W_SUB_KILL_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
+                       " status, state, error) SELECT id, attempts + 1, ?4, 0, 0, 2, ?5"
+                       " FROM deliveries WHERE state = 0 AND pipeline = ?1 AND output = ?2"
+                       " AND sub = ?3",
+    [W_SUB_KILL_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?4,"
+                       " last_error = ?5, lease = NULL WHERE state = 0 AND pipeline = ?1"
+                       " AND output = ?2 AND sub = ?3",
     [W_LEASE_SET] = "UPDATE deliveries SET lease = ?2 WHERE id = ?1",
     [W_LEASE_DROP] = "UPDATE deliveries SET lease = NULL WHERE id = ?1 AND lease = ?2",
     [W_KV_PUT] = "INSERT OR REPLACE INTO kv(scope, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)",
@@ -1133,6 +1130,31 @@ static int apply_claim(struct sq *q, struct pb_op *op)
     return 0;
 }
 
+static int apply_sub_kill(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_sub_kill *k = &op->u.sub_kill;
+    k->dead = 0;
+    if (!k->pipeline || !k->output || !k->sub || !k->reason) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    size_t rl = pb__store_utf8_cut(k->reason, PB_ERROR_EXCERPT_MAX);
+    for (int w = W_SUB_KILL_ATT; w <= W_SUB_KILL_DLV; w++) {
+        sqlite3_stmt *st = q->ws[w];
+        sqlite3_bind_text(st, 1, k->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, k->output, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, k->sub, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, k->now);
+        sqlite3_bind_text(st, 5, k->reason, (int)rl, SQLITE_STATIC);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return write_fail(q, rc, "kill sub-output deliveries");
+        if (w == W_SUB_KILL_DLV)
+            k->dead = sqlite3_changes64(q->db);
+    }
+    return 0;
+}
+
 static int apply_release(struct sq *q, struct pb_op *op)
 {
     struct pb_op_release *r = &op->u.release;
@@ -1416,106 +1438,6 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     return 0;
 }
 
-static int apply_endpoint_put(struct sq *q, struct pb_op *op)
-{
-    const struct pb_endpoint_rec *e = &op->u.endpoint_put.rec;
-    sqlite3_stmt *st = q->ws[op->u.endpoint_put.create_only ? W_EP_INS : W_EP_PUT];
-    size_t idlen = e->id ? strlen(e->id) : 0;
-    int rc;
-
-    if (idlen == 0 || idlen >= PB_ENDPOINT_ID_MAX || !e->pipeline || !e->output || !e->url ||
-        !e->secrets) {
-        op->status = PB_EINVAL;
-        return 0;
-    }
-    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, e->pipeline, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, e->output, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, e->url, -1, SQLITE_STATIC);
-    bind_text_or_null(st, 5, e->description);
-    sqlite3_bind_text(st, 6, e->events ? e->events : "[]", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, e->secrets, -1, SQLITE_STATIC);
-    bind_text_or_null(st, 8, e->rate_limit);
-    sqlite3_bind_int(st, 9, e->disabled ? 1 : 0);
-    bind_text_or_null(st, 10, e->disabled_reason);
-    sqlite3_bind_int64(st, 11, e->failing_since);
-    sqlite3_bind_int64(st, 12, e->created_at);
-    sqlite3_bind_int64(st, 13, e->updated_at);
-    rc = step_done(st);
-    if (rc != SQLITE_OK) {
-        /* Every column is checked above: a constraint here is the id. */
-        if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
-            op->status = pb__sqlite_map_rc(q->db, rc);
-            return 0;
-        }
-        return write_fail(q, rc, "put endpoint");
-    }
-    return 0;
-}
-
-static int apply_endpoint_delete(struct sq *q, struct pb_op *op)
-{
-    struct pb_op_endpoint_delete *d = &op->u.endpoint_delete;
-    sqlite3_stmt *st;
-    int rc;
-
-    d->dead = 0;
-    if (!d->id) {
-        op->status = PB_EINVAL;
-        return 0;
-    }
-    /* Its pending deliveries first (they are found through the row), each
-     * with an attempt row saying why; none when the endpoint is absent. */
-    st = q->ws[W_EP_DEAD_ATT];
-    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, d->now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "record endpoint deletion");
-    st = q->ws[W_EP_DEAD_DLV];
-    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, d->now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "kill endpoint deliveries");
-    d->dead = sqlite3_changes64(q->db);
-
-    st = q->ws[W_EP_DEL];
-    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "delete endpoint");
-    if (sqlite3_changes(q->db) == 0)
-        op->status = PB_ENOTFOUND;
-    return 0;
-}
-
-static int apply_endpoint_state(struct sq *q, struct pb_op *op)
-{
-    struct pb_op_endpoint_state *e = &op->u.endpoint_state;
-    bool is_static = e->pipeline != NULL;
-    sqlite3_stmt *st = q->ws[is_static ? W_EP_STATIC_STATE : W_EP_STATE];
-    int rc;
-
-    if (!e->id || e->disabled < -1 || e->disabled > 1 || e->failing_since < -1 ||
-        (is_static && (!e->output || !e->url))) {
-        op->status = PB_EINVAL;
-        return 0;
-    }
-    if (is_static) {
-        sqlite3_bind_text(st, 6, e->pipeline, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 7, e->output, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 8, e->url, -1, SQLITE_STATIC);
-    }
-    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, e->disabled);
-    bind_text_or_null(st, 3, e->disabled_reason);
-    sqlite3_bind_int64(st, 4, e->failing_since);
-    sqlite3_bind_int64(st, 5, e->now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "update endpoint state");
-    if (sqlite3_changes(q->db) == 0)
-        op->status = PB_ENOTFOUND;
-    return 0;
-}
-
 /* Insert one delivery per name: pending (state 0) or final with note. */
 static int insert_deliveries(struct sq *q, int64_t msg_seq, const char *pipeline, int64_t now,
                              size_t n, const char *const *outputs, enum pb_dstate state,
@@ -1671,12 +1593,6 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_expire(q, op);
     case PB_OP_FANOUT:
         return apply_fanout(q, op);
-    case PB_OP_ENDPOINT_PUT:
-        return apply_endpoint_put(q, op);
-    case PB_OP_ENDPOINT_DELETE:
-        return apply_endpoint_delete(q, op);
-    case PB_OP_ENDPOINT_STATE:
-        return apply_endpoint_state(q, op);
     case PB_OP_ROUTE:
         return apply_route(q, op);
     case PB_OP_ORPHANS:
@@ -1689,6 +1605,8 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_claim(q, op);
     case PB_OP_RELEASE:
         return apply_release(q, op);
+    case PB_OP_SUB_KILL:
+        return apply_sub_kill(q, op);
     }
     op->status = PB_EINVAL;
     return 0;
@@ -1710,9 +1628,6 @@ const struct pb_store_backend pb__store_sqlite = {
     .message_json = pb__sqlite_message_json,
     .dead_letters_json = pb__sqlite_dead_letters_json,
     .dead_letter_json = pb__sqlite_dead_letter_json,
-    .endpoints_load = pb__sqlite_endpoints_load,
-    .static_states_load = pb__sqlite_static_states_load,
-    .endpoint_get = pb__sqlite_endpoint_get,
     .kv_load = pb__sqlite_kv_load,
     .test_max_pages = sq_test_max_pages,
 };

@@ -32,13 +32,6 @@ enum {
     W_MSG_EXPIRE,
     W_FAN_PARENT,
     W_FAN_CHILD,
-    W_EP_INS,
-    W_EP_PUT,
-    W_EP_DEAD_ATT,
-    W_EP_DEAD_DLV,
-    W_EP_DEL,
-    W_EP_STATE,
-    W_EP_STATIC_STATE,
     W_ROUTE_FINISH,
     W_ROUTED_PUT,
     W_CHILD_INS,
@@ -46,6 +39,8 @@ enum {
     W_ORPHAN_ATT,
     W_ORPHAN_DLV,
     W_CLAIM,
+    W_SUB_KILL_ATT,
+    W_SUB_KILL_DLV,
     W_LEASE_SET,
     W_LEASE_DROP,
     W_KV_PUT,
@@ -97,11 +92,9 @@ json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *er
 json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
                                      int64_t after_id, int limit, struct pb_err *err);
 json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err);
-int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
-                            struct pb_err *err);
 int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
+/* Tests only: the SQL of schema version v (1..PB_STORE_SCHEMA_VERSION). */
+const char *pb__sqlite_migration_sql(int v);
 /* Close the idle read connections (store teardown, no reader active). */
 void pb__sqlite_readers_close(struct sq *q);
 

@@ -19,9 +19,6 @@ enum {
     R_MSG_DELIVERIES,
     R_ATTEMPTS,
     R_DEAD_ONE,
-    R_EP_ALL,
-    R_EP_ONE,
-    R_EP_STATIC,
     R_COUNT_PENDING,
     R_MSG_CHILDREN,
     R_KV,
@@ -34,9 +31,6 @@ enum {
     " d.created_at, d.updated_at,"                                                                 \
     " d.last_status, d.last_error, m.content_type, m.body"                                         \
     " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
-#define EP_SELECT                                                                                  \
-    "SELECT id, pipeline, output, url, description, events, secrets, rate_limit, disabled,"        \
-    " disabled_reason, failing_since, created_at, updated_at FROM endpoints"
 #define DEAD_LIST(w) DEAD_COLS " WHERE d.state = 2 AND d.id > ?3" w " ORDER BY d.id LIMIT ?4"
 
 static const char *const rsql[R_COUNT_ALL] = {
@@ -57,12 +51,6 @@ static const char *const rsql[R_COUNT_ALL] = {
     [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
                    " WHERE delivery_id = ?1 ORDER BY n",
     [R_DEAD_ONE] = DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
-    [R_EP_ALL] = EP_SELECT " ORDER BY id",
-    [R_EP_ONE] = EP_SELECT " WHERE id = ?1",
-    /* The columns of EP_SELECT, with what a static endpoint's state lacks. */
-    [R_EP_STATIC] = "SELECT id, pipeline, output, url, NULL, '[]', '[]', NULL, disabled,"
-                    " disabled_reason, failing_since, 0, updated_at FROM static_endpoint_state"
-                    " ORDER BY pipeline, output, id",
     [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
     [R_DEAD_LIST + 0] = DEAD_LIST(""),
     [R_DEAD_LIST + 1] = DEAD_LIST(" AND d.pipeline = ?1"),
@@ -224,83 +212,6 @@ out:
         sqlite3_reset(st);
     rconn_put(q, r);
     return ret;
-}
-
-/* ---- webhook endpoints ------------------------------------------------------------------ */
-
-/* Run the endpoint statement i (R_EP_ONE binds id) and pass each row to cb
- * until it returns non-zero. *nrows gets how many rows were passed. */
-static int endpoint_rows(struct sq *q, int i, const char *id, pb_endpoint_cb cb, void *arg,
-                         size_t *nrows, struct pb_err *err)
-{
-    struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st;
-    int rc, ret = 0;
-
-    *nrows = 0;
-    if (!r)
-        return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, i, err))) {
-        ret = err ? err->code : PB_ESTORE;
-        goto out;
-    }
-    if (id)
-        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct pb_endpoint_rec e = {
-            .id = (const char *)sqlite3_column_text(st, 0),
-            .pipeline = (const char *)sqlite3_column_text(st, 1),
-            .output = (const char *)sqlite3_column_text(st, 2),
-            .url = (const char *)sqlite3_column_text(st, 3),
-            .description = (const char *)sqlite3_column_text(st, 4),
-            .events = (const char *)sqlite3_column_text(st, 5),
-            .secrets = (const char *)sqlite3_column_text(st, 6),
-            .rate_limit = (const char *)sqlite3_column_text(st, 7),
-            .disabled = sqlite3_column_int(st, 8) != 0,
-            .disabled_reason = (const char *)sqlite3_column_text(st, 9),
-            .failing_since = sqlite3_column_int64(st, 10),
-            .created_at = sqlite3_column_int64(st, 11),
-            .updated_at = sqlite3_column_int64(st, 12),
-        };
-        /* NOT NULL columns: NULL here means SQLite ran out of memory. */
-        if (!e.id || !e.pipeline || !e.output || !e.url || !e.events || !e.secrets) {
-            ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
-            goto out;
-        }
-        (*nrows)++;
-        if (cb(arg, &e) != 0)
-            break;
-    }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "endpoints");
-out:
-    if (st)
-        sqlite3_reset(st);
-    rconn_put(q, r);
-    return ret;
-}
-
-int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err)
-{
-    size_t n;
-    return endpoint_rows(ctx, R_EP_ALL, NULL, cb, arg, &n, err);
-}
-
-int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err)
-{
-    size_t n;
-    return endpoint_rows(ctx, R_EP_STATIC, NULL, cb, arg, &n, err);
-}
-
-int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
-                            struct pb_err *err)
-{
-    size_t n;
-    int rc = endpoint_rows(ctx, R_EP_ONE, id, cb, arg, &n, err);
-
-    if (rc == 0 && n == 0)
-        rc = pb_err_set(err, PB_ENOTFOUND, "no endpoint %s", id);
-    return rc;
 }
 
 /* ---- JSON views ---------------------------------------------------------------------------- */

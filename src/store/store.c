@@ -219,12 +219,6 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "expire";
     case PB_OP_FANOUT:
         return "fanout";
-    case PB_OP_ENDPOINT_PUT:
-        return "endpoint_put";
-    case PB_OP_ENDPOINT_DELETE:
-        return "endpoint_delete";
-    case PB_OP_ENDPOINT_STATE:
-        return "endpoint_state";
     case PB_OP_ROUTE:
         return "route";
     case PB_OP_ORPHANS:
@@ -237,6 +231,8 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "claim";
     case PB_OP_RELEASE:
         return "release";
+    case PB_OP_SUB_KILL:
+        return "sub_kill";
     }
     return "?";
 }
@@ -418,7 +414,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_RELEASE)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_SUB_KILL)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);
@@ -581,29 +577,6 @@ int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *a
     if (!scope || !cb)
         return pb_err_set(err, PB_EINVAL, "kv_load needs a scope and a callback");
     return s->be->kv_load(s->ctx, scope, cb, arg, err);
-}
-
-int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,
-                                struct pb_err *err)
-{
-    if (!cb)
-        return pb_err_set(err, PB_EINVAL, "static_states_load needs a callback");
-    return s->be->static_states_load(s->ctx, cb, arg, err);
-}
-
-int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err)
-{
-    if (!cb)
-        return pb_err_set(err, PB_EINVAL, "endpoints_load needs a callback");
-    return s->be->endpoints_load(s->ctx, cb, arg, err);
-}
-
-int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
-                          struct pb_err *err)
-{
-    if (!id || !cb)
-        return pb_err_set(err, PB_EINVAL, "endpoint_get needs an id and a callback");
-    return s->be->endpoint_get(s->ctx, id, cb, arg, err);
 }
 
 json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err)

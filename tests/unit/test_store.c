@@ -13,6 +13,7 @@
 
 #include "pb_test.h"
 #include "store/backend.h"
+#include "store/sqlite_int.h"
 #include "store/pb_store.h"
 
 /* ---- helpers ----------------------------------------------------------------------- */
@@ -402,7 +403,7 @@ PB_TEST(migrations_idempotent)
     PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'epoch'"), 3);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
                               " AND name IN ('meta','messages','deliveries','attempts',"
-                              "'idempotency','endpoints')"),
+                              "'idempotency','kv')"),
               6);
     sqlite3 *db;
     sqlite3_stmt *st;
@@ -495,20 +496,12 @@ PB_TEST(migrate_v1_to_v2_keeps_data)
     PB_EQ_INT(ingest(s, "p", "new-2", OUTS1, 1, ids), 0);
     PB_EQ_INT(ids[0], 3);
 
-    /* The new table works. */
-    struct pb_op put = {.kind = PB_OP_ENDPOINT_PUT};
-    put.u.endpoint_put.rec = (struct pb_endpoint_rec){.id = "ep_1",
-                                                      .pipeline = "p",
-                                                      .output = "hooks",
-                                                      .url = "https://x.test/",
-                                                      .secrets = "[]"};
-    PB_EQ_INT(pb_store_exec(s, &put), 0);
     pb_store_destroy(s);
 
     PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"),
               PB_STORE_SCHEMA_VERSION);
     PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'created_at'"), 500);
-    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM endpoints"), 1);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema WHERE name = 'endpoints'"), 0);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages"), 2);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries"), 3);
 
@@ -517,7 +510,7 @@ PB_TEST(migrate_v1_to_v2_keeps_data)
     pb_store_destroy(s);
     PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"),
               PB_STORE_SCHEMA_VERSION);
-    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM endpoints"), 1);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM kv"), 0);
 out:
     tdir_remove(&t);
 }
@@ -1884,100 +1877,6 @@ static int fanout(struct pb_store *s, int64_t id, const char *const *outs, size_
 
 static const char *const HOOKS1[] = {"hooks"};
 
-static struct pb_endpoint_rec ep_rec(const char *id)
-{
-    return (struct pb_endpoint_rec){
-        .id = id,
-        .pipeline = "p",
-        .output = "hooks",
-        .url = "https://partner.test/hook",
-        .secrets = "[{\"key\":\"whsec_1\",\"expires_at\":null}]",
-        .created_at = 100,
-        .updated_at = 100,
-    };
-}
-
-static int ep_put(struct pb_store *s, const struct pb_endpoint_rec *rec, bool create_only)
-{
-    struct pb_op op = {.kind = PB_OP_ENDPOINT_PUT};
-    op.u.endpoint_put.rec = *rec;
-    op.u.endpoint_put.create_only = create_only;
-    return pb_store_exec(s, &op);
-}
-
-static int ep_state(struct pb_store *s, const char *id, int disabled, const char *reason,
-                    int64_t failing_since, int64_t now)
-{
-    struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
-    op.u.endpoint_state.id = id;
-    op.u.endpoint_state.disabled = disabled;
-    op.u.endpoint_state.disabled_reason = reason;
-    op.u.endpoint_state.failing_since = failing_since;
-    op.u.endpoint_state.now = now;
-    return pb_store_exec(s, &op);
-}
-
-static int ep_delete(struct pb_store *s, const char *id, int64_t *dead)
-{
-    struct pb_op op = {.kind = PB_OP_ENDPOINT_DELETE};
-    op.u.endpoint_delete.id = id;
-    op.u.endpoint_delete.now = 8000;
-    int rc = pb_store_exec(s, &op);
-    if (dead)
-        *dead = op.u.endpoint_delete.dead;
-    return rc;
-}
-
-/* Endpoint records copied out of the callback; NULL strings become "<null>". */
-struct ep_copy {
-    char id[PB_ENDPOINT_ID_MAX], pipeline[32], output[32], url[64], description[64];
-    char events[64], secrets[128], rate_limit[16], disabled_reason[64];
-    bool disabled;
-    int64_t failing_since, created_at, updated_at;
-};
-struct eps {
-    int n, stop_after;
-    struct ep_copy e[8];
-};
-
-#define EP_CP(dst, src) snprintf((dst), sizeof(dst), "%s", (src) ? (src) : "<null>")
-
-static int eps_cb(void *arg, const struct pb_endpoint_rec *r)
-{
-    struct eps *l = arg;
-    if (l->n < 8) {
-        struct ep_copy *c = &l->e[l->n];
-        EP_CP(c->id, r->id);
-        EP_CP(c->pipeline, r->pipeline);
-        EP_CP(c->output, r->output);
-        EP_CP(c->url, r->url);
-        EP_CP(c->description, r->description);
-        EP_CP(c->events, r->events);
-        EP_CP(c->secrets, r->secrets);
-        EP_CP(c->rate_limit, r->rate_limit);
-        EP_CP(c->disabled_reason, r->disabled_reason);
-        c->disabled = r->disabled;
-        c->failing_since = r->failing_since;
-        c->created_at = r->created_at;
-        c->updated_at = r->updated_at;
-    }
-    l->n++;
-    return l->stop_after && l->n >= l->stop_after;
-}
-
-/* The one endpoint id into *c; returns pb_store_endpoint_get's code. */
-static int ep_get(struct pb_store *s, const char *id, struct ep_copy *c)
-{
-    struct eps l = {0};
-    struct pb_err err;
-    int rc = pb_store_endpoint_get(s, id, eps_cb, &l, &err);
-    PB_EQ_INT(l.n, rc == 0 ? 1 : 0);
-    if (rc == PB_ENOTFOUND)
-        PB_CONTAINS(err.msg, id);
-    *c = l.e[0];
-    return rc;
-}
-
 PB_TEST(fanout_creates_children_and_finishes_parent)
 {
     static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b", "hooks/ep_c"};
@@ -2140,394 +2039,6 @@ PB_TEST(fanout_child_ids_never_reused_and_grow_within_a_batch)
     PB_EQ_INT(commits, 1);
     PB_CHECK(c1[0] > p2[0] + 1); /* past the purged one */
     PB_CHECK(c1[0] < c1[1] && c1[1] < last[0] && last[0] < c2[0] && c2[0] < c2[1]);
-    pb_store_destroy(s);
-out:
-    tdir_remove(&t);
-}
-
-PB_TEST(endpoint_put_get_load)
-{
-    struct tdir t;
-    struct pb_err err;
-    struct ep_copy c;
-    struct eps l = {0};
-
-    tdir_make(&t);
-    struct pb_store *s = open_started(t.url);
-    if (!s)
-        goto out;
-    struct pb_endpoint_rec b = ep_rec("ep_b"), a = ep_rec("ep_a");
-    b.events = "[\"order.*\"]";
-    b.rate_limit = "100/s";
-    b.description = "billing";
-    PB_EQ_INT(ep_put(s, &b, true), 0);
-    PB_EQ_INT(ep_put(s, &a, true), 0);
-    a.url = "https://elsewhere.test/";
-    PB_EQ_INT(ep_put(s, &a, true), PB_EEXISTS);
-
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_EQ_STR(c.id, "ep_a");
-    PB_EQ_STR(c.pipeline, "p");
-    PB_EQ_STR(c.output, "hooks");
-    PB_EQ_STR(c.url, "https://partner.test/hook"); /* the conflict changed nothing */
-    PB_EQ_STR(c.description, "<null>");
-    PB_EQ_STR(c.events, "[]");
-    PB_EQ_STR(c.secrets, "[{\"key\":\"whsec_1\",\"expires_at\":null}]");
-    PB_EQ_STR(c.rate_limit, "<null>");
-    PB_CHECK(!c.disabled);
-    PB_EQ_STR(c.disabled_reason, "<null>");
-    PB_EQ_INT(c.failing_since, 0);
-    PB_EQ_INT(c.created_at, 100);
-    PB_EQ_INT(c.updated_at, 100);
-
-    /* Replace: every column takes the new value. */
-    a.url = "https://elsewhere.test/";
-    a.description = "ops";
-    a.events = "[\"invoice.paid\"]";
-    a.secrets = "[]";
-    a.rate_limit = "5/s";
-    a.disabled = true;
-    a.disabled_reason = "paused";
-    a.failing_since = 4242;
-    a.updated_at = 200;
-    PB_EQ_INT(ep_put(s, &a, false), 0);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_EQ_STR(c.url, "https://elsewhere.test/");
-    PB_EQ_STR(c.description, "ops");
-    PB_EQ_STR(c.events, "[\"invoice.paid\"]");
-    PB_EQ_STR(c.secrets, "[]");
-    PB_EQ_STR(c.rate_limit, "5/s");
-    PB_CHECK(c.disabled);
-    PB_EQ_STR(c.disabled_reason, "paused");
-    PB_EQ_INT(c.failing_since, 4242);
-    PB_EQ_INT(c.updated_at, 200);
-    /* ... and clearing optional ones stores NULL again. */
-    a.description = NULL;
-    a.rate_limit = NULL;
-    PB_EQ_INT(ep_put(s, &a, false), 0);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_EQ_STR(c.description, "<null>");
-    PB_EQ_STR(c.rate_limit, "<null>");
-    /* Not create_only: a new id is simply inserted. */
-    struct pb_endpoint_rec cc = ep_rec("ep_c");
-    PB_EQ_INT(ep_put(s, &cc, false), 0);
-
-    /* All of them, by id; the callback may stop early. */
-    PB_EQ_INT(pb_store_endpoints_load(s, eps_cb, &l, &err), 0);
-    PB_EQ_INT(l.n, 3);
-    PB_EQ_STR(l.e[0].id, "ep_a");
-    PB_EQ_STR(l.e[1].id, "ep_b");
-    PB_EQ_STR(l.e[1].events, "[\"order.*\"]");
-    PB_EQ_STR(l.e[1].rate_limit, "100/s");
-    PB_EQ_STR(l.e[1].description, "billing");
-    PB_EQ_STR(l.e[2].id, "ep_c");
-    memset(&l, 0, sizeof(l));
-    l.stop_after = 1;
-    PB_EQ_INT(pb_store_endpoints_load(s, eps_cb, &l, &err), 0);
-    PB_EQ_INT(l.n, 1);
-
-    PB_EQ_INT(ep_get(s, "ep_zzz", &c), PB_ENOTFOUND);
-    PB_EQ_INT(pb_store_endpoint_get(s, NULL, eps_cb, &l, &err), PB_EINVAL);
-    PB_EQ_INT(pb_store_endpoints_load(s, NULL, NULL, &err), PB_EINVAL);
-
-    /* Required fields and the id's size. */
-    char longid[PB_ENDPOINT_ID_MAX + 1];
-    memset(longid, 'x', sizeof(longid) - 1);
-    longid[sizeof(longid) - 1] = '\0';
-    struct pb_endpoint_rec bad;
-    const char **fields[] = {&bad.id, &bad.pipeline, &bad.output, &bad.url, &bad.secrets};
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        bad = ep_rec("ep_bad");
-        *fields[i] = NULL;
-        PB_EQ_INT(ep_put(s, &bad, false), PB_EINVAL);
-    }
-    bad = ep_rec("");
-    PB_EQ_INT(ep_put(s, &bad, false), PB_EINVAL);
-    bad = ep_rec(longid);
-    PB_EQ_INT(ep_put(s, &bad, false), PB_EINVAL);
-    longid[PB_ENDPOINT_ID_MAX - 1] = '\0'; /* the longest that fits */
-    bad = ep_rec(longid);
-    PB_EQ_INT(ep_put(s, &bad, true), 0);
-    PB_EQ_INT(ep_get(s, longid, &c), 0);
-    PB_EQ_STR(c.id, longid);
-    pb_store_destroy(s);
-    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM endpoints"), 4);
-out:
-    tdir_remove(&t);
-}
-
-PB_TEST(endpoint_state)
-{
-    struct tdir t;
-    struct ep_copy c;
-
-    tdir_make(&t);
-    struct pb_store *s = open_started(t.url);
-    if (!s)
-        goto out;
-    struct pb_endpoint_rec a = ep_rec("ep_a");
-    PB_EQ_INT(ep_put(s, &a, true), 0);
-
-    /* Failing since 5000; nothing else moves. */
-    PB_EQ_INT(ep_state(s, "ep_a", -1, "ignored", 5000, 5001), 0);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_CHECK(!c.disabled);
-    PB_EQ_STR(c.disabled_reason, "<null>");
-    PB_EQ_INT(c.failing_since, 5000);
-    PB_EQ_INT(c.updated_at, 5001);
-
-    /* Disabled with a reason; failing_since kept. */
-    PB_EQ_INT(ep_state(s, "ep_a", 1, "failing for 5 days", -1, 6000), 0);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_CHECK(c.disabled);
-    PB_EQ_STR(c.disabled_reason, "failing for 5 days");
-    PB_EQ_INT(c.failing_since, 5000);
-    PB_EQ_INT(c.updated_at, 6000);
-    PB_EQ_INT(c.created_at, 100);
-
-    /* Keeping the flag keeps the reason. */
-    PB_EQ_INT(ep_state(s, "ep_a", -1, NULL, -1, 6500), 0);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_CHECK(c.disabled);
-    PB_EQ_STR(c.disabled_reason, "failing for 5 days");
-
-    /* Enabled: the reason goes; healthy again. */
-    PB_EQ_INT(ep_state(s, "ep_a", 0, "ignored", 0, 7000), 0);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_CHECK(!c.disabled);
-    PB_EQ_STR(c.disabled_reason, "<null>");
-    PB_EQ_INT(c.failing_since, 0);
-    PB_EQ_INT(c.updated_at, 7000);
-
-    PB_EQ_INT(ep_state(s, "ep_nope", 1, "x", -1, 7000), PB_ENOTFOUND);
-    PB_EQ_INT(ep_state(s, "ep_a", 2, "x", -1, 7000), PB_EINVAL);
-    PB_EQ_INT(ep_state(s, "ep_a", 1, "x", -2, 7000), PB_EINVAL);
-    PB_EQ_INT(ep_state(s, NULL, 1, "x", -1, 7000), PB_EINVAL);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), 0);
-    PB_CHECK(!c.disabled);
-    pb_store_destroy(s);
-out:
-    tdir_remove(&t);
-}
-
-/* Endpoints of the configuration keep their state by (pipeline, output, id),
- * created on first use; managed endpoints never see it. */
-static int static_state(struct pb_store *s, const char *output, const char *id, const char *url,
-                        int disabled, const char *reason, int64_t failing_since, int64_t now)
-{
-    struct pb_op op = {.kind = PB_OP_ENDPOINT_STATE};
-    op.u.endpoint_state = (struct pb_op_endpoint_state){.id = id,
-                                                        .disabled = disabled,
-                                                        .disabled_reason = reason,
-                                                        .failing_since = failing_since,
-                                                        .now = now,
-                                                        .pipeline = "p",
-                                                        .output = output,
-                                                        .url = url};
-    return pb_store_exec(s, &op);
-}
-
-PB_TEST(static_endpoint_state)
-{
-    struct tdir t;
-    struct eps l = {0};
-    struct pb_err err;
-
-    tdir_make(&t);
-    struct pb_store *s = open_started(t.url);
-    if (!s)
-        goto out;
-    /* First use creates; -1 keeps; the same id under another output is another. */
-    PB_EQ_INT(static_state(s, "hooks", "shop", "https://a.test/", -1, NULL, 5000, 5001), 0);
-    PB_EQ_INT(static_state(s, "hooks", "shop", "https://a.test/", 1, "410 Gone", -1, 6000), 0);
-    PB_EQ_INT(static_state(s, "other", "shop", "https://b.test/", -1, NULL, 0, 6100), 0);
-    PB_EQ_INT(pb_store_static_states_load(s, eps_cb, &l, &err), 0);
-    PB_EQ_INT(l.n, 2);
-    PB_EQ_STR(l.e[0].output, "hooks");
-    PB_EQ_STR(l.e[0].id, "shop");
-    PB_EQ_STR(l.e[0].url, "https://a.test/");
-    PB_CHECK(l.e[0].disabled);
-    PB_EQ_STR(l.e[0].disabled_reason, "410 Gone");
-    PB_EQ_INT(l.e[0].failing_since, 5000);
-    PB_EQ_INT(l.e[0].updated_at, 6000);
-    PB_EQ_STR(l.e[1].output, "other");
-    PB_CHECK(!l.e[1].disabled);
-
-    /* Enabled again, healthy, under a new url; a restart keeps it. */
-    PB_EQ_INT(static_state(s, "hooks", "shop", "https://c.test/", 0, NULL, 0, 7000), 0);
-    pb_store_destroy(s);
-    s = open_started(t.url);
-    if (!s)
-        goto out;
-    l = (struct eps){0};
-    PB_EQ_INT(pb_store_static_states_load(s, eps_cb, &l, &err), 0);
-    PB_EQ_INT(l.n, 2);
-    PB_CHECK(!l.e[0].disabled);
-    PB_EQ_STR(l.e[0].disabled_reason, "<null>");
-    PB_EQ_INT(l.e[0].failing_since, 0);
-    PB_EQ_STR(l.e[0].url, "https://c.test/");
-
-    /* Not a managed endpoint; a static one needs its output and url. */
-    l = (struct eps){0};
-    PB_EQ_INT(pb_store_endpoints_load(s, eps_cb, &l, &err), 0);
-    PB_EQ_INT(l.n, 0);
-    PB_EQ_INT(static_state(s, NULL, "shop", "https://a.test/", 1, "x", -1, 8000), PB_EINVAL);
-    PB_EQ_INT(static_state(s, "hooks", "shop", NULL, 1, "x", -1, 8000), PB_EINVAL);
-    pb_store_destroy(s);
-out:
-    tdir_remove(&t);
-}
-
-PB_TEST(endpoint_delete_kills_its_pending_deliveries)
-{
-    static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b"};
-    static const char *const q_outs[] = {"hooks/ep_a"};
-    struct tdir t;
-    struct pb_err err;
-    struct loaded l;
-    struct ep_copy c;
-    int64_t p[4][1], kids[4][2], qp[1], qkid[1], dead = -1;
-    char id[8];
-
-    tdir_make(&t);
-    struct pb_store *s = open_started(t.url);
-    if (!s)
-        goto out;
-    struct pb_endpoint_rec a = ep_rec("ep_a"), b = ep_rec("ep_b");
-    PB_EQ_INT(ep_put(s, &a, true), 0);
-    PB_EQ_INT(ep_put(s, &b, true), 0);
-    for (int i = 0; i < 4; i++) {
-        snprintf(id, sizeof(id), "m%d", i);
-        PB_EQ_INT(ingest(s, "p", id, HOOKS1, 1, p[i]), 0);
-        PB_EQ_INT(fanout(s, p[i][0], outs, 2, kids[i]), 0);
-    }
-    /* ep_a's children: m0 delivered, m1 dead, m2 retrying after one attempt, m3 new. */
-    PB_EQ_INT(result(s, kids[0][0], 1, PB_DSTATE_DELIVERED, 200, NULL), 0);
-    PB_EQ_INT(result(s, kids[1][0], 1, PB_DSTATE_DEAD, 400, "bad"), 0);
-    PB_EQ_INT(result(s, kids[2][0], 1, PB_DSTATE_PENDING, 503, "busy"), 0);
-    /* The same output name in another pipeline is not ep_a's. */
-    PB_EQ_INT(ingest(s, "q", "q0", HOOKS1, 1, qp), 0);
-    PB_EQ_INT(fanout(s, qp[0], q_outs, 1, qkid), 0);
-
-    PB_EQ_INT(ep_delete(s, "ep_a", &dead), 0);
-    PB_EQ_INT(dead, 2);
-    PB_EQ_INT(ep_get(s, "ep_a", &c), PB_ENOTFOUND);
-    PB_EQ_INT(ep_get(s, "ep_b", &c), 0);
-    PB_EQ_INT(load(s, "p", "hooks/ep_a", 0, 10, &l), 0);
-    PB_EQ_INT(l.n, 0);
-    PB_EQ_INT(load(s, "p", "hooks/ep_b", 0, 10, &l), 0);
-    PB_EQ_INT(l.n, 4);
-    PB_EQ_INT(load(s, "q", "hooks/ep_a", 0, 10, &l), 0);
-    PB_EQ_INT(l.n, 1);
-
-    /* In the dead-letter queue: m1's old death and the two just killed. */
-    json_t *page = pb_store_dead_letters_json(s, "p", "hooks/ep_a", 0, 10, &err);
-    PB_CHECK(page != NULL);
-    json_t *items = json_object_get(page, "items");
-    PB_EQ_INT(json_array_size(items), 3);
-    PB_EQ_INT(json_integer_value(json_object_get(json_array_get(items, 0), "id")), kids[1][0]);
-    PB_EQ_STR(json_string_value(json_object_get(json_array_get(items, 0), "last_error")), "bad");
-    for (int i = 1; i < 3; i++) {
-        json_t *it = json_array_get(items, (size_t)i);
-        PB_EQ_INT(json_integer_value(json_object_get(it, "id")), kids[i + 1][0]);
-        PB_EQ_STR(json_string_value(json_object_get(it, "last_error")), "endpoint deleted");
-        PB_EQ_INT(json_integer_value(json_object_get(it, "dead_at")), 8000);
-    }
-    json_decref(page);
-
-    /* The retried one keeps its log and gains the deletion as attempt 2. */
-    json_t *dl = pb_store_dead_letter_json(s, kids[2][0], &err);
-    PB_CHECK(dl != NULL);
-    PB_EQ_INT(json_integer_value(json_object_get(dl, "attempts")), 2);
-    json_t *log = json_object_get(dl, "attempt_log");
-    PB_EQ_INT(json_array_size(log), 2);
-    PB_EQ_STR(json_string_value(json_object_get(json_array_get(log, 0), "error")), "busy");
-    json_t *a1 = json_array_get(log, 1);
-    PB_EQ_INT(json_integer_value(json_object_get(a1, "n")), 2);
-    PB_EQ_INT(json_integer_value(json_object_get(a1, "started_at")), 8000);
-    PB_EQ_STR(json_string_value(json_object_get(a1, "state")), "dead");
-    PB_EQ_STR(json_string_value(json_object_get(a1, "error")), "endpoint deleted");
-    json_decref(dl);
-    dl = pb_store_dead_letter_json(s, kids[3][0], &err);
-    PB_EQ_INT(json_integer_value(json_object_get(dl, "attempts")), 1);
-    PB_EQ_INT(json_array_size(json_object_get(dl, "attempt_log")), 1);
-    json_decref(dl);
-
-    /* The delivered one stays delivered; a second delete finds nothing. */
-    json_t *m = pb_store_message_json(s, "m0", &err);
-    PB_EQ_STR(json_string_value(
-                  json_object_get(json_array_get(json_object_get(m, "deliveries"), 1), "state")),
-              "delivered");
-    json_decref(m);
-    dead = -1;
-    PB_EQ_INT(ep_delete(s, "ep_a", &dead), PB_ENOTFOUND);
-    PB_EQ_INT(dead, 0);
-    PB_EQ_INT(ep_delete(s, NULL, NULL), PB_EINVAL);
-
-    /* Dead letters of a deleted endpoint can still be replayed (to nobody:
-     * the dispatcher decides what to do with them), and purged. */
-    int64_t nid = 0;
-    PB_EQ_INT(replay(s, kids[3][0], &nid), 0);
-    PB_CHECK(nid > qkid[0]);
-    PB_EQ_INT(purge(s, kids[2][0]), 0);
-    pb_store_destroy(s);
-out:
-    tdir_remove(&t);
-}
-
-PB_TEST(endpoint_and_fanout_failures_stay_local_to_their_op)
-{
-    static const char *const outs[] = {"hooks/ep_x"};
-    struct tdir t;
-    struct pb_op ops[5];
-    struct ep_copy c;
-    int64_t p1[1], child[1] = {0};
-
-    tdir_make(&t);
-    struct pb_store *s = open_started(t.url);
-    if (!s)
-        goto out;
-    PB_EQ_INT(ingest(s, "p", "m1", HOOKS1, 1, p1), 0);
-    pb_store_stop(s);
-    pb_store_destroy(s);
-
-    s = open_ok(t.url, NULL);
-    if (!s)
-        goto out;
-    memset(ops, 0, sizeof(ops));
-    ops[0].kind = ops[1].kind = ops[4].kind = PB_OP_ENDPOINT_PUT;
-    ops[0].u.endpoint_put.rec = ep_rec("ep_x");
-    ops[0].u.endpoint_put.create_only = true;
-    ops[1].u.endpoint_put.rec = ep_rec("ep_x");
-    ops[1].u.endpoint_put.rec.url = "https://second.test/";
-    ops[1].u.endpoint_put.create_only = true;
-    fanout_init(&ops[2], 999999, 1, outs, 1, NULL);
-    ops[3].kind = PB_OP_ENDPOINT_DELETE;
-    ops[3].u.endpoint_delete.id = "ep_never";
-    ops[4].u.endpoint_put.rec = ep_rec("ep_y");
-    for (int i = 0; i < 5; i++)
-        PB_EQ_INT(pb_store_submit(s, &ops[i]), 0);
-    struct pb_op last;
-    fanout_init(&last, p1[0], 1, outs, 1, child);
-    PB_EQ_INT(pb_store_submit(s, &last), 0);
-    struct pb_op bogus = {.kind = (enum pb_op_kind)(PB_OP_RELEASE + 1)};
-    PB_EQ_INT(pb_store_submit(s, &bogus), PB_EINVAL);
-    PB_EQ_INT(pb_store_start(s), 0);
-    pb_store_stop(s);
-    PB_EQ_INT(ops[0].status, 0);
-    PB_EQ_INT(ops[1].status, PB_EEXISTS);
-    PB_EQ_INT(ops[2].status, PB_ENOTFOUND);
-    PB_EQ_INT(ops[3].status, PB_ENOTFOUND);
-    PB_EQ_INT(ops[4].status, 0);
-    PB_EQ_INT(last.status, 0);
-    PB_CHECK(child[0] > p1[0]);
-    uint64_t commits = 0, nops = 0;
-    pb_store_stats(s, &commits, &nops);
-    PB_EQ_INT(commits, 1);
-    PB_EQ_INT(nops, 6);
-    PB_EQ_INT(ep_get(s, "ep_x", &c), 0);
-    PB_EQ_STR(c.url, "https://partner.test/hook");
-    PB_EQ_INT(ep_get(s, "ep_y", &c), 0);
     pb_store_destroy(s);
 out:
     tdir_remove(&t);
@@ -2827,6 +2338,173 @@ PB_TEST(dstate_names)
     PB_EQ_STR(pb_dstate_name(PB_DSTATE_FILTERED), "filtered");
     PB_EQ_STR(pb_dstate_name(PB_DSTATE_REPLAYED), "replayed");
     PB_EQ_STR(pb_dstate_name((enum pb_dstate)42), "unknown");
+}
+
+/* A removed sub-output's pending deliveries go to the dead-letter queue
+ * with the reason; other sub-outputs and finished deliveries stay. */
+PB_TEST(sub_kill_dead_letters_only_that_sub_output)
+{
+    static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b"};
+    struct tdir t;
+    int64_t parent[1], child[2];
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", HOOKS1, 1, parent), 0);
+    PB_EQ_INT(fanout(s, parent[0], outs, 2, child), 0);
+    struct pb_op op = {.kind = PB_OP_SUB_KILL};
+    op.u.sub_kill = (struct pb_op_sub_kill){.pipeline = "p",
+                                            .output = "hooks",
+                                            .sub = "ep_a",
+                                            .reason = "endpoint deleted",
+                                            .now = 9000};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.sub_kill.dead, 1);
+    PB_EQ_INT(sql_int(t.path, "SELECT state FROM deliveries WHERE sub = 'ep_a'"), 2);
+    PB_EQ_INT(sql_int(t.path, "SELECT state FROM deliveries WHERE sub = 'ep_b'"), 0);
+    struct pb_err err = {0};
+    json_t *dl = pb_store_dead_letters_json(s, "p", "hooks/ep_a", 0, 10, &err);
+    PB_EQ_INT(json_array_size(json_object_get(dl, "items")), 1);
+    PB_EQ_STR(json_string_value(
+                  json_object_get(json_array_get(json_object_get(dl, "items"), 0), "last_error")),
+              "endpoint deleted");
+    json_decref(dl);
+    /* Again: nothing left to kill. */
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.sub_kill.dead, 0);
+    op.u.sub_kill.sub = NULL;
+    PB_EQ_INT(pb_store_exec(s, &op), PB_EINVAL);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+struct kvs {
+    int n;
+    char keys[8][32];
+    char values[8][64];
+};
+
+static int kvs_cb(void *arg, const char *key, const void *value, size_t len)
+{
+    struct kvs *k = arg;
+    if (k->n < 8) {
+        snprintf(k->keys[k->n], sizeof(k->keys[0]), "%s", key);
+        snprintf(k->values[k->n], sizeof(k->values[0]), "%.*s", (int)len, (const char *)value);
+    }
+    k->n++;
+    return 0;
+}
+
+/* Key-value state: written alone or with an input's batch, read back by
+ * scope in key order, deleted with a NULL value. */
+PB_TEST(kv_put_delete_and_batch)
+{
+    struct tdir t;
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    struct pb_kv_put puts[] = {
+        {.scope = "output/p/hooks", .key = "endpoint/b", .value = "{\"id\":\"b\"}", .len = 10},
+        {.scope = "output/p/hooks", .key = "endpoint/a", .value = "{\"id\":\"a\"}", .len = 10},
+        {.scope = "output/p/other", .key = "x", .value = "1", .len = 1},
+    };
+    struct pb_op op = {.kind = PB_OP_KV};
+    op.u.kv = (struct pb_op_kv){.n = 3, .kv = puts, .now = 100};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    struct kvs k = {0};
+    struct pb_err err = {0};
+    PB_EQ_INT(pb_store_kv_load(s, "output/p/hooks", kvs_cb, &k, &err), 0);
+    PB_EQ_INT(k.n, 2);
+    PB_EQ_STR(k.keys[0], "endpoint/a");
+    PB_EQ_STR(k.values[1], "{\"id\":\"b\"}");
+    struct pb_kv_put del = {.scope = "output/p/hooks", .key = "endpoint/a"};
+    op.u.kv = (struct pb_op_kv){.n = 1, .kv = &del, .now = 200};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    memset(&k, 0, sizeof(k));
+    PB_EQ_INT(pb_store_kv_load(s, "output/p/hooks", kvs_cb, &k, &err), 0);
+    PB_EQ_INT(k.n, 1);
+    /* A batch and its checkpoint: one op, committed together. */
+    int64_t ids[1];
+    struct pb_op_ingest item;
+    struct pb_op in;
+    ingest_init(&in, "p", "batch-1", "{}", 2, OUTS1, 1, ids);
+    item = in.u.ingest;
+    struct pb_kv_put ck = {.scope = "input/p", .key = "offset", .value = "42", .len = 2};
+    struct pb_op sub = {.kind = PB_OP_SUBMIT};
+    sub.u.submit = (struct pb_op_submit){.n = 1, .items = &item, .nkv = 1, .kv = &ck, .now = 300};
+    PB_EQ_INT(pb_store_exec(s, &sub), 0);
+    PB_CHECK(item.msg_seq > 0);
+    memset(&k, 0, sizeof(k));
+    PB_EQ_INT(pb_store_kv_load(s, "input/p", kvs_cb, &k, &err), 0);
+    PB_EQ_INT(k.n, 1);
+    PB_EQ_STR(k.values[0], "42");
+    /* An invalid item fails the whole op before anything is written. */
+    struct pb_op_ingest bad = item;
+    bad.msg_id = NULL;
+    struct pb_kv_put ck2 = {.scope = "input/p", .key = "offset", .value = "43", .len = 2};
+    sub.u.submit = (struct pb_op_submit){.n = 1, .items = &bad, .nkv = 1, .kv = &ck2, .now = 400};
+    PB_EQ_INT(pb_store_exec(s, &sub), PB_EINVAL);
+    memset(&k, 0, sizeof(k));
+    PB_EQ_INT(pb_store_kv_load(s, "input/p", kvs_cb, &k, &err), 0);
+    PB_EQ_STR(k.values[0], "42");
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
+/* A store of schema 7 with managed and static webhook endpoints: opening it
+ * moves them into the webhook output's state, and drops the old tables. */
+PB_TEST(migrate_v7_endpoints_into_output_state)
+{
+    struct tdir t;
+    tdir_make(&t);
+    sqlite3 *db = NULL;
+    PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int v = 1; v <= 7; v++)
+        PB_EQ_INT(sqlite3_exec(db, pb__sqlite_migration_sql(v), NULL, NULL, NULL), SQLITE_OK);
+    PB_EQ_INT(sqlite3_exec(db,
+                           "PRAGMA application_id=1885495673;"
+                           "INSERT INTO meta VALUES ('schema_version', '7'), ('node_id', "
+                           "'0123456789abcdef'), ('created_at', '1'), ('epoch', '4');"
+                           "INSERT INTO endpoints VALUES ('ep_1', 'p', 'hooks', "
+                           "'https://crm.test/h', 'crm', '[\"order.*\"]', "
+                           "'[{\"key\":\"whsec_x\",\"expires_at\":null}]', '10/s', 1, 'gone', 0, "
+                           "10, 20);"
+                           "INSERT INTO static_endpoint_state VALUES ('p', 'hooks', 'st_1', "
+                           "'https://static.test/', 1, '410', 5, 30);",
+                           NULL, NULL, NULL),
+              SQLITE_OK);
+    sqlite3_close(db);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    struct kvs k = {0};
+    struct pb_err err = {0};
+    PB_EQ_INT(pb_store_kv_load(s, "output/p/hooks", kvs_cb, &k, &err), 0);
+    PB_EQ_INT(k.n, 2);
+    PB_EQ_STR(k.keys[0], "endpoint/ep_1");
+    PB_EQ_STR(k.keys[1], "static/st_1");
+    pb_store_destroy(s);
+    s = NULL;
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM sqlite_schema WHERE name IN ('endpoints',"
+                              " 'static_endpoint_state')"),
+              0);
+    PB_EQ_INT(sql_int(t.path, "SELECT json_extract(value, '$.disabled') FROM kv WHERE key ="
+                              " 'endpoint/ep_1'"),
+              1);
+    PB_EQ_INT(sql_int(t.path, "SELECT json_array_length(value, '$.secrets') FROM kv WHERE key ="
+                              " 'endpoint/ep_1'"),
+              1);
+    PB_EQ_INT(sql_int(t.path, "SELECT json_extract(value, '$.failing_since') FROM kv WHERE key ="
+                              " 'static/st_1'"),
+              5);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+              PB_STORE_SCHEMA_VERSION);
+out:
+    tdir_remove(&t);
 }
 
 int main(void)
