@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "admin/api.h"
+#include "admin/views.h"
 #include "core/input.h"
 #include "patchbay/pb_log.h"
 
@@ -224,7 +225,7 @@ static const char *replay_refusal(struct pb_engine *e, const char *pipeline, con
 static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
 {
     struct pb_err err = {0};
-    json_t *dead = pb_store_dead_letter_json(e->store, id, &err);
+    json_t *dead = pb_admin_dead_letter_json(e->store, id, &err);
     if (!dead)
         return reply_store_error(r, &err);
     const char *why = replay_refusal(e, json_string_value(json_object_get(dead, "pipeline")),
@@ -391,7 +392,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
         const char *id = path + 14;
         if (!*id || strlen(id) >= PB_MSG_ID_MAX || strchr(id, '/'))
             return reply_error(r, 404, "no such message");
-        json_t *m = pb_store_message_json(e->store, id, &err);
+        json_t *m = pb_admin_message_json(e->store, id, &err);
         if (!m)
             return reply_store_error(r, &err);
         return reply(r, 200, m);
@@ -413,7 +414,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             if (after_id < 1)
                 return reply_error(r, 400, "after must be a delivery id");
         }
-        json_t *l = pb_store_dead_letters_json(e->store, arg(c, "pipeline"), arg(c, "output"),
+        json_t *l = pb_admin_dead_letters_json(e->store, arg(c, "pipeline"), arg(c, "output"),
                                                after_id, limit, &err);
         if (!l)
             return reply_store_error(r, &err);
@@ -442,7 +443,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return purge_one(e, id, r);
         if (!get)
             return reply_error(r, 405, "method not allowed");
-        json_t *d = pb_store_dead_letter_json(e->store, id, &err);
+        json_t *d = pb_admin_dead_letter_json(e->store, id, &err);
         if (!d)
             return reply_store_error(r, &err);
         return reply(r, 200, d);

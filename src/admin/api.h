@@ -3,6 +3,8 @@
 #ifndef PB_ADMIN_API_H
 #define PB_ADMIN_API_H
 
+#include <jansson.h>
+
 #include "core/engine.h"
 #include "patchbay/pb_server.h"
 

@@ -29,8 +29,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <jansson.h>
-
 #include "patchbay/pb_err.h"
 
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
@@ -366,23 +364,74 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
  * grow with the finished ones kept for `retention`. */
 int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 
-/* Admin views as JSON (new references; NULL + err on failure, PB_ENOTFOUND
- * when absent). Bodies that are UTF-8 JSON are embedded as "body"; others as
- * "body_base64".
- * message:      {id, pipeline, received_at, content_type, body,
- *                deliveries:[{id, output, state, attempts, next_at, last_status,
- *                             last_error, replay_of, attempt_log:[...]}]}
- * dead letters: {items:[{id, message_id, pipeline, output, attempts,
- *                created_at, dead_at, last_status, last_error}], next_after}
- * dead letter:  one item plus "body" and "attempt_log":[{n, started_at,
- *                latency_ms, status, state, error}]
- * Times are unix ms; "state" is pb_dstate_name() ("pending", "dead"...);
- * absent values (last_status before any attempt, replay_of) are null. A
- * JSON body is embedded only when it prints back unchanged (no 1.10 shown
- * as 1.1000000000000001); otherwise it comes as "body_base64". */
-json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err);
-json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
-                                   int64_t after_id, int limit, struct pb_err *err);
-json_t *pb_store_dead_letter_json(struct pb_store *s, int64_t delivery_id, struct pb_err *err);
+/* Rows for the admin API (which builds its JSON from them, src/admin).
+ * Strings and bodies are borrowed for the callback; a callback returning
+ * non-zero stops the read. Times are unix ms. */
+struct pb_message_row {
+    int64_t seq;
+    const char *id, *pipeline;
+    int64_t received_at;
+    const char *content_type; /* NULL: application/json */
+    const void *body;
+    size_t len;
+    bool body_damaged; /* no longer matches the checksum taken at ingest */
+    const char *meta;  /* $meta JSON text or NULL */
+    size_t meta_len;
+    const char *parent_id; /* a split child: the message it came from */
+    bool routed;           /* the route stage changed the body: */
+    const void *routed_body;
+    size_t routed_len;
+    bool routed_damaged;
+};
+
+struct pb_delivery_row {
+    int64_t id;
+    const char *msg_id, *pipeline, *output;
+    const char *sub; /* NULL for the output itself */
+    enum pb_dstate state;
+    int attempts;
+    int64_t next_at, created_at, updated_at;
+    bool has_status; /* last_status is set once an attempt ended */
+    int last_status;
+    const char *last_error; /* NULL when none */
+    size_t last_error_len;
+    int64_t replay_of; /* 0: not a replay */
+    /* dead letters read one at a time: the message's body */
+    const char *content_type;
+    const void *body;
+    size_t len;
+};
+
+struct pb_attempt_row {
+    int n;
+    int64_t started_at, latency_ms;
+    int status;
+    enum pb_dstate state;
+    const char *error; /* NULL when none */
+    size_t error_len;
+};
+
+struct pb_read_cbs {
+    void *arg;
+    int (*message)(void *arg, const struct pb_message_row *m);
+    int (*child)(void *arg, const char *child_id); /* split children, in order */
+    int (*delivery)(void *arg, const struct pb_delivery_row *d);
+    int (*attempt)(void *arg, const struct pb_attempt_row *a); /* of the delivery before */
+};
+
+/* A message, its split children, and each delivery with its attempts, from
+ * one snapshot. PB_ENOTFOUND when absent. */
+int pb_store_read_message(struct pb_store *s, const char *msg_id, const struct pb_read_cbs *cb,
+                          struct pb_err *err);
+/* Dead letters with id > after_id, by id, at most limit (delivery rows,
+ * without bodies). output may name a sub-output as "output/sub"; an output
+ * takes its sub-outputs' too. pipeline and output may be NULL. */
+int pb_store_read_dead_letters(struct pb_store *s, const char *pipeline, const char *output,
+                               int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                               struct pb_err *err);
+/* One dead letter (delivery row with the body) and its attempts.
+ * PB_ENOTFOUND when there is no such dead delivery. */
+int pb_store_read_dead_letter(struct pb_store *s, int64_t delivery_id, const struct pb_read_cbs *cb,
+                              struct pb_err *err);
 
 #endif

@@ -1625,9 +1625,9 @@ const struct pb_store_backend pb__store_sqlite = {
     .commit = sq_commit,
     .rollback = sq_rollback,
     .count = pb__sqlite_count,
-    .message_json = pb__sqlite_message_json,
-    .dead_letters_json = pb__sqlite_dead_letters_json,
-    .dead_letter_json = pb__sqlite_dead_letter_json,
+    .read_message = pb__sqlite_read_message,
+    .read_dead_letters = pb__sqlite_read_dead_letters,
+    .read_dead_letter = pb__sqlite_read_dead_letter,
     .kv_load = pb__sqlite_kv_load,
     .test_max_pages = sq_test_max_pages,
 };

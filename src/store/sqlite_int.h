@@ -88,10 +88,13 @@ int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err
  * there (a body stored before checksums) counts as a match. */
 bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len);
 int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
-json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err);
-json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
-                                     int64_t after_id, int limit, struct pb_err *err);
-json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err);
+int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
+                            struct pb_err *err);
+int pb__sqlite_read_dead_letters(void *ctx, const char *pipeline, const char *output,
+                                 int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                                 struct pb_err *err);
+int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
+                                struct pb_err *err);
 int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
 /* Tests only: the SQL of schema version v (1..PB_STORE_SCHEMA_VERSION). */
 const char *pb__sqlite_migration_sql(int v);

@@ -27,9 +27,8 @@ enum {
 };
 
 #define DEAD_COLS                                                                                  \
-    "SELECT d.id, m.id, d.pipeline, d.output || coalesce('/' || d.sub, ''), d.attempts,"           \
-    " d.created_at, d.updated_at,"                                                                 \
-    " d.last_status, d.last_error, m.content_type, m.body"                                         \
+    "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
+    " d.last_status, d.last_error, m.content_type, m.body, d.sub"                                  \
     " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
 #define DEAD_LIST(w) DEAD_COLS " WHERE d.state = 2 AND d.id > ?3" w " ORDER BY d.id LIMIT ?4"
 
@@ -44,9 +43,8 @@ static const char *const rsql[R_COUNT_ALL] = {
         " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
         " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
-    [R_MSG_DELIVERIES] = "SELECT id, output || coalesce('/' || sub, ''), state, attempts, next_at,"
-                         " created_at, updated_at,"
-                         " last_status, last_error, replay_of FROM deliveries"
+    [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
+                         " last_status, last_error, replay_of, sub FROM deliveries"
                          " WHERE msg_seq = ?1 ORDER BY id",
     [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
                    " WHERE delivery_id = ?1 ORDER BY n",
@@ -214,72 +212,38 @@ out:
     return ret;
 }
 
-/* ---- JSON views ---------------------------------------------------------------------------- */
+/* ---- rows for the admin API ---------------------------------------------------------------- */
 
-/* Column i as a JSON value: integer, string or null. NULL on ENOMEM. */
-static json_t *col_json(sqlite3_stmt *st, int i)
+static const char *text_col(sqlite3_stmt *st, int i)
 {
-    switch (sqlite3_column_type(st, i)) {
-    case SQLITE_INTEGER:
-        return json_integer(sqlite3_column_int64(st, i));
-    case SQLITE_NULL:
-        return json_null();
-    default: {
-        const char *t = (const char *)sqlite3_column_text(st, i);
-        /* Error excerpts and content types come from partners and clients. */
-        return t ? pb__store_text_json(t, (size_t)sqlite3_column_bytes(st, i)) : NULL;
-    }
-    }
+    return (const char *)sqlite3_column_text(st, i);
 }
 
-static json_t *state_json(sqlite3_stmt *st, int i)
-{
-    return json_string(pb_dstate_name((enum pb_dstate)sqlite3_column_int(st, i)));
-}
-
-/* Set key on obj, stealing v; -1 when v is NULL or the set fails. */
-static int jset(json_t *obj, const char *key, json_t *v)
-{
-    return (v && json_object_set_new(obj, key, v) == 0) ? 0 : -1;
-}
-
-/* attempt_log of delivery id, as a new array; NULL + err on failure. */
-static json_t *attempt_log(struct rconn *r, int64_t id, struct pb_err *err)
+/* Every attempt of delivery id to cb->attempt. */
+static int attempts(struct rconn *r, int64_t id, const struct pb_read_cbs *cb, struct pb_err *err)
 {
     sqlite3_stmt *st = rstmt(r, R_ATTEMPTS, err);
-    json_t *arr = NULL;
-    int rc, bad = 0;
-
+    int rc;
     if (!st)
-        return NULL;
-    if (!(arr = json_array()))
-        goto nomem;
+        return err ? err->code : PB_ESTORE;
     sqlite3_bind_int64(st, 1, id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        json_t *a = json_object();
-        if (!a || json_array_append_new(arr, a) != 0)
-            goto nomem;
-        bad |= jset(a, "n", col_json(st, 0));
-        bad |= jset(a, "started_at", col_json(st, 1));
-        bad |= jset(a, "latency_ms", col_json(st, 2));
-        bad |= jset(a, "status", col_json(st, 3));
-        bad |= jset(a, "state", state_json(st, 4));
-        bad |= jset(a, "error", col_json(st, 5));
-        if (bad)
-            goto nomem;
+        struct pb_attempt_row a = {
+            .n = sqlite3_column_int(st, 0),
+            .started_at = sqlite3_column_int64(st, 1),
+            .latency_ms = sqlite3_column_int64(st, 2),
+            .status = sqlite3_column_int(st, 3),
+            .state = (enum pb_dstate)sqlite3_column_int(st, 4),
+            .error = text_col(st, 5),
+            .error_len = (size_t)sqlite3_column_bytes(st, 5),
+        };
+        if (cb->attempt && cb->attempt(cb->arg, &a)) {
+            sqlite3_reset(st);
+            return PB_ENOMEM;
+        }
     }
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-        read_fail(r->db, rc, err, "attempts");
-        json_decref(arr);
-        return NULL;
-    }
-    return arr;
-nomem:
-    sqlite3_reset(st);
-    json_decref(arr);
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-    return NULL;
+    return rc == SQLITE_DONE ? 0 : read_fail(r->db, rc, err, "attempts");
 }
 
 static int begin_read(struct rconn *r, struct pb_err *err)
@@ -288,180 +252,168 @@ static int begin_read(struct rconn *r, struct pb_err *err)
     return rc == SQLITE_OK ? 0 : read_fail(r->db, rc, err, "begin");
 }
 
-json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err)
+static void end_read(struct rconn *r)
+{
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+}
+
+static int stopped(struct pb_err *err)
+{
+    return pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
+}
+
+int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
+                            struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st = NULL, *dst = NULL;
-    json_t *m = NULL, *dl = NULL;
-    int64_t seq;
-    int rc, bad = 0;
+    sqlite3_stmt *st = NULL, *dst = NULL, *cst = NULL;
+    int rc, ret = 0;
 
     if (!r)
-        return NULL;
-    if (begin_read(r, err) < 0 || !(st = rstmt(r, R_MSG, err)) ||
-        !(dst = rstmt(r, R_MSG_DELIVERIES, err)))
-        goto fail;
+        return err ? err->code : PB_ESTORE;
+    if ((ret = begin_read(r, err)) < 0)
+        goto out_put;
+    if (!(st = rstmt(r, R_MSG, err)) || !(dst = rstmt(r, R_MSG_DELIVERIES, err)) ||
+        !(cst = rstmt(r, R_MSG_CHILDREN, err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
     sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        pb_err_set(err, PB_ENOTFOUND, "no message %s", msg_id);
-        goto fail;
+        ret = pb_err_set(err, PB_ENOTFOUND, "no message %s", msg_id);
+        goto out;
     }
     if (rc != SQLITE_ROW) {
-        read_fail(r->db, rc, err, "message");
-        goto fail;
+        ret = read_fail(r->db, rc, err, "message");
+        goto out;
     }
-    seq = sqlite3_column_int64(st, 0);
-    if (!(m = json_object()))
-        goto nomem;
-    bad |= jset(m, "id", col_json(st, 1));
-    bad |= jset(m, "pipeline", col_json(st, 2));
-    bad |= jset(m, "received_at", col_json(st, 3));
-    bad |= jset(m, "content_type", col_json(st, 4));
-    const void *body = sqlite3_column_blob(st, 5);
-    size_t blen = (size_t)sqlite3_column_bytes(st, 5);
-    if (!pb__sqlite_body_intact(st, 6, body, blen))
-        bad |= jset(m, "body_damaged", json_true());
-    if (bad || pb__store_set_body(m, body, blen) < 0)
-        goto nomem;
-    if (sqlite3_column_type(st, 7) != SQLITE_NULL) {
-        json_t *meta = json_loadb((const char *)sqlite3_column_text(st, 7),
-                                  (size_t)sqlite3_column_bytes(st, 7), 0, NULL);
-        if (meta && json_object_set_new(m, "meta", meta) != 0)
-            goto nomem;
+    struct pb_message_row m = {
+        .seq = sqlite3_column_int64(st, 0),
+        .id = text_col(st, 1),
+        .pipeline = text_col(st, 2),
+        .received_at = sqlite3_column_int64(st, 3),
+        .content_type = text_col(st, 4),
+        .body = sqlite3_column_blob(st, 5),
+        .len = (size_t)sqlite3_column_bytes(st, 5),
+        .meta = text_col(st, 7),
+        .meta_len = (size_t)sqlite3_column_bytes(st, 7),
+        .parent_id = text_col(st, 8),
+        .routed = sqlite3_column_type(st, 9) != SQLITE_NULL,
+    };
+    if (!m.body)
+        m.body = "";
+    m.body_damaged = !pb__sqlite_body_intact(st, 6, m.body, m.len);
+    if (m.routed) {
+        m.routed_body = sqlite3_column_blob(st, 9);
+        m.routed_len = (size_t)sqlite3_column_bytes(st, 9);
+        if (!m.routed_body)
+            m.routed_body = "";
+        m.routed_damaged = !pb__sqlite_body_intact(st, 10, m.routed_body, m.routed_len);
     }
-    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
-        bad |= jset(m, "parent", col_json(st, 8));
-    if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
-        /* The body the route stage made; shown like the body as received. */
-        const void *rb = sqlite3_column_blob(st, 9);
-        size_t rlen = (size_t)sqlite3_column_bytes(st, 9);
-        json_t *routed = json_object();
-        if (!routed || json_object_set_new(m, "routed", routed) != 0 ||
-            pb__store_set_body(routed, rb ? rb : "", rlen) < 0)
-            goto nomem;
-        if (!pb__sqlite_body_intact(st, 10, rb ? rb : "", rlen))
-            bad |= jset(routed, "body_damaged", json_true());
+    if (!m.id || !m.pipeline) {
+        ret = stopped(err);
+        goto out;
     }
-    if (bad)
-        goto nomem;
-    {
-        sqlite3_stmt *cst = rstmt(r, R_MSG_CHILDREN, err);
-        json_t *children = NULL;
-        if (!cst)
-            goto fail;
-        sqlite3_bind_int64(cst, 1, seq);
-        while ((rc = sqlite3_step(cst)) == SQLITE_ROW) {
-            if (!children &&
-                (!(children = json_array()) || json_object_set_new(m, "children", children) != 0)) {
-                sqlite3_reset(cst);
-                goto nomem;
-            }
-            if (json_array_append_new(children, col_json(cst, 0)) != 0) {
-                sqlite3_reset(cst);
-                goto nomem;
-            }
+    if (cb->message && cb->message(cb->arg, &m)) {
+        ret = stopped(err);
+        goto out;
+    }
+    sqlite3_bind_int64(cst, 1, m.seq);
+    while ((rc = sqlite3_step(cst)) == SQLITE_ROW)
+        if (cb->child && text_col(cst, 0) && cb->child(cb->arg, text_col(cst, 0))) {
+            ret = stopped(err);
+            goto out;
         }
-        sqlite3_reset(cst);
-        if (rc != SQLITE_DONE) {
-            read_fail(r->db, rc, err, "children");
-            goto fail;
-        }
-    }
-    if (!(dl = json_array()) || json_object_set_new(m, "deliveries", dl) != 0)
-        goto nomem;
-
-    sqlite3_bind_int64(dst, 1, seq);
-    while ((rc = sqlite3_step(dst)) == SQLITE_ROW) {
-        json_t *d = json_object(), *log;
-        if (!d || json_array_append_new(dl, d) != 0)
-            goto nomem;
-        bad |= jset(d, "id", col_json(dst, 0));
-        bad |= jset(d, "output", col_json(dst, 1));
-        bad |= jset(d, "state", state_json(dst, 2));
-        bad |= jset(d, "attempts", col_json(dst, 3));
-        bad |= jset(d, "next_at", col_json(dst, 4));
-        bad |= jset(d, "created_at", col_json(dst, 5));
-        bad |= jset(d, "updated_at", col_json(dst, 6));
-        bad |= jset(d, "last_status", col_json(dst, 7));
-        bad |= jset(d, "last_error", col_json(dst, 8));
-        bad |= jset(d, "replay_of", col_json(dst, 9));
-        if (bad)
-            goto nomem;
-        if (!(log = attempt_log(r, sqlite3_column_int64(dst, 0), err)))
-            goto fail;
-        if (json_object_set_new(d, "attempt_log", log) != 0)
-            goto nomem;
-    }
     if (rc != SQLITE_DONE) {
-        read_fail(r->db, rc, err, "deliveries");
-        goto fail;
+        ret = read_fail(r->db, rc, err, "children");
+        goto out;
     }
-    sqlite3_reset(st);
-    sqlite3_reset(dst);
-    rconn_put(q, r);
-    return m;
-
-nomem:
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-fail:
+    sqlite3_bind_int64(dst, 1, m.seq);
+    while ((rc = sqlite3_step(dst)) == SQLITE_ROW) {
+        struct pb_delivery_row d = {
+            .id = sqlite3_column_int64(dst, 0),
+            .msg_id = m.id,
+            .pipeline = m.pipeline,
+            .output = text_col(dst, 1),
+            .sub = text_col(dst, 10),
+            .state = (enum pb_dstate)sqlite3_column_int(dst, 2),
+            .attempts = sqlite3_column_int(dst, 3),
+            .next_at = sqlite3_column_int64(dst, 4),
+            .created_at = sqlite3_column_int64(dst, 5),
+            .updated_at = sqlite3_column_int64(dst, 6),
+            .has_status = sqlite3_column_type(dst, 7) != SQLITE_NULL,
+            .last_status = sqlite3_column_int(dst, 7),
+            .last_error = text_col(dst, 8),
+            .last_error_len = (size_t)sqlite3_column_bytes(dst, 8),
+            .replay_of = sqlite3_column_int64(dst, 9),
+        };
+        if (!d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
+            ret = stopped(err);
+            goto out;
+        }
+        if ((ret = attempts(r, d.id, cb, err)) != 0)
+            goto out;
+    }
+    if (rc != SQLITE_DONE)
+        ret = read_fail(r->db, rc, err, "deliveries");
+out:
     if (st)
         sqlite3_reset(st);
     if (dst)
         sqlite3_reset(dst);
-    json_decref(m);
+    if (cst)
+        sqlite3_reset(cst);
+    end_read(r);
+out_put:
     rconn_put(q, r);
-    return NULL;
+    return ret;
 }
 
-/* One dead-letter item from a DEAD_COLS row; with_body adds the body. */
-static json_t *dead_item(sqlite3_stmt *st, bool with_body)
+/* A dead letter from a DEAD_COLS row; with_body adds the body. */
+static struct pb_delivery_row dead_row(sqlite3_stmt *st, bool with_body)
 {
-    json_t *d = json_object();
-    int bad = 0;
-
-    if (!d)
-        return NULL;
-    bad |= jset(d, "id", col_json(st, 0));
-    bad |= jset(d, "message_id", col_json(st, 1));
-    bad |= jset(d, "pipeline", col_json(st, 2));
-    bad |= jset(d, "output", col_json(st, 3));
-    bad |= jset(d, "attempts", col_json(st, 4));
-    bad |= jset(d, "created_at", col_json(st, 5));
-    bad |= jset(d, "dead_at", col_json(st, 6));
-    bad |= jset(d, "last_status", col_json(st, 7));
-    bad |= jset(d, "last_error", col_json(st, 8));
+    struct pb_delivery_row d = {
+        .id = sqlite3_column_int64(st, 0),
+        .msg_id = text_col(st, 1),
+        .pipeline = text_col(st, 2),
+        .output = text_col(st, 3),
+        .sub = text_col(st, 11),
+        .state = PB_DSTATE_DEAD,
+        .attempts = sqlite3_column_int(st, 4),
+        .created_at = sqlite3_column_int64(st, 5),
+        .updated_at = sqlite3_column_int64(st, 6),
+        .has_status = sqlite3_column_type(st, 7) != SQLITE_NULL,
+        .last_status = sqlite3_column_int(st, 7),
+        .last_error = text_col(st, 8),
+        .last_error_len = (size_t)sqlite3_column_bytes(st, 8),
+    };
     if (with_body) {
-        bad |= jset(d, "content_type", col_json(st, 9));
-        if (!bad && pb__store_set_body(d, sqlite3_column_blob(st, 10),
-                                       (size_t)sqlite3_column_bytes(st, 10)) < 0)
-            bad = -1;
-    }
-    if (bad) {
-        json_decref(d);
-        return NULL;
+        d.content_type = text_col(st, 9);
+        d.body = sqlite3_column_blob(st, 10);
+        d.len = (size_t)sqlite3_column_bytes(st, 10);
+        if (!d.body)
+            d.body = "";
     }
     return d;
 }
 
-json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
-                                     int64_t after_id, int limit, struct pb_err *err)
+int pb__sqlite_read_dead_letters(void *ctx, const char *pipeline, const char *output,
+                                 int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                                 struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
     sqlite3_stmt *st = NULL;
-    json_t *res = NULL, *items = NULL;
-    int64_t last = 0;
-    int n = 0, rc;
+    int rc, ret = 0;
 
     if (!r)
-        return NULL;
-    if (!(st = rstmt(r, R_DEAD_LIST + (pipeline ? 1 : 0) + (output ? 2 : 0), err)))
-        goto fail;
-    if (!(res = json_object()) || !(items = json_array()) ||
-        json_object_set_new(res, "items", items) != 0)
-        goto nomem;
+        return err ? err->code : PB_ESTORE;
+    if (!(st = rstmt(r, R_DEAD_LIST + (pipeline ? 1 : 0) + (output ? 2 : 0), err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
     if (pipeline)
         sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
     if (output)
@@ -469,70 +421,58 @@ json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char
     sqlite3_bind_int64(st, 3, after_id);
     sqlite3_bind_int(st, 4, limit);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        json_t *d = dead_item(st, false);
-        if (!d || json_array_append_new(items, d) != 0)
-            goto nomem;
-        last = sqlite3_column_int64(st, 0);
-        n++;
+        struct pb_delivery_row d = dead_row(st, false);
+        if (!d.msg_id || !d.pipeline || !d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
+            ret = stopped(err);
+            goto out;
+        }
     }
-    if (rc != SQLITE_DONE) {
-        read_fail(r->db, rc, err, "dead letters");
-        goto fail;
-    }
-    if (jset(res, "next_after", n == limit ? json_integer(last) : json_null()) < 0)
-        goto nomem;
-    sqlite3_reset(st);
-    rconn_put(q, r);
-    return res;
-
-nomem:
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-fail:
+    if (rc != SQLITE_DONE)
+        ret = read_fail(r->db, rc, err, "dead letters");
+out:
     if (st)
         sqlite3_reset(st);
-    json_decref(res);
     rconn_put(q, r);
-    return NULL;
+    return ret;
 }
 
-json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err)
+int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
+                                struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
     sqlite3_stmt *st = NULL;
-    json_t *d = NULL, *log;
-    int rc;
+    int rc, ret = 0;
 
     if (!r)
-        return NULL;
-    if (begin_read(r, err) < 0 || !(st = rstmt(r, R_DEAD_ONE, err)))
-        goto fail;
+        return err ? err->code : PB_ESTORE;
+    if ((ret = begin_read(r, err)) < 0)
+        goto out_put;
+    if (!(st = rstmt(r, R_DEAD_ONE, err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
     sqlite3_bind_int64(st, 1, delivery_id);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        pb_err_set(err, PB_ENOTFOUND, "no dead letter %" PRId64, delivery_id);
-        goto fail;
+        ret = pb_err_set(err, PB_ENOTFOUND, "no dead letter %" PRId64, delivery_id);
+        goto out;
     }
     if (rc != SQLITE_ROW) {
-        read_fail(r->db, rc, err, "dead letter");
-        goto fail;
+        ret = read_fail(r->db, rc, err, "dead letter");
+        goto out;
     }
-    if (!(d = dead_item(st, true)))
-        goto nomem;
-    if (!(log = attempt_log(r, delivery_id, err)))
-        goto fail;
-    if (json_object_set_new(d, "attempt_log", log) != 0)
-        goto nomem;
-    sqlite3_reset(st);
-    rconn_put(q, r);
-    return d;
-
-nomem:
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-fail:
+    struct pb_delivery_row d = dead_row(st, true);
+    if (!d.msg_id || !d.pipeline || !d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
+        ret = stopped(err);
+        goto out;
+    }
+    ret = attempts(r, delivery_id, cb, err);
+out:
     if (st)
         sqlite3_reset(st);
-    json_decref(d);
+    end_read(r);
+out_put:
     rconn_put(q, r);
-    return NULL;
+    return ret;
 }

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin/views.h"
 #include "core/engine.h"
 #include "core/input.h"
 #include "patchbay/pb_loop.h"
@@ -163,7 +164,7 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     PB_EQ_INT(count_messages(&f), 2);
     /* The message carries $meta: the core's fields, then the input's. */
     struct pb_err err = {0};
-    json_t *m = pb_store_message_json(f.e.store, c.res[0].msg_id, &err);
+    json_t *m = pb_admin_message_json(f.e.store, c.res[0].msg_id, &err);
     PB_CHECK(m != NULL);
     json_t *meta = json_object_get(m, "meta");
     PB_EQ_STR(json_string_value(json_object_get(meta, "input")), "generate");
@@ -172,7 +173,7 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     PB_CHECK(json_integer_value(json_object_get(meta, "received_at")) > 0);
     json_decref(m);
     /* The dead item sits in the dead-letter queue with its reason. */
-    json_t *dl = pb_store_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
+    json_t *dl = pb_admin_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
     PB_CHECK(dl != NULL);
     json_t *list = json_object_get(dl, "items");
     PB_EQ_INT(json_array_size(list), 1);

@@ -11,6 +11,7 @@
 
 #include <sqlite3.h>
 
+#include "admin/views.h"
 #include "pb_test.h"
 #include "store/backend.h"
 #include "store/sqlite_int.h"
@@ -480,7 +481,7 @@ PB_TEST(migrate_v1_to_v2_keeps_data)
     PB_EQ_STR(l.msg_ids[0], "old-1");
     PB_EQ_INT(l.lens[0], 7);
     PB_CHECK(!l.damaged[0]); /* stored without a checksum: taken as it is */
-    json_t *dl = pb_store_dead_letter_json(s, 2, &err);
+    json_t *dl = pb_admin_dead_letter_json(s, 2, &err);
     PB_CHECK(dl != NULL);
     PB_EQ_STR(json_string_value(json_object_get(dl, "last_error")), "gone");
     PB_EQ_INT(json_integer_value(json_object_get(json_object_get(dl, "body"), "v")), 1);
@@ -546,10 +547,10 @@ PB_TEST(body_changed_on_disk_is_reported)
     PB_CHECK(!l.damaged[0]);
     PB_EQ_STR(l.msg_ids[1], "m-bad");
     PB_CHECK(l.damaged[1]);
-    json_t *m = pb_store_message_json(s, "m-bad", &err);
+    json_t *m = pb_admin_message_json(s, "m-bad", &err);
     PB_CHECK(m && json_is_true(json_object_get(m, "body_damaged")));
     json_decref(m);
-    m = pb_store_message_json(s, "m-ok", &err);
+    m = pb_admin_message_json(s, "m-ok", &err);
     PB_CHECK(m && !json_object_get(m, "body_damaged"));
     json_decref(m);
     pb_store_destroy(s);
@@ -1336,7 +1337,7 @@ PB_TEST(results_update_state_and_attempt_log)
     PB_EQ_INT(result(s, 999999, 1, PB_DSTATE_DELIVERED, 200, NULL), PB_ENOTFOUND);
     PB_EQ_INT(result(s, ids[0], 0, PB_DSTATE_DELIVERED, 200, NULL), PB_EINVAL);
 
-    json_t *m = pb_store_message_json(s, "m1", &err);
+    json_t *m = pb_admin_message_json(s, "m1", &err);
     PB_CHECK(m != NULL);
     if (m) {
         json_t *d0 = json_array_get(json_object_get(m, "deliveries"), 0);
@@ -1433,11 +1434,11 @@ PB_TEST(purge_deletes_dead_and_unused_message)
     PB_EQ_INT(purge(s, a[0]), PB_ENOTFOUND);
     PB_EQ_INT(purge(s, b[0]), 0);
 
-    json_t *m = pb_store_message_json(s, "two", &err);
+    json_t *m = pb_admin_message_json(s, "two", &err);
     PB_CHECK(m != NULL);
     PB_EQ_INT(json_array_size(json_object_get(m, "deliveries")), 1);
     json_decref(m);
-    PB_CHECK(pb_store_message_json(s, "one", &err) == NULL);
+    PB_CHECK(pb_admin_message_json(s, "one", &err) == NULL);
     PB_EQ_INT(err.code, PB_ENOTFOUND);
     pb_store_destroy(s);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM attempts"), 0);
@@ -1652,7 +1653,7 @@ static void *read_loop(void *arg)
     while (!atomic_load(&r->stop)) {
         size_t n;
         struct pb_err err = {0};
-        json_t *j = pb_store_dead_letters_json(r->s, "p", "a", 0, 100, &err);
+        json_t *j = pb_admin_dead_letters_json(r->s, "p", "a", 0, 100, &err);
         (void)n;
         if (!j || pb_store_count(r->s, noop_count, NULL, NULL) != 0)
             r->errors++;
@@ -1899,7 +1900,7 @@ PB_TEST(fanout_creates_children_and_finishes_parent)
     PB_CHECK(child[0] > other[0]);
     PB_CHECK(child[0] < child[1] && child[1] < child[2]);
 
-    json_t *m = pb_store_message_json(s, "m1", &err);
+    json_t *m = pb_admin_message_json(s, "m1", &err);
     PB_CHECK(m != NULL);
     json_t *dl = json_object_get(m, "deliveries");
     PB_EQ_INT(json_array_size(dl), 4);
@@ -1975,7 +1976,7 @@ PB_TEST(fanout_refusals_and_empty)
     PB_EQ_INT(pb_store_exec(s, &op), PB_EINVAL);
     PB_EQ_INT(fanout(s, p3[0], bad_outs, 2, child), PB_EINVAL);
     PB_EQ_INT(fanout(s, p3[0], NULL, 1, child), PB_EINVAL);
-    json_t *m = pb_store_message_json(s, "m3", &err);
+    json_t *m = pb_admin_message_json(s, "m3", &err);
     PB_EQ_INT(json_array_size(json_object_get(m, "deliveries")), 1);
     PB_EQ_STR(json_string_value(
                   json_object_get(json_array_get(json_object_get(m, "deliveries"), 0), "state")),
@@ -1986,7 +1987,7 @@ PB_TEST(fanout_refusals_and_empty)
     fanout_init(&op, p3[0], 2, NULL, 0, NULL);
     op.u.fanout.note = "no endpoint subscribed";
     PB_EQ_INT(pb_store_exec(s, &op), 0);
-    m = pb_store_message_json(s, "m3", &err);
+    m = pb_admin_message_json(s, "m3", &err);
     json_t *d = json_array_get(json_object_get(m, "deliveries"), 0);
     PB_EQ_INT(json_array_size(json_object_get(m, "deliveries")), 1);
     PB_EQ_STR(json_string_value(json_object_get(d, "state")), "delivered");
@@ -2184,7 +2185,7 @@ PB_TEST(json_views)
     }
 
     /* One message. */
-    json_t *m = pb_store_message_json(s, "m0", &err);
+    json_t *m = pb_admin_message_json(s, "m0", &err);
     PB_CHECK(m != NULL);
     if (m) {
         PB_EQ_STR(json_string_value(json_object_get(m, "id")), "m0");
@@ -2213,7 +2214,7 @@ PB_TEST(json_views)
                                       "eyJrIjoxLCJrIjoyfQ=="};
     for (int i = 1; i < 5; i++) {
         snprintf(id, sizeof(id), "m%d", i);
-        m = pb_store_message_json(s, id, &err);
+        m = pb_admin_message_json(s, id, &err);
         PB_CHECK(m != NULL);
         if (b64[i]) {
             PB_EQ_STR(json_string_value(json_object_get(m, "body_base64")), b64[i]);
@@ -2223,11 +2224,11 @@ PB_TEST(json_views)
         }
         json_decref(m);
     }
-    PB_CHECK(pb_store_message_json(s, "nope", &err) == NULL);
+    PB_CHECK(pb_admin_message_json(s, "nope", &err) == NULL);
     PB_EQ_INT(err.code, PB_ENOTFOUND);
 
     /* Dead letters, paged. */
-    json_t *page = pb_store_dead_letters_json(s, "p", NULL, 0, 2, &err);
+    json_t *page = pb_admin_dead_letters_json(s, "p", NULL, 0, 2, &err);
     PB_CHECK(page != NULL);
     json_t *items = json_object_get(page, "items");
     PB_EQ_INT(json_array_size(items), 2);
@@ -2244,28 +2245,28 @@ PB_TEST(json_views)
     int64_t next = json_integer_value(json_object_get(page, "next_after"));
     PB_EQ_INT(next, ids[1][0]);
     json_decref(page);
-    page = pb_store_dead_letters_json(s, "p", NULL, next, 2, &err);
+    page = pb_admin_dead_letters_json(s, "p", NULL, next, 2, &err);
     PB_EQ_INT(json_array_size(json_object_get(page, "items")), 2);
     next = json_integer_value(json_object_get(page, "next_after"));
     PB_EQ_INT(next, ids[3][0]);
     json_decref(page);
-    page = pb_store_dead_letters_json(s, "p", NULL, next, 2, &err);
+    page = pb_admin_dead_letters_json(s, "p", NULL, next, 2, &err);
     PB_EQ_INT(json_array_size(json_object_get(page, "items")), 0);
     PB_CHECK(json_is_null(json_object_get(page, "next_after")));
     json_decref(page);
-    page = pb_store_dead_letters_json(s, NULL, NULL, 0, 0, &err); /* default limit */
+    page = pb_admin_dead_letters_json(s, NULL, NULL, 0, 0, &err); /* default limit */
     PB_EQ_INT(json_array_size(json_object_get(page, "items")), 5);
     PB_CHECK(json_is_null(json_object_get(page, "next_after")));
     json_decref(page);
-    page = pb_store_dead_letters_json(s, NULL, "b", 0, 10, &err);
+    page = pb_admin_dead_letters_json(s, NULL, "b", 0, 10, &err);
     PB_EQ_INT(json_array_size(json_object_get(page, "items")), 0);
     json_decref(page);
-    page = pb_store_dead_letters_json(s, "q", "a", 0, 10, &err);
+    page = pb_admin_dead_letters_json(s, "q", "a", 0, 10, &err);
     PB_EQ_INT(json_array_size(json_object_get(page, "items")), 1);
     json_decref(page);
 
     /* One dead letter. */
-    json_t *dl = pb_store_dead_letter_json(s, ids[1][0], &err);
+    json_t *dl = pb_admin_dead_letter_json(s, ids[1][0], &err);
     PB_CHECK(dl != NULL);
     PB_EQ_STR(json_string_value(json_object_get(dl, "message_id")), "m1");
     PB_EQ_STR(json_string_value(json_object_get(dl, "content_type")), "text/plain");
@@ -2274,7 +2275,7 @@ PB_TEST(json_views)
     PB_EQ_INT(json_array_size(log), 1);
     PB_EQ_STR(json_string_value(json_object_get(json_array_get(log, 0), "error")), "boom");
     json_decref(dl);
-    PB_CHECK(pb_store_dead_letter_json(s, ids[1][1], &err) == NULL); /* pending */
+    PB_CHECK(pb_admin_dead_letter_json(s, ids[1][1], &err) == NULL); /* pending */
     PB_EQ_INT(err.code, PB_ENOTFOUND);
     pb_store_destroy(s);
 out:
@@ -2304,7 +2305,7 @@ PB_TEST(invalid_utf8_error_text_shown_replaced)
     PB_EQ_INT(ingest(s, "p", "m1", OUTS1, 1, ids), 0);
     PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DEAD, 502, "bad \xff\xc3 gate \xed\xa0\x80 \xc3\xa9"),
               0);
-    json_t *dl = pb_store_dead_letter_json(s, ids[0], &err);
+    json_t *dl = pb_admin_dead_letter_json(s, ids[0], &err);
     PB_CHECK(dl != NULL);
     PB_EQ_STR(json_string_value(json_object_get(dl, "last_error")),
               "bad \xef\xbf\xbd\xef\xbf\xbd gate \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xc3\xa9");
@@ -2319,13 +2320,13 @@ out:
 
 PB_TEST(text_json)
 {
-    json_t *j = pb__store_text_json("plain \xe2\x82\xac", 9);
+    json_t *j = pb_admin_text_json("plain \xe2\x82\xac", 9);
     PB_EQ_STR(json_string_value(j), "plain \xe2\x82\xac");
     json_decref(j);
-    j = pb__store_text_json("\xe2\x82", 2); /* cut short */
+    j = pb_admin_text_json("\xe2\x82", 2); /* cut short */
     PB_EQ_STR(json_string_value(j), "\xef\xbf\xbd\xef\xbf\xbd");
     json_decref(j);
-    j = pb__store_text_json("\xc0\xaf\xf5", 3); /* overlong, out of range */
+    j = pb_admin_text_json("\xc0\xaf\xf5", 3); /* overlong, out of range */
     PB_EQ_INT(json_string_length(j), 9);
     json_decref(j);
 }
@@ -2364,7 +2365,7 @@ PB_TEST(sub_kill_dead_letters_only_that_sub_output)
     PB_EQ_INT(sql_int(t.path, "SELECT state FROM deliveries WHERE sub = 'ep_a'"), 2);
     PB_EQ_INT(sql_int(t.path, "SELECT state FROM deliveries WHERE sub = 'ep_b'"), 0);
     struct pb_err err = {0};
-    json_t *dl = pb_store_dead_letters_json(s, "p", "hooks/ep_a", 0, 10, &err);
+    json_t *dl = pb_admin_dead_letters_json(s, "p", "hooks/ep_a", 0, 10, &err);
     PB_EQ_INT(json_array_size(json_object_get(dl, "items")), 1);
     PB_EQ_STR(json_string_value(
                   json_object_get(json_array_get(json_object_get(dl, "items"), 0), "last_error")),
