@@ -343,6 +343,9 @@ struct pb_input_env {
     int (*add_route)(const struct pb_input_env *env, const struct pb_http_route *route,
                      struct pb_err *err);
     void *core;
+    /* Outbound guard for inputs that connect out (brokers, databases): the
+     * top-level outbound.allow. Resolve with pb_outbound_resolve(allow, ...). */
+    const struct pb_allowlist *allow;
     /* Set by init when they apply: */
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */

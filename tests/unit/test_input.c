@@ -11,6 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "core/engine.h"
 #include "core/input.h"
 #include "patchbay/pb_loop.h"
@@ -241,6 +244,56 @@ PB_TEST(failed_submit_never_calls_back)
     PB_EQ_INT(c.n, 0);
     PB_EQ_INT(count_messages(&f), 0);
     fixture_down(&f);
+}
+
+/* An input that connects out (a broker) gets the top-level outbound.allow
+ * as env.allow: without it the guard refuses a broker on 127.0.0.1. */
+static struct pb_config *load_text(const char *dir, const char *text)
+{
+    struct pb_err err = {0};
+    char path[128];
+    snprintf(path, sizeof(path), "%s/allow.yaml", dir);
+    FILE *fp = fopen(path, "w");
+    fputs(text, fp);
+    fclose(fp);
+    struct pb_config *c = pb_config_load(path, NULL, &err);
+    if (!c)
+        fprintf(stderr, "config: %s\n", err.msg);
+    return c;
+}
+
+PB_TEST(inputs_get_the_outbound_allowlist)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/pbinput-XXXXXX");
+    PB_CHECK(mkdtemp(dir) != NULL);
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct pb_config *c = load_text(dir, "outbound: { allow: [127.0.0.0/8] }\n"
+                                         "pipelines:\n"
+                                         "  p:\n"
+                                         "    input: { generate: { count: 1 } }\n"
+                                         "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+        PB_CHECK(al != NULL);
+        PB_EQ_INT(pb_outbound_check(al, "127.0.0.1", &lo, sizeof(lo)), 0);
+        pb_config_destroy(c);
+    }
+    c = load_text(dir, "pipelines:\n"
+                       "  p:\n"
+                       "    input: { generate: { count: 1 } }\n"
+                       "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+        PB_CHECK(al != NULL);
+        PB_EQ_INT(pb_outbound_check(al, "127.0.0.1", &lo, sizeof(lo)), PB_EDENIED);
+        pb_config_destroy(c);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    PB_EQ_INT(system(cmd), 0);
 }
 
 int main(void)
