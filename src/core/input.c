@@ -463,7 +463,9 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             return PB_EINVAL;
         ckbytes += strlen(ckpt[i].name) + 1 + ckpt[i].len;
     }
-    if (atomic_load(&in->stopping) || !in->e)
+    /* Until the plugin's stop has run, what it fetched may still be
+     * committed: it cannot give it back to its source. */
+    if (atomic_load(&in->stopped) || !in->e)
         return PB_ESHUTDOWN;
     if (!room(in)) {
         pb_loop_post(in->loop, pause_post_cb, in);
@@ -759,6 +761,7 @@ static void stop_post_cb(void *arg, int status)
         pb_loop_timer_destroy(in->timer);
         in->timer = NULL;
     }
+    atomic_store(&in->stopped, true);
     pthread_mutex_lock(&w->lock);
     w->done = true;
     pthread_cond_signal(&w->cond);
@@ -773,7 +776,9 @@ void pb__input_stop(struct pb_input *in, int64_t timeout_ms)
     struct stop_wait w = {.in = in};
     pthread_mutex_init(&w.lock, NULL);
     pthread_cond_init(&w.cond, NULL);
-    if (pb_loop_post(in->loop, stop_post_cb, &w) == 0) {
+    if (pb_loop_post(in->loop, stop_post_cb, &w) != 0) {
+        atomic_store(&in->stopped, true);
+    } else {
         pthread_mutex_lock(&w.lock);
         while (!w.done)
             pthread_cond_wait(&w.cond, &w.lock);

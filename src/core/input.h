@@ -42,7 +42,8 @@ struct pb_input {
     bool thread_running;
     char *meta_prefix; /* {"input":"...","pipeline":"...","received_at": */
     size_t meta_prefix_len;
-    _Atomic bool stopping;
+    _Atomic bool stopping;             /* stop has begun: no pause/resume, no start */
+    _Atomic bool stopped;              /* the plugin's stop has run: submits are refused */
     _Atomic int64_t outstanding;       /* submits whose callback has not run */
     _Atomic int64_t outstanding_bytes; /* their bodies */
     bool started;                      /* loop thread */

@@ -237,7 +237,7 @@ PB_TEST(failed_submit_never_calls_back)
     struct pb_item ok = {.body = "{}", .len = 2};
     PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_EFULL);
     f.e.cfg->limits.ingest_queue = 8192;
-    atomic_store(&f.in->stopping, true);
+    atomic_store(&f.in->stopped, true);
     PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_ESHUTDOWN);
     for (int i = 0; i < 20; i++)
         pb_loop_run_once(f.loop, 5);
@@ -294,6 +294,26 @@ PB_TEST(inputs_get_the_outbound_allowlist)
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     PB_EQ_INT(system(cmd), 0);
+}
+
+/* Stopping has begun but the plugin's stop has not run yet: what the input
+ * fetched meanwhile is still committed and called back (a broker cannot
+ * take it back), and only after stop are submits refused. */
+PB_TEST(submit_between_stopping_and_stop_is_committed)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    struct calls c = {.loop = f.loop};
+    struct pb_item ok = {.body = "{}", .len = 2, .key = "fetched-before-stop"};
+    atomic_store(&f.in->stopping, true);
+    PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), 0);
+    run_until(&f, &c.n, 1);
+    PB_EQ_INT(c.n, 1);
+    PB_EQ_INT(c.status, 0);
+    PB_EQ_INT(count_messages(&f), 1);
+    atomic_store(&f.in->stopped, true);
+    PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_ESHUTDOWN);
+    fixture_down(&f);
 }
 
 int main(void)
