@@ -296,6 +296,48 @@ PB_TEST(inputs_get_the_outbound_allowlist)
     PB_EQ_INT(system(cmd), 0);
 }
 
+/* A dead item's reason is the input's until submit returns: the core keeps
+ * a copy, as it does of keys and checkpoints. */
+static void count_cb(void *arg, int status, const struct pb_item_result *res, size_t n)
+{
+    (void)status;
+    (void)res;
+    (void)n;
+    ((struct calls *)arg)->n++;
+}
+
+PB_TEST(dead_reason_is_copied_by_submit)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    struct calls c = {.loop = f.loop}, busy = {.loop = f.loop};
+    /* A big batch first keeps the writer busy while the reason is changed. */
+    static struct pb_item many[PB_SUBMIT_MAX];
+    static char body[4096];
+    memset(body, '1', sizeof(body));
+    for (size_t i = 0; i < PB_SUBMIT_MAX; i++)
+        many[i] = (struct pb_item){.body = body, .len = sizeof(body)};
+    PB_EQ_INT(pb_input_submit(f.in, many, PB_SUBMIT_MAX, NULL, 0, count_cb, &busy), 0);
+    const char *why = "invalid JSON: unexpected character at byte 4";
+    char *reason = strdup(why);
+    struct pb_item item = {.body = "not json", .len = 8, .dead_reason = reason};
+    PB_EQ_INT(pb_input_submit(f.in, &item, 1, NULL, 0, cb, &c), 0);
+    memset(reason, 'X', strlen(reason));
+    free(reason);
+    run_until(&f, &busy.n, 1);
+    run_until(&f, &c.n, 1);
+    PB_EQ_INT(c.status, 0);
+    PB_EQ_INT(c.res[0].status, PB_ITEM_DEAD);
+    struct pb_err err = {0};
+    json_t *dl = pb_store_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
+    PB_CHECK(dl != NULL);
+    json_t *list = json_object_get(dl, "items");
+    PB_EQ_INT(json_array_size(list), 1);
+    PB_EQ_STR(json_string_value(json_object_get(json_array_get(list, 0), "last_error")), why);
+    json_decref(dl);
+    fixture_down(&f);
+}
+
 /* Stopping has begun but the plugin's stop has not run yet: what the input
  * fetched meanwhile is still committed and called back (a broker cannot
  * take it back), and only after stop are submits refused. */
