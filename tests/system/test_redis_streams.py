@@ -301,4 +301,70 @@ def lint_refuses_tls_and_hides_the_password():
         check("Pw-hidden-9" not in out, f"no password in lint output: {out}")
 
 
+@test
+def back_pressure_pauses_reading_and_loses_nothing():
+    stream = "bp"
+    n = 3000
+    REDIS.add_many(stream, [json.dumps({"n": i, "pad": "x" * 100}) for i in range(n)])
+    sink = start_sink(quiet=False)
+    # Two batches of 50 entries are more than the bound: the second one is
+    # refused (PB_EFULL), reading pauses, and the entries are read again from
+    # the pending list once there is room.
+    conf = in_conf(stream, sink, batch=50).replace(
+        "outbound:", "limits: { max_inflight_bytes: 8KiB }\noutbound:")
+    pb = Patchbay(conf)
+    wait_until(lambda: len(sink.records()) >= n, 120, f"{n} deliveries")
+    check_eq(sorted(b["n"] for b in sink_bodies(sink)), list(range(n)), "every entry once")
+    wait_pel_empty(REDIS, stream, "pb")
+    i = inputs(pb)
+    check(i["received"] > n, f"entries were read again after a refusal: received {i['received']}")
+    check_eq(i["accepted"], n, "accepted once each")
+    check_eq(i["duplicates"], 0, "nothing submitted twice")
+
+
+@test
+def missing_group_waits_until_it_exists():
+    stream = "nogroup"
+    sink = start_sink()
+    REDIS.add_many(stream, ["{\"a\": 1}"])
+    pb = Patchbay(in_conf(stream, sink, extra="        create_group: false"), start=False)
+    pb.start(wait_ready=False)
+    i = wait_until(lambda: (lambda x: x if x["state"] == "reconnecting" else None)(inputs(pb)),
+                   30, "the input to report the missing group")
+    check("NOGROUP" in i["detail"], f"detail: {i['detail']}")
+    check_eq(len(sink.records()), 0, "nothing read without the group")
+    REDIS.call("XGROUP", "CREATE", stream, "pb", "0")
+    wait_until(lambda: len(sink.records()) >= 1, 60, "the entry once the group exists")
+    wait_until(lambda: inputs(pb)["state"] == "connected", 30, "connected again")
+    # With create_group (the default) a stream deleted under a running
+    # input is made again, group and all.
+    sink2 = start_sink()
+    pb2 = Patchbay(in_conf("recreated", sink2))
+    REDIS.add_many("recreated", ["{\"a\": 1}"])
+    wait_until(lambda: len(sink2.records()) >= 1, 30, "the first entry")
+    REDIS.call("DEL", "recreated")
+    wait_until(lambda: REDIS.call("EXISTS", "recreated") == 1, 30, "the stream made again")
+    REDIS.add_many("recreated", ["{\"a\": 2}"])
+    wait_until(lambda: len(sink2.records()) >= 2, 30, "an entry of the new stream")
+    wait_pel_empty(REDIS, "recreated", "pb")
+    pb2.term()
+
+
+@test
+def output_errors_redis_refuses_are_permanent():
+    REDIS.call("SET", "not-a-stream", "x")
+    pb = Patchbay(out_conf("{{ .to }}"))
+    for to in ("not-a-stream", "", "fine"):
+        st, _, _ = pb.post("/in", {"to": to})
+        check_eq(st, 202, "taken")
+    wait_until(lambda: REDIS.call("XLEN", "fine") == 1, 30, "the good one in its stream")
+    dls = wait_until(lambda: (lambda d: d if len(d) >= 2 else None)(pb.dead_letters()), 30,
+                     "two dead letters")
+    errors = sorted(d["last_error"] for d in dls)
+    check(any(e.startswith("WRONGTYPE") for e in errors), f"WRONGTYPE: {errors}")
+    check(any("empty name" in e for e in errors), f"empty stream name: {errors}")
+    for d in dls:
+        check_eq(d.get("attempts"), 1, f"dead after one attempt: {d}")
+
+
 run()
