@@ -173,13 +173,20 @@ def poison_and_missing_field_dead_lettered_acked_never_again():
     sink = start_sink()
     REDIS.add_many(stream, ["{\"ok\": 1}", "not json {", "{\"ok\": 2}"])
     REDIS.call("XADD", stream, "*", "other", "x", "more", "y")
-    pb = Patchbay(in_conf(stream, sink))
+    REDIS.call("XADD", stream, "*", "body", json.dumps({"big": "x" * 2000}))
+    pb = Patchbay(in_conf(stream, sink, extra="        max_body: 1KiB"))
     wait_until(lambda: len(sink.records()) >= 2, 30, "the good entries")
-    dls = wait_until(lambda: (lambda d: d if len(d) >= 2 else None)(pb.dead_letters()), 30,
-                     "two dead letters")
+    dls = wait_until(lambda: (lambda d: d if len(d) >= 3 else None)(pb.dead_letters()), 30,
+                     "three dead letters")
     reasons = sorted(d["last_error"] for d in dls)
     check(any(r.startswith("invalid JSON") for r in reasons), f"invalid JSON reason: {reasons}")
     check(any('no field "body"' in r for r in reasons), f"missing field reason: {reasons}")
+    check(any("larger than max_body" in r for r in reasons), f"max_body reason: {reasons}")
+    missing = [d for d in dls if 'no field "body"' in d["last_error"]][0]
+    msg = pb.message(missing["message_id"])
+    body = msg["body"] if isinstance(msg["body"], (dict, list)) else json.loads(msg["body"])
+    check_eq(body, {"other": "x", "more": "y"}, "the dead letter keeps the whole entry")
+    check_eq(msg["meta"]["stream"], stream, "its $meta names the stream")
     wait_pel_empty(REDIS, stream, "pb")
     check_eq(int(REDIS.group_info(stream, "pb")["lag"]), 0, "nothing left undelivered")
     # A restart reads its own pending entries first: there are none, so
@@ -189,7 +196,7 @@ def poison_and_missing_field_dead_lettered_acked_never_again():
     pb.start()
     REDIS.add_many(stream, ["{\"ok\": 3}"])
     wait_until(lambda: len(sink.records()) >= 3, 30, "the entry added after the restart")
-    check_eq(len(pb.dead_letters()), 2, "the dead letters are not made again")
+    check_eq(len(pb.dead_letters()), 3, "the dead letters are not made again")
     check_eq(sorted(b["ok"] for b in sink_bodies(sink)), [1, 2, 3], "each good entry once")
 
 

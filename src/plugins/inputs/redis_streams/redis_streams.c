@@ -71,6 +71,7 @@ struct in_rs {
     char *key_field;
     int format; /* 0 json, 1 raw */
     int64_t window_ms;
+    uint64_t max_body;
     /* prepared by init */
     struct rs_target target;
     const struct pb_allowlist *allow;
@@ -158,6 +159,11 @@ static const struct pb_field rs_fields[] = {
      .choices = formats,
      .def = "json",
      .doc = "json (validated) or raw (any bytes)"},
+    {.name = "max_body",
+     .type = PB_F_SIZE,
+     .offset = offsetof(struct in_rs, max_body),
+     .def = "1MiB",
+     .doc = "a larger body is dead-lettered (at most 64MiB)"},
     {.name = "idempotency_window",
      .type = PB_F_DURATION,
      .offset = offsetof(struct in_rs, window_ms),
@@ -210,6 +216,8 @@ static int rs_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
                           "field \"*\" makes JSON bodies of whole entries: it takes format: json");
     if (r->key_field && !r->key_field[0])
         return pb_err_set(err, PB_ECONFIG, "key_field must name an entry field");
+    if (r->max_body == 0 || r->max_body > (uint64_t)64 << 20)
+        return pb_err_set(err, PB_ECONFIG, "max_body must be between 1B and 64MiB");
     if (r->window_ms <= 0)
         return pb_err_set(err, PB_ECONFIG,
                           "idempotency_window must be above 0: entries read again after a "
@@ -502,6 +510,16 @@ static int prepare_item(struct in_rs *r, const struct entry *e, struct pb_item *
         it->len = p->body ? strlen(p->body) : 0;
         if (p->reason[0])
             it->dead_reason = p->reason;
+        return 0;
+    }
+    if (b->len > r->max_body) {
+        snprintf(p->reason, sizeof(p->reason),
+                 "body of %zu bytes is larger than max_body (%llu bytes); the entry stays in the "
+                 "stream as %s",
+                 b->len, (unsigned long long)r->max_body, e->id);
+        it->body = "";
+        it->len = 0;
+        it->dead_reason = p->reason;
         return 0;
     }
     it->body = b->str;
