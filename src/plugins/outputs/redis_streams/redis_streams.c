@@ -12,12 +12,17 @@
  * does with `key_field: idempotency_key`). `maxlen` trims the stream with
  * MAXLEN ~ (approximate, cheap).
  *
- * Thread model: `.workers = 1`: start, deliver_batch and stop run on one
- * thread of the output's own, where hiredis's synchronous API may block, so
- * the context needs no lock. A batch is pipelined: every XADD is written,
- * then each answer read in order, each delivery ending with its own
- * outcome. A broken connection fails what is left of the batch with RETRY
- * and is made again on the next batch, after a backoff. */
+ * Thread model: `.workers = 4`: start, deliver_batch and stop run on
+ * threads of the output's own, where hiredis's synchronous API may block.
+ * Each batch takes a connection of its own from a pool of WORKERS slots
+ * (under `lock`), so batches run side by side and Redis appends several
+ * of them per write of its append-only file. A batch is pipelined: every
+ * XADD is written, then each answer read in order, each delivery ending
+ * with its own outcome. A broken connection fails what is left of its
+ * batch with RETRY and is made again by a later batch, after a backoff
+ * shared by the pool.
+ */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +35,7 @@
 #define MAX_FIELDS 32 /* extra fields */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
+#define WORKERS 4
 
 struct out_rs {
     /* options (read-only after init) */
@@ -48,9 +54,11 @@ struct out_rs {
     char maxlen_text[24];
     char pipeline[128];
     char output[128];
-    /* run time: the output's worker thread */
+    /* run time: the output's worker threads */
     struct pb_output *o;
-    redisContext *rc;
+    pthread_mutex_t lock; /* guards what follows */
+    bool lock_ready;
+    redisContext *pool[WORKERS]; /* idle connections (NULL: none in that slot) */
     int64_t backoff_ms;
     int64_t next_connect_ms; /* unix ms */
     char last_error[PB_ERR_MSG_MAX];
@@ -133,43 +141,86 @@ static int rs_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     return 0;
 }
 
-static int connect_now(struct out_rs *r, struct pb_err *err)
+/* A new connection, or NULL (err set) with the backoff grown. */
+static redisContext *connect_now(struct out_rs *r, struct pb_err *err)
 {
-    r->rc = rs_connect(&r->target, &r->conn, r->allow, err);
-    if (!r->rc) {
+    redisContext *rc = rs_connect(&r->target, &r->conn, r->allow, err);
+    pthread_mutex_lock(&r->lock);
+    if (!rc) {
         snprintf(r->last_error, sizeof(r->last_error), "%s", err->msg);
         r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : BACKOFF_MIN_MS;
         if (r->backoff_ms > BACKOFF_MAX_MS)
             r->backoff_ms = BACKOFF_MAX_MS;
         r->next_connect_ms = pb_now_ms() + r->backoff_ms;
+    } else {
+        r->backoff_ms = 0;
+        r->next_connect_ms = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (!rc) {
         if (r->o)
             pb_output_set_state(r->o, PB_OUTPUT_RECONNECTING, err->msg);
-        return err->code ? err->code : PB_ENET;
+        return NULL;
     }
-    r->backoff_ms = 0;
-    r->next_connect_ms = 0;
     if (r->o)
         pb_output_set_state(r->o, PB_OUTPUT_CONNECTED, NULL);
-    PB_INFO("redis_streams output connected pipeline=%s output=%s host=%s port=%d", r->pipeline,
-            r->output, r->target.host, r->target.port);
-    return 0;
+    PB_DEBUG("redis_streams output connected pipeline=%s output=%s host=%s port=%d", r->pipeline,
+             r->output, r->target.host, r->target.port);
+    return rc;
+}
+
+/* An idle connection of the pool, or NULL: make one (when no backoff runs). */
+static redisContext *take(struct out_rs *r)
+{
+    redisContext *rc = NULL;
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < WORKERS && !rc; i++) {
+        rc = r->pool[i];
+        r->pool[i] = NULL;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+static void give_back(struct out_rs *r, redisContext *rc)
+{
+    pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < WORKERS && rc; i++)
+        if (!r->pool[i]) {
+            r->pool[i] = rc;
+            rc = NULL;
+        }
+    pthread_mutex_unlock(&r->lock);
+    if (rc)
+        redisFree(rc);
 }
 
 static int rs_start(void *ctx, struct pb_output *o, struct pb_err *err)
 {
     struct out_rs *r = ctx;
     r->o = o;
-    return connect_now(r, err);
+    if (!r->lock_ready) {
+        pthread_mutex_init(&r->lock, NULL);
+        r->lock_ready = true;
+    }
+    redisContext *rc = connect_now(r, err);
+    if (!rc)
+        return err->code ? err->code : PB_ENET;
+    PB_INFO("redis_streams output connected pipeline=%s output=%s host=%s port=%d", r->pipeline,
+            r->output, r->target.host, r->target.port);
+    give_back(r, rc);
+    return 0;
 }
 
-static void lost(struct out_rs *r)
+static void lost(struct out_rs *r, redisContext *rc, char *why, size_t len)
 {
     char txt[256];
-    snprintf(r->last_error, sizeof(r->last_error), "connection lost: %s",
-             rs_error_text(r->rc, NULL, txt, sizeof(txt)));
-    redisFree(r->rc);
-    r->rc = NULL;
-    pb_output_set_state(r->o, PB_OUTPUT_RECONNECTING, r->last_error);
+    snprintf(why, len, "connection lost: %s", rs_error_text(rc, NULL, txt, sizeof(txt)));
+    redisFree(rc);
+    pthread_mutex_lock(&r->lock);
+    snprintf(r->last_error, sizeof(r->last_error), "%s", why);
+    pthread_mutex_unlock(&r->lock);
+    pb_output_set_state(r->o, PB_OUTPUT_RECONNECTING, why);
 }
 
 static void done(struct pb_delivery *d, enum pb_result res, const char *error)
@@ -193,7 +244,7 @@ static enum pb_result classify(const redisReply *rep)
 #define ARGV_MAX (10 + 2 * MAX_FIELDS)
 
 /* Append the XADD of d; false when it cannot be sent at all (ended). */
-static bool append_xadd(struct out_rs *r, struct pb_delivery *d)
+static bool append_xadd(struct out_rs *r, redisContext *rc, struct pb_delivery *d)
 {
     const char *argv[ARGV_MAX];
     size_t lens[ARGV_MAX];
@@ -224,7 +275,7 @@ static bool append_xadd(struct out_rs *r, struct pb_delivery *d)
     }
 #undef ARG
 #undef ARGS
-    if (redisAppendCommandArgv(r->rc, argc, argv, lens) != REDIS_OK) {
+    if (redisAppendCommandArgv(rc, argc, argv, lens) != REDIS_OK) {
         done(d, PB_RESULT_RETRY, "out of memory");
         return false;
     }
@@ -235,16 +286,22 @@ static void rs_deliver_batch(void *ctx, struct pb_delivery **ds, size_t n)
 {
     struct out_rs *r = ctx;
     struct pb_err err = {0};
+    char why[PB_ERR_MSG_MAX];
     bool *sent = calloc(n, sizeof(*sent));
+    redisContext *rc = sent ? take(r) : NULL;
     if (!sent) {
         for (size_t i = 0; i < n; i++)
             done(ds[i], PB_RESULT_RETRY, "out of memory");
         return;
     }
-    if (!r->rc) {
-        if (pb_now_ms() < r->next_connect_ms || connect_now(r, &err) != 0) {
+    if (!rc) {
+        pthread_mutex_lock(&r->lock);
+        bool wait = pb_now_ms() < r->next_connect_ms;
+        snprintf(why, sizeof(why), "%s", r->last_error);
+        pthread_mutex_unlock(&r->lock);
+        if (wait || !(rc = connect_now(r, &err))) {
             for (size_t i = 0; i < n; i++)
-                done(ds[i], PB_RESULT_RETRY, r->last_error);
+                done(ds[i], PB_RESULT_RETRY, wait ? why : err.msg);
             goto out;
         }
     }
@@ -253,45 +310,55 @@ static void rs_deliver_batch(void *ctx, struct pb_delivery **ds, size_t n)
     for (size_t i = 0; i < n; i++)
         if (ds[i]->deadline_ms > 0 && ds[i]->deadline_ms - now < wait)
             wait = ds[i]->deadline_ms - now;
-    rs_set_timeout(r->rc, wait < 100 ? 100 : wait);
+    rs_set_timeout(rc, wait < 100 ? 100 : wait);
     for (size_t i = 0; i < n; i++)
-        sent[i] = append_xadd(r, ds[i]);
+        sent[i] = append_xadd(r, rc, ds[i]);
     for (size_t i = 0; i < n; i++) {
         if (!sent[i])
             continue;
         redisReply *rep = NULL;
-        if (r->rc && redisGetReply(r->rc, (void **)&rep) != REDIS_OK) {
-            lost(r);
+        if (rc && redisGetReply(rc, (void **)&rep) != REDIS_OK) {
+            lost(r, rc, why, sizeof(why));
+            rc = NULL;
             rep = NULL;
         }
-        if (!r->rc) {
-            done(ds[i], PB_RESULT_RETRY, r->last_error);
+        if (!rc) {
+            done(ds[i], PB_RESULT_RETRY, why);
         } else if (rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS) {
             done(ds[i], PB_RESULT_OK, NULL);
         } else {
             char txt[256];
             done(ds[i], rep->type == REDIS_REPLY_ERROR ? classify(rep) : PB_RESULT_RETRY,
-                 rs_error_text(r->rc, rep, txt, sizeof(txt)));
+                 rs_error_text(rc, rep, txt, sizeof(txt)));
         }
         if (rep)
             freeReplyObject(rep);
     }
+    if (rc)
+        give_back(r, rc);
 out:
     free(sent);
 }
 
+/* Close the idle connections (destroy closes those batches still running
+ * give back). */
 static void rs_stop(void *ctx)
 {
     struct out_rs *r = ctx;
-    if (r->rc)
-        redisFree(r->rc);
-    r->rc = NULL;
+    redisContext *rc;
+    if (!r->lock_ready)
+        return;
+    while ((rc = take(r)))
+        redisFree(rc);
 }
 
 static void rs_destroy(void *ctx)
 {
     struct out_rs *r = ctx;
     rs_stop(r);
+    if (r->lock_ready)
+        pthread_mutex_destroy(&r->lock);
+    r->lock_ready = false;
     rs_target_cleanup(&r->target);
 }
 
@@ -300,7 +367,7 @@ const struct pb_output_plugin pb_out_redis_streams = {
     .fields = rs_fields,
     .ctx_size = sizeof(struct out_rs),
     .default_concurrency = 200,
-    .workers = 1,
+    .workers = WORKERS,
     .init = rs_init,
     .start = rs_start,
     .deliver_batch = rs_deliver_batch,
