@@ -45,34 +45,22 @@ extern const struct pb_field rs_tls_fields[];
 
 /* The rows of the connection options, for a plugin's field table: T is the
  * plugin's context type, M the rs_conn_conf member in it. */
+/* clang-format off */
 #define RS_CONN_FIELDS(T, M)                                                                       \
-    {.name = "url",                                                                                \
-     .type = PB_F_SECRET,                                                                          \
-     .offset = offsetof(T, M.url),                                                                 \
+    {.name = "url", .type = PB_F_SECRET, .offset = offsetof(T, M.url),                             \
      .flags = PB_FIELD_REQUIRED | PB_FIELD_URL,                                                    \
      .doc = "redis://[user[:password]@]host[:port][/db]"},                                         \
-        {.name = "user",                                                                           \
-         .type = PB_F_STR,                                                                         \
-         .offset = offsetof(T, M.user),                                                            \
-         .doc = "ACL user name (Redis 6+); overrides the URL's"},                                  \
-        {.name = "password",                                                                       \
-         .type = PB_F_SECRET,                                                                      \
-         .offset = offsetof(T, M.password),                                                        \
-         .doc = "password (AUTH); overrides the URL's"},                                           \
-        {.name = "connect_timeout",                                                                \
-         .type = PB_F_DURATION,                                                                    \
-         .offset = offsetof(T, M.connect_timeout_ms),                                              \
-         .def = "5s",                                                                              \
-         .doc = "TCP connect, AUTH and SELECT"},                                                   \
-        {.name = "timeout",                                                                        \
-         .type = PB_F_DURATION,                                                                    \
-         .offset = offsetof(T, M.timeout_ms),                                                      \
-         .def = "10s",                                                                             \
-         .doc = "longest wait for the answer to a command"},                                       \
-    {                                                                                              \
-        .name = "tls", .type = PB_F_OBJECT, .offset = offsetof(T, M.tls), .sub = rs_tls_fields,    \
-        .doc = "not available: this build's hiredis (0.14) has no TLS"                             \
-    }
+    {.name = "user", .type = PB_F_STR, .offset = offsetof(T, M.user),                              \
+     .doc = "ACL user name (Redis 6+); overrides the URL's"},                                      \
+    {.name = "password", .type = PB_F_SECRET, .offset = offsetof(T, M.password),                   \
+     .doc = "password (AUTH); overrides the URL's"},                                               \
+    {.name = "connect_timeout", .type = PB_F_DURATION, .offset = offsetof(T, M.connect_timeout_ms),\
+     .def = "5s", .doc = "TCP connect, AUTH and SELECT"},                                          \
+    {.name = "timeout", .type = PB_F_DURATION, .offset = offsetof(T, M.timeout_ms),                \
+     .def = "10s", .doc = "longest wait for the answer to a command"},                             \
+    {.name = "tls", .type = PB_F_OBJECT, .offset = offsetof(T, M.tls), .sub = rs_tls_fields,       \
+     .doc = "not available: this build's hiredis (0.14) has no TLS"}
+/* clang-format on */
 
 /* Where to connect, parsed from the options by rs_target_init. */
 struct rs_target {
