@@ -351,7 +351,8 @@ typedef void (*pb_submit_cb)(void *arg, int status, const struct pb_item_result 
 /* Hand items (0..PB_SUBMIT_MAX) and checkpoints (0..8, at least one of
  * either) to the core, which commits them in one transaction. Any thread. If the call fails, cb
  * never runs: PB_EFULL when a bound is hit (the input is paused and resumed once there is room;
- * answer 503, nack, or keep the items for later), PB_ESHUTDOWN once stopping, PB_EINVAL for a
+ * answer 503, nack, or keep the items for later), PB_ESHUTDOWN once the input's stop has run
+ * (until then what it fetched is still committed and called back), PB_EINVAL for a
  * malformed item, PB_ENOMEM. */
 int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
                     const struct pb_checkpoint *ckpt, size_t nckpt, pb_submit_cb cb, void *arg);
@@ -398,6 +399,9 @@ struct pb_input_env {
     int (*add_route)(const struct pb_input_env *env, const struct pb_http_route *route,
                      struct pb_err *err);
     void *core;
+    /* Outbound guard for inputs that connect out (brokers, databases): the
+     * top-level outbound.allow. Resolve with pb_outbound_resolve(allow, ...). */
+    const struct pb_allowlist *allow;
     /* Set by init when they apply: */
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */

@@ -122,7 +122,8 @@ static int make_meta_prefix(struct pb_input *in)
     return 0;
 }
 
-int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once, struct pb_err *err)
+int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
+                   const struct pb_strlist *allow, struct pb_err *err)
 {
     const struct pb_node *name, *body;
     if (n->type != PB_NODE_MAP || n->n != 1)
@@ -157,12 +158,19 @@ int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once, s
     int rc = pb_conf_decode(body, plugin->fields, in->ctx, err);
     if (rc)
         return rc;
+    in->allow = pb_allowlist_create(allow, err);
+    if (!in->allow) {
+        if (!err->file)
+            err->file = name->file, err->line = name->line, err->col = name->col;
+        return err->code ? err->code : PB_ENOMEM;
+    }
     in->env = (struct pb_input_env){
         .pipeline = pl->name,
         .plugin = plugin->name,
         .once = once,
         .add_route = add_route_cb,
         .core = in,
+        .allow = in->allow,
     };
     rc = plugin->init(in->ctx, &in->env, err);
     if (rc) {
@@ -196,6 +204,7 @@ void pb__input_free(struct pb_input *in)
         free(in->ckpts[i].value);
     }
     free(in->ckpts);
+    pb_allowlist_destroy(in->allow);
     free(in->routes);
     free(in->meta_prefix);
     free(in->detail);
@@ -447,6 +456,8 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             return PB_EINVAL;
         if (it->key)
             ckbytes += strlen(it->key) + 1;
+        if (it->dead_reason)
+            ckbytes += strlen(it->dead_reason) + 1;
         bytes += (int64_t)it->len;
     }
     for (size_t i = 0; i < nckpt; i++) {
@@ -455,7 +466,9 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             return PB_EINVAL;
         ckbytes += strlen(ckpt[i].name) + 1 + ckpt[i].len;
     }
-    if (atomic_load(&in->stopping) || !in->e)
+    /* Until the plugin's stop has run, what it fetched may still be
+     * committed: it cannot give it back to its source. */
+    if (atomic_load(&in->stopped) || !in->e)
         return PB_ESHUTDOWN;
     if (!room(in)) {
         pb_loop_post(in->loop, pause_post_cb, in);
@@ -515,10 +528,17 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             .delivery_ids = so->ids + i * pl->ningest,
         };
     }
-    /* Idempotency keys, checkpoint names and values are copied behind the
-     * struct: the caller's are borrowed only until submit returns. */
+    /* Idempotency keys, dead reasons, checkpoint names and values are
+     * copied behind the struct: the caller's are borrowed only until submit
+     * returns. */
     char *p = (char *)(so + 1);
     for (size_t i = 0; i < n; i++) {
+        if (so->items[i].dead_reason) {
+            size_t rl = strlen(so->items[i].dead_reason) + 1;
+            memcpy(p, so->items[i].dead_reason, rl);
+            so->items[i].dead_reason = p;
+            p += rl;
+        }
         if (!so->items[i].idem_key)
             continue;
         size_t kl = strlen(so->items[i].idem_key) + 1;
@@ -759,6 +779,7 @@ static void stop_post_cb(void *arg, int status)
         pb_loop_timer_destroy(in->timer);
         in->timer = NULL;
     }
+    atomic_store(&in->stopped, true);
     pthread_mutex_lock(&w->lock);
     w->done = true;
     pthread_cond_signal(&w->cond);
@@ -773,7 +794,9 @@ void pb__input_stop(struct pb_input *in, int64_t timeout_ms)
     struct stop_wait w = {.in = in};
     pthread_mutex_init(&w.lock, NULL);
     pthread_cond_init(&w.cond, NULL);
-    if (pb_loop_post(in->loop, stop_post_cb, &w) == 0) {
+    if (pb_loop_post(in->loop, stop_post_cb, &w) != 0) {
+        atomic_store(&in->stopped, true);
+    } else {
         pthread_mutex_lock(&w.lock);
         while (!w.done)
             pthread_cond_wait(&w.cond, &w.lock);

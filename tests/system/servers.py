@@ -80,6 +80,7 @@ class Server:
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, env=self.env(),
                                      start_new_session=True)
+        self.proc.pb_server = True  # outlives each test; killed when the module ends
         with _procs_lock:
             _procs.append(self.proc)
 
