@@ -267,44 +267,77 @@ static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
     return 0;
 }
 
-struct replay_all_ctx {
-    struct pb_engine *e;
-    const char *pipeline, *output;
-    int64_t total;
-    int rc;
+/* Replay the dead letters of one output or sub-output, a batch per
+ * transaction, growing its backlog gauge by exactly what was replayed into
+ * it (re-reading gauges from a store snapshot would race with results). */
+static int replay_into(struct pb_engine *e, struct pb_output *o, int64_t *total)
+{
+    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
+    do {
+        op.u.replay_all = (struct pb_op_replay_all){
+            .pipeline = o->pl->name,
+            .output = o->is_virtual ? o->parent->name : o->name,
+            .sub = o->sub,
+            .now = pb_now_ms(),
+        };
+        int rc = pb_store_exec(e->store, &op);
+        if (rc)
+            return rc;
+        if (op.u.replay_all.count) {
+            atomic_fetch_add(&o->backlog, op.u.replay_all.count);
+            pb_dispatcher_notify_store(e->disp, o);
+            *total += op.u.replay_all.count;
+        }
+    } while (op.u.replay_all.more);
+    return 0;
+}
+
+struct collect {
+    struct pb_output **v;
+    size_t n, cap;
+    const char *output;
+    bool oom;
 };
 
-/* One REPLAY_ALL per output, so each output's backlog gauge grows by exactly
- * what was replayed into it (re-reading gauges from a store snapshot would
- * race with results being committed). */
-static void replay_output_cb(struct pb_output *o, void *arg)
+static void collect_cb(struct pb_output *o, void *arg)
 {
-    struct replay_all_ctx *ra = arg;
-    if (ra->rc || (ra->output && strcmp(o->name, ra->output) != 0))
+    struct collect *c = arg;
+    if (c->output && strcmp(o->name, c->output) != 0 &&
+        !(o->is_virtual && strcmp(o->parent->name, c->output) == 0))
         return;
-    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
-    op.u.replay_all.pipeline = o->pl->name;
-    op.u.replay_all.output = o->name;
-    op.u.replay_all.now = pb_now_ms();
-    ra->rc = pb_store_exec(ra->e->store, &op);
-    if (ra->rc == 0 && op.u.replay_all.count) {
-        atomic_fetch_add(&o->backlog, op.u.replay_all.count);
-        pb_dispatcher_notify_store(ra->e->disp, o);
-        ra->total += op.u.replay_all.count;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 16;
+        struct pb_output **v = realloc(c->v, cap * sizeof(*v));
+        if (!v) {
+            c->oom = true;
+            return;
+        }
+        c->v = v;
+        c->cap = cap;
     }
+    c->v[c->n++] = o;
 }
 
 static int replay_all(struct pb_engine *e, struct pb_http_request *c, struct pb_api_resp *r)
 {
-    struct replay_all_ctx ra = {.e = e, .pipeline = arg(c, "pipeline"), .output = arg(c, "output")};
+    const char *pipeline = arg(c, "pipeline");
+    struct collect col = {.output = arg(c, "output")};
+    int64_t total = 0;
+    int rc = 0;
+    /* The outputs first (under their locks), the replays after (outside them). */
     for (size_t i = 0; i < e->cfg->npipelines; i++)
-        if (!ra.pipeline || strcmp(e->cfg->pipelines[i].name, ra.pipeline) == 0)
-            pb_pipeline_each_output(&e->cfg->pipelines[i], replay_output_cb, &ra);
-    if (ra.rc)
-        return reply_error(r, 503, pb_strerror(ra.rc));
-    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s", (long long)ra.total,
-            ra.pipeline ? ra.pipeline : "*", ra.output ? ra.output : "*");
-    return reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)ra.total));
+        if (!pipeline || strcmp(e->cfg->pipelines[i].name, pipeline) == 0)
+            pb_pipeline_each_output(&e->cfg->pipelines[i], collect_cb, &col);
+    if (col.oom)
+        rc = PB_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < col.n; i++)
+        rc = replay_into(e, col.v[i], &total);
+    free(col.v);
+    if (rc)
+        return reply_error(r, 503, pb_strerror(rc));
+    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s", (long long)total,
+            pipeline ? pipeline : "*", col.output ? col.output : "*");
+    return reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)total));
 }
 
 static int purge_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)

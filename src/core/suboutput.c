@@ -223,25 +223,30 @@ bool pb_output_sub_exists(struct pb_output *o, const char *id)
 
 int pb_output_sub_recover(struct pb_output *o, const char *id, int64_t since, int64_t *count)
 {
-    char name[PB_NAME_MAX + PB_SUB_ID_MAX + 2];
     if (!sub_id_ok(id))
         return PB_EINVAL;
-    snprintf(name, sizeof(name), "%s/%s", o->name, id);
     struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
-    op.u.replay_all = (struct pb_op_replay_all){
-        .pipeline = o->pl->name, .output = name, .since = since, .now = pb_now_ms()};
-    int rc = pb_store_exec(o->disp->e->store, &op);
-    if (rc)
-        return rc;
+    int64_t total = 0;
+    do {
+        op.u.replay_all = (struct pb_op_replay_all){.pipeline = o->pl->name,
+                                                    .output = o->name,
+                                                    .sub = id,
+                                                    .since = since,
+                                                    .now = pb_now_ms()};
+        int rc = pb_store_exec(o->disp->e->store, &op);
+        if (rc)
+            return rc;
+        total += op.u.replay_all.count;
+    } while (op.u.replay_all.more);
     pthread_mutex_lock(&o->vlock);
     struct pb_output *v = sub_find(o, id);
     if (v) {
-        atomic_fetch_add(&v->backlog, op.u.replay_all.count);
+        atomic_fetch_add(&v->backlog, total);
         pb_dispatcher_notify_store(o->disp, v);
     }
     pthread_mutex_unlock(&o->vlock);
     if (count)
-        *count = op.u.replay_all.count;
+        *count = total;
     return 0;
 }
 

@@ -37,6 +37,8 @@
  * webhook outputs' key-value state */
 #define PB_STORE_SCHEMA_VERSION 8
 #define PB_MSG_ID_MAX 40
+#define PB_NAME_MAX_STORE 128    /* pipeline and output names */
+#define PB_SUB_ID_MAX 64         /* sub-output ids (as pb_plugin.h) */
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
  * so the writer never stalls: resubmit soon when deleted reaches it. */
@@ -145,15 +147,22 @@ struct pb_op_replay {
     int64_t now;
     /* out */
     int64_t new_delivery_id;
-    char pipeline[128], output[128];
+    char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
 };
 
+/* Dead deliveries of pipeline (NULL: any), output (NULL: any; else exactly
+ * that output, or its sub-output sub) created since, replayed in id order,
+ * at most limit (0: PB_REPLAY_ALL_BATCH) per op: submit again while more. */
+#define PB_REPLAY_ALL_BATCH 1000
 struct pb_op_replay_all {
-    const char *pipeline; /* in; NULL = any */
-    const char *output;   /* in; NULL = any */
-    int64_t since;        /* in: only deliveries created at or after (unix ms); 0 = any */
+    const char *pipeline;
+    const char *output;
+    const char *sub;
+    int64_t since; /* unix ms; 0 = any */
     int64_t now;
-    int64_t count; /* out */
+    size_t limit;
+    int64_t count; /* out: replayed by this op */
+    bool more;     /* out: there may be more */
 };
 
 struct pb_op_purge {

@@ -164,19 +164,11 @@ const char *pb__sqlite_migration_sql(int v)
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
 
-/* ?4 is since: 0 (or less) takes every dead delivery. */
-#define RALL_DEAD "state = 2 AND (?4 <= 0 OR created_at >= ?4)"
-#define RALL_WHERE_ANY RALL_DEAD
-#define RALL_WHERE_P RALL_DEAD " AND pipeline = ?1"
-/* An output filter takes the output with its sub-outputs, or one of them ("out/sub"). */
-#define RALL_OUT " AND (output = ?2 OR output || '/' || sub = ?2)"
-#define RALL_WHERE_O RALL_DEAD RALL_OUT
-#define RALL_WHERE_PO RALL_DEAD " AND pipeline = ?1" RALL_OUT
-#define RALL_INS(w)                                                                                \
-    "INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts, next_at, created_at," \
-    " updated_at, replay_of) SELECT msg_seq, pipeline, output, sub, 0, 0, ?3, ?3, ?3, id"          \
-    " FROM deliveries WHERE " w " ORDER BY id"
-#define RALL_UPD(w) "UPDATE deliveries SET state = 4, updated_at = ?3 WHERE " w
+/* ?4 is since: 0 (or less) takes every dead delivery. An output filter is
+ * exact: the output itself (?5 NULL) or one of its sub-outputs. */
+#define RALL_DEAD "SELECT id FROM deliveries WHERE state = 2 AND (?4 <= 0 OR created_at >= ?4)"
+#define RALL_OUT " AND output = ?2 AND sub IS ?5"
+#define RALL_END " ORDER BY id LIMIT ?6"
 
 static const char *const wsql[W_COUNT] = {
     [W_IDEM_GET] = "SELECT msg_id FROM idempotency"
@@ -259,14 +251,10 @@ static const char *const wsql[W_COUNT] = {
     [W_ORPHAN_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?3,"
                      " last_error = 'output removed' WHERE state = 0 AND pipeline = ?1"
                      " AND output = ?2",
-    [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
-    [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
-    [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
-    [W_RALL_INS + 3] = RALL_INS(RALL_WHERE_PO),
-    [W_RALL_UPD + 0] = RALL_UPD(RALL_WHERE_ANY),
-    [W_RALL_UPD + 1] = RALL_UPD(RALL_WHERE_P),
-    [W_RALL_UPD + 2] = RALL_UPD(RALL_WHERE_O),
-    [W_RALL_UPD + 3] = RALL_UPD(RALL_WHERE_PO),
+    [W_RALL + 0] = RALL_DEAD RALL_END,
+    [W_RALL + 1] = RALL_DEAD " AND pipeline = ?1" RALL_END,
+    [W_RALL + 2] = RALL_DEAD RALL_OUT RALL_END,
+    [W_RALL + 3] = RALL_DEAD " AND pipeline = ?1" RALL_OUT RALL_END,
 };
 
 static void bind_lease(sqlite3_stmt *st, int i, int64_t lease, bool unleased);
@@ -1265,69 +1253,107 @@ static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline,
     return rc == SQLITE_DONE ? 0 : write_fail(q, rc, "find dead delivery");
 }
 
-static int apply_replay(struct sq *q, struct pb_op *op)
+/* Dead delivery id becomes REPLAYED and a new pending one (unleased) takes
+ * its place. 0 (*new_id set), PB_ENOTFOUND (op-local), or a broken
+ * transaction. */
+static int replay_one(struct sq *q, int64_t id, int64_t now, char *pipeline, size_t plen,
+                      char *output, size_t olen, int64_t *new_id)
 {
-    struct pb_op_replay *r = &op->u.replay;
     sqlite3_stmt *st;
     int64_t msg_seq = 0;
-    int rc;
-
-    r->new_delivery_id = 0;
-    char sub[128];
-    rc = find_dead(q, r->delivery_id, &msg_seq, r->pipeline, sizeof(r->pipeline), r->output,
-                   sizeof(r->output), sub, sizeof(sub));
-    if (rc <= 0) {
-        if (rc == 0)
-            op->status = PB_ENOTFOUND;
-        return rc;
-    }
+    char sub[PB_SUB_ID_MAX + 8];
+    int rc = find_dead(q, id, &msg_seq, pipeline, plen, output, olen, sub, sizeof(sub));
+    if (rc <= 0)
+        return rc == 0 ? PB_ENOTFOUND : rc;
     st = q->ws[W_DLV_MARK_REPLAYED];
-    sqlite3_bind_int64(st, 1, r->delivery_id);
-    sqlite3_bind_int64(st, 2, r->now);
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, now);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "mark replayed");
     st = q->ws[W_DLV_REPLAY];
     sqlite3_bind_int64(st, 1, msg_seq);
-    sqlite3_bind_text(st, 2, r->pipeline, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, r->output, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, r->now);
-    sqlite3_bind_int64(st, 5, r->delivery_id);
+    sqlite3_bind_text(st, 2, pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, output, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int64(st, 5, id);
     if (sub[0])
         sqlite3_bind_text(st, 6, sub, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 6);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "insert replay");
-    r->new_delivery_id = sqlite3_last_insert_rowid(q->db);
+    *new_id = sqlite3_last_insert_rowid(q->db);
     if (sub[0]) {
         /* The caller sees the sub-output it goes to, as the admin API names it. */
-        size_t ol = strlen(r->output);
-        snprintf(r->output + ol, sizeof(r->output) - ol, "/%s", sub);
+        size_t ol = strlen(output);
+        snprintf(output + ol, olen - ol, "/%s", sub);
     }
     return 0;
 }
 
+static int apply_replay(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_replay *r = &op->u.replay;
+    r->new_delivery_id = 0;
+    int rc = replay_one(q, r->delivery_id, r->now, r->pipeline, sizeof(r->pipeline), r->output,
+                        sizeof(r->output), &r->new_delivery_id);
+    if (rc == PB_ENOTFOUND) {
+        op->status = rc;
+        return 0;
+    }
+    return rc;
+}
+
+/* At most limit at a time, in id order (so new ids keep the old order): a
+ * large replay is many short transactions, never one long one that holds
+ * up every other commit. */
 static int apply_replay_all(struct sq *q, struct pb_op *op)
 {
     struct pb_op_replay_all *r = &op->u.replay_all;
     int variant = (r->pipeline ? 1 : 0) | (r->output ? 2 : 0);
-    sqlite3_stmt *ins = q->ws[W_RALL_INS + variant], *upd = q->ws[W_RALL_UPD + variant];
+    sqlite3_stmt *st = q->ws[W_RALL + variant];
+    size_t limit = r->limit ? r->limit : PB_REPLAY_ALL_BATCH;
+    int64_t *ids = malloc(limit * sizeof(*ids));
+    size_t n = 0;
     int rc;
 
     r->count = 0;
-    /* Copies first (in id order, so new ids keep the old order), then marks. */
-    for (sqlite3_stmt *st = ins; st; st = st == ins ? upd : NULL) {
-        if (r->pipeline)
-            sqlite3_bind_text(st, 1, r->pipeline, -1, SQLITE_STATIC);
-        if (r->output)
-            sqlite3_bind_text(st, 2, r->output, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, r->now);
-        sqlite3_bind_int64(st, 4, r->since);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "replay all");
-        if (st == ins)
-            r->count = sqlite3_changes64(q->db);
+    if (!ids) {
+        op->status = PB_ENOMEM;
+        return 0;
     }
+    if (r->pipeline)
+        sqlite3_bind_text(st, 1, r->pipeline, -1, SQLITE_STATIC);
+    if (r->output) {
+        sqlite3_bind_text(st, 2, r->output, -1, SQLITE_STATIC);
+        if (r->sub)
+            sqlite3_bind_text(st, 5, r->sub, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 5);
+    }
+    sqlite3_bind_int64(st, 4, r->since);
+    sqlite3_bind_int64(st, 6, (int64_t)limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < limit)
+        ids[n++] = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        free(ids);
+        return write_fail(q, rc, "replay all");
+    }
+    for (size_t i = 0; i < n; i++) {
+        char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
+        int64_t nid = 0;
+        rc =
+            replay_one(q, ids[i], r->now, pipeline, sizeof(pipeline), output, sizeof(output), &nid);
+        if (rc && rc != PB_ENOTFOUND) {
+            free(ids);
+            return rc;
+        }
+        if (rc == 0)
+            r->count++;
+    }
+    r->more = n == limit;
+    free(ids);
     return 0;
 }
 

@@ -47,10 +47,9 @@ enum {
     W_KV_DEL,
     W_DEAD_IN_DLV,
     W_DEAD_IN_ATT,
-    /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
-    W_RALL_INS,
-    W_RALL_UPD = W_RALL_INS + 4,
-    W_COUNT = W_RALL_UPD + 4,
+    /* replay-all's selection, one variant per filter (bit 0 pipeline, bit 1 output) */
+    W_RALL,
+    W_COUNT = W_RALL + 4,
 };
 
 struct rconn;

@@ -2508,6 +2508,61 @@ out:
     tdir_remove(&t);
 }
 
+/* Replay-all goes in batches (short transactions), exactly per output or
+ * sub-output, and says when there may be more. */
+PB_TEST(replay_all_in_batches_exact_per_sub_output)
+{
+    static const char *const outs[] = {"hooks/ep_a", "hooks/ep_b"};
+    struct tdir t;
+    int64_t ids[1], child[2];
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "m%d", i);
+        PB_EQ_INT(ingest(s, "p", id, OUTS1, 1, ids), 0);
+        PB_EQ_INT(result(s, ids[0], 1, PB_DSTATE_DEAD, 404, "no"), 0);
+    }
+    PB_EQ_INT(ingest(s, "p", "f", HOOKS1, 1, ids), 0);
+    PB_EQ_INT(fanout(s, ids[0], outs, 2, child), 0);
+    PB_EQ_INT(result(s, child[0], 1, PB_DSTATE_DEAD, 500, "down"), 0);
+    PB_EQ_INT(result(s, child[1], 1, PB_DSTATE_DEAD, 500, "down"), 0);
+    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
+    int64_t counts[4] = {0};
+    bool more[4] = {0};
+    for (int k = 0; k < 4; k++) {
+        op.u.replay_all =
+            (struct pb_op_replay_all){.pipeline = "p", .output = "a", .now = 5000, .limit = 2};
+        PB_EQ_INT(pb_store_exec(s, &op), 0);
+        counts[k] = op.u.replay_all.count;
+        more[k] = op.u.replay_all.more;
+    }
+    PB_EQ_INT(counts[0], 2);
+    PB_CHECK(more[0]);
+    PB_EQ_INT(counts[1], 2);
+    PB_EQ_INT(counts[2], 1);
+    PB_CHECK(!more[2]);
+    PB_EQ_INT(counts[3], 0);
+    /* One sub-output only; the other keeps its dead letter. */
+    op.u.replay_all =
+        (struct pb_op_replay_all){.pipeline = "p", .output = "hooks", .sub = "ep_b", .now = 6000};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.replay_all.count, 1);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE sub = 'ep_a' AND state = 2"),
+              1);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE sub = 'ep_b' AND state = 0"),
+              1);
+    /* The output itself (sub NULL) is not its sub-outputs. */
+    op.u.replay_all = (struct pb_op_replay_all){.pipeline = "p", .output = "hooks", .now = 7000};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    PB_EQ_INT(op.u.replay_all.count, 0);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
 int main(void)
 {
     return pb_test_main();
