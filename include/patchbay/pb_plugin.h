@@ -123,15 +123,70 @@ struct pb_output_plugin {
     void (*stop)(void *ctx);
     /* Must cope with a context whose init or start failed half way. */
     void (*destroy)(void *ctx);
+    /* Admin routes of the plugin: requests to /api/<admin_path> and below,
+     * after the admin token was checked, on a worker thread (it may block,
+     * and read or write the store). outs: every output of this plugin, in
+     * configuration order. Answer with pb_http_respond(). */
+    const char *admin_path;
+    void (*admin)(struct pb_output *const *outs, size_t n, struct pb_http_request *r);
 };
 
 /* For a started output. Any thread unless said otherwise. */
 struct pb_loop *pb_output_loop(struct pb_output *o); /* the dispatcher's */
 const char *pb_output_name(const struct pb_output *o);
 const char *pb_output_pipeline(const struct pb_output *o);
+void *pb_output_ctx(struct pb_output *o); /* the plugin's context */
+/* The outbound guard of this output (for clients other than env->http). */
+const struct pb_allowlist *pb_output_allow(const struct pb_output *o);
 /* What /ready, /api/pipelines and patchbay_output_connected show. detail
  * (copied, may be NULL): the last connection error. */
 void pb_output_set_state(struct pb_output *o, enum pb_output_state state, const char *detail);
+
+/* ---- sub-outputs, state, events -------------------------------------------
+ *
+ * A sub-output is a named part of an output (a webhook endpoint) with a
+ * queue, retries, rate limit, pause and dead letters of its own. Its
+ * deliveries come to the output's deliver() with d->sub set. A delivery of
+ * the output itself can be fanned out to sub-outputs. */
+
+#define PB_SUB_ID_MAX 64 /* bytes, NUL included: letters, digits, '-' and '_' */
+struct pb_sub_opts {
+    struct pb_rate rate_limit; /* {0, 0}: none */
+    bool paused;               /* deliveries wait (kept, pending) until unpaused */
+};
+/* Add a sub-output, or change one. Any thread: applied on the dispatcher's
+ * loop. PB_EINVAL for a bad id. */
+int pb_output_sub_set(struct pb_output *o, const char *id, const struct pb_sub_opts *opts);
+/* Remove a sub-output: nothing more goes to it, its pending deliveries go to
+ * the dead-letter queue with reason (*dead of them), and it is freed once
+ * its attempts in flight have ended. Blocks until that is committed: not on
+ * the dispatcher's loop. */
+int pb_output_sub_remove(struct pb_output *o, const char *id, const char *reason, int64_t *dead);
+bool pb_output_sub_exists(struct pb_output *o, const char *id);
+/* Replay the dead letters of sub-output id created at or after since (unix
+ * ms): *count of them. Blocks: not on the dispatcher's loop. */
+int pb_output_sub_recover(struct pb_output *o, const char *id, int64_t since, int64_t *count);
+/* End d, a delivery of the output itself, by handing it to subs: one new
+ * delivery per sub-output, committed with d's end, each with its own
+ * attempts (none: d ends with nothing to do). note (copied) is what d's
+ * attempt log says. Any thread. */
+void pb_delivery_fanout(struct pb_delivery *d, const char *const *subs, size_t n, const char *note);
+
+/* The output's own state, kept in the state store (per output: keys are the
+ * plugin's). The keys as they were when the output started, for start to
+ * read: fn returns non-zero to stop. */
+typedef int (*pb_kv_fn)(void *arg, const char *key, const void *value, size_t len);
+int pb_output_kv_each(struct pb_output *o, pb_kv_fn fn, void *arg);
+/* Write key (value NULL deletes it) and wait for the commit: not on the
+ * dispatcher's loop. 0 or the store's error. */
+int pb_output_kv_put_wait(struct pb_output *o, const char *key, const void *value, size_t len);
+/* The same without waiting: done (may be NULL) runs on the dispatcher's
+ * loop once committed or failed. If the call fails, done never runs. */
+int pb_output_kv_put(struct pb_output *o, const char *key, const void *value, size_t len,
+                     void (*done)(void *arg, int status), void *arg);
+/* An event: a JSON message into another pipeline, committed like any input's
+ * (its input's idempotency rules do not apply). Any thread. */
+int pb_output_emit(struct pb_output *o, const char *pipeline, const char *json, size_t len);
 
 /* ---- processors ------------------------------------------------------------ */
 
@@ -296,7 +351,8 @@ typedef void (*pb_submit_cb)(void *arg, int status, const struct pb_item_result 
 /* Hand items (0..PB_SUBMIT_MAX) and checkpoints (0..8, at least one of
  * either) to the core, which commits them in one transaction. Any thread. If the call fails, cb
  * never runs: PB_EFULL when a bound is hit (the input is paused and resumed once there is room;
- * answer 503, nack, or keep the items for later), PB_ESHUTDOWN once stopping, PB_EINVAL for a
+ * answer 503, nack, or keep the items for later), PB_ESHUTDOWN once the input's stop has run
+ * (until then what it fetched is still committed and called back), PB_EINVAL for a
  * malformed item, PB_ENOMEM. */
 int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
                     const struct pb_checkpoint *ckpt, size_t nckpt, pb_submit_cb cb, void *arg);
@@ -342,10 +398,10 @@ struct pb_input_env {
      * has started. */
     int (*add_route)(const struct pb_input_env *env, const struct pb_http_route *route,
                      struct pb_err *err);
-    /* The outbound guard (outbound.allow) for inputs that connect out to
-     * their source (brokers, databases): resolve with pb_outbound_resolve. */
-    const struct pb_allowlist *allow;
     void *core;
+    /* Outbound guard for inputs that connect out (brokers, databases): the
+     * top-level outbound.allow. Resolve with pb_outbound_resolve(allow, ...). */
+    const struct pb_allowlist *allow;
     /* Set by init when they apply: */
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */

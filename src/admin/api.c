@@ -15,8 +15,8 @@
 #include <string.h>
 
 #include "admin/api.h"
+#include "admin/views.h"
 #include "core/input.h"
-#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 static int reply(struct pb_api_resp *r, int status, json_t *body)
@@ -111,11 +111,21 @@ static json_t *output_obj(json_t *pipelines, const char *pl, const char *out)
     return outs ? json_object_get(outs, out) : NULL;
 }
 
-static void count_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
-                     int64_t count)
+/* "output" or "output/sub", as the admin API and the metrics name them. */
+static const char *out_name(const char *output, const char *sub, char *buf, size_t len)
+{
+    if (!sub)
+        return output;
+    snprintf(buf, len, "%s/%s", output, sub);
+    return buf;
+}
+
+static void count_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                     enum pb_dstate state, int64_t count)
 {
     struct count_ctx *cc = arg;
-    json_t *o = output_obj(cc->pipelines, pipeline, output);
+    char name[PB_NAME_MAX * 2];
+    json_t *o = output_obj(cc->pipelines, pipeline, out_name(output, sub, name, sizeof(name)));
     if (o)
         json_object_set_new(o, pb_dstate_name(state), json_integer(count));
 }
@@ -191,53 +201,23 @@ oom:
     return 0;
 }
 
-/* Re-read the pending counts so the backlog gauges stay exact after replays. */
-static void backlog_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
-                       int64_t count)
-{
-    struct count_ctx *cc = arg;
-    if (state != PB_DSTATE_PENDING)
-        return;
-    struct pb_pipeline *pl = pb_engine_pipeline(cc->e, pipeline);
-    struct pb_output *o = pl ? pb_pipeline_output(pl, output) : NULL;
-    if (o)
-        atomic_store(&o->backlog, count);
-}
-
-void pb_engine_resync_backlog(struct pb_engine *e);
-void pb_engine_resync_backlog(struct pb_engine *e)
-{
-    for (size_t i = 0; i < e->cfg->npipelines; i++)
-        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
-            atomic_store(&e->cfg->pipelines[i].outs[j].backlog, 0);
-    struct count_ctx cc = {.e = e};
-    struct pb_err err = {0};
-    if (pb_store_count_pending(e->store, backlog_cb, &cc, &err) != 0)
-        PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
-}
-
-static int endpoint_cb(void *arg, const struct pb_endpoint_rec *rec)
-{
-    (void)rec;
-    *(bool *)arg = true;
-    return 0;
-}
-
-/* Why a replay of a dead letter to pipeline/output would wait unseen for
- * ever, or NULL when its output is there to take it. */
+/* Why a replay of a dead letter to pipeline/output ("output/sub" for a
+ * sub-output) would wait unseen for ever, or NULL when it has somewhere to
+ * go. */
 static const char *replay_refusal(struct pb_engine *e, const char *pipeline, const char *output)
 {
+    if (strcmp(output, PB_INPUT_OUTPUT) == 0)
+        return "it was never taken in (its body cannot be carried); post a corrected copy";
     if (!pb_config_output_known(e->cfg, pipeline, output))
         return "its output is no longer in the configuration";
     const char *slash = strchr(output, '/');
     if (slash) {
-        const char *a, *b, *c;
-        bool found = false;
-        struct pb_err err = {0};
-        if (pb_webhook_static_find(e, slash + 1, &a, &b, &c) > 0)
-            return NULL;
-        if (pb_store_endpoint_get(e->store, slash + 1, endpoint_cb, &found, &err) != 0 || !found)
-            return "its webhook endpoint was deleted";
+        char name[PB_NAME_MAX];
+        snprintf(name, sizeof(name), "%.*s", (int)(slash - output), output);
+        struct pb_pipeline *pl = pb_engine_pipeline(e, pipeline);
+        struct pb_output *o = pl ? pb_pipeline_output(pl, name) : NULL;
+        if (!o || !pb_output_sub_exists(o, slash + 1))
+            return "its sub-output (a webhook endpoint) was deleted";
     }
     return NULL;
 }
@@ -245,7 +225,7 @@ static const char *replay_refusal(struct pb_engine *e, const char *pipeline, con
 static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
 {
     struct pb_err err = {0};
-    json_t *dead = pb_store_dead_letter_json(e->store, id, &err);
+    json_t *dead = pb_admin_dead_letter_json(e->store, id, &err);
     if (!dead)
         return reply_store_error(r, &err);
     const char *why = replay_refusal(e, json_string_value(json_object_get(dead, "pipeline")),
@@ -287,44 +267,77 @@ static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
     return 0;
 }
 
-struct replay_all_ctx {
-    struct pb_engine *e;
-    const char *pipeline, *output;
-    int64_t total;
-    int rc;
+/* Replay the dead letters of one output or sub-output, a batch per
+ * transaction, growing its backlog gauge by exactly what was replayed into
+ * it (re-reading gauges from a store snapshot would race with results). */
+static int replay_into(struct pb_engine *e, struct pb_output *o, int64_t *total)
+{
+    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
+    do {
+        op.u.replay_all = (struct pb_op_replay_all){
+            .pipeline = o->pl->name,
+            .output = o->is_virtual ? o->parent->name : o->name,
+            .sub = o->sub,
+            .now = pb_now_ms(),
+        };
+        int rc = pb_store_exec(e->store, &op);
+        if (rc)
+            return rc;
+        if (op.u.replay_all.count) {
+            atomic_fetch_add(&o->backlog, op.u.replay_all.count);
+            pb_dispatcher_notify_store(e->disp, o);
+            *total += op.u.replay_all.count;
+        }
+    } while (op.u.replay_all.more);
+    return 0;
+}
+
+struct collect {
+    struct pb_output **v;
+    size_t n, cap;
+    const char *output;
+    bool oom;
 };
 
-/* One REPLAY_ALL per output, so each output's backlog gauge grows by exactly
- * what was replayed into it (re-reading gauges from a store snapshot would
- * race with results being committed). */
-static void replay_output_cb(struct pb_output *o, void *arg)
+static void collect_cb(struct pb_output *o, void *arg)
 {
-    struct replay_all_ctx *ra = arg;
-    if (ra->rc || (ra->output && strcmp(o->name, ra->output) != 0))
+    struct collect *c = arg;
+    if (c->output && strcmp(o->name, c->output) != 0 &&
+        !(o->is_virtual && strcmp(o->parent->name, c->output) == 0))
         return;
-    struct pb_op op = {.kind = PB_OP_REPLAY_ALL};
-    op.u.replay_all.pipeline = o->pl->name;
-    op.u.replay_all.output = o->name;
-    op.u.replay_all.now = pb_now_ms();
-    ra->rc = pb_store_exec(ra->e->store, &op);
-    if (ra->rc == 0 && op.u.replay_all.count) {
-        atomic_fetch_add(&o->backlog, op.u.replay_all.count);
-        pb_dispatcher_notify_store(ra->e->disp, o);
-        ra->total += op.u.replay_all.count;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 16;
+        struct pb_output **v = realloc(c->v, cap * sizeof(*v));
+        if (!v) {
+            c->oom = true;
+            return;
+        }
+        c->v = v;
+        c->cap = cap;
     }
+    c->v[c->n++] = o;
 }
 
 static int replay_all(struct pb_engine *e, struct pb_http_request *c, struct pb_api_resp *r)
 {
-    struct replay_all_ctx ra = {.e = e, .pipeline = arg(c, "pipeline"), .output = arg(c, "output")};
+    const char *pipeline = arg(c, "pipeline");
+    struct collect col = {.output = arg(c, "output")};
+    int64_t total = 0;
+    int rc = 0;
+    /* The outputs first (under their locks), the replays after (outside them). */
     for (size_t i = 0; i < e->cfg->npipelines; i++)
-        if (!ra.pipeline || strcmp(e->cfg->pipelines[i].name, ra.pipeline) == 0)
-            pb_pipeline_each_output(&e->cfg->pipelines[i], replay_output_cb, &ra);
-    if (ra.rc)
-        return reply_error(r, 503, pb_strerror(ra.rc));
-    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s", (long long)ra.total,
-            ra.pipeline ? ra.pipeline : "*", ra.output ? ra.output : "*");
-    return reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)ra.total));
+        if (!pipeline || strcmp(e->cfg->pipelines[i].name, pipeline) == 0)
+            pb_pipeline_each_output(&e->cfg->pipelines[i], collect_cb, &col);
+    if (col.oom)
+        rc = PB_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < col.n; i++)
+        rc = replay_into(e, col.v[i], &total);
+    free(col.v);
+    if (rc)
+        return reply_error(r, 503, pb_strerror(rc));
+    PB_INFO("dead letters replayed count=%lld pipeline=%s output=%s", (long long)total,
+            pipeline ? pipeline : "*", col.output ? col.output : "*");
+    return reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)total));
 }
 
 static int purge_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
@@ -356,11 +369,41 @@ int pb_admin_error(struct pb_api_resp *r, int status, const char *msg)
     return reply_error(r, status, msg);
 }
 
+/* A route an output plugin serves (/api/<admin_path>...): hand the request
+ * to it with every output of that plugin. True when one took it. */
+static bool plugin_route(struct pb_engine *e, struct pb_http_request *c, const char *path)
+{
+    for (size_t k = 0; pb_output_plugins[k]; k++) {
+        const struct pb_output_plugin *p = pb_output_plugins[k];
+        if (!p->admin || !p->admin_path)
+            continue;
+        size_t n = strlen(p->admin_path);
+        if (strncmp(path + 5, p->admin_path, n) != 0 || (path[5 + n] && path[5 + n] != '/'))
+            continue;
+        size_t count = 0;
+        for (size_t i = 0; i < e->cfg->npipelines; i++)
+            for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
+                count += e->cfg->pipelines[i].outs[j].plugin == p;
+        struct pb_output **outs = calloc(count ? count : 1, sizeof(*outs));
+        if (!outs) {
+            pb_http_respond_json(c, 500, "{\"error\":\"out of memory\"}");
+            return true;
+        }
+        count = 0;
+        for (size_t i = 0; i < e->cfg->npipelines; i++)
+            for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++)
+                if (e->cfg->pipelines[i].outs[j].plugin == p)
+                    outs[count++] = &e->cfg->pipelines[i].outs[j];
+        p->admin(outs, count, c);
+        free(outs);
+        return true;
+    }
+    return false;
+}
+
 static int handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                   const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
-    if (strcmp(path, "/api/endpoints") == 0 || strncmp(path, "/api/endpoints/", 15) == 0)
-        return pb_admin_endpoints(e, c, method, path, body, len, r);
     struct pb_err err = {0};
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0,
          del = strcmp(method, "DELETE") == 0;
@@ -382,7 +425,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
         const char *id = path + 14;
         if (!*id || strlen(id) >= PB_MSG_ID_MAX || strchr(id, '/'))
             return reply_error(r, 404, "no such message");
-        json_t *m = pb_store_message_json(e->store, id, &err);
+        json_t *m = pb_admin_message_json(e->store, id, &err);
         if (!m)
             return reply_store_error(r, &err);
         return reply(r, 200, m);
@@ -404,7 +447,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             if (after_id < 1)
                 return reply_error(r, 400, "after must be a delivery id");
         }
-        json_t *l = pb_store_dead_letters_json(e->store, arg(c, "pipeline"), arg(c, "output"),
+        json_t *l = pb_admin_dead_letters_json(e->store, arg(c, "pipeline"), arg(c, "output"),
                                                after_id, limit, &err);
         if (!l)
             return reply_store_error(r, &err);
@@ -433,7 +476,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return purge_one(e, id, r);
         if (!get)
             return reply_error(r, 405, "method not allowed");
-        json_t *d = pb_store_dead_letter_json(e->store, id, &err);
+        json_t *d = pb_admin_dead_letter_json(e->store, id, &err);
         if (!d)
             return reply_store_error(r, &err);
         return reply(r, 200, d);
@@ -441,8 +484,11 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
     return reply_error(r, 404, "no such endpoint");
 }
 
-void pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
+bool pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                      const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
+    if (strncmp(path, "/api/", 5) == 0 && plugin_route(e, c, path))
+        return true;
     (void)handle(e, c, method, path, body, len, r);
+    return false;
 }

@@ -3,6 +3,8 @@
 #ifndef PB_ADMIN_API_H
 #define PB_ADMIN_API_H
 
+#include <jansson.h>
+
 #include "core/engine.h"
 #include "patchbay/pb_server.h"
 
@@ -11,14 +13,10 @@ struct pb_api_resp {
     char *body; /* malloc'd JSON text, or NULL for an empty body */
 };
 
-/* Answer one admin request; fills resp. Runs on a worker thread: it may
- * read the store. */
-void pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
+/* Answer one admin request; fills resp, or returns true when a plugin's
+ * route answered it itself. Runs on a worker thread: it may read the store. */
+bool pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                      const char *path, const char *body, size_t len, struct pb_api_resp *resp);
-
-/* /api/endpoints... (api_endpoints.c). */
-int pb_admin_endpoints(struct pb_engine *e, struct pb_http_request *c, const char *method,
-                       const char *path, const char *body, size_t len, struct pb_api_resp *r);
 
 /* Shared by the admin handlers. */
 int pb_admin_reply(struct pb_api_resp *r, int status, json_t *body);

@@ -120,7 +120,11 @@ static void admin_job_cb(struct pb_job *job, int cancelled)
     size_t len = 0;
     const char *body = pb_http_request_body(r, &len);
     struct pb_api_resp resp = {0};
-    pb_admin_handle(aj->e, r, pb_http_request_method(r), pb_http_request_path(r), body, len, &resp);
+    if (pb_admin_handle(aj->e, r, pb_http_request_method(r), pb_http_request_path(r), body, len,
+                        &resp)) {
+        free(aj); /* a plugin's route answered */
+        return;
+    }
     if (resp.status == 204)
         pb_http_respond(r, 204, NULL, "", 0, NULL, 0);
     else

@@ -15,7 +15,6 @@
 
 #include "core/engine.h"
 #include "core/input.h"
-#include "core/webhooks.h"
 #include "net/listen.h"
 
 #define OFF(field) offsetof(struct pb_config, field)
@@ -793,16 +792,10 @@ fail:
 
 static void destroy_output(struct pb_output *o)
 {
-    /* Virtual endpoint outputs share everything but their name and state. */
-    for (size_t i = 0; i < o->nvouts; i++) {
-        struct pb_output *v = o->vouts[i];
-        pb_webhook_free_endpoint(v);
-        pthread_mutex_destroy(&v->vlock);
-        pthread_mutex_destroy(&v->slock);
-        free(v->keys);
-        free(v->name);
-        free(v);
-    }
+    /* Sub-outputs share everything but their name and state. */
+    for (size_t i = 0; i < o->nvouts; i++)
+        pb__sub_free(o->vouts[i]);
+    pb__output_kv_drop(o);
     free(o->vouts);
     o->vouts = NULL;
     o->nvouts = 0;

@@ -6,10 +6,10 @@
  * `rate_limit`, and each output progresses on its own.
  *
  * Memory is bounded: an output holds at most limits.in_memory deliveries.
- * Past that it is "spilled": new deliveries stay in the store only, and are
- * paged back in, in id order, as room frees up. Delivery ids grow in commit
- * order, so `cursor` (the highest id taken in) tells duplicates (already
- * paged in) from news.
+ * Past that it is "spilled": new deliveries stay in the store only, unleased,
+ * and are claimed back, in id order, as room frees up (see "paging in").
+ * Every delivery in memory is leased to this process, and its results are
+ * recorded only while that lease holds.
  *
  * With ordering.key, deliveries sharing a key go out one at a time per output,
  * in acceptance order, retries included: a key is busy from admission of its
@@ -20,7 +20,6 @@
 
 #include "core/dispatch_int.h"
 #include "core/template.h"
-#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 
 #define LOAD_BATCH_MAX 2048
@@ -72,6 +71,21 @@ static int heap_push(struct pb_dispatcher *d, struct pb_dl *dl)
     return 0;
 }
 
+static void heap_down(struct pb_dispatcher *d, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
+            m = l;
+        if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
+            m = r;
+        if (m == i)
+            break;
+        heap_swap(d, i, m);
+        i = m;
+    }
+}
+
 static struct pb_dl *heap_pop(struct pb_dispatcher *d)
 {
     struct pb_dl *top = d->heap[0];
@@ -79,18 +93,7 @@ static struct pb_dl *heap_pop(struct pb_dispatcher *d)
     if (d->nheap) {
         d->heap[0] = d->heap[d->nheap];
         d->heap[0]->heap_idx = 0;
-        size_t i = 0;
-        for (;;) {
-            size_t l = 2 * i + 1, r = l + 1, m = i;
-            if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
-                m = l;
-            if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
-                m = r;
-            if (m == i)
-                break;
-            heap_swap(d, i, m);
-            i = m;
-        }
+        heap_down(d, 0);
     }
     return top;
 }
@@ -345,6 +348,7 @@ static void submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dst
     res->status = status;
     res->state = state;
     res->next_at = dl->next_at;
+    res->lease = d->lease;
     if (error) {
         snprintf(r->error, sizeof(r->error), "%s", error);
         res->error = r->error;
@@ -447,14 +451,14 @@ static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, str
     return pb__disp_key(pl, in, msg_meta(m), key, err);
 }
 
+static void release_later(struct pb_dispatcher *d, struct pb_dl *dl);
+
 /* Take dl into memory (from the inbox or a page-in). */
 static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
     struct pb_pipeline *pl = o->pl;
     o->inmem++;
-    if (dl->id > o->cursor)
-        o->cursor = dl->id;
     snprintf(dl->idem, sizeof(dl->idem), "%s.%s", dl->msg->id, o->name);
     if (dl->msg->damaged) {
         /* Sending it would hand the partner something we never received. */
@@ -489,11 +493,9 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
             kq = keyq_add(o, key, h);
             free(key);
             if (!kq) {
-                /* Without memory to order it, keep it for a later page-in. */
+                /* Without memory to order it, leave it for a later page-in. */
                 o->inmem--;
-                o->spilled = true;
-                o->cursor = dl->id - 1; /* admission is in id order: dl was the highest */
-                dl_free(dl);
+                release_later(d, dl);
                 return;
             }
             dl->kq = kq;
@@ -510,7 +512,8 @@ static void admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
 {
     struct pb_output *o = dl->out;
-    struct pb_output *tmpl_of = o->is_virtual ? o->parent : o;
+    /* Template fields are rendered for the output's own deliveries only. */
+    struct pb_output *tmpl_of = o;
     if (!o->map_jq && !tmpl_of->ntmpls)
         return 0;
     jv body, meta = jv_null();
@@ -582,7 +585,7 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         }
         return false;
     }
-    struct pb_output *tmpl_of = o->is_virtual ? o->parent : o;
+    struct pb_output *tmpl_of = o;
     dl->attempts++;
     dl->started_at = now;
     dl->started_mono_us = pb_mono_us();
@@ -624,21 +627,8 @@ static void attempt_job_cb(struct pb_job *job, int cancelled)
 static void start_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
-    struct pb_err err = {0};
     if (o->is_route) {
         pb__route_attempt(d, dl, now);
-        return;
-    }
-    if (pb_webhook_is(o)) {
-        /* Fan out to the subscribed endpoints; their deliveries carry on. */
-        dl->attempts++;
-        dl->started_at = now;
-        if (pb_webhook_fanout(d, d->e, o, dl->msg, dl->id, dl->attempts, &err) != 0) {
-            dl->attempts--;
-            settle_locally(d, dl, PB_DSTATE_DEAD, err.msg[0] ? err.msg : "fan-out failed", now);
-            return;
-        }
-        finish(d, dl, now); /* counted when the fan-out is committed */
         return;
     }
     if (!prepare_attempt(d, dl, now))
@@ -822,22 +812,35 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
     }
 }
 
-/* ---- paging in from the store ------------------------------------------------------------ */
+/* ---- paging in from the store ------------------------------------------------------------
+ *
+ * An output whose deliveries do not all fit in memory is spilled: what is
+ * made for it meanwhile is made unleased and left in the store, and the
+ * dispatcher claims pending deliveries back, a batch at a time, as room
+ * frees up (CLAIM: unleased ones, and those of an earlier process, leased to
+ * this one). Claims run on the store's writer; their rows come back here by
+ * a post. A delivery the dispatcher cannot keep is released (its lease
+ * dropped) so a later claim finds it. */
 
-struct load_ctx {
+struct claim_op {
+    struct pb__disp_post post;
+    struct pb_op op;
     struct pb_dispatcher *d;
     struct pb_output *o;
-    int64_t now;
+    struct pb_dl *head, *tail; /* made from the rows on the writer thread */
+    size_t limit;
 };
 
-static int load_row_cb(void *arg, const struct pb_pending *row)
+/* Writer thread: one claimed row becomes a delivery in memory (not yet
+ * admitted). */
+static int claim_row_cb(void *arg, const struct pb_pending *row)
 {
-    struct load_ctx *lc = arg;
+    struct claim_op *co = arg;
     struct pb_dl *dl = calloc(1, sizeof(*dl));
     struct pb_msg *m = dl ? pb_msg_create(row->body, row->len, row->content_type) : NULL;
     if (!m) {
         free(dl);
-        return 1; /* stop; the rest stays spilled */
+        return 1; /* stop; the rest stays in the store, unleased */
     }
     m->okey_known = row->key_known;
     if ((row->key && !(m->okey = strdup(row->key))) ||
@@ -852,39 +855,164 @@ static int load_row_cb(void *arg, const struct pb_pending *row)
     snprintf(m->id, sizeof(m->id), "%s", row->msg_id);
     dl->id = row->delivery_id;
     dl->msg = m;
-    dl->out = lc->o;
-    dl->disp = lc->d;
+    dl->out = co->o;
+    dl->disp = co->d;
     dl->attempts = row->attempts;
     dl->next_at = row->next_at;
-    admit(lc->d, dl, lc->now);
+    dl->leased = true;
+    if (co->tail)
+        co->tail->next = dl;
+    else
+        co->head = dl;
+    co->tail = dl;
     return 0;
+}
+
+static void claim_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
+{
+    struct claim_op *co = (struct claim_op *)p;
+    struct pb_output *o = co->o;
+    o->claiming = false;
+    bool ok = co->op.status == 0 && now >= 0 && !atomic_load(&d->aborting);
+    if (co->op.status != 0 && now >= 0) {
+        PB_ERROR("claiming pending deliveries failed pipeline=%s output=%s error=%s", o->pl->name,
+                 o->name, pb_strerror(co->op.status));
+        o->load_after = now + 1000;
+    }
+    size_t n = 0;
+    for (struct pb_dl *dl = co->head, *next; dl; dl = next) {
+        next = dl->next;
+        dl->next = NULL;
+        if (ok) {
+            admit(d, dl, now);
+            n++;
+        } else {
+            dl_free(dl); /* the claim did not commit, or the dispatcher is going */
+        }
+    }
+    if (ok && n < co->limit && !atomic_exchange(&o->notify, false))
+        atomic_store(&o->spilled, false);
+    free(co);
+}
+
+/* Writer or syncer thread. */
+static void claim_done_cb(struct pb_op *op, void *arg)
+{
+    struct claim_op *co = arg;
+    (void)op;
+    co->post.fn = claim_complete;
+    pb__disp_post(co->d, &co->post);
 }
 
 static void page_in(struct pb_dispatcher *d, struct pb_output *o, int64_t now)
 {
     size_t cap = (size_t)d->e->cfg->limits.in_memory;
     if (atomic_exchange(&o->notify, false))
-        o->spilled = true;
-    if (!o->spilled || o->inmem >= cap || now < o->load_after)
+        atomic_store(&o->spilled, true);
+    if (!atomic_load(&o->spilled) || o->claiming || o->inmem >= cap || now < o->load_after)
         return;
     size_t want = cap - o->inmem;
     if (want > LOAD_BATCH_MAX)
         want = LOAD_BATCH_MAX;
     if (want < 64 && o->inmem > 0)
         return; /* wait for more room: page in in batches */
-    struct load_ctx lc = {.d = d, .o = o, .now = now};
-    size_t n = 0;
-    struct pb_err err = {0};
-    int rc = pb_store_load_pending(d->e->store, o->pl->name, o->name, o->cursor, want, load_row_cb,
-                                   &lc, &n, &err);
-    if (rc) {
-        PB_ERROR("loading pending deliveries failed pipeline=%s output=%s error=\"%s\"",
-                 o->pl->name, o->name, err.msg);
+    struct claim_op *co = calloc(1, sizeof(*co));
+    if (!co) {
         o->load_after = now + 1000;
         return;
     }
-    if (n < want)
-        o->spilled = false;
+    co->d = d;
+    co->o = o;
+    co->limit = want;
+    co->op.kind = PB_OP_CLAIM;
+    co->op.done_cb = claim_done_cb;
+    co->op.arg = co;
+    co->op.u.claim = (struct pb_op_claim){
+        .pipeline = o->pl->name,
+        .output = o->is_virtual ? o->parent->name : o->name,
+        .sub = o->sub,
+        .limit = want,
+        .lease = d->lease,
+        .cb = claim_row_cb,
+        .arg = co,
+    };
+    if (pb_store_submit(d->e->store, &co->op) != 0) {
+        free(co);
+        o->load_after = now + 1000;
+        return;
+    }
+    o->claiming = true;
+}
+
+/* A leased delivery this process will not keep in memory: its lease is
+ * dropped at the end of the turn, and the output is paged in again later. */
+static void release_later(struct pb_dispatcher *d, struct pb_dl *dl)
+{
+    atomic_store(&dl->out->spilled, true);
+    if (dl->leased) {
+        if (d->nrelease == d->releasecap) {
+            size_t cap = d->releasecap ? d->releasecap * 2 : 256;
+            int64_t *r = realloc(d->release, cap * sizeof(*r));
+            if (r) {
+                d->release = r;
+                d->releasecap = cap;
+            }
+        }
+        if (d->nrelease < d->releasecap)
+            d->release[d->nrelease++] = dl->id;
+        /* else: it stays leased to this process until the next start */
+    }
+    dl_free(dl);
+}
+
+struct release_op {
+    struct pb_op op;
+    int64_t ids[];
+};
+
+static void release_done_cb(struct pb_op *op, void *arg)
+{
+    (void)op;
+    free(arg);
+}
+
+static void flush_releases(struct pb_dispatcher *d)
+{
+    if (!d->nrelease)
+        return;
+    struct release_op *r = malloc(sizeof(*r) + d->nrelease * sizeof(int64_t));
+    if (r) {
+        memcpy(r->ids, d->release, d->nrelease * sizeof(int64_t));
+        r->op = (struct pb_op){.kind = PB_OP_RELEASE, .done_cb = release_done_cb, .arg = r};
+        r->op.u.release =
+            (struct pb_op_release){.n = d->nrelease, .ids = r->ids, .lease = d->lease};
+        if (pb_store_submit(d->e->store, &r->op) != 0)
+            free(r);
+    }
+    d->nrelease = 0;
+}
+
+void pb__disp_lost(struct pb_dispatcher *d, struct pb_output *out, int64_t id)
+{
+    atomic_store(&out->spilled, true);
+    atomic_store(&out->notify, true);
+    if (!id)
+        return;
+    struct release_op *r = malloc(sizeof(*r) + sizeof(int64_t));
+    if (r) {
+        r->ids[0] = id;
+        r->op = (struct pb_op){.kind = PB_OP_RELEASE, .done_cb = release_done_cb, .arg = r};
+        r->op.u.release = (struct pb_op_release){.n = 1, .ids = r->ids, .lease = d->lease};
+        if (pb_store_submit(d->e->store, &r->op) == 0)
+            return;
+        free(r);
+    }
+    PB_ERROR("out of memory: delivery_id=%lld stays held until the next start", (long long)id);
+}
+
+bool pb__disp_spilled(const struct pb_output *out)
+{
+    return atomic_load(&out->spilled);
 }
 
 /* ---- the loop ------------------------------------------------------------------------------- */
@@ -902,12 +1030,17 @@ static void take_inbox(struct pb_dispatcher *d, int64_t now)
         dl->next = NULL;
         struct pb_output *o = dl->out;
         if (atomic_exchange(&o->notify, false))
-            o->spilled = true;
-        if (dl->id <= o->cursor) {
-            dl_free(dl); /* already paged in */
-        } else if (o->spilled || o->inmem >= cap) {
-            o->spilled = true; /* the store has it; page in later */
+            atomic_store(&o->spilled, true);
+        if (o->gone) {
+            /* Made for a sub-output removed meanwhile: it ends here, visibly. */
+            o->inmem++;
+            settle_locally(d, dl, PB_DSTATE_DEAD, "sub-output removed", now);
+        } else if (!dl->leased) {
+            /* Made while the output was spilled: a claim takes it. */
+            atomic_store(&o->spilled, true);
             dl_free(dl);
+        } else if (atomic_load(&o->spilled) || o->inmem >= cap) {
+            release_later(d, dl);
         } else {
             admit(d, dl, now);
         }
@@ -1012,12 +1145,14 @@ static void rebuild_all(struct pb_dispatcher *d)
     d->all_dirty = false;
 }
 
-static void sync_endpoints(struct pb_dispatcher *d)
+/* Gone sub-outputs: what they hold is dropped, and they are freed. */
+static void reap_subs(struct pb_dispatcher *d, int64_t now)
 {
     struct pb_config *cfg = d->e->cfg;
     for (size_t i = 0; i < cfg->npipelines; i++)
         for (size_t j = 0; j < cfg->pipelines[i].nouts; j++)
-            pb_webhook_sync(d, d->e, &cfg->pipelines[i].outs[j]);
+            if (cfg->pipelines[i].outs[j].nvouts)
+                pb__subs_reap(d, &cfg->pipelines[i].outs[j], now);
 }
 
 static void run_posts(struct pb_dispatcher *d, int64_t now);
@@ -1034,8 +1169,7 @@ static void *disp_main(void *arg)
             break;
         run_posts(d, now);
         if (!stopping) {
-            if (atomic_exchange(&d->endpoints_dirty, false))
-                sync_endpoints(d);
+            reap_subs(d, now);
             if (d->all_dirty)
                 rebuild_all(d);
             take_inbox(d, now);
@@ -1063,7 +1197,7 @@ static void *disp_main(void *arg)
                            take_token(o, now, &wait))
                         start_attempt(d, ready_pop(o), now);
                 }
-                if (o->spilled && o->inmem < (size_t)cfg->limits.in_memory)
+                if (atomic_load(&o->spilled) && o->inmem < (size_t)cfg->limits.in_memory)
                     wait = wait > 50 ? 50 : wait;
             }
             if (d->nheap) {
@@ -1072,6 +1206,7 @@ static void *disp_main(void *arg)
                     wait = t < 0 ? 0 : t;
             }
         }
+        flush_releases(d);
         pb_loop_run_once(d->loop, (int)wait);
     }
     int64_t ignored = 0;
@@ -1089,21 +1224,15 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
         return NULL;
     }
     d->e = e;
+    d->lease = pb_store_epoch(e->store);
     pthread_mutex_init(&d->lock, NULL);
-    atomic_init(&d->endpoints_dirty, true);
     for (size_t i = 0; i < e->cfg->npipelines; i++) {
-        e->cfg->pipelines[i].router.spilled = true;
+        atomic_store(&e->cfg->pipelines[i].router.spilled, true);
         e->cfg->pipelines[i].router.disp = d;
         for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
             struct pb_output *o = &e->cfg->pipelines[i].outs[j];
             o->disp = d;
-            o->spilled = true; /* resume whatever the store holds */
-            o->cursor = 0;
-            if (pb_webhook_is(o) && pb_webhook_start(d, o, err) != 0) {
-                pthread_mutex_destroy(&d->lock);
-                free(d);
-                return NULL;
-            }
+            atomic_store(&o->spilled, true); /* resume whatever the store holds */
         }
     }
     rebuild_all(d);
@@ -1214,6 +1343,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
         free(r);
     }
     free(d->all);
+    free(d->release);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }
@@ -1221,7 +1351,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d)
 static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail);
 
 void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
-                            const int64_t *delivery_ids)
+                            const int64_t *delivery_ids, uint64_t unleased)
 {
     struct pb_dl *head = NULL, *tail = NULL;
     for (size_t i = 0; i < pl->ningest; i++) {
@@ -1230,7 +1360,7 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         struct pb_dl *dl = calloc(1, sizeof(*dl));
         if (!dl) {
             /* Committed: it will be paged in from the store. */
-            atomic_store(&o->notify, true);
+            pb__disp_lost(d, o, (i < 64 && (unleased >> i & 1)) ? 0 : delivery_ids[i]);
             continue;
         }
         dl->id = delivery_ids[i];
@@ -1238,6 +1368,7 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
         dl->out = o;
         dl->disp = d;
         dl->next_at = msg->received_at;
+        dl->leased = !(i < 64 && (unleased >> i & 1));
         if (tail)
             tail->next = dl;
         else
@@ -1274,7 +1405,8 @@ static void inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_
 }
 
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
-                                 struct pb_output *const *outs, const int64_t *ids, size_t n)
+                                 struct pb_output *const *outs, const int64_t *ids,
+                                 const unsigned char *unleased, size_t n)
 {
     struct pb_dl *head = NULL, *tail = NULL;
     int64_t now = pb_now_ms();
@@ -1282,7 +1414,7 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
         atomic_fetch_add(&outs[i]->backlog, 1);
         struct pb_dl *dl = calloc(1, sizeof(*dl));
         if (!dl) {
-            atomic_store(&outs[i]->notify, true);
+            pb__disp_lost(d, outs[i], unleased && unleased[i] ? 0 : ids[i]);
             continue;
         }
         dl->id = ids[i];
@@ -1290,6 +1422,7 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
         dl->out = outs[i];
         dl->disp = d;
         dl->next_at = now;
+        dl->leased = !(unleased && unleased[i]);
         if (tail)
             tail->next = dl;
         else
@@ -1313,7 +1446,7 @@ static void emit_done_cb(struct pb_op *op, void *arg)
     if (op->status == 0) {
         em->msg->seq = op->u.ingest.msg_seq;
         atomic_fetch_add(&em->pl->accepted, 1);
-        pb_dispatcher_post_new(em->d, em->pl, em->msg, em->ids);
+        pb_dispatcher_post_new(em->d, em->pl, em->msg, em->ids, em->op.u.ingest.unleased);
     } else {
         PB_ERROR("internal event not recorded pipeline=%s error=%s", em->pl->name,
                  pb_strerror(op->status));
@@ -1357,6 +1490,10 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
     in->outputs = pl->ingest_names;
     in->first_due_at = now;
     in->delivery_ids = em->ids;
+    in->lease = d->lease;
+    for (size_t i = 0; i < pl->ningest && i < 64; i++)
+        if (atomic_load(&pl->ingest_outs[i]->spilled))
+            in->unleased |= (uint64_t)1 << i;
     atomic_fetch_add(&pl->received, 1);
     int rc = pb_store_submit(d->e->store, &em->op);
     if (rc) {
@@ -1365,13 +1502,6 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
         free(em);
     }
     return rc;
-}
-
-void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d)
-{
-    atomic_store(&d->endpoints_dirty, true);
-    if (d->loop)
-        pb_loop_wake(d->loop);
 }
 
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
@@ -1423,6 +1553,53 @@ static void run_posts(struct pb_dispatcher *d, int64_t now)
         p->fn(d, p, now);
         p = next;
     }
+}
+
+void pb__disp_drop_all(struct pb_dispatcher *d, struct pb_output *out, int64_t now)
+{
+    (void)now;
+    struct pb_dl *dl;
+    while ((dl = ready_pop(out))) {
+        out->inmem--;
+        dl_free(dl);
+    }
+    for (size_t k = 0; k < out->keycap; k++) {
+        for (struct pb_keyq *kq = out->keys[k], *nk; kq; kq = nk) {
+            nk = kq->next;
+            for (struct pb_dl *w = kq->head, *nw; w; w = nw) {
+                nw = w->next;
+                out->inmem--;
+                dl_free(w);
+            }
+            kq->head = kq->tail = NULL;
+        }
+    }
+    /* Waiting for a retry: take them out of the heap. */
+    size_t kept = 0;
+    for (size_t i = 0; i < d->nheap; i++) {
+        if (d->heap[i]->out == out) {
+            out->inmem--;
+            dl_free(d->heap[i]);
+            continue;
+        }
+        d->heap[kept] = d->heap[i];
+        d->heap[kept]->heap_idx = kept;
+        kept++;
+    }
+    if (kept != d->nheap) {
+        d->nheap = kept;
+        for (size_t i = d->nheap / 2 + 1; i-- > 0;)
+            heap_down(d, i);
+    }
+}
+
+void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl)
+{
+    struct pb_output *o = dl->out;
+    o->inflight--;
+    d->inflight--;
+    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    finish(d, dl, pb_now_ms());
 }
 
 void pb__disp_inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail)

@@ -30,6 +30,7 @@ struct pb_dl {
     struct pb_dispatcher *disp;
     struct pb_keyq *kq;
     int attempts; /* made so far */
+    bool leased;  /* made (or claimed) with this process's lease */
     int64_t next_at;
     struct pb_dl *next; /* ready queue, key queue or inbox */
     size_t heap_idx;
@@ -78,6 +79,12 @@ struct pb_dispatcher {
     int64_t redo_at;    /* next resubmission */
     int64_t redo_delay; /* its backoff, reset once everything is recorded */
 
+    /* Leased deliveries this turn could not keep in memory: released in
+     * one op at the end of the turn. */
+    int64_t *release;
+    size_t nrelease, releasecap;
+    int64_t lease; /* the store's epoch: what in-memory deliveries are held by */
+
     /* Callbacks posted from other threads, run on the dispatcher thread at
      * the start of its next turn (guarded by lock). */
     struct pb__disp_post *posts_head, *posts_tail;
@@ -96,6 +103,12 @@ void pb__disp_settle(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate s
                      const char *reason, int64_t now);
 /* Free dl that never reached an output's memory count. */
 void pb__disp_dl_free(struct pb_dl *dl);
+/* Is out spilled (its new deliveries are made unleased)? Any thread. */
+bool pb__disp_spilled(const struct pb_output *out);
+/* A committed delivery of out could not be handed over (out of memory):
+ * release it (id; 0 when it was made unleased) so a claim finds it. Any
+ * thread. */
+void pb__disp_lost(struct pb_dispatcher *d, struct pb_output *out, int64_t id);
 
 /* The ordering key of body with $meta (both taken): *key malloc'd, NULL
  * when the key program gives null or nothing (unordered). */
@@ -103,6 +116,15 @@ int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb
 
 /* route_stage.c: one attempt of a route delivery. */
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
+
+/* Drop every delivery of out held in memory (a gone sub-output): nothing
+ * is recorded; the store has them as they are. */
+void pb__disp_drop_all(struct pb_dispatcher *d, struct pb_output *out, int64_t now);
+/* dl's attempt ended without an outcome to record (a fan-out took it):
+ * free it and whatever waited behind it for its key. */
+void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl);
+/* suboutput.c: drop and free the gone sub-outputs of parent. */
+void pb__subs_reap(struct pb_dispatcher *d, struct pb_output *parent, int64_t now);
 
 /* output.c: the life cycle of outputs. */
 void pb__output_maybe_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now,

@@ -19,7 +19,6 @@
 #include "core/input.h"
 #include "core/workers.h"
 #include "net/httpd.h"
-#include "core/webhooks.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
 
@@ -27,7 +26,6 @@
 
 void pb_dispatcher_set_http(struct pb_dispatcher *d, struct pb_loop *loop,
                             struct pb_http_client *http);
-void pb_engine_resync_backlog(struct pb_engine *e);
 
 static size_t count_outputs(const struct pb_config *c)
 {
@@ -38,7 +36,7 @@ static size_t count_outputs(const struct pb_config *c)
 }
 
 /* Does c still deliver to pipeline/output (an output, its route stage, or
- * an endpoint of its webhook output)? */
+ * "output/sub", a sub-output of one of its outputs)? */
 bool pb_config_output_known(const struct pb_config *c, const char *pipeline, const char *output)
 {
     for (size_t i = 0; i < c->npipelines; i++) {
@@ -51,7 +49,7 @@ bool pb_config_output_known(const struct pb_config *c, const char *pipeline, con
             const struct pb_output *o = &pl->outs[j];
             size_t n = strlen(o->name);
             if (strcmp(o->name, output) == 0 ||
-                (pb_webhook_is(o) && strncmp(output, o->name, n) == 0 && output[n] == '/'))
+                (strncmp(output, o->name, n) == 0 && output[n] == '/'))
                 return true;
         }
     }
@@ -67,9 +65,10 @@ struct orphans {
     char pipeline[ORPHANS_MAX][PB_NAME_MAX], output[ORPHANS_MAX][PB_NAME_MAX * 2];
 };
 
-static void orphan_cb(void *arg, const char *pipeline, const char *output, enum pb_dstate state,
-                      int64_t count)
+static void orphan_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                      enum pb_dstate state, int64_t count)
 {
+    (void)sub; /* a removed sub-output's deliveries are dead-lettered when it goes */
     struct orphans *o = arg;
     if (state != PB_DSTATE_PENDING || count == 0 ||
         pb_config_output_known(o->cfg, pipeline, output))
@@ -124,6 +123,39 @@ static int check_orphans(const struct pb_config *cfg, struct pb_store *store, bo
 out:
     free(o);
     return rc;
+}
+
+static void backlog_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                       enum pb_dstate state, int64_t count)
+{
+    struct pb_engine *e = arg;
+    if (state != PB_DSTATE_PENDING)
+        return;
+    struct pb_pipeline *pl = pb_engine_pipeline(e, pipeline);
+    struct pb_output *o = NULL;
+    if (pl && strcmp(output, PB_ROUTE_OUTPUT) == 0)
+        o = pl->routes ? &pl->router : NULL;
+    else if (pl)
+        o = pb_pipeline_output(pl, output);
+    if (o && sub) {
+        struct pb_output *v = NULL;
+        pthread_mutex_lock(&o->vlock);
+        for (size_t k = 0; k < o->nvouts; k++)
+            if (strcmp(o->vouts[k]->sub, sub) == 0)
+                v = o->vouts[k];
+        pthread_mutex_unlock(&o->vlock);
+        o = v;
+    }
+    if (o)
+        atomic_store(&o->backlog, count);
+}
+
+/* The backlog gauges from the store: at start, before anything is paged in. */
+static void resync_backlog(struct pb_engine *e)
+{
+    struct pb_err err = {0};
+    if (pb_store_count_pending(e->store, backlog_cb, e, &err) != 0)
+        PB_WARN("counting pending deliveries failed error=\"%s\"", err.msg);
 }
 
 /* SIGHUP: is the file on disk good enough to restart with? */
@@ -277,7 +309,12 @@ int pb_engine_run(const struct pb_run_opts *ro)
     /* After the writer starts (--force commits), before anything is paged in. */
     if (check_orphans(e.cfg, e.store, ro->force, &err) != 0)
         goto fail;
-    pb_engine_resync_backlog(&e);
+    resync_backlog(&e);
+    /* What outputs keep in the store, for their start to read. */
+    for (size_t i = 0; i < e.cfg->npipelines; i++)
+        for (size_t j = 0; j < e.cfg->pipelines[i].nouts; j++)
+            if (pb__output_kv_load(&e.cfg->pipelines[i].outs[j], e.store, &err) != 0)
+                goto fail;
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;

@@ -76,6 +76,12 @@ struct pb_output_common {
 
 struct pb_keyq;
 struct pb_dl;
+struct pb_kv_entry {
+    struct pb_kv_entry *next;
+    char *key;
+    char *value; /* len bytes + NUL */
+    size_t len;
+};
 struct pb_template;
 struct pb_workers;
 
@@ -121,9 +127,11 @@ struct pb_output {
      * output shares its parent's pipeline, map, policy and allowlist, and is
      * never freed before the engine stops (a deleted endpoint is "gone"). */
     bool is_virtual;
-    const char *sub; /* a virtual output's id (within name), else NULL */
-    bool is_route;   /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
-    bool paused;     /* disabled endpoint: attempts wait */
+    const char *sub;        /* a virtual output's id (within name), else NULL */
+    bool gone;              /* a removed sub-output, freed once nothing of it is in flight */
+    struct pb_kv_entry *kv; /* its state as loaded for start (suboutput.c) */
+    bool is_route;          /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
+    bool paused;            /* disabled endpoint: attempts wait */
     struct pb_output *parent;
     pthread_mutex_t vlock; /* guards vouts/nvouts for readers off the dispatcher */
     struct pb_output **vouts;
@@ -135,8 +143,10 @@ struct pb_output {
     size_t inmem; /* deliveries of this output held in memory */
     size_t inflight;
     size_t concurrency;
-    bool spilled;          /* the store holds pending deliveries not in memory */
-    int64_t cursor;        /* highest delivery id taken into memory */
+    /* The store holds pending deliveries of this output not in memory (read
+     * by any thread: what is made while it is set is made unleased). */
+    atomic_bool spilled;
+    bool claiming;         /* a CLAIM of this output is on its way */
     struct pb_keyq **keys; /* ordering: open-addressing table */
     size_t nkeys, keycap;
     double tokens; /* rate limit bucket */
@@ -262,7 +272,7 @@ void pb_dispatcher_destroy(struct pb_dispatcher *d);
 /* After an ingest commit (writer thread): hand the new deliveries over.
  * Takes a reference to msg per delivery. */
 void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, struct pb_msg *msg,
-                            const int64_t *delivery_ids);
+                            const int64_t *delivery_ids, uint64_t unleased);
 /* The store gained pending deliveries for out that were never posted
  * (replays): page them in from the store. Any thread. */
 void pb_dispatcher_notify_store(struct pb_dispatcher *d, struct pb_output *out);
@@ -275,7 +285,8 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
 void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d);
 /* Hand over deliveries committed by a fan-out (syncer thread). */
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
-                                 struct pb_output *const *outs, const int64_t *ids, size_t n);
+                                 struct pb_output *const *outs, const int64_t *ids,
+                                 const unsigned char *unleased, size_t n);
 
 /* Every output of a pipeline, virtual ones included, for readers such as
  * metrics and the admin API: calls fn for each under the parent's lock. */
@@ -287,6 +298,11 @@ int pb__output_init(struct pb_output *o, struct pb_http_client *http, struct pb_
 void pb__output_cleanup(struct pb_output *o);
 const char *pb__output_state_name(enum pb_output_state s);
 void pb__output_detail(struct pb_output *o, char *buf, size_t len);
+
+/* suboutput.c */
+int pb__output_kv_load(struct pb_output *o, struct pb_store *store, struct pb_err *err);
+void pb__output_kv_drop(struct pb_output *o);
+void pb__sub_free(struct pb_output *v);
 
 /* Metrics (src/core/metrics.c): Prometheus text into a malloc'd buffer. */
 char *pb_metrics_render(struct pb_engine *e, size_t *len);

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "core/engine.h"
+#include "core/dispatch_int.h"
 #include "core/input.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
@@ -157,17 +158,19 @@ int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
     int rc = pb_conf_decode(body, plugin->fields, in->ctx, err);
     if (rc)
         return rc;
-    static const struct pb_strlist none = {0};
-    in->allow = pb_allowlist_create(allow ? allow : &none, err);
-    if (!in->allow)
-        return err->code ? err->code : PB_ECONFIG;
+    in->allow = pb_allowlist_create(allow, err);
+    if (!in->allow) {
+        if (!err->file)
+            err->file = name->file, err->line = name->line, err->col = name->col;
+        return err->code ? err->code : PB_ENOMEM;
+    }
     in->env = (struct pb_input_env){
         .pipeline = pl->name,
         .plugin = plugin->name,
         .once = once,
         .add_route = add_route_cb,
-        .allow = in->allow,
         .core = in,
+        .allow = in->allow,
     };
     rc = plugin->init(in->ctx, &in->env, err);
     if (rc) {
@@ -329,7 +332,7 @@ static void submit_done_cb(struct pb_op *op, void *arg)
             }
             r->status = PB_ITEM_STORED;
             atomic_fetch_add(&pl->accepted, 1);
-            pb_dispatcher_post_new(in->e->disp, pl, so->msgs[i], it->delivery_ids);
+            pb_dispatcher_post_new(in->e->disp, pl, so->msgs[i], it->delivery_ids, it->unleased);
         }
     } else {
         for (size_t i = 0; i < so->n; i++)
@@ -463,7 +466,9 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             return PB_EINVAL;
         ckbytes += strlen(ckpt[i].name) + 1 + ckpt[i].len;
     }
-    if (atomic_load(&in->stopping) || !in->e)
+    /* Until the plugin's stop has run, what it fetched may still be
+     * committed: it cannot give it back to its source. */
+    if (atomic_load(&in->stopped) || !in->e)
         return PB_ESHUTDOWN;
     if (!room(in)) {
         pb_loop_post(in->loop, pause_post_cb, in);
@@ -486,6 +491,12 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
     if (!so->items || !so->msgs || !so->res || !so->ids || (nckpt && !so->kv))
         goto nomem;
     int64_t now = pb_now_ms();
+    /* An output that cannot take more into memory gets its deliveries unleased. */
+    uint64_t unleased = 0;
+    for (size_t i = 0; i < pl->ningest && i < 64; i++)
+        if (pb__disp_spilled(pl->ingest_outs[i]))
+            unleased |= (uint64_t)1 << i;
+    int64_t lease = pb_store_epoch(in->e->store);
     for (size_t i = 0; i < n; i++) {
         const struct pb_item *it = &items[i];
         struct pb_msg *m = pb_msg_create(it->body, it->len, it->content_type);
@@ -512,6 +523,8 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             .outputs = pl->ingest_names,
             .first_due_at = now,
             .dead_reason = it->dead_reason,
+            .lease = lease,
+            .unleased = unleased,
             .delivery_ids = so->ids + i * pl->ningest,
         };
     }
@@ -769,6 +782,7 @@ static void stop_post_cb(void *arg, int status)
         pb_loop_timer_destroy(in->timer);
         in->timer = NULL;
     }
+    atomic_store(&in->stopped, true);
     pthread_mutex_lock(&w->lock);
     w->done = true;
     pthread_cond_signal(&w->cond);
@@ -783,7 +797,9 @@ void pb__input_stop(struct pb_input *in, int64_t timeout_ms)
     struct stop_wait w = {.in = in};
     pthread_mutex_init(&w.lock, NULL);
     pthread_cond_init(&w.cond, NULL);
-    if (pb_loop_post(in->loop, stop_post_cb, &w) == 0) {
+    if (pb_loop_post(in->loop, stop_post_cb, &w) != 0) {
+        atomic_store(&in->stopped, true);
+    } else {
         pthread_mutex_lock(&w.lock);
         while (!w.done)
             pthread_cond_wait(&w.cond, &w.lock);

@@ -26,7 +26,7 @@ struct pb_input {
     void *ctx;
     bool ctx_ready; /* init succeeded */
     struct pb_input_env env;
-    struct pb_allowlist *allow; /* outbound.allow, for inputs that connect out */
+    struct pb_allowlist *allow; /* env.allow: the top-level outbound.allow */
     bool raw;                   /* its bodies are not JSON: no map, no process steps */
     int64_t idem_window_ms;
 
@@ -42,7 +42,8 @@ struct pb_input {
     bool thread_running;
     char *meta_prefix; /* {"input":"...","pipeline":"...","received_at": */
     size_t meta_prefix_len;
-    _Atomic bool stopping;
+    _Atomic bool stopping;             /* stop has begun: no pause/resume, no start */
+    _Atomic bool stopped;              /* the plugin's stop has run: submits are refused */
     _Atomic int64_t outstanding;       /* submits whose callback has not run */
     _Atomic int64_t outstanding_bytes; /* their bodies */
     bool started;                      /* loop thread */
@@ -64,7 +65,8 @@ struct pb_input {
     _Atomic uint64_t nacked;
 };
 
-/* Decode and init the input block of pl (config load; no I/O). */
+/* Decode and init the input block of pl (config load; no I/O). allow: the
+ * top-level outbound.allow entries, given to the plugin as env.allow. */
 int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
                    const struct pb_strlist *allow, struct pb_err *err);
 void pb__input_free(struct pb_input *in);

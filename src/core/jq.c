@@ -161,8 +161,8 @@ struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err)
     /* The program as written first, with $meta bound: its errors (and line
      * numbers) are the ones to show, and a text that only parses once
      * wrapped (".) | (.") is refused. */
-    if (!jq_compile_args(q->jq, program, jv_object_set(jv_object(), jv_string("meta"),
-                                                       jv_null()))) {
+    if (!jq_compile_args(q->jq, program,
+                         jv_object_set(jv_object(), jv_string("meta"), jv_null()))) {
         pb_err_set(err, PB_EJQ, "jq: %s",
                    msgs.len          ? msgs.text
                    : msgs.summary[0] ? msgs.summary

@@ -107,9 +107,7 @@ uint64_t pb_rand64(void)
     return result;
 }
 
-/* ULID: 48-bit millisecond time + 80 random bits, Crockford base32, so ids
- * sort by acceptance time and are unique across nodes. */
-void pb_msg_new_id(char *buf, int64_t now_ms)
+void pb_ulid(char *buf, int64_t now_ms)
 {
     static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     unsigned char raw[16];
@@ -121,7 +119,6 @@ void pb_msg_new_id(char *buf, int64_t now_ms)
     uint64_t r1 = pb_rand64(), r2 = pb_rand64();
     memcpy(raw + 6, &r1, 8);
     memcpy(raw + 14, &r2, 2);
-    memcpy(buf, "msg_", 4);
     /* 128 bits -> 26 base32 digits, most significant first (2 pad bits). */
     for (int i = 0; i < 26; i++) {
         int bit = i * 5 - 2; /* position in the 128-bit string; first digit has 3 bits */
@@ -131,7 +128,15 @@ void pb_msg_new_id(char *buf, int64_t now_ms)
             if (bit >= 0)
                 v |= (raw[bit / 8] >> (7 - bit % 8)) & 1u;
         }
-        buf[4 + i] = alphabet[v];
+        buf[i] = alphabet[v];
     }
-    buf[30] = 0;
+    buf[26] = 0;
+}
+
+/* "msg_" + ULID, so message ids sort by acceptance time and are unique
+ * across nodes. */
+void pb_msg_new_id(char *buf, int64_t now_ms)
+{
+    memcpy(buf, "msg_", 4);
+    pb_ulid(buf + 4, now_ms);
 }

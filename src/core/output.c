@@ -156,6 +156,7 @@ static void start_finished(struct pb_dispatcher *d, struct pb_output *o, int rc,
          * before this one left the core's own "reconnecting". */
         bool retried = o->start_retry_ms != 0;
         o->started = true;
+        pb__output_kv_drop(o); /* start has read it */
         o->start_retry_ms = 0;
         o->start_again_at = 0;
         if (atomic_load(&o->state) == PB_OUTPUT_STARTING || retried)
@@ -194,6 +195,12 @@ static void start_job_cb(struct pb_job *job, int cancelled)
 void pb__output_maybe_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now,
                             int64_t *wait)
 {
+    if (o->is_virtual) {
+        /* A sub-output goes with its output. */
+        o->started = o->parent->started;
+        o->workers = o->parent->workers;
+        return;
+    }
     if (o->started || o->starting)
         return;
     if (o->start_again_at && now < o->start_again_at) {
@@ -257,6 +264,11 @@ static void stop_job_cb(struct pb_job *job, int cancelled)
  * the plugin's stop, then end) and mark it stopped. */
 void pb__output_stop(struct pb_output *o)
 {
+    if (o->is_virtual) {
+        o->workers = NULL; /* its output's */
+        o->started = false;
+        return;
+    }
     if (o->started && o->plugin->stop) {
         struct stop_job *sj = o->workers ? calloc(1, sizeof(*sj)) : NULL;
         if (sj) {

@@ -114,6 +114,10 @@ static void fill_outputs(struct route_op *ro, size_t i, pb_outset set, enum pb_d
             names[k] = pl->outs[j].name;
             targets[k++] = &pl->outs[j];
         }
+    m->unleased = 0;
+    for (size_t t = 0; t < m->noutputs; t++)
+        if (pb__disp_spilled(targets[t]))
+            m->unleased |= (uint64_t)1 << t;
     m->nfinal = pl->nouts - m->noutputs;
     m->final_outputs = names + m->noutputs;
     m->final_state = final_state;
@@ -167,9 +171,11 @@ static void route_done_cb(struct pb_op *op, void *arg)
             for (size_t k = 0; k < m->noutputs; k++) {
                 struct pb_output *o = targets[k];
                 struct pb_dl *nd = msg ? calloc(1, sizeof(*nd)) : NULL;
+                bool leased = !(k < 64 && (m->unleased >> k & 1));
                 atomic_fetch_add(&o->backlog, 1);
                 if (!nd) {
-                    atomic_store(&o->notify, true); /* committed: paged in later */
+                    /* committed: paged in later */
+                    pb__disp_lost(d, o, leased ? m->delivery_ids[k] : 0);
                     continue;
                 }
                 nd->id = m->delivery_ids[k];
@@ -177,6 +183,7 @@ static void route_done_cb(struct pb_op *op, void *arg)
                 nd->out = o;
                 nd->disp = d;
                 nd->next_at = r->now;
+                nd->leased = leased;
                 if (tail)
                     tail->next = nd;
                 else
@@ -364,6 +371,7 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     r->pipeline = pl->name;
     r->attempt = dl->attempts;
     r->now = now;
+    r->lease = d->lease;
     r->note = ro->note;
     r->nmsgs = ro->nmsgs;
     r->msgs = ro->msgs;

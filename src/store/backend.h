@@ -19,6 +19,7 @@ struct pb_store_backend {
     /* Close everything; accepts NULL. */
     void (*close)(void *ctx);
     const char *(*node_id)(const void *ctx);
+    int64_t (*epoch)(const void *ctx);
 
     /* Writer thread only. begin/commit return 0 or a PB_E* code. apply
      * leaves an op-local outcome (PB_ENOTFOUND, PB_EEXISTS, PB_EINVAL) in
@@ -34,18 +35,13 @@ struct pb_store_backend {
     int (*sync)(void *ctx);
 
     /* Reads, any thread; same contracts as the pb_store_* functions. */
-    int (*load_pending)(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                        size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
-                        struct pb_err *err);
     int (*count)(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
-    json_t *(*message_json)(void *ctx, const char *msg_id, struct pb_err *err);
-    json_t *(*dead_letters_json)(void *ctx, const char *pipeline, const char *output,
-                                 int64_t after_id, int limit, struct pb_err *err);
-    json_t *(*dead_letter_json)(void *ctx, int64_t delivery_id, struct pb_err *err);
-    int (*endpoints_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-    int (*static_states_load)(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-    int (*endpoint_get)(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
+    int (*read_message)(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
                         struct pb_err *err);
+    int (*read_dead_letters)(void *ctx, const char *pipeline, const char *output, int64_t after_id,
+                             int limit, const struct pb_read_cbs *cb, struct pb_err *err);
+    int (*read_dead_letter)(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
+                            struct pb_err *err);
     int (*kv_load)(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
 
     /* Tests only, may be NULL: cap the store's size in pages from the next
@@ -61,21 +57,8 @@ int pb__store_test_max_pages(struct pb_store *s, int64_t pages);
 
 /* Helpers the backends share (store.c). */
 
-/* Base64 (RFC 4648, padded) of len bytes as a JSON string; NULL on ENOMEM. */
-json_t *pb__store_base64_json(const void *data, size_t len);
-/* The body as embedded JSON when it is UTF-8 JSON that json_dumps
- * (JSON_COMPACT | JSON_ENCODE_ANY) writes back unchanged apart from
- * whitespace, else NULL: a view never shows a silently altered body
- * (1.10 printed as 1.1000000000000001, duplicate keys collapsed...). */
-json_t *pb__store_body_json(const void *data, size_t len);
 /* The checksum stored with each body (CRC-32, as zlib computes it). */
 int64_t pb__store_body_crc(const void *data, size_t len);
-/* Set "body" or "body_base64" on obj. 0 or PB_ENOMEM. */
-int pb__store_set_body(json_t *obj, const void *data, size_t len);
-/* Text of n bytes as a JSON string, each byte that is not part of valid
- * UTF-8 replaced by U+FFFD (partners' error texts can hold anything, and
- * jansson refuses to encode invalid UTF-8). NULL on ENOMEM. */
-json_t *pb__store_text_json(const char *s, size_t n);
 /* Length of s cut to at most max bytes without splitting a UTF-8 sequence. */
 size_t pb__store_utf8_cut(const char *s, size_t max);
 

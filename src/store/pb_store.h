@@ -8,6 +8,18 @@
  * pending deliveries, admin queries) use separate read connections and may
  * run on any thread.
  *
+ * Leases: a pending delivery held in a process's memory carries that
+ * process's lease (pb_store_epoch, new at every open). Deliveries are made
+ * leased when their maker will hand them to its dispatcher, unleased when
+ * the output is spilled; CLAIM takes unleased ones (and those of leases no
+ * longer live: on SQLite, any other epoch), RELEASE gives them back, and a
+ * RESULT, ROUTE or FANOUT is applied only while its lease still holds, so a
+ * process that lost a delivery cannot overwrite a newer attempt. Delivery
+ * ids are not assumed to grow in commit order.
+ *
+ * Deliveries are addressed by (pipeline, output, sub): sub names a
+ * sub-output (a webhook endpoint) and is NULL for the output itself.
+ *
  * Backends: "sqlite:PATH" now; the interface is kept free of SQLite types so
  * a PostgreSQL backend can follow. */
 #ifndef PB_STORE_H
@@ -17,15 +29,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <jansson.h>
-
 #include "patchbay/pb_err.h"
 
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
  * split children and routed bodies, 6: key-value state (checkpoints,
- * plugins' state) */
-#define PB_STORE_SCHEMA_VERSION 6
+ * plugins' state), 7: sub-outputs and leases, 8: webhook endpoints in the
+ * webhook outputs' key-value state */
+#define PB_STORE_SCHEMA_VERSION 8
 #define PB_MSG_ID_MAX 40
+#define PB_NAME_MAX_STORE 128    /* pipeline and output names */
+#define PB_SUB_ID_MAX 64         /* sub-output ids (as pb_plugin.h) */
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
  * so the writer never stalls: resubmit soon when deleted reaches it. */
@@ -68,42 +81,26 @@ void pb_store_destroy(struct pb_store *s);
 
 /* Random id made when the store was created; stable for its life. */
 const char *pb_store_node_id(const struct pb_store *s);
+/* The lease of this open store: what its deliveries in memory are held by. */
+int64_t pb_store_epoch(const struct pb_store *s);
 
 /* ---- writer ---------------------------------------------------------- */
 
 enum pb_op_kind {
-    PB_OP_INGEST = 1,      /* new message + one pending delivery per output */
-    PB_OP_RESULT,          /* one attempt's outcome for a delivery */
-    PB_OP_REPLAY,          /* dead delivery -> new pending delivery */
-    PB_OP_REPLAY_ALL,      /* every dead delivery of pipeline/output */
-    PB_OP_PURGE,           /* delete one dead delivery (and the message when unused) */
-    PB_OP_EXPIRE,          /* delete expired idempotency keys and finished messages */
-    PB_OP_FANOUT,          /* a webhook output's delivery -> one child delivery per endpoint */
-    PB_OP_ENDPOINT_PUT,    /* create or replace a managed webhook endpoint */
-    PB_OP_ENDPOINT_DELETE, /* delete one; its pending deliveries become dead */
-    PB_OP_ENDPOINT_STATE,  /* disabled flag / reason / failing_since of one */
-    PB_OP_ROUTE,           /* a route delivery -> routed messages and their deliveries */
-    PB_OP_ORPHANS,         /* pending deliveries of a removed output -> dead */
-    PB_OP_SUBMIT,          /* an input's batch: INGEST items and key-value writes, together */
-    PB_OP_KV,              /* key-value writes */
-};
-
-/* A managed webhook endpoint as stored. Strings are borrowed (for PUT: until
- * done_cb; for reads: for the callback). */
-#define PB_ENDPOINT_ID_MAX 64
-struct pb_endpoint_rec {
-    const char *id;       /* "ep_..." unique */
-    const char *pipeline; /* the webhook output it belongs to */
-    const char *output;
-    const char *url;
-    const char *description; /* may be NULL */
-    const char *events;      /* JSON array of patterns: ["order.created","invoice.*"]; [] = all */
-    const char *secrets; /* JSON array, newest first: [{"key":"whsec_...","expires_at":ms|null}] */
-    const char *rate_limit; /* "100/s" or NULL */
-    bool disabled;
-    const char *disabled_reason; /* may be NULL */
-    int64_t failing_since; /* unix ms of the first failure since the last success; 0 = healthy */
-    int64_t created_at, updated_at;
+    PB_OP_INGEST = 1, /* new message + one pending delivery per output */
+    PB_OP_RESULT,     /* one attempt's outcome for a delivery */
+    PB_OP_REPLAY,     /* dead delivery -> new pending delivery */
+    PB_OP_REPLAY_ALL, /* every dead delivery of pipeline/output */
+    PB_OP_PURGE,      /* delete one dead delivery (and the message when unused) */
+    PB_OP_EXPIRE,     /* delete expired idempotency keys and finished messages */
+    PB_OP_FANOUT,     /* an output's delivery -> one child delivery per sub-output */
+    PB_OP_ROUTE,      /* a route delivery -> routed messages and their deliveries */
+    PB_OP_ORPHANS,    /* pending deliveries of a removed output -> dead */
+    PB_OP_SUBMIT,     /* an input's batch: INGEST items and key-value writes, together */
+    PB_OP_KV,         /* key-value writes */
+    PB_OP_CLAIM,      /* take unleased pending deliveries of an output into memory */
+    PB_OP_RELEASE,    /* give leased deliveries back (memory full) */
+    PB_OP_SUB_KILL,   /* pending deliveries of a removed sub-output -> dead */
 };
 
 struct pb_op_ingest {
@@ -121,6 +118,8 @@ struct pb_op_ingest {
     size_t noutputs;
     const char *const *outputs;
     int64_t first_due_at; /* next_at for the new deliveries (usually received_at) */
+    int64_t lease;        /* the deliveries' lease (pb_store_epoch), 0: none */
+    uint64_t unleased;    /* bit i: outputs[i] spilled, its delivery is made unleased */
     /* Set: the message is stored with one DEAD delivery to PB_INPUT_OUTPUT
      * whose last error is this reason, instead of the outputs' deliveries. */
     const char *dead_reason;
@@ -140,6 +139,7 @@ struct pb_op_result {
     enum pb_dstate state; /* after this attempt: PENDING (retry later), DELIVERED, DEAD, FILTERED */
     int64_t next_at;      /* PENDING: when the next attempt is due */
     const char *error;    /* may be NULL; truncated to PB_ERROR_EXCERPT_MAX */
+    int64_t lease;        /* applied only while the delivery holds this lease */
 };
 
 struct pb_op_replay {
@@ -147,15 +147,22 @@ struct pb_op_replay {
     int64_t now;
     /* out */
     int64_t new_delivery_id;
-    char pipeline[128], output[128];
+    char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
 };
 
+/* Dead deliveries of pipeline (NULL: any), output (NULL: any; else exactly
+ * that output, or its sub-output sub) created since, replayed in id order,
+ * at most limit (0: PB_REPLAY_ALL_BATCH) per op: submit again while more. */
+#define PB_REPLAY_ALL_BATCH 1000
 struct pb_op_replay_all {
-    const char *pipeline; /* in; NULL = any */
-    const char *output;   /* in; NULL = any */
-    int64_t since;        /* in: only deliveries created at or after (unix ms); 0 = any */
+    const char *pipeline;
+    const char *output;
+    const char *sub;
+    int64_t since; /* unix ms; 0 = any */
     int64_t now;
-    int64_t count; /* out */
+    size_t limit;
+    int64_t count; /* out: replayed by this op */
+    bool more;     /* out: there may be more */
 };
 
 struct pb_op_purge {
@@ -168,18 +175,20 @@ struct pb_op_expire {
     int64_t deleted;      /* out: messages deleted */
 };
 
-/* The delivery delivery_id (PENDING, of a webhook output) is finished as
+/* The delivery delivery_id (PENDING, of an output) is finished as
  * DELIVERED with an attempt row saying it fanned out, and one PENDING child
- * delivery per entry of outputs is inserted (same message and pipeline,
- * output = "<output>/<endpoint id>", next_at = now). n may be 0. */
+ * delivery per entry of subs is inserted (same message, pipeline and output,
+ * that sub-output, next_at = now). n may be 0. */
 struct pb_op_fanout {
     int64_t delivery_id;
     int attempt;
     int64_t now;
+    int64_t lease; /* of the parent; the children are made with it */
     size_t n;
-    const char *const *outputs;
-    const char *note;   /* attempt log text, e.g. "fanned out to 3 endpoints" */
-    int64_t *child_ids; /* out: caller array of n, in order */
+    const char *const *subs;       /* the children's sub-outputs of the parent's output */
+    const unsigned char *unleased; /* NULL, or per child: made unleased (spilled) */
+    const char *note;              /* attempt log text, e.g. "fanned out to 3 endpoints" */
+    int64_t *child_ids;            /* out: caller array of n, in order */
 };
 
 /* One message the route stage decided on: the routed message itself (msg_id
@@ -198,7 +207,8 @@ struct pb_route_msg {
     const char *const *final_outputs;
     enum pb_dstate final_state;
     const char *final_note;
-    const char *key; /* ordering key taken from the message as received, or NULL */
+    const char *key;   /* ordering key taken from the message as received, or NULL */
+    uint64_t unleased; /* bit i: outputs[i] spilled, its delivery is made unleased */
     /* out */
     int64_t msg_seq;
     int64_t *delivery_ids; /* caller array of noutputs, in order */
@@ -214,10 +224,19 @@ struct pb_op_route {
     const char *pipeline;
     int attempt;
     int64_t now;
+    int64_t lease; /* of the route delivery; the new deliveries are made with it */
     enum pb_dstate state;
     const char *note;
     size_t nmsgs;
     struct pb_route_msg *msgs;
+};
+
+/* Every pending delivery of sub-output (pipeline, output, sub) becomes DEAD
+ * with reason as its last error and an attempt row saying so. */
+struct pb_op_sub_kill {
+    const char *pipeline, *output, *sub, *reason;
+    int64_t now;
+    int64_t dead; /* out */
 };
 
 /* Every pending delivery of pipeline/output becomes DEAD with last_error
@@ -228,31 +247,46 @@ struct pb_op_orphans {
     int64_t dead; /* out */
 };
 
-/* PB_EINVAL unless id (1 to PB_ENDPOINT_ID_MAX - 1 bytes), pipeline, output,
- * url and secrets are set; events NULL is stored as "[]". */
-struct pb_op_endpoint_put {
-    struct pb_endpoint_rec rec;
-    bool create_only; /* PB_EEXISTS when the id exists */
+struct pb_pending {
+    int64_t delivery_id;
+    int64_t msg_seq;
+    const char *msg_id;
+    int attempts;             /* attempts made so far */
+    int64_t next_at;          /* unix ms */
+    int64_t received_at;      /* unix ms, of the message */
+    const char *content_type; /* may be NULL */
+    const void *body;         /* the routed body when the route stage changed it */
+    size_t len;
+    const char *meta; /* JSON object text, or NULL */
+    size_t meta_len;
+    /* key_known: the route stage recorded the ordering key (key, NULL when
+     * unordered) with the routed body or split child. */
+    const char *key;
+    bool key_known;
+    bool body_damaged; /* the body no longer matches the checksum taken at ingest */
+};
+/* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */
+typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);
+
+/* Up to limit pending deliveries of (pipeline, output, sub) that no live
+ * lease holds, in id order, are leased to lease and passed to cb on the
+ * writer thread while the op is applied (cb copies what it needs; returning
+ * non-zero stops). n: how many. If the transaction then fails (status), the
+ * leases were not taken: what cb got must be dropped. */
+struct pb_op_claim {
+    const char *pipeline, *output, *sub;
+    size_t limit;
+    int64_t lease;
+    pb_pending_cb cb;
+    void *arg;
+    size_t n; /* out */
 };
 
-/* Pending deliveries of output "<output>/<id>" in the endpoint's pipeline
- * become DEAD with last_error "endpoint deleted" (and an attempt row saying
- * so). PB_ENOTFOUND when there is no such endpoint. */
-struct pb_op_endpoint_delete {
-    const char *id;
-    int64_t now;
-    int64_t dead; /* out: pending deliveries moved to the dead-letter queue */
-};
-
-struct pb_op_endpoint_state {
-    const char *id;
-    int disabled;                /* 1, 0, or -1 to keep */
-    const char *disabled_reason; /* stored when disabled changes to 1; cleared on 0 */
-    int64_t failing_since;       /* -1 to keep */
-    int64_t now;
-    /* Set for an endpoint of the configuration (static): its state is kept
-     * by (pipeline, output, id), created on first use, with the url it had. */
-    const char *pipeline, *output, *url;
+/* Deliveries ids[0..n) still held by lease are made unleased. */
+struct pb_op_release {
+    size_t n;
+    const int64_t *ids;
+    int64_t lease;
 };
 
 /* A key-value write: value NULL deletes the key. Borrowed until done_cb. */
@@ -292,13 +326,13 @@ struct pb_op {
         struct pb_op_purge purge;
         struct pb_op_expire expire;
         struct pb_op_fanout fanout;
-        struct pb_op_endpoint_put endpoint_put;
-        struct pb_op_endpoint_delete endpoint_delete;
-        struct pb_op_endpoint_state endpoint_state;
         struct pb_op_route route;
         struct pb_op_orphans orphans;
         struct pb_op_submit submit;
         struct pb_op_kv kv;
+        struct pb_op_claim claim;
+        struct pb_op_release release;
+        struct pb_op_sub_kill sub_kill;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -324,75 +358,89 @@ void pb_store_stats(const struct pb_store *s, uint64_t *commits, uint64_t *ops);
 
 /* ---- reads ------------------------------------------------------------ */
 
-struct pb_pending {
-    int64_t delivery_id;
-    int64_t msg_seq;
-    const char *msg_id;
-    int attempts;             /* attempts made so far */
-    int64_t next_at;          /* unix ms */
-    int64_t received_at;      /* unix ms, of the message */
-    const char *content_type; /* may be NULL */
-    const void *body;         /* the routed body when the route stage changed it */
-    size_t len;
-    const char *meta; /* JSON object text, or NULL */
-    size_t meta_len;
-    /* key_known: the route stage recorded the ordering key (key, NULL when
-     * unordered) with the routed body or split child. */
-    const char *key;
-    bool key_known;
-    bool body_damaged; /* the body no longer matches the checksum taken at ingest */
-};
-/* Return 0 to continue, non-zero to stop. Pointers are borrowed for the call. */
-typedef int (*pb_pending_cb)(void *arg, const struct pb_pending *row);
-
-/* PENDING deliveries of pipeline/output with id > after_id, by id, at most
- * limit. *nloaded gets how many rows were passed to cb. */
-int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
-                          int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
-                          size_t *nloaded, struct pb_err *err);
-
 /* Every key of scope with its value (borrowed for the call); cb returns
  * non-zero to stop. */
 typedef int (*pb_kv_cb)(void *arg, const char *key, const void *value, size_t len);
 int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *arg,
                      struct pb_err *err);
 
-/* Count deliveries per (pipeline, output, state); cb per non-zero group. */
-typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output,
+/* Count deliveries per (pipeline, output, sub, state); cb per non-zero
+ * group (sub NULL for the output itself). */
+typedef void (*pb_count_cb)(void *arg, const char *pipeline, const char *output, const char *sub,
                             enum pb_dstate state, int64_t count);
 int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 /* The same for PENDING deliveries only, through their index: it does not
  * grow with the finished ones kept for `retention`. */
 int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 
-/* Admin views as JSON (new references; NULL + err on failure, PB_ENOTFOUND
- * when absent). Bodies that are UTF-8 JSON are embedded as "body"; others as
- * "body_base64".
- * message:      {id, pipeline, received_at, content_type, body,
- *                deliveries:[{id, output, state, attempts, next_at, last_status,
- *                             last_error, replay_of, attempt_log:[...]}]}
- * dead letters: {items:[{id, message_id, pipeline, output, attempts,
- *                created_at, dead_at, last_status, last_error}], next_after}
- * dead letter:  one item plus "body" and "attempt_log":[{n, started_at,
- *                latency_ms, status, state, error}]
- * Times are unix ms; "state" is pb_dstate_name() ("pending", "dead"...);
- * absent values (last_status before any attempt, replay_of) are null. A
- * JSON body is embedded only when it prints back unchanged (no 1.10 shown
- * as 1.1000000000000001); otherwise it comes as "body_base64". */
-/* Managed webhook endpoints: every one (id order; cb returns non-zero to
- * stop), or one (PB_ENOTFOUND + err when absent, cb not called). */
-typedef int (*pb_endpoint_cb)(void *arg, const struct pb_endpoint_rec *rec);
-int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-/* The saved state of static endpoints: id, pipeline, output, url (as it was
- * when saved), disabled, disabled_reason, failing_since, updated_at. */
-int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,
-                                struct pb_err *err);
-int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
-                          struct pb_err *err);
+/* Rows for the admin API (which builds its JSON from them, src/admin).
+ * Strings and bodies are borrowed for the callback; a callback returning
+ * non-zero stops the read. Times are unix ms. */
+struct pb_message_row {
+    int64_t seq;
+    const char *id, *pipeline;
+    int64_t received_at;
+    const char *content_type; /* NULL: application/json */
+    const void *body;
+    size_t len;
+    bool body_damaged; /* no longer matches the checksum taken at ingest */
+    const char *meta;  /* $meta JSON text or NULL */
+    size_t meta_len;
+    const char *parent_id; /* a split child: the message it came from */
+    bool routed;           /* the route stage changed the body: */
+    const void *routed_body;
+    size_t routed_len;
+    bool routed_damaged;
+};
 
-json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err);
-json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
-                                   int64_t after_id, int limit, struct pb_err *err);
-json_t *pb_store_dead_letter_json(struct pb_store *s, int64_t delivery_id, struct pb_err *err);
+struct pb_delivery_row {
+    int64_t id;
+    const char *msg_id, *pipeline, *output;
+    const char *sub; /* NULL for the output itself */
+    enum pb_dstate state;
+    int attempts;
+    int64_t next_at, created_at, updated_at;
+    bool has_status; /* last_status is set once an attempt ended */
+    int last_status;
+    const char *last_error; /* NULL when none */
+    size_t last_error_len;
+    int64_t replay_of; /* 0: not a replay */
+    /* dead letters read one at a time: the message's body */
+    const char *content_type;
+    const void *body;
+    size_t len;
+};
+
+struct pb_attempt_row {
+    int n;
+    int64_t started_at, latency_ms;
+    int status;
+    enum pb_dstate state;
+    const char *error; /* NULL when none */
+    size_t error_len;
+};
+
+struct pb_read_cbs {
+    void *arg;
+    int (*message)(void *arg, const struct pb_message_row *m);
+    int (*child)(void *arg, const char *child_id); /* split children, in order */
+    int (*delivery)(void *arg, const struct pb_delivery_row *d);
+    int (*attempt)(void *arg, const struct pb_attempt_row *a); /* of the delivery before */
+};
+
+/* A message, its split children, and each delivery with its attempts, from
+ * one snapshot. PB_ENOTFOUND when absent. */
+int pb_store_read_message(struct pb_store *s, const char *msg_id, const struct pb_read_cbs *cb,
+                          struct pb_err *err);
+/* Dead letters with id > after_id, by id, at most limit (delivery rows,
+ * without bodies). output may name a sub-output as "output/sub"; an output
+ * takes its sub-outputs' too. pipeline and output may be NULL. */
+int pb_store_read_dead_letters(struct pb_store *s, const char *pipeline, const char *output,
+                               int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                               struct pb_err *err);
+/* One dead letter (delivery row with the body) and its attempts.
+ * PB_ENOTFOUND when there is no such dead delivery. */
+int pb_store_read_dead_letter(struct pb_store *s, int64_t delivery_id, const struct pb_read_cbs *cb,
+                              struct pb_err *err);
 
 #endif

@@ -128,31 +128,47 @@ static const char *const migrations[] = {
     " value BLOB NOT NULL,"
     " updated_at INTEGER NOT NULL,"
     " PRIMARY KEY (scope, key)) WITHOUT ROWID;",
+    /* 7: deliveries to sub-outputs (webhook endpoints) name them in sub
+     * instead of "<output>/<id>" in output; lease is the epoch of the
+     * process holding a pending delivery in memory (NULL: none). */
+    "ALTER TABLE deliveries ADD COLUMN sub TEXT;"
+    "ALTER TABLE deliveries ADD COLUMN lease INTEGER;"
+    "UPDATE deliveries SET sub = substr(output, instr(output, '/') + 1),"
+    " output = substr(output, 1, instr(output, '/') - 1) WHERE instr(output, '/') > 0;"
+    "DROP INDEX deliveries_pending;"
+    "CREATE INDEX deliveries_pending ON deliveries(pipeline, output, sub, id) WHERE state = 0;",
+    /* 8: webhook endpoints become the webhook outputs' own state (key-value,
+     * scope output/<pipeline>/<output>): managed ones whole under
+     * endpoint/<id>, the saved state of static ones under static/<id>. */
+    "INSERT OR REPLACE INTO kv(scope, key, value, updated_at)"
+    " SELECT 'output/' || pipeline || '/' || output, 'endpoint/' || id,"
+    " json_object('id', id, 'url', url, 'description', description, 'events', json(events),"
+    " 'secrets', json(secrets), 'rate_limit', rate_limit,"
+    " 'disabled', json(CASE WHEN disabled THEN 'true' ELSE 'false' END),"
+    " 'disabled_reason', disabled_reason, 'failing_since', failing_since,"
+    " 'created_at', created_at, 'updated_at', updated_at), updated_at FROM endpoints;"
+    "INSERT OR REPLACE INTO kv(scope, key, value, updated_at)"
+    " SELECT 'output/' || pipeline || '/' || output, 'static/' || id,"
+    " json_object('url', url, 'disabled', json(CASE WHEN disabled THEN 'true' ELSE 'false' END),"
+    " 'disabled_reason', disabled_reason, 'failing_since', failing_since,"
+    " 'updated_at', updated_at), updated_at FROM static_endpoint_state;"
+    "DROP TABLE endpoints;"
+    "DROP TABLE static_endpoint_state;",
 };
+
+const char *pb__sqlite_migration_sql(int v)
+{
+    return v >= 1 && v <= (int)(sizeof(migrations) / sizeof(migrations[0])) ? migrations[v - 1]
+                                                                            : NULL;
+}
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PB_STORE_SCHEMA_VERSION, "one migration per schema version");
 
-/* ?4 is since: 0 (or less) takes every dead delivery. */
-#define RALL_DEAD "state = 2 AND (?4 <= 0 OR created_at >= ?4)"
-#define RALL_WHERE_ANY RALL_DEAD
-#define RALL_WHERE_P RALL_DEAD " AND pipeline = ?1"
-#define RALL_WHERE_O RALL_DEAD " AND output = ?2"
-#define RALL_WHERE_PO RALL_DEAD " AND pipeline = ?1 AND output = ?2"
-#define RALL_INS(w)                                                                                \
-    "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at, created_at,"      \
-    " updated_at, replay_of) SELECT msg_seq, pipeline, output, 0, 0, ?3, ?3, ?3, id"               \
-    " FROM deliveries WHERE " w " ORDER BY id"
-#define RALL_UPD(w) "UPDATE deliveries SET state = 4, updated_at = ?3 WHERE " w
-
-#define EP_COLS                                                                                    \
-    "id, pipeline, output, url, description, events, secrets, rate_limit, disabled,"               \
-    " disabled_reason, failing_since, created_at, updated_at"
-#define EP_VALUES "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-/* The pending deliveries of endpoint ?1: output "<output>/<id>" of its pipeline. */
-#define EP_PENDING_OF                                                                              \
-    "state = 0 AND pipeline = (SELECT pipeline FROM endpoints WHERE id = ?1)"                      \
-    " AND output = (SELECT output || '/' || id FROM endpoints WHERE id = ?1)"
-#define EP_DELETED "endpoint deleted" /* last_error of what ENDPOINT_DELETE kills */
+/* ?4 is since: 0 (or less) takes every dead delivery. An output filter is
+ * exact: the output itself (?5 NULL) or one of its sub-outputs. */
+#define RALL_DEAD "SELECT id FROM deliveries WHERE state = 2 AND (?4 <= 0 OR created_at >= ?4)"
+#define RALL_OUT " AND output = ?2 AND sub IS ?5"
+#define RALL_END " ORDER BY id LIMIT ?6"
 
 static const char *const wsql[W_COUNT] = {
     [W_IDEM_GET] = "SELECT msg_id FROM idempotency"
@@ -162,17 +178,21 @@ static const char *const wsql[W_COUNT] = {
     [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
                   " meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [W_DLV_INS] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
-                  " created_at, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5)",
+                  " created_at, updated_at, lease) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5, ?6)",
+    /* A result counts only while its lease holds: a lease lost (claimed by
+     * another process) must not overwrite a newer attempt. */
     [W_DLV_RESULT] = "UPDATE deliveries SET state = ?2, attempts = ?3, next_at = ?4,"
-                     " updated_at = ?5, last_status = ?6, last_error = ?7"
-                     " WHERE id = ?1 AND state = 0",
+                     " updated_at = ?5, last_status = ?6, last_error = ?7,"
+                     " lease = CASE WHEN ?2 = 0 THEN lease END"
+                     " WHERE id = ?1 AND state = 0 AND lease IS ?8",
     [W_ATT_INS] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms, status,"
                   " state, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [W_DEAD_GET] = "SELECT msg_seq, pipeline, output FROM deliveries WHERE id = ?1 AND state = 2",
+    [W_DEAD_GET] = "SELECT msg_seq, pipeline, output, sub FROM deliveries WHERE id = ?1"
+                   " AND state = 2",
     [W_DLV_MARK_REPLAYED] = "UPDATE deliveries SET state = 4, updated_at = ?2 WHERE id = ?1",
     [W_DLV_REPLAY] =
-        "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
-        " created_at, updated_at, replay_of) VALUES (?1, ?2, ?3, 0, 0, ?4, ?4, ?4, ?5)",
+        "INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts, next_at,"
+        " created_at, updated_at, replay_of) VALUES (?1, ?2, ?3, ?6, 0, 0, ?4, ?4, ?4, ?5)",
     [W_DLV_DEL] = "DELETE FROM deliveries WHERE id = ?1",
     [W_MSG_DEL_UNUSED] = "DELETE FROM messages WHERE seq = ?1"
                          " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE msg_seq = ?1)",
@@ -184,36 +204,14 @@ static const char *const wsql[W_COUNT] = {
                      " WHERE m.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d"
                      " WHERE d.msg_seq = m.seq AND d.state IN (0, 2))"
                      " ORDER BY m.received_at LIMIT ?2)",
-    [W_FAN_PARENT] = "UPDATE deliveries SET state = 1, attempts = ?2, updated_at = ?3"
-                     " WHERE id = ?1 AND state = 0",
-    [W_FAN_CHILD] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
-                    " created_at, updated_at) SELECT msg_seq, pipeline, ?2, 0, 0, ?3, ?3, ?3"
-                    " FROM deliveries WHERE id = ?1",
-    [W_EP_INS] = "INSERT INTO endpoints(" EP_COLS ") " EP_VALUES,
-    [W_EP_PUT] = "INSERT OR REPLACE INTO endpoints(" EP_COLS ") " EP_VALUES,
-    [W_EP_DEAD_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
-                      " status, state, error) SELECT id, attempts + 1, ?2, 0, 0, 2, '" EP_DELETED
-                      "' FROM deliveries WHERE " EP_PENDING_OF,
-    [W_EP_DEAD_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?2,"
-                      " last_error = '" EP_DELETED "' WHERE " EP_PENDING_OF,
-    [W_EP_DEL] = "DELETE FROM endpoints WHERE id = ?1",
-    [W_EP_STATE] = "UPDATE endpoints SET"
-                   " disabled = CASE WHEN ?2 < 0 THEN disabled ELSE ?2 END,"
-                   " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL"
-                   " ELSE disabled_reason END,"
-                   " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
-                   " updated_at = ?5 WHERE id = ?1",
-    [W_EP_STATIC_STATE] =
-        "INSERT INTO static_endpoint_state(pipeline, output, id, url, disabled,"
-        " disabled_reason, failing_since, updated_at)"
-        " VALUES (?6, ?7, ?1, ?8, max(?2, 0), CASE ?2 WHEN 1 THEN ?3 END, max(?4, 0), ?5)"
-        " ON CONFLICT (pipeline, output, id) DO UPDATE SET url = ?8,"
-        " disabled = CASE WHEN ?2 < 0 THEN disabled ELSE ?2 END,"
-        " disabled_reason = CASE ?2 WHEN 1 THEN ?3 WHEN 0 THEN NULL ELSE disabled_reason END,"
-        " failing_since = CASE WHEN ?4 < 0 THEN failing_since ELSE ?4 END,"
-        " updated_at = ?5",
+    [W_FAN_PARENT] = "UPDATE deliveries SET state = 1, attempts = ?2, updated_at = ?3,"
+                     " lease = NULL WHERE id = ?1 AND state = 0 AND lease IS ?4",
+    [W_FAN_CHILD] = "INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts,"
+                    " next_at, created_at, updated_at, lease) SELECT msg_seq, pipeline, output,"
+                    " ?2, 0, 0, ?3, ?3, ?3, ?4 FROM deliveries WHERE id = ?1",
     [W_ROUTE_FINISH] = "UPDATE deliveries SET state = ?2, attempts = ?3, updated_at = ?4,"
-                       " last_status = 0, last_error = ?5 WHERE id = ?1 AND state = 0",
+                       " last_status = 0, last_error = ?5, lease = NULL"
+                       " WHERE id = ?1 AND state = 0 AND lease IS ?6",
     [W_ROUTED_PUT] = "INSERT OR REPLACE INTO routed(seq, body, body_crc, okey)"
                      " VALUES (?1, ?2, ?3, ?4)",
     [W_CHILD_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
@@ -222,6 +220,24 @@ static const char *const wsql[W_COUNT] = {
     [W_DLV_FINAL] =
         "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
         " created_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?5, ?6)",
+    [W_CLAIM] = "SELECT d.id, d.msg_seq, m.id, d.attempts, d.next_at, m.received_at,"
+                " m.content_type, coalesce(r.body, m.body),"
+                " CASE WHEN r.seq IS NULL THEN m.body_crc ELSE r.body_crc END, m.meta,"
+                " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END,"
+                " r.seq IS NOT NULL OR m.parent_seq IS NOT NULL"
+                " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+                " LEFT JOIN routed r ON r.seq = d.msg_seq AND d.output <> '" PB_ROUTE_OUTPUT "'"
+                " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.sub IS ?3"
+                " AND (d.lease IS NULL OR d.lease <> ?4) ORDER BY d.id LIMIT ?5",
+    [W_SUB_KILL_ATT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms,"
+                       " status, state, error) SELECT id, attempts + 1, ?4, 0, 0, 2, ?5"
+                       " FROM deliveries WHERE state = 0 AND pipeline = ?1 AND output = ?2"
+                       " AND sub = ?3",
+    [W_SUB_KILL_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?4,"
+                       " last_error = ?5, lease = NULL WHERE state = 0 AND pipeline = ?1"
+                       " AND output = ?2 AND sub = ?3",
+    [W_LEASE_SET] = "UPDATE deliveries SET lease = ?2 WHERE id = ?1",
+    [W_LEASE_DROP] = "UPDATE deliveries SET lease = NULL WHERE id = ?1 AND lease = ?2",
     [W_KV_PUT] = "INSERT OR REPLACE INTO kv(scope, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)",
     [W_KV_DEL] = "DELETE FROM kv WHERE scope = ?1 AND key = ?2",
     [W_DEAD_IN_DLV] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
@@ -235,15 +251,13 @@ static const char *const wsql[W_COUNT] = {
     [W_ORPHAN_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?3,"
                      " last_error = 'output removed' WHERE state = 0 AND pipeline = ?1"
                      " AND output = ?2",
-    [W_RALL_INS + 0] = RALL_INS(RALL_WHERE_ANY),
-    [W_RALL_INS + 1] = RALL_INS(RALL_WHERE_P),
-    [W_RALL_INS + 2] = RALL_INS(RALL_WHERE_O),
-    [W_RALL_INS + 3] = RALL_INS(RALL_WHERE_PO),
-    [W_RALL_UPD + 0] = RALL_UPD(RALL_WHERE_ANY),
-    [W_RALL_UPD + 1] = RALL_UPD(RALL_WHERE_P),
-    [W_RALL_UPD + 2] = RALL_UPD(RALL_WHERE_O),
-    [W_RALL_UPD + 3] = RALL_UPD(RALL_WHERE_PO),
+    [W_RALL + 0] = RALL_DEAD RALL_END,
+    [W_RALL + 1] = RALL_DEAD " AND pipeline = ?1" RALL_END,
+    [W_RALL + 2] = RALL_DEAD RALL_OUT RALL_END,
+    [W_RALL + 3] = RALL_DEAD " AND pipeline = ?1" RALL_OUT RALL_END,
 };
+
+static void bind_lease(sqlite3_stmt *st, int i, int64_t lease, bool unleased);
 
 /* ---- errors ----------------------------------------------------------------------- */
 
@@ -631,6 +645,28 @@ out:
     return ret;
 }
 
+/* A new epoch for this open: deliveries leased by an earlier one are free
+ * to claim (whatever held them is gone: the store is locked to one
+ * process). */
+static int next_epoch(struct sq *q, struct pb_err *err)
+{
+    char buf[32];
+    bool got;
+    int rc = sqlite3_exec(q->db,
+                          "INSERT INTO meta(key, value) VALUES ('epoch', '1')"
+                          " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                          NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc =
+            query_text(q->db, "SELECT value FROM meta WHERE key = 'epoch'", buf, sizeof(buf), &got);
+    if (rc != SQLITE_OK)
+        return open_fail(q, q->db, rc, err);
+    q->epoch = got ? strtoll(buf, NULL, 10) : 0;
+    if (q->epoch < 1)
+        return pb_err_set(err, PB_ECORRUPT, "state store %s has no valid epoch", q->display);
+    return 0;
+}
+
 static void sq_close(void *ctx);
 static int sq_sync(void *ctx);
 static int take_lock(struct sq *q, struct pb_err *err);
@@ -685,7 +721,7 @@ static void *sq_open(const char *url, const struct pb_store_opts *o, struct pb_e
         goto fail;
     if (pb__sqlite_open_conn(q, true, &q->db, err) < 0)
         goto fail;
-    if (setup_write_conn(q, o, err) < 0 || migrate(q, err) < 0)
+    if (setup_write_conn(q, o, err) < 0 || migrate(q, err) < 0 || next_epoch(q, err) < 0)
         goto fail;
     if (sq_sync(q) < 0) {
         pb_err_set(err, PB_EIO, "state store %s: cannot sync its write-ahead log", q->display);
@@ -776,6 +812,11 @@ static void sq_close(void *ctx)
 static const char *sq_node_id(const void *ctx)
 {
     return ((const struct sq *)ctx)->node_id;
+}
+
+static int64_t sq_epoch(const void *ctx)
+{
+    return ((const struct sq *)ctx)->epoch;
 }
 
 static void sq_test_max_pages(void *ctx, int64_t pages)
@@ -945,6 +986,7 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     sqlite3_bind_int64(st, 5, in->received_at);
     for (size_t i = 0; i < in->noutputs; i++) {
         sqlite3_bind_text(st, 3, in->outputs[i], -1, SQLITE_STATIC);
+        bind_lease(st, 6, in->lease, i < 64 && (in->unleased >> i & 1));
         if ((rc = step_done(st)) != SQLITE_OK)
             return write_fail(q, rc, "insert delivery");
         if (in->delivery_ids)
@@ -1008,6 +1050,117 @@ static int apply_submit(struct sq *q, struct pb_op *op)
     return kv_write(q, sb->kv, sb->nkv, sb->now);
 }
 
+static int apply_claim(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_claim *c = &op->u.claim;
+    sqlite3_stmt *st = q->ws[W_CLAIM], *set = q->ws[W_LEASE_SET];
+    int rc;
+
+    c->n = 0;
+    if (!c->pipeline || !c->output || !c->cb || !c->lease) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    sqlite3_bind_text(st, 1, c->pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, c->output, -1, SQLITE_STATIC);
+    if (c->sub)
+        sqlite3_bind_text(st, 3, c->sub, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 3);
+    sqlite3_bind_int64(st, 4, c->lease);
+    sqlite3_bind_int64(st, 5, c->limit > INT64_MAX ? INT64_MAX : (int64_t)c->limit);
+    /* Rows first (the statement reads while the leases are written after). */
+    int64_t *ids = c->limit ? malloc(c->limit * sizeof(*ids)) : NULL;
+    if (c->limit && !ids) {
+        sqlite3_reset(st);
+        op->status = PB_ENOMEM;
+        return 0;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct pb_pending row = {
+            .delivery_id = sqlite3_column_int64(st, 0),
+            .msg_seq = sqlite3_column_int64(st, 1),
+            .msg_id = (const char *)sqlite3_column_text(st, 2),
+            .attempts = sqlite3_column_int(st, 3),
+            .next_at = sqlite3_column_int64(st, 4),
+            .received_at = sqlite3_column_int64(st, 5),
+            .content_type = (const char *)sqlite3_column_text(st, 6),
+        };
+        row.body = sqlite3_column_blob(st, 7);
+        row.len = (size_t)sqlite3_column_bytes(st, 7);
+        if (!row.body)
+            row.body = "";
+        row.body_damaged = !pb__sqlite_body_intact(st, 8, row.body, row.len);
+        row.meta = (const char *)sqlite3_column_text(st, 9);
+        row.meta_len = row.meta ? (size_t)sqlite3_column_bytes(st, 9) : 0;
+        row.key = (const char *)sqlite3_column_text(st, 10);
+        row.key_known = sqlite3_column_int(st, 11) != 0;
+        if (!row.msg_id || c->n >= c->limit)
+            break;
+        if (c->cb(c->arg, &row) != 0)
+            break;
+        ids[c->n++] = row.delivery_id;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        free(ids);
+        return write_fail(q, rc, "claim");
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        sqlite3_bind_int64(set, 1, ids[i]);
+        sqlite3_bind_int64(set, 2, c->lease);
+        if ((rc = step_done(set)) != SQLITE_OK) {
+            free(ids);
+            return write_fail(q, rc, "lease");
+        }
+    }
+    free(ids);
+    return 0;
+}
+
+static int apply_sub_kill(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_sub_kill *k = &op->u.sub_kill;
+    k->dead = 0;
+    if (!k->pipeline || !k->output || !k->sub || !k->reason) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    size_t rl = pb__store_utf8_cut(k->reason, PB_ERROR_EXCERPT_MAX);
+    for (int w = W_SUB_KILL_ATT; w <= W_SUB_KILL_DLV; w++) {
+        sqlite3_stmt *st = q->ws[w];
+        sqlite3_bind_text(st, 1, k->pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, k->output, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, k->sub, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, k->now);
+        sqlite3_bind_text(st, 5, k->reason, (int)rl, SQLITE_STATIC);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return write_fail(q, rc, "kill sub-output deliveries");
+        if (w == W_SUB_KILL_DLV)
+            k->dead = sqlite3_changes64(q->db);
+    }
+    return 0;
+}
+
+static int apply_release(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_release *r = &op->u.release;
+    sqlite3_stmt *st = q->ws[W_LEASE_DROP];
+    if (r->n && !r->ids) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        sqlite3_bind_int64(st, 1, r->ids[i]);
+        sqlite3_bind_int64(st, 2, r->lease);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return write_fail(q, rc, "release");
+    }
+    return 0;
+}
+
 static int apply_kv(struct sq *q, struct pb_op *op)
 {
     if (!kv_ok(op->u.kv.kv, op->u.kv.n)) {
@@ -1015,6 +1168,14 @@ static int apply_kv(struct sq *q, struct pb_op *op)
         return 0;
     }
     return kv_write(q, op->u.kv.kv, op->u.kv.n, op->u.kv.now);
+}
+
+static void bind_lease(sqlite3_stmt *st, int i, int64_t lease, bool unleased)
+{
+    if (lease && !unleased)
+        sqlite3_bind_int64(st, i, lease);
+    else
+        sqlite3_bind_null(st, i);
 }
 
 static int apply_result(struct sq *q, struct pb_op *op)
@@ -1042,6 +1203,7 @@ static int apply_result(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 7, r->error, (int)elen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
+    bind_lease(st, 8, r->lease, false);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "update delivery");
     if (sqlite3_changes(q->db) == 0) {
@@ -1067,7 +1229,7 @@ static int apply_result(struct sq *q, struct pb_op *op)
 
 /* Look up a DEAD delivery: 1 found, 0 not, < 0 error. */
 static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
-                     char *output, size_t olen)
+                     char *output, size_t olen, char *sub, size_t slen)
 {
     sqlite3_stmt *st = q->ws[W_DEAD_GET];
     int rc;
@@ -1080,6 +1242,10 @@ static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline,
             snprintf(pipeline, plen, "%s", (const char *)sqlite3_column_text(st, 1));
         if (output)
             snprintf(output, olen, "%s", (const char *)sqlite3_column_text(st, 2));
+        if (sub) {
+            const char *t = (const char *)sqlite3_column_text(st, 3);
+            snprintf(sub, slen, "%s", t ? t : "");
+        }
         sqlite3_reset(st);
         return 1;
     }
@@ -1087,59 +1253,107 @@ static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline,
     return rc == SQLITE_DONE ? 0 : write_fail(q, rc, "find dead delivery");
 }
 
-static int apply_replay(struct sq *q, struct pb_op *op)
+/* Dead delivery id becomes REPLAYED and a new pending one (unleased) takes
+ * its place. 0 (*new_id set), PB_ENOTFOUND (op-local), or a broken
+ * transaction. */
+static int replay_one(struct sq *q, int64_t id, int64_t now, char *pipeline, size_t plen,
+                      char *output, size_t olen, int64_t *new_id)
 {
-    struct pb_op_replay *r = &op->u.replay;
     sqlite3_stmt *st;
     int64_t msg_seq = 0;
-    int rc;
-
-    r->new_delivery_id = 0;
-    rc = find_dead(q, r->delivery_id, &msg_seq, r->pipeline, sizeof(r->pipeline), r->output,
-                   sizeof(r->output));
-    if (rc <= 0) {
-        if (rc == 0)
-            op->status = PB_ENOTFOUND;
-        return rc;
-    }
+    char sub[PB_SUB_ID_MAX + 8];
+    int rc = find_dead(q, id, &msg_seq, pipeline, plen, output, olen, sub, sizeof(sub));
+    if (rc <= 0)
+        return rc == 0 ? PB_ENOTFOUND : rc;
     st = q->ws[W_DLV_MARK_REPLAYED];
-    sqlite3_bind_int64(st, 1, r->delivery_id);
-    sqlite3_bind_int64(st, 2, r->now);
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, now);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "mark replayed");
     st = q->ws[W_DLV_REPLAY];
     sqlite3_bind_int64(st, 1, msg_seq);
-    sqlite3_bind_text(st, 2, r->pipeline, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, r->output, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, r->now);
-    sqlite3_bind_int64(st, 5, r->delivery_id);
+    sqlite3_bind_text(st, 2, pipeline, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, output, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int64(st, 5, id);
+    if (sub[0])
+        sqlite3_bind_text(st, 6, sub, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 6);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "insert replay");
-    r->new_delivery_id = sqlite3_last_insert_rowid(q->db);
+    *new_id = sqlite3_last_insert_rowid(q->db);
+    if (sub[0]) {
+        /* The caller sees the sub-output it goes to, as the admin API names it. */
+        size_t ol = strlen(output);
+        snprintf(output + ol, olen - ol, "/%s", sub);
+    }
     return 0;
 }
 
+static int apply_replay(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_replay *r = &op->u.replay;
+    r->new_delivery_id = 0;
+    int rc = replay_one(q, r->delivery_id, r->now, r->pipeline, sizeof(r->pipeline), r->output,
+                        sizeof(r->output), &r->new_delivery_id);
+    if (rc == PB_ENOTFOUND) {
+        op->status = rc;
+        return 0;
+    }
+    return rc;
+}
+
+/* At most limit at a time, in id order (so new ids keep the old order): a
+ * large replay is many short transactions, never one long one that holds
+ * up every other commit. */
 static int apply_replay_all(struct sq *q, struct pb_op *op)
 {
     struct pb_op_replay_all *r = &op->u.replay_all;
     int variant = (r->pipeline ? 1 : 0) | (r->output ? 2 : 0);
-    sqlite3_stmt *ins = q->ws[W_RALL_INS + variant], *upd = q->ws[W_RALL_UPD + variant];
+    sqlite3_stmt *st = q->ws[W_RALL + variant];
+    size_t limit = r->limit ? r->limit : PB_REPLAY_ALL_BATCH;
+    int64_t *ids = malloc(limit * sizeof(*ids));
+    size_t n = 0;
     int rc;
 
     r->count = 0;
-    /* Copies first (in id order, so new ids keep the old order), then marks. */
-    for (sqlite3_stmt *st = ins; st; st = st == ins ? upd : NULL) {
-        if (r->pipeline)
-            sqlite3_bind_text(st, 1, r->pipeline, -1, SQLITE_STATIC);
-        if (r->output)
-            sqlite3_bind_text(st, 2, r->output, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, r->now);
-        sqlite3_bind_int64(st, 4, r->since);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "replay all");
-        if (st == ins)
-            r->count = sqlite3_changes64(q->db);
+    if (!ids) {
+        op->status = PB_ENOMEM;
+        return 0;
     }
+    if (r->pipeline)
+        sqlite3_bind_text(st, 1, r->pipeline, -1, SQLITE_STATIC);
+    if (r->output) {
+        sqlite3_bind_text(st, 2, r->output, -1, SQLITE_STATIC);
+        if (r->sub)
+            sqlite3_bind_text(st, 5, r->sub, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 5);
+    }
+    sqlite3_bind_int64(st, 4, r->since);
+    sqlite3_bind_int64(st, 6, (int64_t)limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < limit)
+        ids[n++] = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        free(ids);
+        return write_fail(q, rc, "replay all");
+    }
+    for (size_t i = 0; i < n; i++) {
+        char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
+        int64_t nid = 0;
+        rc =
+            replay_one(q, ids[i], r->now, pipeline, sizeof(pipeline), output, sizeof(output), &nid);
+        if (rc && rc != PB_ENOTFOUND) {
+            free(ids);
+            return rc;
+        }
+        if (rc == 0)
+            r->count++;
+    }
+    r->more = n == limit;
+    free(ids);
     return 0;
 }
 
@@ -1147,7 +1361,7 @@ static int apply_purge(struct sq *q, struct pb_op *op)
 {
     int64_t id = op->u.purge.delivery_id, msg_seq = 0;
     sqlite3_stmt *st;
-    int rc = find_dead(q, id, &msg_seq, NULL, 0, NULL, 0);
+    int rc = find_dead(q, id, &msg_seq, NULL, 0, NULL, 0, NULL, 0);
 
     if (rc <= 0) {
         if (rc == 0)
@@ -1198,12 +1412,12 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     sqlite3_stmt *st;
     int rc;
 
-    if (f->attempt < 1 || (f->n && !f->outputs)) {
+    if (f->attempt < 1 || (f->n && !f->subs)) {
         op->status = PB_EINVAL;
         return 0;
     }
     for (size_t i = 0; i < f->n; i++) {
-        if (!f->outputs[i]) {
+        if (!f->subs[i]) {
             op->status = PB_EINVAL;
             return 0;
         }
@@ -1213,6 +1427,7 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     sqlite3_bind_int64(st, 1, f->delivery_id);
     sqlite3_bind_int(st, 2, f->attempt);
     sqlite3_bind_int64(st, 3, f->now);
+    bind_lease(st, 4, f->lease, false);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "finish fanned-out delivery");
     if (sqlite3_changes(q->db) == 0) {
@@ -1239,7 +1454,8 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     sqlite3_bind_int64(st, 1, f->delivery_id);
     sqlite3_bind_int64(st, 3, f->now);
     for (size_t i = 0; i < f->n; i++) {
-        sqlite3_bind_text(st, 2, f->outputs[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, f->subs[i], -1, SQLITE_STATIC);
+        bind_lease(st, 4, f->lease, f->unleased && f->unleased[i]);
         if ((rc = step_done(st)) != SQLITE_OK)
             return write_fail(q, rc, "insert fan-out delivery");
         if (f->child_ids)
@@ -1248,110 +1464,10 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     return 0;
 }
 
-static int apply_endpoint_put(struct sq *q, struct pb_op *op)
-{
-    const struct pb_endpoint_rec *e = &op->u.endpoint_put.rec;
-    sqlite3_stmt *st = q->ws[op->u.endpoint_put.create_only ? W_EP_INS : W_EP_PUT];
-    size_t idlen = e->id ? strlen(e->id) : 0;
-    int rc;
-
-    if (idlen == 0 || idlen >= PB_ENDPOINT_ID_MAX || !e->pipeline || !e->output || !e->url ||
-        !e->secrets) {
-        op->status = PB_EINVAL;
-        return 0;
-    }
-    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, e->pipeline, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, e->output, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, e->url, -1, SQLITE_STATIC);
-    bind_text_or_null(st, 5, e->description);
-    sqlite3_bind_text(st, 6, e->events ? e->events : "[]", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, e->secrets, -1, SQLITE_STATIC);
-    bind_text_or_null(st, 8, e->rate_limit);
-    sqlite3_bind_int(st, 9, e->disabled ? 1 : 0);
-    bind_text_or_null(st, 10, e->disabled_reason);
-    sqlite3_bind_int64(st, 11, e->failing_since);
-    sqlite3_bind_int64(st, 12, e->created_at);
-    sqlite3_bind_int64(st, 13, e->updated_at);
-    rc = step_done(st);
-    if (rc != SQLITE_OK) {
-        /* Every column is checked above: a constraint here is the id. */
-        if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
-            op->status = pb__sqlite_map_rc(q->db, rc);
-            return 0;
-        }
-        return write_fail(q, rc, "put endpoint");
-    }
-    return 0;
-}
-
-static int apply_endpoint_delete(struct sq *q, struct pb_op *op)
-{
-    struct pb_op_endpoint_delete *d = &op->u.endpoint_delete;
-    sqlite3_stmt *st;
-    int rc;
-
-    d->dead = 0;
-    if (!d->id) {
-        op->status = PB_EINVAL;
-        return 0;
-    }
-    /* Its pending deliveries first (they are found through the row), each
-     * with an attempt row saying why; none when the endpoint is absent. */
-    st = q->ws[W_EP_DEAD_ATT];
-    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, d->now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "record endpoint deletion");
-    st = q->ws[W_EP_DEAD_DLV];
-    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, d->now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "kill endpoint deliveries");
-    d->dead = sqlite3_changes64(q->db);
-
-    st = q->ws[W_EP_DEL];
-    sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "delete endpoint");
-    if (sqlite3_changes(q->db) == 0)
-        op->status = PB_ENOTFOUND;
-    return 0;
-}
-
-static int apply_endpoint_state(struct sq *q, struct pb_op *op)
-{
-    struct pb_op_endpoint_state *e = &op->u.endpoint_state;
-    bool is_static = e->pipeline != NULL;
-    sqlite3_stmt *st = q->ws[is_static ? W_EP_STATIC_STATE : W_EP_STATE];
-    int rc;
-
-    if (!e->id || e->disabled < -1 || e->disabled > 1 || e->failing_since < -1 ||
-        (is_static && (!e->output || !e->url))) {
-        op->status = PB_EINVAL;
-        return 0;
-    }
-    if (is_static) {
-        sqlite3_bind_text(st, 6, e->pipeline, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 7, e->output, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 8, e->url, -1, SQLITE_STATIC);
-    }
-    sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, e->disabled);
-    bind_text_or_null(st, 3, e->disabled_reason);
-    sqlite3_bind_int64(st, 4, e->failing_since);
-    sqlite3_bind_int64(st, 5, e->now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "update endpoint state");
-    if (sqlite3_changes(q->db) == 0)
-        op->status = PB_ENOTFOUND;
-    return 0;
-}
-
 /* Insert one delivery per name: pending (state 0) or final with note. */
 static int insert_deliveries(struct sq *q, int64_t msg_seq, const char *pipeline, int64_t now,
                              size_t n, const char *const *outputs, enum pb_dstate state,
-                             const char *note, int64_t *ids)
+                             const char *note, int64_t lease, uint64_t unleased, int64_t *ids)
 {
     sqlite3_stmt *st = q->ws[state == PB_DSTATE_PENDING ? W_DLV_INS : W_DLV_FINAL];
     int rc;
@@ -1368,6 +1484,8 @@ static int insert_deliveries(struct sq *q, int64_t msg_seq, const char *pipeline
     }
     for (size_t i = 0; i < n; i++) {
         sqlite3_bind_text(st, 3, outputs[i], -1, SQLITE_STATIC);
+        if (state == PB_DSTATE_PENDING)
+            bind_lease(st, 6, lease, i < 64 && (unleased >> i & 1));
         if ((rc = step_done(st)) != SQLITE_OK)
             return write_fail(q, rc, "insert delivery");
         if (ids)
@@ -1406,6 +1524,7 @@ static int apply_route(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 5, r->note, (int)nlen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 5);
+    bind_lease(st, 6, r->lease, false);
     if ((rc = step_done(st)) != SQLITE_OK)
         return write_fail(q, rc, "finish route delivery");
     if (sqlite3_changes(q->db) == 0) {
@@ -1449,10 +1568,10 @@ static int apply_route(struct sq *q, struct pb_op *op)
                 return write_fail(q, rc, "insert routed body");
         }
         rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->noutputs, m->outputs,
-                               PB_DSTATE_PENDING, NULL, m->delivery_ids);
+                               PB_DSTATE_PENDING, NULL, r->lease, m->unleased, m->delivery_ids);
         if (rc == 0)
             rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->nfinal, m->final_outputs,
-                                   m->final_state, m->final_note, NULL);
+                                   m->final_state, m->final_note, 0, 0, NULL);
         if (rc)
             return rc;
     }
@@ -1500,12 +1619,6 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_expire(q, op);
     case PB_OP_FANOUT:
         return apply_fanout(q, op);
-    case PB_OP_ENDPOINT_PUT:
-        return apply_endpoint_put(q, op);
-    case PB_OP_ENDPOINT_DELETE:
-        return apply_endpoint_delete(q, op);
-    case PB_OP_ENDPOINT_STATE:
-        return apply_endpoint_state(q, op);
     case PB_OP_ROUTE:
         return apply_route(q, op);
     case PB_OP_ORPHANS:
@@ -1514,6 +1627,12 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_submit(q, op);
     case PB_OP_KV:
         return apply_kv(q, op);
+    case PB_OP_CLAIM:
+        return apply_claim(q, op);
+    case PB_OP_RELEASE:
+        return apply_release(q, op);
+    case PB_OP_SUB_KILL:
+        return apply_sub_kill(q, op);
     }
     op->status = PB_EINVAL;
     return 0;
@@ -1525,19 +1644,16 @@ const struct pb_store_backend pb__store_sqlite = {
     .open = sq_open,
     .close = sq_close,
     .node_id = sq_node_id,
+    .epoch = sq_epoch,
     .begin = sq_begin,
     .sync = sq_sync,
     .apply = sq_apply,
     .commit = sq_commit,
     .rollback = sq_rollback,
-    .load_pending = pb__sqlite_load_pending,
     .count = pb__sqlite_count,
-    .message_json = pb__sqlite_message_json,
-    .dead_letters_json = pb__sqlite_dead_letters_json,
-    .dead_letter_json = pb__sqlite_dead_letter_json,
-    .endpoints_load = pb__sqlite_endpoints_load,
-    .static_states_load = pb__sqlite_static_states_load,
-    .endpoint_get = pb__sqlite_endpoint_get,
+    .read_message = pb__sqlite_read_message,
+    .read_dead_letters = pb__sqlite_read_dead_letters,
+    .read_dead_letter = pb__sqlite_read_dead_letter,
     .kv_load = pb__sqlite_kv_load,
     .test_max_pages = sq_test_max_pages,
 };

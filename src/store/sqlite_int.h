@@ -32,27 +32,24 @@ enum {
     W_MSG_EXPIRE,
     W_FAN_PARENT,
     W_FAN_CHILD,
-    W_EP_INS,
-    W_EP_PUT,
-    W_EP_DEAD_ATT,
-    W_EP_DEAD_DLV,
-    W_EP_DEL,
-    W_EP_STATE,
-    W_EP_STATIC_STATE,
     W_ROUTE_FINISH,
     W_ROUTED_PUT,
     W_CHILD_INS,
     W_DLV_FINAL,
     W_ORPHAN_ATT,
     W_ORPHAN_DLV,
+    W_CLAIM,
+    W_SUB_KILL_ATT,
+    W_SUB_KILL_DLV,
+    W_LEASE_SET,
+    W_LEASE_DROP,
     W_KV_PUT,
     W_KV_DEL,
     W_DEAD_IN_DLV,
     W_DEAD_IN_ATT,
-    /* replay-all, one variant per filter combination (bit 0 pipeline, bit 1 output) */
-    W_RALL_INS,
-    W_RALL_UPD = W_RALL_INS + 4,
-    W_COUNT = W_RALL_UPD + 4,
+    /* replay-all's selection, one variant per filter (bit 0 pipeline, bit 1 output) */
+    W_RALL,
+    W_COUNT = W_RALL + 4,
 };
 
 struct rconn;
@@ -62,7 +59,8 @@ struct sq {
     char *path;    /* as handed to SQLite */
     char *display; /* as the user wrote it, for messages */
     char node_id[17];
-    sqlite3 *db; /* write connection: writer thread only after open */
+    int64_t epoch; /* this open's lease, one more than the last open's */
+    sqlite3 *db;   /* write connection: writer thread only after open */
     sqlite3_stmt *ws[W_COUNT];
     _Atomic int64_t max_pages_req; /* test knob; -1 = unchanged */
     /* Durable commits without blocking the writer: the connection runs with
@@ -85,19 +83,20 @@ int pb__sqlite_map_rc(sqlite3 *db, int rc);
 int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err *err);
 
 /* sqlite_read.c: the backend's read entry points (see backend.h). */
-int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                            size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
-                            struct pb_err *err);
+/* Does body (read from st) still match the CRC in column col of st? NULL
+ * there (a body stored before checksums) counts as a match. */
+bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len);
 int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
-json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err);
-json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
-                                     int64_t after_id, int limit, struct pb_err *err);
-json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err);
-int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err);
-int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
+int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
                             struct pb_err *err);
+int pb__sqlite_read_dead_letters(void *ctx, const char *pipeline, const char *output,
+                                 int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                                 struct pb_err *err);
+int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
+                                struct pb_err *err);
 int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
+/* Tests only: the SQL of schema version v (1..PB_STORE_SCHEMA_VERSION). */
+const char *pb__sqlite_migration_sql(int v);
 /* Close the idle read connections (store teardown, no reader active). */
 void pb__sqlite_readers_close(struct sq *q);
 

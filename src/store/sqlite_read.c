@@ -14,15 +14,11 @@
 
 /* Read statements, prepared on first use per read connection. */
 enum {
-    R_PENDING,
     R_COUNT,
     R_MSG,
     R_MSG_DELIVERIES,
     R_ATTEMPTS,
     R_DEAD_ONE,
-    R_EP_ALL,
-    R_EP_ONE,
-    R_EP_STATIC,
     R_COUNT_PENDING,
     R_MSG_CHILDREN,
     R_KV,
@@ -32,50 +28,34 @@ enum {
 
 #define DEAD_COLS                                                                                  \
     "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
-    " d.last_status, d.last_error, m.content_type, m.body"                                         \
+    " d.last_status, d.last_error, m.content_type, m.body, d.sub"                                  \
     " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
-#define EP_SELECT                                                                                  \
-    "SELECT id, pipeline, output, url, description, events, secrets, rate_limit, disabled,"        \
-    " disabled_reason, failing_since, created_at, updated_at FROM endpoints"
 #define DEAD_LIST(w) DEAD_COLS " WHERE d.state = 2 AND d.id > ?3" w " ORDER BY d.id LIMIT ?4"
 
 static const char *const rsql[R_COUNT_ALL] = {
     /* The route stage reads the body as received; outputs the routed one. */
-    [R_PENDING] = "SELECT d.id, d.msg_seq, m.id, d.attempts, d.next_at, m.received_at,"
-                  " m.content_type, coalesce(r.body, m.body),"
-                  " CASE WHEN r.seq IS NULL THEN m.body_crc ELSE r.body_crc END, m.meta,"
-                  " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END,"
-                  " r.seq IS NOT NULL OR m.parent_seq IS NOT NULL"
-                  " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
-                  " LEFT JOIN routed r ON r.seq = d.msg_seq AND d.output <> '" PB_ROUTE_OUTPUT "'"
-                  " WHERE d.state = 0 AND d.pipeline = ?1 AND d.output = ?2 AND d.id > ?3"
-                  " ORDER BY d.id LIMIT ?4",
-    [R_COUNT_PENDING] = "SELECT pipeline, output, 0, count(*) FROM deliveries WHERE state = 0"
-                        " GROUP BY pipeline, output",
-    [R_COUNT] = "SELECT pipeline, output, state, count(*) FROM deliveries"
-                " GROUP BY pipeline, output, state",
+    [R_COUNT_PENDING] = "SELECT pipeline, output, sub, 0, count(*) FROM deliveries"
+                        " WHERE state = 0 GROUP BY pipeline, output, sub",
+    [R_COUNT] = "SELECT pipeline, output, sub, state, count(*) FROM deliveries"
+                " GROUP BY pipeline, output, sub, state",
     [R_MSG] =
         "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body, m.body_crc,"
         " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
         " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
-                         " last_status, last_error, replay_of FROM deliveries"
+                         " last_status, last_error, replay_of, sub FROM deliveries"
                          " WHERE msg_seq = ?1 ORDER BY id",
     [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
                    " WHERE delivery_id = ?1 ORDER BY n",
     [R_DEAD_ONE] = DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
-    [R_EP_ALL] = EP_SELECT " ORDER BY id",
-    [R_EP_ONE] = EP_SELECT " WHERE id = ?1",
-    /* The columns of EP_SELECT, with what a static endpoint's state lacks. */
-    [R_EP_STATIC] = "SELECT id, pipeline, output, url, NULL, '[]', '[]', NULL, disabled,"
-                    " disabled_reason, failing_since, 0, updated_at FROM static_endpoint_state"
-                    " ORDER BY pipeline, output, id",
     [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
     [R_DEAD_LIST + 0] = DEAD_LIST(""),
     [R_DEAD_LIST + 1] = DEAD_LIST(" AND d.pipeline = ?1"),
-    [R_DEAD_LIST + 2] = DEAD_LIST(" AND d.output = ?2"),
-    [R_DEAD_LIST + 3] = DEAD_LIST(" AND d.pipeline = ?1 AND d.output = ?2"),
+    /* An output filter takes the output with its sub-outputs, or one of them ("out/sub"). */
+    [R_DEAD_LIST + 2] = DEAD_LIST(" AND (d.output = ?2 OR d.output || '/' || d.sub = ?2)"),
+    [R_DEAD_LIST + 3] = DEAD_LIST(" AND d.pipeline = ?1 AND (d.output = ?2"
+                                  " OR d.output || '/' || d.sub = ?2)"),
 };
 
 struct rconn {
@@ -147,7 +127,7 @@ static void rconn_put(struct sq *q, struct rconn *r)
 
 /* Does the body match the checksum in column col (NULL: stored before
  * checksums were kept, taken as intact)? */
-static bool body_intact(sqlite3_stmt *st, int col, const void *body, size_t len)
+bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len)
 {
     return sqlite3_column_type(st, col) == SQLITE_NULL ||
            sqlite3_column_int64(st, col) == pb__store_body_crc(body, len);
@@ -164,64 +144,6 @@ static sqlite3_stmt *rstmt(struct rconn *r, int i, struct pb_err *err)
         }
     }
     return r->st[i];
-}
-
-int pb__sqlite_load_pending(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                            size_t limit, pb_pending_cb cb, void *arg, size_t *nloaded,
-                            struct pb_err *err)
-{
-    struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st;
-    size_t n = 0;
-    int rc, ret = 0;
-
-    if (!r)
-        return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, R_PENDING, err))) {
-        ret = err ? err->code : PB_ESTORE;
-        goto out;
-    }
-    sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, output, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, after_id);
-    sqlite3_bind_int64(st, 4, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct pb_pending row = {
-            .delivery_id = sqlite3_column_int64(st, 0),
-            .msg_seq = sqlite3_column_int64(st, 1),
-            .msg_id = (const char *)sqlite3_column_text(st, 2),
-            .attempts = sqlite3_column_int(st, 3),
-            .next_at = sqlite3_column_int64(st, 4),
-            .received_at = sqlite3_column_int64(st, 5),
-            .content_type = (const char *)sqlite3_column_text(st, 6),
-        };
-        row.body = sqlite3_column_blob(st, 7);
-        row.len = (size_t)sqlite3_column_bytes(st, 7);
-        if (!row.body)
-            row.body = "";
-        row.body_damaged = !body_intact(st, 8, row.body, row.len);
-        row.meta = (const char *)sqlite3_column_text(st, 9);
-        row.meta_len = row.meta ? (size_t)sqlite3_column_bytes(st, 9) : 0;
-        row.key = (const char *)sqlite3_column_text(st, 10);
-        row.key_known = sqlite3_column_int(st, 11) != 0;
-        if (!row.msg_id) {
-            ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
-            goto out;
-        }
-        n++;
-        if (cb(arg, &row) != 0)
-            break;
-    }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "load pending");
-out:
-    if (st)
-        sqlite3_reset(st);
-    if (nloaded)
-        *nloaded = n;
-    rconn_put(q, r);
-    return ret;
 }
 
 int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err)
@@ -244,7 +166,8 @@ int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, st
             ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
             goto out;
         }
-        cb(arg, p, o, (enum pb_dstate)sqlite3_column_int(st, 2), sqlite3_column_int64(st, 3));
+        cb(arg, p, o, (const char *)sqlite3_column_text(st, 2),
+           (enum pb_dstate)sqlite3_column_int(st, 3), sqlite3_column_int64(st, 4));
     }
     if (rc != SQLITE_DONE)
         ret = read_fail(r->db, rc, err, "count");
@@ -289,149 +212,38 @@ out:
     return ret;
 }
 
-/* ---- webhook endpoints ------------------------------------------------------------------ */
+/* ---- rows for the admin API ---------------------------------------------------------------- */
 
-/* Run the endpoint statement i (R_EP_ONE binds id) and pass each row to cb
- * until it returns non-zero. *nrows gets how many rows were passed. */
-static int endpoint_rows(struct sq *q, int i, const char *id, pb_endpoint_cb cb, void *arg,
-                         size_t *nrows, struct pb_err *err)
+static const char *text_col(sqlite3_stmt *st, int i)
 {
-    struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st;
-    int rc, ret = 0;
-
-    *nrows = 0;
-    if (!r)
-        return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, i, err))) {
-        ret = err ? err->code : PB_ESTORE;
-        goto out;
-    }
-    if (id)
-        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct pb_endpoint_rec e = {
-            .id = (const char *)sqlite3_column_text(st, 0),
-            .pipeline = (const char *)sqlite3_column_text(st, 1),
-            .output = (const char *)sqlite3_column_text(st, 2),
-            .url = (const char *)sqlite3_column_text(st, 3),
-            .description = (const char *)sqlite3_column_text(st, 4),
-            .events = (const char *)sqlite3_column_text(st, 5),
-            .secrets = (const char *)sqlite3_column_text(st, 6),
-            .rate_limit = (const char *)sqlite3_column_text(st, 7),
-            .disabled = sqlite3_column_int(st, 8) != 0,
-            .disabled_reason = (const char *)sqlite3_column_text(st, 9),
-            .failing_since = sqlite3_column_int64(st, 10),
-            .created_at = sqlite3_column_int64(st, 11),
-            .updated_at = sqlite3_column_int64(st, 12),
-        };
-        /* NOT NULL columns: NULL here means SQLite ran out of memory. */
-        if (!e.id || !e.pipeline || !e.output || !e.url || !e.events || !e.secrets) {
-            ret = pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
-            goto out;
-        }
-        (*nrows)++;
-        if (cb(arg, &e) != 0)
-            break;
-    }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "endpoints");
-out:
-    if (st)
-        sqlite3_reset(st);
-    rconn_put(q, r);
-    return ret;
+    return (const char *)sqlite3_column_text(st, i);
 }
 
-int pb__sqlite_endpoints_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err)
-{
-    size_t n;
-    return endpoint_rows(ctx, R_EP_ALL, NULL, cb, arg, &n, err);
-}
-
-int pb__sqlite_static_states_load(void *ctx, pb_endpoint_cb cb, void *arg, struct pb_err *err)
-{
-    size_t n;
-    return endpoint_rows(ctx, R_EP_STATIC, NULL, cb, arg, &n, err);
-}
-
-int pb__sqlite_endpoint_get(void *ctx, const char *id, pb_endpoint_cb cb, void *arg,
-                            struct pb_err *err)
-{
-    size_t n;
-    int rc = endpoint_rows(ctx, R_EP_ONE, id, cb, arg, &n, err);
-
-    if (rc == 0 && n == 0)
-        rc = pb_err_set(err, PB_ENOTFOUND, "no endpoint %s", id);
-    return rc;
-}
-
-/* ---- JSON views ---------------------------------------------------------------------------- */
-
-/* Column i as a JSON value: integer, string or null. NULL on ENOMEM. */
-static json_t *col_json(sqlite3_stmt *st, int i)
-{
-    switch (sqlite3_column_type(st, i)) {
-    case SQLITE_INTEGER:
-        return json_integer(sqlite3_column_int64(st, i));
-    case SQLITE_NULL:
-        return json_null();
-    default: {
-        const char *t = (const char *)sqlite3_column_text(st, i);
-        /* Error excerpts and content types come from partners and clients. */
-        return t ? pb__store_text_json(t, (size_t)sqlite3_column_bytes(st, i)) : NULL;
-    }
-    }
-}
-
-static json_t *state_json(sqlite3_stmt *st, int i)
-{
-    return json_string(pb_dstate_name((enum pb_dstate)sqlite3_column_int(st, i)));
-}
-
-/* Set key on obj, stealing v; -1 when v is NULL or the set fails. */
-static int jset(json_t *obj, const char *key, json_t *v)
-{
-    return (v && json_object_set_new(obj, key, v) == 0) ? 0 : -1;
-}
-
-/* attempt_log of delivery id, as a new array; NULL + err on failure. */
-static json_t *attempt_log(struct rconn *r, int64_t id, struct pb_err *err)
+/* Every attempt of delivery id to cb->attempt. */
+static int attempts(struct rconn *r, int64_t id, const struct pb_read_cbs *cb, struct pb_err *err)
 {
     sqlite3_stmt *st = rstmt(r, R_ATTEMPTS, err);
-    json_t *arr = NULL;
-    int rc, bad = 0;
-
+    int rc;
     if (!st)
-        return NULL;
-    if (!(arr = json_array()))
-        goto nomem;
+        return err ? err->code : PB_ESTORE;
     sqlite3_bind_int64(st, 1, id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        json_t *a = json_object();
-        if (!a || json_array_append_new(arr, a) != 0)
-            goto nomem;
-        bad |= jset(a, "n", col_json(st, 0));
-        bad |= jset(a, "started_at", col_json(st, 1));
-        bad |= jset(a, "latency_ms", col_json(st, 2));
-        bad |= jset(a, "status", col_json(st, 3));
-        bad |= jset(a, "state", state_json(st, 4));
-        bad |= jset(a, "error", col_json(st, 5));
-        if (bad)
-            goto nomem;
+        struct pb_attempt_row a = {
+            .n = sqlite3_column_int(st, 0),
+            .started_at = sqlite3_column_int64(st, 1),
+            .latency_ms = sqlite3_column_int64(st, 2),
+            .status = sqlite3_column_int(st, 3),
+            .state = (enum pb_dstate)sqlite3_column_int(st, 4),
+            .error = text_col(st, 5),
+            .error_len = (size_t)sqlite3_column_bytes(st, 5),
+        };
+        if (cb->attempt && cb->attempt(cb->arg, &a)) {
+            sqlite3_reset(st);
+            return PB_ENOMEM;
+        }
     }
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-        read_fail(r->db, rc, err, "attempts");
-        json_decref(arr);
-        return NULL;
-    }
-    return arr;
-nomem:
-    sqlite3_reset(st);
-    json_decref(arr);
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-    return NULL;
+    return rc == SQLITE_DONE ? 0 : read_fail(r->db, rc, err, "attempts");
 }
 
 static int begin_read(struct rconn *r, struct pb_err *err)
@@ -440,180 +252,168 @@ static int begin_read(struct rconn *r, struct pb_err *err)
     return rc == SQLITE_OK ? 0 : read_fail(r->db, rc, err, "begin");
 }
 
-json_t *pb__sqlite_message_json(void *ctx, const char *msg_id, struct pb_err *err)
+static void end_read(struct rconn *r)
+{
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+}
+
+static int stopped(struct pb_err *err)
+{
+    return pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
+}
+
+int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
+                            struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st = NULL, *dst = NULL;
-    json_t *m = NULL, *dl = NULL;
-    int64_t seq;
-    int rc, bad = 0;
+    sqlite3_stmt *st = NULL, *dst = NULL, *cst = NULL;
+    int rc, ret = 0;
 
     if (!r)
-        return NULL;
-    if (begin_read(r, err) < 0 || !(st = rstmt(r, R_MSG, err)) ||
-        !(dst = rstmt(r, R_MSG_DELIVERIES, err)))
-        goto fail;
+        return err ? err->code : PB_ESTORE;
+    if ((ret = begin_read(r, err)) < 0)
+        goto out_put;
+    if (!(st = rstmt(r, R_MSG, err)) || !(dst = rstmt(r, R_MSG_DELIVERIES, err)) ||
+        !(cst = rstmt(r, R_MSG_CHILDREN, err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
     sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        pb_err_set(err, PB_ENOTFOUND, "no message %s", msg_id);
-        goto fail;
+        ret = pb_err_set(err, PB_ENOTFOUND, "no message %s", msg_id);
+        goto out;
     }
     if (rc != SQLITE_ROW) {
-        read_fail(r->db, rc, err, "message");
-        goto fail;
+        ret = read_fail(r->db, rc, err, "message");
+        goto out;
     }
-    seq = sqlite3_column_int64(st, 0);
-    if (!(m = json_object()))
-        goto nomem;
-    bad |= jset(m, "id", col_json(st, 1));
-    bad |= jset(m, "pipeline", col_json(st, 2));
-    bad |= jset(m, "received_at", col_json(st, 3));
-    bad |= jset(m, "content_type", col_json(st, 4));
-    const void *body = sqlite3_column_blob(st, 5);
-    size_t blen = (size_t)sqlite3_column_bytes(st, 5);
-    if (!body_intact(st, 6, body, blen))
-        bad |= jset(m, "body_damaged", json_true());
-    if (bad || pb__store_set_body(m, body, blen) < 0)
-        goto nomem;
-    if (sqlite3_column_type(st, 7) != SQLITE_NULL) {
-        json_t *meta = json_loadb((const char *)sqlite3_column_text(st, 7),
-                                  (size_t)sqlite3_column_bytes(st, 7), 0, NULL);
-        if (meta && json_object_set_new(m, "meta", meta) != 0)
-            goto nomem;
+    struct pb_message_row m = {
+        .seq = sqlite3_column_int64(st, 0),
+        .id = text_col(st, 1),
+        .pipeline = text_col(st, 2),
+        .received_at = sqlite3_column_int64(st, 3),
+        .content_type = text_col(st, 4),
+        .body = sqlite3_column_blob(st, 5),
+        .len = (size_t)sqlite3_column_bytes(st, 5),
+        .meta = text_col(st, 7),
+        .meta_len = (size_t)sqlite3_column_bytes(st, 7),
+        .parent_id = text_col(st, 8),
+        .routed = sqlite3_column_type(st, 9) != SQLITE_NULL,
+    };
+    if (!m.body)
+        m.body = "";
+    m.body_damaged = !pb__sqlite_body_intact(st, 6, m.body, m.len);
+    if (m.routed) {
+        m.routed_body = sqlite3_column_blob(st, 9);
+        m.routed_len = (size_t)sqlite3_column_bytes(st, 9);
+        if (!m.routed_body)
+            m.routed_body = "";
+        m.routed_damaged = !pb__sqlite_body_intact(st, 10, m.routed_body, m.routed_len);
     }
-    if (sqlite3_column_type(st, 8) != SQLITE_NULL)
-        bad |= jset(m, "parent", col_json(st, 8));
-    if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
-        /* The body the route stage made; shown like the body as received. */
-        const void *rb = sqlite3_column_blob(st, 9);
-        size_t rlen = (size_t)sqlite3_column_bytes(st, 9);
-        json_t *routed = json_object();
-        if (!routed || json_object_set_new(m, "routed", routed) != 0 ||
-            pb__store_set_body(routed, rb ? rb : "", rlen) < 0)
-            goto nomem;
-        if (!body_intact(st, 10, rb ? rb : "", rlen))
-            bad |= jset(routed, "body_damaged", json_true());
+    if (!m.id || !m.pipeline) {
+        ret = stopped(err);
+        goto out;
     }
-    if (bad)
-        goto nomem;
-    {
-        sqlite3_stmt *cst = rstmt(r, R_MSG_CHILDREN, err);
-        json_t *children = NULL;
-        if (!cst)
-            goto fail;
-        sqlite3_bind_int64(cst, 1, seq);
-        while ((rc = sqlite3_step(cst)) == SQLITE_ROW) {
-            if (!children &&
-                (!(children = json_array()) || json_object_set_new(m, "children", children) != 0)) {
-                sqlite3_reset(cst);
-                goto nomem;
-            }
-            if (json_array_append_new(children, col_json(cst, 0)) != 0) {
-                sqlite3_reset(cst);
-                goto nomem;
-            }
+    if (cb->message && cb->message(cb->arg, &m)) {
+        ret = stopped(err);
+        goto out;
+    }
+    sqlite3_bind_int64(cst, 1, m.seq);
+    while ((rc = sqlite3_step(cst)) == SQLITE_ROW)
+        if (cb->child && text_col(cst, 0) && cb->child(cb->arg, text_col(cst, 0))) {
+            ret = stopped(err);
+            goto out;
         }
-        sqlite3_reset(cst);
-        if (rc != SQLITE_DONE) {
-            read_fail(r->db, rc, err, "children");
-            goto fail;
-        }
-    }
-    if (!(dl = json_array()) || json_object_set_new(m, "deliveries", dl) != 0)
-        goto nomem;
-
-    sqlite3_bind_int64(dst, 1, seq);
-    while ((rc = sqlite3_step(dst)) == SQLITE_ROW) {
-        json_t *d = json_object(), *log;
-        if (!d || json_array_append_new(dl, d) != 0)
-            goto nomem;
-        bad |= jset(d, "id", col_json(dst, 0));
-        bad |= jset(d, "output", col_json(dst, 1));
-        bad |= jset(d, "state", state_json(dst, 2));
-        bad |= jset(d, "attempts", col_json(dst, 3));
-        bad |= jset(d, "next_at", col_json(dst, 4));
-        bad |= jset(d, "created_at", col_json(dst, 5));
-        bad |= jset(d, "updated_at", col_json(dst, 6));
-        bad |= jset(d, "last_status", col_json(dst, 7));
-        bad |= jset(d, "last_error", col_json(dst, 8));
-        bad |= jset(d, "replay_of", col_json(dst, 9));
-        if (bad)
-            goto nomem;
-        if (!(log = attempt_log(r, sqlite3_column_int64(dst, 0), err)))
-            goto fail;
-        if (json_object_set_new(d, "attempt_log", log) != 0)
-            goto nomem;
-    }
     if (rc != SQLITE_DONE) {
-        read_fail(r->db, rc, err, "deliveries");
-        goto fail;
+        ret = read_fail(r->db, rc, err, "children");
+        goto out;
     }
-    sqlite3_reset(st);
-    sqlite3_reset(dst);
-    rconn_put(q, r);
-    return m;
-
-nomem:
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-fail:
+    sqlite3_bind_int64(dst, 1, m.seq);
+    while ((rc = sqlite3_step(dst)) == SQLITE_ROW) {
+        struct pb_delivery_row d = {
+            .id = sqlite3_column_int64(dst, 0),
+            .msg_id = m.id,
+            .pipeline = m.pipeline,
+            .output = text_col(dst, 1),
+            .sub = text_col(dst, 10),
+            .state = (enum pb_dstate)sqlite3_column_int(dst, 2),
+            .attempts = sqlite3_column_int(dst, 3),
+            .next_at = sqlite3_column_int64(dst, 4),
+            .created_at = sqlite3_column_int64(dst, 5),
+            .updated_at = sqlite3_column_int64(dst, 6),
+            .has_status = sqlite3_column_type(dst, 7) != SQLITE_NULL,
+            .last_status = sqlite3_column_int(dst, 7),
+            .last_error = text_col(dst, 8),
+            .last_error_len = (size_t)sqlite3_column_bytes(dst, 8),
+            .replay_of = sqlite3_column_int64(dst, 9),
+        };
+        if (!d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
+            ret = stopped(err);
+            goto out;
+        }
+        if ((ret = attempts(r, d.id, cb, err)) != 0)
+            goto out;
+    }
+    if (rc != SQLITE_DONE)
+        ret = read_fail(r->db, rc, err, "deliveries");
+out:
     if (st)
         sqlite3_reset(st);
     if (dst)
         sqlite3_reset(dst);
-    json_decref(m);
+    if (cst)
+        sqlite3_reset(cst);
+    end_read(r);
+out_put:
     rconn_put(q, r);
-    return NULL;
+    return ret;
 }
 
-/* One dead-letter item from a DEAD_COLS row; with_body adds the body. */
-static json_t *dead_item(sqlite3_stmt *st, bool with_body)
+/* A dead letter from a DEAD_COLS row; with_body adds the body. */
+static struct pb_delivery_row dead_row(sqlite3_stmt *st, bool with_body)
 {
-    json_t *d = json_object();
-    int bad = 0;
-
-    if (!d)
-        return NULL;
-    bad |= jset(d, "id", col_json(st, 0));
-    bad |= jset(d, "message_id", col_json(st, 1));
-    bad |= jset(d, "pipeline", col_json(st, 2));
-    bad |= jset(d, "output", col_json(st, 3));
-    bad |= jset(d, "attempts", col_json(st, 4));
-    bad |= jset(d, "created_at", col_json(st, 5));
-    bad |= jset(d, "dead_at", col_json(st, 6));
-    bad |= jset(d, "last_status", col_json(st, 7));
-    bad |= jset(d, "last_error", col_json(st, 8));
+    struct pb_delivery_row d = {
+        .id = sqlite3_column_int64(st, 0),
+        .msg_id = text_col(st, 1),
+        .pipeline = text_col(st, 2),
+        .output = text_col(st, 3),
+        .sub = text_col(st, 11),
+        .state = PB_DSTATE_DEAD,
+        .attempts = sqlite3_column_int(st, 4),
+        .created_at = sqlite3_column_int64(st, 5),
+        .updated_at = sqlite3_column_int64(st, 6),
+        .has_status = sqlite3_column_type(st, 7) != SQLITE_NULL,
+        .last_status = sqlite3_column_int(st, 7),
+        .last_error = text_col(st, 8),
+        .last_error_len = (size_t)sqlite3_column_bytes(st, 8),
+    };
     if (with_body) {
-        bad |= jset(d, "content_type", col_json(st, 9));
-        if (!bad && pb__store_set_body(d, sqlite3_column_blob(st, 10),
-                                       (size_t)sqlite3_column_bytes(st, 10)) < 0)
-            bad = -1;
-    }
-    if (bad) {
-        json_decref(d);
-        return NULL;
+        d.content_type = text_col(st, 9);
+        d.body = sqlite3_column_blob(st, 10);
+        d.len = (size_t)sqlite3_column_bytes(st, 10);
+        if (!d.body)
+            d.body = "";
     }
     return d;
 }
 
-json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char *output,
-                                     int64_t after_id, int limit, struct pb_err *err)
+int pb__sqlite_read_dead_letters(void *ctx, const char *pipeline, const char *output,
+                                 int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                                 struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
     sqlite3_stmt *st = NULL;
-    json_t *res = NULL, *items = NULL;
-    int64_t last = 0;
-    int n = 0, rc;
+    int rc, ret = 0;
 
     if (!r)
-        return NULL;
-    if (!(st = rstmt(r, R_DEAD_LIST + (pipeline ? 1 : 0) + (output ? 2 : 0), err)))
-        goto fail;
-    if (!(res = json_object()) || !(items = json_array()) ||
-        json_object_set_new(res, "items", items) != 0)
-        goto nomem;
+        return err ? err->code : PB_ESTORE;
+    if (!(st = rstmt(r, R_DEAD_LIST + (pipeline ? 1 : 0) + (output ? 2 : 0), err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
     if (pipeline)
         sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
     if (output)
@@ -621,70 +421,58 @@ json_t *pb__sqlite_dead_letters_json(void *ctx, const char *pipeline, const char
     sqlite3_bind_int64(st, 3, after_id);
     sqlite3_bind_int(st, 4, limit);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        json_t *d = dead_item(st, false);
-        if (!d || json_array_append_new(items, d) != 0)
-            goto nomem;
-        last = sqlite3_column_int64(st, 0);
-        n++;
+        struct pb_delivery_row d = dead_row(st, false);
+        if (!d.msg_id || !d.pipeline || !d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
+            ret = stopped(err);
+            goto out;
+        }
     }
-    if (rc != SQLITE_DONE) {
-        read_fail(r->db, rc, err, "dead letters");
-        goto fail;
-    }
-    if (jset(res, "next_after", n == limit ? json_integer(last) : json_null()) < 0)
-        goto nomem;
-    sqlite3_reset(st);
-    rconn_put(q, r);
-    return res;
-
-nomem:
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-fail:
+    if (rc != SQLITE_DONE)
+        ret = read_fail(r->db, rc, err, "dead letters");
+out:
     if (st)
         sqlite3_reset(st);
-    json_decref(res);
     rconn_put(q, r);
-    return NULL;
+    return ret;
 }
 
-json_t *pb__sqlite_dead_letter_json(void *ctx, int64_t delivery_id, struct pb_err *err)
+int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
+                                struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = rconn_get(q, err);
     sqlite3_stmt *st = NULL;
-    json_t *d = NULL, *log;
-    int rc;
+    int rc, ret = 0;
 
     if (!r)
-        return NULL;
-    if (begin_read(r, err) < 0 || !(st = rstmt(r, R_DEAD_ONE, err)))
-        goto fail;
+        return err ? err->code : PB_ESTORE;
+    if ((ret = begin_read(r, err)) < 0)
+        goto out_put;
+    if (!(st = rstmt(r, R_DEAD_ONE, err))) {
+        ret = err ? err->code : PB_ESTORE;
+        goto out;
+    }
     sqlite3_bind_int64(st, 1, delivery_id);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        pb_err_set(err, PB_ENOTFOUND, "no dead letter %" PRId64, delivery_id);
-        goto fail;
+        ret = pb_err_set(err, PB_ENOTFOUND, "no dead letter %" PRId64, delivery_id);
+        goto out;
     }
     if (rc != SQLITE_ROW) {
-        read_fail(r->db, rc, err, "dead letter");
-        goto fail;
+        ret = read_fail(r->db, rc, err, "dead letter");
+        goto out;
     }
-    if (!(d = dead_item(st, true)))
-        goto nomem;
-    if (!(log = attempt_log(r, delivery_id, err)))
-        goto fail;
-    if (json_object_set_new(d, "attempt_log", log) != 0)
-        goto nomem;
-    sqlite3_reset(st);
-    rconn_put(q, r);
-    return d;
-
-nomem:
-    pb_err_set(err, PB_ENOMEM, "out of memory building a state store view");
-fail:
+    struct pb_delivery_row d = dead_row(st, true);
+    if (!d.msg_id || !d.pipeline || !d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
+        ret = stopped(err);
+        goto out;
+    }
+    ret = attempts(r, delivery_id, cb, err);
+out:
     if (st)
         sqlite3_reset(st);
-    json_decref(d);
+    end_read(r);
+out_put:
     rconn_put(q, r);
-    return NULL;
+    return ret;
 }

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -195,6 +196,11 @@ const char *pb_store_node_id(const struct pb_store *s)
     return s->be->node_id(s->ctx);
 }
 
+int64_t pb_store_epoch(const struct pb_store *s)
+{
+    return s->be->epoch(s->ctx);
+}
+
 /* ---- writer ------------------------------------------------------------------ */
 
 static const char *op_kind_name(enum pb_op_kind k)
@@ -214,12 +220,6 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "expire";
     case PB_OP_FANOUT:
         return "fanout";
-    case PB_OP_ENDPOINT_PUT:
-        return "endpoint_put";
-    case PB_OP_ENDPOINT_DELETE:
-        return "endpoint_delete";
-    case PB_OP_ENDPOINT_STATE:
-        return "endpoint_state";
     case PB_OP_ROUTE:
         return "route";
     case PB_OP_ORPHANS:
@@ -228,6 +228,12 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "submit";
     case PB_OP_KV:
         return "kv";
+    case PB_OP_CLAIM:
+        return "claim";
+    case PB_OP_RELEASE:
+        return "release";
+    case PB_OP_SUB_KILL:
+        return "sub_kill";
     }
     return "?";
 }
@@ -409,7 +415,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_KV)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_SUB_KILL)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);
@@ -552,17 +558,6 @@ int pb__store_test_max_pages(struct pb_store *s, int64_t pages)
 
 /* ---- reads --------------------------------------------------------------------- */
 
-int pb_store_load_pending(struct pb_store *s, const char *pipeline, const char *output,
-                          int64_t after_id, size_t limit, pb_pending_cb cb, void *arg,
-                          size_t *nloaded, struct pb_err *err)
-{
-    if (nloaded)
-        *nloaded = 0;
-    if (!pipeline || !output || !cb)
-        return pb_err_set(err, PB_EINVAL, "load_pending needs pipeline, output and a callback");
-    return s->be->load_pending(s->ctx, pipeline, output, after_id, limit, cb, arg, nloaded, err);
-}
-
 int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     if (!cb)
@@ -585,221 +580,34 @@ int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *a
     return s->be->kv_load(s->ctx, scope, cb, arg, err);
 }
 
-int pb_store_static_states_load(struct pb_store *s, pb_endpoint_cb cb, void *arg,
-                                struct pb_err *err)
-{
-    if (!cb)
-        return pb_err_set(err, PB_EINVAL, "static_states_load needs a callback");
-    return s->be->static_states_load(s->ctx, cb, arg, err);
-}
-
-int pb_store_endpoints_load(struct pb_store *s, pb_endpoint_cb cb, void *arg, struct pb_err *err)
-{
-    if (!cb)
-        return pb_err_set(err, PB_EINVAL, "endpoints_load needs a callback");
-    return s->be->endpoints_load(s->ctx, cb, arg, err);
-}
-
-int pb_store_endpoint_get(struct pb_store *s, const char *id, pb_endpoint_cb cb, void *arg,
+int pb_store_read_message(struct pb_store *s, const char *msg_id, const struct pb_read_cbs *cb,
                           struct pb_err *err)
 {
-    if (!id || !cb)
-        return pb_err_set(err, PB_EINVAL, "endpoint_get needs an id and a callback");
-    return s->be->endpoint_get(s->ctx, id, cb, arg, err);
+    if (!msg_id || !cb)
+        return pb_err_set(err, PB_EINVAL, "read_message needs an id and callbacks");
+    return s->be->read_message(s->ctx, msg_id, cb, err);
 }
 
-json_t *pb_store_message_json(struct pb_store *s, const char *msg_id, struct pb_err *err)
+int pb_store_read_dead_letters(struct pb_store *s, const char *pipeline, const char *output,
+                               int64_t after_id, int limit, const struct pb_read_cbs *cb,
+                               struct pb_err *err)
 {
-    if (!msg_id) {
-        pb_err_set(err, PB_EINVAL, "no message id");
-        return NULL;
-    }
-    return s->be->message_json(s->ctx, msg_id, err);
+    if (!cb || limit < 1)
+        return pb_err_set(err, PB_EINVAL, "read_dead_letters needs callbacks and a limit");
+    return s->be->read_dead_letters(s->ctx, pipeline, output, after_id, limit, cb, err);
 }
 
-json_t *pb_store_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
-                                   int64_t after_id, int limit, struct pb_err *err)
+int pb_store_read_dead_letter(struct pb_store *s, int64_t delivery_id, const struct pb_read_cbs *cb,
+                              struct pb_err *err)
 {
-    if (limit <= 0)
-        limit = 100;
-    if (limit > 1000)
-        limit = 1000;
-    return s->be->dead_letters_json(s->ctx, pipeline, output, after_id, limit, err);
-}
-
-json_t *pb_store_dead_letter_json(struct pb_store *s, int64_t delivery_id, struct pb_err *err)
-{
-    return s->be->dead_letter_json(s->ctx, delivery_id, err);
-}
-
-/* ---- helpers for the backends ----------------------------------------------------- */
-
-json_t *pb__store_base64_json(const void *data, size_t len)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *p = data;
-    size_t outlen = (len + 2) / 3 * 4, o = 0, i = 0;
-    json_t *j = NULL;
-    char *buf = malloc(outlen + 1);
-
-    if (!buf)
-        return NULL;
-    for (; i + 2 < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
-        buf[o++] = tab[v >> 18 & 63];
-        buf[o++] = tab[v >> 12 & 63];
-        buf[o++] = tab[v >> 6 & 63];
-        buf[o++] = tab[v & 63];
-    }
-    if (i < len) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)p[i + 1] << 8;
-        buf[o++] = tab[v >> 18 & 63];
-        buf[o++] = tab[v >> 12 & 63];
-        buf[o++] = i + 1 < len ? tab[v >> 6 & 63] : '=';
-        buf[o++] = '=';
-    }
-    buf[o] = '\0';
-    j = json_stringn_nocheck(buf, o);
-    free(buf);
-    return j;
-}
-
-/* Does dump equal orig once whitespace outside strings is dropped? */
-static bool same_json_text(const char *orig, size_t n, const char *dump)
-{
-    bool in_str = false, esc = false;
-    size_t j = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        char c = orig[i];
-        if (!in_str && (c == ' ' || c == '\t' || c == '\n' || c == '\r'))
-            continue;
-        if (dump[j] != c)
-            return false;
-        j++;
-        if (in_str) {
-            if (esc)
-                esc = false;
-            else if (c == '\\')
-                esc = true;
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        }
-    }
-    return dump[j] == '\0';
-}
-
-json_t *pb__store_body_json(const void *data, size_t len)
-{
-    json_t *j;
-    char *dump;
-    bool same;
-
-    if (len == 0)
-        return NULL;
-    j = json_loadb(data, len, JSON_DECODE_ANY, NULL);
-    if (!j)
-        return NULL;
-    dump = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    same = dump && same_json_text(data, len, dump);
-    free(dump);
-    if (!same) {
-        json_decref(j);
-        return NULL;
-    }
-    return j;
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "read_dead_letter needs callbacks");
+    return s->be->read_dead_letter(s->ctx, delivery_id, cb, err);
 }
 
 int64_t pb__store_body_crc(const void *data, size_t len)
 {
     return (int64_t)crc32_z(crc32_z(0, NULL, 0), data ? data : (const void *)"", len);
-}
-
-int pb__store_set_body(json_t *obj, const void *data, size_t len)
-{
-    json_t *j = pb__store_body_json(data, len);
-
-    if (j)
-        return json_object_set_new(obj, "body", j) == 0 ? 0 : PB_ENOMEM;
-    j = pb__store_base64_json(data, len);
-    if (!j)
-        return PB_ENOMEM;
-    return json_object_set_new(obj, "body_base64", j) == 0 ? 0 : PB_ENOMEM;
-}
-
-/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xC2 && p[0] <= 0xDF)
-        len = 2;
-    else if (p[0] >= 0xE0 && p[0] <= 0xEF)
-        len = 3;
-    else if (p[0] >= 0xF0 && p[0] <= 0xF4)
-        len = 4;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    /* No overlong forms, no surrogates, nothing past U+10FFFF. */
-    if (p[0] == 0xE0)
-        lo = 0xA0;
-    else if (p[0] == 0xED)
-        hi = 0x9F;
-    else if (p[0] == 0xF0)
-        lo = 0x90;
-    else if (p[0] == 0xF4)
-        hi = 0x8F;
-    if (p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    return len;
-}
-
-json_t *pb__store_text_json(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0, o = 0, len;
-    char *buf;
-    json_t *j;
-
-    while (i < n && (len = utf8_seq(p + i, n - i)) > 0)
-        i += len;
-    if (i == n)
-        return json_stringn_nocheck(s, n);
-
-    if (n > (SIZE_MAX - 1) / 3)
-        return NULL;
-    buf = malloc(3 * n + 1);
-    if (!buf)
-        return NULL;
-    memcpy(buf, s, i);
-    o = i;
-    while (i < n) {
-        len = utf8_seq(p + i, n - i);
-        if (len == 0) {
-            memcpy(buf + o, "\xEF\xBF\xBD", 3); /* U+FFFD */
-            o += 3;
-            i++;
-        } else {
-            memcpy(buf + o, s + i, len);
-            o += len;
-            i += len;
-        }
-    }
-    j = json_stringn_nocheck(buf, o);
-    free(buf);
-    return j;
 }
 
 size_t pb__store_utf8_cut(const char *s, size_t max)

@@ -114,10 +114,12 @@ def _spawn(argv, stdout, stderr, env=None):
     return p
 
 
-def _kill_all():
+def _kill_all(keep_servers=False):
+    """Kill every process started here; keep_servers spares the servers of
+    servers.py (started once per module, for all its tests)."""
     with _procs_lock:
-        procs = list(_procs)
-        _procs.clear()
+        procs = [p for p in _procs if not (keep_servers and getattr(p, "pb_server", False))]
+        _procs[:] = [p for p in _procs if p not in procs]
     for p in procs:
         # A server started in a session of its own (servers.py) takes the
         # processes it started with it.
@@ -726,13 +728,13 @@ def run():
         ok = False
         try:
             fn()
-            _kill_all()
+            _kill_all(keep_servers=True)
             reports = _sanitizer_reports(_tmp_root)
             if reports:
                 raise TestFailure("sanitizer report:\n" + "\n".join(reports))
             ok = True
         except Exception as e:  # a test's own bug counts as a failure too
-            _kill_all()
+            _kill_all(keep_servers=True)
             log(f"FAIL {fn.__name__}: {e}")
             if not isinstance(e, TestFailure):
                 traceback.print_exc()

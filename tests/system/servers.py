@@ -13,9 +13,10 @@ same port, or stop it:
     r.kill9(); r.restart()         # same port, same data directory
     r.stop()
 
-A server outlives the test case that started it: it is not among the
-processes the runner kills after each case, and its directory is not under
-that case's temporary root; both go when the interpreter exits.
+A server outlives the test case that started it: the runner spares it when
+it kills a case's processes, and its directory is not under that case's
+temporary root (which goes when the case passes); both go when the
+interpreter exits.
 
 Standard library only.
 """
@@ -30,50 +31,24 @@ import tempfile
 import threading
 import time
 
-from pbtest import TestFailure, free_port, scaled, wait_until
+from pbtest import TestFailure, _kill_all, _procs, _procs_lock, free_port, scaled, wait_until
 
-_servers = []  # every server process started here, for the whole module
-_servers_lock = threading.Lock()
-_root = None  # their directories
+_root = None  # the servers' directories, for the whole module
+_root_lock = threading.Lock()
+
+
+def _cleanup():
+    _kill_all()  # the servers first, then what they wrote
+    shutil.rmtree(_root, ignore_errors=True)
 
 
 def _server_dir(name):
     global _root
-    with _servers_lock:
+    with _root_lock:
         if _root is None:
             _root = tempfile.mkdtemp(prefix="pbservers-")
+            atexit.register(_cleanup)
     return tempfile.mkdtemp(prefix=name + "-", dir=_root)
-
-
-def _stop_servers():
-    with _servers_lock:
-        procs = list(_servers)
-        _servers.clear()
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-    if _root:
-        shutil.rmtree(_root, ignore_errors=True)
-
-
-atexit.register(_stop_servers)
-_prev_term = signal.getsignal(signal.SIGTERM)
-
-
-def _on_term(signum, frame):
-    _stop_servers()
-    if callable(_prev_term):
-        _prev_term(signum, frame)
-    os._exit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, _on_term)
 
 
 def port_open(port, host="127.0.0.1"):
@@ -131,8 +106,9 @@ class Server:
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, env=self.env(),
                                      start_new_session=True)
-        with _servers_lock:
-            _servers.append(self.proc)
+        self.proc.pb_server = True  # outlives each test; killed when the module ends
+        with _procs_lock:
+            _procs.append(self.proc)
 
         def up():
             if self.proc.poll() is not None:

@@ -125,7 +125,7 @@ def replay_to_a_deleted_endpoint_is_refused():
     check(st in (200, 204), f"endpoint deleted ({st})")
     st, doc = pb.admin("POST", f"/api/dead-letters/{dead['id']}/replay")
     check_eq(st, 409, f"replay to a deleted endpoint: {doc}")
-    check("endpoint was deleted" in doc.get("error", ""), f"reason: {doc}")
+    check("webhook endpoint) was deleted" in doc.get("error", ""), f"reason: {doc}")
     check_eq(pb.term(), 0, "stops cleanly")
 
 

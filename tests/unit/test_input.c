@@ -11,6 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "admin/views.h"
 #include "core/engine.h"
 #include "core/input.h"
 #include "patchbay/pb_loop.h"
@@ -154,15 +158,13 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     struct fixture f = {0};
     fixture_up(&f);
     struct calls c = {.loop = f.loop};
-    char reason[64] = "invalid JSON at byte 0"; /* borrowed only until submit returns */
     struct pb_item items[3] = {
         {.body = "{\"a\":1}", .len = 7, .key = "k1", .meta = "{\"topic\":\"t\"}", .meta_len = 13},
         {.body = "{\"a\":2}", .len = 7, .key = "k1"}, /* same key in one batch: a duplicate */
-        {.body = "not json", .len = 8, .dead_reason = reason},
+        {.body = "not json", .len = 8, .dead_reason = "invalid JSON at byte 0"},
     };
     struct pb_checkpoint cp = {.name = "offset", .value = "42", .len = 2};
     PB_EQ_INT(pb_input_submit(f.in, items, 3, &cp, 1, cb, &c), 0);
-    memset(reason, 'x', sizeof(reason) - 1);
     const void *v;
     size_t len;
     PB_EQ_INT(pb_input_checkpoint(f.in, "offset", &v, &len), PB_ENOTFOUND);
@@ -181,7 +183,7 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     PB_EQ_INT(count_messages(&f), 2);
     /* The message carries $meta: the core's fields, then the input's. */
     struct pb_err err = {0};
-    json_t *m = pb_store_message_json(f.e.store, c.res[0].msg_id, &err);
+    json_t *m = pb_admin_message_json(f.e.store, c.res[0].msg_id, &err);
     PB_CHECK(m != NULL);
     json_t *meta = json_object_get(m, "meta");
     PB_EQ_STR(json_string_value(json_object_get(meta, "input")), "generate");
@@ -190,7 +192,7 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     PB_CHECK(json_integer_value(json_object_get(meta, "received_at")) > 0);
     json_decref(m);
     /* The dead item sits in the dead-letter queue with its reason. */
-    json_t *dl = pb_store_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
+    json_t *dl = pb_admin_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
     PB_CHECK(dl != NULL);
     json_t *list = json_object_get(dl, "items");
     PB_EQ_INT(json_array_size(list), 1);
@@ -252,7 +254,7 @@ PB_TEST(failed_submit_never_calls_back)
     struct pb_item ok = {.body = "{}", .len = 2};
     PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_EFULL);
     f.e.cfg->limits.ingest_queue = 8192;
-    atomic_store(&f.in->stopping, true);
+    atomic_store(&f.in->stopped, true);
     PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_ESHUTDOWN);
     for (int i = 0; i < 20; i++)
         pb_loop_run_once(f.loop, 5);
@@ -275,14 +277,13 @@ PB_TEST(a_start_that_succeeds_after_a_failure_is_connected)
     fixture_down(&f);
 }
 
-/* An input that connects out to its source (a broker) gets the outbound
- * guard of the configuration: loopback is refused unless outbound.allow
- * lists it. */
+/* An input that connects out (a broker) gets the top-level outbound.allow
+ * as env.allow: without it the guard refuses a broker on 127.0.0.1. */
 static struct pb_config *load_text(const char *dir, const char *text)
 {
     struct pb_err err = {0};
     char path[128];
-    snprintf(path, sizeof(path), "%s/patchbay.yaml", dir);
+    snprintf(path, sizeof(path), "%s/allow.yaml", dir);
     FILE *fp = fopen(path, "w");
     fputs(text, fp);
     fclose(fp);
@@ -292,13 +293,14 @@ static struct pb_config *load_text(const char *dir, const char *text)
     return c;
 }
 
-PB_TEST(inputs_get_the_outbound_guard)
+PB_TEST(inputs_get_the_outbound_allowlist)
 {
-    char dir[64] = "/tmp/pbinput-XXXXXX";
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/pbinput-XXXXXX");
     PB_CHECK(mkdtemp(dir) != NULL);
-    char ip[64];
-    struct pb_err err = {0};
-    struct pb_config *c = load_text(dir, "pipelines:\n"
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct pb_config *c = load_text(dir, "outbound: { allow: [127.0.0.0/8] }\n"
+                                         "pipelines:\n"
                                          "  p:\n"
                                          "    input: { generate: { count: 1 } }\n"
                                          "    outputs: { a: { drop: {} } }\n");
@@ -306,24 +308,85 @@ PB_TEST(inputs_get_the_outbound_guard)
     if (c) {
         const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
         PB_CHECK(al != NULL);
-        PB_EQ_INT(pb_outbound_resolve(al, "127.0.0.1", 4222, ip, sizeof(ip), &err), PB_EDENIED);
+        PB_EQ_INT(pb_outbound_check(al, "127.0.0.1", &lo, sizeof(lo)), 0);
         pb_config_destroy(c);
     }
-    c = load_text(dir, "outbound: { allow: [127.0.0.0/8] }\n"
-                       "pipelines:\n"
+    c = load_text(dir, "pipelines:\n"
                        "  p:\n"
                        "    input: { generate: { count: 1 } }\n"
                        "    outputs: { a: { drop: {} } }\n");
     PB_CHECK(c != NULL);
     if (c) {
         const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
-        PB_EQ_INT(pb_outbound_resolve(al, "127.0.0.1", 4222, ip, sizeof(ip), &err), 0);
-        PB_EQ_STR(ip, "127.0.0.1");
+        PB_CHECK(al != NULL);
+        PB_EQ_INT(pb_outbound_check(al, "127.0.0.1", &lo, sizeof(lo)), PB_EDENIED);
         pb_config_destroy(c);
     }
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     PB_EQ_INT(system(cmd), 0);
+}
+
+/* A dead item's reason is the input's until submit returns: the core keeps
+ * a copy, as it does of keys and checkpoints. */
+static void count_cb(void *arg, int status, const struct pb_item_result *res, size_t n)
+{
+    (void)status;
+    (void)res;
+    (void)n;
+    ((struct calls *)arg)->n++;
+}
+
+PB_TEST(dead_reason_is_copied_by_submit)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    struct calls c = {.loop = f.loop}, busy = {.loop = f.loop};
+    /* A big batch first keeps the writer busy while the reason is changed. */
+    static struct pb_item many[PB_SUBMIT_MAX];
+    static char body[4096];
+    memset(body, '1', sizeof(body));
+    for (size_t i = 0; i < PB_SUBMIT_MAX; i++)
+        many[i] = (struct pb_item){.body = body, .len = sizeof(body)};
+    PB_EQ_INT(pb_input_submit(f.in, many, PB_SUBMIT_MAX, NULL, 0, count_cb, &busy), 0);
+    const char *why = "invalid JSON: unexpected character at byte 4";
+    char *reason = strdup(why);
+    struct pb_item item = {.body = "not json", .len = 8, .dead_reason = reason};
+    PB_EQ_INT(pb_input_submit(f.in, &item, 1, NULL, 0, cb, &c), 0);
+    memset(reason, 'X', strlen(reason));
+    free(reason);
+    run_until(&f, &busy.n, 1);
+    run_until(&f, &c.n, 1);
+    PB_EQ_INT(c.status, 0);
+    PB_EQ_INT(c.res[0].status, PB_ITEM_DEAD);
+    struct pb_err err = {0};
+    json_t *dl = pb_admin_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
+    PB_CHECK(dl != NULL);
+    json_t *list = json_object_get(dl, "items");
+    PB_EQ_INT(json_array_size(list), 1);
+    PB_EQ_STR(json_string_value(json_object_get(json_array_get(list, 0), "last_error")), why);
+    json_decref(dl);
+    fixture_down(&f);
+}
+
+/* Stopping has begun but the plugin's stop has not run yet: what the input
+ * fetched meanwhile is still committed and called back (a broker cannot
+ * take it back), and only after stop are submits refused. */
+PB_TEST(submit_between_stopping_and_stop_is_committed)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    struct calls c = {.loop = f.loop};
+    struct pb_item ok = {.body = "{}", .len = 2, .key = "fetched-before-stop"};
+    atomic_store(&f.in->stopping, true);
+    PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), 0);
+    run_until(&f, &c.n, 1);
+    PB_EQ_INT(c.n, 1);
+    PB_EQ_INT(c.status, 0);
+    PB_EQ_INT(count_messages(&f), 1);
+    atomic_store(&f.in->stopped, true);
+    PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_ESHUTDOWN);
+    fixture_down(&f);
 }
 
 int main(void)

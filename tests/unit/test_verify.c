@@ -258,21 +258,21 @@ PB_TEST(base64_is_strict)
 {
     unsigned char out[16];
     size_t n = 0;
-    PB_EQ_INT(pb__vfy_b64_decode("aGk=", 4, false, out, sizeof(out), &n), 0);
+    PB_EQ_INT(pb_base64_decode("aGk=", 4, false, out, sizeof(out), &n), 0);
     PB_EQ_INT(n, 2);
-    PB_EQ_INT(pb__vfy_b64_decode("aGk", 3, false, out, sizeof(out), &n), 0);
+    PB_EQ_INT(pb_base64_decode("aGk", 3, false, out, sizeof(out), &n), 0);
     PB_EQ_INT(n, 2);
-    PB_EQ_INT(pb__vfy_b64_decode("aGl=", 4, false, out, sizeof(out), &n), -1); /* trailing bits */
-    PB_EQ_INT(pb__vfy_b64_decode("aG k", 4, false, out, sizeof(out), &n), -1);
-    PB_EQ_INT(pb__vfy_b64_decode("a===", 4, false, out, sizeof(out), &n), -1);
-    PB_EQ_INT(pb__vfy_b64_decode("aGk=", 4, true, out, sizeof(out), &n), -1); /* url: no pad */
-    PB_EQ_INT(pb__vfy_b64_decode("-_8", 3, true, out, sizeof(out), &n), 0);
-    PB_EQ_INT(pb__vfy_b64_decode("+/8", 3, true, out, sizeof(out), &n), -1);
-    PB_EQ_INT(pb__vfy_b64_decode("AAAAAAAA", 8, false, out, 5, &n), -1); /* over cap */
-    PB_EQ_INT(pb__vfy_hex_decode("0aFf", 4, out, sizeof(out), &n), 0);
+    PB_EQ_INT(pb_base64_decode("aGl=", 4, false, out, sizeof(out), &n), -1); /* trailing bits */
+    PB_EQ_INT(pb_base64_decode("aG k", 4, false, out, sizeof(out), &n), -1);
+    PB_EQ_INT(pb_base64_decode("a===", 4, false, out, sizeof(out), &n), -1);
+    PB_EQ_INT(pb_base64_decode("aGk=", 4, true, out, sizeof(out), &n), -1); /* url: no pad */
+    PB_EQ_INT(pb_base64_decode("-_8", 3, true, out, sizeof(out), &n), 0);
+    PB_EQ_INT(pb_base64_decode("+/8", 3, true, out, sizeof(out), &n), -1);
+    PB_EQ_INT(pb_base64_decode("AAAAAAAA", 8, false, out, 5, &n), -1); /* over cap */
+    PB_EQ_INT(pb_hex_decode("0aFf", 4, out, sizeof(out), &n), 0);
     PB_EQ_INT(out[1], 0xff);
-    PB_EQ_INT(pb__vfy_hex_decode("0g", 2, out, sizeof(out), &n), -1);
-    PB_EQ_INT(pb__vfy_hex_decode("abc", 3, out, sizeof(out), &n), -1);
+    PB_EQ_INT(pb_hex_decode("0g", 2, out, sizeof(out), &n), -1);
+    PB_EQ_INT(pb_hex_decode("abc", 3, out, sizeof(out), &n), -1);
 }
 
 /* ---- github -------------------------------------------------------------------------------- */
@@ -412,12 +412,13 @@ PB_TEST(standard_webhooks_takes_svix_header_names)
         .h = {{"webhook-id", SW_ID}, {"svix-timestamp", SW_TS}, {"svix-signature", SW_SIG}}};
     PB_EQ_INT(check_at(v, &mixed, SW_BODY, SW_NOW), MISSING);
     /* webhook-* wins when both sets are there. */
-    struct fake both = {.h = {{"webhook-id", SW_ID},
-                              {"webhook-timestamp", SW_TS},
-                              {"webhook-signature", SW_SIG},
-                              {"svix-id", SW_ID},
-                              {"svix-timestamp", SW_TS},
-                              {"svix-signature", "v1,Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="}}};
+    struct fake both = {
+        .h = {{"webhook-id", SW_ID},
+              {"webhook-timestamp", SW_TS},
+              {"webhook-signature", SW_SIG},
+              {"svix-id", SW_ID},
+              {"svix-timestamp", SW_TS},
+              {"svix-signature", "v1,Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="}}};
     PB_EQ_INT(check_at(v, &both, SW_BODY, SW_NOW), OK);
     pb_verifier_destroy(v);
 }

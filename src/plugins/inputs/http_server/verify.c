@@ -233,78 +233,6 @@ int pb_verify_conf_check(const struct pb_verify_conf *c, struct pb_err *err)
 
 /* ---- helpers shared by the schemes ------------------------------------------------------ */
 
-static int b64val(unsigned char c, bool url)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == (url ? '-' : '+'))
-        return 62;
-    if (c == (url ? '_' : '/'))
-        return 63;
-    return -1;
-}
-
-int pb__vfy_b64_decode(const char *s, size_t len, bool url, unsigned char *out, size_t cap,
-                       size_t *outlen)
-{
-    if (!url && len > 0 && len % 4 == 0 && s[len - 1] == '=')
-        len -= s[len - 2] == '=' ? 2 : 1;
-    size_t rem = len % 4;
-    if (rem == 1)
-        return -1;
-    size_t n = len / 4 * 3 + (rem ? rem - 1 : 0);
-    if (n > cap)
-        return -1;
-    size_t o = 0;
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int d = b64val((unsigned char)s[i], url);
-        if (d < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)d;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0) /* the unused low bits of the last character must be zero */
-        return -1;
-    *outlen = o;
-    return 0;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-int pb__vfy_hex_decode(const char *s, size_t len, unsigned char *out, size_t cap, size_t *outlen)
-{
-    if (len % 2 || len / 2 > cap)
-        return -1;
-    for (size_t i = 0; i < len; i += 2) {
-        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i / 2] = (unsigned char)(hi << 4 | lo);
-    }
-    *outlen = len / 2;
-    return 0;
-}
-
 int pb__vfy_parse_seconds(const char *s, int64_t *sec)
 {
     int64_t n = 0;
@@ -326,31 +254,19 @@ bool pb__vfy_fresh(int64_t sec, int64_t now_ms, int64_t tolerance_ms)
     return d <= tolerance_ms && -d <= tolerance_ms;
 }
 
-int pb__vfy_hmac_all(const struct pb_verifier *v, const struct vfy_piece *pieces, size_t npieces,
+int pb__vfy_hmac_all(const struct pb_verifier *v, const struct pb_piece *pieces, size_t npieces,
                      unsigned char macs[][VFY_MAX_MAC])
 {
-    int rc = -1;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(v->mac);
-    if (!ctx)
-        goto out;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string("digest", (char *)v->digest, 0),
-        OSSL_PARAM_construct_end(),
-    };
     for (size_t k = 0; k < v->nkeys; k++) {
+        unsigned char mac[PB_MAC_MAX];
         size_t got = 0;
-        if (!EVP_MAC_init(ctx, v->keys[k].bytes, v->keys[k].len, params))
-            goto out;
-        for (size_t i = 0; i < npieces; i++)
-            if (pieces[i].len && !EVP_MAC_update(ctx, pieces[i].p, pieces[i].len))
-                goto out;
-        if (!EVP_MAC_final(ctx, macs[k], &got, VFY_MAX_MAC) || got != v->mac_len)
-            goto out;
+        int rc = pb_hmac(v->digest, v->keys[k].bytes, v->keys[k].len, pieces, npieces, mac, &got);
+        if (rc || got != v->mac_len || got > VFY_MAX_MAC)
+            return -1;
+        memcpy(macs[k], mac, got);
+        OPENSSL_cleanse(mac, sizeof(mac));
     }
-    rc = 0;
-out:
-    EVP_MAC_CTX_free(ctx);
-    return rc;
+    return 0;
 }
 
 bool pb__vfy_match_any(unsigned char macs[][VFY_MAX_MAC], size_t n, size_t mac_len,
@@ -568,8 +484,8 @@ static int basic_check(const struct pb_verifier *v, const struct pb_verify_req *
         len--;
     unsigned char plain[1024];
     size_t n = 0;
-    if (len > 4 * sizeof(plain) / 3 ||
-        pb__vfy_b64_decode(h, len, false, plain, sizeof(plain), &n) || !memchr(plain, ':', n)) {
+    if (len > 4 * sizeof(plain) / 3 || pb_base64_decode(h, len, false, plain, sizeof(plain), &n) ||
+        !memchr(plain, ':', n)) {
         OPENSSL_cleanse(plain, sizeof(plain));
         return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
     }
@@ -667,7 +583,6 @@ void pb_verifier_destroy(struct pb_verifier *v)
         free(v->pubs[i].kid);
     }
     free(v->pubs);
-    EVP_MAC_free(v->mac);
     for (size_t i = 0; i < v->ntpl; i++)
         free(v->tpl[i].lit);
     for (size_t i = 0; i < v->naudience; i++)

@@ -49,7 +49,7 @@ static int add_standard_key(struct pb_verifier *v, const char *s, const char *na
     int rc;
     if (strncmp(s, WHSEC, strlen(WHSEC)) == 0) {
         const char *b = s + strlen(WHSEC);
-        if (pb__vfy_b64_decode(b, strlen(b), false, buf, sizeof(buf), &n))
+        if (pb_base64_decode(b, strlen(b), false, buf, sizeof(buf), &n))
             return pb_err_set(err, PB_ECONFIG, "%s: not a whsec_ base64 key", name);
         if (n < WH_MIN_KEY)
             rc = pb_err_set(err, PB_ECONFIG,
@@ -62,7 +62,7 @@ static int add_standard_key(struct pb_verifier *v, const char *s, const char *na
     }
     if (strncmp(s, WHPK, strlen(WHPK)) == 0) {
         const char *b = s + strlen(WHPK);
-        if (pb__vfy_b64_decode(b, strlen(b), false, buf, sizeof(buf), &n) || n != 32)
+        if (pb_base64_decode(b, strlen(b), false, buf, sizeof(buf), &n) || n != 32)
             return pb_err_set(err, PB_ECONFIG,
                               "%s: not a whpk_ key (base64 of a 32-byte ed25519 public key)", name);
         return add_ed25519(v, buf, name, err);
@@ -164,9 +164,6 @@ int pb__vfy_hmac_init(struct pb_verifier *v, const struct pb_verify_conf *c, str
     int rc = pb__vfy_collect_secrets(c, secrets, names, &n, err);
     if (rc)
         return rc;
-    v->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (!v->mac)
-        return pb_err_set(err, PB_EINTERNAL, "verify: OpenSSL has no HMAC");
     v->digest = "SHA256";
     v->mac_len = 32;
     if (c->scheme == PB_SCHEME_HMAC && (rc = generic_init(v, c, err)))
@@ -210,11 +207,11 @@ static int parse_standard_sigs(const char *h, struct sigs *s)
         const char *b = comma + 1;
         size_t got = 0;
         if (vlen == 2 && memcmp(p, "v1", 2) == 0) {
-            if (pb__vfy_b64_decode(b, blen, false, s->v1[s->n1], VFY_MAX_MAC, &got) || got != 32)
+            if (pb_base64_decode(b, blen, false, s->v1[s->n1], VFY_MAX_MAC, &got) || got != 32)
                 return -1;
             s->n1++;
         } else if (vlen == 3 && memcmp(p, "v1a", 3) == 0) {
-            if (pb__vfy_b64_decode(b, blen, false, s->v1a[s->n1a], 64, &got) || got != 64)
+            if (pb_base64_decode(b, blen, false, s->v1a[s->n1a], 64, &got) || got != 64)
                 return -1;
             s->n1a++;
         }
@@ -224,7 +221,7 @@ static int parse_standard_sigs(const char *h, struct sigs *s)
 }
 
 static bool ed25519_any(const struct pb_verifier *v, const struct sigs *s,
-                        const struct vfy_piece *pieces, size_t npieces)
+                        const struct pb_piece *pieces, size_t npieces)
 {
     if (v->npubs == 0 || s->n1a == 0)
         return false;
@@ -283,7 +280,7 @@ static int standard_check(const struct pb_verifier *v, const struct pb_verify_re
         goto out;
     }
     /* Signed content: {id}.{timestamp}.{body} */
-    const struct vfy_piece pieces[] = {
+    const struct pb_piece pieces[] = {
         {id, strlen(id)}, {".", 1}, {ts, strlen(ts)}, {".", 1}, {req->body, req->len},
     };
     bool ok = false;
@@ -313,7 +310,7 @@ out:
 static int body_check(const struct pb_verifier *v, const struct pb_verify_req *req,
                       struct pb_verify_result *res, const unsigned char *sig, size_t len)
 {
-    const struct vfy_piece piece = {req->body, req->len};
+    const struct pb_piece piece = {req->body, req->len};
     unsigned char macs[VFY_MAX_KEYS][VFY_MAX_MAC];
     bool ok = pb__vfy_hmac_all(v, &piece, 1, macs) == 0 &&
               pb__vfy_match_any(macs, v->nkeys, v->mac_len, sig, len);
@@ -340,7 +337,7 @@ static int github_check(const struct pb_verifier *v, const struct pb_verify_req 
     unsigned char sig[VFY_MAX_MAC];
     size_t n = 0;
     if (strncmp(h, "sha256=", 7) != 0 || strlen(h) != 7 + 64 ||
-        pb__vfy_hex_decode(h + 7, 64, sig, sizeof(sig), &n))
+        pb_hex_decode(h + 7, 64, sig, sizeof(sig), &n))
         return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
     int rc = body_check(v, req, res, sig, n);
     return rc ? rc : optional_id(req, "X-GitHub-Delivery", res);
@@ -355,7 +352,7 @@ static int shopify_check(const struct pb_verifier *v, const struct pb_verify_req
     unsigned char sig[VFY_MAX_MAC];
     size_t n = 0;
     size_t len = strlen(h);
-    if (len > 128 || pb__vfy_b64_decode(h, len, false, sig, sizeof(sig), &n) || n != 32)
+    if (len > 128 || pb_base64_decode(h, len, false, sig, sizeof(sig), &n) || n != 32)
         return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
     int rc = body_check(v, req, res, sig, n);
     return rc ? rc : optional_id(req, "X-Shopify-Webhook-Id", res);
@@ -392,7 +389,7 @@ static int stripe_check(const struct pb_verifier *v, const struct pb_verify_req 
         } else if (klen == 2 && memcmp(p, "v1", 2) == 0) {
             size_t got = 0;
             if (nsigs >= VFY_MAX_SIGS || vlen != 64 ||
-                pb__vfy_hex_decode(eq + 1, vlen, sigs[nsigs], 32, &got))
+                pb_hex_decode(eq + 1, vlen, sigs[nsigs], 32, &got))
                 return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
             nsigs++;
         }
@@ -406,7 +403,7 @@ static int stripe_check(const struct pb_verifier *v, const struct pb_verify_req 
     if (nsigs == 0)
         return pb__vfy_deny(res, PB_VERIFY_SIGNATURE);
     /* Signed content: {t}.{body} */
-    const struct vfy_piece pieces[] = {{ts, strlen(ts)}, {".", 1}, {req->body, req->len}};
+    const struct pb_piece pieces[] = {{ts, strlen(ts)}, {".", 1}, {req->body, req->len}};
     unsigned char macs[VFY_MAX_KEYS][VFY_MAX_MAC];
     int hit = 0;
     if (pb__vfy_hmac_all(v, pieces, 3, macs) == 0)
@@ -435,8 +432,8 @@ static int generic_check(const struct pb_verifier *v, const struct pb_verify_req
     unsigned char sig[VFY_MAX_MAC];
     size_t n = 0;
     int bad = v->encoding == PB_ENCODING_BASE64
-                  ? pb__vfy_b64_decode(h, strlen(h), false, sig, sizeof(sig), &n)
-                  : pb__vfy_hex_decode(h, strlen(h), sig, sizeof(sig), &n);
+                  ? pb_base64_decode(h, strlen(h), false, sig, sizeof(sig), &n)
+                  : pb_hex_decode(h, strlen(h), sig, sizeof(sig), &n);
     if (bad || n != v->mac_len)
         return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
 
@@ -448,24 +445,24 @@ static int generic_check(const struct pb_verifier *v, const struct pb_verify_req
         if (pb__vfy_parse_seconds(ts, &sec))
             return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
     }
-    struct vfy_piece pieces[VFY_MAX_TEMPLATE];
+    struct pb_piece pieces[VFY_MAX_TEMPLATE];
     for (size_t i = 0; i < v->ntpl; i++) {
         switch (v->tpl[i].kind) {
         case TPL_LIT:
-            pieces[i] = (struct vfy_piece){v->tpl[i].lit, v->tpl[i].len};
+            pieces[i] = (struct pb_piece){v->tpl[i].lit, v->tpl[i].len};
             break;
         case TPL_BODY:
-            pieces[i] = (struct vfy_piece){req->body, req->len};
+            pieces[i] = (struct pb_piece){req->body, req->len};
             break;
         case TPL_TIMESTAMP:
-            pieces[i] = (struct vfy_piece){ts, strlen(ts)};
+            pieces[i] = (struct pb_piece){ts, strlen(ts)};
             break;
         case TPL_ID:
             if (!id && !(id = req->header(req->conn, v->id_header)))
                 return pb__vfy_deny(res, PB_VERIFY_MISSING);
             if (pb__vfy_set_id(res, id))
                 return pb__vfy_deny(res, PB_VERIFY_MALFORMED);
-            pieces[i] = (struct vfy_piece){id, strlen(id)};
+            pieces[i] = (struct pb_piece){id, strlen(id)};
             break;
         }
     }

@@ -10,6 +10,7 @@
 
 #include <openssl/evp.h>
 
+#include "patchbay/pb_crypto.h"
 #include "verify.h"
 
 #define VFY_MAX_KEYS 16        /* secrets (or credentials) active at once */
@@ -58,7 +59,6 @@ struct pb_verifier {
     struct vfy_pub *pubs;
     size_t npubs;
     /* HMAC schemes */
-    EVP_MAC *mac;
     const char *digest; /* OpenSSL digest name */
     size_t mac_len;
     int encoding;
@@ -80,27 +80,13 @@ struct pb_verifier {
     int64_t leeway_ms;
 };
 
-/* A piece of signed content. */
-struct vfy_piece {
-    const void *p;
-    size_t len;
-};
-
-/* Strict decoders: 0 on success, -1 on anything else (bad character,
- * bad padding or trailing bits, more than cap bytes). Standard base64
- * accepts the text with or without its '=' padding; base64url (JWT) takes
- * no padding at all. */
-int pb__vfy_b64_decode(const char *s, size_t len, bool url, unsigned char *out, size_t cap,
-                       size_t *outlen);
-int pb__vfy_hex_decode(const char *s, size_t len, unsigned char *out, size_t cap, size_t *outlen);
-
 /* Unix seconds: 1 to 12 digits, nothing else. */
 int pb__vfy_parse_seconds(const char *s, int64_t *sec);
 bool pb__vfy_fresh(int64_t sec, int64_t now_ms, int64_t tolerance_ms);
 
 /* HMAC of the pieces with every key of v (v->digest), into macs (nkeys
  * rows of VFY_MAX_MAC bytes). 0 or -1 (allocation failure). */
-int pb__vfy_hmac_all(const struct pb_verifier *v, const struct vfy_piece *pieces, size_t npieces,
+int pb__vfy_hmac_all(const struct pb_verifier *v, const struct pb_piece *pieces, size_t npieces,
                      unsigned char macs[][VFY_MAX_MAC]);
 /* Whether sig equals any of the n MACs, in time independent of which one
  * (or whether any) matches. */

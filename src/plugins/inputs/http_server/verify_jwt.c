@@ -198,7 +198,7 @@ out:
 static int jwk_bytes(json_t *jwk, const char *member, unsigned char *out, size_t cap, size_t *len)
 {
     const char *s = json_string_value(json_object_get(jwk, member));
-    return s ? pb__vfy_b64_decode(s, strlen(s), true, out, cap, len) : -1;
+    return s ? pb_base64_decode(s, strlen(s), true, out, cap, len) : -1;
 }
 
 static EVP_PKEY *jwk_rsa(json_t *jwk)
@@ -340,9 +340,6 @@ int pb__vfy_jwt_init(struct pb_verifier *v, const struct pb_verify_conf *c, stru
         for (size_t i = 0; i < n; i++)
             if ((rc = pb__vfy_add_key(v, secrets[i], strlen(secrets[i]), err)))
                 return rc;
-        v->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (!v->mac)
-            return pb_err_set(err, PB_EINTERNAL, "verify: OpenSSL has no HMAC");
         v->digest = "SHA256";
         v->mac_len = 32;
         have |= VFY_HS256;
@@ -408,7 +405,7 @@ static json_t *b64_json(const char *s, size_t len, size_t cap)
     unsigned char *buf = malloc(cap);
     size_t n = 0;
     json_t *j = NULL;
-    if (buf && pb__vfy_b64_decode(s, len, true, buf, cap, &n) == 0)
+    if (buf && pb_base64_decode(s, len, true, buf, cap, &n) == 0)
         j = json_loadb((const char *)buf, n, JSON_REJECT_DUPLICATES, NULL);
     free(buf);
     if (j && !json_is_object(j)) {
@@ -544,11 +541,11 @@ int pb__vfy_jwt_check(const struct pb_verifier *v, const struct pb_verify_req *r
     unsigned char sig[JWT_MAX_SIG];
     size_t sig_len = 0;
     const char *s64 = d2 + 1;
-    if (pb__vfy_b64_decode(s64, len - (size_t)(s64 - tok), true, sig, sizeof(sig), &sig_len)) {
+    if (pb_base64_decode(s64, len - (size_t)(s64 - tok), true, sig, sizeof(sig), &sig_len)) {
         rc = pb__vfy_deny(res, PB_VERIFY_MALFORMED);
         goto out;
     }
-    const struct vfy_piece input = {tok, (size_t)(d2 - tok)};
+    const struct pb_piece input = {tok, (size_t)(d2 - tok)};
     bool ok = false;
     if (alg == VFY_HS256) {
         unsigned char macs[VFY_MAX_KEYS][VFY_MAX_MAC];
