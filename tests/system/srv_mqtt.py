@@ -2,6 +2,7 @@
 5 client to feed and read it.
 
     from srv_mqtt import Mosquitto, Client
+    b = Mosquitto.module()                   # one broker for every case of the module
     b = Mosquitto()                          # 127.0.0.1, free port, persistence in its dir
     b = Mosquitto(users={"u": "secret"})     # no anonymous access
     b = Mosquitto(tls=True)                  # a TLS listener too (b.tls_port, b.ca_file)
@@ -13,22 +14,33 @@ The broker keeps sessions and queued QoS 1 messages on disk (persistence,
 autosave every second and on exit), queues without limit for offline
 persistent sessions, and logs to mosquitto.log in its directory.
 
+The pbtest runner kills the processes a case started and removes its
+temporary root when it passes; the broker of Mosquitto.module() lives under
+a root of its own, out of that list, until the interpreter exits (or is
+sent SIGTERM), so a module starts it once.
+
 Standard library only; the client is independent of patchbay's own, so the
 tests do not check patchbay's MQTT with itself.
 """
 
+import atexit
 import os
 import pwd
+import shutil
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import tempfile
 import time
 
+import pbtest
 from pbtest import TestFailure, scaled, wait_until
 from servers import Server, port_open
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+_module_brokers = {}
 
 
 class Mosquitto(Server):
@@ -40,7 +52,47 @@ class Mosquitto(Server):
         self.max_inflight = max_inflight
         self.tls_port = None
         self.ca_file = None
+        self.module_owned = False
         super().__init__(port=port, start=start)
+
+    @classmethod
+    def module(cls, **kw):
+        """The broker shared by every case of the calling module (one per
+        set of options)."""
+        key = repr(sorted(kw.items()))
+        if key not in _module_brokers:
+            case_root = pbtest._tmp_root
+            pbtest._tmp_root = tempfile.mkdtemp(prefix="pbtest-mosquitto-")
+            try:
+                b = cls(start=False, **kw)
+                b.module_owned = True
+                b.start()
+            finally:
+                pbtest._tmp_root = case_root
+            atexit.register(b._cleanup)
+            _chain_term(b)
+            _module_brokers[key] = b
+        b = _module_brokers[key]
+        if not b.running():
+            b.start()
+        return b
+
+    def start(self, timeout=None):
+        super().start(timeout)
+        if self.module_owned:
+            with pbtest._procs_lock:
+                if self.proc in pbtest._procs:
+                    pbtest._procs.remove(self.proc)
+        return self
+
+    def _cleanup(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        shutil.rmtree(os.path.dirname(self.dir), ignore_errors=True)
 
     def prepare(self):
         conf = [
@@ -115,6 +167,20 @@ class Mosquitto(Server):
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+def _chain_term(server):
+    """SIGTERM (a ctest timeout) takes the broker down too, then does what
+    pbtest does."""
+    prev = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        server._cleanup()
+        if callable(prev):
+            prev(signum, frame)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 # ---- a small client ---------------------------------------------------------------------

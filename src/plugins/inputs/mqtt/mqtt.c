@@ -119,9 +119,13 @@ struct in_mqtt {
     int64_t backoff_ms;
     int64_t up_since_ms, last_write_ms, ping_sent_ms;
     bool ping_out;
-    int64_t keepalive_ms; /* as agreed with the broker */
-    uint16_t next_pid;    /* for SUBSCRIBE and UNSUBSCRIBE */
-    uint16_t sub_pid;     /* the SUBSCRIBE waiting for its SUBACK, 0: none */
+    int64_t keepalive_ms;     /* as agreed with the broker */
+    uint16_t next_pid;        /* for SUBSCRIBE and UNSUBSCRIBE */
+    uint16_t sub_pid;         /* the SUBSCRIBE waiting for its SUBACK, 0: none */
+    uint16_t unsub_pid;       /* the UNSUBSCRIBE waiting for its UNSUBACK, 0: none */
+    size_t sub_idx[SUBS_MAX]; /* the topics that SUBSCRIBE carries */
+    size_t nsub;
+    bool subs_dirty; /* the checkpoint is written once both are answered */
 };
 
 static const char *const formats[] = {"json", "raw", NULL};
@@ -682,6 +686,7 @@ static int take_publish(struct in_mqtt *m, struct pending *pd, const struct pb_m
 }
 
 static void subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n);
+static void subs_settled(struct in_mqtt *m);
 
 /* Parse what conn.in holds and act on it. Stops at a partial packet, at a
  * full submit (holding the messages it refused) or at a lost connection. */
@@ -746,6 +751,12 @@ static void process_input(struct in_mqtt *m)
             }
             break;
         case PB_MQTT_UNSUBACK:
+            if (pb_mqtt_parse_suback(&pk, m->conf.version, &pid, codes, SUBS_MAX, &ncodes)) {
+                lost = "the broker sent a malformed UNSUBACK";
+            } else if (pid == m->unsub_pid) {
+                m->unsub_pid = 0;
+                subs_settled(m);
+            }
             break;
         case PB_MQTT_DISCONNECT:
             pb_mqtt_parse_disconnect(&pk, m->conf.version, &reason);
@@ -836,49 +847,12 @@ static void io_cb(struct pb_loop_watch *w, int fd, unsigned events, void *arg)
 
 /* ---- the connection ------------------------------------------------------------------ */
 
-static void subscribe(struct in_mqtt *m, bool session_present)
+static bool listed(char *const *items, size_t n, const char *s)
 {
-    const void *v = NULL;
-    size_t len = 0;
-    bool have = pb_input_checkpoint(m->in, SUBS_CKPT, &v, &len) == 0;
-    if (session_present && have && len == strlen(m->subs_key) && memcmp(v, m->subs_key, len) == 0)
-        return; /* the session has exactly these subscriptions */
-    if (session_present && have) {
-        /* Topics subscribed before (same client id) and gone from the
-         * configuration: the session would keep them for ever. */
-        const char *gone[SUBS_MAX];
-        size_t ngone = 0;
-        char *copy = strndup(v, len);
-        char *save = NULL, *line = copy ? strtok_r(copy, "\n", &save) : NULL;
-        bool same_client = line && strcmp(line, m->client_id) == 0;
-        if (same_client && strtok_r(NULL, "\n", &save)) {
-            while ((line = strtok_r(NULL, "\n", &save)) && ngone < SUBS_MAX) {
-                bool kept = false;
-                for (size_t i = 0; i < m->topics.n && !kept; i++)
-                    kept = strcmp(m->topics.items[i], line) == 0;
-                if (!kept && pb_mqtt_topic_filter_ok(line))
-                    gone[ngone++] = line;
-            }
-        }
-        if (ngone) {
-            if (++m->next_pid == 0)
-                m->next_pid = 1;
-            if (pb_mqtt_put_unsubscribe(&m->conn.out, m->conf.version, m->next_pid, gone, ngone) ==
-                0)
-                PB_INFO("mqtt: unsubscribing from topics no longer configured pipeline=%s "
-                        "count=%zu",
-                        m->pipeline, ngone);
-        }
-        free(copy);
-    }
-    if (++m->next_pid == 0)
-        m->next_pid = 1;
-    m->sub_pid = m->next_pid;
-    /* MQTT 5: retained messages only for a subscription the session lacked. */
-    if (pb_mqtt_put_subscribe(&m->conn.out, m->conf.version, m->sub_pid,
-                              (const char *const *)m->topics.items, m->topics.n, (int)m->qos,
-                              1) != 0)
-        m->sub_pid = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(items[i], s) == 0)
+            return true;
+    return false;
 }
 
 static void subs_ckpt_cb(void *arg, int status, const struct pb_item_result *res, size_t n)
@@ -892,32 +866,105 @@ static void subs_ckpt_cb(void *arg, int status, const struct pb_item_result *res
         close_politely(m);
 }
 
+/* Once the broker confirmed every SUBSCRIBE and UNSUBSCRIBE: the session
+ * holds these topics. */
+static void subs_settled(struct in_mqtt *m)
+{
+    if (!m->subs_dirty || m->sub_pid || m->unsub_pid)
+        return;
+    m->subs_dirty = false;
+    struct pb_checkpoint cp = {.name = SUBS_CKPT, .value = m->subs_key, .len = strlen(m->subs_key)};
+    if (pb_input_submit(m->in, NULL, 0, &cp, 1, subs_ckpt_cb, m) == 0)
+        m->outstanding++;
+}
+
+static uint16_t take_pid(struct in_mqtt *m)
+{
+    if (++m->next_pid == 0)
+        m->next_pid = 1;
+    return m->next_pid;
+}
+
+/* After CONNACK: make the session's subscriptions the configured ones,
+ * sending only what changed when the session is the one we left. */
+static void subscribe(struct in_mqtt *m, bool session_present)
+{
+    const void *v = NULL;
+    size_t len = 0;
+    bool have = session_present && pb_input_checkpoint(m->in, SUBS_CKPT, &v, &len) == 0;
+    if (have && len == strlen(m->subs_key) && memcmp(v, m->subs_key, len) == 0)
+        return; /* the session has exactly these subscriptions */
+    char *old[SUBS_MAX];
+    size_t nold = 0;
+    bool same_qos = false;
+    char *copy = have ? strndup(v, len) : NULL;
+    if (copy) {
+        char *save = NULL, *line = strtok_r(copy, "\n", &save);
+        if (line && strcmp(line, m->client_id) == 0) {
+            line = strtok_r(NULL, "\n", &save);
+            same_qos = line && strtol(line, NULL, 10) == m->qos;
+            while ((line = strtok_r(NULL, "\n", &save)) && nold < SUBS_MAX)
+                if (pb_mqtt_topic_filter_ok(line))
+                    old[nold++] = line;
+        }
+    }
+    /* Topics subscribed before and gone from the configuration: the
+     * session would keep them for ever. */
+    const char *gone[SUBS_MAX];
+    size_t ngone = 0;
+    for (size_t i = 0; i < nold; i++)
+        if (!listed(m->topics.items, m->topics.n, old[i]))
+            gone[ngone++] = old[i];
+    if (ngone) {
+        m->unsub_pid = take_pid(m);
+        if (pb_mqtt_put_unsubscribe(&m->conn.out, m->conf.version, m->unsub_pid, gone, ngone))
+            m->unsub_pid = 0;
+        else
+            PB_INFO("mqtt: unsubscribing from topics no longer configured pipeline=%s count=%zu",
+                    m->pipeline, ngone);
+    }
+    /* Only the new ones: a SUBSCRIBE repeated makes the broker resend
+     * retained messages (MQTT 3.1.1; with 5, retain handling 1 says so). */
+    m->nsub = 0;
+    for (size_t i = 0; i < m->topics.n; i++)
+        if (!same_qos || !listed(old, nold, m->topics.items[i]))
+            m->sub_idx[m->nsub++] = i;
+    if (m->nsub) {
+        const char *filters[SUBS_MAX];
+        for (size_t i = 0; i < m->nsub; i++)
+            filters[i] = m->topics.items[m->sub_idx[i]];
+        m->sub_pid = take_pid(m);
+        /* MQTT 5: retained messages only for a subscription the session lacked. */
+        if (pb_mqtt_put_subscribe(&m->conn.out, m->conf.version, m->sub_pid, filters, m->nsub,
+                                  (int)m->qos, 1) != 0)
+            m->sub_pid = 0;
+    }
+    free(copy);
+    m->subs_dirty = true;
+    subs_settled(m);
+}
+
 static void subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n)
 {
-    for (size_t i = 0; i < m->topics.n; i++) {
+    for (size_t i = 0; i < m->nsub; i++) {
+        const char *topic = m->topics.items[m->sub_idx[i]];
         uint8_t c = i < n ? codes[i] : 0x80;
         if (c >= 0x80) {
             char why[400];
-            snprintf(why, sizeof(why), "the broker refused the subscription to \"%s\": %s",
-                     m->topics.items[i], pb_mqtt_reason_text(m->conf.version, c));
+            snprintf(why, sizeof(why), "the broker refused the subscription to \"%s\": %s", topic,
+                     pb_mqtt_reason_text(m->conf.version, c));
             PB_ERROR("mqtt: subscription refused pipeline=%s topic=\"%s\" reason=\"%s\"",
-                     m->pipeline, m->topics.items[i], pb_mqtt_reason_text(m->conf.version, c));
+                     m->pipeline, topic, pb_mqtt_reason_text(m->conf.version, c));
+            m->subs_dirty = false;
             conn_lost(m, why);
             return;
         }
         if (c < m->qos)
             PB_WARN("mqtt: the broker granted a lower QoS pipeline=%s topic=\"%s\" qos=%d "
                     "(messages on it are not acknowledged after commit)",
-                    m->pipeline, m->topics.items[i], c);
+                    m->pipeline, topic, c);
     }
-    const void *v;
-    size_t len;
-    if (pb_input_checkpoint(m->in, SUBS_CKPT, &v, &len) == 0 && len == strlen(m->subs_key) &&
-        memcmp(v, m->subs_key, len) == 0)
-        return;
-    struct pb_checkpoint cp = {.name = SUBS_CKPT, .value = m->subs_key, .len = strlen(m->subs_key)};
-    if (pb_input_submit(m->in, NULL, 0, &cp, 1, subs_ckpt_cb, m) == 0)
-        m->outstanding++;
+    subs_settled(m);
 }
 
 static void keepalive_cb(struct pb_loop_timer *t, void *arg)
@@ -969,7 +1016,8 @@ static int connect_now(struct in_mqtt *m, struct pb_err *err)
         m->gen = 1;
     m->held = false;
     m->ping_out = false;
-    m->sub_pid = 0;
+    m->sub_pid = m->unsub_pid = 0;
+    m->subs_dirty = false;
     m->up_since_ms = m->last_write_ms = pb_mono_us() / 1000;
     m->keepalive_ms =
         ack.server_keepalive ? (int64_t)ack.server_keepalive * 1000 : (int64_t)cp.keepalive * 1000;
