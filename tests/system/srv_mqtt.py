@@ -432,3 +432,142 @@ def leftover(port, client_id, sentinel_topic, timeout=30, **kw):
 
 def wait_broker_log(broker, text, timeout=20):
     wait_until(lambda: text in broker.log(), timeout, f"{text!r} in the mosquitto log")
+
+
+# ---- a scripted broker ------------------------------------------------------------------
+
+
+class FakeBroker:
+    """A listening socket the test scripts packet by packet, for what a real
+    broker will not do on demand (a connection cut right after a PUBLISH, a
+    PUBACK with a refusal code). accept() returns a FakeConn."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    @property
+    def url(self):
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def accept(self, timeout=30):
+        self.sock.settimeout(scaled(timeout))
+        try:
+            s, _ = self.sock.accept()
+        except socket.timeout:
+            raise TestFailure("no connection came to the fake broker")
+        return FakeConn(s)
+
+    def close(self):
+        self.sock.close()
+
+
+class FakeConn:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.version = 4
+        self.connect = None
+
+    def send(self, first, body):
+        self.sock.sendall(bytes([first]) + _varint(len(body)) + body)
+
+    def read(self, timeout=30):
+        """The next packet (type, flags, body), or None when the peer closed."""
+        deadline = time.monotonic() + scaled(timeout)
+        while True:
+            if len(self.buf) >= 2:
+                n, mult, i, complete = 0, 1, 1, False
+                while i < len(self.buf):
+                    b = self.buf[i]
+                    n += (b & 127) * mult
+                    mult *= 128
+                    i += 1
+                    if not b & 128:
+                        complete = True
+                        break
+                if complete and len(self.buf) >= i + n:
+                    first, body = self.buf[0], self.buf[i:i + n]
+                    self.buf = self.buf[i + n:]
+                    return first >> 4, first & 15, body
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TestFailure("timed out waiting for a packet from patchbay")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionError:
+                return None
+            if not data:
+                return None
+            self.buf += data
+
+    def expect(self, ptype, timeout=30):
+        p = self.read(timeout)
+        if p is None or p[0] != ptype:
+            raise TestFailure(f"expected packet type {ptype}, got {p and p[0]}")
+        return p
+
+    def handshake(self, session_present=False, rc=0):
+        """Read CONNECT, answer CONNACK; returns the CONNECT's fields."""
+        _, _, body = self.expect(1)
+        self.version = body[6]
+        flags = body[7]
+        pos = 10
+        if self.version == 5:
+            n, mult = 0, 1
+            while True:
+                b = body[pos]
+                pos += 1
+                n += (b & 127) * mult
+                mult *= 128
+                if not b & 128:
+                    break
+            pos += n
+        idl = struct.unpack("!H", body[pos:pos + 2])[0]
+        cid = body[pos + 2:pos + 2 + idl].decode()
+        self.connect = {"version": self.version, "clean": bool(flags & 2), "client_id": cid}
+        ack = bytes([1 if session_present else 0, rc])
+        if self.version == 5:
+            ack += b"\x00"
+        self.send(0x20, ack)
+        return self.connect
+
+    def suback(self):
+        """Answer the next SUBSCRIBE, granting what it asked."""
+        _, _, body = self.expect(8)
+        pid = body[:2]
+        pos = 2 + (1 if self.version == 5 else 0)
+        codes = b""
+        while pos < len(body):
+            ln = struct.unpack("!H", body[pos:pos + 2])[0]
+            pos += 2 + ln
+            codes += bytes([body[pos] & 3])
+            pos += 1
+        self.send(0x90, pid + (b"\x00" if self.version == 5 else b"") + codes)
+
+    def publish(self, topic, payload, pid, dup=False, qos=1):
+        if isinstance(payload, str):
+            payload = payload.encode()
+        body = _str(topic) + (struct.pack("!H", pid) if qos else b"")
+        if self.version == 5:
+            body += b"\x00"
+        self.send(0x30 | (0x08 if dup else 0) | (qos << 1), body + payload)
+
+    def publish_then_break(self, topic, payload, pid):
+        """A PUBLISH and, in the same write, a packet a broker never sends:
+        patchbay takes the message and drops the connection at once."""
+        body = _str(topic) + struct.pack("!H", pid) + (b"\x00" if self.version == 5 else b"")
+        pub = bytes([0x32]) + _varint(len(body) + len(payload)) + body + payload
+        self.sock.sendall(pub + bytes([0x10, 0x00]))
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass

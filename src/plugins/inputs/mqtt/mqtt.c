@@ -126,6 +126,7 @@ struct in_mqtt {
     size_t sub_idx[SUBS_MAX]; /* the topics that SUBSCRIBE carries */
     size_t nsub;
     bool subs_dirty; /* the checkpoint is written once both are answered */
+    char why[300];   /* why a connection is given up */
 };
 
 static const char *const formats[] = {"json", "raw", NULL};
@@ -685,7 +686,7 @@ static int take_publish(struct in_mqtt *m, struct pending *pd, const struct pb_m
     return 0;
 }
 
-static void subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n);
+static const char *subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n);
 static void subs_settled(struct in_mqtt *m);
 
 /* Parse what conn.in holds and act on it. Stops at a partial packet, at a
@@ -747,7 +748,7 @@ static void process_input(struct in_mqtt *m)
                 lost = "the broker sent a malformed SUBACK";
             } else if (pid == m->sub_pid) {
                 m->sub_pid = 0;
-                subscribed(m, codes, ncodes < SUBS_MAX ? ncodes : SUBS_MAX);
+                lost = subscribed(m, codes, ncodes < SUBS_MAX ? ncodes : SUBS_MAX);
             }
             break;
         case PB_MQTT_UNSUBACK:
@@ -778,13 +779,14 @@ static void process_input(struct in_mqtt *m)
     }
     if (received)
         pb_input_count_received(m->in, received);
-    if (!rc && !lost && m->connected)
+    /* What came before a broken packet is taken all the same. */
+    if (!rc && m->connected)
         rc = submit_pending(m, pd, read_us);
-    if (rc == 0 || rc == PB_ESHUTDOWN) {
+    if (rc == 0 || rc == PB_ESHUTDOWN || lost) {
         pending_clear(pd);
-        if (m->connected)
+        if (m->connected && !lost)
             pb_mqtt_conn_consume(&m->conn, off);
-    } else if (m->connected) {
+    } else {
         /* Keep the refused messages' packets, then what is not parsed yet;
          * the control packets between them were handled. */
         size_t w = 0;
@@ -798,8 +800,6 @@ static void process_input(struct in_mqtt *m)
         m->held = true;
         if (rc != PB_EFULL && m->t_retry)
             pb_loop_timer_start(m->t_retry, 1000); /* PB_EFULL: resume comes from the core */
-    } else {
-        pending_clear(pd);
     }
     if (lost) {
         conn_lost(m, lost);
@@ -872,10 +872,11 @@ static void subs_settled(struct in_mqtt *m)
 {
     if (!m->subs_dirty || m->sub_pid || m->unsub_pid)
         return;
-    m->subs_dirty = false;
     struct pb_checkpoint cp = {.name = SUBS_CKPT, .value = m->subs_key, .len = strlen(m->subs_key)};
-    if (pb_input_submit(m->in, NULL, 0, &cp, 1, subs_ckpt_cb, m) == 0)
+    if (pb_input_submit(m->in, NULL, 0, &cp, 1, subs_ckpt_cb, m) == 0) {
+        m->subs_dirty = false;
         m->outstanding++;
+    } /* else written when the input resumes */
 }
 
 static uint16_t take_pid(struct in_mqtt *m)
@@ -944,7 +945,8 @@ static void subscribe(struct in_mqtt *m, bool session_present)
     subs_settled(m);
 }
 
-static void subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n)
+/* The SUBACK's codes: NULL, or why the connection is given up. */
+static const char *subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n)
 {
     for (size_t i = 0; i < m->nsub; i++) {
         const char *topic = m->topics.items[m->sub_idx[i]];
@@ -956,8 +958,7 @@ static void subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n)
             PB_ERROR("mqtt: subscription refused pipeline=%s topic=\"%s\" reason=\"%s\"",
                      m->pipeline, topic, pb_mqtt_reason_text(m->conf.version, c));
             m->subs_dirty = false;
-            conn_lost(m, why);
-            return;
+            return m->why;
         }
         if (c < m->qos)
             PB_WARN("mqtt: the broker granted a lower QoS pipeline=%s topic=\"%s\" qos=%d "
@@ -965,6 +966,7 @@ static void subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n)
                     m->pipeline, topic, c);
     }
     subs_settled(m);
+    return NULL;
 }
 
 static void keepalive_cb(struct pb_loop_timer *t, void *arg)
@@ -1156,6 +1158,7 @@ static void mqtt_resume(void *ctx)
     m->paused = false;
     if (!m->connected || m->stopping)
         return;
+    subs_settled(m);
     if (m->held) {
         m->held = false;
         process_input(m);
