@@ -45,7 +45,10 @@ META_MAP = ("'. + {topic: $meta.topic, qos: $meta.qos, retain: $meta.retain, dup
 
 
 def broker():
-    return Mosquitto.module()
+    # mosquitto's default window of 20 unacknowledged messages per client
+    # makes a QoS 1 consumer wait a commit per 20 messages; the tests take
+    # more at a time (docs/configuration.md says why users should too).
+    return Mosquitto.module(max_inflight=100)
 
 
 def mqtt_in(name, topics, sink, client_id=None, extra=""):
@@ -207,43 +210,46 @@ def parse_props(raw):
 
 
 class Publisher(threading.Thread):
-    """Publishes payloads in chunks to the broker, reconnecting when the
-    broker goes away; .done counts what the broker acknowledged."""
+    """Publishes {"i": 0}, {"i": 1}, ... to the broker in chunks until
+    stop(), reconnecting when the broker goes away; .done counts what the
+    broker acknowledged (those are 0 .. done-1)."""
 
-    def __init__(self, topic, payloads, client_id, chunk=100, pause=0.02):
+    def __init__(self, topic, client_id, chunk=50, pause=0.05):
         super().__init__(daemon=True)
-        self.topic, self.payloads, self.client_id = topic, payloads, client_id
+        self.topic, self.client_id = topic, client_id
         self.chunk, self.pause = chunk, pause
         self.done = 0
-        self.error = None
+        self._halt = threading.Event()
 
     def run(self):
         c = None
-        deadline = time.monotonic() + scaled(300)
-        while self.done < len(self.payloads) and time.monotonic() < deadline:
+        while not self._halt.is_set():
             try:
                 if c is None:
                     c = Client(broker().port, self.client_id)
-                part = self.payloads[self.done:self.done + self.chunk]
+                part = [json.dumps({"i": i}) for i in range(self.done, self.done + self.chunk)]
                 c.publish_many(self.topic, part)
                 self.done += len(part)
-                time.sleep(self.pause)
-            except (OSError, ConnectionError, Exception) as e:  # the broker restarting
-                self.error = e
+            except (OSError, ConnectionError, AssertionError):  # the broker restarting
                 c = None
-                time.sleep(0.2)
+            self._halt.wait(self.pause)
         if c:
             c.close()
+
+    def stop(self):
+        self._halt.set()
+        self.join(scaled(60))
+        check(not self.is_alive(), "publisher stopped")
+        return self.done
 
 
 @test
 def kill9_five_times_both_directions():
-    n_in = 3000
     sink = start_sink()
     sub = Client(broker().port, "t3-sub", clean=False)
     sub.subscribe(["t3/out/#"])
     pb = Patchbay(HEAD + mqtt_in("t3", ["t3/in/#"], sink) + http_to_mqtt("t3h", "t3/out/x"))
-    pub = Publisher("t3/in/a", [json.dumps({"i": i}) for i in range(n_in)], "t3-pub")
+    pub = Publisher("t3/in/a", "t3-pub")
     pub.start()
     poster = Poster(pb.port, "/t3h", lambda i: {"j": i}, concurrency=8).start()
     for k in range(5):
@@ -253,8 +259,7 @@ def kill9_five_times_both_directions():
         pb.kill9()
         pb.start()
     poster.stop()
-    pub.join(scaled(300))
-    check_eq(pub.done, n_in, "everything published")
+    n_in = pub.stop()
     wait_until(lambda: {b["i"] for b in bodies(sink)} >= set(range(n_in)), 120,
                "every published message at the sink")
     got_in = [b["i"] for b in bodies(sink)]

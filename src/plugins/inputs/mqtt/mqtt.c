@@ -991,6 +991,58 @@ static void keepalive_cb(struct pb_loop_timer *t, void *arg)
     pb_loop_timer_start(t, m->keepalive_ms / 4 > 250 ? m->keepalive_ms / 4 : 250);
 }
 
+/* Block until the broker answered the SUBSCRIBE and UNSUBSCRIBE just
+ * queued, within the connect timeout, so that the input says connected only
+ * once it is sure to receive. Messages that come first stay in conn.in, in
+ * order, for process_input (which meets the SUBACK again there). */
+static int await_subscriptions(struct in_mqtt *m, struct pb_err *err)
+{
+    int64_t deadline = pb_mono_us() / 1000 + m->conf.connect_timeout_ms;
+    if (m->conn.out.len && pb_mqtt_conn_flush_wait(&m->conn, m->conf.connect_timeout_ms) != 0)
+        return pb_err_set(err, PB_ENET, "%s: sending SUBSCRIBE: %s", m->conf.shown, m->conn.err);
+    bool sub_done = !m->sub_pid, unsub_done = !m->unsub_pid;
+    size_t off = 0;
+    while (!sub_done || !unsub_done) {
+        struct pb_mqtt_packet pk;
+        long size = pb_mqtt_frame(m->conn.in + off, m->conn.in_len - off, m->max_message + 64, &pk);
+        if (size < 0)
+            return pb_err_set(err, PB_ENET, "%s sent a malformed packet", m->conf.shown);
+        if (size > 0) {
+            uint16_t pid;
+            uint8_t codes[SUBS_MAX];
+            size_t n;
+            bool ack = (pk.type == PB_MQTT_SUBACK || pk.type == PB_MQTT_UNSUBACK) &&
+                       pb_mqtt_parse_suback(&pk, m->conf.version, &pid, codes, SUBS_MAX, &n) == 0;
+            if (ack && pk.type == PB_MQTT_SUBACK && pid == m->sub_pid) {
+                sub_done = true;
+                for (size_t i = 0; i < m->nsub; i++) {
+                    uint8_t c = i < n ? codes[i] : 0x80;
+                    if (c >= 0x80)
+                        return pb_err_set(err, PB_EDENIED,
+                                          "%s refused the subscription to \"%.200s\": %s",
+                                          m->conf.shown, m->topics.items[m->sub_idx[i]],
+                                          pb_mqtt_reason_text(m->conf.version, c));
+                }
+            } else if (ack && pk.type == PB_MQTT_UNSUBACK && pid == m->unsub_pid) {
+                unsub_done = true;
+            }
+            off += (size_t)size;
+            continue;
+        }
+        if (m->conn.in_len >= READ_MAX)
+            return pb_err_set(err, PB_ENET, "%s: no SUBACK among %d bytes of messages",
+                              m->conf.shown, READ_MAX);
+        long r = pb_mqtt_conn_read(&m->conn, READ_MAX);
+        if (r < 0)
+            return pb_err_set(err, PB_ENET, "%s: waiting for SUBACK: %s", m->conf.shown,
+                              m->conn.err);
+        if (r == 0 && pb_mqtt_conn_wait(&m->conn, true, deadline) != 0)
+            return pb_err_set(err, PB_ETIMEOUT, "%s: no SUBACK within %lld ms", m->conf.shown,
+                              (long long)m->conf.connect_timeout_ms);
+    }
+    return 0;
+}
+
 static int connect_now(struct in_mqtt *m, struct pb_err *err)
 {
     struct pb_mqtt_connect cp = {
@@ -1008,19 +1060,12 @@ static int connect_now(struct in_mqtt *m, struct pb_err *err)
     int rc = pb_mqtt_conn_open(&m->conn, &m->conf, m->ssl_ctx, m->allow, &cp, &ack, err);
     if (rc)
         return rc;
-    m->watch = pb_loop_watch_add(pb_input_loop(m->in), m->conn.fd, PB_LOOP_READ, io_cb, m);
-    if (!m->watch) {
-        pb_mqtt_conn_close(&m->conn);
-        return pb_err_set(err, PB_ENOMEM, "out of memory");
-    }
-    m->connected = true;
     if (++m->gen == 0)
         m->gen = 1;
     m->held = false;
     m->ping_out = false;
     m->sub_pid = m->unsub_pid = 0;
     m->subs_dirty = false;
-    m->up_since_ms = m->last_write_ms = pb_mono_us() / 1000;
     m->keepalive_ms =
         ack.server_keepalive ? (int64_t)ack.server_keepalive * 1000 : (int64_t)cp.keepalive * 1000;
     if (!ack.session_present) {
@@ -1038,13 +1083,25 @@ static int connect_now(struct in_mqtt *m, struct pb_err *err)
                 i++;
         }
     }
+    subscribe(m, ack.session_present);
+    rc = await_subscriptions(m, err);
+    if (rc == 0) {
+        m->watch = pb_loop_watch_add(pb_input_loop(m->in), m->conn.fd, PB_LOOP_READ, io_cb, m);
+        if (!m->watch)
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+    }
+    if (rc) {
+        pb_mqtt_conn_close(&m->conn);
+        return rc;
+    }
+    m->connected = true;
+    m->up_since_ms = m->last_write_ms = pb_mono_us() / 1000;
     PB_INFO("mqtt: connected pipeline=%s url=%s client_id=\"%s\" session_present=%s", m->pipeline,
             m->conf.shown, m->client_id, ack.session_present ? "true" : "false");
-    subscribe(m, ack.session_present);
     pb_input_set_state(m->in, PB_INPUT_CONNECTED, NULL);
     if (m->keepalive_ms > 0)
         pb_loop_timer_start(m->t_keepalive, m->keepalive_ms / 4 > 250 ? m->keepalive_ms / 4 : 250);
-    /* Messages that came with the CONNACK, and the SUBSCRIBE. */
+    /* Messages that came with the CONNACK and the SUBACK. */
     process_input(m);
     return 0;
 }

@@ -525,6 +525,13 @@ int pb_mqtt_conn_flush_wait(struct pb_mqtt_conn *c, int64_t timeout_ms)
     return flush_until(c, mono_ms() + timeout_ms);
 }
 
+int pb_mqtt_conn_wait(const struct pb_mqtt_conn *c, bool reading, int64_t deadline_ms)
+{
+    unsigned ev = pb_mqtt_conn_events(c, reading);
+    short pev = (short)((ev & PB_LOOP_READ ? POLLIN : 0) | (ev & PB_LOOP_WRITE ? POLLOUT : 0));
+    return wait_fd(c->fd, pev ? pev : POLLIN, deadline_ms);
+}
+
 unsigned pb_mqtt_conn_events(const struct pb_mqtt_conn *c, bool reading)
 {
     unsigned ev = 0;

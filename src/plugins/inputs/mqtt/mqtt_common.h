@@ -127,6 +127,10 @@ int pb_mqtt_conn_flush(struct pb_mqtt_conn *c);
 /* The same, waiting up to timeout_ms for the socket (after the loop's
  * watch is gone). */
 int pb_mqtt_conn_flush_wait(struct pb_mqtt_conn *c, int64_t timeout_ms);
+/* Block until the socket is ready for what the connection waits for (as
+ * pb_mqtt_conn_events says), or deadline_ms (monotonic) passes:
+ * PB_ETIMEOUT. */
+int pb_mqtt_conn_wait(const struct pb_mqtt_conn *c, bool reading, int64_t deadline_ms);
 /* PB_LOOP_READ / PB_LOOP_WRITE this connection waits for now. */
 unsigned pb_mqtt_conn_events(const struct pb_mqtt_conn *c, bool reading);
 /* Close the socket and free the buffers. Accepts a closed connection. */
