@@ -130,6 +130,32 @@ def resend_of_a_message_committed_while_the_connection_broke():
     fb.close()
 
 
+@test
+def ready_only_once_the_input_is_subscribed():
+    fb = FakeBroker()
+    sink = start_sink()
+    pb = Patchbay(IN_CONF % {"url": fb.url, "sink": sink.url, "extra": ""}, start=False)
+    pb.start(wait_ready=False)
+    c = fb.accept()
+    c.expect(1)  # CONNECT, not answered yet: the input is starting
+
+    def ready_status():
+        st, _, body = pb.get("/ready")
+        return st, body
+
+    st, body = wait_until(ready_status, 30, "the listener")
+    check_eq(st, 503, f"not ready while the input is starting: {body!r}")
+    check(b"is starting" in body, f"says why: {body!r}")
+    c.send(0x20, b"\x00\x00")  # CONNACK
+    st, body = ready_status()
+    check_eq(st, 503, f"not ready before the SUBACK either: {body!r}")
+    c.suback()
+    wait_until(lambda: ready_status()[0] == 200, 30, "/ready once subscribed")
+    check_eq(pb.term(), 0, "exit code")
+    c.close()
+    fb.close()
+
+
 def out_conn(fb):
     c = fb.accept()
     info = c.handshake()
