@@ -1149,6 +1149,7 @@ static void retry_cb(struct pb_loop_timer *t, void *arg)
     if (!m->connected || m->stopping || m->paused)
         return;
     m->held = false;
+    m->ping_out = false; /* a PINGRESP may wait unread since reading stopped */
     process_input(m);
     update_watch(m);
 }
@@ -1216,6 +1217,7 @@ static void mqtt_resume(void *ctx)
     if (!m->connected || m->stopping)
         return;
     subs_settled(m);
+    m->ping_out = false; /* a PINGRESP may wait unread since reading stopped */
     if (m->held) {
         m->held = false;
         process_input(m);
