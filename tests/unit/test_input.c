@@ -186,6 +186,33 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     fixture_down(&f);
 }
 
+PB_TEST(dead_reason_is_copied_by_submit)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    struct calls c = {.loop = f.loop};
+    /* The reason is the input's buffer, reused as soon as submit returns
+     * (a broker input parses the next message into it). */
+    char *reason = strdup("invalid JSON: unexpected character at byte 7");
+    PB_CHECK(reason != NULL);
+    struct pb_item it = {.body = "{oops", .len = 5, .dead_reason = reason};
+    PB_EQ_INT(pb_input_submit(f.in, &it, 1, NULL, 0, cb, &c), 0);
+    memset(reason, 'X', strlen(reason));
+    free(reason);
+    run_until(&f, &c.n, 1);
+    PB_EQ_INT(c.n, 1);
+    PB_EQ_INT(c.res[0].status, PB_ITEM_DEAD);
+    struct pb_err err = {0};
+    json_t *dl = pb_store_dead_letters_json(f.e.store, "p", PB_INPUT_OUTPUT, 0, 10, &err);
+    PB_CHECK(dl != NULL);
+    json_t *list = json_object_get(dl, "items");
+    PB_EQ_INT(json_array_size(list), 1);
+    PB_EQ_STR(json_string_value(json_object_get(json_array_get(list, 0), "last_error")),
+              "invalid JSON: unexpected character at byte 7");
+    json_decref(dl);
+    fixture_down(&f);
+}
+
 PB_TEST(failed_commit_calls_back_with_failure_and_stores_nothing)
 {
     struct fixture f = {0};
