@@ -10,7 +10,8 @@ module, with persistence; every case has topics and client ids of its own).
 - the broker restarted mid-stream: patchbay reconnects, nothing lost;
 - a consumer killed between a commit and its PUBACK: another patchbay with
   the same client id takes over what the first left unacknowledged;
-- a poison message is dead-lettered with the reason and acknowledged;
+- a poison message is dead-lettered with the reason and acknowledged, and
+  so is one larger than max_message (the connection stays up);
 - the outbound guard refuses the broker without outbound.allow;
 - subscriptions live in the session: a restart does not resend retained
   messages, a topic removed from the configuration is unsubscribed;
@@ -376,6 +377,26 @@ def poison_message_dead_lettered_and_acknowledged():
     wait_until(lambda: len(sink.records()) >= 3, 30, "a message after the restart")
     check_eq(sorted(x["i"] for x in bodies(sink)), [1, 3, 4], "the poison never came back")
     check_eq(len(pb.dead_letters(pipeline="t6")), 1, "still one dead letter")
+
+
+@test
+def oversize_message_dead_lettered_and_acknowledged():
+    sink = start_sink()
+    pb = Patchbay(HEAD + mqtt_in("t10", ["t10/in/#"], sink, extra=", max_message: 2KiB"))
+    c = Client(broker().port, "t10-pub")
+    c.publish("t10/in/a", b'{"i": 1}')
+    c.publish("t10/in/big", json.dumps({"i": 2, "pad": "x" * 100000}))
+    c.publish("t10/in/a", b'{"i": 3}')
+    c.close()
+    wait_until(lambda: len(sink.records()) >= 2, 30, "the messages around it")
+    dead = []
+    wait_until(lambda: dead.extend(pb.dead_letters(pipeline="t10")) or dead, 30, "a dead letter")
+    check("larger than max_message" in (dead[0]["last_error"] or ""), f"the reason: {dead[0]}")
+    check_eq(pb.message(dead[0]["message_id"])["meta"]["topic"], "t10/in/big", "its topic")
+    check_eq(sorted(x["i"] for x in bodies(sink)), [1, 3], "the others delivered")
+    check("connection lost" not in pb.log(), "the connection stayed up")
+    check_eq(pb.term(), 0, "exit code")
+    check_eq(leftover(broker().port, "t10", "t10/in/x"), [], "acknowledged at the broker")
 
 
 @test

@@ -125,8 +125,9 @@ struct in_mqtt {
     uint16_t unsub_pid;       /* the UNSUBSCRIBE waiting for its UNSUBACK, 0: none */
     size_t sub_idx[SUBS_MAX]; /* the topics that SUBSCRIBE carries */
     size_t nsub;
-    bool subs_dirty; /* the checkpoint is written once both are answered */
-    char why[300];   /* why a connection is given up */
+    bool subs_dirty;  /* the checkpoint is written once both are answered */
+    size_t skip_left; /* bytes of a message larger than max_message still to discard */
+    char why[300];    /* why a connection is given up */
 };
 
 static const char *const formats[] = {"json", "raw", NULL};
@@ -686,6 +687,81 @@ static int take_publish(struct in_mqtt *m, struct pending *pd, const struct pb_m
     return 0;
 }
 
+/* The head of a PUBLISH larger than max_message: flags, topic and packet
+ * id into p, its whole size into *total. 1, 0 when the head has not all
+ * arrived, PB_EPARSE. */
+static int oversize_head(const uint8_t *b, size_t len, struct pb_mqtt_publish *p, size_t *total)
+{
+    size_t rem = 0, mult = 1, i = 1;
+    for (;;) {
+        if (i >= len)
+            return 0;
+        uint8_t c = b[i++];
+        rem += (size_t)(c & 127) * mult;
+        if (!(c & 128))
+            break;
+        if (i == 5)
+            return PB_EPARSE;
+        mult *= 128;
+    }
+    *p = (struct pb_mqtt_publish){.qos = (b[0] >> 1) & 3, .dup = b[0] & 8, .retain = b[0] & 1};
+    *total = i + rem;
+    if ((b[0] >> 4) != PB_MQTT_PUBLISH || p->qos > 1)
+        return PB_EPARSE;
+    if (len - i < 2)
+        return 0;
+    size_t tl = (size_t)(b[i] << 8 | b[i + 1]);
+    size_t head = 2 + tl + (p->qos ? 2 : 0);
+    if (head > rem)
+        return PB_EPARSE;
+    if (len - i < head)
+        return 0;
+    p->topic = b + i + 2;
+    p->topic_len = tl;
+    if (p->qos && (p->packet_id = (uint16_t)(b[i + 2 + tl] << 8 | b[i + 3 + tl])) == 0)
+        return PB_EPARSE;
+    p->payload_len = rem - head;
+    return 1;
+}
+
+/* A message larger than max_message: into the dead-letter queue (its
+ * $meta, no body) and acknowledged once committed, so the broker does not
+ * send it for ever. Submitted alone; 0 or the submit's error. */
+static int take_oversize(struct in_mqtt *m, struct pending *pd, const struct pb_mqtt_publish *p,
+                         size_t total, int64_t read_us)
+{
+    bool topic_ok = p->topic_len > 0 && pb_mqtt_topic_name_ok((const char *)p->topic, p->topic_len);
+    struct sb meta = {0};
+    build_meta(&meta, p, topic_ok, PB_MQTT_V311); /* its properties did not all arrive */
+    if (meta.failed) {
+        free(meta.p);
+        return PB_ENOMEM;
+    }
+    if (p->qos == 1) {
+        struct pb_mqtt_slot *s = pb_mqtt_idmap_get(&m->ids, p->packet_id);
+        if (s)
+            pb_mqtt_idmap_del(&m->ids, s);
+    }
+    snprintf(pd->why[0], sizeof(pd->why[0]),
+             "the message (%zu bytes) is larger than max_message (%llu bytes)", total,
+             (unsigned long long)m->max_message);
+    pd->meta[0] = meta.p;
+    pd->items[0] = (struct pb_item){
+        .body = "", .len = 0, .meta = meta.p, .meta_len = meta.len, .dead_reason = pd->why[0]};
+    struct pb_mqtt_publish head = *p; /* the payload is not here: the topic alone */
+    head.payload = NULL;
+    head.payload_len = 0;
+    pd->pids[0] = p->qos == 1 ? p->packet_id : 0;
+    pd->hashes[0] = message_hash(&head);
+    pd->n = 1;
+    int rc = submit_pending(m, pd, read_us);
+    pending_clear(pd);
+    if (rc == 0)
+        PB_WARN("mqtt: message larger than max_message dead-lettered pipeline=%s bytes=%zu",
+                m->pipeline, total);
+    return rc;
+}
+
 static const char *subscribed(struct in_mqtt *m, const uint8_t *codes, size_t n);
 static void subs_settled(struct in_mqtt *m);
 
@@ -701,18 +777,46 @@ static void process_input(struct in_mqtt *m)
     char why[200];
     int rc = 0;
     pd->n = 0;
-    while (m->connected && !m->stopping) {
+    if (m->skip_left && m->conn.in_len) {
+        size_t d = m->skip_left < m->conn.in_len ? m->skip_left : m->conn.in_len;
+        pb_mqtt_conn_consume(&m->conn, d);
+        m->skip_left -= d;
+    }
+    while (m->connected && !m->stopping && !m->skip_left) {
         struct pb_mqtt_packet pk;
         long size = pb_mqtt_frame(m->conn.in + off, m->conn.in_len - off, m->max_message + 64, &pk);
         if (size == 0)
             break;
+        if (size == PB_ETOOBIG) {
+            /* What came before goes first; then the message, dead, alone. */
+            struct pb_mqtt_publish p;
+            size_t total;
+            int r = oversize_head(m->conn.in + off, m->conn.in_len - off, &p, &total);
+            if (r == 0)
+                break; /* its head has not arrived whole yet */
+            if (r < 0) {
+                lost = "the broker sent a malformed packet";
+                break;
+            }
+            rc = submit_pending(m, pd, read_us);
+            if (rc)
+                break;
+            pending_clear(pd);
+            received++;
+            rc = take_oversize(m, pd, &p, total, read_us);
+            if (rc)
+                break;
+            size_t have = m->conn.in_len - off;
+            if (total <= have) {
+                off += total;
+            } else {
+                m->skip_left = total - have;
+                off = m->conn.in_len;
+            }
+            continue;
+        }
         if (size < 0) {
-            snprintf(why, sizeof(why),
-                     size == PB_ETOOBIG ? "the broker sent a packet larger than max_message (%llu "
-                                          "bytes)"
-                                        : "the broker sent a malformed packet (%llu)",
-                     (unsigned long long)m->max_message);
-            lost = why;
+            lost = "the broker sent a malformed packet";
             break;
         }
         if (pk.type == PB_MQTT_PUBLISH) {
@@ -1115,6 +1219,7 @@ static void conn_lost(struct in_mqtt *m, const char *why)
     pb_mqtt_conn_close(&m->conn);
     m->connected = false;
     m->held = false;
+    m->skip_left = 0;
     pb_loop_timer_stop(m->t_keepalive);
     pb_loop_timer_stop(m->t_retry);
     if (m->stopping)
