@@ -16,7 +16,9 @@ module, with persistence; every case has topics and client ids of its own).
 - subscriptions live in the session: a restart does not resend retained
   messages, a topic removed from the configuration is unsubscribed;
 - `key:` drops a message published twice; MQTT 5 user properties reach
-  $meta.headers.
+  $meta.headers;
+- under tiny ingest bounds the input holds what the core refuses and stops
+  reading, then goes on: nothing lost or doubled.
 
 MQTT has no deduplication of its own: where a test counts repeats it
 reports them, and only what the protocol lets us promise is checked."""
@@ -377,6 +379,26 @@ def poison_message_dead_lettered_and_acknowledged():
     wait_until(lambda: len(sink.records()) >= 3, 30, "a message after the restart")
     check_eq(sorted(x["i"] for x in bodies(sink)), [1, 3, 4], "the poison never came back")
     check_eq(len(pb.dead_letters(pipeline="t6")), 1, "still one dead letter")
+
+
+@test
+def back_pressure_holds_messages_without_losing_or_doubling():
+    n = 3000
+    sink = start_sink(delay_ms=2, threads=4)
+    conf = (HEAD + mqtt_in("t11", ["t11/in/#"], sink)).replace(
+        "shutdown_timeout: 10s", "shutdown_timeout: 10s\nlimits: { ingest_queue: 8, "
+        "max_inflight_bytes: 2KiB }")
+    pb = Patchbay(conf, start=False)
+    pb.run_args = ["--log-level", "debug"]
+    pb.start()
+    publish_all("t11/in/a", [json.dumps({"i": i, "pad": "p" * 200}) for i in range(n)], "t11-pub")
+    wait_until(lambda: len(sink.records()) >= n, 180, f"{n} messages at the sink")
+    wait_until(lambda: pb.metrics().get("patchbay_backlog") == 0, 60, "nothing pending")
+    check_eq(sorted(x["i"] for x in bodies(sink)), list(range(n)), "each once, in spite of the bounds")
+    check_eq(input_state(pb, "t11")["nacked"], 0, "nothing handed back")
+    check("holding messages and reading no more" in pb.log(), "the bounds were hit")
+    check_eq(pb.term(), 0, "exit code")
+    check_eq(leftover(broker().port, "t11", "t11/in/x"), [], "nothing left unacknowledged")
 
 
 @test

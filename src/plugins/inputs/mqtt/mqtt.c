@@ -900,6 +900,9 @@ static void process_input(struct in_mqtt *m)
         }
         memmove(m->conn.in + w, m->conn.in + off, m->conn.in_len - off);
         m->conn.in_len = w + m->conn.in_len - off;
+        PB_DEBUG("mqtt: the core is full, holding messages and reading no more pipeline=%s "
+                 "count=%zu error=\"%s\"",
+                 m->pipeline, pd->n, pb_strerror(rc));
         pending_clear(pd);
         m->held = true;
         if (rc != PB_EFULL && m->t_retry)
@@ -1179,13 +1182,17 @@ static int connect_now(struct in_mqtt *m, struct pb_err *err)
             if (s->used && s->state == SLOT_SUBMITTED)
                 s->gen = 0;
         }
-        for (size_t i = 0; i < m->ids.cap;) {
-            struct pb_mqtt_slot *s = &m->ids.s[i];
-            if (s->used && s->state == SLOT_COMMITTED)
-                pb_mqtt_idmap_del(&m->ids, s); /* backward shift: look at i again */
-            else
-                i++;
-        }
+        /* Deleting moves entries about: collect the ids first. */
+        uint16_t *gone = m->ids.n ? malloc(m->ids.n * sizeof(*gone)) : NULL;
+        size_t ngone = 0;
+        for (size_t i = 0; gone && i < m->ids.cap; i++)
+            if (m->ids.s[i].used && m->ids.s[i].state == SLOT_COMMITTED)
+                gone[ngone++] = m->ids.s[i].id;
+        for (size_t i = 0; i < ngone; i++)
+            pb_mqtt_idmap_del(&m->ids, pb_mqtt_idmap_get(&m->ids, gone[i]));
+        free(gone);
+        if (m->ids.n && !gone)
+            pb_mqtt_idmap_free(&m->ids); /* out of memory: forget them all, safely */
     }
     subscribe(m, ack.session_present);
     rc = await_subscriptions(m, err);
