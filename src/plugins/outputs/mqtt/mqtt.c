@@ -72,7 +72,6 @@ struct out_mqtt {
     SSL_CTX *ssl_ctx;
     struct pb_mqtt_conn conn;
     bool connected;
-    bool running; /* a start succeeded: reconnect on loss */
     bool quitting;
     struct pb_loop_watch *watch;
     struct pb_loop_timer *t_reconnect, *t_tick;
@@ -578,10 +577,8 @@ static void first_connect_cb(void *arg, int status)
             rc = pb_err_set(&err, PB_ENOMEM, "out of memory");
         else
             rc = m->connected ? 0 : connect_now(m, &err);
-        if (rc == 0) {
-            m->running = true;
+        if (rc == 0)
             pb_loop_timer_start(m->t_tick, TICK_MS);
-        }
     }
     pthread_mutex_lock(&m->lock);
     m->start_rc = rc;
