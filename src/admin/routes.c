@@ -52,8 +52,12 @@ static const char *not_ready(struct pb_engine *e, char *buf, size_t len)
         return "dispatcher stopped";
     for (size_t i = 0; i < e->cfg->npipelines; i++) {
         const struct pb_input *in = e->cfg->pipelines[i].in;
-        if (in && atomic_load(&in->state) == PB_INPUT_RECONNECTING) {
-            snprintf(buf, len, "input of pipeline %s is reconnecting", e->cfg->pipelines[i].name);
+        int st = in ? atomic_load(&in->state) : PB_INPUT_CONNECTED;
+        /* Starting: a broker input is not subscribed yet, so what is
+         * published now would not reach it. */
+        if (st == PB_INPUT_RECONNECTING || st == PB_INPUT_STARTING) {
+            snprintf(buf, len, "input of pipeline %s is %s", e->cfg->pipelines[i].name,
+                     st == PB_INPUT_STARTING ? "starting" : "reconnecting");
             return buf;
         }
     }
