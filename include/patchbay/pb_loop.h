@@ -74,6 +74,9 @@ struct pb_loop_node {
     struct pb_loop_node *next;
 };
 int pb_loop_post_node(struct pb_loop *l, struct pb_loop_node *n, pb_loop_post_cb cb, void *arg);
+/* Any thread but the loop's: wait until what was posted before has run
+ * (on the loop, or cancelled). PB_ESHUTDOWN after pb_loop_close. */
+int pb_loop_sync(struct pb_loop *l);
 /* Any thread: refuse later posts (PB_ESHUTDOWN); queued ones still run. */
 void pb_loop_close(struct pb_loop *l);
 /* Any thread: make a pb_loop_run_once() waiting now return soon. */

@@ -201,6 +201,14 @@ static int start_inputs(struct pb_engine *e, struct pb_err *err)
         if (rc)
             return rc;
     }
+    /* An input's routes take requests once the listener starts: its start
+     * has run by then (a request before it would get 503 "starting"). */
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_input *in = e->cfg->pipelines[i].in;
+        if (in->nroutes && in->loop != e->input_loop)
+            pb_loop_sync(in->loop);
+    }
+    pb_loop_sync(e->input_loop);
     return 0;
 }
 

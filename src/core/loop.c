@@ -388,6 +388,40 @@ int pb_loop_post(struct pb_loop *l, pb_loop_post_cb cb, void *arg)
     return rc;
 }
 
+struct sync_wait {
+    struct pb_loop_node node;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void sync_cb(void *arg, int status)
+{
+    struct sync_wait *w = arg;
+    (void)status;
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int pb_loop_sync(struct pb_loop *l)
+{
+    struct sync_wait w = {.done = false};
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.cond, NULL);
+    int rc = pb_loop_post_node(l, &w.node, sync_cb, &w);
+    if (rc == 0) {
+        pthread_mutex_lock(&w.lock);
+        while (!w.done)
+            pthread_cond_wait(&w.cond, &w.lock);
+        pthread_mutex_unlock(&w.lock);
+    }
+    pthread_cond_destroy(&w.cond);
+    pthread_mutex_destroy(&w.lock);
+    return rc;
+}
+
 void pb_loop_close(struct pb_loop *l)
 {
     pthread_mutex_lock(&l->lock);

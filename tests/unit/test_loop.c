@@ -273,3 +273,28 @@ int main(void)
 {
     return pb_test_main();
 }
+
+/* pb_loop_sync returns once what was posted before it has run: the engine
+ * starts the listener only after the inputs' starts ran. */
+static void *runner(void *arg)
+{
+    pb_loop_run(arg);
+    return NULL;
+}
+
+PB_TEST(sync_waits_for_earlier_posts)
+{
+    struct pb_loop *l = pb_loop_create(NULL);
+    pthread_t th;
+    posted_runs = 0;
+    for (int i = 0; i < 1000; i++)
+        PB_EQ_INT(pb_loop_post(l, count_post_cb, NULL), 0);
+    pthread_create(&th, NULL, runner, l);
+    PB_EQ_INT(pb_loop_sync(l), 0);
+    PB_EQ_INT(posted_runs, 1000);
+    pb_loop_stop(l);
+    pthread_join(th, NULL);
+    pb_loop_close(l);
+    PB_EQ_INT(pb_loop_sync(l), PB_ESHUTDOWN);
+    pb_loop_destroy(l);
+}
