@@ -159,7 +159,7 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
                           (json_int_t)atomic_load(&o->retried), "dead_total",
                           (json_int_t)atomic_load(&o->dead), "filtered_total",
                           (json_int_t)atomic_load(&o->filtered), "concurrency",
-                          (json_int_t)o->concurrency));
+                          (json_int_t)o->sq.concurrency));
             json_t *oo = json_object_get(outs, o->name);
             char detail[256];
             pb__output_detail(o, detail, sizeof(detail));

@@ -370,10 +370,11 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     if (!o->allow)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
 
-    o->concurrency = (size_t)(o->common.concurrency > 0 ? o->common.concurrency
-                                                        : o->plugin->default_concurrency);
-    if (o->concurrency == 0)
-        o->concurrency = 1;
+    o->sq.concurrency = (size_t)(o->common.concurrency > 0 ? o->common.concurrency
+                                                           : o->plugin->default_concurrency);
+    if (o->sq.concurrency == 0)
+        o->sq.concurrency = 1;
+    o->sq.rate = o->common.rate_limit;
 
     rc = pb__output_init(o, http, err);
     if (rc) {
@@ -432,7 +433,7 @@ static int setup_routing(struct pb_pipeline *pl, struct pb_err *err)
      * dead-letter queue, where a replay routes it anew. */
     r->policy = (struct pb_retry_policy){
         .max_attempts = 1, .initial_ms = 500, .max_ms = 600000, .max_age_ms = 3 * 86400000LL};
-    r->concurrency = (size_t)r->plugin->default_concurrency;
+    r->sq.concurrency = (size_t)r->plugin->default_concurrency;
     pl->ingest_outs[0] = r;
     pl->ingest_names[0] = r->name;
     return 0;
@@ -813,7 +814,7 @@ static void destroy_output(struct pb_output *o)
     pb_conf_free(output_common_fields, &o->common);
     pb_jq_destroy(o->map_jq);
     pb_allowlist_destroy(o->allow);
-    free(o->keys);
+    pb_sched_q_cleanup(&o->sq);
     free(o->name);
 }
 
@@ -845,7 +846,7 @@ static void destroy_pipeline(struct pb_pipeline *pl)
     if (pl->router.name) {
         pthread_mutex_destroy(&pl->router.vlock);
         pthread_mutex_destroy(&pl->router.slock);
-        free(pl->router.keys);
+        pb_sched_q_cleanup(&pl->router.sq);
         free(pl->router.name);
     }
     free(pl->ingest_outs);

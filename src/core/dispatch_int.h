@@ -1,10 +1,12 @@
-/* dispatch_int.h - the dispatcher's insides, shared by dispatch.c (queues,
- * attempts, results) and route_stage.c (the route stage's attempts).
+/* dispatch_int.h - the dispatcher's insides: dispatch.c (the thread, the
+ * inbox, a delivery's life), attempt.c (attempts and results), pagein.c
+ * (spilled outputs), route_stage.c, suboutput.c and output.c.
  * Dispatcher thread only, unless a comment says otherwise. */
 #ifndef PB_DISPATCH_INT_H
 #define PB_DISPATCH_INT_H
 
 #include "core/engine.h"
+#include "core/sched.h"
 #include "core/workers.h"
 #include "patchbay/pb_loop.h"
 
@@ -16,25 +18,18 @@ struct pb__disp_post {
     struct pb__disp_post *next;
 };
 
-struct pb_keyq {
-    char *key;
-    uint64_t hash;
-    struct pb_keyq *next;      /* hash chain */
-    struct pb_dl *head, *tail; /* admitted, waiting for the key */
-};
-
+/* One delivery in memory. si comes first: the scheduler's item is the
+ * delivery (pb__dl_of). */
 struct pb_dl {
+    struct pb_sched_item si; /* si.next_at: when the next attempt is due */
     int64_t id;
     struct pb_msg *msg;
     struct pb_output *out;
     struct pb_dispatcher *disp;
-    struct pb_keyq *kq;
-    int attempts; /* made so far */
-    bool leased;  /* made (or claimed) with this process's lease */
-    int64_t next_at;
-    struct pb_dl *next; /* ready queue, key queue or inbox */
-    size_t heap_idx;
-    char *payload; /* mapped payload of the attempt in flight (NULL: the body) */
+    int attempts;       /* made so far */
+    bool leased;        /* made (or claimed) with this process's lease */
+    struct pb_dl *next; /* inbox or claim list */
+    char *payload;      /* mapped payload of the attempt in flight (NULL: the body) */
     int64_t started_mono_us, started_at;
     struct pb_delivery d;
     char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
@@ -45,6 +40,11 @@ struct pb_dl {
     struct pb_outcome posted;
     char posted_error[PB_ERROR_EXCERPT_MAX];
 };
+
+static inline struct pb_dl *pb__dl_of(struct pb_sched_item *it)
+{
+    return (struct pb_dl *)it;
+}
 
 struct pb_dispatcher {
     struct pb_engine *e;
@@ -60,14 +60,12 @@ struct pb_dispatcher {
     struct pb_dl *inbox_head, *inbox_tail;
     bool closed;
 
-    struct pb_output **all; /* every output, endpoints' virtual ones included */
+    struct pb_output **all; /* every output, sub-outputs included */
     size_t nall;
     bool all_dirty;
-    atomic_bool endpoints_dirty;
 
-    struct pb_dl **heap; /* retry timers, min-heap on next_at */
-    size_t nheap, heapcap;
-    size_t inflight;
+    struct pb_sched sched; /* retry timers; each output's queues are its sq */
+    size_t inflight;       /* attempts in flight, every output */
     int64_t next_expire_at;
     atomic_bool expire_again; /* the last retention pass was full */
 
@@ -90,19 +88,66 @@ struct pb_dispatcher {
     struct pb__disp_post *posts_head, *posts_tail;
 };
 
+/* ---- dispatch.c: the thread, the inbox, a delivery's life ---------------------------------- */
+
 /* Any thread: run p->fn on the dispatcher thread soon. */
 void pb__disp_post(struct pb_dispatcher *d, struct pb__disp_post *p);
 /* Any thread: hand new deliveries (a list linked by next) to the dispatcher. */
 void pb__disp_inbox_append(struct pb_dispatcher *d, struct pb_dl *head, struct pb_dl *tail);
+/* Take dl into memory (from the inbox or a claim): counted in its output's
+ * inmem, keyed, and scheduled for si.next_at, or settled at once. */
+void pb__disp_admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
 /* dl is finished for good: release its key and its memory. */
 void pb__disp_finish(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
-/* Put dl where it waits for its next attempt (next_at). */
+/* Put dl where it waits for its next attempt (si.next_at). */
 void pb__disp_schedule(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
 /* End dl without a partner attempt (a failed step, ...) in state with reason. */
 void pb__disp_settle(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
                      const char *reason, int64_t now);
 /* Free dl that never reached an output's memory count. */
 void pb__disp_dl_free(struct pb_dl *dl);
+/* Free what dl's last attempt built (payload, rendered templates). */
+void pb__dl_clear_attempt(struct pb_dl *dl);
+/* An attempt of o taken from its queue is no longer in flight. */
+void pb__disp_attempt_ended(struct pb_dispatcher *d, struct pb_output *o);
+/* dl's attempt ended without an outcome to record (a fan-out took it):
+ * free it and whatever waited behind it for its key. */
+void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl);
+/* Drop every delivery of out held in memory (a gone sub-output): nothing
+ * is recorded; the store has them as they are. */
+void pb__disp_drop_all(struct pb_dispatcher *d, struct pb_output *out, int64_t now);
+/* The ordering key of body with $meta (both taken): *key malloc'd, NULL
+ * when the key program gives null or nothing (unordered). */
+int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err);
+
+/* ---- attempt.c: attempts and their results --------------------------------------------------- */
+
+/* Start what o may start now: attempts one by one, or batches for outputs
+ * with deliver_batch; lowers *wait to when more may start. */
+void pb__disp_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait);
+/* Record dl's attempt (or local end) in state. */
+void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
+                            int status, int64_t latency_ms, const char *error);
+/* True while failed results wait to be recorded (no attempt may start);
+ * submits them again once their backoff is over (now < 0: at once). */
+bool pb__disp_redo_results(struct pb_dispatcher *d, int64_t now, int64_t *wait);
+/* Free results still waiting (the dispatcher is destroyed). */
+void pb__disp_results_cleanup(struct pb_dispatcher *d);
+
+/* ---- pagein.c: spilled outputs and claims ------------------------------------------------------
+ */
+
+/* Claim o's pending deliveries from the store when it is spilled and has
+ * room; lowers *wait while more is to come. */
+void pb__disp_page_in(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait);
+/* A leased delivery this process will not keep in memory: its lease is
+ * dropped at the end of the turn (pb__disp_flush_releases). */
+void pb__disp_release_later(struct pb_dispatcher *d, struct pb_dl *dl);
+void pb__disp_flush_releases(struct pb_dispatcher *d);
+/* The store holds pending deliveries of out that no claim may have seen
+ * yet (made unleased, released): out is spilled until a claim after this
+ * comes back short. Any thread. */
+void pb__disp_store_has_more(struct pb_output *out);
 /* Is out spilled (its new deliveries are made unleased)? Any thread. */
 bool pb__disp_spilled(const struct pb_output *out);
 /* A committed delivery of out could not be handed over (out of memory):
@@ -110,19 +155,12 @@ bool pb__disp_spilled(const struct pb_output *out);
  * thread. */
 void pb__disp_lost(struct pb_dispatcher *d, struct pb_output *out, int64_t id);
 
-/* The ordering key of body with $meta (both taken): *key malloc'd, NULL
- * when the key program gives null or nothing (unordered). */
-int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err);
+/* ---- elsewhere ---------------------------------------------------------------------------------
+ */
 
-/* route_stage.c: one attempt of a route delivery. */
+/* route_stage.c: one attempt of a route delivery, taken from the router's
+ * queue; it ends with pb__disp_attempt_ended on every path. */
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);
-
-/* Drop every delivery of out held in memory (a gone sub-output): nothing
- * is recorded; the store has them as they are. */
-void pb__disp_drop_all(struct pb_dispatcher *d, struct pb_output *out, int64_t now);
-/* dl's attempt ended without an outcome to record (a fan-out took it):
- * free it and whatever waited behind it for its key. */
-void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl);
 /* suboutput.c: drop and free the gone sub-outputs of parent. */
 void pb__subs_reap(struct pb_dispatcher *d, struct pb_output *parent, int64_t now);
 

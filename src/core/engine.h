@@ -22,6 +22,7 @@
 #include "patchbay/pb_time.h"
 #include "core/retry.h"
 #include "core/route.h"
+#include "core/sched.h"
 #include "store/pb_store.h"
 
 #define PB_NAME_MAX 128
@@ -74,7 +75,6 @@ struct pb_output_common {
     struct pb_outbound_conf outbound;
 };
 
-struct pb_keyq;
 struct pb_dl;
 struct pb_kv_entry {
     struct pb_kv_entry *next;
@@ -131,28 +131,25 @@ struct pb_output {
     bool gone;              /* a removed sub-output, freed once nothing of it is in flight */
     struct pb_kv_entry *kv; /* its state as loaded for start (suboutput.c) */
     bool is_route;          /* the pipeline's route stage (PB_ROUTE_OUTPUT) */
-    bool paused;            /* disabled endpoint: attempts wait */
     struct pb_output *parent;
     pthread_mutex_t vlock; /* guards vouts/nvouts for readers off the dispatcher */
     struct pb_output **vouts;
     size_t nvouts, vcap;
 
     /* dispatcher state (dispatcher thread only) */
-    struct pb_dl *ready_head, *ready_tail;
-    size_t nready;
-    size_t inmem; /* deliveries of this output held in memory */
-    size_t inflight;
-    size_t concurrency;
+    struct pb_sched_q sq; /* ready queue, keys, concurrency, rate, pause */
+    size_t inmem;         /* deliveries of this output held in memory */
     /* The store holds pending deliveries of this output not in memory (read
      * by any thread: what is made while it is set is made unleased). */
     atomic_bool spilled;
+    /* Bumped by any thread that leaves pending deliveries of this output in
+     * the store unleased or released: a claim begun before the bump may not
+     * have seen them, so it does not end the spill (pagein.c). */
+    _Atomic uint64_t store_gen;
     bool claiming;         /* a CLAIM of this output is on its way */
-    struct pb_keyq **keys; /* ordering: open-addressing table */
-    size_t nkeys, keycap;
-    double tokens; /* rate limit bucket */
-    int64_t tokens_at;
+    uint64_t claim_gen;    /* store_gen when that claim was submitted */
+    uint64_t gen_seen;     /* store_gen the last page-in decision saw */
     int64_t load_after;    /* unix ms before which no store page-in is tried */
-    atomic_bool notify;    /* set by any thread: page in from the store */
     int64_t faillog_since; /* failed-attempt log lines: window start, count, left out */
     unsigned faillog_n;
     uint64_t faillog_dropped;
@@ -281,8 +278,6 @@ bool pb_dispatcher_running(const struct pb_dispatcher *d);
 /* Internal ingest: commit body as a new message of pipeline and deliver it
  * like any other (used for endpoint.disabled events). Any thread. */
 int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char *body);
-/* Managed endpoints changed in the store: reload them. Any thread. */
-void pb_dispatcher_reload_endpoints(struct pb_dispatcher *d);
 /* Hand over deliveries committed by a fan-out (syncer thread). */
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
                                  struct pb_output *const *outs, const int64_t *ids,

@@ -131,9 +131,7 @@ static void route_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int
     struct pb_dl *dl = ro->dl;
     struct pb_output *o = dl->out;
 
-    o->inflight--;
-    d->inflight--;
-    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
+    pb__disp_attempt_ended(d, o);
     if (now < 0 || atomic_load(&d->aborting)) {
         o->inmem--;
         pb__disp_dl_free(dl);
@@ -142,7 +140,7 @@ static void route_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int
     } else {
         /* Still pending in the store: route it again soon. */
         dl->attempts--;
-        dl->next_at = now + ROUTE_RETRY_MS;
+        dl->si.next_at = now + ROUTE_RETRY_MS;
         pb__disp_schedule(d, dl, now);
     }
     route_op_free(ro);
@@ -182,7 +180,7 @@ static void route_done_cb(struct pb_op *op, void *arg)
                 nd->msg = pb_msg_ref(msg);
                 nd->out = o;
                 nd->disp = d;
-                nd->next_at = r->now;
+                nd->si.next_at = r->now;
                 nd->leased = leased;
                 if (tail)
                     tail->next = nd;
@@ -229,6 +227,7 @@ static void route_fail(struct pb_dispatcher *d, struct pb_dl *dl, const struct p
 {
     char reason[PB_ERR_MSG_MAX + 16];
     snprintf(reason, sizeof(reason), "%s", err->msg[0] ? err->msg : pb_strerror(rc));
+    pb__disp_attempt_ended(d, dl->out);
     pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
 }
 
@@ -379,14 +378,10 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     ro->op.kind = PB_OP_ROUTE;
     ro->op.done_cb = route_done_cb;
     ro->op.arg = ro;
-    o->inflight++;
-    d->inflight++;
-    atomic_store(&o->inflight_gauge, (int64_t)o->inflight);
     atomic_fetch_add(&o->attempts, 1);
     if (pb_store_submit(d->e->store, &ro->op) != 0) {
         /* Stopping: it stays pending and is routed after the restart. */
-        o->inflight--;
-        d->inflight--;
+        pb__disp_attempt_ended(d, o);
         dl->attempts--;
         route_op_free(ro);
         o->inmem--;
@@ -399,6 +394,7 @@ retry:
     route_op_free(ro);
     PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"%s\" (trying again in %d ms)", pl->name,
             dl->msg->id, err.msg, ROUTE_RETRY_MS);
-    dl->next_at = now + ROUTE_RETRY_MS;
+    pb__disp_attempt_ended(d, o);
+    dl->si.next_at = now + ROUTE_RETRY_MS;
     pb__disp_schedule(d, dl, now);
 }

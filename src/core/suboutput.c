@@ -79,7 +79,7 @@ static struct pb_output *sub_create(struct pb_dispatcher *d, struct pb_output *p
     v->allow = parent->allow;
     v->map_jq = parent->map_jq;
     v->env = parent->env;
-    v->concurrency = parent->concurrency;
+    v->sq.concurrency = parent->sq.concurrency;
     v->is_virtual = true;
     v->parent = parent;
     v->disp = d;
@@ -100,16 +100,10 @@ fail:
 
 void pb__sub_free(struct pb_output *v)
 {
-    /* Key queues left (empty) by dropped deliveries; nothing is in flight. */
-    for (size_t k = 0; k < v->keycap; k++)
-        for (struct pb_keyq *kq = v->keys[k], *nk; kq; kq = nk) {
-            nk = kq->next;
-            free(kq->key);
-            free(kq);
-        }
+    /* Keys left by dropped deliveries; nothing is in flight. */
+    pb_sched_q_cleanup(&v->sq);
     pthread_mutex_destroy(&v->vlock);
     pthread_mutex_destroy(&v->slock);
-    free(v->keys);
     free(v->name);
     free(v);
 }
@@ -130,7 +124,7 @@ static void sub_apply(struct pb_dispatcher *d, struct sub_post *sp)
     if (sp->change == SUB_GONE) {
         if (v && !v->gone) {
             v->gone = true;
-            v->paused = true;
+            v->sq.paused = true;
         }
         return;
     }
@@ -140,9 +134,10 @@ static void sub_apply(struct pb_dispatcher *d, struct sub_post *sp)
         return;
     }
     v->gone = false;
-    v->paused = sp->opts.paused;
+    v->sq.paused = sp->opts.paused;
     v->common.rate_limit = sp->opts.rate_limit;
-    v->tokens_at = 0;
+    v->sq.rate = sp->opts.rate_limit;
+    v->sq.tokens_at = 0;
 }
 
 static void sub_post_cb(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
@@ -261,7 +256,7 @@ void pb__subs_reap(struct pb_dispatcher *d, struct pb_output *parent, int64_t no
             continue;
         }
         pb__disp_drop_all(d, v, now);
-        if (v->inmem || v->inflight || v->claiming) {
+        if (v->inmem || v->sq.inflight || v->claiming) {
             i++;
             continue;
         }
