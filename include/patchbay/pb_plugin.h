@@ -337,6 +337,9 @@ struct pb_input_env {
     const char *pipeline;
     const char *plugin;
     bool once; /* `patchbay run --once` */
+    /* Outbound guard for inputs that connect out (brokers, databases):
+     * the top-level outbound.allow. Resolve with pb_outbound_resolve. */
+    const struct pb_allowlist *allow;
     /* Declare a route on the shared listener; paths are checked against
      * every other route at load. Its handler is only called once the input
      * has started. */

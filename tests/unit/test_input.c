@@ -4,6 +4,8 @@
  * dead item goes straight to the dead-letter queue; a commit that fails
  * calls back with the failure and stores nothing (so the input acks
  * nothing); a submit that fails never calls back. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,6 +243,59 @@ PB_TEST(failed_submit_never_calls_back)
     PB_EQ_INT(c.n, 0);
     PB_EQ_INT(count_messages(&f), 0);
     fixture_down(&f);
+}
+
+/* Load a one-pipeline config with the given top-level lines; the input. */
+static struct pb_config *load_with(const char *dir, const char *top)
+{
+    struct pb_err err = {0};
+    char path[128];
+    snprintf(path, sizeof(path), "%s/patchbay.yaml", dir);
+    FILE *fp = fopen(path, "w");
+    fprintf(fp,
+            "%s"
+            "state: sqlite:%s/state.db\n"
+            "pipelines:\n"
+            "  p:\n"
+            "    input: { generate: { count: 1 } }\n"
+            "    outputs: { a: { drop: {} } }\n",
+            top, dir);
+    fclose(fp);
+    struct pb_config *c = pb_config_load(path, NULL, &err);
+    if (!c)
+        fprintf(stderr, "config: %s\n", err.msg);
+    return c;
+}
+
+/* Inputs that connect out (brokers) get the outbound guard of the
+ * top-level outbound.allow: loopback is refused unless it is listed. */
+PB_TEST(input_env_carries_the_outbound_guard)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/pbinput-XXXXXX");
+    PB_CHECK(mkdtemp(dir) != NULL);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(9092)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+    struct pb_config *c = load_with(dir, "");
+    PB_CHECK(c != NULL);
+    if (c) {
+        const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+        PB_CHECK(al != NULL);
+        PB_EQ_INT(pb_outbound_check(al, "127.0.0.1", &sa, sizeof(sa)), PB_EDENIED);
+        pb_config_destroy(c);
+    }
+    c = load_with(dir, "outbound: { allow: [127.0.0.0/8] }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+        PB_CHECK(al != NULL);
+        PB_EQ_INT(pb_outbound_check(al, "127.0.0.1", &sa, sizeof(sa)), 0);
+        pb_config_destroy(c);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    PB_EQ_INT(system(cmd), 0);
 }
 
 int main(void)
