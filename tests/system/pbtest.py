@@ -39,6 +39,9 @@ SCALE = 3.0 if SANITIZE else 1.0
 
 _procs = []  # every Popen started through this module
 _procs_lock = threading.Lock()
+# Started outside any test (a module's servers, started once before run()):
+# they outlive each test and are killed when the interpreter exits.
+_module_procs = []
 
 
 def scaled(seconds):
@@ -107,17 +110,32 @@ def strict_equal(a, b):
 # ---- processes -------------------------------------------------------------------------
 
 
+def _in_test():
+    return _tmp_root is not None
+
+
+def _register(p, module=None):
+    """Kill p when the test ends; a module-wide one (module=True, or by
+    default when no test is running) only at exit."""
+    if module is None:
+        module = not _in_test()
+    with _procs_lock:
+        (_module_procs if module else _procs).append(p)
+
+
 def _spawn(argv, stdout, stderr, env=None):
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
-    with _procs_lock:
-        _procs.append(p)
+    _register(p)
     return p
 
 
-def _kill_all():
+def _kill_all(final=False):
     with _procs_lock:
         procs = list(_procs)
         _procs.clear()
+        if final:
+            procs += _module_procs
+            _module_procs.clear()
     for p in procs:
         # A server started in a session of its own (servers.py) takes the
         # processes it started with it.
@@ -138,22 +156,30 @@ def _kill_all():
             pass
 
 
-atexit.register(_kill_all)
+atexit.register(_kill_all, True)
 
 
 def _on_term(signum, frame):
-    _kill_all()
+    _kill_all(True)
     os._exit(128 + signum)
 
 
 signal.signal(signal.SIGTERM, _on_term)
 
 _tmp_root = None
+_module_root = None  # for what is made outside any test (module-wide servers)
 
 
 def tmpdir(name="t"):
-    """A fresh directory under the current test's temporary root."""
-    return tempfile.mkdtemp(prefix=name + "-", dir=_tmp_root)
+    """A fresh directory under the current test's temporary root (outside a
+    test: under the module's, removed when every test passed)."""
+    global _module_root
+    root = _tmp_root
+    if root is None:
+        if _module_root is None:
+            _module_root = tempfile.mkdtemp(prefix="pbtest-module-")
+        root = _module_root
+    return tempfile.mkdtemp(prefix=name + "-", dir=root)
 
 
 def _http(method, port, path, body=None, headers=None, timeout=10.0):
@@ -751,6 +777,12 @@ def run():
             failed += 1
             log(f"  (kept {_tmp_root})")
     log(f"{passed} passed, {failed} failed")
+    if _module_root is not None:
+        _kill_all(True)
+        if failed:
+            log(f"  (kept {_module_root})")
+        else:
+            shutil.rmtree(_module_root, ignore_errors=True)
     sys.exit(1 if failed or passed == 0 else 0)
 
 

@@ -5,8 +5,9 @@ interpreter exits), never the machine's own instances.
 A server module (tests/system/srv_<name>.py) subclasses Server: argv() says
 how to run it, ready() when it takes connections. A test module starts one
 server for all its cases (slow servers such as RabbitMQ or PostgreSQL start
-once per module, not once per case) and may kill -9 it, restart it on the
-same port, or stop it:
+once per module, not once per case: made at module level, before run(), a
+server outlives each test and is stopped at exit) and may kill -9 it,
+restart it on the same port, or stop it:
 
     from srv_redis import Redis
     r = Redis()                    # started, waited for
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import time
 
-from pbtest import TestFailure, _procs, _procs_lock, free_port, scaled, tmpdir, wait_until
+from pbtest import TestFailure, _in_test, _register, free_port, scaled, tmpdir, wait_until
 
 
 def port_open(port, host="127.0.0.1"):
@@ -41,6 +42,9 @@ class Server:
     start_timeout = 30
 
     def __init__(self, port=None, start=True):
+        # Made before run() (outside any test): it serves every test of the
+        # module, restarts included, and is stopped at exit.
+        self.module_wide = not _in_test()
         self.dir = tmpdir(self.name)
         self.port = port or free_port()
         self.log_path = os.path.join(self.dir, f"{self.name}.log")
@@ -80,8 +84,7 @@ class Server:
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, env=self.env(),
                                      start_new_session=True)
-        with _procs_lock:
-            _procs.append(self.proc)
+        _register(self.proc, self.module_wide)
 
         def up():
             if self.proc.poll() is not None:
