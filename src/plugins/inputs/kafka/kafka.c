@@ -38,6 +38,7 @@
 
 #include "kafka_common.h"
 #include "kafka_meta.h"
+#include "kafka_track.h"
 #include "patchbay/pb_json.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_plugin.h"
@@ -52,33 +53,22 @@
 #define SEEK_WAIT_MS 2000
 #define ERROR_LOG_EVERY_MS 10000
 
-enum seg_state { SEG_INFLIGHT = 0, SEG_DONE, SEG_FAILED };
-
-/* The offsets one batch took from one partition. */
-struct seg {
-    struct seg *next;
-    int64_t first, last;
-    enum seg_state state;
-};
-
 /* One partition this member has (or had) assigned. Kept until destroy, so
  * a batch may refer to it; epoch tells whether what it refers to is still
  * current. */
 struct part {
     char *topic;
     int32_t partition;
-    uint64_t epoch;          /* bumped on assignment, revocation and rewind */
-    bool assigned;           /* ours now */
-    bool revoked;            /* being given up: nothing more is taken */
-    bool rewind;             /* a seek back is owed: nothing is taken until it is done */
-    int64_t rewind_to;       /* ... to this offset */
-    int64_t next;            /* offset after the last message taken; -1 unknown */
-    int64_t commit;          /* every offset before it is committed in patchbay; -1 none */
-    int64_t commit_sent;     /* the last commit sent to the group; -1 none */
-    int64_t committed;       /* the group confirmed it; -1 none */
-    int64_t sent_at_ms;      /* monotonic */
-    int64_t lag;             /* from the statistics; -1 unknown */
-    struct seg *head, *tail; /* batches in flight or waiting for those before them */
+    struct kt_part t;    /* batches in flight, the commit offset, the epoch */
+    bool assigned;       /* ours now */
+    bool revoked;        /* being given up: nothing more is taken */
+    bool rewind;         /* a seek back is owed: nothing is taken until it is done */
+    int64_t rewind_to;   /* ... to this offset */
+    int64_t next;        /* offset after the last message taken; -1 unknown */
+    int64_t commit_sent; /* the last commit sent to the group; -1 none */
+    int64_t committed;   /* the group confirmed it; -1 none */
+    int64_t sent_at_ms;  /* monotonic */
+    int64_t lag;         /* from the statistics; -1 unknown */
 };
 
 /* A message taken off the queue, waiting to be submitted. */
@@ -91,7 +81,7 @@ struct held {
 struct batch_ref {
     struct part *p;
     uint64_t epoch;
-    struct seg *seg; /* valid only while p->epoch == epoch */
+    struct kt_seg *seg; /* valid only while p->t.epoch == epoch */
 };
 
 struct batch {
@@ -253,35 +243,17 @@ static struct part *part_get(struct in_kafka *k, const char *topic, int32_t part
     return p;
 }
 
-static void segs_free(struct part *p)
-{
-    for (struct seg *s = p->head, *n; s; s = n) {
-        n = s->next;
-        free(s);
-    }
-    p->head = p->tail = NULL;
-}
-
 /* A fresh start for p: what refers to its old epoch is ignored from now on. */
 static void part_reset(struct part *p)
 {
-    segs_free(p);
-    p->epoch++;
+    kt_reset(&p->t);
+    p->t.commit = -1;
     p->revoked = false;
     p->rewind = false;
     p->next = -1;
-    p->commit = -1;
     p->commit_sent = -1;
     p->committed = -1;
     p->lag = -1;
-}
-
-static bool part_busy(const struct part *p)
-{
-    for (const struct seg *s = p->head; s; s = s->next)
-        if (s->state == SEG_INFLIGHT)
-            return true;
-    return false;
 }
 
 /* Drop what was fetched for p and not submitted. */
@@ -372,14 +344,14 @@ static void commit_flush(struct in_kafka *k)
     rd_kafka_topic_partition_list_t *l = NULL;
     for (size_t i = 0; i < k->nparts; i++) {
         struct part *p = k->parts[i];
-        if (!p->assigned || p->commit < 0 || p->commit <= p->committed)
+        if (!p->assigned || p->t.commit < 0 || p->t.commit <= p->committed)
             continue;
-        if (p->commit <= p->commit_sent && now - p->sent_at_ms < COMMIT_RESEND_MS)
+        if (p->t.commit <= p->commit_sent && now - p->sent_at_ms < COMMIT_RESEND_MS)
             continue;
         if (!l && !(l = rd_kafka_topic_partition_list_new(8)))
             return;
-        rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = p->commit;
-        p->commit_sent = p->commit;
+        rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = p->t.commit;
+        p->commit_sent = p->t.commit;
         p->sent_at_ms = now;
     }
     if (!l)
@@ -491,7 +463,7 @@ static bool revoking_busy(struct in_kafka *k)
 {
     for (int i = 0; k->revoking && i < k->revoking->cnt; i++) {
         struct part *p = part_find(k, k->revoking->elems[i].topic, k->revoking->elems[i].partition);
-        if (p && part_busy(p))
+        if (p && kt_busy(&p->t))
             return true;
     }
     return false;
@@ -532,13 +504,13 @@ static rd_kafka_topic_partition_list_t *unconfirmed(struct in_kafka *k,
     rd_kafka_topic_partition_list_t *c = NULL;
     for (size_t i = 0; i < k->nparts; i++) {
         struct part *p = k->parts[i];
-        if (!p->assigned || p->commit < 0 || p->commit <= p->committed)
+        if (!p->assigned || p->t.commit < 0 || p->t.commit <= p->committed)
             continue;
         if (only && !rd_kafka_topic_partition_list_find(only, p->topic, p->partition))
             continue;
         if (!c && !(c = rd_kafka_topic_partition_list_new(8)))
             return NULL;
-        rd_kafka_topic_partition_list_add(c, p->topic, p->partition)->offset = p->commit;
+        rd_kafka_topic_partition_list_add(c, p->topic, p->partition)->offset = p->t.commit;
     }
     return c;
 }
@@ -653,28 +625,21 @@ static void seek_back(struct in_kafka *k, struct part *p)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-/* Move p's commit offset past the batches that are done, in order. */
+/* Move p's commit offset past the batches that are done, in order; at a
+ * failed one, read again from there (or, given up, leave it to the next
+ * owner). */
 static void advance(struct in_kafka *k, struct part *p)
 {
-    while (p->head && p->head->state == SEG_DONE) {
-        struct seg *s = p->head;
-        p->commit = s->last + 1;
-        p->head = s->next;
-        if (!p->head)
-            p->tail = NULL;
-        free(s);
-    }
-    if (!p->head || p->head->state != SEG_FAILED)
+    int64_t from;
+    if (kt_advance(&p->t, &from) != KT_REWIND)
         return;
     if (p->revoked || !p->assigned) {
-        segs_free(p); /* given up: the next owner reads it again */
+        kt_reset(&p->t);
         return;
     }
     /* Never past what is not committed: read it again from there. */
-    int64_t from = p->head->first;
-    part_reset(p);
-    p->assigned = true;
-    p->commit = from;
+    kt_rewind(&p->t, from);
+    p->next = from;
     p->rewind = true;
     p->rewind_to = from;
     held_drop(k, p);
@@ -696,10 +661,9 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
         pb_input_observe_latency(k->in, pb_mono_us() - b->oldest_us);
     }
     for (size_t i = 0; i < b->nrefs; i++)
-        if (b->refs[i].p->epoch == b->refs[i].epoch)
-            b->refs[i].seg->state = status == 0 ? SEG_DONE : SEG_FAILED;
+        kt_end(&b->refs[i].p->t, b->refs[i].epoch, b->refs[i].seg, status == 0);
     for (size_t i = 0; i < b->nrefs; i++)
-        if (b->refs[i].p->epoch == b->refs[i].epoch)
+        if (b->refs[i].p->t.epoch == b->refs[i].epoch)
             advance(k, b->refs[i].p);
     free(b);
     if (!k->rk)
@@ -752,11 +716,10 @@ static int submit_some(struct in_kafka *k, size_t n)
             r->seg->last = m->offset;
             continue;
         }
-        struct seg *s = calloc(1, sizeof(*s));
+        struct kt_seg *s = kt_seg_new(m->offset);
         if (!s)
             goto out;
-        s->first = s->last = m->offset;
-        b->refs[b->nrefs++] = (struct batch_ref){.p = h->p, .epoch = h->p->epoch, .seg = s};
+        b->refs[b->nrefs++] = (struct batch_ref){.p = h->p, .epoch = h->p->t.epoch, .seg = s};
     }
     rc = pb_input_submit(k->in, items, n, NULL, 0, submit_cb, b);
 out:
@@ -772,14 +735,8 @@ out:
         free(b);
         return rc;
     }
-    for (i = 0; i < b->nrefs; i++) {
-        struct part *p = b->refs[i].p;
-        if (p->tail)
-            p->tail->next = b->refs[i].seg;
-        else
-            p->head = b->refs[i].seg;
-        p->tail = b->refs[i].seg;
-    }
+    for (i = 0; i < b->nrefs; i++)
+        kt_append(&b->refs[i].p->t, b->refs[i].seg);
     for (i = 0; i < n; i++)
         rd_kafka_message_destroy(k->held[i].m);
     memmove(k->held, k->held + n, (k->nheld - n) * sizeof(*k->held));
@@ -1199,7 +1156,7 @@ static void kafka_destroy(void *ctx)
     struct in_kafka *k = ctx;
     consumer_destroy(k, true);
     for (size_t i = 0; i < k->nparts; i++) {
-        segs_free(k->parts[i]);
+        kt_reset(&k->parts[i]->t);
         free(k->parts[i]->topic);
         free(k->parts[i]);
     }
