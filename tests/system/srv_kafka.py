@@ -114,15 +114,18 @@ class Kafka(Server):
                               f"{r.stderr[-2000:]}")
         return r.stdout
 
-    def produce(self, topic, count, start=0, pad=0, raw=None, partition=None):
+    def produce(self, topic, count, start=0, pad=0, raw=None, partition=None, header=None):
         """count messages {"n": start.., "pad": "x"*pad} keyed "k<n>" (or the
-        raw text count times); returns once every one was delivered."""
+        raw text count times) with one header ("source: pb_kafka_mock", or
+        header=(name, value)); returns once every one was delivered."""
         a = ["produce", "--bootstrap", self.bootstrap, "--topic", topic, "--count", str(count),
              "--from", str(start), "--pad", str(pad)]
         if raw is not None:
             a += ["--raw", raw]
         if partition is not None:
             a += ["--partition", str(partition)]
+        if header is not None:
+            a += ["--header", f"{header[0]}={header[1]}"]
         return json.loads(self._run(a))
 
     def offsets(self, topic, group=None):

@@ -189,6 +189,35 @@ pipelines:
 
 
 @test
+def a_header_key_drops_repeats_a_producer_sent_again():
+    """A producer that sends a message again (the kafka output after a
+    timeout or a restart) gives the copy the same idempotency-key header:
+    with idempotency_header the input takes it once."""
+    k = kafka()
+    for _ in range(2):
+        k.produce("dups", 1, raw='{"order": 1}', header=("idempotency-key", "msg_X.out"))
+    k.produce("dups", 1, raw='{"order": 2}', header=("idempotency-key", "msg_Y.out"))
+    k.produce("dups", 1, raw='{"order": 3}')  # no header: its offset is its key
+    sink = start_sink()
+    pb = Patchbay(f"""
+server: {{ listen: "@LISTEN@", admin_token: "@TOKEN@" }}
+state: sqlite:@DIR@/state.db
+outbound: {{ allow: [127.0.0.0/8] }}
+pipelines:
+  d:
+    input:
+      kafka: {{ brokers: {k.brokers_yaml}, topics: [dups], group: g-dups,
+               idempotency_header: idempotency-key, session_timeout: 6s }}
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/d" }} }}
+""")
+    wait_until(lambda: k.committed_at_end("dups", "g-dups"), 30, "all four read and committed")
+    wait_until(lambda: input_state(pb, "d")["duplicates"] == 1, 10, "one duplicate")
+    wait_until(lambda: len(sink.records()) >= 3, 20, "three deliveries")
+    check_eq(sorted(b["order"] for b in sink_bodies(sink)), [1, 2, 3], "the repeat dropped")
+
+
+@test
 def back_pressure_pauses_fetching_and_loses_nothing():
     k = kafka()
     n = 3000
@@ -310,7 +339,43 @@ pipelines:
     log("refused with:", it["detail"])
 
 
+@test
+def outbound_guard_checks_every_broker_the_cluster_advertises():
+    """The bootstrap broker is allowed by name; the cluster's metadata then
+    advertises the other broker by address, which the guard refuses: the
+    check runs on every connection librdkafka makes, not only the first."""
+    k = kafka()
+    first = k.brokers[0].split(":")[1]
+    pb = Patchbay(f"""
+server: {{ listen: "@LISTEN@", admin_token: "@TOKEN@" }}
+state: sqlite:@DIR@/state.db
+outbound: {{ allow: [localhost] }}
+pipelines:
+  publish:
+    input: {{ http_server: {{ path: /p }} }}
+    outputs:
+      k:
+        kafka: {{ brokers: ["localhost:{first}"], topic: guarded, timeout: 3s,
+                  retry: {{ initial: 100ms, max: 500ms }} }}
+""")
+    st, _, _ = pb.post("/p", {"x": 1})
+    check_eq(st, 202, "post")
+    wait_until(lambda: pb.metrics().value("patchbay_deliveries_retried_total", pipeline="publish",
+                                          output="k") > 0, 30, "the delivery failing and retrying")
+    text = pb.log()
+    check("refused by the outbound guard" in text and "is loopback" in text,
+          "the advertised broker was refused by the guard")
+    refused = [ln for ln in text.splitlines() if "refused by the outbound guard" in ln]
+    log(refused[0])
+    check(all(f"(broker {k.brokers[1]})" in ln for ln in refused),
+          "only the advertised broker was refused, not the bootstrap one allowed by name")
+    check_eq(pb.metrics().value("patchbay_deliveries_delivered_total", pipeline="publish",
+                                output="k"), 0, "nothing delivered through the refused broker")
+    check_eq(k.offsets("guarded")["high"], 0, "nothing produced")
+
+
 if __name__ == "__main__":
-    KAFKA = Kafka(topics=["in:4", "out-a:3", "poison:2", "slow:4", "big:1"],
-                  topic_errors=["nosuch=3"])
+    KAFKA = Kafka(topics=["in:4", "out-a:3", "poison:2", "slow:4", "big:1", "guarded:1:2",
+                          "dups:1"],
+                  topic_errors=["nosuch=3"], brokers=2)
     run()

@@ -17,7 +17,7 @@
  *       them up again, with their data; "up" or "down" is then written to
  *       F.state, so a test can wait for the change.
  *   pb_kafka_mock produce --bootstrap B --topic T --count N [--from I]
- *                         [--partition P] [--raw TEXT] [--pad BYTES]
+ *                         [--partition P] [--raw TEXT] [--pad BYTES] [--header NAME=VALUE]
  *       Produces N messages {"n": I..I+N-1, "pad": "..."} keyed "k<I>" (or N
  *       copies of the raw TEXT), waits for every delivery report; exit 0 when
  *       all were delivered.
@@ -66,7 +66,7 @@ static void usage(void)
             "usage: pb_kafka_mock serve [--brokers N] [--topic NAME:PARTS[:LEADER]]... "
             "[--bootstrap-file F]\n"
             "       pb_kafka_mock produce --bootstrap B --topic T --count N [--from I] "
-            "[--partition P] [--raw TEXT] [--pad BYTES]\n"
+            "[--partition P] [--raw TEXT] [--pad BYTES] [--header NAME=VALUE]\n"
             "       pb_kafka_mock offsets --bootstrap B --topic T [--group G]\n"
             "       pb_kafka_mock consume --bootstrap B --topic T [--expect N] [--timeout S]\n");
     exit(2);
@@ -255,7 +255,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 
 static int cmd_produce(int argc, char **argv)
 {
-    const char *bootstrap = NULL, *topic = NULL, *raw = NULL;
+    const char *bootstrap = NULL, *topic = NULL, *raw = NULL, *header = NULL;
     long count = 0, from = 0, pad = 0;
     int partition = RD_KAFKA_PARTITION_UA;
     for (int i = 0; i < argc; i++) {
@@ -275,11 +275,23 @@ static int cmd_produce(int argc, char **argv)
             raw = argv[++i];
         else if (strcmp(argv[i], "--pad") == 0)
             pad = atol(argv[++i]);
+        else if (strcmp(argv[i], "--header") == 0)
+            header = argv[++i];
         else
             usage();
     }
     if (!bootstrap || !topic || count <= 0 || pad < 0 || pad > 1000000)
         usage();
+    char hname[256] = "source";
+    const char *hval = "pb_kafka_mock";
+    if (header) {
+        const char *eq = strchr(header, '=');
+        if (!eq || eq == header || (size_t)(eq - header) >= sizeof(hname))
+            usage();
+        memcpy(hname, header, (size_t)(eq - header));
+        hname[eq - header] = 0;
+        hval = eq + 1;
+    }
     rd_kafka_conf_t *c = conf_new(bootstrap);
     conf_set(c, "enable.idempotence", "true");
     conf_set(c, "linger.ms", "5");
@@ -302,8 +314,8 @@ static int cmd_produce(int argc, char **argv)
             rd_kafka_resp_err_t err = rd_kafka_producev(
                 rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, strlen(key)),
-                RD_KAFKA_V_VALUE(body, (size_t)blen),
-                RD_KAFKA_V_HEADER("source", "pb_kafka_mock", -1), RD_KAFKA_V_END);
+                RD_KAFKA_V_VALUE(body, (size_t)blen), RD_KAFKA_V_HEADER(hname, hval, -1),
+                RD_KAFKA_V_END);
             if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
                 rd_kafka_poll(rk, 50);
                 continue;

@@ -103,6 +103,7 @@ struct in_kafka {
     int64_t batch;
     int64_t session_timeout_ms;
     int64_t idem_window_ms;
+    char *idem_header;
     char pipeline[128];
 
     /* run time: the input's loop thread (destroy: the main thread, loop gone) */
@@ -178,6 +179,11 @@ static const struct pb_field kafka_fields[] = {
      .offset = offsetof(struct in_kafka, idem_window_ms),
      .def = "7d",
      .doc = "how long <topic>:<partition>:<offset> keys are remembered"},
+    {.name = "idempotency_header",
+     .type = PB_F_STR,
+     .offset = offsetof(struct in_kafka, idem_header),
+     .doc = "a message header whose value is the idempotency key when present "
+            "(idempotency-key: what the kafka output writes)"},
     {0},
 };
 
@@ -697,7 +703,7 @@ static int submit_some(struct in_kafka *k, size_t n)
         metas[i] = kafka_message_meta(m, &mlen);
         if (!metas[i])
             goto out;
-        kafka_message_key(m, keys[i], sizeof(keys[0]));
+        kafka_message_key(m, k->idem_header, keys[i], sizeof(keys[0]));
         items[i] = (struct pb_item){
             .body = m->payload ? m->payload : "",
             .len = m->payload ? m->len : 0,
@@ -952,6 +958,8 @@ static int kafka_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
                               k->topics.items[i]);
     if (!*k->group || strlen(k->group) > 255)
         return pb_err_set(err, PB_ECONFIG, "group must be 1-255 characters");
+    if (k->idem_header && (!*k->idem_header || strlen(k->idem_header) > 255))
+        return pb_err_set(err, PB_ECONFIG, "idempotency_header must be 1-255 characters");
     if (k->session_timeout_ms < 1000 || k->session_timeout_ms > 3600000)
         return pb_err_set(err, PB_ECONFIG, "session_timeout must be between 1s and 1h");
     /* The properties must be ones librdkafka takes: checked without I/O. */
@@ -1032,7 +1040,7 @@ static int consumer_create(struct in_kafka *k, struct pb_err *err)
 {
     char bootstrap[4096], errstr[512], ms[24];
     rd_kafka_topic_partition_list_t *topics = NULL;
-    bool tls = k->common.tls.ca_file || k->common.tls.cert_file;
+    bool tls = kafka_tls_on(&k->common);
     int rc =
         kafka_resolve_brokers(&k->link, &k->common.brokers, tls, bootstrap, sizeof(bootstrap), err);
     if (rc)

@@ -40,6 +40,11 @@ const struct pb_field kafka_sasl_fields[] = {
 };
 
 const struct pb_field kafka_tls_fields[] = {
+    {.name = "enabled",
+     .type = PB_F_BOOL,
+     .offset = offsetof(struct kafka_tls, enabled),
+     .def = "false",
+     .doc = "TLS with the system's CA certificates (on by itself when a file is given)"},
     {.name = "ca_file",
      .type = PB_F_STR,
      .offset = offsetof(struct kafka_tls, ca_file),
@@ -113,6 +118,11 @@ int kafka_common_check(const struct kafka_common *k, struct pb_err *err)
     return 0;
 }
 
+bool kafka_tls_on(const struct kafka_common *k)
+{
+    return k->tls.enabled || k->tls.ca_file || k->tls.cert_file;
+}
+
 int kafka_conf_set(rd_kafka_conf_t *c, const char *name, const char *value, struct pb_err *err)
 {
     char msg[512];
@@ -172,10 +182,9 @@ rd_kafka_conf_t *kafka_conf_new(const struct kafka_common *k, const char *const 
         if (kafka_conf_set(c, name, k->properties.vals[i], err))
             goto fail;
     }
-    const char *proto = k->sasl.user ? (k->tls.ca_file || k->tls.cert_file ? "SASL_SSL" : NULL)
-                                     : (k->tls.ca_file || k->tls.cert_file ? "SSL" : "PLAINTEXT");
-    if (k->sasl.user && !proto)
-        proto = "SASL_PLAINTEXT";
+    bool tls = kafka_tls_on(k);
+    const char *proto =
+        k->sasl.user ? (tls ? "SASL_SSL" : "SASL_PLAINTEXT") : (tls ? "SSL" : "PLAINTEXT");
     if (kafka_conf_set(c, "security.protocol", proto, err))
         goto fail;
     if (k->sasl.user &&
@@ -331,7 +340,7 @@ int kafka_connect_cb(int sockfd, const struct sockaddr *addr, int addrlen, const
         char why[256];
         snprintf(why, sizeof(why),
                  "blocked: %s (broker %s) is %s (add it to outbound.allow to permit)", ip,
-                 name[0] ? name : "?", range ? range : "not allowed");
+                 id ? id : "?", range ? range : "not allowed");
         pthread_mutex_lock(&l->lock);
         snprintf(l->refused, sizeof(l->refused), "%s", why);
         l->refused_at = pb_now_ms();

@@ -30,6 +30,7 @@
 #define KAFKA_TOPIC_MAX 249
 
 struct kafka_tls {
+    bool enabled; /* also on when a file is given */
     char *ca_file;
     char *cert_file;
     char *key_file;
@@ -102,6 +103,8 @@ struct kafka_link {
 
 /* Check the common options (init: no I/O). */
 int kafka_common_check(const struct kafka_common *k, struct pb_err *err);
+/* TLS is on (enabled, or a CA or client certificate given). */
+bool kafka_tls_on(const struct kafka_common *k);
 
 /* A configuration with the common options applied: the plugin's defaults
  * (name, value pairs, NULL-terminated), then the user's properties (refusing

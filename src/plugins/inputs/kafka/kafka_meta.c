@@ -120,8 +120,24 @@ static uint64_t fnv64(const char *s)
     return h;
 }
 
-void kafka_message_key(const rd_kafka_message_t *m, char *buf, size_t len)
+void kafka_message_key(const rd_kafka_message_t *m, const char *header, char *buf, size_t len)
 {
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *val;
+    size_t vlen;
+    if (header && rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        rd_kafka_header_get_last(hdrs, header, &val, &vlen) == RD_KAFKA_RESP_ERR_NO_ERROR && val &&
+        vlen > 0 && vlen <= PB_ITEM_KEY_MAX && vlen < len) {
+        const unsigned char *v = val;
+        bool ok = true;
+        for (size_t i = 0; ok && i < vlen; i++)
+            ok = v[i] > 0x20 && v[i] < 0x7f;
+        if (ok) {
+            memcpy(buf, val, vlen);
+            buf[vlen] = 0;
+            return;
+        }
+    }
     const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "";
     int n = snprintf(buf, len, "%s:%d:%lld", topic, (int)m->partition, (long long)m->offset);
     if (n >= 0 && (size_t)n < len && n <= PB_ITEM_KEY_MAX)

@@ -266,7 +266,7 @@ static void producer_destroy(struct out_kafka *k, int wait_ms)
 static int producer_create(struct out_kafka *k, struct pb_err *err)
 {
     char bootstrap[4096], errstr[512], ms[24], linger[24];
-    bool tls = k->common.tls.ca_file || k->common.tls.cert_file;
+    bool tls = kafka_tls_on(&k->common);
     int rc =
         kafka_resolve_brokers(&k->link, &k->common.brokers, tls, bootstrap, sizeof(bootstrap), err);
     if (rc)
