@@ -5,8 +5,10 @@ killed whose partitions another takes over, then a rebalance between two
 live ones. Nothing acknowledged is lost, repeats carry the idempotency key of
 the first copy, and the group's committed offsets end at the end."""
 
+import errno
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +21,7 @@ from pbtest import (  # noqa: E402
     run,
     start_sink,
     test,
+    tmpdir,
     wait_until,
 )
 from srv_kafka import Kafka  # noqa: E402
@@ -204,6 +207,75 @@ def killed_consumer_is_taken_over_then_rebalanced():
         f"member or in flight across the rebalance, then read again by the other)")
 
 
+def fill(path):
+    """Write to path until the filesystem refuses; bytes written."""
+    n = 0
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1 << 9):
+            buf = b"\0" * chunk
+            while True:
+                try:
+                    f.write(buf)
+                    n += chunk
+                except OSError as e:
+                    check(e.errno in (errno.ENOSPC, errno.EDQUOT), f"filler write: {e}")
+                    break
+    return n
+
+
+@test
+def failed_commits_read_again_and_lose_nothing():
+    """The state store runs out of space mid-stream (a small tmpfs, filled):
+    batches fail to commit, their partitions are read again from the first
+    offset not committed, and once there is space again every message
+    arrives and the group's offsets reach the end."""
+    k = KAFKA
+    mnt = tmpdir("store-fs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"SKIPPED: cannot mount a tmpfs for the store ({r.stderr.strip()}); run as root")
+        return
+    pb = None
+    try:
+        n = 3000
+        k.produce("fin", n, pad=1000)
+        sink = start_sink()
+        pb = Patchbay(f"""
+server: {{ listen: "@LISTEN@", admin_token: "@TOKEN@" }}
+state: sqlite:{mnt}/state.db
+outbound: {{ allow: [127.0.0.0/8] }}
+pipelines:
+  full:
+    input:
+      kafka: {{ brokers: {k.brokers_yaml}, topics: [fin], group: g-full, batch: 50,
+               session_timeout: 6s }}
+    outputs:
+      sink:
+        http: {{ url: "{sink.url}/f", retry: {{ max_attempts: 1000, initial: 50ms, max: 1s }} }}
+""")
+        wait_until(lambda: len(sink.records()) >= 300, 60, "consumption under way")
+        filler = os.path.join(mnt, "filler")
+        size = fill(filler)
+        log(f"filled the store's filesystem with {size >> 10} KiB")
+        wait_until(lambda: state(pb, "full")["nacked"] > 0, 60, "a batch failing to commit")
+        os.unlink(filler)
+        wait_until(lambda: len(sink_ns(sink)) >= n, 180, f"all {n} messages delivered")
+        check_eq(sorted(sink_ns(sink)), list(range(n)), "every message arrived")
+        wait_until(lambda: k.committed_at_end("fin", "g-full"), 60, "committed offset = end")
+        check("reading again after a failed commit" in pb.log(),
+              "the partitions were read again from the first offset not committed")
+        it = state(pb, "full")
+        log(f"nacked {it['nacked']}, duplicates {it['duplicates']}, "
+            f"{len(sink.records()) - n} delivered again")
+    finally:
+        if pb is not None:
+            pb.kill9()
+        for args in (["umount", mnt], ["umount", "-l", mnt]):
+            if subprocess.run(args, capture_output=True).returncode == 0:
+                break
+
+
 if __name__ == "__main__":
-    KAFKA = Kafka(topics=["kin:4", "kout:3", "bin:4", "bout:3", "tin:4", "tout:3"])
+    KAFKA = Kafka(topics=["kin:4", "kout:3", "bin:4", "bout:3", "tin:4", "tout:3", "fin:2"])
     run()

@@ -52,6 +52,8 @@
 #define CLOSE_WAIT_MS 10000       /* destroy: leaving the group */
 #define SEEK_WAIT_MS 2000
 #define ERROR_LOG_EVERY_MS 10000
+#define BACKOFF_MIN_MS 500 /* after a failed commit in patchbay, doubling ... */
+#define BACKOFF_MAX_MS 30000
 
 /* One partition this member has (or had) assigned. Kept until destroy, so
  * a batch may refer to it; epoch tells whether what it refers to is still
@@ -119,8 +121,11 @@ struct in_kafka {
     size_t nparts, capparts;
     struct held *held;
     size_t nheld, capheld;
-    size_t inflight; /* batches submitted, not called back */
-    bool paused;     /* back-pressure: nothing is submitted, fetching is paused */
+    size_t inflight;          /* batches submitted, not called back */
+    bool paused;              /* back-pressure: nothing is submitted, fetching is paused */
+    bool fetch_paused;        /* the assigned partitions are paused at librdkafka */
+    int64_t backoff_until_ms; /* after failed commits: nothing is submitted before (mono) */
+    unsigned failures;        /* failed commits in a row */
     bool stopped;
     bool closing;                              /* destroy: rebalances give partitions up at once */
     bool fatal;                                /* the consumer is unusable: made anew by the tick */
@@ -304,14 +309,23 @@ static void reconnecting(struct in_kafka *k, const char *why)
 
 /* ---- back-pressure ----------------------------------------------------------------------- */
 
-static void fetch_pause(struct in_kafka *k, bool pause)
+static bool backing_off(const struct in_kafka *k)
 {
+    return k->backoff_until_ms && pb_mono_us() / 1000 < k->backoff_until_ms;
+}
+
+/* Fetching is paused while the core pushes back or commits fail. */
+static void fetch_update(struct in_kafka *k)
+{
+    bool want = k->paused || backing_off(k);
     rd_kafka_topic_partition_list_t *l = NULL;
-    if (!k->rk || rd_kafka_assignment(k->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR)
+    if (!k->rk || want == k->fetch_paused ||
+        rd_kafka_assignment(k->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
     if (l->cnt)
-        pause ? rd_kafka_pause_partitions(k->rk, l) : rd_kafka_resume_partitions(k->rk, l);
+        want ? rd_kafka_pause_partitions(k->rk, l) : rd_kafka_resume_partitions(k->rk, l);
     rd_kafka_topic_partition_list_destroy(l);
+    k->fetch_paused = want;
 }
 
 static void kafka_pause(void *ctx)
@@ -320,7 +334,7 @@ static void kafka_pause(void *ctx)
     if (k->paused || k->stopped)
         return;
     k->paused = true;
-    fetch_pause(k, true);
+    fetch_update(k);
     int64_t now = pb_mono_us() / 1000;
     if (!k->pause_logged_ms || now - k->pause_logged_ms >= ERROR_LOG_EVERY_MS) {
         k->pause_logged_ms = now;
@@ -336,7 +350,7 @@ static void kafka_resume(void *ctx)
     if (!k->paused || k->stopped)
         return;
     k->paused = false;
-    fetch_pause(k, false);
+    fetch_update(k);
     pump(k);
 }
 
@@ -440,9 +454,8 @@ static void assign_parts(struct in_kafka *k, rd_kafka_topic_partition_list_t *l)
     for (int i = 0; i < l->cnt; i++) {
         struct part *p = part_get(k, l->elems[i].topic, l->elems[i].partition);
         if (!p) {
-            /* Without a place to keep its progress the partition cannot be
-             * taken safely: leave the group's rebalance to give it to
-             * another member (or to us again). */
+            /* Without a place to keep its progress nothing of the partition
+             * is taken, and nothing committed, until a later assignment. */
             PB_ERROR("kafka: out of memory taking a partition pipeline=%s", k->pipeline);
             continue;
         }
@@ -458,8 +471,10 @@ static void assign_parts(struct in_kafka *k, rd_kafka_topic_partition_list_t *l)
     } else {
         rd_kafka_assign(k->rk, l);
     }
-    if (k->paused && l->cnt)
+    if (l->cnt && (k->fetch_paused || k->paused || backing_off(k))) {
         rd_kafka_pause_partitions(k->rk, l);
+        k->fetch_paused = true;
+    }
     list_names(l, names, sizeof(names));
     PB_INFO("kafka: partitions assigned pipeline=%s group=%s partitions=%s", k->pipeline, k->group,
             names);
@@ -661,9 +676,15 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
     (void)res;
     k->inflight--;
     if (status != 0) {
+        /* Read again, after a pause that grows while commits keep failing. */
         pb_input_count_nacked(k->in, b->nitems);
+        int64_t wait = BACKOFF_MIN_MS << (k->failures < 6 ? k->failures : 6);
+        k->failures++;
+        k->backoff_until_ms = pb_mono_us() / 1000 + (wait < BACKOFF_MAX_MS ? wait : BACKOFF_MAX_MS);
+        fetch_update(k);
         log_error_limited(k, "batch not committed in patchbay (read again)", pb_strerror(status));
     } else {
+        k->failures = 0;
         pb_input_observe_latency(k->in, pb_mono_us() - b->oldest_us);
     }
     for (size_t i = 0; i < b->nrefs; i++)
@@ -753,7 +774,7 @@ out:
 
 static void submit_held(struct in_kafka *k)
 {
-    while (k->nheld > 0 && !k->paused && !k->stopped) {
+    while (k->nheld > 0 && !k->paused && !k->stopped && !backing_off(k)) {
         size_t n = k->nheld < (size_t)k->batch ? k->nheld : (size_t)k->batch;
         int rc = submit_some(k, n);
         if (rc == 0)
@@ -1028,6 +1049,7 @@ static void consumer_destroy(struct in_kafka *k, bool close)
     }
     rd_kafka_destroy_flags(k->rk, close ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     k->rk = NULL;
+    k->fetch_paused = false;
     for (size_t i = 0; i < k->nparts; i++) {
         part_reset(k->parts[i]);
         k->parts[i]->assigned = false;
@@ -1103,6 +1125,8 @@ static void tick_cb(struct pb_loop_timer *t, void *arg)
             reconnecting(k, err.msg);
         }
     }
+    if (k->fetch_paused && !k->paused && !backing_off(k))
+        fetch_update(k);
     pump(k);
     if (++k->ticks % HOUSEKEEPING_TICKS == 0 && k->rk) {
         commit_flush(k);
