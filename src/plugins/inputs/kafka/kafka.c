@@ -20,6 +20,10 @@
  * gives them up. Back-pressure (PB_EFULL, pause) pauses fetching on every
  * assigned partition; what was already fetched waits in order until resume.
  *
+ * This file takes and submits messages and runs the consumer's life cycle;
+ * kafka_group.c keeps the partitions, the commits and the rebalances
+ * (kafka_int.h: the state both share).
+ *
  * Threads: the input has its own loop thread (PB_INPUT_OWN_THREAD). The
  * consumer queue signals a pipe the loop watches (rd_kafka_queue_io_event_
  * enable), and a tick polls it too; every librdkafka callback that matters
@@ -36,109 +40,12 @@
 
 #include <jansson.h>
 
-#include "kafka_common.h"
+#include "kafka_int.h"
 #include "kafka_meta.h"
-#include "kafka_track.h"
 #include "patchbay/pb_json.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_plugin.h"
 #include "patchbay/pb_time.h"
-
-#define TICK_MS 100
-#define HOUSEKEEPING_TICKS 10     /* every second: commit resends, retries */
-#define REVOKE_WAIT_MS 30000      /* a revocation waits this long for batches in flight */
-#define COMMIT_RESEND_MS 5000     /* an unanswered commit is sent again after this */
-#define FINAL_COMMIT_WAIT_MS 5000 /* destroy: the last commit */
-#define CLOSE_WAIT_MS 10000       /* destroy: leaving the group */
-#define SEEK_WAIT_MS 2000
-#define ERROR_LOG_EVERY_MS 10000
-#define BACKOFF_MIN_MS 500 /* after a failed commit in patchbay, doubling ... */
-#define BACKOFF_MAX_MS 30000
-
-/* One partition this member has (or had) assigned. Kept until destroy, so
- * a batch may refer to it; epoch tells whether what it refers to is still
- * current. */
-struct part {
-    char *topic;
-    int32_t partition;
-    struct kt_part t;    /* batches in flight, the commit offset, the epoch */
-    bool assigned;       /* ours now */
-    bool revoked;        /* being given up: nothing more is taken */
-    bool rewind;         /* a seek back is owed: nothing is taken until it is done */
-    int64_t rewind_to;   /* ... to this offset */
-    int64_t next;        /* offset after the last message taken; -1 unknown */
-    int64_t commit_sent; /* the last commit sent to the group; -1 none */
-    int64_t committed;   /* the group confirmed it; -1 none */
-    int64_t sent_at_ms;  /* monotonic */
-    int64_t lag;         /* from the statistics; -1 unknown */
-};
-
-/* A message taken off the queue, waiting to be submitted. */
-struct held {
-    rd_kafka_message_t *m;
-    struct part *p;
-    int64_t at_us; /* when it was taken (monotonic), for the ack latency */
-};
-
-struct batch_ref {
-    struct part *p;
-    uint64_t epoch;
-    struct kt_seg *seg; /* valid only while p->t.epoch == epoch */
-};
-
-struct batch {
-    struct in_kafka *k;
-    int64_t oldest_us;
-    size_t nitems;
-    size_t nrefs;
-    struct batch_ref refs[];
-};
-
-struct in_kafka {
-    struct kafka_link link; /* first: librdkafka's opaque is the context */
-    struct kafka_common common;
-    /* options */
-    struct pb_strlist topics;
-    char *group;
-    int start;  /* 0 earliest, 1 latest */
-    int format; /* 0 json, 1 raw */
-    int64_t batch;
-    int64_t session_timeout_ms;
-    int64_t idem_window_ms;
-    char *idem_header;
-    char pipeline[128];
-
-    /* run time: the input's loop thread (destroy: the main thread, loop gone) */
-    struct pb_input *in;
-    rd_kafka_t *rk;
-    rd_kafka_queue_t *q;
-    int pipe_fd[2];
-    bool have_pipe;
-    struct pb_loop_watch *watch;
-    struct pb_loop_timer *tick;
-    unsigned ticks;
-    struct part **parts;
-    size_t nparts, capparts;
-    struct held *held;
-    size_t nheld, capheld;
-    size_t inflight;          /* batches submitted, not called back */
-    bool paused;              /* back-pressure: nothing is submitted, fetching is paused */
-    bool fetch_paused;        /* the assigned partitions are paused at librdkafka */
-    int64_t backoff_until_ms; /* after failed commits: nothing is submitted before (mono) */
-    unsigned failures;        /* failed commits in a row */
-    bool stopped;
-    bool closing;                              /* destroy: rebalances give partitions up at once */
-    bool fatal;                                /* the consumer is unusable: made anew by the tick */
-    rd_kafka_topic_partition_list_t *revoking; /* waiting for batches in flight */
-    bool revoking_lost;
-    int64_t revoke_deadline_ms;
-    int state; /* last reported enum pb_input_state */
-    int down_reports;
-    char last_error[256];
-    int64_t error_logged_ms;
-    int64_t pause_logged_ms;
-    char *position;
-};
 
 static const char *const starts[] = {"earliest", "latest", NULL};
 static const char *const formats[] = {"json", "raw", NULL};
@@ -218,454 +125,7 @@ static const char *const defaults[] = {
 };
 
 static void pump(struct in_kafka *k);
-static void commit_flush(struct in_kafka *k);
-static void finish_revoke(struct in_kafka *k);
-
-/* ---- partitions ------------------------------------------------------------------------ */
-
-static struct part *part_find(struct in_kafka *k, const char *topic, int32_t partition)
-{
-    for (size_t i = 0; i < k->nparts; i++)
-        if (k->parts[i]->partition == partition && strcmp(k->parts[i]->topic, topic) == 0)
-            return k->parts[i];
-    return NULL;
-}
-
-static struct part *part_get(struct in_kafka *k, const char *topic, int32_t partition)
-{
-    struct part *p = part_find(k, topic, partition);
-    if (p)
-        return p;
-    if (k->nparts == k->capparts) {
-        size_t cap = k->capparts ? k->capparts * 2 : 16;
-        struct part **ps = realloc(k->parts, cap * sizeof(*ps));
-        if (!ps)
-            return NULL;
-        k->parts = ps;
-        k->capparts = cap;
-    }
-    p = calloc(1, sizeof(*p));
-    if (!p || !(p->topic = strdup(topic))) {
-        free(p);
-        return NULL;
-    }
-    p->partition = partition;
-    k->parts[k->nparts++] = p;
-    return p;
-}
-
-/* A fresh start for p: what refers to its old epoch is ignored from now on. */
-static void part_reset(struct part *p)
-{
-    kt_reset(&p->t);
-    p->t.commit = -1;
-    p->revoked = false;
-    p->rewind = false;
-    p->next = -1;
-    p->commit_sent = -1;
-    p->committed = -1;
-    p->lag = -1;
-}
-
-/* Drop what was fetched for p and not submitted. */
-static void held_drop(struct in_kafka *k, const struct part *p)
-{
-    size_t w = 0;
-    for (size_t i = 0; i < k->nheld; i++) {
-        if (!p || k->held[i].p == p)
-            rd_kafka_message_destroy(k->held[i].m);
-        else
-            k->held[w++] = k->held[i];
-    }
-    k->nheld = w;
-}
-
-static void part_name(const struct part *p, char *buf, size_t len)
-{
-    snprintf(buf, len, "%s/%d", p->topic, (int)p->partition);
-}
-
-/* ---- state -------------------------------------------------------------------------------- */
-
-static void set_state(struct in_kafka *k, enum pb_input_state st, const char *detail)
-{
-    if (!k->in || k->closing)
-        return;
-    if ((int)st == k->state && st == PB_INPUT_CONNECTED)
-        return;
-    k->state = (int)st;
-    pb_input_set_state(k->in, st, detail);
-}
-
-static void reconnecting(struct in_kafka *k, const char *why)
-{
-    char refused[256], detail[600];
-    if (kafka_link_refused(&k->link, 60000, refused, sizeof(refused)))
-        snprintf(detail, sizeof(detail), "%s", refused);
-    else
-        snprintf(detail, sizeof(detail), "no broker reachable: %s", why);
-    set_state(k, PB_INPUT_RECONNECTING, detail);
-}
-
-/* ---- back-pressure ----------------------------------------------------------------------- */
-
-static bool backing_off(const struct in_kafka *k)
-{
-    return k->backoff_until_ms && pb_mono_us() / 1000 < k->backoff_until_ms;
-}
-
-/* Fetching is paused while the core pushes back or commits fail. */
-static void fetch_update(struct in_kafka *k)
-{
-    bool want = k->paused || backing_off(k);
-    rd_kafka_topic_partition_list_t *l = NULL;
-    if (!k->rk || want == k->fetch_paused ||
-        rd_kafka_assignment(k->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        return;
-    if (l->cnt)
-        want ? rd_kafka_pause_partitions(k->rk, l) : rd_kafka_resume_partitions(k->rk, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    k->fetch_paused = want;
-}
-
-static void kafka_pause(void *ctx)
-{
-    struct in_kafka *k = ctx;
-    if (k->paused || k->stopped)
-        return;
-    k->paused = true;
-    fetch_update(k);
-    int64_t now = pb_mono_us() / 1000;
-    if (!k->pause_logged_ms || now - k->pause_logged_ms >= ERROR_LOG_EVERY_MS) {
-        k->pause_logged_ms = now;
-        PB_INFO("kafka: fetching paused until patchbay has room (ingest bounds) pipeline=%s "
-                "group=%s held=%zu",
-                k->pipeline, k->group, k->nheld);
-    }
-}
-
-static void kafka_resume(void *ctx)
-{
-    struct in_kafka *k = ctx;
-    if (!k->paused || k->stopped)
-        return;
-    k->paused = false;
-    fetch_update(k);
-    pump(k);
-}
-
-/* ---- commits ------------------------------------------------------------------------------- */
-
-/* Commit, asynchronously, every partition whose commit offset moved on (or
- * whose last commit has gone unanswered for a while). */
-static void commit_flush(struct in_kafka *k)
-{
-    int64_t now = pb_mono_us() / 1000;
-    rd_kafka_topic_partition_list_t *l = NULL;
-    for (size_t i = 0; i < k->nparts; i++) {
-        struct part *p = k->parts[i];
-        if (!p->assigned || p->t.commit < 0 || p->t.commit <= p->committed)
-            continue;
-        if (p->t.commit <= p->commit_sent && now - p->sent_at_ms < COMMIT_RESEND_MS)
-            continue;
-        if (!l && !(l = rd_kafka_topic_partition_list_new(8)))
-            return;
-        rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = p->t.commit;
-        p->commit_sent = p->t.commit;
-        p->sent_at_ms = now;
-    }
-    if (!l)
-        return;
-    rd_kafka_resp_err_t err = rd_kafka_commit(k->rk, l, 1);
-    if (err) {
-        /* Not even queued (no group coordinator yet...): sent again later. */
-        for (int i = 0; i < l->cnt; i++) {
-            struct part *p = part_find(k, l->elems[i].topic, l->elems[i].partition);
-            if (p)
-                p->commit_sent = p->committed;
-        }
-    }
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
-static void log_error_limited(struct in_kafka *k, const char *what, const char *text)
-{
-    int64_t now = pb_mono_us() / 1000;
-    snprintf(k->last_error, sizeof(k->last_error), "%s", text);
-    if (k->error_logged_ms && now - k->error_logged_ms < ERROR_LOG_EVERY_MS)
-        return;
-    k->error_logged_ms = now;
-    char safe[300];
-    PB_WARN("kafka: %s pipeline=%s group=%s error=\"%s\"", what, k->pipeline, k->group,
-            pb_log_value(text, safe, sizeof(safe)));
-}
-
-static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                             rd_kafka_topic_partition_list_t *offsets, void *opaque)
-{
-    struct in_kafka *k = opaque;
-    (void)rk;
-    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET || !offsets)
-        return;
-    bool failed = false;
-    for (int i = 0; i < offsets->cnt; i++) {
-        const rd_kafka_topic_partition_t *e = &offsets->elems[i];
-        struct part *p = part_find(k, e->topic, e->partition);
-        if (!p)
-            continue;
-        if (!err && !e->err) {
-            if (e->offset > p->committed)
-                p->committed = e->offset;
-        } else {
-            failed = true;
-            if (p->commit_sent <= e->offset)
-                p->commit_sent = p->committed; /* sent again by the next flush */
-        }
-    }
-    if (failed && !k->closing)
-        log_error_limited(k, "offset commit failed (sent again)",
-                          rd_kafka_err2str(err ? err : offsets->elems[0].err));
-}
-
-/* ---- rebalances -------------------------------------------------------------------------- */
-
-static bool cooperative(struct in_kafka *k)
-{
-    const char *proto = rd_kafka_rebalance_protocol(k->rk);
-    return proto && strcmp(proto, "COOPERATIVE") == 0;
-}
-
-static void list_names(const rd_kafka_topic_partition_list_t *l, char *buf, size_t len)
-{
-    size_t used = 0;
-    buf[0] = 0;
-    for (int i = 0; i < l->cnt && used + 1 < len; i++) {
-        int n = snprintf(buf + used, len - used, "%s%s/%d", i ? "," : "", l->elems[i].topic,
-                         (int)l->elems[i].partition);
-        if (n < 0)
-            break;
-        used += (size_t)n;
-    }
-}
-
-static void assign_parts(struct in_kafka *k, rd_kafka_topic_partition_list_t *l)
-{
-    char names[512];
-    for (int i = 0; i < l->cnt; i++) {
-        struct part *p = part_get(k, l->elems[i].topic, l->elems[i].partition);
-        if (!p) {
-            /* Without a place to keep its progress nothing of the partition
-             * is taken, and nothing committed, until a later assignment. */
-            PB_ERROR("kafka: out of memory taking a partition pipeline=%s", k->pipeline);
-            continue;
-        }
-        part_reset(p);
-        p->assigned = true;
-    }
-    if (cooperative(k)) {
-        rd_kafka_error_t *e = rd_kafka_incremental_assign(k->rk, l);
-        if (e) {
-            log_error_limited(k, "assign failed", rd_kafka_error_string(e));
-            rd_kafka_error_destroy(e);
-        }
-    } else {
-        rd_kafka_assign(k->rk, l);
-    }
-    if (l->cnt && (k->fetch_paused || k->paused || backing_off(k))) {
-        rd_kafka_pause_partitions(k->rk, l);
-        k->fetch_paused = true;
-    }
-    list_names(l, names, sizeof(names));
-    PB_INFO("kafka: partitions assigned pipeline=%s group=%s partitions=%s", k->pipeline, k->group,
-            names);
-}
-
-static bool revoking_busy(struct in_kafka *k)
-{
-    for (int i = 0; k->revoking && i < k->revoking->cnt; i++) {
-        struct part *p = part_find(k, k->revoking->elems[i].topic, k->revoking->elems[i].partition);
-        if (p && kt_busy(&p->t))
-            return true;
-    }
-    return false;
-}
-
-/* Commit l and wait for the answer, at most timeout_ms. The error, or 0. */
-static rd_kafka_resp_err_t commit_wait(struct in_kafka *k, rd_kafka_topic_partition_list_t *l,
-                                       int timeout_ms)
-{
-    rd_kafka_queue_t *q = rd_kafka_queue_new(k->rk);
-    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
-    if (!q)
-        return RD_KAFKA_RESP_ERR__FAIL;
-    if ((err = rd_kafka_commit_queue(k->rk, l, q, NULL, NULL)) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms);
-        err = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
-        const rd_kafka_topic_partition_list_t *done =
-            ev ? rd_kafka_event_topic_partition_list(ev) : NULL;
-        for (int i = 0; !err && done && i < done->cnt; i++) {
-            struct part *p = part_find(k, done->elems[i].topic, done->elems[i].partition);
-            if (done->elems[i].err)
-                err = done->elems[i].err;
-            else if (p && done->elems[i].offset > p->committed)
-                p->committed = done->elems[i].offset;
-        }
-        if (ev)
-            rd_kafka_event_destroy(ev);
-    }
-    rd_kafka_queue_destroy(q);
-    return err;
-}
-
-/* The offsets reached on the assigned partitions (all, or those in only)
- * that the group has not confirmed; NULL when there are none. */
-static rd_kafka_topic_partition_list_t *unconfirmed(struct in_kafka *k,
-                                                    const rd_kafka_topic_partition_list_t *only)
-{
-    rd_kafka_topic_partition_list_t *c = NULL;
-    for (size_t i = 0; i < k->nparts; i++) {
-        struct part *p = k->parts[i];
-        if (!p->assigned || p->t.commit < 0 || p->t.commit <= p->committed)
-            continue;
-        if (only && !rd_kafka_topic_partition_list_find(only, p->topic, p->partition))
-            continue;
-        if (!c && !(c = rd_kafka_topic_partition_list_new(8)))
-            return NULL;
-        rd_kafka_topic_partition_list_add(c, p->topic, p->partition)->offset = p->t.commit;
-    }
-    return c;
-}
-
-/* Commit what was reached on the partitions being revoked, then give them up. */
-static void finish_revoke(struct in_kafka *k)
-{
-    rd_kafka_topic_partition_list_t *l = k->revoking;
-    char names[512];
-    k->revoking = NULL;
-    rd_kafka_topic_partition_list_t *c = k->revoking_lost || k->closing ? NULL : unconfirmed(k, l);
-    if (c) {
-        rd_kafka_resp_err_t err = commit_wait(k, c, FINAL_COMMIT_WAIT_MS);
-        list_names(c, names, sizeof(names));
-        if (err)
-            PB_WARN("kafka: commit before giving partitions up failed pipeline=%s group=%s "
-                    "partitions=%s error=\"%s\" (the next owner reads from the last committed "
-                    "offset; idempotency keys drop what this node already took)",
-                    k->pipeline, k->group, names, rd_kafka_err2str(err));
-        rd_kafka_topic_partition_list_destroy(c);
-    }
-    for (int i = 0; i < l->cnt; i++) {
-        struct part *p = part_find(k, l->elems[i].topic, l->elems[i].partition);
-        if (p) {
-            part_reset(p);
-            p->assigned = false;
-        }
-    }
-    if (cooperative(k)) {
-        rd_kafka_error_t *e = rd_kafka_incremental_unassign(k->rk, l);
-        if (e)
-            rd_kafka_error_destroy(e);
-    } else {
-        rd_kafka_assign(k->rk, NULL);
-    }
-    list_names(l, names, sizeof(names));
-    PB_INFO("kafka: partitions given up pipeline=%s group=%s partitions=%s%s", k->pipeline,
-            k->group, names, k->revoking_lost ? " (lost: the group moved on without us)" : "");
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
-static void revoke_parts(struct in_kafka *k, rd_kafka_topic_partition_list_t *l)
-{
-    if (k->revoking) /* cannot happen: the group waits for the last one */
-        finish_revoke(k);
-    k->revoking = rd_kafka_topic_partition_list_copy(l);
-    k->revoking_lost = rd_kafka_assignment_lost(k->rk) != 0;
-    if (!k->revoking) {
-        rd_kafka_assign(k->rk, NULL);
-        return;
-    }
-    for (int i = 0; i < l->cnt; i++) {
-        struct part *p = part_find(k, l->elems[i].topic, l->elems[i].partition);
-        if (!p)
-            continue;
-        p->revoked = true;
-        held_drop(k, p);
-    }
-    if (k->closing || k->revoking_lost || !revoking_busy(k)) {
-        finish_revoke(k);
-        return;
-    }
-    k->revoke_deadline_ms = pb_mono_us() / 1000 + REVOKE_WAIT_MS;
-    PB_INFO("kafka: partitions revoked; waiting for the batches in flight on them pipeline=%s "
-            "group=%s",
-            k->pipeline, k->group);
-}
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *l, void *opaque)
-{
-    struct in_kafka *k = opaque;
-    (void)rk;
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        assign_parts(k, l);
-    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
-        revoke_parts(k, l);
-    } else {
-        log_error_limited(k, "rebalance failed", rd_kafka_err2str(err));
-        for (size_t i = 0; i < k->nparts; i++) {
-            part_reset(k->parts[i]);
-            k->parts[i]->assigned = false;
-        }
-        held_drop(k, NULL);
-        rd_kafka_assign(k->rk, NULL);
-    }
-}
-
-/* ---- rewinding after a failed commit ------------------------------------------------------ */
-
-static void seek_back(struct in_kafka *k, struct part *p)
-{
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    char name[300];
-    if (!l)
-        return;
-    rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = p->rewind_to;
-    rd_kafka_error_t *e = rd_kafka_seek_partitions(k->rk, l, SEEK_WAIT_MS);
-    rd_kafka_resp_err_t perr = l->elems[0].err;
-    part_name(p, name, sizeof(name));
-    if (!e && !perr) {
-        p->rewind = false;
-        p->next = p->rewind_to;
-        PB_WARN("kafka: reading again after a failed commit pipeline=%s partition=%s offset=%lld",
-                k->pipeline, name, (long long)p->rewind_to);
-    } else {
-        log_error_limited(k, "seek back after a failed commit failed (tried again)",
-                          e ? rd_kafka_error_string(e) : rd_kafka_err2str(perr));
-    }
-    if (e)
-        rd_kafka_error_destroy(e);
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
-/* Move p's commit offset past the batches that are done, in order; at a
- * failed one, read again from there (or, given up, leave it to the next
- * owner). */
-static void advance(struct in_kafka *k, struct part *p)
-{
-    int64_t from;
-    if (kt_advance(&p->t, &from) != KT_REWIND)
-        return;
-    if (p->revoked || !p->assigned) {
-        kt_reset(&p->t);
-        return;
-    }
-    /* Never past what is not committed: read it again from there. */
-    kt_rewind(&p->t, from);
-    p->next = from;
-    p->rewind = true;
-    p->rewind_to = from;
-    held_drop(k, p);
-    seek_back(k, p);
-}
+static void kafka_pause(void *ctx);
 
 /* ---- submitting ------------------------------------------------------------------------- */
 
@@ -681,8 +141,9 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
         int64_t wait = BACKOFF_MIN_MS << (k->failures < 6 ? k->failures : 6);
         k->failures++;
         k->backoff_until_ms = pb_mono_us() / 1000 + (wait < BACKOFF_MAX_MS ? wait : BACKOFF_MAX_MS);
-        fetch_update(k);
-        log_error_limited(k, "batch not committed in patchbay (read again)", pb_strerror(status));
+        kin_fetch_update(k);
+        kin_log_error_limited(k, "batch not committed in patchbay (read again)",
+                              pb_strerror(status));
     } else {
         k->failures = 0;
         pb_input_observe_latency(k->in, pb_mono_us() - b->oldest_us);
@@ -691,13 +152,13 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
         kt_end(&b->refs[i].p->t, b->refs[i].epoch, b->refs[i].seg, status == 0);
     for (size_t i = 0; i < b->nrefs; i++)
         if (b->refs[i].p->t.epoch == b->refs[i].epoch)
-            advance(k, b->refs[i].p);
+            kin_advance(k, b->refs[i].p);
     free(b);
     if (!k->rk)
         return;
-    commit_flush(k);
-    if (k->revoking && !revoking_busy(k))
-        finish_revoke(k);
+    kin_commit_flush(k);
+    if (k->revoking && !kin_revoking_busy(k))
+        kin_finish_revoke(k);
 }
 
 /* Submit the first n held messages as one batch. 0, or the submit's error
@@ -774,7 +235,7 @@ out:
 
 static void submit_held(struct in_kafka *k)
 {
-    while (k->nheld > 0 && !k->paused && !k->stopped && !backing_off(k)) {
+    while (k->nheld > 0 && !k->paused && !k->stopped && !kin_backing_off(k)) {
         size_t n = k->nheld < (size_t)k->batch ? k->nheld : (size_t)k->batch;
         int rc = submit_some(k, n);
         if (rc == 0)
@@ -783,7 +244,7 @@ static void submit_held(struct in_kafka *k)
             /* The core pauses us too and resumes us once there is room. */
             kafka_pause(k);
         } else if (rc != PB_ESHUTDOWN) {
-            log_error_limited(k, "submit failed (tried again)", pb_strerror(rc));
+            kin_log_error_limited(k, "submit failed (tried again)", pb_strerror(rc));
         }
         return;
     }
@@ -797,7 +258,7 @@ static void consumer_error(struct in_kafka *k, const rd_kafka_message_t *m)
     const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
     snprintf(text, sizeof(text), "%s%s%s", rd_kafka_message_errstr(m), topic ? " topic=" : "",
              topic ? topic : "");
-    log_error_limited(k, "consumer error", text);
+    kin_log_error_limited(k, "consumer error", text);
 }
 
 /* Hold m for the next batch (true), or say why not: its partition is not
@@ -805,7 +266,7 @@ static void consumer_error(struct in_kafka *k, const rd_kafka_message_t *m)
  * is the caller's to destroy). */
 static bool take(struct in_kafka *k, rd_kafka_message_t *m)
 {
-    struct part *p = m->rkt ? part_find(k, rd_kafka_topic_name(m->rkt), m->partition) : NULL;
+    struct part *p = m->rkt ? kin_part_find(k, rd_kafka_topic_name(m->rkt), m->partition) : NULL;
     if (!p || !p->assigned || p->revoked || p->rewind || (p->next >= 0 && m->offset < p->next))
         return false;
     if (k->nheld == k->capheld) {
@@ -912,9 +373,9 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     kafka_stats_brokers(st, &up, &total);
     if (up > 0) {
         k->down_reports = 0;
-        set_state(k, PB_INPUT_CONNECTED, NULL);
+        kin_set_state(k, PB_INPUT_CONNECTED, NULL);
     } else if (total > 0 && ++k->down_reports >= 3) {
-        reconnecting(k, k->last_error[0] ? k->last_error : "connecting");
+        kin_reconnecting(k, k->last_error[0] ? k->last_error : "connecting");
     }
     json_t *topics = json_object_get(st, "topics");
     for (size_t i = 0; i < k->nparts; i++) {
@@ -951,10 +412,38 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         PB_ERROR("kafka: the consumer failed and is made anew pipeline=%s group=%s error=\"%s\"",
                  k->pipeline, k->group, fatal);
         k->fatal = true;
-        reconnecting(k, fatal);
+        kin_reconnecting(k, fatal);
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        reconnecting(k, reason);
+        kin_reconnecting(k, reason);
     }
+}
+
+/* ---- back-pressure ----------------------------------------------------------------------- */
+
+static void kafka_pause(void *ctx)
+{
+    struct in_kafka *k = ctx;
+    if (k->paused || k->stopped)
+        return;
+    k->paused = true;
+    kin_fetch_update(k);
+    int64_t now = pb_mono_us() / 1000;
+    if (!k->pause_logged_ms || now - k->pause_logged_ms >= ERROR_LOG_EVERY_MS) {
+        k->pause_logged_ms = now;
+        PB_INFO("kafka: fetching paused until patchbay has room (ingest bounds) pipeline=%s "
+                "group=%s held=%zu",
+                k->pipeline, k->group, k->nheld);
+    }
+}
+
+static void kafka_resume(void *ctx)
+{
+    struct in_kafka *k = ctx;
+    if (!k->paused || k->stopped)
+        return;
+    k->paused = false;
+    kin_fetch_update(k);
+    pump(k);
 }
 
 /* ---- life cycle ------------------------------------------------------------------------- */
@@ -1000,11 +489,11 @@ static void consumer_destroy(struct in_kafka *k, bool close)
 {
     if (!k->rk)
         return;
-    held_drop(k, NULL);
+    kin_held_drop(k, NULL);
     if (close) {
-        rd_kafka_topic_partition_list_t *c = unconfirmed(k, NULL);
+        rd_kafka_topic_partition_list_t *c = kin_unconfirmed(k, NULL);
         if (c) {
-            rd_kafka_resp_err_t err = commit_wait(k, c, FINAL_COMMIT_WAIT_MS);
+            rd_kafka_resp_err_t err = kin_commit_wait(k, c, FINAL_COMMIT_WAIT_MS);
             if (err)
                 PB_WARN("kafka: last offset commit failed pipeline=%s group=%s error=\"%s\" "
                         "(what follows the last committed offset is read again; idempotency "
@@ -1015,7 +504,7 @@ static void consumer_destroy(struct in_kafka *k, bool close)
     }
     k->closing = true;
     if (k->revoking)
-        finish_revoke(k);
+        kin_finish_revoke(k);
     if (close) {
         rd_kafka_queue_t *cq = rd_kafka_queue_new(k->rk);
         rd_kafka_error_t *e = cq ? rd_kafka_consumer_close_queue(k->rk, cq) : NULL;
@@ -1023,7 +512,7 @@ static void consumer_destroy(struct in_kafka *k, bool close)
         while (cq && !e && !rd_kafka_consumer_closed(k->rk) && pb_mono_us() / 1000 < deadline) {
             rd_kafka_event_t *ev = rd_kafka_queue_poll(cq, 100);
             if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
-                if (cooperative(k))
+                if (kin_cooperative(k))
                     rd_kafka_error_destroy(rd_kafka_incremental_unassign(
                         k->rk, rd_kafka_event_topic_partition_list(ev)));
                 else
@@ -1051,7 +540,7 @@ static void consumer_destroy(struct in_kafka *k, bool close)
     k->rk = NULL;
     k->fetch_paused = false;
     for (size_t i = 0; i < k->nparts; i++) {
-        part_reset(k->parts[i]);
+        kin_part_reset(k->parts[i]);
         k->parts[i]->assigned = false;
     }
     k->closing = false;
@@ -1080,8 +569,8 @@ static int consumer_create(struct in_kafka *k, struct pb_err *err)
         rd_kafka_conf_destroy(c);
         return err->code;
     }
-    rd_kafka_conf_set_rebalance_cb(c, rebalance_cb);
-    rd_kafka_conf_set_offset_commit_cb(c, offset_commit_cb);
+    rd_kafka_conf_set_rebalance_cb(c, kin_rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(c, kin_offset_commit_cb);
     rd_kafka_conf_set_error_cb(c, error_cb);
     rd_kafka_conf_set_stats_cb(c, stats_cb);
     k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, errstr, sizeof(errstr));
@@ -1122,22 +611,22 @@ static void tick_cb(struct pb_loop_timer *t, void *arg)
         consumer_destroy(k, false);
         if (consumer_create(k, &err) != 0) {
             k->fatal = true; /* tried again on the next housekeeping tick */
-            reconnecting(k, err.msg);
+            kin_reconnecting(k, err.msg);
         }
     }
-    if (k->fetch_paused && !k->paused && !backing_off(k))
-        fetch_update(k);
+    if (k->fetch_paused && !k->paused && !kin_backing_off(k))
+        kin_fetch_update(k);
     pump(k);
     if (++k->ticks % HOUSEKEEPING_TICKS == 0 && k->rk) {
-        commit_flush(k);
+        kin_commit_flush(k);
         for (size_t i = 0; i < k->nparts; i++)
             if (k->parts[i]->assigned && k->parts[i]->rewind)
-                seek_back(k, k->parts[i]);
+                kin_seek_back(k, k->parts[i]);
         if (k->revoking && pb_mono_us() / 1000 >= k->revoke_deadline_ms) {
             PB_WARN("kafka: batches still in flight when giving partitions up pipeline=%s "
                     "group=%s (the next owner reads them again; idempotency keys drop repeats)",
                     k->pipeline, k->group);
-            finish_revoke(k);
+            kin_finish_revoke(k);
         }
     }
     pb_loop_timer_start(t, TICK_MS);
@@ -1180,7 +669,7 @@ static void kafka_stop(void *ctx)
     k->watch = NULL;
     k->tick = NULL;
     /* Fetched and not submitted: read again by whoever reads next. */
-    held_drop(k, NULL);
+    kin_held_drop(k, NULL);
 }
 
 static void kafka_destroy(void *ctx)
