@@ -288,10 +288,10 @@ static bool take(struct in_kafka *k, rd_kafka_message_t *m)
 
 static void pump(struct in_kafka *k)
 {
-    size_t max = (size_t)k->batch * 2, got = 0;
+    size_t max = (size_t)k->batch * 2, got = 0, polled = 0;
     if (!k->rk || k->stopped)
         return;
-    for (size_t i = 0; i < max; i++) {
+    for (; polled < max; polled++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->rk, 0);
         if (!m)
             break;
@@ -305,11 +305,14 @@ static void pump(struct in_kafka *k)
         else
             rd_kafka_message_destroy(m);
         if (k->stopped || !k->rk)
-            break;
+            return;
     }
     if (got)
         pb_input_count_received(k->in, got);
     submit_held(k);
+    /* More may be queued with no new wake-up coming: go on at once. */
+    if (polled == max && k->tick)
+        pb_loop_timer_start(k->tick, 0);
 }
 
 static void pipe_cb(struct pb_loop_watch *w, int fd, unsigned events, void *arg)

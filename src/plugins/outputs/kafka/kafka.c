@@ -36,7 +36,7 @@
 #include "patchbay/pb_time.h"
 
 #define POLL_MS 100
-#define STOP_FLUSH_MS 5000
+#define STOP_FLUSH_MS 1000 /* the dispatcher has waited for attempts already */
 #define MAX_HEADERS 64
 
 struct out_kafka {
