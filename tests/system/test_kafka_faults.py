@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pbtest import (  # noqa: E402
@@ -151,8 +152,13 @@ def brokers_down_and_up_mid_stream():
         wait_until(lambda: pb.metrics().value("patchbay_deliveries_retried_total",
                                               pipeline="publish", output="kafka") > 0, 30,
                    "produce attempts timing out and retrying")
+        # Stopped while the brokers are away: it exits cleanly, in bounded time.
+        t0 = time.monotonic()
+        check_eq(pb.term(timeout=40), 0, "exit code of SIGTERM with the brokers away")
+        log(f"stopped in {time.monotonic() - t0:.1f}s with the brokers away")
     finally:
         k.up()
+    pb.start()
     wait_until(lambda: state(pb, "consume")["state"] == "connected", 60, "the input reconnects")
     k.produce("bin", n, start=n, pad=100)
     poster.stop()
