@@ -394,8 +394,11 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
         json_int_t end = ls >= 0 ? ls : hi; /* read_committed: the last stable offset */
         int64_t pos = p->next >= 0 ? p->next : p->committed;
         if (pos < 0) {
-            json_int_t co = json_integer_value(json_object_get(e, "committed_offset"));
-            pos = co >= 0 && json_object_get(e, "committed_offset") ? co : -1;
+            json_t *cv = json_object_get(e, "committed_offset");
+            json_t *lov = json_object_get(e, "lo_offset");
+            json_int_t co = cv ? json_integer_value(cv) : -1;
+            json_int_t lo = lov ? json_integer_value(lov) : -1;
+            pos = co >= 0 ? co : (lo >= 0 && lo == end ? lo : -1); /* empty: nothing waits */
         }
         p->lag = end >= 0 && pos >= 0 ? (end > pos ? end - pos : 0) : -1;
     }
@@ -608,12 +611,12 @@ static void tick_cb(struct pb_loop_timer *t, void *arg)
     struct in_kafka *k = arg;
     if (k->stopped)
         return;
-    if (k->fatal) {
+    if (k->fatal && (k->rk || k->ticks % HOUSEKEEPING_TICKS == 0)) {
         struct pb_err err = {0};
         k->fatal = false;
         consumer_destroy(k, false);
         if (consumer_create(k, &err) != 0) {
-            k->fatal = true; /* tried again on the next housekeeping tick */
+            k->fatal = true; /* tried again on a housekeeping tick */
             kin_reconnecting(k, err.msg);
         }
     }
