@@ -18,8 +18,10 @@ from pbtest import (  # noqa: E402
     check_eq,
     log,
     run,
+    run_cli,
     start_sink,
     test,
+    tmpdir,
     wait_until,
 )
 from srv_kafka import Kafka  # noqa: E402
@@ -372,6 +374,62 @@ pipelines:
     check_eq(pb.metrics().value("patchbay_deliveries_delivered_total", pipeline="publish",
                                 output="k"), 0, "nothing delivered through the refused broker")
     check_eq(k.offsets("guarded")["high"], 0, "nothing produced")
+
+
+LINT_BASE = """
+pipelines:
+  in:
+    input:
+      kafka:
+        brokers: [kafka-1.example:9092, "[2001:db8::1]:9093", kafka-3.example]
+        topics: [orders, '^audit\\..*']
+        group: g
+        sasl: { mechanism: SCRAM-SHA-512, user: pb, password: "${KAFKA_PW}" }
+        tls: { ca_file: /etc/ssl/ca.pem, cert_file: /etc/ssl/c.pem, key_file: /etc/ssl/k.pem,
+               key_password: "${KEY_PW}" }
+        properties: PROPS
+    outputs:
+      out:
+        kafka:
+          brokers: [kafka-1.example:9092]
+          topic: 'orders.{{ .region }}'
+          key: '{{ .id }}'
+          compression: zstd
+          sasl: { user: pb, password: "${KAFKA_PW}" }
+          tls: { enabled: true }
+"""
+
+
+@test
+def lint_checks_kafka_options_without_connecting():
+    """TLS and SASL cannot be tried on the mock cluster: their options, and
+    the librdkafka properties, are checked by lint (no connection is made)
+    and secrets never show in what it prints."""
+    env = dict(os.environ, KAFKA_PW="s3cr3t-pw", KEY_PW="k3y-pw")
+
+    def lint(props, start="earliest"):
+        path = os.path.join(tmpdir("lint"), "patchbay.yaml")
+        with open(path, "w") as f:
+            f.write(LINT_BASE.replace("PROPS", props).replace("group: g\n",
+                                                                 f"group: g\n        start: {start}\n"))
+        r = run_cli("lint", path, env=env)
+        out = r.stdout + r.stderr
+        check("s3cr3t-pw" not in out and "k3y-pw" not in out, f"a secret printed: {out}")
+        return r.returncode, out
+
+    code, out = lint('{ fetch.max.bytes: "52428800", isolation.level: read_uncommitted }')
+    check_eq(code, 0, f"a valid configuration: {out}")
+    for props, want in [
+        ('{ enable.auto.commit: "true" }', "patchbay commits offsets after its own commit"),
+        ('{ group.id: other }', "set it with group"),
+        ('{ sasl.password: "s3cr3t-pw" }', "is a secret"),
+        ('{ fetch.max.bytez: "1" }', "No such configuration property"),
+        ('{ isolation.level: sometimes }', "isolation.level"),
+    ]:
+        code, out = lint(props)
+        check(code == 1 and want in out, f"properties {props}: want {want!r}, got: {out}")
+    code, out = lint("{}", start="yesterday")
+    check(code == 1 and "earliest" in out, f"a bad start: {out}")
 
 
 if __name__ == "__main__":
