@@ -9,25 +9,49 @@ extern const struct pb_input_plugin pb_in_generate;
 extern const struct pb_input_plugin pb_in_nats;
 extern const struct pb_input_plugin pb_in_redis_streams;
 extern const struct pb_input_plugin pb_in_mqtt;
+extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
 extern const struct pb_processor_plugin pb_proc_split;
 extern const struct pb_output_plugin pb_out_http;
+extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_stdout;
 extern const struct pb_output_plugin pb_out_drop;
 extern const struct pb_output_plugin pb_out_nats;
 extern const struct pb_output_plugin pb_out_redis_streams;
-extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_mqtt;
+extern const struct pb_output_plugin pb_out_kafka;
 
+/* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
-    &pb_in_http_server, &pb_in_generate, &pb_in_nats, &pb_in_redis_streams, &pb_in_mqtt, NULL};
+    &pb_in_http_server,
+    &pb_in_generate,
+    &pb_in_nats,
+    &pb_in_redis_streams,
+    &pb_in_mqtt,
+    &pb_in_kafka,
+    NULL,
+};
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
-    &pb_proc_map, &pb_proc_filter, &pb_proc_switch, &pb_proc_split, NULL};
+    &pb_proc_map,
+    &pb_proc_filter,
+    &pb_proc_switch,
+    &pb_proc_split,
+    NULL,
+};
 const struct pb_output_plugin *const pb_output_plugins[] = {
-    &pb_out_http, &pb_out_webhook, &pb_out_stdout,        &pb_out_drop,
-    &pb_out_nats, &pb_out_mqtt,    &pb_out_redis_streams, NULL};
+    &pb_out_http,
+    &pb_out_webhook,
+    &pb_out_stdout,
+    &pb_out_drop,
+    &pb_out_nats,
+    &pb_out_redis_streams,
+    &pb_out_mqtt,
+    &pb_out_kafka,
+    NULL,
+};
+/* clang-format on */
 
 const struct pb_input_plugin *pb_registry_input(const char *name)
 {
