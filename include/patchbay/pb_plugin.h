@@ -343,6 +343,10 @@ struct pb_input_env {
     int (*add_route)(const struct pb_input_env *env, const struct pb_http_route *route,
                      struct pb_err *err);
     void *core;
+    /* The outbound guard for the input's own connections (brokers,
+     * databases): the top-level outbound.allow. Resolve with
+     * pb_outbound_resolve(env->allow, ...). Borrowed until destroy. */
+    const struct pb_allowlist *allow;
     /* Set by init when they apply: */
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */

@@ -454,7 +454,7 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
     rc = pb_conf_decode(n, pipeline_fields, &raw, err);
     if (rc)
         goto out;
-    rc = pb__input_load(pl, raw.input, c->once, err);
+    rc = pb__input_load(pl, raw.input, c->once, &c->outbound.allow, err);
     if (rc)
         goto out;
     if (raw.ordering.key) {

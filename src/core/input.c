@@ -121,7 +121,8 @@ static int make_meta_prefix(struct pb_input *in)
     return 0;
 }
 
-int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once, struct pb_err *err)
+int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
+                   const struct pb_strlist *allow, struct pb_err *err)
 {
     const struct pb_node *name, *body;
     if (n->type != PB_NODE_MAP || n->n != 1)
@@ -156,12 +157,16 @@ int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once, s
     int rc = pb_conf_decode(body, plugin->fields, in->ctx, err);
     if (rc)
         return rc;
+    in->allow = pb_allowlist_create(allow, err);
+    if (!in->allow)
+        return err->code ? err->code : PB_ENOMEM;
     in->env = (struct pb_input_env){
         .pipeline = pl->name,
         .plugin = plugin->name,
         .once = once,
         .add_route = add_route_cb,
         .core = in,
+        .allow = in->allow,
     };
     rc = plugin->init(in->ctx, &in->env, err);
     if (rc) {
@@ -195,6 +200,7 @@ void pb__input_free(struct pb_input *in)
         free(in->ckpts[i].value);
     }
     free(in->ckpts);
+    pb_allowlist_destroy(in->allow);
     free(in->routes);
     free(in->meta_prefix);
     free(in->detail);

@@ -26,7 +26,8 @@ struct pb_input {
     void *ctx;
     bool ctx_ready; /* init succeeded */
     struct pb_input_env env;
-    bool raw; /* its bodies are not JSON: no map, no process steps */
+    struct pb_allowlist *allow; /* env.allow: the top-level outbound.allow */
+    bool raw;                   /* its bodies are not JSON: no map, no process steps */
     int64_t idem_window_ms;
 
     /* Routes declared at init; added to the listener at engine start. */
@@ -63,8 +64,10 @@ struct pb_input {
     _Atomic uint64_t nacked;
 };
 
-/* Decode and init the input block of pl (config load; no I/O). */
-int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once, struct pb_err *err);
+/* Decode and init the input block of pl (config load; no I/O). allow: the
+ * top-level outbound.allow entries, for the input's own connections. */
+int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
+                   const struct pb_strlist *allow, struct pb_err *err);
 void pb__input_free(struct pb_input *in);
 
 /* Engine start: load checkpoints, give the input its loop (loop is the

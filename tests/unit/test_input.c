@@ -3,7 +3,10 @@
  * the input's loop, after the commit; a duplicate key stores nothing new; a
  * dead item goes straight to the dead-letter queue; a commit that fails
  * calls back with the failure and stores nothing (so the input acks
- * nothing); a submit that fails never calls back. */
+ * nothing); a submit that fails never calls back; an input that connects
+ * to a broker gets the outbound guard of the configuration. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,6 +244,44 @@ PB_TEST(failed_submit_never_calls_back)
     PB_EQ_INT(c.n, 0);
     PB_EQ_INT(count_messages(&f), 0);
     fixture_down(&f);
+}
+
+static int allowed(const struct pb_allowlist *al, const char *ip)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, ip, &sa.sin_addr);
+    return pb_outbound_check(al, ip, &sa, sizeof(sa));
+}
+
+PB_TEST(input_env_carries_the_outbound_guard)
+{
+    char dir[64], path[128];
+    struct pb_err err = {0};
+    snprintf(dir, sizeof(dir), "/tmp/pbinput-XXXXXX");
+    PB_CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof(path), "%s/patchbay.yaml", dir);
+    FILE *fp = fopen(path, "w");
+    PB_CHECK(fp != NULL);
+    fprintf(fp,
+            "state: sqlite:%s/state.db\n"
+            "outbound: { allow: [127.0.0.1] }\n"
+            "pipelines:\n"
+            "  p:\n"
+            "    input: { generate: { count: 1 } }\n"
+            "    outputs: { a: { drop: {} } }\n",
+            dir);
+    fclose(fp);
+    struct pb_config *c = pb_config_load(path, NULL, &err);
+    PB_CHECK(c != NULL);
+    const struct pb_allowlist *al = c->pipelines[0].in->env.allow;
+    PB_CHECK(al != NULL);
+    PB_EQ_INT(allowed(al, "127.0.0.1"), 0);
+    PB_EQ_INT(allowed(al, "10.1.2.3"), PB_EDENIED);
+    PB_EQ_INT(allowed(al, "8.8.8.8"), 0);
+    pb_config_destroy(c);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    PB_EQ_INT(system(cmd), 0);
 }
 
 int main(void)
