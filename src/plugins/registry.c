@@ -6,6 +6,7 @@
 
 extern const struct pb_input_plugin pb_in_http_server;
 extern const struct pb_input_plugin pb_in_generate;
+extern const struct pb_input_plugin pb_in_amqp;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -14,13 +15,14 @@ extern const struct pb_output_plugin pb_out_http;
 extern const struct pb_output_plugin pb_out_stdout;
 extern const struct pb_output_plugin pb_out_drop;
 extern const struct pb_output_plugin pb_out_webhook;
+extern const struct pb_output_plugin pb_out_amqp;
 
 const struct pb_input_plugin *const pb_input_plugins[] = {&pb_in_http_server, &pb_in_generate,
-                                                           NULL};
+                                                          &pb_in_amqp, NULL};
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_map, &pb_proc_filter, &pb_proc_switch, &pb_proc_split, NULL};
-const struct pb_output_plugin *const pb_output_plugins[] = {&pb_out_http, &pb_out_webhook,
-                                                            &pb_out_stdout, &pb_out_drop, NULL};
+const struct pb_output_plugin *const pb_output_plugins[] = {
+    &pb_out_http, &pb_out_webhook, &pb_out_stdout, &pb_out_drop, &pb_out_amqp, NULL};
 
 const struct pb_input_plugin *pb_registry_input(const char *name)
 {

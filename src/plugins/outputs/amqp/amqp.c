@@ -1,0 +1,557 @@
+/* amqp.c - the `amqp` output: publish to a RabbitMQ (AMQP 0-9-1) exchange
+ * with publisher confirms.
+ *
+ *   amqp: { url: "amqp://mq", exchange: orders, routing_key: 'order.{{ .status }}' }
+ *
+ * The channel is in confirm mode (confirm.select). A batch of deliveries is
+ * published back to back on it, then the confirms are read and matched to
+ * the publishes by their sequence numbers (basic.ack and basic.nack, single
+ * or multiple): a delivery is OK only once the broker confirmed it; a nack,
+ * a lost connection or no confirm by the deadline is RETRY; a message the
+ * broker returned as unroutable (mandatory, basic.return, matched by its
+ * message_id) is PERMANENT with the broker's reason. Messages are
+ * persistent (delivery_mode 2) and mandatory by default, and carry the
+ * delivery's idempotency key as their message_id, the same on every retry,
+ * so consumers can drop repeats.
+ *
+ * Thread model: `workers = 1`: start, deliver_batch and stop run on the
+ * output's own worker thread, which alone uses the connection (librabbitmq
+ * blocks and is not thread-safe per connection). A batch blocks that thread
+ * until its confirms are in or its earliest deadline passes. The core
+ * gathers the next batch meanwhile (batch, linger). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../inputs/amqp/amqp_common.h"
+#include "patchbay/pb_log.h"
+#include "patchbay/pb_plugin.h"
+#include "patchbay/pb_time.h"
+
+#define HEADERS_MAX 12 /* template fields: routing key, correlation id, headers */
+
+struct out_amqp {
+    /* options (read-only after init) */
+    struct pb_amqp_conf conf;
+    char *exchange;
+    char *exchange_type;
+    char *routing_key;
+    bool persistent;
+    bool mandatory;
+    struct pb_strmap headers;
+    char *content_type;
+    char *correlation_id;
+    char *type;
+    char *app_id;
+    int64_t batch;
+    int64_t linger_ms;
+    /* prepared by init */
+    int rk_idx;
+    int corr_idx;
+    int hdr_idx[HEADERS_MAX]; /* template index, or -1 for a fixed value */
+    const struct pb_allowlist *allow;
+    char pipeline[128];
+    char name[192];
+
+    /* run time: the worker thread */
+    struct pb_output *out;
+    amqp_connection_state_t conn;
+    uint64_t next_seq;           /* sequence number of the next publish */
+    char denied[PB_ERR_MSG_MAX]; /* the outbound guard refused the broker */
+    char last_error[PB_ERR_MSG_MAX];
+    int64_t backoff_ms;
+    int64_t connect_after_ms; /* monotonic ms before which no connect is tried */
+};
+
+static const struct pb_field amqp_fields[] = {
+    PB_AMQP_CONF_FIELDS(struct out_amqp, conf),
+    {.name = "exchange",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, exchange),
+     .def = "",
+     .doc = "exchange to publish to (\"\": the default exchange, routing key = queue)"},
+    {.name = "exchange_type",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, exchange_type),
+     .doc = "when set, the exchange is declared (durable): direct, fanout, topic, headers"},
+    {.name = "routing_key",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, routing_key),
+     .def = "",
+     .doc = "routing key (template: 'order.{{ .status }}')"},
+    {.name = "persistent",
+     .type = PB_F_BOOL,
+     .offset = offsetof(struct out_amqp, persistent),
+     .def = "true",
+     .doc = "delivery_mode 2: the broker writes the message to disk"},
+    {.name = "mandatory",
+     .type = PB_F_BOOL,
+     .offset = offsetof(struct out_amqp, mandatory),
+     .def = "true",
+     .doc = "a message no queue takes is returned: the delivery fails (permanent)"},
+    {.name = "headers",
+     .type = PB_F_STRMAP,
+     .offset = offsetof(struct out_amqp, headers),
+     .doc = "message headers; values may be templates"},
+    {.name = "content_type",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, content_type),
+     .doc = "overrides the message's content type"},
+    {.name = "correlation_id",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, correlation_id),
+     .doc = "correlation_id property (template)"},
+    {.name = "type",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, type),
+     .doc = "type property"},
+    {.name = "app_id",
+     .type = PB_F_STR,
+     .offset = offsetof(struct out_amqp, app_id),
+     .def = "patchbay",
+     .doc = "app_id property"},
+    {.name = "batch",
+     .type = PB_F_INT,
+     .offset = offsetof(struct out_amqp, batch),
+     .def = "256",
+     .min = 1,
+     .max = 4096,
+     .doc = "publishes sent back to back before their confirms are awaited"},
+    {.name = "linger",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct out_amqp, linger_ms),
+     .def = "2ms",
+     .doc = "how long a batch may wait to fill"},
+    {0},
+};
+
+/* ---- init --------------------------------------------------------------------------------- */
+
+static int add_template(struct pb_output_env *env, const char *text, struct pb_err *err)
+{
+    return env->template_add(env, text, err);
+}
+
+static int amqp_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
+{
+    struct out_amqp *o = ctx;
+    int rc = pb_amqp_conf_prepare(&o->conf, err);
+    if (rc)
+        return rc;
+    if (strlen(o->exchange) > 255)
+        return pb_err_set(err, PB_ECONFIG, "exchange is at most 255 bytes");
+    if (o->exchange_type && strcmp(o->exchange_type, "direct") &&
+        strcmp(o->exchange_type, "fanout") && strcmp(o->exchange_type, "topic") &&
+        strcmp(o->exchange_type, "headers"))
+        return pb_err_set(err, PB_ECONFIG,
+                          "exchange_type must be direct, fanout, topic or headers");
+    if (o->exchange_type && !*o->exchange)
+        return pb_err_set(err, PB_ECONFIG, "exchange_type needs an exchange to declare");
+    if (o->headers.n > HEADERS_MAX)
+        return pb_err_set(err, PB_ECONFIG, "at most %d headers", HEADERS_MAX);
+    if ((o->type && strlen(o->type) > 255) || strlen(o->app_id) > 255 ||
+        (o->content_type && strlen(o->content_type) > 255))
+        return pb_err_set(err, PB_ECONFIG, "type, app_id and content_type are at most 255 bytes");
+    o->rk_idx = add_template(env, o->routing_key, err);
+    if (o->rk_idx < 0)
+        return o->rk_idx;
+    o->corr_idx = -1;
+    if (o->correlation_id && (o->corr_idx = add_template(env, o->correlation_id, err)) < 0)
+        return o->corr_idx;
+    for (size_t i = 0; i < o->headers.n; i++) {
+        o->hdr_idx[i] = -1;
+        if (strstr(o->headers.vals[i], "{{") &&
+            (o->hdr_idx[i] = add_template(env, o->headers.vals[i], err)) < 0)
+            return o->hdr_idx[i];
+    }
+    o->allow = env->allow;
+    snprintf(o->pipeline, sizeof(o->pipeline), "%s", env->pipeline);
+    snprintf(o->name, sizeof(o->name), "patchbay %s/%s (output)", env->pipeline, env->output);
+    env->batch_max = (size_t)o->batch;
+    env->batch_period_ms = o->linger_ms;
+    return 0;
+}
+
+/* ---- the connection ------------------------------------------------------------------------ */
+
+static int64_t mono_ms(void)
+{
+    return pb_mono_us() / 1000;
+}
+
+static int rpc_check(struct out_amqp *o, const char *what, struct pb_err *err)
+{
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(o->conn);
+    char t[384];
+    if (r.reply_type == AMQP_RESPONSE_NORMAL)
+        return 0;
+    return pb_err_set(err, PB_ENET, "%s: %s", what, pb_amqp_reply_text(r, t, sizeof(t)));
+}
+
+static int connect_now(struct out_amqp *o, struct pb_err *err)
+{
+    int rc = pb_amqp_open(&o->conf, o->allow, o->name, &o->conn, err);
+    if (rc)
+        return rc;
+    amqp_confirm_select(o->conn, PB_AMQP_CHANNEL);
+    if ((rc = rpc_check(o, "confirm.select", err)))
+        goto fail;
+    if (o->exchange_type) {
+        amqp_exchange_declare(o->conn, PB_AMQP_CHANNEL, amqp_cstring_bytes(o->exchange),
+                              amqp_cstring_bytes(o->exchange_type), 0, 1, 0, 0, amqp_empty_table);
+        if ((rc = rpc_check(o, "exchange.declare", err)))
+            goto fail;
+    } else if (*o->exchange) {
+        /* Say now that the exchange is missing, not once per delivery. */
+        amqp_exchange_declare(o->conn, PB_AMQP_CHANNEL, amqp_cstring_bytes(o->exchange),
+                              amqp_cstring_bytes("direct"), 1, 0, 0, 0, amqp_empty_table);
+        if ((rc = rpc_check(o, "exchange.declare (passive)", err)))
+            goto fail;
+    }
+    o->next_seq = 1;
+    o->backoff_ms = 0;
+    o->last_error[0] = 0;
+    pb_output_set_state(o->out, PB_OUTPUT_CONNECTED, NULL);
+    return 0;
+fail:
+    pb_amqp_close(o->conn, false);
+    o->conn = NULL;
+    return rc;
+}
+
+static void lost(struct out_amqp *o, const char *why)
+{
+    if (!o->conn)
+        return;
+    pb_amqp_close(o->conn, false);
+    o->conn = NULL;
+    pb_amqp_copy(o->last_error, sizeof(o->last_error), why);
+    o->connect_after_ms = 0; /* the next batch tries at once, then with backoff */
+    pb_output_set_state(o->out, PB_OUTPUT_RECONNECTING, why);
+}
+
+/* Connected, or why not (text in o->last_error). Tries at most once per
+ * backoff period. */
+static bool ensure_connected(struct out_amqp *o)
+{
+    struct pb_err err = {0};
+    if (o->conn)
+        return true;
+    if (mono_ms() < o->connect_after_ms)
+        return false;
+    if (connect_now(o, &err) == 0) {
+        PB_INFO("amqp output connected again pipeline=%s url=%s", o->pipeline, o->conf.shown);
+        return true;
+    }
+    pb_amqp_copy(o->last_error, sizeof(o->last_error), err.msg);
+    o->backoff_ms = pb_amqp_backoff_next(o->backoff_ms);
+    o->connect_after_ms = mono_ms() + pb_amqp_backoff_jitter(o->backoff_ms);
+    pb_output_set_state(o->out, PB_OUTPUT_RECONNECTING, err.msg);
+    return false;
+}
+
+/* Before publishing: read what came while idle (a close from the broker,
+ * heartbeats; librabbitmq sends ours when due). */
+static void poll_idle(struct out_amqp *o)
+{
+    struct timeval zero = {0, 0};
+    amqp_frame_t f;
+    char why[384];
+    for (int i = 0; i < 1000 && o->conn; i++) {
+        amqp_maybe_release_buffers(o->conn);
+        int rc = amqp_simple_wait_frame_noblock(o->conn, &f, &zero);
+        if (rc == AMQP_STATUS_TIMEOUT)
+            return;
+        if (rc != AMQP_STATUS_OK) {
+            lost(o, amqp_error_string2(rc));
+            return;
+        }
+        if (f.frame_type == AMQP_FRAME_METHOD &&
+            pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
+            pb_amqp_close_ok(o->conn, &f);
+            lost(o, why);
+        }
+    }
+}
+
+static int amqp_start(void *ctx, struct pb_output *out, struct pb_err *err)
+{
+    struct out_amqp *o = ctx;
+    o->out = out;
+    int rc = connect_now(o, err);
+    if (rc == PB_EDENIED) {
+        /* Never going to work with this configuration: deliveries are
+         * dead-lettered with the reason, as for any refused partner. */
+        pb_amqp_copy(o->denied, sizeof(o->denied), err->msg);
+        pb_output_set_state(out, PB_OUTPUT_RECONNECTING, err->msg);
+        PB_WARN("amqp output refused by the outbound guard pipeline=%s url=%s error=\"%s\"",
+                o->pipeline, o->conf.shown, err->msg);
+        return 0;
+    }
+    if (rc == 0)
+        PB_INFO("amqp output connected pipeline=%s url=%s exchange=%s", o->pipeline, o->conf.shown,
+                o->exchange);
+    return rc;
+}
+
+/* ---- publishing ----------------------------------------------------------------------------- */
+
+enum pub_state { P_WAIT = 0, P_DONE };
+struct pub {
+    uint64_t seq;
+    enum pub_state state;
+    struct pb_outcome oc;
+    bool returned;
+    char error[320];
+};
+
+static void end(struct pub *p, enum pb_result r, const char *error)
+{
+    p->state = P_DONE;
+    p->oc = (struct pb_outcome){.result = r, .retry_after_ms = -1};
+    if (error) {
+        pb_amqp_copy(p->error, sizeof(p->error), error);
+        p->oc.error = p->error;
+    }
+}
+
+static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pub *p, amqp_pool_t *pool)
+{
+    amqp_basic_properties_t props = {0};
+    const char *rk = d->tmpl && (size_t)o->rk_idx < d->ntmpl ? d->tmpl[o->rk_idx] : "";
+    if (strlen(rk) > 255) {
+        end(p, PB_RESULT_PERMANENT, "routing key longer than 255 bytes");
+        return 0;
+    }
+    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+                   AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG;
+    props.delivery_mode = o->persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
+    props.content_type = amqp_cstring_bytes(o->content_type ? o->content_type : d->content_type);
+    props.timestamp = (uint64_t)(pb_now_ms() / 1000);
+    props.app_id = amqp_cstring_bytes(o->app_id);
+    if (d->idempotency_key && *d->idempotency_key && strlen(d->idempotency_key) <= 255) {
+        props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+        props.message_id = amqp_cstring_bytes(d->idempotency_key);
+    }
+    if (o->corr_idx >= 0 && (size_t)o->corr_idx < d->ntmpl) {
+        if (strlen(d->tmpl[o->corr_idx]) > 255) {
+            end(p, PB_RESULT_PERMANENT, "correlation_id longer than 255 bytes");
+            return 0;
+        }
+        props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        props.correlation_id = amqp_cstring_bytes(d->tmpl[o->corr_idx]);
+    }
+    if (o->type) {
+        props._flags |= AMQP_BASIC_TYPE_FLAG;
+        props.type = amqp_cstring_bytes(o->type);
+    }
+    if (o->headers.n) {
+        amqp_table_entry_t *es = amqp_pool_alloc(pool, o->headers.n * sizeof(*es));
+        if (!es) {
+            end(p, PB_RESULT_RETRY, "out of memory");
+            return 0;
+        }
+        for (size_t i = 0; i < o->headers.n; i++) {
+            int ix = o->hdr_idx[i];
+            es[i].key = amqp_cstring_bytes(o->headers.keys[i]);
+            es[i].value.kind = AMQP_FIELD_KIND_UTF8;
+            es[i].value.value.bytes = amqp_cstring_bytes(
+                ix >= 0 && (size_t)ix < d->ntmpl ? d->tmpl[ix] : o->headers.vals[i]);
+        }
+        props._flags |= AMQP_BASIC_HEADERS_FLAG;
+        props.headers = (amqp_table_t){.num_entries = (int)o->headers.n, .entries = es};
+    }
+    amqp_bytes_t body = {.len = d->len, .bytes = (void *)(d->len ? d->payload : "")};
+    int rc = amqp_basic_publish(o->conn, PB_AMQP_CHANNEL, amqp_cstring_bytes(o->exchange),
+                                amqp_cstring_bytes(rk), o->mandatory, 0, &props, body);
+    if (rc != AMQP_STATUS_OK)
+        return rc;
+    p->seq = o->next_seq++;
+    return 0;
+}
+
+/* basic.ack / basic.nack for tag (and everything before it when multiple). */
+static size_t confirm(struct pub *ps, size_t n, uint64_t tag, bool multiple, bool ack)
+{
+    size_t done = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct pub *p = &ps[i];
+        if (p->state != P_WAIT || !(p->seq == tag || (multiple && p->seq < tag)))
+            continue;
+        if (!ack)
+            end(p, PB_RESULT_RETRY, "the broker nacked the publish");
+        else if (p->returned)
+            p->state = P_DONE; /* its PERMANENT outcome was set at the return */
+        else
+            end(p, PB_RESULT_OK, NULL);
+        done++;
+    }
+    return done;
+}
+
+/* basic.return: the message (read from the channel) names the delivery by
+ * its message_id. */
+static void returned(struct out_amqp *o, const amqp_frame_t *f, struct pb_delivery **ds,
+                     struct pub *ps, size_t n)
+{
+    const amqp_basic_return_t *r = f->payload.method.decoded;
+    char reason[320];
+    amqp_message_t msg;
+    snprintf(reason, sizeof(reason),
+             "unroutable: %u %.*s (exchange \"%.*s\", routing key \"%.*s\")", r->reply_code,
+             (int)r->reply_text.len, (const char *)r->reply_text.bytes, (int)r->exchange.len,
+             (const char *)r->exchange.bytes, (int)r->routing_key.len,
+             (const char *)r->routing_key.bytes);
+    amqp_rpc_reply_t rr = amqp_read_message(o->conn, f->channel, &msg, 0);
+    if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
+        char t[256];
+        lost(o, pb_amqp_reply_text(rr, t, sizeof(t)));
+        return;
+    }
+    if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+        amqp_bytes_t id = msg.properties.message_id;
+        for (size_t i = 0; i < n; i++) {
+            const char *k = ds[i]->idempotency_key;
+            if (ps[i].state == P_WAIT && k && strlen(k) == id.len &&
+                memcmp(k, id.bytes, id.len) == 0) {
+                ps[i].returned = true;
+                end(&ps[i], PB_RESULT_PERMANENT, reason);
+                ps[i].state = P_WAIT; /* its confirm follows */
+                break;
+            }
+        }
+    }
+    amqp_destroy_message(&msg);
+}
+
+static void amqp_publish(void *ctx, struct pb_delivery **ds, size_t n)
+{
+    struct out_amqp *o = ctx;
+    struct pub *ps = calloc(n, sizeof(*ps));
+    amqp_pool_t pool;
+    size_t waiting = 0;
+    char why[384];
+
+    if (!ps) {
+        struct pb_outcome oc = {
+            .result = PB_RESULT_RETRY, .retry_after_ms = -1, .error = "out of memory"};
+        for (size_t i = 0; i < n; i++)
+            pb_delivery_done(ds[i], &oc);
+        return;
+    }
+    init_amqp_pool(&pool, 4096);
+    if (o->denied[0]) {
+        for (size_t i = 0; i < n; i++)
+            end(&ps[i], PB_RESULT_PERMANENT, o->denied);
+        goto out;
+    }
+    poll_idle(o);
+    if (!ensure_connected(o)) {
+        snprintf(why, sizeof(why), "not connected: %.360s", o->last_error);
+        for (size_t i = 0; i < n; i++)
+            end(&ps[i], PB_RESULT_RETRY, why);
+        goto out;
+    }
+    int64_t deadline = INT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (ds[i]->deadline_ms < deadline)
+            deadline = ds[i]->deadline_ms;
+        int rc = publish_one(o, ds[i], &ps[i], &pool);
+        if (rc != 0) {
+            snprintf(why, sizeof(why), "publish failed: %s", amqp_error_string2(rc));
+            lost(o, why);
+            for (size_t j = i; j < n; j++)
+                if (ps[j].state == P_WAIT)
+                    end(&ps[j], PB_RESULT_RETRY, why);
+            break;
+        }
+        if (ps[i].state == P_WAIT)
+            waiting++;
+        recycle_amqp_pool(&pool);
+    }
+    while (waiting && o->conn) {
+        int64_t left = deadline - pb_now_ms();
+        if (left <= 0) {
+            snprintf(why, sizeof(why),
+                     "no publisher confirm in time (is the broker blocked by a resource alarm?)");
+            lost(o, why); /* a late confirm must not be taken for a later publish */
+            break;
+        }
+        struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+        amqp_frame_t f;
+        amqp_maybe_release_buffers(o->conn);
+        int rc = amqp_simple_wait_frame_noblock(o->conn, &f, &tv);
+        if (rc == AMQP_STATUS_TIMEOUT)
+            continue;
+        if (rc != AMQP_STATUS_OK) {
+            lost(o, amqp_error_string2(rc));
+            break;
+        }
+        if (f.frame_type != AMQP_FRAME_METHOD || f.channel != PB_AMQP_CHANNEL) {
+            if (f.frame_type == AMQP_FRAME_METHOD &&
+                pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
+                pb_amqp_close_ok(o->conn, &f);
+                lost(o, why);
+            }
+            continue;
+        }
+        switch (f.payload.method.id) {
+        case AMQP_BASIC_ACK_METHOD: {
+            const amqp_basic_ack_t *a = f.payload.method.decoded;
+            waiting -= confirm(ps, n, a->delivery_tag, a->multiple, true);
+            break;
+        }
+        case AMQP_BASIC_NACK_METHOD: {
+            const amqp_basic_nack_t *a = f.payload.method.decoded;
+            waiting -= confirm(ps, n, a->delivery_tag, a->multiple, false);
+            break;
+        }
+        case AMQP_BASIC_RETURN_METHOD:
+            returned(o, &f, ds, ps, n);
+            break;
+        default:
+            if (pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
+                pb_amqp_close_ok(o->conn, &f);
+                lost(o, why);
+            }
+            break;
+        }
+    }
+    /* What is still waiting lost its connection (or its time). */
+    for (size_t i = 0; i < n; i++)
+        if (ps[i].state == P_WAIT)
+            end(&ps[i], PB_RESULT_RETRY, o->last_error[0] ? o->last_error : "connection lost");
+out:
+    empty_amqp_pool(&pool);
+    for (size_t i = 0; i < n; i++)
+        pb_delivery_done(ds[i], &ps[i].oc);
+    free(ps);
+}
+
+static void amqp_stop(void *ctx)
+{
+    struct out_amqp *o = ctx;
+    pb_amqp_close(o->conn, true);
+    o->conn = NULL;
+}
+
+static void amqp_destroy(void *ctx)
+{
+    struct out_amqp *o = ctx;
+    pb_amqp_close(o->conn, false);
+    o->conn = NULL;
+    pb_amqp_conf_cleanup(&o->conf);
+}
+
+const struct pb_output_plugin pb_out_amqp = {
+    .name = "amqp",
+    .fields = amqp_fields,
+    .ctx_size = sizeof(struct out_amqp),
+    .default_concurrency = 1024,
+    .workers = 1,
+    .init = amqp_init,
+    .start = amqp_start,
+    .deliver_batch = amqp_publish,
+    .stop = amqp_stop,
+    .destroy = amqp_destroy,
+};
