@@ -226,7 +226,7 @@ struct submit_op {
     size_t nkv;
     struct pb_item_result *res;
     char scope[PB_NAME_MAX + 8];
-    /* Copies of idempotency keys and checkpoints follow the struct. */
+    /* Copies of idempotency keys, dead reasons and checkpoints follow the struct. */
 };
 
 static void submit_op_free(struct submit_op *so)
@@ -452,6 +452,8 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             return PB_EINVAL;
         if (it->key)
             ckbytes += strlen(it->key) + 1;
+        if (it->dead_reason)
+            ckbytes += strlen(it->dead_reason) + 1;
         bytes += (int64_t)it->len;
     }
     for (size_t i = 0; i < nckpt; i++) {
@@ -512,16 +514,23 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
             .delivery_ids = so->ids + i * pl->ningest,
         };
     }
-    /* Idempotency keys, checkpoint names and values are copied behind the
-     * struct: the caller's are borrowed only until submit returns. */
+    /* Idempotency keys, dead reasons, checkpoint names and values are
+     * copied behind the struct: the caller's are borrowed only until submit
+     * returns. */
     char *p = (char *)(so + 1);
     for (size_t i = 0; i < n; i++) {
-        if (!so->items[i].idem_key)
-            continue;
-        size_t kl = strlen(so->items[i].idem_key) + 1;
-        memcpy(p, so->items[i].idem_key, kl);
-        so->items[i].idem_key = p;
-        p += kl;
+        if (so->items[i].idem_key) {
+            size_t kl = strlen(so->items[i].idem_key) + 1;
+            memcpy(p, so->items[i].idem_key, kl);
+            so->items[i].idem_key = p;
+            p += kl;
+        }
+        if (so->items[i].dead_reason) {
+            size_t rl = strlen(so->items[i].dead_reason) + 1;
+            memcpy(p, so->items[i].dead_reason, rl);
+            so->items[i].dead_reason = p;
+            p += rl;
+        }
     }
     snprintf(so->scope, sizeof(so->scope), "input/%s", pl->name);
     for (size_t i = 0; i < nckpt; i++) {

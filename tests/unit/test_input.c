@@ -141,13 +141,17 @@ PB_TEST(items_and_checkpoint_commit_together_callback_once_on_loop)
     struct fixture f = {0};
     fixture_up(&f);
     struct calls c = {.loop = f.loop};
+    /* Everything an item points to is the caller's only until submit returns. */
+    char reason[64];
+    snprintf(reason, sizeof(reason), "invalid JSON at byte 0");
     struct pb_item items[3] = {
         {.body = "{\"a\":1}", .len = 7, .key = "k1", .meta = "{\"topic\":\"t\"}", .meta_len = 13},
         {.body = "{\"a\":2}", .len = 7, .key = "k1"}, /* same key in one batch: a duplicate */
-        {.body = "not json", .len = 8, .dead_reason = "invalid JSON at byte 0"},
+        {.body = "not json", .len = 8, .dead_reason = reason},
     };
     struct pb_checkpoint cp = {.name = "offset", .value = "42", .len = 2};
     PB_EQ_INT(pb_input_submit(f.in, items, 3, &cp, 1, cb, &c), 0);
+    memset(reason, 'x', sizeof(reason) - 1);
     const void *v;
     size_t len;
     PB_EQ_INT(pb_input_checkpoint(f.in, "offset", &v, &len), PB_ENOTFOUND);
