@@ -14,14 +14,24 @@
  * delivery's idempotency key as their message_id, the same on every retry,
  * so consumers can drop repeats.
  *
+ * While the broker is away a batch waits (up to RECONNECT_WAIT_MS) for the
+ * connection to come back before it fails with RETRY and a Retry-After of
+ * the reconnect backoff, so an outage spends few attempts.
+ *
  * Thread model: `workers = 1`: start, deliver_batch and stop run on the
- * output's own worker thread, which alone uses the connection (librabbitmq
- * blocks and is not thread-safe per connection). A batch blocks that thread
- * until its confirms are in or its earliest deadline passes. The core
- * gathers the next batch meanwhile (batch, linger). */
+ * output's own worker thread. A batch blocks that thread until its confirms
+ * are in or its earliest deadline passes; the core gathers the next batch
+ * meanwhile (batch, linger). A keepalive thread of the output's own reads
+ * the connection while no batch runs, so heartbeats flow (librabbitmq only
+ * sends them from inside its calls) and a broker that goes away is noticed
+ * and reconnected to while idle. librabbitmq is not thread-safe per
+ * connection: the connection and the run-time fields are used under `lock`
+ * only, by one thread at a time. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../inputs/amqp/amqp_common.h"
 #include "patchbay/pb_log.h"
@@ -29,6 +39,8 @@
 #include "patchbay/pb_time.h"
 
 #define HEADERS_MAX 12 /* template fields: routing key, correlation id, headers */
+#define RECONNECT_WAIT_MS 5000
+#define KEEPALIVE_MIN_MS 500
 
 struct out_amqp {
     /* options (read-only after init) */
@@ -53,7 +65,9 @@ struct out_amqp {
     char pipeline[128];
     char name[192];
 
-    /* run time: the worker thread */
+    /* run time: under lock (the worker thread, or the keepalive thread) */
+    pthread_mutex_t lock;
+    bool lock_ready;
     struct pb_output *out;
     amqp_connection_state_t conn;
     uint64_t next_seq;           /* sequence number of the next publish */
@@ -61,6 +75,12 @@ struct out_amqp {
     char last_error[PB_ERR_MSG_MAX];
     int64_t backoff_ms;
     int64_t connect_after_ms; /* monotonic ms before which no connect is tried */
+    int64_t used_ms;          /* monotonic ms the connection was last read */
+    /* the keepalive thread: started by the first start, ended by stop */
+    pthread_t keepalive;
+    bool keepalive_running;
+    bool stopping;
+    pthread_cond_t wake;
 };
 
 static const struct pb_field amqp_fields[] = {
@@ -169,6 +189,13 @@ static int amqp_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     snprintf(o->name, sizeof(o->name), "patchbay %s/%s (output)", env->pipeline, env->output);
     env->batch_max = (size_t)o->batch;
     env->batch_period_ms = o->linger_ms;
+    if (pthread_mutex_init(&o->lock, NULL) != 0)
+        return pb_err_set(err, PB_ENOMEM, "cannot create a mutex");
+    if (pthread_cond_init(&o->wake, NULL) != 0) {
+        pthread_mutex_destroy(&o->lock);
+        return pb_err_set(err, PB_ENOMEM, "cannot create a condition variable");
+    }
+    o->lock_ready = true;
     return 0;
 }
 
@@ -260,8 +287,10 @@ static void poll_idle(struct out_amqp *o)
     for (int i = 0; i < 1000 && o->conn; i++) {
         amqp_maybe_release_buffers(o->conn);
         int rc = amqp_simple_wait_frame_noblock(o->conn, &f, &zero);
-        if (rc == AMQP_STATUS_TIMEOUT)
+        if (rc == AMQP_STATUS_TIMEOUT) {
+            o->used_ms = mono_ms();
             return;
+        }
         if (rc != AMQP_STATUS_OK) {
             lost(o, amqp_error_string2(rc));
             return;
@@ -274,11 +303,57 @@ static void poll_idle(struct out_amqp *o)
     }
 }
 
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* The keepalive thread: while no batch holds the connection, read it every
+ * so often (heartbeats both ways, a close from the broker) and connect
+ * again after a loss, with the backoff. */
+static void *keepalive_main(void *arg)
+{
+    struct out_amqp *o = arg;
+    int64_t every = o->conf.heartbeat_ms ? o->conf.heartbeat_ms / 4 : 5000;
+    if (every < KEEPALIVE_MIN_MS)
+        every = KEEPALIVE_MIN_MS;
+    pthread_mutex_lock(&o->lock);
+    while (!o->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += every / 1000;
+        ts.tv_nsec += (every % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&o->wake, &o->lock, &ts);
+        if (o->stopping || o->denied[0])
+            continue;
+        if (o->conn && mono_ms() - o->used_ms >= every)
+            poll_idle(o);
+        else if (!o->conn)
+            ensure_connected(o);
+    }
+    pthread_mutex_unlock(&o->lock);
+    return NULL;
+}
+
 static int amqp_start(void *ctx, struct pb_output *out, struct pb_err *err)
 {
     struct out_amqp *o = ctx;
+    pthread_mutex_lock(&o->lock);
     o->out = out;
     int rc = connect_now(o, err);
+    if ((rc == 0 || rc == PB_EDENIED) && !o->keepalive_running) {
+        if (pthread_create(&o->keepalive, NULL, keepalive_main, o) == 0)
+            o->keepalive_running = true;
+        else
+            PB_WARN("amqp output: no keepalive thread pipeline=%s (an idle connection may be "
+                    "closed by the broker and opened again)",
+                    o->pipeline);
+    }
     if (rc == PB_EDENIED) {
         /* Never going to work with this configuration: deliveries are
          * dead-lettered with the reason, as for any refused partner. */
@@ -286,8 +361,11 @@ static int amqp_start(void *ctx, struct pb_output *out, struct pb_err *err)
         pb_output_set_state(out, PB_OUTPUT_RECONNECTING, err->msg);
         PB_WARN("amqp output refused by the outbound guard pipeline=%s url=%s error=\"%s\"",
                 o->pipeline, o->conf.shown, err->msg);
-        return 0;
+        rc = 0;
+    } else if (rc == 0) {
+        o->used_ms = mono_ms();
     }
+    pthread_mutex_unlock(&o->lock);
     if (rc == 0)
         PB_INFO("amqp output connected pipeline=%s url=%s exchange=%s", o->pipeline, o->conf.shown,
                 o->exchange);
@@ -424,6 +502,28 @@ static void returned(struct out_amqp *o, const amqp_frame_t *f, struct pb_delive
     amqp_destroy_message(&msg);
 }
 
+/* Connected, or waited as long as a batch may (RECONNECT_WAIT_MS, and its
+ * earliest deadline) for the broker to come back. */
+static bool wait_connected(struct out_amqp *o, struct pb_delivery **ds, size_t n)
+{
+    int64_t until = mono_ms() + RECONNECT_WAIT_MS;
+    for (size_t i = 0; i < n; i++) {
+        int64_t left = ds[i]->deadline_ms - pb_now_ms();
+        if (mono_ms() + left < until)
+            until = mono_ms() + left;
+    }
+    for (;;) {
+        if (ensure_connected(o))
+            return true;
+        int64_t now = mono_ms();
+        if (now >= until || o->connect_after_ms >= until || o->stopping)
+            return false;
+        pthread_mutex_unlock(&o->lock);
+        sleep_ms(o->connect_after_ms > now ? o->connect_after_ms - now : 1);
+        pthread_mutex_lock(&o->lock);
+    }
+}
+
 static void amqp_publish(void *ctx, struct pb_delivery **ds, size_t n)
 {
     struct out_amqp *o = ctx;
@@ -440,16 +540,20 @@ static void amqp_publish(void *ctx, struct pb_delivery **ds, size_t n)
         return;
     }
     init_amqp_pool(&pool, 4096);
+    pthread_mutex_lock(&o->lock);
     if (o->denied[0]) {
         for (size_t i = 0; i < n; i++)
             end(&ps[i], PB_RESULT_PERMANENT, o->denied);
         goto out;
     }
     poll_idle(o);
-    if (!ensure_connected(o)) {
+    if (!wait_connected(o, ds, n)) {
+        int64_t again = o->connect_after_ms - mono_ms();
         snprintf(why, sizeof(why), "not connected: %.360s", o->last_error);
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             end(&ps[i], PB_RESULT_RETRY, why);
+            ps[i].oc.retry_after_ms = again > 0 ? again : -1;
+        }
         goto out;
     }
     int64_t deadline = INT64_MAX;
@@ -522,15 +626,32 @@ static void amqp_publish(void *ctx, struct pb_delivery **ds, size_t n)
         if (ps[i].state == P_WAIT)
             end(&ps[i], PB_RESULT_RETRY, o->last_error[0] ? o->last_error : "connection lost");
 out:
+    if (o->conn)
+        o->used_ms = mono_ms();
+    pthread_mutex_unlock(&o->lock);
     empty_amqp_pool(&pool);
     for (size_t i = 0; i < n; i++)
         pb_delivery_done(ds[i], &ps[i].oc);
     free(ps);
 }
 
+static void keepalive_end(struct out_amqp *o)
+{
+    if (!o->lock_ready)
+        return;
+    pthread_mutex_lock(&o->lock);
+    o->stopping = true;
+    pthread_cond_signal(&o->wake);
+    pthread_mutex_unlock(&o->lock);
+    if (o->keepalive_running)
+        pthread_join(o->keepalive, NULL);
+    o->keepalive_running = false;
+}
+
 static void amqp_stop(void *ctx)
 {
     struct out_amqp *o = ctx;
+    keepalive_end(o);
     pb_amqp_close(o->conn, true);
     o->conn = NULL;
 }
@@ -538,8 +659,14 @@ static void amqp_stop(void *ctx)
 static void amqp_destroy(void *ctx)
 {
     struct out_amqp *o = ctx;
+    keepalive_end(o);
     pb_amqp_close(o->conn, false);
     o->conn = NULL;
+    if (o->lock_ready) {
+        pthread_cond_destroy(&o->wake);
+        pthread_mutex_destroy(&o->lock);
+        o->lock_ready = false;
+    }
     pb_amqp_conf_cleanup(&o->conf);
 }
 
