@@ -47,13 +47,17 @@ class RabbitMQ(Server):
     name = "rabbitmq"
     start_timeout = 90
 
-    def __init__(self, port=None, start=True):
+    def __init__(self, port=None, start=True, tls=False):
         self.dist_port = free_port()
         self.epmd_port = free_port()
+        # tls: an amqps listener too, with a certificate for "localhost"
+        # only, signed by a CA of the test's own (self.ca_file).
+        self.tls_port = free_port() if tls else None
+        self.ca_file = None
         super().__init__(port=port, start=start)
 
     @classmethod
-    def module(cls):
+    def module(cls, **kw):
         """The server shared by every case of the calling test module."""
         global _module_server
         if _module_server is None:
@@ -61,7 +65,7 @@ class RabbitMQ(Server):
             case_root = pbtest._tmp_root
             pbtest._tmp_root = tempfile.mkdtemp(prefix="pbtest-rabbitmq-")
             try:
-                _module_server = cls()
+                _module_server = cls(**kw)
             finally:
                 pbtest._tmp_root = case_root
             atexit.register(_module_server._cleanup)
@@ -100,10 +104,36 @@ class RabbitMQ(Server):
         e.pop("RABBITMQ_ALLOW_INPUT", None)
         return e
 
+    def _make_certs(self):
+        d = os.path.join(self.dir, "tls")
+        os.makedirs(d)
+
+        def ossl(*args):
+            r = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise TestFailure(f"openssl {' '.join(args)}: {r.stderr}")
+
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=pbtest amqp CA")
+        ossl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=DNS:localhost\n")
+        ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+        self.ca_file = os.path.join(d, "ca.pem")
+        return (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {self.ca_file}\n"
+                f"ssl_options.certfile = {os.path.join(d, 'server.pem')}\n"
+                f"ssl_options.keyfile = {os.path.join(d, 'server.key')}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n")
+
     def prepare(self):
         d = self.dir
         for sub in ("mnesia", "log", "plugins-expand"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
+        tls = self._make_certs() if self.tls_port else ""
         with open(os.path.join(d, "rabbitmq.conf"), "w") as f:
             f.write(
                 f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
@@ -111,7 +141,7 @@ class RabbitMQ(Server):
                 "disk_free_limit.absolute = 10MB\n"
                 "log.console = true\n"
                 "log.console.level = info\n"
-                "log.file = false\n"
+                "log.file = false\n" + tls
             )
         for name, text in (("enabled_plugins", "[].\n"), ("rabbitmq-env.conf", ""),
                            ("advanced.config", "[].\n")):
@@ -127,7 +157,7 @@ class RabbitMQ(Server):
         return ["/bin/sh", "-c", script]
 
     def ready(self):
-        if not port_open(self.port):
+        if not port_open(self.port) or (self.tls_port and not port_open(self.tls_port)):
             return False
         # The port opens before the boot steps end: ask the node itself.
         r = self.ctl("await_startup", "--timeout", "5", check_rc=False, timeout=30)

@@ -1,19 +1,22 @@
 """The amqp input and output against a real RabbitMQ (one server for the
 module): 10,000 messages queue -> patchbay -> HTTP sink and HTTP -> patchbay
 -> exchange, each mapped and each once; $meta of a delivery (properties and
-headers of every kind); a poison message into the dead-letter queue, acked
-at the broker; an unroutable publish dead-lettered with the broker's
-reason; back-pressure nacks and pauses without losing or doubling; a
-consumer that dies between commit and ack leaves its deliveries to the
-next; the outbound guard and the password never shown."""
+headers of every kind); TLS with the broker's name verified although the
+connection goes to the address the outbound guard allowed; a poison message
+into the dead-letter queue, acked at the broker; an unroutable publish
+dead-lettered with the broker's reason; back-pressure nacks and pauses
+without losing or doubling; a consumer that dies between commit and ack
+leaves its deliveries to the next; the outbound guard and the password
+never shown; the example pipeline examples/rabbitmq-orders runs as its
+README says."""
 
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pbtest import (Patchbay, check, check_eq, log, post_many, run, start_sink,  # noqa: E402
-                    test, wait_until)
+from pbtest import (Patchbay, check, check_eq, free_port, log, post_many, run,  # noqa: E402
+                    start_sink, test, tmpdir, wait_until)
 from srv_amqp import RabbitMQ  # noqa: E402
 
 SECRET = "s3cr3t-Pa55-amqp"
@@ -24,7 +27,7 @@ def rmq():
     """The module's broker, with a user whose password the tests look for."""
     global _rmq
     if _rmq is None:
-        _rmq = RabbitMQ.module()
+        _rmq = RabbitMQ.module(tls=True)
         _rmq.ctl("add_user", "pb", SECRET)
         _rmq.ctl("set_permissions", "-p", "/", "pb", ".*", ".*", ".*")
     return _rmq
@@ -274,6 +277,64 @@ def consumer_dying_before_ack_leaves_its_deliveries_to_the_next():
     check_eq(input_state(second)["accepted"], n, "the second consumer took every one")
 
 
+TLS_CONF = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: sqlite:@DIR@/state.db
+outbound: { allow: [127.0.0.1] }
+pipelines:
+  good:
+    input:
+      amqp: { url: "%(tls)s@localhost:%(port)d/%%2f", queue: tls-good, declare: {},
+              tls: { ca_file: "%(ca)s" } }
+    outputs:
+      api: { http: { url: "%(sink)s/good" } }
+  wrong-name:
+    input:
+      amqp: { url: "%(tls)s@127.0.0.1:%(port)d/%%2f", queue: tls-wrong-name, declare: {},
+              tls: { ca_file: "%(ca)s" } }
+    outputs:
+      api: { http: { url: "%(sink)s/wrong-name" } }
+  no-verify:
+    input:
+      amqp: { url: "%(tls)s@127.0.0.1:%(port)d/%%2f", queue: tls-no-verify, declare: {},
+              tls: { ca_file: "%(ca)s", verify: false } }
+    outputs:
+      api: { http: { url: "%(sink)s/no-verify" } }
+  publish:
+    input: { http_server: { path: /orders } }
+    outputs:
+      mq:
+        amqp: { url: "%(tls)s@localhost:%(port)d/%%2f", routing_key: tls-good,
+                tls: { ca_file: "%(ca)s" } }
+"""
+
+
+@test
+def tls_verifies_the_brokers_name():
+    sink = start_sink()
+    pb = Patchbay(TLS_CONF % {"tls": f"amqps://pb:{SECRET}", "port": rmq().tls_port,
+                              "ca": rmq().ca_file, "sink": sink.url}, start=False)
+    pb.start(wait_ready=False)
+    states = lambda: {i["pipeline"]: i for i in api(pb, "/api/inputs")["inputs"]}  # noqa: E731
+    wait_until(lambda: states()["good"]["state"] == "connected", 30, "TLS input connected")
+    wait_until(lambda: states()["no-verify"]["state"] == "connected", 30,
+               "TLS input without verification connected")
+    # The certificate names localhost: a URL naming 127.0.0.1 is refused.
+    wrong = wait_until(lambda: states()["wrong-name"]["state"] == "reconnecting" and
+                       states()["wrong-name"], 30, "the wrong name refused")
+    log(f"  wrong name: {wrong['detail']}")
+    check("SSL" in wrong["detail"] or "certificate" in wrong["detail"], wrong["detail"])
+    check("tls-wrong-name" not in rmq().queues(), "the refused input declared nothing")
+    # Publish over TLS, consume over TLS.
+    res = post_many(pb.url + "/orders", [{"i": i} for i in range(20)], concurrency=4)
+    check_eq([st for st, _ in res], [202] * 20, "posts")
+    rmq().publish("", "tls-no-verify", 5, id_prefix="nv-")
+    wait_until(lambda: len(sink.records()) >= 25, 30, "messages through TLS")
+    paths = sorted(r["path"] for r in sink.records())
+    check_eq(paths, ["/good"] * 20 + ["/no-verify"] * 5, "deliveries")
+    check_no_secret(pb)
+
+
 GUARD_CONF = """
 server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
 state: sqlite:@DIR@/state.db
@@ -334,6 +395,41 @@ def bad_password_reconnects_and_never_shows_it():
     check(SECRET[::-1] not in json.dumps(st), f"the password appears in the state: {st}")
     check(SECRET[::-1] not in pb.log(), "the password appears in the log")
     check("login to 127.0.0.1" in pb.log(), "the failure is logged")
+
+
+@test
+def example_rabbitmq_orders_runs():
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "..", "examples", "rabbitmq-orders", "patchbay.yaml")
+    with open(path) as f:
+        conf = f.read()
+    erp = start_sink()
+    rmq().declare("shop-confirmations", binds=["shop:order.received:topic"])
+    port, token = free_port(), "example-token"
+    pb = Patchbay(conf, port=port, token=token, env={
+        "RABBITMQ_URL": rmq().url, "ERP_URL": erp.url + "/orders",
+        "PATCHBAY_LISTEN": f"127.0.0.1:{port}", "PATCHBAY_DATA": tmpdir("data"),
+        "PATCHBAY_ADMIN_TOKEN": token})
+    rmq().publish("shop", "order.created", 100, id_prefix="shop-")
+    wait_until(lambda: len(erp.records()) >= 100, 60, "100 orders at the ERP")
+    got = sorted((json.loads(r["body"]) for r in erp.records()),
+                 key=lambda b: int(b["reference"][2:]))
+    check_eq(got[5], {"reference": "o-5", "amount": {"value": 500, "currency": "EUR"}},
+             "an order as the ERP gets it")
+    conf_msgs = wait_until(lambda: rmq().consume("shop-confirmations", idle=1), 30,
+                           "confirmations")
+    for _ in range(20):
+        if len(conf_msgs) >= 100:
+            break
+        conf_msgs += rmq().consume("shop-confirmations", idle=1)
+    check_eq(len(conf_msgs), 100, "confirmations")
+    c = next(m for m in conf_msgs if m["correlation_id"] == "o-5")
+    check_eq(json.loads(c["body"]), {"order_id": "o-5", "status": "received",
+                                     "amount_cents": 500}, "a confirmation")
+    check_eq(c["headers"], {"x-order-id": "o-5"}, "its headers")
+    check_eq(c["routing_key"], "order.received", "its routing key")
+    wait_until(lambda: settled("erp-orders") == (0, 0), 30, "erp-orders settled")
+    check_eq(pb.term(), 0, "exit code on SIGTERM")
 
 
 run()

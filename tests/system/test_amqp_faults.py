@@ -147,7 +147,9 @@ def kill9_while_publishing_five_times():
         pb.start()
     poster.join()
     acked = poster.acked()
-    check(len(acked) >= n - 200, f"most posts acknowledged: {len(acked)}")
+    # Posts sent while the daemon was down got no answer (a sender sends
+    # them again); the acknowledged ones are the promise.
+    check(len(acked) >= n // 2, f"most posts acknowledged: {len(acked)}")
     wait_all_delivered(pb)
     ids = published_ids(q)
     missing = {f"{mid}.mq" for _, mid in acked} - set(ids)

@@ -214,6 +214,11 @@ static int tls_setup(const struct pb_amqp_conf *c, amqp_socket_t *sock, struct p
         amqp_ssl_socket_set_key(sock, c->tls.cert_file, c->tls.key_file) != AMQP_STATUS_OK)
         return pb_err_set(err, PB_ECONFIG, "tls: cannot load cert_file %s with key_file %s",
                           c->tls.cert_file, c->tls.key_file);
+    if (!c->tls.ca_file) {
+        SSL_CTX *ctx = amqp_ssl_socket_get_context(sock);
+        if (!ctx || SSL_CTX_set_default_verify_paths(ctx) != 1)
+            return pb_err_set(err, PB_ECONFIG, "tls: cannot load the system's authorities");
+    }
     amqp_ssl_socket_set_verify_peer(sock, c->tls.verify);
     /* librabbitmq would check the name against the address connected to. */
     amqp_ssl_socket_set_verify_hostname(sock, 0);
