@@ -3,30 +3,31 @@
  *
  *   amqp: { url: "amqp://mq", exchange: orders, routing_key: 'order.{{ .status }}' }
  *
- * The channel is in confirm mode (confirm.select). A batch of deliveries is
- * published back to back on it, then the confirms are read and matched to
- * the publishes by their sequence numbers (basic.ack and basic.nack, single
- * or multiple): a delivery is OK only once the broker confirmed it; a nack,
- * a lost connection or no confirm by the deadline is RETRY; a message the
- * broker returned as unroutable (mandatory, basic.return, matched by its
+ * The channel is in confirm mode (confirm.select). Publishes are pipelined:
+ * a batch is published back to back and its deliveries wait, with those of
+ * earlier batches, in a table ordered by their sequence numbers, while the
+ * next batch is published; the broker's confirms (basic.ack and
+ * basic.nack, single or multiple) are matched to them by sequence number.
+ * A delivery is OK only once the broker confirmed it; a nack, a lost
+ * connection or no confirm by its deadline is RETRY; a message the broker
+ * returned as unroutable (mandatory, basic.return, matched by its
  * message_id) is PERMANENT with the broker's reason. Messages are
  * persistent (delivery_mode 2) and mandatory by default, and carry the
  * delivery's idempotency key as their message_id, the same on every retry,
- * so consumers can drop repeats.
- *
- * While the broker is away a batch waits (up to RECONNECT_WAIT_MS) for the
- * connection to come back before it fails with RETRY and a Retry-After of
- * the reconnect backoff, so an outage spends few attempts.
+ * so consumers can drop repeats. While the broker is away a batch waits (up
+ * to RECONNECT_WAIT_MS) for the connection to come back before it fails
+ * with RETRY and a Retry-After of the reconnect backoff, so an outage
+ * spends few attempts.
  *
  * Thread model: `workers = 1`: start, deliver_batch and stop run on the
- * output's own worker thread. A batch blocks that thread until its confirms
- * are in or its earliest deadline passes; the core gathers the next batch
- * meanwhile (batch, linger). A keepalive thread of the output's own reads
- * the connection while no batch runs, so heartbeats flow (librabbitmq only
- * sends them from inside its calls) and a broker that goes away is noticed
- * and reconnected to while idle. librabbitmq is not thread-safe per
- * connection: the connection and the run-time fields are used under `lock`
- * only, by one thread at a time. */
+ * output's worker thread, which publishes and returns without waiting. A
+ * reader thread of the output's own waits on the socket, reads the confirms
+ * and ends the deliveries (pb_delivery_done, any thread); it also keeps the
+ * connection alive while idle (librabbitmq sends heartbeats only from
+ * inside its calls) and reconnects after a loss. librabbitmq is not
+ * thread-safe per connection: the connection and every run-time field are
+ * used under `lock` only; the reader waits on the socket without it. */
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +41,19 @@
 
 #define HEADERS_MAX 12 /* template fields: routing key, correlation id, headers */
 #define RECONNECT_WAIT_MS 5000
-#define KEEPALIVE_MIN_MS 500
+#define READER_EVERY_MIN_MS 250
+#define READER_EVERY_MAX_MS 5000
+#define READ_BURST 4096 /* frames read in one go before the lock is let go */
+
+/* A publish waiting for its confirm. */
+struct pending {
+    struct pb_delivery *d;
+    uint64_t seq;
+    int64_t deadline_ms; /* unix ms */
+    bool returned;       /* the broker returned it: PERMANENT once confirmed */
+    char reason[320];
+    struct pending *prev, *next;
+};
 
 struct out_amqp {
     /* options (read-only after init) */
@@ -57,6 +70,7 @@ struct out_amqp {
     char *app_id;
     int64_t batch;
     int64_t linger_ms;
+    int64_t timeout_ms;
     /* prepared by init */
     int rk_idx;
     int corr_idx;
@@ -64,23 +78,25 @@ struct out_amqp {
     const struct pb_allowlist *allow;
     char pipeline[128];
     char name[192];
+    int64_t every_ms; /* the reader's longest wait */
 
-    /* run time: under lock (the worker thread, or the keepalive thread) */
+    /* run time: under lock (the worker thread, or the reader thread) */
     pthread_mutex_t lock;
+    pthread_cond_t wake;
     bool lock_ready;
     struct pb_output *out;
     amqp_connection_state_t conn;
+    uint64_t gen;                /* connections made */
     uint64_t next_seq;           /* sequence number of the next publish */
+    struct pending *head, *tail; /* waiting for confirms, by sequence number */
     char denied[PB_ERR_MSG_MAX]; /* the outbound guard refused the broker */
     char last_error[PB_ERR_MSG_MAX];
     int64_t backoff_ms;
     int64_t connect_after_ms; /* monotonic ms before which no connect is tried */
-    int64_t used_ms;          /* monotonic ms the connection was last read */
-    /* the keepalive thread: started by the first start, ended by stop */
-    pthread_t keepalive;
-    bool keepalive_running;
+    /* the reader thread: started by the first start that connects, ended by stop */
+    pthread_t reader;
+    bool reader_running;
     bool stopping;
-    pthread_cond_t wake;
 };
 
 static const struct pb_field amqp_fields[] = {
@@ -136,7 +152,12 @@ static const struct pb_field amqp_fields[] = {
      .def = "256",
      .min = 1,
      .max = 4096,
-     .doc = "publishes sent back to back before their confirms are awaited"},
+     .doc = "deliveries handed over (and published back to back) at once"},
+    {.name = "timeout",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct out_amqp, timeout_ms),
+     .def = "30s",
+     .doc = "a publish not confirmed within this is retried"},
     {.name = "linger",
      .type = PB_F_DURATION,
      .offset = offsetof(struct out_amqp, linger_ms),
@@ -189,6 +210,14 @@ static int amqp_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     snprintf(o->name, sizeof(o->name), "patchbay %s/%s (output)", env->pipeline, env->output);
     env->batch_max = (size_t)o->batch;
     env->batch_period_ms = o->linger_ms;
+    if (o->timeout_ms < 100)
+        return pb_err_set(err, PB_ECONFIG, "timeout must be at least 100ms");
+    env->attempt_timeout_ms = o->timeout_ms;
+    o->every_ms = o->conf.heartbeat_ms ? o->conf.heartbeat_ms / 4 : READER_EVERY_MAX_MS;
+    if (o->every_ms < READER_EVERY_MIN_MS)
+        o->every_ms = READER_EVERY_MIN_MS;
+    if (o->every_ms > READER_EVERY_MAX_MS)
+        o->every_ms = READER_EVERY_MAX_MS;
     if (pthread_mutex_init(&o->lock, NULL) != 0)
         return pb_err_set(err, PB_ENOMEM, "cannot create a mutex");
     if (pthread_cond_init(&o->wake, NULL) != 0) {
@@ -235,10 +264,12 @@ static int connect_now(struct out_amqp *o, struct pb_err *err)
         if ((rc = rpc_check(o, "exchange.declare (passive)", err)))
             goto fail;
     }
+    o->gen++;
     o->next_seq = 1;
     o->backoff_ms = 0;
     o->last_error[0] = 0;
     pb_output_set_state(o->out, PB_OUTPUT_CONNECTED, NULL);
+    pthread_cond_broadcast(&o->wake);
     return 0;
 fail:
     pb_amqp_close(o->conn, false);
@@ -246,6 +277,31 @@ fail:
     return rc;
 }
 
+/* End a waiting publish (lock held; pb_delivery_done only posts). */
+static void finish(struct out_amqp *o, struct pending *p, enum pb_result r, const char *error,
+                   int64_t retry_after_ms)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        o->head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        o->tail = p->prev;
+    struct pb_outcome oc = {.result = r, .retry_after_ms = retry_after_ms, .error = error};
+    pb_delivery_done(p->d, &oc);
+    free(p);
+}
+
+static void fail_all(struct out_amqp *o, const char *why)
+{
+    while (o->head)
+        finish(o, o->head, PB_RESULT_RETRY, why, -1);
+}
+
+/* The connection is gone: what waits for a confirm is retried (the broker
+ * may have taken some of it: their repeats carry the same message_id). */
 static void lost(struct out_amqp *o, const char *why)
 {
     if (!o->conn)
@@ -253,12 +309,13 @@ static void lost(struct out_amqp *o, const char *why)
     pb_amqp_close(o->conn, false);
     o->conn = NULL;
     pb_amqp_copy(o->last_error, sizeof(o->last_error), why);
-    o->connect_after_ms = 0; /* the next batch tries at once, then with backoff */
+    o->connect_after_ms = 0; /* once at once, then with backoff */
+    fail_all(o, why);
     pb_output_set_state(o->out, PB_OUTPUT_RECONNECTING, why);
 }
 
-/* Connected, or why not (text in o->last_error). Tries at most once per
- * backoff period. */
+/* Connected, or why not (in o->last_error). Tries at most once per backoff
+ * period. */
 static bool ensure_connected(struct out_amqp *o)
 {
     struct pb_err err = {0};
@@ -277,64 +334,149 @@ static bool ensure_connected(struct out_amqp *o)
     return false;
 }
 
-/* Before publishing: read what came while idle (a close from the broker,
- * heartbeats; librabbitmq sends ours when due). */
-static void poll_idle(struct out_amqp *o)
+/* ---- confirms ----------------------------------------------------------------------------- */
+
+/* basic.ack / basic.nack of tag (and of every one before it when multiple). */
+static void confirm(struct out_amqp *o, uint64_t tag, bool multiple, bool ack)
+{
+    struct pending *p = o->head;
+    while (p && p->seq <= tag) {
+        struct pending *next = p->next;
+        if (p->seq == tag || multiple) {
+            if (!ack)
+                finish(o, p, PB_RESULT_RETRY, "the broker nacked the publish", -1);
+            else if (p->returned)
+                finish(o, p, PB_RESULT_PERMANENT, p->reason, -1);
+            else
+                finish(o, p, PB_RESULT_OK, NULL, -1);
+        }
+        p = next;
+    }
+}
+
+/* basic.return: the message (read from the channel) names the delivery by
+ * its message_id; its confirm follows. */
+static void returned(struct out_amqp *o, const amqp_frame_t *f)
+{
+    const amqp_basic_return_t *r = f->payload.method.decoded;
+    char reason[320];
+    amqp_message_t msg;
+    snprintf(reason, sizeof(reason),
+             "unroutable: %u %.*s (exchange \"%.*s\", routing key \"%.*s\")", r->reply_code,
+             (int)r->reply_text.len, (const char *)r->reply_text.bytes, (int)r->exchange.len,
+             (const char *)r->exchange.bytes, (int)r->routing_key.len,
+             (const char *)r->routing_key.bytes);
+    amqp_rpc_reply_t rr = amqp_read_message(o->conn, f->channel, &msg, 0);
+    if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
+        char t[256];
+        lost(o, pb_amqp_reply_text(rr, t, sizeof(t)));
+        return;
+    }
+    if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+        amqp_bytes_t id = msg.properties.message_id;
+        for (struct pending *p = o->head; p; p = p->next) {
+            const char *k = p->d->idempotency_key;
+            if (!p->returned && k && strlen(k) == id.len && memcmp(k, id.bytes, id.len) == 0) {
+                p->returned = true;
+                pb_amqp_copy(p->reason, sizeof(p->reason), reason);
+                break;
+            }
+        }
+    }
+    amqp_destroy_message(&msg);
+}
+
+/* Read what has arrived (without waiting): confirms, returns, a close. */
+static void read_frames(struct out_amqp *o)
 {
     struct timeval zero = {0, 0};
-    amqp_frame_t f;
     char why[384];
-    for (int i = 0; i < 1000 && o->conn; i++) {
+    for (int i = 0; i < READ_BURST && o->conn; i++) {
+        amqp_frame_t f;
         amqp_maybe_release_buffers(o->conn);
         int rc = amqp_simple_wait_frame_noblock(o->conn, &f, &zero);
-        if (rc == AMQP_STATUS_TIMEOUT) {
-            o->used_ms = mono_ms();
+        if (rc == AMQP_STATUS_TIMEOUT)
             return;
-        }
         if (rc != AMQP_STATUS_OK) {
             lost(o, amqp_error_string2(rc));
             return;
         }
-        if (f.frame_type == AMQP_FRAME_METHOD &&
-            pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        if (pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
             pb_amqp_close_ok(o->conn, &f);
             lost(o, why);
+            return;
+        }
+        if (f.channel != PB_AMQP_CHANNEL)
+            continue;
+        if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+            const amqp_basic_ack_t *a = f.payload.method.decoded;
+            confirm(o, a->delivery_tag, a->multiple, true);
+        } else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
+            const amqp_basic_nack_t *a = f.payload.method.decoded;
+            confirm(o, a->delivery_tag, a->multiple, false);
+        } else if (f.payload.method.id == AMQP_BASIC_RETURN_METHOD) {
+            returned(o, &f);
         }
     }
 }
 
-static void sleep_ms(int64_t ms)
+/* The oldest publish is past its deadline: a late confirm must not be
+ * taken for a later publish, so the connection goes. */
+static void expire(struct out_amqp *o)
 {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
+    if (o->conn && o->head && o->head->deadline_ms <= pb_now_ms())
+        lost(o, "no publisher confirm in time (is the broker blocked by a resource alarm?)");
 }
 
-/* The keepalive thread: while no batch holds the connection, read it every
- * so often (heartbeats both ways, a close from the broker) and connect
- * again after a loss, with the backoff. */
-static void *keepalive_main(void *arg)
+static void deadline_after(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+/* The reader thread: wait on the socket (without the lock), then read and
+ * end what the broker confirmed. Idle, it still reads every every_ms, so
+ * heartbeats flow and a lost broker is noticed; disconnected, it connects
+ * again with the backoff. */
+static void *reader_main(void *arg)
 {
     struct out_amqp *o = arg;
-    int64_t every = o->conf.heartbeat_ms ? o->conf.heartbeat_ms / 4 : 5000;
-    if (every < KEEPALIVE_MIN_MS)
-        every = KEEPALIVE_MIN_MS;
     pthread_mutex_lock(&o->lock);
     while (!o->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += every / 1000;
-        ts.tv_nsec += (every % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&o->wake, &o->lock, &ts);
-        if (o->stopping || o->denied[0])
+        if (!o->conn) {
+            struct timespec ts;
+            deadline_after(&ts, o->every_ms);
+            pthread_cond_timedwait(&o->wake, &o->lock, &ts);
+            if (!o->stopping && !o->conn && !o->denied[0])
+                ensure_connected(o);
             continue;
-        if (o->conn && mono_ms() - o->used_ms >= every)
-            poll_idle(o);
-        else if (!o->conn)
-            ensure_connected(o);
+        }
+        if (!amqp_frames_enqueued(o->conn) && !amqp_data_in_buffer(o->conn)) {
+            int64_t wait = o->every_ms;
+            if (o->head) {
+                int64_t left = o->head->deadline_ms - pb_now_ms();
+                wait = left < 0 ? 0 : left < wait ? left : wait;
+            }
+            struct pollfd pfd = {.fd = amqp_get_sockfd(o->conn), .events = POLLIN};
+            uint64_t gen = o->gen;
+            pthread_mutex_unlock(&o->lock);
+            poll(&pfd, 1, (int)wait);
+            pthread_mutex_lock(&o->lock);
+            if (o->stopping || !o->conn || o->gen != gen)
+                continue;
+        }
+        read_frames(o);
+        expire(o);
+        /* Let the worker publish between bursts. */
+        pthread_mutex_unlock(&o->lock);
+        pthread_mutex_lock(&o->lock);
     }
     pthread_mutex_unlock(&o->lock);
     return NULL;
@@ -346,14 +488,6 @@ static int amqp_start(void *ctx, struct pb_output *out, struct pb_err *err)
     pthread_mutex_lock(&o->lock);
     o->out = out;
     int rc = connect_now(o, err);
-    if ((rc == 0 || rc == PB_EDENIED) && !o->keepalive_running) {
-        if (pthread_create(&o->keepalive, NULL, keepalive_main, o) == 0)
-            o->keepalive_running = true;
-        else
-            PB_WARN("amqp output: no keepalive thread pipeline=%s (an idle connection may be "
-                    "closed by the broker and opened again)",
-                    o->pipeline);
-    }
     if (rc == PB_EDENIED) {
         /* Never going to work with this configuration: deliveries are
          * dead-lettered with the reason, as for any refused partner. */
@@ -362,11 +496,17 @@ static int amqp_start(void *ctx, struct pb_output *out, struct pb_err *err)
         PB_WARN("amqp output refused by the outbound guard pipeline=%s url=%s error=\"%s\"",
                 o->pipeline, o->conf.shown, err->msg);
         rc = 0;
-    } else if (rc == 0) {
-        o->used_ms = mono_ms();
+    } else if (rc == 0 && !o->reader_running) {
+        if (pthread_create(&o->reader, NULL, reader_main, o) == 0) {
+            o->reader_running = true;
+        } else {
+            pb_amqp_close(o->conn, false);
+            o->conn = NULL;
+            rc = pb_err_set(err, PB_ENOMEM, "cannot start the confirm reader thread");
+        }
     }
     pthread_mutex_unlock(&o->lock);
-    if (rc == 0)
+    if (rc == 0 && !o->denied[0])
         PB_INFO("amqp output connected pipeline=%s url=%s exchange=%s", o->pipeline, o->conf.shown,
                 o->exchange);
     return rc;
@@ -374,32 +514,16 @@ static int amqp_start(void *ctx, struct pb_output *out, struct pb_err *err)
 
 /* ---- publishing ----------------------------------------------------------------------------- */
 
-enum pub_state { P_WAIT = 0, P_DONE };
-struct pub {
-    uint64_t seq;
-    enum pub_state state;
-    struct pb_outcome oc;
-    bool returned;
-    char error[320];
-};
-
-static void end(struct pub *p, enum pb_result r, const char *error)
-{
-    p->state = P_DONE;
-    p->oc = (struct pb_outcome){.result = r, .retry_after_ms = -1};
-    if (error) {
-        pb_amqp_copy(p->error, sizeof(p->error), error);
-        p->oc.error = p->error;
-    }
-}
-
-static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pub *p, amqp_pool_t *pool)
+/* Publish d; 0 with p->seq set, 1 when it can never be published (reason
+ * in p->reason), or a negative librabbitmq status. */
+static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pending *p,
+                       amqp_pool_t *pool)
 {
     amqp_basic_properties_t props = {0};
     const char *rk = d->tmpl && (size_t)o->rk_idx < d->ntmpl ? d->tmpl[o->rk_idx] : "";
     if (strlen(rk) > 255) {
-        end(p, PB_RESULT_PERMANENT, "routing key longer than 255 bytes");
-        return 0;
+        pb_amqp_copy(p->reason, sizeof(p->reason), "routing key longer than 255 bytes");
+        return 1;
     }
     props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
                    AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG;
@@ -413,8 +537,8 @@ static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pub *p,
     }
     if (o->corr_idx >= 0 && (size_t)o->corr_idx < d->ntmpl) {
         if (strlen(d->tmpl[o->corr_idx]) > 255) {
-            end(p, PB_RESULT_PERMANENT, "correlation_id longer than 255 bytes");
-            return 0;
+            pb_amqp_copy(p->reason, sizeof(p->reason), "correlation_id longer than 255 bytes");
+            return 1;
         }
         props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
         props.correlation_id = amqp_cstring_bytes(d->tmpl[o->corr_idx]);
@@ -425,10 +549,8 @@ static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pub *p,
     }
     if (o->headers.n) {
         amqp_table_entry_t *es = amqp_pool_alloc(pool, o->headers.n * sizeof(*es));
-        if (!es) {
-            end(p, PB_RESULT_RETRY, "out of memory");
-            return 0;
-        }
+        if (!es)
+            return AMQP_STATUS_NO_MEMORY;
         for (size_t i = 0; i < o->headers.n; i++) {
             int ix = o->hdr_idx[i];
             es[i].key = amqp_cstring_bytes(o->headers.keys[i]);
@@ -448,62 +570,14 @@ static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pub *p,
     return 0;
 }
 
-/* basic.ack / basic.nack for tag (and everything before it when multiple). */
-static size_t confirm(struct pub *ps, size_t n, uint64_t tag, bool multiple, bool ack)
+static void sleep_ms(int64_t ms)
 {
-    size_t done = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct pub *p = &ps[i];
-        if (p->state != P_WAIT || !(p->seq == tag || (multiple && p->seq < tag)))
-            continue;
-        if (!ack)
-            end(p, PB_RESULT_RETRY, "the broker nacked the publish");
-        else if (p->returned)
-            p->state = P_DONE; /* its PERMANENT outcome was set at the return */
-        else
-            end(p, PB_RESULT_OK, NULL);
-        done++;
-    }
-    return done;
-}
-
-/* basic.return: the message (read from the channel) names the delivery by
- * its message_id. */
-static void returned(struct out_amqp *o, const amqp_frame_t *f, struct pb_delivery **ds,
-                     struct pub *ps, size_t n)
-{
-    const amqp_basic_return_t *r = f->payload.method.decoded;
-    char reason[320];
-    amqp_message_t msg;
-    snprintf(reason, sizeof(reason),
-             "unroutable: %u %.*s (exchange \"%.*s\", routing key \"%.*s\")", r->reply_code,
-             (int)r->reply_text.len, (const char *)r->reply_text.bytes, (int)r->exchange.len,
-             (const char *)r->exchange.bytes, (int)r->routing_key.len,
-             (const char *)r->routing_key.bytes);
-    amqp_rpc_reply_t rr = amqp_read_message(o->conn, f->channel, &msg, 0);
-    if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
-        char t[256];
-        lost(o, pb_amqp_reply_text(rr, t, sizeof(t)));
-        return;
-    }
-    if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
-        amqp_bytes_t id = msg.properties.message_id;
-        for (size_t i = 0; i < n; i++) {
-            const char *k = ds[i]->idempotency_key;
-            if (ps[i].state == P_WAIT && k && strlen(k) == id.len &&
-                memcmp(k, id.bytes, id.len) == 0) {
-                ps[i].returned = true;
-                end(&ps[i], PB_RESULT_PERMANENT, reason);
-                ps[i].state = P_WAIT; /* its confirm follows */
-                break;
-            }
-        }
-    }
-    amqp_destroy_message(&msg);
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
 }
 
 /* Connected, or waited as long as a batch may (RECONNECT_WAIT_MS, and its
- * earliest deadline) for the broker to come back. */
+ * earliest deadline) for the broker to come back. Lock held. */
 static bool wait_connected(struct out_amqp *o, struct pb_delivery **ds, size_t n)
 {
     int64_t until = mono_ms() + RECONNECT_WAIT_MS;
@@ -524,134 +598,95 @@ static bool wait_connected(struct out_amqp *o, struct pb_delivery **ds, size_t n
     }
 }
 
+static void done_now(struct pb_delivery *d, enum pb_result r, const char *error,
+                     int64_t retry_after_ms)
+{
+    struct pb_outcome oc = {.result = r, .retry_after_ms = retry_after_ms, .error = error};
+    pb_delivery_done(d, &oc);
+}
+
+/* Publish the batch and return: the reader thread ends each delivery when
+ * its confirm comes. */
 static void amqp_publish(void *ctx, struct pb_delivery **ds, size_t n)
 {
     struct out_amqp *o = ctx;
-    struct pub *ps = calloc(n, sizeof(*ps));
     amqp_pool_t pool;
-    size_t waiting = 0;
     char why[384];
+    size_t i = 0;
 
-    if (!ps) {
-        struct pb_outcome oc = {
-            .result = PB_RESULT_RETRY, .retry_after_ms = -1, .error = "out of memory"};
-        for (size_t i = 0; i < n; i++)
-            pb_delivery_done(ds[i], &oc);
-        return;
-    }
     init_amqp_pool(&pool, 4096);
     pthread_mutex_lock(&o->lock);
     if (o->denied[0]) {
-        for (size_t i = 0; i < n; i++)
-            end(&ps[i], PB_RESULT_PERMANENT, o->denied);
+        for (; i < n; i++)
+            done_now(ds[i], PB_RESULT_PERMANENT, o->denied, -1);
         goto out;
     }
-    poll_idle(o);
     if (!wait_connected(o, ds, n)) {
         int64_t again = o->connect_after_ms - mono_ms();
         snprintf(why, sizeof(why), "not connected: %.360s", o->last_error);
-        for (size_t i = 0; i < n; i++) {
-            end(&ps[i], PB_RESULT_RETRY, why);
-            ps[i].oc.retry_after_ms = again > 0 ? again : -1;
-        }
+        for (; i < n; i++)
+            done_now(ds[i], PB_RESULT_RETRY, why, again > 0 ? again : -1);
         goto out;
     }
-    int64_t deadline = INT64_MAX;
-    for (size_t i = 0; i < n; i++) {
-        if (ds[i]->deadline_ms < deadline)
-            deadline = ds[i]->deadline_ms;
-        int rc = publish_one(o, ds[i], &ps[i], &pool);
-        if (rc != 0) {
+    for (; i < n && o->conn; i++) {
+        struct pending *p = calloc(1, sizeof(*p));
+        if (!p) {
+            done_now(ds[i], PB_RESULT_RETRY, "out of memory", -1);
+            continue;
+        }
+        p->d = ds[i];
+        p->deadline_ms = ds[i]->deadline_ms;
+        int rc = publish_one(o, ds[i], p, &pool);
+        recycle_amqp_pool(&pool);
+        if (rc == 0) {
+            p->prev = o->tail;
+            if (o->tail)
+                o->tail->next = p;
+            else
+                o->head = p;
+            o->tail = p;
+            continue;
+        }
+        if (rc == 1) {
+            done_now(ds[i], PB_RESULT_PERMANENT, p->reason, -1);
+            free(p);
+            continue;
+        }
+        free(p);
+        done_now(ds[i], PB_RESULT_RETRY, amqp_error_string2(rc), -1);
+        if (rc != AMQP_STATUS_NO_MEMORY) {
             snprintf(why, sizeof(why), "publish failed: %s", amqp_error_string2(rc));
             lost(o, why);
-            for (size_t j = i; j < n; j++)
-                if (ps[j].state == P_WAIT)
-                    end(&ps[j], PB_RESULT_RETRY, why);
-            break;
-        }
-        if (ps[i].state == P_WAIT)
-            waiting++;
-        recycle_amqp_pool(&pool);
-    }
-    while (waiting && o->conn) {
-        int64_t left = deadline - pb_now_ms();
-        if (left <= 0) {
-            snprintf(why, sizeof(why),
-                     "no publisher confirm in time (is the broker blocked by a resource alarm?)");
-            lost(o, why); /* a late confirm must not be taken for a later publish */
-            break;
-        }
-        struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
-        amqp_frame_t f;
-        amqp_maybe_release_buffers(o->conn);
-        int rc = amqp_simple_wait_frame_noblock(o->conn, &f, &tv);
-        if (rc == AMQP_STATUS_TIMEOUT)
-            continue;
-        if (rc != AMQP_STATUS_OK) {
-            lost(o, amqp_error_string2(rc));
-            break;
-        }
-        if (f.frame_type != AMQP_FRAME_METHOD || f.channel != PB_AMQP_CHANNEL) {
-            if (f.frame_type == AMQP_FRAME_METHOD &&
-                pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
-                pb_amqp_close_ok(o->conn, &f);
-                lost(o, why);
-            }
-            continue;
-        }
-        switch (f.payload.method.id) {
-        case AMQP_BASIC_ACK_METHOD: {
-            const amqp_basic_ack_t *a = f.payload.method.decoded;
-            waiting -= confirm(ps, n, a->delivery_tag, a->multiple, true);
-            break;
-        }
-        case AMQP_BASIC_NACK_METHOD: {
-            const amqp_basic_nack_t *a = f.payload.method.decoded;
-            waiting -= confirm(ps, n, a->delivery_tag, a->multiple, false);
-            break;
-        }
-        case AMQP_BASIC_RETURN_METHOD:
-            returned(o, &f, ds, ps, n);
-            break;
-        default:
-            if (pb_amqp_close_text(&f.payload.method, why, sizeof(why))) {
-                pb_amqp_close_ok(o->conn, &f);
-                lost(o, why);
-            }
-            break;
         }
     }
-    /* What is still waiting lost its connection (or its time). */
-    for (size_t i = 0; i < n; i++)
-        if (ps[i].state == P_WAIT)
-            end(&ps[i], PB_RESULT_RETRY, o->last_error[0] ? o->last_error : "connection lost");
+    /* The connection went while publishing: the rest waits for the next. */
+    for (; i < n; i++)
+        done_now(ds[i], PB_RESULT_RETRY, o->last_error[0] ? o->last_error : "connection lost", -1);
 out:
-    if (o->conn)
-        o->used_ms = mono_ms();
     pthread_mutex_unlock(&o->lock);
     empty_amqp_pool(&pool);
-    for (size_t i = 0; i < n; i++)
-        pb_delivery_done(ds[i], &ps[i].oc);
-    free(ps);
 }
 
-static void keepalive_end(struct out_amqp *o)
+static void reader_end(struct out_amqp *o)
 {
     if (!o->lock_ready)
         return;
     pthread_mutex_lock(&o->lock);
     o->stopping = true;
-    pthread_cond_signal(&o->wake);
+    pthread_cond_broadcast(&o->wake);
     pthread_mutex_unlock(&o->lock);
-    if (o->keepalive_running)
-        pthread_join(o->keepalive, NULL);
-    o->keepalive_running = false;
+    if (o->reader_running)
+        pthread_join(o->reader, NULL);
+    o->reader_running = false;
 }
 
+/* No more batches come: what still waits for a confirm (the dispatcher
+ * gave up waiting for it) is retried after the restart. */
 static void amqp_stop(void *ctx)
 {
     struct out_amqp *o = ctx;
-    keepalive_end(o);
+    reader_end(o);
+    fail_all(o, "shutting down");
     pb_amqp_close(o->conn, true);
     o->conn = NULL;
 }
@@ -659,7 +694,8 @@ static void amqp_stop(void *ctx)
 static void amqp_destroy(void *ctx)
 {
     struct out_amqp *o = ctx;
-    keepalive_end(o);
+    reader_end(o);
+    fail_all(o, "shutting down");
     pb_amqp_close(o->conn, false);
     o->conn = NULL;
     if (o->lock_ready) {
