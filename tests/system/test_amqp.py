@@ -347,6 +347,12 @@ pipelines:
     input: { http_server: { path: /orders } }
     outputs:
       mq: { amqp: { url: "%(url)s", routing_key: %(queue)s } }
+  allowed:
+    input:
+      amqp: { url: "%(url)s", queue: %(queue)s-allowed, declare: {},
+              outbound: { allow: [127.0.0.1] } }
+    outputs:
+      api: { http: { url: "http://192.0.2.1/never" } }
 """
 
 
@@ -358,12 +364,18 @@ def outbound_guard_refuses_the_broker_without_allow():
     pb = Patchbay(GUARD_CONF % {"url": pb_url(), "queue": q}, start=False)
     pb.start(wait_ready=False)
 
+    def states():
+        return {i["pipeline"]: i for i in api(pb, "/api/inputs")["inputs"]}
+
     def refused():
-        st = input_state(pb)
+        st = states()["orders"]
         return st["state"] == "reconnecting" and "blocked: 127.0.0.1 is loopback" in (
             st["detail"] or "") and st
 
     wait_until(refused, 30, "the input refused by the outbound guard")
+    # An input's own outbound.allow lets it through.
+    wait_until(lambda: states()["allowed"]["state"] == "connected", 30,
+               "the input allowed by its own outbound.allow")
     st, doc = pb.admin("GET", "/ready")
     check(st == 503, f"/ready while the input is refused: {st} {doc}")
     check_eq(rmq().ready_count(q), 5, "nothing taken from the queue")
