@@ -188,6 +188,9 @@ static int amqp_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
                           "exchange_type must be direct, fanout, topic or headers");
     if (o->exchange_type && !*o->exchange)
         return pb_err_set(err, PB_ECONFIG, "exchange_type needs an exchange to declare");
+    if (!*o->exchange && !*o->routing_key)
+        return pb_err_set(err, PB_ECONFIG,
+                          "routing_key is required with the default exchange: it names the queue");
     if (o->headers.n > HEADERS_MAX)
         return pb_err_set(err, PB_ECONFIG, "at most %d headers", HEADERS_MAX);
     if ((o->type && strlen(o->type) > 255) || strlen(o->app_id) > 255 ||
