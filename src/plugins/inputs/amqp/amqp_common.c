@@ -306,6 +306,9 @@ void pb_amqp_close(amqp_connection_state_t conn, bool graceful)
     if (!conn)
         return;
     if (graceful) {
+        /* A broker that does not answer does not hold the shutdown up. */
+        struct timeval tv = {.tv_sec = 2, .tv_usec = 0};
+        amqp_set_rpc_timeout(conn, &tv);
         amqp_channel_close(conn, PB_AMQP_CHANNEL, AMQP_REPLY_SUCCESS);
         amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
     }

@@ -89,7 +89,7 @@ void pb_amqp_conf_cleanup(struct pb_amqp_conf *c);
  * negative code with err (PB_EDENIED: refused by the guard). Blocks. */
 int pb_amqp_open(const struct pb_amqp_conf *c, const struct pb_allowlist *al, const char *name,
                  amqp_connection_state_t *out, struct pb_err *err);
-/* Close (politely when graceful, within the connect timeout) and free.
+/* Close (politely when graceful, waiting up to 2 s for each answer) and free.
  * Accepts NULL. */
 void pb_amqp_close(amqp_connection_state_t conn, bool graceful);
 
