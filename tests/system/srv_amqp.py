@@ -27,13 +27,14 @@ import atexit
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 
 import json
 
 import pbtest
-from pbtest import PB_SINK, TestFailure, free_port, scaled
+from pbtest import PB_SINK, TestFailure, scaled
 from servers import Server, port_open
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
@@ -48,13 +49,12 @@ class RabbitMQ(Server):
     start_timeout = 90
 
     def __init__(self, port=None, start=True, tls=False):
-        self.dist_port = free_port()
-        self.epmd_port = free_port()
         # tls: an amqps listener too, with a certificate for "localhost"
         # only, signed by a CA of the test's own (self.ca_file).
-        self.tls_port = free_port() if tls else None
+        amqp, self.dist_port, self.epmd_port, tls_port = _free_ports(4)
+        self.tls_port = tls_port if tls else None
         self.ca_file = None
-        super().__init__(port=port, start=start)
+        super().__init__(port=port or amqp, start=start)
 
     @classmethod
     def module(cls, **kw):
@@ -65,11 +65,13 @@ class RabbitMQ(Server):
             case_root = pbtest._tmp_root
             pbtest._tmp_root = tempfile.mkdtemp(prefix="pbtest-rabbitmq-")
             try:
-                _module_server = cls(**kw)
+                server = cls(start=False, **kw)
             finally:
                 pbtest._tmp_root = case_root
-            atexit.register(_module_server._cleanup)
-            _chain_term(_module_server)
+            atexit.register(server._cleanup)
+            _chain_term(server)
+            server.start()
+            _module_server = server
         return _module_server
 
     @property
@@ -100,6 +102,7 @@ class RabbitMQ(Server):
             "RABBITMQ_CONF_ENV_FILE": os.path.join(d, "rabbitmq-env.conf"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(d, "advanced.config"),
             "RABBITMQ_LOGS": "-",
+            "ERL_CRASH_DUMP": os.path.join(d, "erl_crash.dump"),
         })
         e.pop("RABBITMQ_ALLOW_INPUT", None)
         return e
@@ -122,7 +125,7 @@ class RabbitMQ(Server):
         ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
              "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
         self.ca_file = os.path.join(d, "ca.pem")
-        return (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+        return ("listeners.ssl.default = 127.0.0.1:@TLS_PORT@\n"
                 f"ssl_options.cacertfile = {self.ca_file}\n"
                 f"ssl_options.certfile = {os.path.join(d, 'server.pem')}\n"
                 f"ssl_options.keyfile = {os.path.join(d, 'server.key')}\n"
@@ -133,8 +136,15 @@ class RabbitMQ(Server):
         d = self.dir
         for sub in ("mnesia", "log", "plugins-expand"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
-        tls = self._make_certs() if self.tls_port else ""
-        with open(os.path.join(d, "rabbitmq.conf"), "w") as f:
+        self._tls_conf = self._make_certs() if self.tls_port else ""
+        for name, text in (("enabled_plugins", "[].\n"), ("rabbitmq-env.conf", ""),
+                           ("advanced.config", "[].\n")):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+
+    def _write_conf(self):
+        tls = self._tls_conf.replace("@TLS_PORT@", str(self.tls_port))
+        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as f:
             f.write(
                 f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
                 "loopback_users = none\n"
@@ -143,10 +153,6 @@ class RabbitMQ(Server):
                 "log.console.level = info\n"
                 "log.file = false\n" + tls
             )
-        for name, text in (("enabled_plugins", "[].\n"), ("rabbitmq-env.conf", ""),
-                           ("advanced.config", "[].\n")):
-            with open(os.path.join(d, name), "w") as f:
-                f.write(text)
 
     def argv(self):
         # epmd in the foreground, in this process group; the server after it.
@@ -241,7 +247,27 @@ class RabbitMQ(Server):
     # -- life cycle -----------------------------------------------------------------------
 
     def start(self, timeout=None):
-        super().start(timeout)
+        # free_port() races with every other test of the machine: a port
+        # taken in the meantime fails the start. The first start moves to
+        # other ports; later ones keep the AMQP ports clients know.
+        first = self.starts == 0
+        for attempt in range(4):
+            if not self._prepared:
+                self.prepare()
+                self._prepared = True
+            self._write_conf()
+            try:
+                super().start(timeout)
+                break
+            except TestFailure:
+                self.kill9()
+                if attempt == 3 or not _port_clash(self.tail(200)):
+                    raise
+                amqp, self.dist_port, self.epmd_port, tls_port = _free_ports(4, avoid={
+                    self.port, self.tls_port})
+                if first:
+                    self.port = amqp
+                    self.tls_port = tls_port if self.tls_port else None
         # Out of pbtest's list: the runner kills it after each case otherwise.
         with pbtest._procs_lock:
             if self.proc in pbtest._procs:
@@ -270,6 +296,29 @@ class RabbitMQ(Server):
             except subprocess.TimeoutExpired:
                 pass
         shutil.rmtree(os.path.dirname(self.dir), ignore_errors=True)
+
+
+def _free_ports(n, avoid=()):
+    """n distinct ports of 127.0.0.1 that were free a moment ago (free_port()
+    twice in a row may give the same one)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            p = s.getsockname()[1]
+            if p not in avoid:
+                ports.append(p)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _port_clash(log):
+    return any(m in log for m in ("already_used", "eaddrinuse", "could not bind",
+                                  "Address already in use"))
 
 
 def _chain_term(server):
