@@ -102,7 +102,6 @@ def kill9_while_consuming_five_times():
     check_eq(sorted(set(got)), list(range(n)), "every order arrived")
     log(f"  sink: {len(got)} requests for {n} orders ({len(got) - n} repeats after kills)")
     wait_until(lambda: settled(q) == (0, 0), 30, "nothing ready or unacked at the broker")
-    check_eq(pb.starts, rounds + 1, "patchbay starts")
 
 
 OUT_CONF = """
