@@ -10,6 +10,7 @@ extern const struct pb_input_plugin pb_in_nats;
 extern const struct pb_input_plugin pb_in_redis_streams;
 extern const struct pb_input_plugin pb_in_mqtt;
 extern const struct pb_input_plugin pb_in_kafka;
+extern const struct pb_input_plugin pb_in_amqp;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -22,6 +23,7 @@ extern const struct pb_output_plugin pb_out_nats;
 extern const struct pb_output_plugin pb_out_redis_streams;
 extern const struct pb_output_plugin pb_out_mqtt;
 extern const struct pb_output_plugin pb_out_kafka;
+extern const struct pb_output_plugin pb_out_amqp;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -31,6 +33,7 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_redis_streams,
     &pb_in_mqtt,
     &pb_in_kafka,
+    &pb_in_amqp,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
@@ -49,6 +52,7 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_redis_streams,
     &pb_out_mqtt,
     &pb_out_kafka,
+    &pb_out_amqp,
     NULL,
 };
 /* clang-format on */
