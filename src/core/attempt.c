@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/tail.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
 
@@ -25,6 +26,7 @@ struct result_op {
     struct result_op *redo_next;
     bool failed; /* counted in unrecorded */
     char error[PB_ERROR_EXCERPT_MAX + 1];
+    char msg_id[PB_MSG_ID_MAX]; /* for the live tail */
 };
 
 /* ---- results --------------------------------------------------------------------------- */
@@ -62,6 +64,7 @@ static void result_done_cb(struct pb_op *op, void *arg)
     switch (op->status) {
     case 0:
         count_committed(r->out, op->u.result.state);
+        pb__tail_result(d->e->tail, r->out, r->msg_id, &op->u.result);
         break;
     case PB_ENOTFOUND:
         /* No longer pending: purged, or recorded by an earlier submission. */
@@ -162,6 +165,7 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
     r->op.arg = r;
     r->d = d;
     r->out = dl->out;
+    snprintf(r->msg_id, sizeof(r->msg_id), "%s", dl->msg->id);
     struct pb_op_result *res = &r->op.u.result;
     res->delivery_id = dl->id;
     res->attempt = dl->attempts;

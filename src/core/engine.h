@@ -241,6 +241,8 @@ struct pb_dispatcher;
 struct pb_httpd;
 struct pb_loop;
 struct pb_workers;
+struct pb_engine_history;
+struct pb_tail;
 
 struct pb_engine {
     struct pb_config *cfg;
@@ -255,6 +257,9 @@ struct pb_engine {
     atomic_bool stopping;
     atomic_bool ready;
     int64_t started_at;
+    struct pb_engine_history *history; /* the last hour of counters (history.c) */
+    struct pb_tail *tail;              /* the live tail (tail.c) */
+    void *admin;                       /* the admin side's own state (src/admin) */
 };
 
 struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name);
@@ -319,6 +324,11 @@ struct pb_run_opts {
     bool once; /* finite inputs, then exit once everything is delivered */
     /* Adds the routes of the admin side (/health, /api...) to e->httpd. */
     int (*attach)(struct pb_engine *e, struct pb_err *err);
+    /* Optional. quiesce: stopping has begun, before the listener drains
+     * (answer the requests the admin side holds); detach: the listener and
+     * the workers are gone (free what attach made). */
+    void (*quiesce)(struct pb_engine *e);
+    void (*detach)(struct pb_engine *e);
 };
 int pb_engine_run(const struct pb_run_opts *o);
 
