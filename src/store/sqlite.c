@@ -154,6 +154,15 @@ static const char *const migrations[] = {
     " 'updated_at', updated_at), updated_at FROM static_endpoint_state;"
     "DROP TABLE endpoints;"
     "DROP TABLE static_endpoint_state;",
+    /* 9: what the dashboard searches and links: each message's idempotency
+     * key as its input gave it (those still in the window are filled in),
+     * and for a message made by editing a dead letter, the message it was
+     * made from. */
+    "ALTER TABLE messages ADD COLUMN idem_key TEXT;"
+    "ALTER TABLE messages ADD COLUMN edit_of INTEGER;"
+    "UPDATE messages SET idem_key = i.key FROM idempotency i WHERE i.msg_id = messages.id;"
+    "CREATE INDEX messages_idem ON messages(idem_key) WHERE idem_key IS NOT NULL;"
+    "CREATE INDEX messages_edit_of ON messages(edit_of) WHERE edit_of IS NOT NULL;",
 };
 
 const char *pb__sqlite_migration_sql(int v)
@@ -176,7 +185,7 @@ static const char *const wsql[W_COUNT] = {
     [W_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency(pipeline, key, msg_id, expires_at)"
                    " VALUES (?1, ?2, ?3, ?4)",
     [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
-                  " meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                  " meta, idem_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [W_DLV_INS] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
                   " created_at, updated_at, lease) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5, ?6)",
     /* A result counts only while its lease holds: a lease lost (claimed by
@@ -251,6 +260,11 @@ static const char *const wsql[W_COUNT] = {
     [W_ORPHAN_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?3,"
                      " last_error = 'output removed' WHERE state = 0 AND pipeline = ?1"
                      " AND output = ?2",
+    [W_INJ_OLD] = "SELECT m.pipeline, m.meta, r.seq IS NOT NULL OR m.parent_seq IS NOT NULL,"
+                  " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END"
+                  " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.seq = ?1",
+    [W_INJ_MSG] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
+                  " meta, edit_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [W_RALL + 0] = RALL_DEAD RALL_END,
     [W_RALL + 1] = RALL_DEAD " AND pipeline = ?1" RALL_END,
     [W_RALL + 2] = RALL_DEAD RALL_OUT RALL_END,
@@ -286,7 +300,7 @@ int pb__sqlite_map_rc(sqlite3 *db, int rc)
 }
 
 /* Log a failed write and return its PB_E* code. */
-static int write_fail(struct sq *q, int rc, const char *what)
+int pb__sqlite_write_fail(struct sq *q, int rc, const char *what)
 {
     PB_WARN("state store write failed step=%s path=%s error=\"%s\"", what, q->display,
             sqlite3_errmsg(q->db));
@@ -828,14 +842,14 @@ static void sq_test_max_pages(void *ctx, int64_t pages)
 /* ---- writer --------------------------------------------------------------------------- */
 
 /* Step a write statement to completion and reset it. */
-static int step_done(sqlite3_stmt *st)
+int pb__sqlite_step_done(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+void pb__sqlite_bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
 {
     if (s)
         sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
@@ -855,14 +869,14 @@ static int sq_begin(void *ctx)
         sqlite3_exec(q->db, sql, NULL, NULL, NULL);
     }
     rc = sqlite3_exec(q->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    return rc == SQLITE_OK ? 0 : write_fail(q, rc, "begin");
+    return rc == SQLITE_OK ? 0 : pb__sqlite_write_fail(q, rc, "begin");
 }
 
 static int sq_commit(void *ctx)
 {
     struct sq *q = ctx;
     int rc = sqlite3_exec(q->db, "COMMIT", NULL, NULL, NULL);
-    return rc == SQLITE_OK ? 0 : write_fail(q, rc, "commit");
+    return rc == SQLITE_OK ? 0 : pb__sqlite_write_fail(q, rc, "commit");
 }
 
 static int sq_sync(void *ctx)
@@ -925,7 +939,7 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
         }
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)
-            return write_fail(q, rc, "idempotency lookup");
+            return pb__sqlite_write_fail(q, rc, "idempotency lookup");
     }
 
     /* The message first: a duplicate msg_id fails here, before any write. */
@@ -933,20 +947,21 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     sqlite3_bind_text(st, 1, in->msg_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, in->received_at);
-    bind_text_or_null(st, 4, in->content_type);
+    pb__sqlite_bind_text_or_null(st, 4, in->content_type);
     sqlite3_bind_blob64(st, 5, in->body ? in->body : "", in->len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, pb__store_body_crc(in->body, in->len));
     if (in->meta)
         sqlite3_bind_text(st, 7, in->meta, (int)in->meta_len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
-    rc = step_done(st);
+    pb__sqlite_bind_text_or_null(st, 8, in->idem_key);
+    rc = pb__sqlite_step_done(st);
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
             op->status = pb__sqlite_map_rc(q->db, rc);
             return 0;
         }
-        return write_fail(q, rc, "insert message");
+        return pb__sqlite_write_fail(q, rc, "insert message");
     }
     in->msg_seq = sqlite3_last_insert_rowid(q->db);
 
@@ -956,8 +971,8 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 2, in->idem_key, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, in->msg_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, in->idem_expires_at);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "insert idempotency key");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "insert idempotency key");
     }
 
     if (in->dead_reason) {
@@ -967,15 +982,15 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, in->received_at);
         sqlite3_bind_text(st, 4, in->dead_reason, (int)rl, SQLITE_STATIC);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "insert dead delivery");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "insert dead delivery");
         int64_t id = sqlite3_last_insert_rowid(q->db);
         st = q->ws[W_DEAD_IN_ATT];
         sqlite3_bind_int64(st, 1, id);
         sqlite3_bind_int64(st, 2, in->received_at);
         sqlite3_bind_text(st, 3, in->dead_reason, (int)rl, SQLITE_STATIC);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "insert dead attempt");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "insert dead attempt");
         return 0;
     }
 
@@ -987,8 +1002,8 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < in->noutputs; i++) {
         sqlite3_bind_text(st, 3, in->outputs[i], -1, SQLITE_STATIC);
         bind_lease(st, 6, in->lease, i < 64 && (in->unleased >> i & 1));
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "insert delivery");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "insert delivery");
         if (in->delivery_ids)
             in->delivery_ids[i] = sqlite3_last_insert_rowid(q->db);
     }
@@ -1005,9 +1020,9 @@ static int kv_write(struct sq *q, const struct pb_kv_put *kv, size_t n, int64_t 
             sqlite3_bind_blob64(st, 3, kv[i].value, kv[i].len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 4, now);
         }
-        int rc = step_done(st);
+        int rc = pb__sqlite_step_done(st);
         if (rc != SQLITE_OK)
-            return write_fail(q, rc, "key-value write");
+            return pb__sqlite_write_fail(q, rc, "key-value write");
     }
     return 0;
 }
@@ -1044,7 +1059,7 @@ static int apply_submit(struct sq *q, struct pb_op *op)
         if (rc)
             return rc;
         if (item.status)
-            return write_fail(q, SQLITE_CONSTRAINT, "insert message of a batch");
+            return pb__sqlite_write_fail(q, SQLITE_CONSTRAINT, "insert message of a batch");
         sb->items[i] = item.u.ingest;
     }
     return kv_write(q, sb->kv, sb->nkv, sb->now);
@@ -1104,14 +1119,14 @@ static int apply_claim(struct sq *q, struct pb_op *op)
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         free(ids);
-        return write_fail(q, rc, "claim");
+        return pb__sqlite_write_fail(q, rc, "claim");
     }
     for (size_t i = 0; i < c->n; i++) {
         sqlite3_bind_int64(set, 1, ids[i]);
         sqlite3_bind_int64(set, 2, c->lease);
-        if ((rc = step_done(set)) != SQLITE_OK) {
+        if ((rc = pb__sqlite_step_done(set)) != SQLITE_OK) {
             free(ids);
-            return write_fail(q, rc, "lease");
+            return pb__sqlite_write_fail(q, rc, "lease");
         }
     }
     free(ids);
@@ -1134,9 +1149,9 @@ static int apply_sub_kill(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 3, k->sub, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, k->now);
         sqlite3_bind_text(st, 5, k->reason, (int)rl, SQLITE_STATIC);
-        int rc = step_done(st);
+        int rc = pb__sqlite_step_done(st);
         if (rc != SQLITE_OK)
-            return write_fail(q, rc, "kill sub-output deliveries");
+            return pb__sqlite_write_fail(q, rc, "kill sub-output deliveries");
         if (w == W_SUB_KILL_DLV)
             k->dead = sqlite3_changes64(q->db);
     }
@@ -1154,9 +1169,9 @@ static int apply_release(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < r->n; i++) {
         sqlite3_bind_int64(st, 1, r->ids[i]);
         sqlite3_bind_int64(st, 2, r->lease);
-        int rc = step_done(st);
+        int rc = pb__sqlite_step_done(st);
         if (rc != SQLITE_OK)
-            return write_fail(q, rc, "release");
+            return pb__sqlite_write_fail(q, rc, "release");
     }
     return 0;
 }
@@ -1204,8 +1219,8 @@ static int apply_result(struct sq *q, struct pb_op *op)
     else
         sqlite3_bind_null(st, 7);
     bind_lease(st, 8, r->lease, false);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "update delivery");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "update delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
         return 0;
@@ -1222,14 +1237,14 @@ static int apply_result(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 7, r->error, (int)elen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "insert attempt");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "insert attempt");
     return 0;
 }
 
 /* Look up a DEAD delivery: 1 found, 0 not, < 0 error. */
-static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
-                     char *output, size_t olen, char *sub, size_t slen)
+int pb__sqlite_find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
+                         char *output, size_t olen, char *sub, size_t slen)
 {
     sqlite3_stmt *st = q->ws[W_DEAD_GET];
     int rc;
@@ -1250,7 +1265,7 @@ static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline,
         return 1;
     }
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : write_fail(q, rc, "find dead delivery");
+    return rc == SQLITE_DONE ? 0 : pb__sqlite_write_fail(q, rc, "find dead delivery");
 }
 
 /* Dead delivery id becomes REPLAYED and a new pending one (unleased) takes
@@ -1262,14 +1277,14 @@ static int replay_one(struct sq *q, int64_t id, int64_t now, char *pipeline, siz
     sqlite3_stmt *st;
     int64_t msg_seq = 0;
     char sub[PB_SUB_ID_MAX + 8];
-    int rc = find_dead(q, id, &msg_seq, pipeline, plen, output, olen, sub, sizeof(sub));
+    int rc = pb__sqlite_find_dead(q, id, &msg_seq, pipeline, plen, output, olen, sub, sizeof(sub));
     if (rc <= 0)
         return rc == 0 ? PB_ENOTFOUND : rc;
     st = q->ws[W_DLV_MARK_REPLAYED];
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_int64(st, 2, now);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "mark replayed");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "mark replayed");
     st = q->ws[W_DLV_REPLAY];
     sqlite3_bind_int64(st, 1, msg_seq);
     sqlite3_bind_text(st, 2, pipeline, -1, SQLITE_STATIC);
@@ -1280,8 +1295,8 @@ static int replay_one(struct sq *q, int64_t id, int64_t now, char *pipeline, siz
         sqlite3_bind_text(st, 6, sub, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 6);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "insert replay");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "insert replay");
     *new_id = sqlite3_last_insert_rowid(q->db);
     if (sub[0]) {
         /* The caller sees the sub-output it goes to, as the admin API names it. */
@@ -1310,6 +1325,20 @@ static int apply_replay(struct sq *q, struct pb_op *op)
 static int apply_replay_all(struct sq *q, struct pb_op *op)
 {
     struct pb_op_replay_all *r = &op->u.replay_all;
+    if (r->ids) {
+        r->count = 0;
+        r->more = false;
+        for (size_t i = 0; i < r->nids; i++) {
+            char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
+            int64_t nid = 0;
+            int rc = replay_one(q, r->ids[i], r->now, pipeline, sizeof(pipeline), output,
+                                sizeof(output), &nid);
+            if (rc && rc != PB_ENOTFOUND)
+                return rc;
+            r->count += rc == 0;
+        }
+        return 0;
+    }
     int variant = (r->pipeline ? 1 : 0) | (r->output ? 2 : 0);
     sqlite3_stmt *st = q->ws[W_RALL + variant];
     size_t limit = r->limit ? r->limit : PB_REPLAY_ALL_BATCH;
@@ -1338,7 +1367,7 @@ static int apply_replay_all(struct sq *q, struct pb_op *op)
     sqlite3_reset(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
         free(ids);
-        return write_fail(q, rc, "replay all");
+        return pb__sqlite_write_fail(q, rc, "replay all");
     }
     for (size_t i = 0; i < n; i++) {
         char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
@@ -1357,25 +1386,44 @@ static int apply_replay_all(struct sq *q, struct pb_op *op)
     return 0;
 }
 
-static int apply_purge(struct sq *q, struct pb_op *op)
+/* Delete dead delivery id (and its message when unused): 1 done, 0 not
+ * dead, < 0 a broken transaction. */
+static int purge_one(struct sq *q, int64_t id)
 {
-    int64_t id = op->u.purge.delivery_id, msg_seq = 0;
+    int64_t msg_seq = 0;
     sqlite3_stmt *st;
-    int rc = find_dead(q, id, &msg_seq, NULL, 0, NULL, 0, NULL, 0);
+    int rc = pb__sqlite_find_dead(q, id, &msg_seq, NULL, 0, NULL, 0, NULL, 0);
 
-    if (rc <= 0) {
-        if (rc == 0)
-            op->status = PB_ENOTFOUND;
+    if (rc <= 0)
         return rc;
-    }
     st = q->ws[W_DLV_DEL]; /* attempts go with it (ON DELETE CASCADE) */
     sqlite3_bind_int64(st, 1, id);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "delete delivery");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "delete delivery");
     st = q->ws[W_MSG_DEL_UNUSED];
     sqlite3_bind_int64(st, 1, msg_seq);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "delete message");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "delete message");
+    return 1;
+}
+
+static int apply_purge(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_purge *p = &op->u.purge;
+    int rc;
+    p->count = 0;
+    if (!p->ids) {
+        rc = purge_one(q, p->delivery_id);
+        if (rc == 0)
+            op->status = PB_ENOTFOUND;
+        p->count = rc > 0;
+        return rc < 0 ? rc : 0;
+    }
+    for (size_t i = 0; i < p->nids; i++) {
+        if ((rc = purge_one(q, p->ids[i])) < 0)
+            return rc;
+        p->count += rc;
+    }
     return 0;
 }
 
@@ -1389,15 +1437,15 @@ static int apply_expire(struct sq *q, struct pb_op *op)
     st = q->ws[W_IDEM_EXPIRE];
     sqlite3_bind_int64(st, 1, e->now);
     sqlite3_bind_int64(st, 2, PB_STORE_EXPIRE_BATCH);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "expire idempotency keys");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "expire idempotency keys");
     if (e->retention_ms < 0)
         return 0;
     st = q->ws[W_MSG_EXPIRE];
     sqlite3_bind_int64(st, 1, e->now - e->retention_ms);
     sqlite3_bind_int64(st, 2, PB_STORE_EXPIRE_BATCH);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "expire messages");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "expire messages");
     e->deleted = sqlite3_changes64(q->db);
     return 0;
 }
@@ -1428,8 +1476,8 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     sqlite3_bind_int(st, 2, f->attempt);
     sqlite3_bind_int64(st, 3, f->now);
     bind_lease(st, 4, f->lease, false);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "finish fanned-out delivery");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "finish fanned-out delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
         return 0;
@@ -1446,8 +1494,8 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 7, f->note, (int)nlen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "insert attempt");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "insert attempt");
 
     /* One insert per child, in order: AUTOINCREMENT ids grow with i. */
     st = q->ws[W_FAN_CHILD];
@@ -1456,8 +1504,8 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < f->n; i++) {
         sqlite3_bind_text(st, 2, f->subs[i], -1, SQLITE_STATIC);
         bind_lease(st, 4, f->lease, f->unleased && f->unleased[i]);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "insert fan-out delivery");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "insert fan-out delivery");
         if (f->child_ids)
             f->child_ids[i] = sqlite3_last_insert_rowid(q->db);
     }
@@ -1480,14 +1528,14 @@ static int insert_deliveries(struct sq *q, int64_t msg_seq, const char *pipeline
     } else {
         sqlite3_bind_int(st, 4, (int)state);
         sqlite3_bind_int64(st, 5, now);
-        bind_text_or_null(st, 6, note);
+        pb__sqlite_bind_text_or_null(st, 6, note);
     }
     for (size_t i = 0; i < n; i++) {
         sqlite3_bind_text(st, 3, outputs[i], -1, SQLITE_STATIC);
         if (state == PB_DSTATE_PENDING)
             bind_lease(st, 6, lease, i < 64 && (unleased >> i & 1));
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "insert delivery");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "insert delivery");
         if (ids)
             ids[i] = sqlite3_last_insert_rowid(q->db);
     }
@@ -1525,8 +1573,8 @@ static int apply_route(struct sq *q, struct pb_op *op)
     else
         sqlite3_bind_null(st, 5);
     bind_lease(st, 6, r->lease, false);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "finish route delivery");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "finish route delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
         return 0;
@@ -1542,8 +1590,8 @@ static int apply_route(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 7, r->note, (int)nlen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return write_fail(q, rc, "insert attempt");
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "insert attempt");
 
     for (size_t i = 0; i < r->nmsgs; i++) {
         struct pb_route_msg *m = &r->msgs[i];
@@ -1554,18 +1602,18 @@ static int apply_route(struct sq *q, struct pb_op *op)
             sqlite3_bind_blob64(st, 2, m->body, m->len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, pb__store_body_crc(m->body, m->len));
             sqlite3_bind_int64(st, 4, r->msg_seq);
-            bind_text_or_null(st, 5, m->key);
-            if ((rc = step_done(st)) != SQLITE_OK)
-                return write_fail(q, rc, "insert split message");
+            pb__sqlite_bind_text_or_null(st, 5, m->key);
+            if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+                return pb__sqlite_write_fail(q, rc, "insert split message");
             m->msg_seq = sqlite3_last_insert_rowid(q->db);
         } else if (m->body) {
             st = q->ws[W_ROUTED_PUT];
             sqlite3_bind_int64(st, 1, r->msg_seq);
             sqlite3_bind_blob64(st, 2, m->body, m->len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, pb__store_body_crc(m->body, m->len));
-            bind_text_or_null(st, 4, m->key);
-            if ((rc = step_done(st)) != SQLITE_OK)
-                return write_fail(q, rc, "insert routed body");
+            pb__sqlite_bind_text_or_null(st, 4, m->key);
+            if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+                return pb__sqlite_write_fail(q, rc, "insert routed body");
         }
         rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->noutputs, m->outputs,
                                PB_DSTATE_PENDING, NULL, r->lease, m->unleased, m->delivery_ids);
@@ -1593,8 +1641,8 @@ static int apply_orphans(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 1, o->pipeline, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, o->output, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, o->now);
-        if ((rc = step_done(st)) != SQLITE_OK)
-            return write_fail(q, rc, "dead-letter a removed output's deliveries");
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+            return pb__sqlite_write_fail(q, rc, "dead-letter a removed output's deliveries");
     }
     o->dead = sqlite3_changes64(q->db);
     return 0;
@@ -1633,6 +1681,8 @@ static int sq_apply(void *ctx, struct pb_op *op)
         return apply_release(q, op);
     case PB_OP_SUB_KILL:
         return apply_sub_kill(q, op);
+    case PB_OP_INJECT:
+        return pb__sqlite_apply_inject(q, op);
     }
     op->status = PB_EINVAL;
     return 0;
@@ -1654,6 +1704,7 @@ const struct pb_store_backend pb__store_sqlite = {
     .read_message = pb__sqlite_read_message,
     .read_dead_letters = pb__sqlite_read_dead_letters,
     .read_dead_letter = pb__sqlite_read_dead_letter,
+    .search_messages = pb__sqlite_search_messages,
     .kv_load = pb__sqlite_kv_load,
     .test_max_pages = sq_test_max_pages,
 };
