@@ -184,6 +184,14 @@ int pb_output_kv_put_wait(struct pb_output *o, const char *key, const void *valu
  * loop once committed or failed. If the call fails, done never runs. */
 int pb_output_kv_put(struct pb_output *o, const char *key, const void *value, size_t len,
                      void (*done)(void *arg, int status), void *arg);
+/* A new message of o's pipeline whose only delivery goes to sub-output sub
+ * (a webhook endpoint's test event): json is its body, its $meta says it is
+ * a test. Committed, then attempted like any other delivery (through the
+ * output's map, with retries, recorded); its id into msg_id. Blocks until
+ * committed: not on the dispatcher's loop. PB_ENOTFOUND without such a
+ * sub-output. */
+int pb_output_sub_send(struct pb_output *o, const char *sub, const char *json, size_t len,
+                       char *msg_id, size_t id_len);
 /* An event: a JSON message into another pipeline, committed like any input's
  * (its input's idempotency rules do not apply). Any thread. */
 int pb_output_emit(struct pb_output *o, const char *pipeline, const char *json, size_t len);

@@ -49,6 +49,11 @@ static const struct pb_field server_fields[] = {
      .def = "30s",
      .doc = "a client connection silent for this long, or whose request has not fully "
             "arrived this long after it began, is closed"},
+    {.name = "ui",
+     .type = PB_F_BOOL,
+     .offset = offsetof(struct pb_server_conf, ui),
+     .def = "true",
+     .doc = "serve the dashboard at /ui (it needs admin_token)"},
     {0},
 };
 

@@ -35,6 +35,7 @@ struct pb_server_conf {
     int64_t max_connections;
     int64_t threads;
     int64_t connection_timeout_ms;
+    bool ui; /* serve the dashboard under /ui */
 };
 
 struct pb_limits_conf {
@@ -287,6 +288,17 @@ int pb_dispatcher_emit(struct pb_dispatcher *d, const char *pipeline, const char
 void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
                                  struct pb_output *const *outs, const int64_t *ids,
                                  const unsigned char *unleased, size_t n);
+
+/* inject.c: the store gained n pending deliveries of (pipeline, output)
+ * that were never posted (replays, injected messages), output being an
+ * output, "output/sub" or the route stage: its backlog grows and the
+ * dispatcher pages them in. False when there is no such output now. Any
+ * thread. */
+bool pb_engine_store_gained(struct pb_engine *e, const char *pipeline, const char *output,
+                            int64_t n);
+/* Commit op (filled as a PB_OP_INJECT) and hand its deliveries over the same
+ * way. Blocks until committed: admin workers only. Returns op->status. */
+int pb_engine_inject(struct pb_engine *e, struct pb_op *op);
 
 /* Every output of a pipeline, virtual ones included, for readers such as
  * metrics and the admin API: calls fn for each under the parent's lock. */
