@@ -389,12 +389,10 @@ static int v_dead(void *arg, const struct pb_delivery_row *d)
     return v->bad;
 }
 
-json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
-                                   int64_t after_id, int limit, struct pb_err *err)
+json_t *pb_admin_dead_query_json(struct pb_store *s, const struct pb_dead_query *q,
+                                 struct pb_err *err)
 {
     struct view v = {0};
-    if (limit <= 0)
-        limit = 100;
     v.root = json_object();
     v.items = json_array();
     if (!v.root || !v.items || json_object_set_new(v.root, "items", v.items) != 0) {
@@ -403,12 +401,21 @@ json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, con
         return NULL;
     }
     struct pb_read_cbs cb = {.arg = &v, .delivery = v_dead};
+    int rc = pb_store_read_dead_letters(s, q, &cb, err);
+    if (rc == 0)
+        put(v.root, q->newest_first ? "next_before" : "next_after",
+            v.n == q->limit ? json_integer(v.last_id) : json_null(), &v.bad);
+    return finish(&v, rc, err);
+}
+
+json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
+                                   int64_t after_id, int limit, struct pb_err *err)
+{
     struct pb_dead_query q = {
         .pipeline = pipeline, .output = output, .after_id = after_id, .limit = limit};
-    int rc = pb_store_read_dead_letters(s, &q, &cb, err);
-    if (rc == 0)
-        put(v.root, "next_after", v.n == limit ? json_integer(v.last_id) : json_null(), &v.bad);
-    return finish(&v, rc, err);
+    if (q.limit <= 0)
+        q.limit = 100;
+    return pb_admin_dead_query_json(s, &q, err);
 }
 
 static int v_dead_one(void *arg, const struct pb_delivery_row *d)
