@@ -162,7 +162,11 @@ static const char *const migrations[] = {
     "ALTER TABLE messages ADD COLUMN edit_of INTEGER;"
     "UPDATE messages SET idem_key = i.key FROM idempotency i WHERE i.msg_id = messages.id;"
     "CREATE INDEX messages_idem ON messages(idem_key) WHERE idem_key IS NOT NULL;"
-    "CREATE INDEX messages_edit_of ON messages(edit_of) WHERE edit_of IS NOT NULL;",
+    "CREATE INDEX messages_edit_of ON messages(edit_of) WHERE edit_of IS NOT NULL;"
+    /* The dead letters by id, whatever their output: pages of the whole
+     * queue in either order without a sort, however few they are among
+     * the deliveries. */
+    "CREATE INDEX deliveries_dead_id ON deliveries(id) WHERE state = 2;",
 };
 
 const char *pb__sqlite_migration_sql(int v)

@@ -46,7 +46,18 @@ static int stopped(struct pb_err *err)
 /* ---- dead letters ---------------------------------------------------------------------------- */
 
 /* Parameters, by number in the SQL. */
-enum { D_PIPELINE = 1, D_OUTPUT, D_AFTER, D_BEFORE, D_SINCE, D_UNTIL, D_ERROR, D_STATUS, D_LIMIT };
+enum {
+    D_PIPELINE = 1,
+    D_OUTPUT,
+    D_AFTER,
+    D_BEFORE,
+    D_SINCE,
+    D_UNTIL,
+    D_ERROR,
+    D_STATUS,
+    D_LIMIT,
+    D_SUB
+};
 
 int pb__sqlite_read_dead_letters(void *ctx, const struct pb_dead_query *f,
                                  const struct pb_read_cbs *cb, struct pb_err *err)
@@ -56,12 +67,22 @@ int pb__sqlite_read_dead_letters(void *ctx, const struct pb_dead_query *f,
     sqlite3_stmt *st = NULL;
     int rc, ret = 0;
 
+    /* An output takes its sub-outputs too (they are stored with its name),
+     * or names one of them ("out/sub"): plain equalities, so the dead
+     * letters' index gives them in id order. */
+    char out[PB_NAME_MAX_STORE];
+    const char *sub = NULL;
+    if (f->output) {
+        const char *slash = strchr(f->output, '/');
+        snprintf(out, sizeof(out), "%.*s",
+                 slash ? (int)(slash - f->output) : (int)strlen(f->output), f->output);
+        sub = slash ? slash + 1 : NULL;
+    }
     add(&s, PB__SQLITE_DEAD_COLS " WHERE d.state = 2");
     if (f->pipeline)
         add(&s, " AND d.pipeline = ?1");
-    /* An output takes its sub-outputs too, or names one of them ("out/sub"). */
     if (f->output)
-        add(&s, " AND (d.output = ?2 OR d.output || '/' || d.sub = ?2)");
+        add(&s, sub ? " AND d.output = ?2 AND d.sub = ?10" : " AND d.output = ?2");
     if (f->newest_first && f->before_id > 0)
         add(&s, " AND d.id < ?4");
     else if (!f->newest_first && f->after_id > 0)
@@ -85,7 +106,9 @@ int pb__sqlite_read_dead_letters(void *ctx, const struct pb_dead_query *f,
     if (f->pipeline)
         sqlite3_bind_text(st, D_PIPELINE, f->pipeline, -1, SQLITE_STATIC);
     if (f->output)
-        sqlite3_bind_text(st, D_OUTPUT, f->output, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, D_OUTPUT, out, -1, SQLITE_STATIC);
+    if (sub)
+        sqlite3_bind_text(st, D_SUB, sub, -1, SQLITE_STATIC);
     if (f->newest_first && f->before_id > 0)
         sqlite3_bind_int64(st, D_BEFORE, f->before_id);
     else if (!f->newest_first && f->after_id > 0)
