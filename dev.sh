@@ -53,6 +53,14 @@ ensure_node() {
     ensure_packages nodejs npm
 }
 
+# The npm packages the tests use, exactly as locked: Playwright (drives
+# Chromium for the dashboard's browser tests) and Redocly's OpenAPI
+# validator (docs/api.openapi.yaml), in tests/ui/node_modules.
+node_packages() {
+    say "npm ci in tests/ui"
+    (cd tests/ui && npm ci --no-audit --no-fund)
+}
+
 # Debian starts the servers it installs where it can; the tests start their
 # own, so the system's instances are stopped (they would only take memory).
 stop_system_services() {
@@ -119,6 +127,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
+    node_packages
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
@@ -177,6 +186,7 @@ cmd_build() {
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
+    node_packages
 }
 
 case ${1:-} in

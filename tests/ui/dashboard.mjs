@@ -1,0 +1,320 @@
+// dashboard.mjs - browser tests of the dashboard: Playwright (playwright-core)
+// driving Debian's Chromium, headless, against a running daemon that
+// tests/system/test_ui.py started with real partners (pb_sink).
+//
+//   node dashboard.mjs probe                 can Chromium start here? (exit 3 if not)
+//   node dashboard.mjs walkthrough           sign in, watch, search, replay, edit, rotate...
+//   node dashboard.mjs deadletters100k       paging stays fast with 100,000 dead letters
+//
+// Environment: PB_URL, PB_TOKEN, SHOT_DIR (screenshots), CHROMIUM (default
+// /usr/bin/chromium), and per scenario the names test_ui.py passes. Any
+// console error, page error or failed check ends the run with exit 1.
+
+import { chromium } from "playwright-core";
+
+const env = process.env;
+const BASE = env.PB_URL;
+const TOKEN = env.PB_TOKEN;
+const SHOTS = env.SHOT_DIR || ".";
+const SCALE = Number(env.PB_SCALE || "1");
+let shotN = 0;
+
+class Failure extends Error {}
+function expect(cond, what) {
+  if (!cond) throw new Failure(what);
+}
+async function waitFor(fn, seconds, what) {
+  const deadline = Date.now() + seconds * 1000 * SCALE;
+  let last;
+  for (let wait = 50; ; wait = Math.min(wait * 1.5, 500)) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Failure(`timed out waiting for ${what}${last ? ` (${last.message})` : ""}`);
+    await new Promise((r) => setTimeout(r, wait));
+  }
+}
+function log(...a) {
+  console.log(...a);
+}
+
+async function launch() {
+  return chromium.launch({
+    executablePath: env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+    timeout: 60000 * SCALE,
+  });
+}
+
+async function openPage(browser) {
+  const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+  page.setDefaultTimeout(20000 * SCALE);
+  const problems = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`console error: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("response", (r) => {
+    if (r.status() >= 400) problems.push(`HTTP ${r.status()} for ${r.url()}`);
+  });
+  return { page, problems };
+}
+
+async function shot(page, name) {
+  const path = `${SHOTS}/${String(++shotN).padStart(2, "0")}-${name}.png`;
+  await page.screenshot({ path, fullPage: true });
+  log(`screenshot ${path}`);
+}
+
+async function api(path, opts = {}) {
+  const r = await fetch(BASE + path, {
+    ...opts,
+    headers: { Authorization: `Bearer ${TOKEN}`, ...(opts.headers || {}) },
+  });
+  const text = await r.text();
+  expect(r.ok, `${opts.method || "GET"} ${path}: ${r.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+async function signIn(page) {
+  await page.goto(BASE + "/ui/");
+  await page.waitForSelector("#token");
+  // The token field has the focus: a keyboard user types and presses Enter.
+  expect(await page.evaluate(() => document.activeElement && document.activeElement.id === "token"),
+    "the token field is focused");
+  await page.keyboard.type(TOKEN);
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("main h1:text-is('Overview')");
+  expect(await page.evaluate(() => sessionStorage.getItem("patchbay.token")) === TOKEN,
+    "the token is kept in session storage");
+  expect(!page.url().includes(TOKEN), "the token is not in the URL");
+}
+
+async function intText(locator) {
+  const t = (await locator.textContent()) || "";
+  return Number(t.replace(/[^0-9]/g, "") || "NaN");
+}
+
+// ---- scenarios ----
+
+async function walkthrough(page) {
+  const key = env.KEY;
+  await signIn(page);
+
+  // The overview moves while messages flow.
+  const total = page.locator('tr[data-output="ticks/sink"] [data-metric="delivered_total"]');
+  await total.waitFor();
+  const before = await intText(total);
+  await waitFor(async () => (await intText(total)) > before, 20, "delivered total of ticks/sink to grow");
+  await waitFor(async () => Number(await page.locator('[data-chart="ticks/sink"] svg.chart')
+    .getAttribute("data-points")) >= 2, 30, "a second metric sample in the chart");
+  await waitFor(async () => /[1-9]/.test(await page.locator('tr[data-output="ticks/sink"] [data-metric="delivered_rate"]').textContent()),
+    30, "a delivery rate above zero");
+  expect(await page.locator("tr[data-node]").count() === 1, "the node is listed");
+  await shot(page, "overview");
+
+  // Keyboard: Tab from the top reaches the navigation; Enter follows a link
+  // and the page's heading takes the focus.
+  // The skip link (first in the tab order) jumps to the content.
+  await page.focus("#skip");
+  await page.keyboard.press("Enter");
+  expect(await page.evaluate(() => document.activeElement && document.activeElement.id === "main"),
+    "the skip link moves the focus to the content");
+  await page.focus("#skip");
+  let onPipelines = false;
+  for (let i = 0; i < 12 && !onPipelines; i++) {
+    await page.keyboard.press("Tab");
+    onPipelines = await page.evaluate(() => document.activeElement && document.activeElement.dataset.nav === "pipelines");
+  }
+  expect(onPipelines, "Tab reaches the Pipelines link");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("main h1:text-is('Pipelines')");
+  await waitFor(() => page.evaluate(() => document.activeElement && document.activeElement.tagName === "H1"), 5,
+    "the heading to take the focus");
+
+  // The pipeline graph, with live counts.
+  const graph = page.locator('section[data-pipeline="shop"] .graph svg');
+  await graph.waitFor();
+  expect(await graph.locator("a").count() === 3, "three outputs in the graph, as links");
+  await waitFor(async () => (await graph.textContent()).includes("sent"), 10, "counts in the graph");
+  expect(await intText(page.locator('section[data-pipeline="shop"] tr[data-output="payments"] [data-metric="delivered_total"]')) >= 3,
+    "payments delivered count");
+  await shot(page, "pipelines");
+
+  // Find a message by its idempotency key and open its attempt timeline.
+  await page.click('a[data-nav="messages"]');
+  await page.waitForSelector("main h1:text-is('Messages')");
+  await page.fill('input[name="key"]', key);
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("tbody tr[data-message]");
+  await waitFor(async () => (await page.locator("tbody tr[data-message]").count()) === 1, 10, "one message found");
+  await shot(page, "messages");
+  await page.click("tbody tr[data-message] th a");
+  await page.waitForSelector("main h1:has-text('Message')");
+  expect((await page.textContent('[data-test="idempotency-key"]')).includes(key), "the message shows its key");
+  const pay = page.locator('section[data-output="payments"]');
+  await pay.locator("svg.timeline").waitFor();
+  expect((await pay.locator('td[data-test="status"]').allTextContents()).includes("200"), "payments answered 200");
+  const fraud = page.locator('section[data-output="fraud"]');
+  const statuses = await fraud.locator('td[data-test="status"]').allTextContents();
+  expect(statuses.length === 2 && statuses.every((s) => s === "500"), `fraud: two attempts, 500 each (${statuses})`);
+  expect((await fraud.locator("svg.timeline circle").count()) === 2, "two attempts on the timeline");
+  await shot(page, "message-timeline");
+
+  // Replay a dead letter (the partner is back) and see it delivered.
+  await fetch(env.FAIL_SINK + "/_sink/mode", { method: "POST", body: JSON.stringify({ status: 200 }) });
+  await page.goto(BASE + "/ui/#/dead-letters?output=fraud");
+  await page.waitForSelector("tbody tr[data-dead]");
+  const rows = await page.locator("tbody tr[data-dead]").count();
+  expect(rows >= 2, `dead letters of fraud listed (${rows})`);
+  await shot(page, "dead-letters");
+  await page.click("tbody tr[data-dead] th a >> nth=0");
+  await page.waitForSelector("main h1:has-text('Dead letter')");
+  await shot(page, "dead-letter");
+  await page.click('[data-test="replay"]');
+  await page.waitForSelector("main h1:has-text('Message')");
+  // The old delivery stays, marked replayed; the new one is delivered.
+  await waitFor(async () => {
+    const st = await page.locator('section[data-output="fraud"] .delivery-head .badge').allTextContents();
+    return st.length === 2 && st.includes("replayed") && st.includes("delivered");
+  }, 30, "the replayed delivery to be delivered");
+  await shot(page, "replayed");
+
+  // Edit and replay another: the corrected body goes as a new message.
+  await page.goto(BASE + "/ui/#/dead-letters?output=fraud");
+  await page.waitForSelector("tbody tr[data-dead]");
+  await page.click("tbody tr[data-dead] th a >> nth=0");
+  await page.waitForSelector("main h1:has-text('Dead letter')");
+  await page.click('[data-test="edit"]');
+  await page.waitForSelector("#edit-body");
+  expect(await page.evaluate(() => document.activeElement.id === "edit-body"), "the editor takes the focus");
+  await page.fill("#edit-body", env.CORRECTED);
+  await shot(page, "edit-and-replay");
+  await page.click("button:text-is('Replay with this body')");
+  await page.waitForSelector("dd:has-text('a dead letter\u2019s corrected body'), dd:has-text(\"a dead letter's corrected body\")");
+  await waitFor(async () => (await page.locator('section[data-output="fraud"] .delivery-head .badge').allTextContents()).join() === "delivered",
+    30, "the corrected message to be delivered");
+  const edited = decodeURIComponent(page.url().split("#/messages/")[1]);
+  log(`edited message ${edited}`);
+  await shot(page, "edited-message");
+
+  // Rotate an endpoint's secret; send a test event.
+  await page.click('a[data-nav="endpoints"]');
+  const managed = page.locator(`tr[data-endpoint="${env.MANAGED_EP}"]`);
+  await managed.waitFor();
+  await managed.locator("button:text-is('Rotate secret')").click();
+  await page.click("dialog button:text-is('Rotate')");
+  const secretEl = page.locator('dialog [data-test="secret"]');
+  await secretEl.waitFor();
+  const secret = (await secretEl.textContent()).trim();
+  expect(secret.startsWith("whsec_"), `a new secret is shown (${secret.slice(0, 8)}…)`);
+  await shot(page, "rotate-secret");
+  await page.keyboard.press("Escape");
+  await waitFor(async () => (await page.locator("dialog").count()) === 0, 5, "the dialog to close on Escape");
+  const sec = await api(`/api/endpoints/${env.MANAGED_EP}/secret`);
+  expect(sec.secret === secret, "the secret shown is the current one");
+  expect(sec.secrets.length === 2, "the previous secret keeps signing during the overlap");
+  const stat = page.locator(`tr[data-endpoint="${env.STATIC_EP}"]`);
+  await stat.locator("button:text-is('Send test event')").click();
+  await waitFor(async () => ((await page.locator('[data-test="test-state"]').first().textContent()) || "").includes("delivered"),
+    30, "the test event to be delivered");
+  await shot(page, "endpoints");
+
+  // The live tail shows messages flowing now.
+  await page.click('a[data-nav="tail"]');
+  await waitFor(async () => (await page.locator('tbody tr[data-kind="received"]').count()) >= 1, 30, "received events in the tail");
+  await waitFor(async () => (await page.locator('tbody tr[data-kind="delivered"]').count()) >= 1, 30, "delivered events in the tail");
+  await shot(page, "live-tail");
+  await page.click('[data-test="pause"]');
+  expect((await page.getAttribute('[data-test="pause"]', "aria-pressed")) === "true", "pause is a toggle button");
+
+  // Sign out: the token is gone.
+  await page.click('[data-test="sign-out"]');
+  await page.waitForSelector("#token");
+  expect(await page.evaluate(() => sessionStorage.getItem("patchbay.token")) === null, "signed out: no token kept");
+  return { edited, secret_rotated: true };
+}
+
+async function deadletters100k(page) {
+  const budget = Number(env.LOAD_BUDGET_MS || "3000") * SCALE;
+  const timings = {};
+  await signIn(page);
+  await page.locator('[data-chart]').first().waitFor();
+  const time = async (name, go, ready) => {
+    const t0 = Date.now();
+    await go();
+    await ready();
+    timings[name] = Date.now() - t0;
+    expect(timings[name] <= budget, `${name} took ${timings[name]} ms (bound ${budget} ms)`);
+  };
+  await time("overview", () => page.goto(BASE + "/ui/#/overview"),
+    () => page.locator('tr[data-output="bulk/partner"] [data-metric="dead"] a').filter({ hasText: "100,000" }).waitFor());
+  // From the overview's count, the output's dead letters (pipeline and output filters).
+  await time("dead_letters_of_output", () => page.click('tr[data-output="bulk/partner"] [data-metric="dead"] a'), async () => {
+    await page.locator('[data-test="dead-total"]').filter({ hasText: "100,000" }).waitFor();
+    await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === 50, 10, "a page of 50");
+  });
+  await time("dead_letters_first_page", () => page.click('a[data-nav="dead-letters"]'), async () => {
+    await page.locator('[data-test="dead-total"]').filter({ hasText: "100,000" }).waitFor();
+    await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === 50, 10, "a page of 50");
+  });
+  await shot(page, "dead-letters-100k");
+  const firstId = await page.getAttribute("tbody tr[data-dead] >> nth=0", "data-dead");
+  await time("dead_letters_next_page", () => page.click('[data-test="next-page"]'), async () => {
+    await waitFor(async () => (await page.getAttribute("tbody tr[data-dead] >> nth=0", "data-dead")) !== firstId, 10, "the next page");
+  });
+  await time("dead_letters_filtered", async () => {
+    await page.fill('input[name="error"]', "order o-99999:");
+    await page.keyboard.press("Enter");
+  }, async () => {
+    await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === 1, 10, "the one dead letter matching");
+  });
+  await time("dead_letter_open", () => page.click("tbody tr[data-dead] th a"),
+    () => page.locator('[data-test="last-error"]').filter({ hasText: "o-99999" }).waitFor());
+  await time("messages", () => page.click('a[data-nav="messages"]'),
+    async () => { await waitFor(async () => (await page.locator("tbody tr[data-message]").count()) === 50, 10, "50 messages"); });
+  await shot(page, "messages-100k");
+  return timings;
+}
+
+// ---- main ----
+
+const scenario = process.argv[2];
+let browser;
+try {
+  browser = await launch();
+} catch (e) {
+  console.log(`Chromium cannot start: ${e.message.split("\n")[0]}`);
+  process.exit(3);
+}
+if (scenario === "probe") {
+  await browser.close();
+  console.log("chromium ok");
+  process.exit(0);
+}
+let code = 0;
+const { page, problems } = await openPage(browser);
+try {
+  const fn = { walkthrough, deadletters100k }[scenario];
+  expect(fn, `no scenario ${scenario}`);
+  const result = await fn(page);
+  console.log("RESULT " + JSON.stringify(result));
+} catch (e) {
+  code = 1;
+  console.log(`FAIL ${scenario}: ${e instanceof Failure ? e.message : e.stack}`);
+  try {
+    await shot(page, "failure");
+  } catch (e2) {
+    /* the page may be gone */
+  }
+}
+if (problems.length) {
+  code = 1;
+  console.log("FAIL: the page reported errors:\n  " + problems.join("\n  "));
+}
+await browser.close();
+process.exit(code);
