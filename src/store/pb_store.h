@@ -414,6 +414,9 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
 /* The same for PENDING deliveries only, through their index: it does not
  * grow with the finished ones kept for `retention`. */
 int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
+/* The same for DEAD deliveries only (the dead-letter queue's size), through
+ * their index. */
+int pb_store_count_dead(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 
 /* Rows for the admin API (which builds its JSON from them, src/admin).
  * Strings and bodies are borrowed for the callback; a callback returning

@@ -88,7 +88,7 @@ int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err
 /* Does body (read from st) still match the CRC in column col of st? NULL
  * there (a body stored before checksums) counts as a match. */
 bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len);
-int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
+int pb__sqlite_count(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err);
 int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
                             struct pb_err *err);
 int pb__sqlite_read_dead_letters(void *ctx, const struct pb_dead_query *q,

@@ -23,6 +23,7 @@ enum {
     R_MSG_CHILDREN,
     R_KV,
     R_MSG_EDITS,
+    R_COUNT_DEAD,
     R_COUNT_ALL,
 };
 
@@ -45,6 +46,8 @@ static const char *const rsql[R_COUNT_ALL] = {
                    " WHERE delivery_id = ?1 ORDER BY n",
     [R_DEAD_ONE] = PB__SQLITE_DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
     [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
+    [R_COUNT_DEAD] = "SELECT pipeline, output, sub, 2, count(*) FROM deliveries"
+                     " WHERE state = 2 GROUP BY pipeline, output, sub",
     [R_MSG_EDITS] = "SELECT id FROM messages WHERE edit_of = ?1 ORDER BY seq LIMIT 1000",
 };
 
@@ -136,7 +139,7 @@ static sqlite3_stmt *rstmt(struct rconn *r, int i, struct pb_err *err)
     return r->st[i];
 }
 
-int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err)
+int pb__sqlite_count(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     struct sq *q = ctx;
     struct rconn *r = pb__sqlite_rconn_get(q, err);
@@ -145,7 +148,10 @@ int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, st
 
     if (!r)
         return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, pending_only ? R_COUNT_PENDING : R_COUNT, err))) {
+    int stmt = which == PB_DSTATE_PENDING ? R_COUNT_PENDING
+               : which == PB_DSTATE_DEAD  ? R_COUNT_DEAD
+                                          : R_COUNT;
+    if (!(st = rstmt(r, stmt, err))) {
         ret = err ? err->code : PB_ESTORE;
         goto out;
     }

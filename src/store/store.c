@@ -564,14 +564,21 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
 {
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
-    return s->be->count(s->ctx, false, cb, arg, err);
+    return s->be->count(s->ctx, -1, cb, arg, err);
 }
 
 int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
-    return s->be->count(s->ctx, true, cb, arg, err);
+    return s->be->count(s->ctx, PB_DSTATE_PENDING, cb, arg, err);
+}
+
+int pb_store_count_dead(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "count needs a callback");
+    return s->be->count(s->ctx, PB_DSTATE_DEAD, cb, arg, err);
 }
 
 int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *arg,

@@ -251,6 +251,22 @@ out:
 
 /* ---- dead letters -------------------------------------------------------------------------- */
 
+struct counts {
+    int64_t dead_a, dead_b, other;
+};
+
+static void count_cb(void *arg, const char *pipeline, const char *output, const char *sub,
+                     enum pb_dstate state, int64_t count)
+{
+    struct counts *c = arg;
+    if (state != PB_DSTATE_DEAD)
+        c->other += count;
+    else if (strcmp(output, "a") == 0)
+        c->dead_a += count;
+    else
+        c->dead_b += count;
+}
+
 struct dl {
     int64_t ids[64];
     int n;
@@ -297,6 +313,13 @@ PB_TEST(dead_letters_by_filter_both_ways)
         PB_EQ_INT(result(s, ids[i][0], PB_DSTATE_DEAD, statuses[i], 10000 + i * 1000, errors[i]),
                   0);
     }
+    /* The queue's size per output, from the dead deliveries only. */
+    struct counts c = {0};
+    struct pb_err cerr = {0};
+    PB_EQ_INT(pb_store_count_dead(s, count_cb, &c, &cerr), 0);
+    PB_EQ_INT(c.dead_a, 6);
+    PB_EQ_INT(c.dead_b, 0);
+    PB_EQ_INT(c.other, 0);
     /* Dead at the time the result was recorded: updated_at is the op's own. */
     struct dl l = dead(s, (struct pb_dead_query){.limit = 10});
     PB_EQ_INT(l.n, 6);
