@@ -60,7 +60,6 @@ const char *pb_admin_arg(struct pb_http_request *c, const char *name)
     return v && *v ? v : NULL;
 }
 
-
 int pb_admin_parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
 {
     if (!s || !*s)
@@ -200,8 +199,14 @@ static void count_cb(void *arg, const char *pipeline, const char *output, const 
         json_object_set_new(o, pb_dstate_name(state), json_integer(count));
 }
 
-static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
+/* ?counts=open: pending and dead only, from their indexes (cheap however
+ * many finished deliveries retention keeps); otherwise every state. */
+static int get_pipelines(struct pb_engine *e, struct pb_http_request *c, struct pb_api_resp *r)
 {
+    const char *counts = pb_admin_arg(c, "counts");
+    bool open_only = counts && strcmp(counts, "open") == 0;
+    if (counts && !open_only)
+        return reply_error(r, 400, "counts: open, or leave it out for every state");
     json_t *by_name = json_object();
     json_t *list = json_array();
     if (!by_name || !list)
@@ -231,6 +236,8 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
                           (json_int_t)atomic_load(&o->filtered), "concurrency",
                           (json_int_t)o->sq.concurrency));
             json_t *oo = json_object_get(outs, o->name);
+            json_object_set_new(oo, "routed_away_total",
+                                json_integer((json_int_t)atomic_load(&o->routed_away)));
             char detail[256];
             pb__output_detail(o, detail, sizeof(detail));
             json_object_set_new(oo, "state",
@@ -244,7 +251,11 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
     }
     struct count_ctx cc = {.e = e, .pipelines = by_name};
     struct pb_err err = {0};
-    if (pb_store_count(e->store, count_cb, &cc, &err) != 0) {
+    int crc = open_only ? pb_store_count_pending(e->store, count_cb, &cc, &err)
+                        : pb_store_count(e->store, count_cb, &cc, &err);
+    if (crc == 0 && open_only)
+        crc = pb_store_count_dead(e->store, count_cb, &cc, &err);
+    if (crc != 0) {
         json_decref(by_name);
         json_decref(list);
         pb_admin_store_error(r, &err);
@@ -256,8 +267,16 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
         json_t *p = json_object_get(by_name, pl->name);
         json_t *outs = json_object_get(p, "outputs_by_name");
         json_t *arr = json_array();
-        for (size_t j = 0; j < pl->nouts; j++)
-            json_array_append(arr, json_object_get(outs, pl->outs[j].name));
+        for (size_t j = 0; j < pl->nouts; j++) {
+            json_t *oo = json_object_get(outs, pl->outs[j].name);
+            if (open_only) {
+                /* Not counted: absent rather than a wrong 0. */
+                json_object_del(oo, "delivered");
+                json_object_del(oo, "filtered");
+                json_object_del(oo, "replayed");
+            }
+            json_array_append(arr, oo);
+        }
         json_t *copy = json_copy(p);
         json_object_del(copy, "outputs_by_name");
         json_object_set_new(copy, "outputs", arr);
@@ -526,8 +545,8 @@ static bool message_body(struct pb_engine *e, struct pb_http_request *c, const c
     }
     struct pb_http_header h[] = {{"Cache-Control", "no-store"},
                                  {"X-Content-Type-Options", "nosniff"}};
-    pb_http_respond(c, 200, b.content_type ? b.content_type : "application/json", b.data, b.len,
-                    h, 2);
+    pb_http_respond(c, 200, b.content_type ? b.content_type : "application/json", b.data, b.len, h,
+                    2);
     free(b.data);
     free(b.content_type);
     return true;
@@ -549,7 +568,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
     if (strcmp(path, "/api/pipelines") == 0) {
         if (!get)
             return reply_error(r, 405, "method not allowed");
-        return get_pipelines(e, r);
+        return get_pipelines(e, c, r);
     }
     if (strcmp(path, "/api/nodes") == 0) {
         if (!get)
@@ -592,7 +611,8 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return reply_error(r, 405, "method not allowed");
         /* By output alone: the store picks them, a batch per transaction.
          * With other filters: the set the list shows, by id. */
-        if (pb_admin_arg(c, "since") || pb_admin_arg(c, "until") || pb_admin_arg(c, "error") || pb_admin_arg(c, "status"))
+        if (pb_admin_arg(c, "since") || pb_admin_arg(c, "until") || pb_admin_arg(c, "error") ||
+            pb_admin_arg(c, "status"))
             return pb_admin_dead_bulk(e, c, false, r);
         return replay_all(e, c, r);
     }

@@ -276,6 +276,15 @@ def dead_letters_filters_sets_and_edits():
     ids = [post(pb, {"id": i, "cents": 1000 + i, "kind": "x", "note": 1.10 if i == 0 else i})
            for i in range(6)]
     pb.wait_states(ids, {"fraud": "dead"})
+    # The open counts: pending and dead from the store, nothing finished counted.
+    pls = api(pb, "/api/pipelines?counts=open")["pipelines"][0]
+    outs = {o["name"]: o for o in pls["outputs"]}
+    check_eq((outs["fraud"]["dead"], outs["fraud"]["pending"]), (6, 0), "open counts")
+    check("delivered" not in outs["payments"], "finished states are not counted")
+    check_eq(outs["payments"]["delivered_total"], 6, "the counters since start remain")
+    full = {o["name"]: o for o in api(pb, "/api/pipelines")["pipelines"][0]["outputs"]}
+    check_eq((full["payments"]["delivered"], full["fraud"]["dead"]), (6, 6), "full counts")
+    check_eq(pb.admin("GET", "/api/pipelines?counts=all")[0], 400, "counts=open or nothing")
     dl = api(pb, "/api/dead-letters?output=fraud&order=newest&limit=2")
     check_eq(len(dl["items"]), 2, "a page")
     check(dl["items"][0]["id"] > dl["items"][1]["id"], "newest first")
