@@ -51,7 +51,7 @@ export async function mount(main, route, ctx) {
   const order = q.get("order") === "oldest" ? "oldest" : "newest";
   const cursor = q.get("cursor");
 
-  const pl = await api("/api/pipelines", { signal: ctx.signal });
+  const pl = await api("/api/pipelines?counts=open", { signal: ctx.signal });
   const outputs = [];
   let total = 0;
   for (const p of pl.pipelines)

@@ -64,7 +64,7 @@ async function showSecret(title, secret, note) {
 }
 
 export async function mount(main, route, ctx) {
-  const pl = await api("/api/pipelines", { signal: ctx.signal });
+  const pl = await api("/api/pipelines?counts=open", { signal: ctx.signal });
   const webhookOutputs = [];
   for (const p of pl.pipelines)
     for (const o of p.outputs) if (o.type === "webhook") webhookOutputs.push([p.name, o.name]);

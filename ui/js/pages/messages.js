@@ -12,7 +12,7 @@ const KEYS = ["id", "key", "pipeline", "output", "status", "since", "until", "wh
 
 export async function mount(main, route, ctx) {
   const q = route.query;
-  const pl = await api("/api/pipelines", { signal: ctx.signal });
+  const pl = await api("/api/pipelines?counts=open", { signal: ctx.signal });
   const outputs = [];
   for (const p of pl.pipelines) for (const o of p.outputs) outputs.push(o.name);
 

@@ -131,7 +131,7 @@ export async function mount(main, route, ctx) {
 
   const refresh = async () => {
     const [pl, inputs] = await Promise.all([
-      api("/api/pipelines", { signal: ctx.signal }),
+      api("/api/pipelines?counts=open", { signal: ctx.signal }),
       api("/api/inputs", { signal: ctx.signal }),
       hist.refresh(ctx.signal),
     ]);

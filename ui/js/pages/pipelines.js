@@ -114,8 +114,8 @@ function update(view, p) {
     setText(row.pending, num(o.pending));
     setText(row.inflight, num(o.inflight));
     setText(row.dead, num(o.dead));
-    setText(row.away, num(o.routed_away || 0));
-    setText(row.filtered, num(o.filtered || 0));
+    setText(row.away, num(o.routed_away_total));
+    setText(row.filtered, num(o.filtered_total));
   }
 }
 
@@ -149,6 +149,7 @@ function card(p) {
     stepsList,
     h("h3", {}, "Outputs"),
     h("div", { class: "table-wrap" }, h("table", {},
+      h("caption", { class: "small muted caption-below" }, "Delivered, routed away and filtered: since the daemon started. Pending and dead: now."),
       h("thead", {}, h("tr", {},
         ["Output", "Type", "Connection"].map((t) => h("th", { scope: "col" }, t)),
         ["Delivered", "Pending", "In flight", "Routed away", "Filtered", "Dead"].map((t) => h("th", { scope: "col", class: "num" }, t)))),
@@ -164,7 +165,7 @@ export async function mount(main, route, ctx) {
   main.append(list);
   const views = new Map();
   await ctx.every(REFRESH_MS, async () => {
-    const doc = await api("/api/pipelines", { signal: ctx.signal });
+    const doc = await api("/api/pipelines?counts=open", { signal: ctx.signal });
     const pls = doc.pipelines.filter((p) => !only || p.name === only);
     if (!pls.length) {
       replace(list, h("p", { class: "note" }, only ? `There is no pipeline ${only}.` : "No pipelines."));

@@ -33,7 +33,7 @@ export function parseSSE(text) {
 
 export async function mount(main, route, ctx) {
   const q = route.query;
-  const pl = await api("/api/pipelines", { signal: ctx.signal });
+  const pl = await api("/api/pipelines?counts=open", { signal: ctx.signal });
   const pipeline = select([["", "every pipeline"], ...pl.pipelines.map((p) => p.name)], q.get("pipeline") || "", {});
   const output = h("input", { value: q.get("output") || "", size: 16, placeholder: "any" });
   const kindBoxes = KINDS.map((k) => h("input", { type: "checkbox", value: k, checked: true }));
