@@ -3,8 +3,10 @@ drives Debian's Chromium headless against the real daemon with pb_sink
 partners: sign in, watch the overview move while messages flow, find a
 message by idempotency key and open its attempt timeline, replay a dead
 letter and see it delivered, correct one and replay it, rotate an
-endpoint's secret, send a test event, follow the live tail; then paging
-with 100,000 dead letters, timed. Any console error fails. Screenshots of
+endpoint's secret, send a test event, follow the live tail; search with a
+jq predicate, purge a dead letter, replay and purge filtered sets, create,
+disable, enable and recover an endpoint; then paging with 100,000 dead
+letters, timed. Any console error fails. Screenshots of
 each page are kept (the path is printed).
 
 Skips (exit 77) only when Chromium cannot start here."""
@@ -71,6 +73,8 @@ pipelines:
         http: { url: "SINK_OK/ticks", timeout: 2s }
 """
 
+BULK_N = 5
+
 BULK = """
 server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
 state: "sqlite:@DIR@/state.db"
@@ -126,6 +130,25 @@ def walkthrough_with_real_partners():
     res = node("walkthrough", pb, 240, KEY="order-4", FAIL_SINK=fail.url,
                MANAGED_EP="billing", STATIC_EP="warehouse", CORRECTED=corrected)
     # What the browser did reached the partners.
+    # Then, on the same daemon: search by jq, filtered replay and purge, the
+    # endpoints' other actions. The failing partner fails with 503 now.
+    fail.set_mode(status=503)
+    bulk = []
+    for i in range(BULK_N):
+        st, _, data = pb.post("/hooks/shop?batch=b1", {"id": 100 + i, "cents": 5000, "kind": "bulk"},
+                              headers={"Idempotency-Key": f"bulk-{i}"})
+        check_eq(st, 202, "ingest")
+        bulk.append(json.loads(data)["id"])
+    pb.wait_states(bulk, {"fraud": "dead"})
+    ops = node("operations", pb, 240, BULK_N=BULK_N, FAIL_SINK=fail.url, OK_SINK=ok.url)
+    log(f"operations: {ops}")
+    states = [pb.message(i) for i in bulk]
+    fraud = [[d["state"] for d in m["deliveries"] if d["output"] == "fraud"] for m in states]
+    check_eq(sorted(tuple(sorted(f)) for f in fraud),
+             sorted([()] + [("delivered", "replayed")] * (BULK_N - 1)),
+             "one purged, the others replayed and delivered")
+    st, _ = pb.admin("GET", f"/api/endpoints/{ops['endpoint']}")
+    check_eq(st, 200, "the endpoint made in the browser")
     m = pb.message(res["edited"])
     check(m["edit_of"] in ids, "the edited message is linked to an order")
     got = [r["body"] for r in fail.records() if r["status"] == 200]

@@ -4,6 +4,7 @@
 //
 //   node dashboard.mjs probe                 can Chromium start here? (exit 3 if not)
 //   node dashboard.mjs walkthrough           sign in, watch, search, replay, edit, rotate...
+//   node dashboard.mjs operations            search by jq, filtered replay and purge, endpoints
 //   node dashboard.mjs deadletters100k       paging stays fast with 100,000 dead letters
 //
 // Environment: PB_URL, PB_TOKEN, SHOT_DIR (screenshots), CHROMIUM (default
@@ -65,7 +66,7 @@ async function openPage(browser) {
 }
 
 async function shot(page, name) {
-  const path = `${SHOTS}/${String(++shotN).padStart(2, "0")}-${name}.png`;
+  const path = `${SHOTS}/${process.argv[2]}-${String(++shotN).padStart(2, "0")}-${name}.png`;
   await page.screenshot({ path, fullPage: true });
   log(`screenshot ${path}`);
 }
@@ -281,6 +282,127 @@ async function deadletters100k(page) {
   return timings;
 }
 
+// After the walkthrough, on the same daemon: test_ui.py has put the failing
+// partner back to 503 and sent BULK_N orders of kind "bulk" that died there.
+async function toast(page, re, what) {
+  await waitFor(async () => (await page.locator(".status-region .toast.ok").allTextContents()).some((t) => re.test(t)),
+    20, what);
+}
+
+async function deadIds(query) {
+  const ids = [];
+  let doc = await api("/api/dead-letters?limit=500&" + query);
+  for (const d of doc.items) ids.push(d.id);
+  return ids;
+}
+
+async function operations(page) {
+  const n = Number(env.BULK_N);
+  await signIn(page);
+
+  // The explorer with a jq predicate over the body, and one that fails on some.
+  await page.click('a[data-nav="messages"]');
+  await page.waitForSelector("main h1:text-is('Messages')");
+  await page.fill('input[name="where"]', '.kind == "bulk"');
+  await page.keyboard.press("Enter");
+  await waitFor(async () => (await page.locator("tbody tr[data-message]").count()) === n, 10, `${n} bulk orders found`);
+  for (const row of await page.locator("tbody tr[data-message] .chips").allTextContents())
+    expect(/fraud\s*dead/.test(row), `each bulk order is dead at fraud (${row})`);
+  expect(page.url().includes("where="), "the search is in the address, so it can be shared and reloaded");
+  await shot(page, "messages-predicate");
+  await page.fill('input[name="where"]', '.cents | test("x")');
+  await page.keyboard.press("Enter");
+  await page.locator("main p.small.muted").filter({ hasText: "The predicate failed on" }).waitFor();
+  expect(await page.locator("tbody tr[data-message]").count() === 0, "a failing predicate matches nothing");
+  await page.fill('input[name="where"]', '$meta.query.batch == "b1" and .id == 100');
+  await page.keyboard.press("Enter");
+  await waitFor(async () => (await page.locator("tbody tr[data-message]").count()) === 1, 10, "one message by a predicate over $meta and the body");
+
+  // Dead letters, filtered by the partner's status: purge one from its row
+  // with the keyboard, replay the rest of the set, purge another set.
+  const bulkIds = await deadIds("output=fraud&status=503");
+  expect(bulkIds.length === n, `${n} dead letters with status 503 (${bulkIds.length})`);
+  const others = await deadIds("output=fraud&status=500");
+  expect(others.length >= 1, "dead letters with status 500 remain from the walkthrough");
+  await page.click('a[data-nav="dead-letters"]');
+  await page.waitForSelector("main h1:text-is('Dead letters')");
+  await page.selectOption('select[name="output"]', "fraud");
+  await page.fill('input[name="status"]', "503");
+  await page.keyboard.press("Enter");
+  await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === n, 10, `${n} rows with status 503`);
+  expect(page.url().includes("status=503"), "the filter is in the address");
+  await shot(page, "dead-letters-filtered");
+  const victim = await page.getAttribute("tbody tr[data-dead] >> nth=0", "data-dead");
+  await page.focus(`button[aria-label="Purge dead letter ${victim}"]`);
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("dialog[open]");
+  expect(await page.evaluate(() => document.activeElement.textContent === "Cancel"),
+    "a destructive confirmation starts on Cancel");
+  await page.keyboard.press("Shift+Tab");
+  await page.keyboard.press("Enter");
+  await page.locator(`tr[data-dead="${victim}"]`).filter({ hasText: "purged" }).waitFor();
+  await toast(page, new RegExp(`Dead letter ${victim} purged`), "the purge announced");
+  const st = await fetch(`${BASE}/api/dead-letters/${victim}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  expect(st.status === 404, `the purged dead letter is gone (${st.status})`);
+
+  // The partner is back; replay the filtered set (the page reloads it).
+  await fetch(env.FAIL_SINK + "/_sink/mode", { method: "POST", body: JSON.stringify({ status: 200 }) });
+  await page.click('[data-test="replay-all"]');
+  await page.locator("dialog[open]").filter({ hasText: "last status 503" }).waitFor();
+  await page.click("dialog button:text-is('Replay them')");
+  await toast(page, new RegExp(`^${n - 1} replayed`), `${n - 1} replayed`);
+  await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === 0, 10, "the set to leave the list");
+  const left503 = await deadIds("output=fraud&status=503");
+  expect(left503.length === 0, `no 503 dead letters left (${left503})`);
+  const still500 = await deadIds("output=fraud&status=500");
+  expect(still500.length === others.length, "the 500 ones were not in the set");
+  await waitFor(async () => {
+    const doc = await api('/api/messages?where=' + encodeURIComponent('.kind == "bulk"') + "&output=fraud&status=delivered");
+    return doc.items.length === n - 1;
+  }, 30, "the replayed set to be delivered");
+  await shot(page, "dead-letters-replayed");
+
+  await page.fill('input[name="status"]', "500");
+  await page.keyboard.press("Enter");
+  await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === others.length, 10, "the 500 rows");
+  await page.click('[data-test="purge-all"]');
+  await page.click("dialog button:text-is('Purge them')");
+  await toast(page, new RegExp(`^${others.length} purged`), "the set purged");
+  await page.locator("main p.note").filter({ hasText: "No dead letters match" }).waitFor();
+  expect((await deadIds("output=fraud")).length === 0, "fraud's queue is empty");
+  await page.locator('[data-test="dead-total"]').filter({ hasText: /^0 dead letters/ }).waitFor();
+
+  // Endpoints: create one, disable and enable it, recover since a time.
+  await page.click('a[data-nav="endpoints"]');
+  await page.click('[data-test="create"]');
+  await page.waitForSelector("dialog[open]");
+  await page.fill('dialog input[type="url"]', env.OK_SINK + "/created");
+  await page.fill('dialog input[placeholder^="order.*"]', "order.*");
+  await page.click("dialog button:text-is('Create')");
+  const secretEl = page.locator('dialog [data-test="secret"]');
+  await secretEl.waitFor();
+  expect(((await secretEl.textContent()) || "").startsWith("whsec_"), "the new endpoint's secret is shown once");
+  await shot(page, "endpoint-created");
+  await page.keyboard.press("Escape");
+  const eps = await api("/api/endpoints");
+  const made = eps.items.find((e) => e.url === env.OK_SINK + "/created");
+  expect(made && made.events.join() === "order.*", "the endpoint exists with its event filter");
+  const row = page.locator(`tr[data-endpoint="${made.id}"]`);
+  await row.locator("button:text-is('Disable')").click();
+  await row.locator(".badge").filter({ hasText: "disabled" }).waitFor();
+  expect(await row.locator("button:text-is('Send test event')").isDisabled(), "a disabled endpoint gets no test event");
+  expect((await api(`/api/endpoints/${made.id}`)).disabled === true, "disabled in the API");
+  await row.locator("button:text-is('Enable')").click();
+  await row.locator(".badge").filter({ hasText: "enabled" }).waitFor();
+  expect((await api(`/api/endpoints/${made.id}`)).disabled === false, "enabled again");
+  await row.locator("button:text-is('Recover…')").click();
+  await page.waitForSelector('dialog[open] input[type="datetime-local"]');
+  await page.click("dialog button:text-is('Recover')");
+  await toast(page, new RegExp(`sent again to ${made.id}`), "the recovery announced");
+  await shot(page, "endpoints-after");
+  return { purged_one: Number(victim), replayed: n - 1, purged_set: others.length, endpoint: made.id };
+}
+
 // ---- main ----
 
 const scenario = process.argv[2];
@@ -299,7 +421,7 @@ if (scenario === "probe") {
 let code = 0;
 const { page, problems } = await openPage(browser);
 try {
-  const fn = { walkthrough, deadletters100k }[scenario];
+  const fn = { walkthrough, operations, deadletters100k }[scenario];
   expect(fn, `no scenario ${scenario}`);
   const result = await fn(page);
   console.log("RESULT " + JSON.stringify(result));
