@@ -350,6 +350,7 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
             return bad(err, body, "output \"%s\" has a map, but pipeline \"%s\" takes format: raw",
                        o->name, pl->name);
         o->map_jq = pb_jq_compile(o->common.map, err);
+        o->uses_meta = pb_jq_uses_meta(o->map_jq);
         if (!o->map_jq) {
             const struct pb_node *m = pb_node_get(body, "map");
             if (m)
