@@ -155,6 +155,10 @@ static const char *const migrations[] = {
     " 'updated_at', updated_at), updated_at FROM static_endpoint_state;"
     "DROP TABLE endpoints;"
     "DROP TABLE static_endpoint_state;",
+    /* 9: an attempt that ends its delivery at the first try is kept in the
+     * delivery's own row (last_status, last_error, updated_at and this
+     * latency) instead of a row of attempts: most deliveries are one such. */
+    "ALTER TABLE deliveries ADD COLUMN last_latency_ms INTEGER;",
 };
 
 const char *pb__sqlite_migration_sql(int v)

@@ -30,7 +30,7 @@ const char *const pb__sqlite_wsql[W_COUNT] = {
      * another process) must not overwrite a newer attempt. */
     [W_DLV_RESULT] = "UPDATE deliveries SET state = ?2, attempts = ?3, next_at = ?4,"
                      " updated_at = ?5, last_status = ?6, last_error = ?7,"
-                     " lease = CASE WHEN ?2 = 0 THEN lease END"
+                     " lease = CASE WHEN ?2 = 0 THEN lease END, last_latency_ms = ?9"
                      " WHERE id = ?1 AND state = 0 AND lease IS ?8",
     [W_ATT_INS] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms, status,"
                   " state, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -52,12 +52,13 @@ const char *const pb__sqlite_wsql[W_COUNT] = {
                      " WHERE d.msg_seq = m.seq AND d.state IN (0, 2))"
                      " ORDER BY m.received_at LIMIT ?2)",
     [W_FAN_PARENT] = "UPDATE deliveries SET state = 1, attempts = ?2, updated_at = ?3,"
-                     " lease = NULL WHERE id = ?1 AND state = 0 AND lease IS ?4",
+                     " last_status = 0, last_error = ?5, last_latency_ms = 0, lease = NULL"
+                     " WHERE id = ?1 AND state = 0 AND lease IS ?4",
     [W_FAN_CHILD] = "INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts,"
                     " next_at, created_at, updated_at, lease) SELECT msg_seq, pipeline, output,"
                     " ?2, 0, 0, ?3, ?3, ?3, ?4 FROM deliveries WHERE id = ?1",
     [W_ROUTE_FINISH] = "UPDATE deliveries SET state = ?2, attempts = ?3, updated_at = ?4,"
-                       " last_status = 0, last_error = ?5, lease = NULL"
+                       " last_status = 0, last_error = ?5, last_latency_ms = 0, lease = NULL"
                        " WHERE id = ?1 AND state = 0 AND lease IS ?6",
     [W_ROUTED_PUT] = "INSERT OR REPLACE INTO routed(seq, body, body_crc, okey)"
                      " VALUES (?1, ?2, ?3, ?4)",
@@ -405,6 +406,33 @@ static int apply_kv(struct sq *q, struct pb_op *op)
     return kv_write(q, op->u.kv.kv, op->u.kv.n, op->u.kv.now);
 }
 
+/* An attempt that ends its delivery at the first try is not written to
+ * attempts: the delivery's row (last_status, last_error, updated_at,
+ * last_latency_ms) holds it, and readers show it from there. */
+static bool final_at_first(int attempt, enum pb_dstate state)
+{
+    return attempt == 1 && state != PB_DSTATE_PENDING;
+}
+
+static int insert_attempt(struct sq *q, int64_t delivery_id, int n, int64_t started_at,
+                          int64_t latency_ms, int status, enum pb_dstate state, const char *error,
+                          size_t elen)
+{
+    sqlite3_stmt *st = q->ws[W_ATT_INS];
+    sqlite3_bind_int64(st, 1, delivery_id);
+    sqlite3_bind_int(st, 2, n);
+    sqlite3_bind_int64(st, 3, started_at);
+    sqlite3_bind_int64(st, 4, latency_ms);
+    sqlite3_bind_int(st, 5, status);
+    sqlite3_bind_int(st, 6, (int)state);
+    if (error)
+        sqlite3_bind_text(st, 7, error, (int)elen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    int rc = step_done(st);
+    return rc == SQLITE_OK ? 0 : pb__sqlite_write_fail(q, rc, "insert attempt");
+}
+
 static int apply_result(struct sq *q, struct pb_op *op)
 {
     struct pb_op_result *r = &op->u.result;
@@ -431,27 +459,18 @@ static int apply_result(struct sq *q, struct pb_op *op)
     else
         sqlite3_bind_null(st, 7);
     bind_lease(st, 8, r->lease, false);
+    sqlite3_bind_int64(st, 9, r->latency_ms);
     if ((rc = step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "update delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
         return 0;
     }
-
-    st = q->ws[W_ATT_INS];
-    sqlite3_bind_int64(st, 1, r->delivery_id);
-    sqlite3_bind_int(st, 2, r->attempt);
-    sqlite3_bind_int64(st, 3, r->started_at);
-    sqlite3_bind_int64(st, 4, r->latency_ms);
-    sqlite3_bind_int(st, 5, r->status);
-    sqlite3_bind_int(st, 6, (int)r->state);
-    if (r->error)
-        sqlite3_bind_text(st, 7, r->error, (int)elen, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 7);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return pb__sqlite_write_fail(q, rc, "insert attempt");
-    return 0;
+    if (final_at_first(r->attempt, r->state))
+        return 0; /* the delivery's row holds it */
+    rc = insert_attempt(q, r->delivery_id, r->attempt, r->started_at, r->latency_ms, r->status,
+                        r->state, r->error, elen);
+    return rc < 0 ? rc : 0;
 }
 
 /* Look up a DEAD delivery: 1 found, 0 not, < 0 error. */
@@ -655,6 +674,10 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     sqlite3_bind_int(st, 2, f->attempt);
     sqlite3_bind_int64(st, 3, f->now);
     bind_lease(st, 4, f->lease, false);
+    if (f->note)
+        sqlite3_bind_text(st, 5, f->note, (int)nlen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
     if ((rc = step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "finish fanned-out delivery");
     if (sqlite3_changes(q->db) == 0) {
@@ -662,19 +685,10 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
         return 0;
     }
 
-    st = q->ws[W_ATT_INS];
-    sqlite3_bind_int64(st, 1, f->delivery_id);
-    sqlite3_bind_int(st, 2, f->attempt);
-    sqlite3_bind_int64(st, 3, f->now);
-    sqlite3_bind_int64(st, 4, 0);
-    sqlite3_bind_int(st, 5, 0);
-    sqlite3_bind_int(st, 6, PB_DSTATE_DELIVERED);
-    if (f->note)
-        sqlite3_bind_text(st, 7, f->note, (int)nlen, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 7);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return pb__sqlite_write_fail(q, rc, "insert attempt");
+    if (!final_at_first(f->attempt, PB_DSTATE_DELIVERED) &&
+        (rc = insert_attempt(q, f->delivery_id, f->attempt, f->now, 0, 0, PB_DSTATE_DELIVERED,
+                             f->note, nlen)) < 0)
+        return rc;
 
     /* One insert per child, in order: AUTOINCREMENT ids grow with i. */
     st = q->ws[W_FAN_CHILD];
@@ -758,19 +772,10 @@ static int apply_route(struct sq *q, struct pb_op *op)
         op->status = PB_ENOTFOUND;
         return 0;
     }
-    st = q->ws[W_ATT_INS];
-    sqlite3_bind_int64(st, 1, r->delivery_id);
-    sqlite3_bind_int(st, 2, r->attempt);
-    sqlite3_bind_int64(st, 3, r->now);
-    sqlite3_bind_int64(st, 4, 0);
-    sqlite3_bind_int(st, 5, 0);
-    sqlite3_bind_int(st, 6, (int)r->state);
-    if (r->note)
-        sqlite3_bind_text(st, 7, r->note, (int)nlen, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 7);
-    if ((rc = step_done(st)) != SQLITE_OK)
-        return pb__sqlite_write_fail(q, rc, "insert attempt");
+    if (!final_at_first(r->attempt, r->state) &&
+        (rc = insert_attempt(q, r->delivery_id, r->attempt, r->now, 0, 0, r->state, r->note,
+                             nlen)) < 0)
+        return rc;
 
     for (size_t i = 0; i < r->nmsgs; i++) {
         struct pb_route_msg *m = &r->msgs[i];

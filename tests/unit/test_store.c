@@ -1359,10 +1359,25 @@ PB_TEST(results_update_state_and_attempt_log)
         PB_EQ_STR(json_string_value(json_object_get(json_array_get(log, 1), "state")), "dead");
         PB_EQ_STR(json_string_value(json_object_get(d1, "state")), "delivered");
         PB_CHECK(json_is_null(json_object_get(d1, "last_error")));
+        /* Delivered at the first try: no row of attempts, the delivery's own
+         * row holds the attempt and the log shows it the same. */
+        json_t *b0 = json_array_get(json_object_get(d1, "attempt_log"), 0);
         PB_EQ_INT(json_array_size(json_object_get(d1, "attempt_log")), 1);
+        PB_EQ_INT(json_integer_value(json_object_get(b0, "n")), 1);
+        PB_EQ_INT(json_integer_value(json_object_get(b0, "status")), 200);
+        PB_EQ_INT(json_integer_value(json_object_get(b0, "latency_ms")), 15);
+        PB_EQ_INT(json_integer_value(json_object_get(b0, "started_at")), 2001);
+        PB_EQ_STR(json_string_value(json_object_get(b0, "state")), "delivered");
     }
     json_decref(m);
     pb_store_destroy(s);
+    char q[96];
+    snprintf(q, sizeof(q), "SELECT count(*) FROM attempts WHERE delivery_id = %lld",
+             (long long)ids[1]);
+    PB_EQ_INT(sql_int(t.path, q), 0);
+    snprintf(q, sizeof(q), "SELECT count(*) FROM attempts WHERE delivery_id = %lld",
+             (long long)ids[0]);
+    PB_EQ_INT(sql_int(t.path, q), 2);
 out:
     tdir_remove(&t);
 }
