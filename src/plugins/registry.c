@@ -25,6 +25,7 @@ extern const struct pb_output_plugin pb_out_redis_streams;
 extern const struct pb_output_plugin pb_out_mqtt;
 extern const struct pb_output_plugin pb_out_kafka;
 extern const struct pb_output_plugin pb_out_amqp;
+extern const struct pb_output_plugin pb_out_file;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -55,6 +56,7 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_mqtt,
     &pb_out_kafka,
     &pb_out_amqp,
+    &pb_out_file,
     NULL,
 };
 /* clang-format on */
