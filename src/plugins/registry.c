@@ -12,6 +12,7 @@ extern const struct pb_input_plugin pb_in_mqtt;
 extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_input_plugin pb_in_amqp;
 extern const struct pb_input_plugin pb_in_file;
+extern const struct pb_input_plugin pb_in_sftp;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -26,6 +27,7 @@ extern const struct pb_output_plugin pb_out_mqtt;
 extern const struct pb_output_plugin pb_out_kafka;
 extern const struct pb_output_plugin pb_out_amqp;
 extern const struct pb_output_plugin pb_out_file;
+extern const struct pb_output_plugin pb_out_sftp;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -37,6 +39,7 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_kafka,
     &pb_in_amqp,
     &pb_in_file,
+    &pb_in_sftp,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
@@ -57,6 +60,7 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_kafka,
     &pb_out_amqp,
     &pb_out_file,
+    &pb_out_sftp,
     NULL,
 };
 /* clang-format on */

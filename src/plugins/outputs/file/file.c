@@ -40,12 +40,6 @@
 enum { OF_JSONL = 0, OF_CSV, OF_JSON, OF_RAW };
 static const char *const formats[] = {"jsonl", "csv", "json", "raw", NULL};
 
-struct csv_conf {
-    bool header;
-    char *delimiter;
-    char *quote;
-    struct pb_strlist columns;
-};
 struct rotate_conf {
     uint64_t size;
     int64_t interval_ms;
@@ -70,7 +64,7 @@ struct out_file {
     /* options */
     char *path;
     int format;
-    struct csv_conf csv;
+    struct enc_csv_conf csv;
     struct rotate_conf rotate;
     struct batch_conf batch;
     char *mode;
@@ -88,23 +82,6 @@ struct out_file {
     pthread_cond_t cv;
 };
 
-static const struct pb_field csv_fields[] = {
-    {.name = "header",
-     .type = PB_F_BOOL,
-     .offset = offsetof(struct csv_conf, header),
-     .def = "true",
-     .doc = "a header row at the top of each file"},
-    {.name = "delimiter",
-     .type = PB_F_STR,
-     .offset = offsetof(struct csv_conf, delimiter),
-     .def = ","},
-    {.name = "quote", .type = PB_F_STR, .offset = offsetof(struct csv_conf, quote), .def = "\""},
-    {.name = "columns",
-     .type = PB_F_STRLIST,
-     .offset = offsetof(struct csv_conf, columns),
-     .doc = "the columns, in order (default: the members of a file's first record)"},
-    {0},
-};
 static const struct pb_field rotate_fields[] = {
     {.name = "size",
      .type = PB_F_SIZE,
@@ -149,7 +126,7 @@ static const struct pb_field file_fields[] = {
     {.name = "csv",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct out_file, csv),
-     .sub = csv_fields},
+     .sub = enc_csv_fields},
     {.name = "rotate",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct out_file, rotate),
@@ -185,13 +162,9 @@ static int file_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     if (strstr(f->path, "/../") || strncmp(f->path, "../", 3) == 0)
         return pb_err_set(err, PB_ECONFIG, "path must not climb with ..");
     if (f->format == OF_CSV) {
-        if (!f->csv.delimiter || strlen(f->csv.delimiter) != 1 || !f->csv.quote ||
-            strlen(f->csv.quote) != 1 || f->csv.delimiter[0] == f->csv.quote[0])
-            return pb_err_set(err, PB_ECONFIG,
-                              "csv.delimiter and csv.quote are one character each, and differ");
-        if (!f->csv.header && f->csv.columns.n == 0)
-            return pb_err_set(err, PB_ECONFIG,
-                              "csv.header: false needs csv.columns (the order of the fields)");
+        int rc = enc_csv_conf_check(&f->csv, err);
+        if (rc)
+            return rc;
     }
     if ((f->format == OF_JSON || f->format == OF_RAW) && (f->rotate.size || f->rotate.interval_ms))
         return pb_err_set(

@@ -1,5 +1,6 @@
 /* file_enc.c - JSON lines and CSV rows from JSON payloads, exactly: see
  * file_enc.h. Any thread. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,39 @@
 #include "file_enc.h"
 #include "patchbay/pb_err.h"
 #include "patchbay/pb_json.h"
+
+const struct pb_field enc_csv_fields[] = {
+    {.name = "header",
+     .type = PB_F_BOOL,
+     .offset = offsetof(struct enc_csv_conf, header),
+     .def = "true",
+     .doc = "a header row at the top of each file"},
+    {.name = "delimiter",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enc_csv_conf, delimiter),
+     .def = ","},
+    {.name = "quote",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enc_csv_conf, quote),
+     .def = "\""},
+    {.name = "columns",
+     .type = PB_F_STRLIST,
+     .offset = offsetof(struct enc_csv_conf, columns),
+     .doc = "the columns, in order (default: the members of a file's first record)"},
+    {0},
+};
+
+int enc_csv_conf_check(const struct enc_csv_conf *c, struct pb_err *err)
+{
+    if (!c->delimiter || strlen(c->delimiter) != 1 || !c->quote || strlen(c->quote) != 1 ||
+        c->delimiter[0] == c->quote[0] || c->delimiter[0] == '\n' || c->quote[0] == '\n')
+        return pb_err_set(err, PB_ECONFIG,
+                          "csv.delimiter and csv.quote are one character each, and differ");
+    if (!c->header && c->columns.n == 0)
+        return pb_err_set(err, PB_ECONFIG,
+                          "csv.header: false needs csv.columns (the order of the fields)");
+    return 0;
+}
 
 int enc_put(struct enc_buf *b, const void *p, size_t len)
 {

@@ -12,6 +12,18 @@
 #include <stddef.h>
 
 #include "patchbay/pb_conf.h"
+#include "patchbay/pb_err.h"
+
+/* The csv block both outputs take. */
+struct enc_csv_conf {
+    bool header;
+    char *delimiter;
+    char *quote;
+    struct pb_strlist columns;
+};
+extern const struct pb_field enc_csv_fields[];
+/* Check it (init). 0 or PB_ECONFIG with err. */
+int enc_csv_conf_check(const struct enc_csv_conf *c, struct pb_err *err);
 
 /* A growing buffer. */
 struct enc_buf {
