@@ -28,6 +28,7 @@ extern const struct pb_output_plugin pb_out_kafka;
 extern const struct pb_output_plugin pb_out_amqp;
 extern const struct pb_output_plugin pb_out_file;
 extern const struct pb_output_plugin pb_out_sftp;
+extern const struct pb_output_plugin pb_out_smtp;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -61,6 +62,7 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_amqp,
     &pb_out_file,
     &pb_out_sftp,
+    &pb_out_smtp,
     NULL,
 };
 /* clang-format on */
