@@ -58,10 +58,10 @@ struct sftp_conf {
 /* The field rows for a struct sftp_conf at member m of type t. */
 #define SFTP_CONN_FIELDS(t, m)                                                                     \
     {.name = "url",                                                                                \
-     .type = PB_F_STR,                                                                             \
+     .type = PB_F_SECRET,                                                                          \
      .offset = offsetof(t, m.url),                                                                 \
      .flags = PB_FIELD_REQUIRED | PB_FIELD_URL,                                                    \
-     .doc = "sftp://user@host:port/folder"},                                                       \
+     .doc = "sftp://user@host:port/folder (secret: it may hold a password)"},                      \
         {.name = "password",                                                                       \
          .type = PB_F_SECRET,                                                                      \
          .offset = offsetof(t, m.password),                                                        \
