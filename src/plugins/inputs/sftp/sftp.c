@@ -45,6 +45,7 @@
 #define RETRY_MS 10000
 #define ID_MAX 96
 #define CAND_MAX 100000
+#define SKEW_MS 60000 /* clocks of the server and here may differ this much */
 
 /* What the remote thread does. */
 enum job_kind { J_START, J_LIST, J_GET, J_ARCHIVE, J_DELETE, J_FAILED };
@@ -713,7 +714,11 @@ static void pick(struct in_sftp *s, struct job *j)
             waiting++;
             continue;
         }
-        if (now - r->stable_since < s->o.min_age_ms) {
+        /* Stable: unchanged for min_age while watched, or last changed
+         * longer ago than that by the server's clock (with a minute for
+         * clocks that differ). */
+        bool old = f->mtime > 0 && f->mtime * 1000 < now - s->o.min_age_ms - SKEW_MS;
+        if (!old && now - r->stable_since < s->o.min_age_ms) {
             int64_t left = s->o.min_age_ms - (now - r->stable_since);
             wake = wake < 0 || left < wake ? left : wake;
             waiting++;
