@@ -13,8 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import filegen  # noqa: E402
-from pbtest import (Patchbay, check, check_eq, run, start_sink, test, tmpdir,  # noqa: E402
-                    wait_until)
+from pbtest import (Patchbay, check, check_eq, free_port, run, start_sink, test,  # noqa: E402
+                    tmpdir, wait_until)
 from srv_sftp import Sshd  # noqa: E402
 
 SSHD = Sshd()
@@ -297,6 +297,42 @@ def output_writes_whole_files_through_a_server_restart():
             doc = json.load(f)
         check_eq(f"{doc['id']}.json", name, "each JSON file whole")
     pb.term()
+
+
+@test
+def example_sftp_nightly_csv_runs():
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "..", "examples", "sftp-nightly-csv", "patchbay.yaml")
+    with open(path) as f:
+        conf = f.read()
+    sub, local = folder()
+    with open(os.path.join(local, "stock-20240507.csv"), "wb") as f:
+        f.write(b"sku;warehouse;quantity\r\nA-100;BER;42\r\nB-200;HAM;7\r\n")
+    with open(os.path.join(local, "stock-20240508.csv"), "wb") as f:
+        f.write(b"sku;warehouse;quantity\r\nC-300;BER\r\n")
+    api = start_sink()
+    port, token = free_port(), "example-token"
+    pb = Patchbay(conf, port=port, token=token, start=False, env={
+        "SFTP_URL": SSHD.url(sub), "SFTP_KEY": SSHD.client_key,
+        "SFTP_KNOWN_HOSTS": SSHD.known_hosts, "WAREHOUSE_URL": api.url + "/stock",
+        "PATCHBAY_LISTEN": f"127.0.0.1:{port}", "PATCHBAY_DATA": tmpdir("data"),
+        "PATCHBAY_ADMIN_TOKEN": token})
+    # min_age is 10s in the example: a file must look older than that.
+    old = time.time() - 3600
+    for name in os.listdir(local):
+        os.utime(os.path.join(local, name), (old, old))
+    pb.run_args = ["--once"]
+    pb.start(wait_ready=False)
+    check_eq(pb.proc.wait(timeout=120), 0, f"run --once: {pb.log()[-1500:]}")
+    got = sorted((json.loads(r["body"]) for r in api.records()), key=lambda b: b["sku"])
+    check_eq([r["method"] for r in api.records()], ["PUT", "PUT"], "two PUT requests")
+    check_eq(got[0], {"sku": "A-100", "warehouse": "BER", "quantity": 42, "as_of": "20240507",
+                      "source": {"file": "stock-20240507.csv", "row": 1}}, "a row as the API gets it")
+    check_eq(os.listdir(os.path.join(local, "done")), ["stock-20240507.csv"], "archived")
+    check_eq(sorted(os.listdir(os.path.join(local, "failed"))),
+             ["stock-20240508.csv", "stock-20240508.csv.error.json"], "the broken file")
+    check("run --once: 2 files (1 failed), 2 records, 2 delivered, 0 dead-lettered" in pb.log(),
+          "the summary line")
 
 
 if __name__ == "__main__":
