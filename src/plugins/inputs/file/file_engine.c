@@ -32,6 +32,7 @@
 #include "file_int.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
+#include "patchbay/pb_time.h"
 
 #define SLICE_RECORDS 4000            /* records per slice of work */
 #define SLICE_BYTES (8 * 1024 * 1024) /* bytes per slice of pass 1 */
@@ -54,6 +55,7 @@ struct batch {
     int64_t bytes;
     int64_t last; /* the last record number in it */
     int64_t dead;
+    int64_t made_us; /* when its first record was read */
 };
 
 struct fe {
@@ -515,6 +517,7 @@ static int batch_add(struct fe *e, const struct rd_rec *rec, int64_t no)
         if (!b)
             return PB_ENOMEM;
         b->e = e;
+        b->made_us = pb_mono_us();
         e->j.fill = b;
     }
     if (b->n == b->cap) {
@@ -594,6 +597,7 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
         return;
     }
     if (status == 0) {
+        pb_input_observe_latency(e->in, pb_mono_us() - b->made_us);
         e->j.committed = b->last;
         e->counts.records += (int64_t)n;
         e->counts.dead += b->dead;
@@ -654,6 +658,7 @@ static int submit(struct fe *e)
     int rc = pb_input_submit(e->in, items, b->n, &cp, 1, submit_cb, b);
     free(items);
     if (rc == 0) {
+        pb_input_count_received(e->in, b->n);
         e->j.flight = b;
         e->j.fill = NULL;
     }
