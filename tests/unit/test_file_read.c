@@ -384,6 +384,29 @@ PB_TEST(raw_whole_file)
     PB_CONTAINS(g.f.reason, "max_record");
 }
 
+PB_TEST(ready_by_age_or_by_being_quiet)
+{
+    int64_t w;
+    /* changed 2 s ago, min_age 1 s: ready */
+    PB_CHECK(file_ready(10000, 8000, 10000, 1000, 0, &w));
+    PB_EQ_INT(w, 0);
+    /* changed 0.3 s ago, first seen now: 0.7 s to go */
+    PB_CHECK(!file_ready(10000, 9700, 10000, 1000, 0, &w));
+    PB_EQ_INT(w, 700);
+    /* a time in the future: ready once quiet for min_age while watched */
+    PB_CHECK(!file_ready(10000, 99999, 9500, 1000, 0, &w));
+    PB_EQ_INT(w, 500);
+    PB_CHECK(file_ready(10600, 99999, 9500, 1000, 0, &w));
+    /* another clock: changed 30 s ago by it, with a minute of skew: not yet by age */
+    PB_CHECK(!file_ready(100000, 70000, 100000, 1000, 60000, &w));
+    PB_EQ_INT(w, 1000);
+    PB_CHECK(file_ready(100000, 30000, 100000, 1000, 60000, &w));
+    /* no time known */
+    PB_CHECK(!file_ready(5000, 0, 4800, 1000, 0, &w));
+    PB_EQ_INT(w, 800);
+    PB_CHECK(file_ready(5000, 0, 5000, 0, 0, &w));
+}
+
 int main(void)
 {
     return pb_test_main();

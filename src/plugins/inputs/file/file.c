@@ -662,11 +662,8 @@ static void scan(struct in_file *f)
                 once_mark(f, c[i].path, false);
             continue;
         }
-        /* Old enough, or unchanged for min_age since it was first seen (a
-         * modification time in the future must not hold a file for ever). */
-        int64_t age = now - c[i].mtime_ms, stable = now - s->first_ms;
-        if (age < f->o.min_age_ms && stable < f->o.min_age_ms) {
-            int64_t left = f->o.min_age_ms - (age > stable ? age : stable);
+        int64_t left;
+        if (!file_ready(now, c[i].mtime_ms, s->first_ms, f->o.min_age_ms, 0, &left)) {
             wake = wake < 0 || left < wake ? left : wake;
             waiting++;
             continue;

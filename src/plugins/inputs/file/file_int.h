@@ -303,6 +303,14 @@ int smap_put(struct smap *m, const char *k, void *v);
         if ((m)->keys[i])
 void smap_free(struct smap *m, void (*free_val)(void *));
 
+/* Whether a file may be taken at now (unix ms): it last changed (mtime_ms,
+ * by its own clock; <= 0 unknown) at least min_age + skew ago, or it has
+ * been seen unchanged since since_ms for min_age (so a time in the future,
+ * or a clock that differs, cannot hold it for ever). When not, *wait_ms is
+ * how long until it may be. Pure. */
+bool file_ready(int64_t now, int64_t mtime_ms, int64_t since_ms, int64_t min_age, int64_t skew,
+                int64_t *wait_ms);
+
 /* RFC 3339 UTC with milliseconds of unix ms into buf (>= 32 bytes). */
 void file_rfc3339(int64_t ms, char *buf, size_t len);
 /* A name for dst (a directory) + base that does not exist yet: base, or

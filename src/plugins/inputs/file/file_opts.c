@@ -1,6 +1,7 @@
 /* file_opts.c - the options the `file` and `sftp` inputs share, their
  * checks (init: no I/O), and small helpers both use: the .error.json
  * report, RFC 3339 times, names that do not overwrite. Any thread. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,21 @@ int file_opts_check(struct file_opts *o, bool remote, struct pb_err *err)
         return pb_err_set(err, PB_ECONFIG,
                           "idempotency_window must be positive: record keys make repeats harmless");
     return 0;
+}
+
+bool file_ready(int64_t now, int64_t mtime_ms, int64_t since_ms, int64_t min_age, int64_t skew,
+                int64_t *wait_ms)
+{
+    int64_t age = mtime_ms > 0 ? now - mtime_ms - skew : -1;
+    int64_t stable = now - since_ms;
+    if ((mtime_ms > 0 && age >= min_age) || stable >= min_age) {
+        *wait_ms = 0;
+        return true;
+    }
+    int64_t a = mtime_ms > 0 && min_age - age > 0 ? min_age - age : INT64_MAX;
+    int64_t b = min_age - stable;
+    *wait_ms = a < b ? a : b;
+    return false;
 }
 
 void file_rfc3339(int64_t ms, char *buf, size_t len)

@@ -717,9 +717,9 @@ static void pick(struct in_sftp *s, struct job *j)
         /* Stable: unchanged for min_age while watched, or last changed
          * longer ago than that by the server's clock (with a minute for
          * clocks that differ). */
-        bool old = f->mtime > 0 && f->mtime * 1000 < now - s->o.min_age_ms - SKEW_MS;
-        if (!old && now - r->stable_since < s->o.min_age_ms) {
-            int64_t left = s->o.min_age_ms - (now - r->stable_since);
+        int64_t left;
+        if (!file_ready(now, f->mtime > 0 ? f->mtime * 1000 : 0, r->stable_since, s->o.min_age_ms,
+                        SKEW_MS, &left)) {
             wake = wake < 0 || left < wake ? left : wake;
             waiting++;
             continue;
