@@ -414,7 +414,7 @@ static void fail(struct fe *e, int64_t line, int64_t col, int64_t record, const 
 static void retry_later(struct fe *e, const char *why)
 {
     struct fe_report rep = {0};
-    snprintf(rep.reason, sizeof(rep.reason), "%s", why);
+    snprintf(rep.reason, sizeof(rep.reason), "%.300s", why);
     finish(e, FE_RETRY, &rep);
 }
 
