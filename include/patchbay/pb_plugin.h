@@ -388,6 +388,17 @@ void pb_input_observe_latency(struct pb_input *in, int64_t us);
  * count, a folder under --once): `patchbay run --once` exits when every
  * input has finished and every delivery is done. */
 void pb_input_finished(struct pb_input *in);
+/* What an input that reads files has taken so far, for the progress line
+ * `patchbay run --once` shows on a terminal and the summary it prints at
+ * the end. Copied. Any thread. */
+struct pb_input_progress {
+    int64_t files_total;  /* files the run takes (0 while unknown) */
+    int64_t files_done;   /* of them: taken, failed or gone */
+    int64_t files_failed; /* of them: could not be taken */
+    int64_t records;      /* records committed (stored, duplicates, dead-lettered) */
+    int64_t dead;         /* of them: dead-lettered on arrival (bad records) */
+};
+void pb_input_set_progress(struct pb_input *in, const struct pb_input_progress *p);
 
 struct pb_input_env {
     const char *pipeline;

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "core/engine.h"
+#include "core/progress.h"
 #include "core/input.h"
 #include "core/workers.h"
 #include "net/httpd.h"
@@ -347,6 +348,8 @@ int pb_engine_run(const struct pb_run_opts *ro)
     PB_INFO("patchbay %s started listen=%s port=%u state=%s pipelines=%zu outputs=%zu node=%s",
             PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), e.cfg->state,
             e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
+    struct pb_progress prog;
+    pb__progress_init(&prog);
 
     for (;;) {
         struct timespec ts = {ro->once ? 0 : 1, ro->once ? 100 * 1000 * 1000 : 0};
@@ -367,7 +370,11 @@ int pb_engine_run(const struct pb_run_opts *ro)
             PB_INFO("every input has finished and every delivery is done: exiting (--once)");
             break;
         }
+        if (ro->once)
+            pb__progress_tick(&prog, &e, false);
     }
+    if (ro->once)
+        pb__progress_tick(&prog, &e, true);
     code = 0;
     goto out;
 
