@@ -4,7 +4,8 @@
 #   ./dev.sh demo    build, then run examples/order-fulfillment/run.sh
 #   ./dev.sh test    build build/ and build-asan/, run the whole suite under
 #                    ASan/UBSan and the unit tests in the release build
-#   ./dev.sh bench   build, then run bench/run.sh (installs wrk and nginx-light)
+#   ./dev.sh bench   build, then run bench/run.sh (installs wrk, nginx-light, the brokers
+#                    and mosquitto-clients)
 #   ./dev.sh build   install what is missing and build build/
 #   ./dev.sh deps    only install what is missing
 #
@@ -20,7 +21,9 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
     openssh-server openssh-client python3-aiosmtpd openssl)
-BENCH_PACKAGES=(wrk nginx-light)
+# The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
+BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
+    mosquitto-clients)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
