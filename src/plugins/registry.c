@@ -15,6 +15,7 @@ extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
 extern const struct pb_processor_plugin pb_proc_split;
+extern const struct pb_processor_plugin pb_proc_validate;
 extern const struct pb_output_plugin pb_out_http;
 extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_stdout;
@@ -41,6 +42,7 @@ const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_filter,
     &pb_proc_switch,
     &pb_proc_split,
+    &pb_proc_validate,
     NULL,
 };
 const struct pb_output_plugin *const pb_output_plugins[] = {
