@@ -422,7 +422,7 @@ static void finish(struct enrich *E, struct waiter *w, enum ec_state state, jv a
             rc = pb_proc_emit(io, w->msg, w->outs);
             w->msg = jv_invalid();
         } else if (E->on_missing == MISSING_DEAD) {
-            rc = pb_err_set(&err, PB_ENOTFOUND, "enrich: %s", why ? why : "nothing found");
+            rc = pb_err_set(&err, PB_ENOTFOUND, "%s", why ? why : "nothing found");
         } /* drop: emit nothing */
     } else if (rc == 0) {
         jv out[2];
@@ -433,17 +433,17 @@ static void finish(struct enrich *E, struct waiter *w, enum ec_state state, jv a
         if (rc == 0 && n != 1) {
             for (size_t i = 0; i < n; i++)
                 jv_free(out[i]);
-            rc = n ? pb_err_set(&err, PB_EJQ, "enrich: into produced %zu values; expected one", n)
+            rc = n ? pb_err_set(&err, PB_EJQ, "into produced %zu values; expected one", n)
                    : 0; /* none: dropped on purpose */
         } else if (rc == 0) {
             rc = pb_proc_emit(io, out[0], w->outs);
         } else {
             char m[PB_ERR_MSG_MAX];
             snprintf(m, sizeof(m), "%s", err.msg);
-            pb_err_set(&err, rc, "enrich: into: %s", m);
+            pb_err_set(&err, rc, "into: %s", m);
         }
     } else {
-        pb_err_set(&err, rc, "enrich: %s", why ? why : pb_strerror(rc));
+        pb_err_set(&err, rc, "%s", why ? why : pb_strerror(rc));
     }
     jv_free(answer);
     jv_free(w->msg);
@@ -637,7 +637,7 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
     if (!url && !null) {
         char m[PB_ERR_MSG_MAX];
         snprintf(m, sizeof(m), "%s", err->msg);
-        rc = pb_err_set(err, err->code ? err->code : PB_EJQ, "enrich: url: %s", m);
+        rc = pb_err_set(err, err->code ? err->code : PB_EJQ, "url: %s", m);
         goto out;
     }
     if (url && (rc = make_body(E, in, meta, &body, &blen, err)) != 0)
@@ -647,7 +647,7 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
         if (!key && !null) {
             char m[PB_ERR_MSG_MAX];
             snprintf(m, sizeof(m), "%s", err->msg);
-            rc = pb_err_set(err, err->code ? err->code : PB_EJQ, "enrich: key: %s", m);
+            rc = pb_err_set(err, err->code ? err->code : PB_EJQ, "key: %s", m);
             goto out;
         }
     } else if (url) {
@@ -662,13 +662,12 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
             rc = pb_proc_emit(io, in, pb_proc_outputs(io));
             in = jv_invalid();
         } else if (E->on_missing == MISSING_DEAD) {
-            rc = pb_err_set(err, PB_ENOTFOUND, "enrich: the key or a URL part is null");
+            rc = pb_err_set(err, PB_ENOTFOUND, "the key or a URL part is null");
         }
         goto out;
     }
     if (!key || strlen(key) > KEY_MAX) {
-        rc = key ? pb_err_set(err, PB_ETOOBIG, "enrich: the cache key is longer than %d bytes",
-                              KEY_MAX)
+        rc = key ? pb_err_set(err, PB_ETOOBIG, "the cache key is longer than %d bytes", KEY_MAX)
                  : pb_err_set(err, PB_ENOMEM, "out of memory");
         goto out;
     }
@@ -685,11 +684,11 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
         else if (rc == 0 && n > 1) {
             for (size_t i = 0; i < n; i++)
                 jv_free(res[i]);
-            rc = pb_err_set(err, PB_EJQ, "enrich: into produced %zu values; expected one", n);
+            rc = pb_err_set(err, PB_EJQ, "into produced %zu values; expected one", n);
         } else if (rc) {
             char m[PB_ERR_MSG_MAX];
             snprintf(m, sizeof(m), "%s", err->msg);
-            pb_err_set(err, rc, "enrich: into: %s", m);
+            pb_err_set(err, rc, "into: %s", m);
         }
         goto out;
     }
@@ -698,13 +697,13 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
             rc = pb_proc_emit(io, in, pb_proc_outputs(io));
             in = jv_invalid();
         } else if (E->on_missing == MISSING_DEAD) {
-            rc = pb_err_set(err, PB_ENOTFOUND, "enrich: nothing found for %s (cached)", url);
+            rc = pb_err_set(err, PB_ENOTFOUND, "nothing found for %s (cached)", url);
         }
         goto out;
     }
     struct pb_proc_wait *pw = pb_proc_park(io);
     if (!pw) {
-        rc = pb_err_set(err, PB_EINVAL, "enrich: this route stage cannot wait for a lookup");
+        rc = pb_err_set(err, PB_EINVAL, "this route stage cannot wait for a lookup");
         goto out;
     }
     struct waiter *w = calloc(1, sizeof(*w));
