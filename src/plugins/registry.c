@@ -11,6 +11,7 @@ extern const struct pb_input_plugin pb_in_redis_streams;
 extern const struct pb_input_plugin pb_in_mqtt;
 extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_input_plugin pb_in_amqp;
+extern const struct pb_input_plugin pb_in_http_poll;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -36,6 +37,7 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_mqtt,
     &pb_in_kafka,
     &pb_in_amqp,
+    &pb_in_http_poll,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
