@@ -53,6 +53,17 @@ ensure_node() {
     ensure_packages nodejs npm
 }
 
+# npm tools the system tests run as partners (each in its own folder under
+# tests/system, node_modules git-ignored): Prism mocks an OpenAPI spec.
+ensure_npm_tools() {
+    local dir
+    for dir in tests/system/prism; do
+        [[ -d $dir/node_modules ]] && continue
+        say "npm install in $dir"
+        (cd "$dir" && SCARF_ANALYTICS=false npm install --no-audit --no-fund)
+    done
+}
+
 # Debian starts the servers it installs where it can; the tests start their
 # own, so the system's instances are stopped (they would only take memory).
 stop_system_services() {
@@ -119,6 +130,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
+    ensure_npm_tools
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
