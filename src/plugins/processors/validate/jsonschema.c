@@ -488,7 +488,7 @@ static int sub_map(struct cc *c, jv v, struct js_res *res, const char *ptr, cons
             goto out;
         }
     }
-    jv_object_foreach(jv_copy(m), k, e)
+    jv_object_foreach(m, k, e)
     {
         struct js_node *s = NULL;
         if (rc == 0) {
@@ -728,7 +728,7 @@ static int compile_keywords(struct cc *c, struct js_node *n, jv v, struct js_res
         n->depreq = calloc(len ? len : 1, sizeof(*n->depreq));
         if (!n->depreq)
             rc = pb_err_set(c->err, PB_ENOMEM, "out of memory");
-        jv_object_foreach(jv_copy(t), k, e)
+        jv_object_foreach(t, k, e)
         {
             if (rc == 0) {
                 struct js_depreq *d = &n->depreq[n->ndepreq++];

@@ -197,7 +197,7 @@ static int ev_init(struct ev *r, jv inst, const struct ev *up, bool *own_keys)
             if (!r->keys)
                 return PB_ENOMEM;
             size_t i = 0;
-            jv_object_foreach(jv_copy(inst), k, v)
+            jv_object_foreach(inst, k, v)
             {
                 jv_free(v);
                 r->keys[i++] = k;
@@ -341,7 +341,7 @@ static bool objects(struct vc *c, const struct js_node *n, jv inst, const struct
             return false;
     }
     bool ok = true;
-    jv_object_foreach(jv_copy(inst), k, v)
+    jv_object_foreach(inst, k, v)
     {
         if (!ok) {
             jv_free(k);
