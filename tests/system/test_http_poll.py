@@ -14,17 +14,20 @@ that repeats its page token or its page ends the run with a clear error
 instead of looping."""
 
 import base64
+import http.client
 import http.server
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pbtest import (Patchbay, check, check_eq, run, scaled, start_sink, test,  # noqa: E402
-                    wait_until)
+from pbtest import (Patchbay, check, check_eq, free_port, run, start_sink, test,  # noqa: E402
+                    tmpdir, wait_until)
+from servers import port_open  # noqa: E402
 
 
 def ts(sec):
@@ -353,6 +356,61 @@ def lint_checks_the_options():
     pb = Patchbay(bad, start=False)
     r = pb.cli("lint", pb.config_path)
     check(r.returncode != 0 and "minute" in r.stderr + r.stdout, f"lint: {r.stderr}")
+
+
+@test
+def example_shop_sync_runs():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ex = os.path.normpath(os.path.join(here, "..", "..", "examples", "shop-sync"))
+    with open(os.path.join(ex, "patchbay.yaml")) as f:
+        text = f.read()
+    port = free_port()
+    stand_in = subprocess.Popen([sys.executable, os.path.join(ex, "stand_in.py"), str(port)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(port), 20, "the stand-in")
+        erp = start_sink()
+        pport, token = free_port(), "example-token"
+        pb = Patchbay(text, port=pport, token=token, env={
+            "SHOP_URL": f"http://127.0.0.1:{port}/admin/api/2024-01/graphql.json",
+            "CRM_URL": f"http://127.0.0.1:{port}/crm/customers",
+            "ERP_URL": erp.url + "/orders", "POLL_INTERVAL": "1s", "EXAMPLE_DIR": ex,
+            "PATCHBAY_LISTEN": f"127.0.0.1:{pport}", "PATCHBAY_DATA": tmpdir("data"),
+            "PATCHBAY_ADMIN_TOKEN": token})
+
+        def erp_versions():
+            return {(b["reference"], b["version"]): b
+                    for b in (json.loads(r["body"]) for r in erp.records())}
+
+        wait_until(lambda: len(erp_versions()) >= 108, 60, "108 valid orders at the ERP")
+        dead = wait_until(lambda: len(pb.dead_letters()) >= 12 and pb.dead_letters(), 30,
+                          "12 invalid orders dead-lettered")
+        check_eq(len(dead), 12, "the orders with a zero quantity")
+        check(all('"/lines/0/qty"' in d["last_error"] and "minimum" in d["last_error"]
+                  for d in dead), f"with the pointer: {dead[0]['last_error']}")
+        got = erp_versions()
+        one = [b for b in got.values() if b["reference"] == "#1001"][0]
+        check_eq(one["tier"], "gold", "customer c1's tier from the CRM")
+        check_eq(one["lines"], [{"sku": "SKU-1", "quantity": 2}], "the ERP's shape")
+        unknown = [b for b in got.values() if b["reference"] == "#1006"][0]
+        check_eq(unknown["tier"], "none", "an unknown customer is kept without a tier")
+        # new orders and changed ones
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/_orders?n=30&change=5", body=b"")
+        check_eq(conn.getresponse().status, 200, "more orders")
+        wait_until(lambda: len(erp_versions()) >= 140, 60, "27 new and 5 changed versions")
+        refs = [json.loads(r["body"]) for r in erp.records()]
+        keys = {}
+        for r in erp.records():
+            b = json.loads(r["body"])
+            keys.setdefault((b["reference"], b["version"]), set()).add(
+                r["headers"].get("idempotency-key"))
+        check(all(len(k) == 1 for k in keys.values()), "no version arrived as two messages")
+        check_eq(len(keys), 140, f"versions at the ERP ({len(refs)} requests)")
+        check_eq(pb.term(), 0, "clean exit")
+    finally:
+        stand_in.kill()
+        stand_in.wait()
 
 
 if __name__ == "__main__":
