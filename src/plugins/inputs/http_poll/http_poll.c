@@ -562,9 +562,11 @@ static void retry_later(struct in_poll *p, const char *error)
 
 /* ---- a page ---------------------------------------------------------------------------- */
 
+/* url with name=value added (value taken); url itself when that fails. */
 static char *add_param(char *url, const char *name, jv value)
 {
     char *v = poll_scalar_text(value);
+    jv_free(value);
     char *out = v ? poll_url_add(url, name, v) : NULL;
     free(v);
     if (!out)
