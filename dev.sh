@@ -59,8 +59,8 @@ ensure_npm_tools() {
     local dir
     for dir in tests/system/prism; do
         [[ -d $dir/node_modules ]] && continue
-        say "npm install in $dir"
-        (cd "$dir" && SCARF_ANALYTICS=false npm install --no-audit --no-fund)
+        say "npm ci in $dir"
+        (cd "$dir" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund)
     done
 }
 

@@ -31,10 +31,12 @@ def ensure_prism():
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(PRISM_DIR, "node_modules", ".bin", "prism")):
             return
-        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=PRISM_DIR,
+        has_lock = os.path.exists(os.path.join(PRISM_DIR, "package-lock.json"))
+        argv = ["npm", "ci" if has_lock else "install", "--no-audit", "--no-fund"]
+        r = subprocess.run(argv, cwd=PRISM_DIR,
                            capture_output=True, text=True, timeout=scaled(600),
                            env=dict(os.environ, SCARF_ANALYTICS="false"))
-        check(r.returncode == 0, f"npm install in {PRISM_DIR} failed:\n{r.stdout}\n{r.stderr}")
+        check(r.returncode == 0, f"{' '.join(argv)} in {PRISM_DIR} failed:\n{r.stdout}\n{r.stderr}")
 
 
 class Prism(Server):

@@ -106,6 +106,12 @@ struct js_schema {
     pcre2_match_context *mctx;
 };
 
+/* jsonschema_uri.c: the absolute URI of reference ref against base
+ * (malloc'd, fragment kept; NULL on ENOMEM), and a fragment
+ * percent-decoded in place. */
+char *js_uri_resolve(const char *base, const char *ref);
+void js_pct_decode(char *s);
+
 /* jsonschema.c: a pattern compiled the ECMAScript way (NULL: not one). */
 pcre2_code *js_re_compile(const char *src, size_t len);
 /* jsonschema.c: does re match s (len bytes)? 1 yes, 0 no, < 0 limit hit. */
