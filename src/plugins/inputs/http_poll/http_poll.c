@@ -634,10 +634,16 @@ static int advance(struct in_poll *p, jv doc, const struct pb_http_resp *resp, c
         *ends = true;
         return 0;
     case PAGE_PAGE:
-        p->page++;
-        return 0;
     case PAGE_OFFSET:
-        p->offset += (int64_t)nitems;
+        /* A page shorter than the size asked for is the last one. */
+        if (p->pagination.size && (int64_t)nitems < p->pagination.size) {
+            *ends = true;
+            return 0;
+        }
+        if (p->pagination.type == PAGE_PAGE)
+            p->page++;
+        else
+            p->offset += (int64_t)nitems;
         return 0;
     case PAGE_CURSOR: {
         if (pb_jq_run(p->token_q, jv_copy(doc), out, 1, &n, &err) != 0) {
