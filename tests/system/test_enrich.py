@@ -297,5 +297,25 @@ def kill9_while_lookups_are_parked_loses_nothing():
     check_eq(pb.dead_letters(pipeline="orders"), [], "no dead letter")
 
 
+@test
+def sigterm_while_lookups_are_parked_exits_cleanly_and_resumes():
+    sink = start_sink()
+    pb = start(sink)
+    with LOOKUP.lock:
+        for i in range(10):
+            LOOKUP.slow[f"term-{i}"] = 30.0
+    for i in range(10):
+        pb.post("/orders", order(700 + i, f"term-{i}"))
+    wait_until(lambda: LOOKUP.count("term-0") >= 1, 10, "lookups under way")
+    check_eq(pb.term(timeout=60), 0, "exit code with lookups parked")
+    with LOOKUP.lock:
+        for i in range(10):
+            LOOKUP.slow.pop(f"term-{i}", None)
+    pb.start()
+    wait_until(lambda: len({b["id"] for b in bodies(sink, "/orders")}) >= 10, 30,
+               "every order routed after the restart")
+    check_eq(pb.dead_letters(pipeline="orders"), [], "no dead letter")
+
+
 if __name__ == "__main__":
     run()
