@@ -40,6 +40,22 @@ class Lookup:
             def log_message(self, *a):
                 pass
 
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                req = json.loads(self.rfile.read(n) or b"{}")
+                cid = (req.get("variables") or {}).get("id", "")
+                with owner.lock:
+                    owner.hits["gql:" + cid] = owner.hits.get("gql:" + cid, 0) + 1
+                if "customer(id: $id)" not in req.get("query", ""):
+                    return self._send(400, {"errors": [{"message": "no query"}]})
+                if cid == "bad":
+                    return self._send(200, {"data": None, "errors": [
+                        {"message": "Customer id is malformed",
+                         "extensions": {"code": "BAD_USER_INPUT"}}]})
+                if cid.startswith("missing"):
+                    return self._send(200, {"data": {"customer": None}})
+                self._send(200, {"data": {"customer": {"id": cid, "tier": "platinum"}}})
+
             def do_GET(self):
                 cid = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
                 with owner.lock:
@@ -115,6 +131,18 @@ pipelines:
           concurrency: 8
     outputs:
       sink: { http: { url: "%(sink)s/orders" } }
+  gql:
+    input: { http_server: { path: /gql } }
+    process:
+      - enrich:
+          url: 'http://127.0.0.1:%(lport)d/graphql'
+          graphql:
+            query: 'query($id: ID!) { customer(id: $id) { id tier } }'
+            variables: '{id: .customer_id}'
+          answer: .data.customer
+          into: '.customer = $answer'
+    outputs:
+      sink: { http: { url: "%(sink)s/gql" } }
   other:
     input: { http_server: { path: /other } }
     outputs:
@@ -315,6 +343,24 @@ def sigterm_while_lookups_are_parked_exits_cleanly_and_resumes():
     wait_until(lambda: len({b["id"] for b in bodies(sink, "/orders")}) >= 10, 30,
                "every order routed after the restart")
     check_eq(pb.dead_letters(pipeline="orders"), [], "no dead letter")
+
+
+@test
+def graphql_lookups_and_their_errors():
+    sink = start_sink()
+    pb = start(sink)
+    for i, cid in enumerate(["g1", "g1", "g2", "missing-g", "bad"]):
+        pb.post("/gql", order(800 + i, cid))
+    wait_until(lambda: len(bodies(sink, "/gql")) >= 3, 30, "the found customers' orders")
+    got = {b["id"]: b for b in bodies(sink, "/gql")}
+    check_eq(got["o800"]["customer"], {"id": "g1", "tier": "platinum"}, "the GraphQL answer")
+    check_eq(LOOKUP.count("gql:g1"), 1, "one request for two orders of g1")
+    dead = wait_until(lambda: len(pb.dead_letters(pipeline="gql")) >= 2 and
+                      pb.dead_letters(pipeline="gql"), 30, "the missing and the bad one")
+    reasons = sorted(d["last_error"] for d in dead)
+    check(any("GraphQL error: Customer id is malformed" in r for r in reasons), f"{reasons}")
+    check(any("nothing found" in r for r in reasons), f"{reasons}")
+    check_eq(LOOKUP.count("gql:bad"), 1, "a GraphQL error is not retried")
 
 
 if __name__ == "__main__":
