@@ -20,7 +20,7 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # The real servers the system tests run against, on 127.0.0.1 with free ports
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
-    openssh-server openssh-client python3-aiosmtpd openssl)
+    openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl)
 # The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
 BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
     mosquitto-clients)
@@ -54,6 +54,17 @@ ensure_packages() {
 ensure_node() {
     command -v node >/dev/null && command -v npm >/dev/null && return 0
     ensure_packages nodejs npm
+}
+
+# npm tools the system tests run as partners (each in its own folder under
+# tests/system, node_modules git-ignored): Prism mocks an OpenAPI spec.
+ensure_npm_tools() {
+    local dir
+    for dir in tests/system/prism; do
+        [[ -d $dir/node_modules ]] && continue
+        say "npm ci in $dir"
+        (cd "$dir" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund)
+    done
 }
 
 # Debian starts the servers it installs where it can; the tests start their
@@ -122,6 +133,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
+    ensure_npm_tools
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then

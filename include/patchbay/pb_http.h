@@ -76,7 +76,13 @@ struct pb_http_resp {
     bool timed_out;
     const char *body; /* response body (up to max_response), NUL-terminated */
     size_t body_len;
+    bool truncated;   /* the body was longer than max_response: the rest was discarded */
+    const void *core; /* internal: what pb_http_resp_header reads */
 };
+
+/* A header of the response (name matched case-blind): its index-th
+ * occurrence (0 is the first), or NULL. Valid during the done callback. */
+const char *pb_http_resp_header(const struct pb_http_resp *r, const char *name, size_t index);
 
 /* Borrowed: resp is valid only during the call. */
 typedef void (*pb_http_done_cb)(void *arg, const struct pb_http_resp *resp);

@@ -499,8 +499,11 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
         pl->out_names[i] = pl->outs[i].name;
     }
     if (raw.process) {
-        struct pb_proc_env penv = {
-            .pipeline = pl->name, .noutputs = pl->nouts, .outputs = pl->out_names};
+        struct pb_proc_env penv = {.pipeline = pl->name,
+                                   .noutputs = pl->nouts,
+                                   .outputs = pl->out_names,
+                                   .http = http,
+                                   .allow = pl->in->allow};
         if (raw.process->type != PB_NODE_SEQ) {
             rc = bad(err, raw.process, "\"process\" of pipeline \"%s\" must be a list of steps%s",
                      pl->name, "");

@@ -13,10 +13,13 @@ extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_input_plugin pb_in_amqp;
 extern const struct pb_input_plugin pb_in_file;
 extern const struct pb_input_plugin pb_in_sftp;
+extern const struct pb_input_plugin pb_in_http_poll;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
 extern const struct pb_processor_plugin pb_proc_split;
+extern const struct pb_processor_plugin pb_proc_validate;
+extern const struct pb_processor_plugin pb_proc_enrich;
 extern const struct pb_output_plugin pb_out_http;
 extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_stdout;
@@ -41,6 +44,7 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_amqp,
     &pb_in_file,
     &pb_in_sftp,
+    &pb_in_http_poll,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
@@ -48,6 +52,8 @@ const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_filter,
     &pb_proc_switch,
     &pb_proc_split,
+    &pb_proc_validate,
+    &pb_proc_enrich,
     NULL,
 };
 const struct pb_output_plugin *const pb_output_plugins[] = {
