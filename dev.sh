@@ -4,7 +4,8 @@
 #   ./dev.sh demo    build, then run examples/order-fulfillment/run.sh
 #   ./dev.sh test    build build/ and build-asan/, run the whole suite under
 #                    ASan/UBSan and the unit tests in the release build
-#   ./dev.sh bench   build, then run bench/run.sh (installs wrk and nginx-light)
+#   ./dev.sh bench   build, then run bench/run.sh (installs wrk, nginx-light, the brokers
+#                    and mosquitto-clients)
 #   ./dev.sh build   install what is missing and build build/
 #   ./dev.sh deps    only install what is missing
 #
@@ -19,8 +20,11 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # The real servers the system tests run against, on 127.0.0.1 with free ports
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
-    openssh-server openssh-client python3-aiosmtpd chromium)
-BENCH_PACKAGES=(wrk nginx-light)
+    openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl
+    chromium)
+# The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
+BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
+    mosquitto-clients)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -53,12 +57,17 @@ ensure_node() {
     ensure_packages nodejs npm
 }
 
-# The npm packages the tests use, exactly as locked: Playwright (drives
-# Chromium for the dashboard's browser tests) and Redocly's OpenAPI
-# validator (docs/api.openapi.yaml), in tests/ui/node_modules.
-node_packages() {
-    say "npm ci in tests/ui"
-    (cd tests/ui && npm ci --no-audit --no-fund)
+# npm tools the tests use, each in its own folder (node_modules git-ignored),
+# exactly as locked: Prism mocks an OpenAPI spec for the system tests;
+# tests/ui holds Playwright (drives Chromium for the dashboard's browser
+# tests) and Redocly's OpenAPI validator (docs/api.openapi.yaml).
+ensure_npm_tools() {
+    local dir
+    for dir in tests/system/prism tests/ui; do
+        [[ -d $dir/node_modules ]] && continue
+        say "npm ci in $dir"
+        (cd "$dir" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund)
+    done
 }
 
 # Debian starts the servers it installs where it can; the tests start their
@@ -127,7 +136,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
-    node_packages
+    ensure_npm_tools
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
@@ -186,7 +195,7 @@ cmd_build() {
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
-    node_packages
+    ensure_npm_tools
 }
 
 case ${1:-} in

@@ -76,7 +76,13 @@ struct pb_http_resp {
     bool timed_out;
     const char *body; /* response body (up to max_response), NUL-terminated */
     size_t body_len;
+    bool truncated;   /* the body was longer than max_response: the rest was discarded */
+    const void *core; /* internal: what pb_http_resp_header reads */
 };
+
+/* A header of the response (name matched case-blind): its index-th
+ * occurrence (0 is the first), or NULL. Valid during the done callback. */
+const char *pb_http_resp_header(const struct pb_http_resp *r, const char *name, size_t index);
 
 /* Borrowed: resp is valid only during the call. */
 typedef void (*pb_http_done_cb)(void *arg, const struct pb_http_resp *resp);
@@ -98,5 +104,9 @@ void pb_http_client_destroy(struct pb_http_client *c);
 int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
                         pb_http_done_cb done_cb, void *arg);
 size_t pb_http_client_inflight(const struct pb_http_client *c);
+
+/* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
+ * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. Pure. */
+int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
 
 #endif

@@ -224,10 +224,33 @@ int pb_proc_emit(struct pb_proc_io *io, jv body, pb_outset outputs);
  * it an emitted message is the same message, changed. */
 void pb_proc_new_messages(struct pb_proc_io *io);
 
+/* A step that waits for I/O (an HTTP lookup) must not block: the route
+ * stage runs on the dispatcher's thread, and a blocking call there stalls
+ * every output. It parks the message instead: process() calls
+ * pb_proc_park(io), starts its I/O (on env->http, whose callbacks run on
+ * that same thread) and returns 0 having emitted nothing; the message stays
+ * in flight (its ordering key busy) meanwhile. When the I/O is done it
+ * emits into pb_proc_wait_io(w) as process() would, then calls
+ * pb_proc_resume(w, rc, err) exactly once: rc 0 goes on with the next step,
+ * PB_EAGAIN routes the message again later (backoff, until the route
+ * stage's max_age), any other negative code dead-letters it with err.
+ * Both on the thread process() ran on; resuming from inside process() is
+ * allowed (a request that could not start). */
+struct pb_proc_wait;
+/* NULL when this run cannot wait (a caller without a route stage): then
+ * finish in process() or fail. */
+struct pb_proc_wait *pb_proc_park(struct pb_proc_io *io);
+struct pb_proc_io *pb_proc_wait_io(struct pb_proc_wait *w);
+void pb_proc_resume(struct pb_proc_wait *w, int rc, const struct pb_err *err);
+
 struct pb_proc_env {
     const char *pipeline;
     size_t noutputs;            /* <= PB_MAX_OUTPUTS */
     const char *const *outputs; /* names, in configuration order */
+    /* The dispatcher's async HTTP client (its callbacks run on the thread
+     * process() runs on); NULL in lint. */
+    struct pb_http_client *http;
+    const struct pb_allowlist *allow; /* the top-level outbound.allow */
 };
 
 struct pb_processor_plugin {
@@ -396,6 +419,17 @@ void pb_input_observe_latency(struct pb_input *in, int64_t us);
  * count, a folder under --once): `patchbay run --once` exits when every
  * input has finished and every delivery is done. */
 void pb_input_finished(struct pb_input *in);
+/* What an input that reads files has taken so far, for the progress line
+ * `patchbay run --once` shows on a terminal and the summary it prints at
+ * the end. Copied. Any thread. */
+struct pb_input_progress {
+    int64_t files_total;  /* files the run takes (0 while unknown) */
+    int64_t files_done;   /* of them: taken, failed or gone */
+    int64_t files_failed; /* of them: could not be taken */
+    int64_t records;      /* records committed (stored, duplicates, dead-lettered) */
+    int64_t dead;         /* of them: dead-lettered on arrival (bad records) */
+};
+void pb_input_set_progress(struct pb_input *in, const struct pb_input_progress *p);
 
 struct pb_input_env {
     const char *pipeline;

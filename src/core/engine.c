@@ -18,6 +18,7 @@
 #include "core/engine.h"
 #include "core/history.h"
 #include "core/input.h"
+#include "core/progress.h"
 #include "core/tail.h"
 #include "core/workers.h"
 #include "net/httpd.h"
@@ -355,6 +356,8 @@ int pb_engine_run(const struct pb_run_opts *ro)
     PB_INFO("patchbay %s started listen=%s port=%u state=%s pipelines=%zu outputs=%zu node=%s",
             PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), e.cfg->state,
             e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
+    struct pb_progress prog;
+    pb__progress_init(&prog);
 
     for (;;) {
         pb_engine_history_tick(e.history, pb_now_ms());
@@ -376,7 +379,11 @@ int pb_engine_run(const struct pb_run_opts *ro)
             PB_INFO("every input has finished and every delivery is done: exiting (--once)");
             break;
         }
+        if (ro->once)
+            pb__progress_tick(&prog, &e, false);
     }
+    if (ro->once)
+        pb__progress_tick(&prog, &e, true);
     code = 0;
     goto out;
 

@@ -666,6 +666,14 @@ void pb_input_observe_latency(struct pb_input *in, int64_t us)
     pb_hist_observe(&in->pl->ingest_latency, us);
 }
 
+void pb_input_set_progress(struct pb_input *in, const struct pb_input_progress *p)
+{
+    pthread_mutex_lock(&in->lock);
+    in->progress = *p;
+    in->has_progress = true;
+    pthread_mutex_unlock(&in->lock);
+}
+
 void pb_input_finished(struct pb_input *in)
 {
     atomic_store(&in->finished, true);

@@ -19,6 +19,13 @@
  * (disk full) leaves the delivery pending: it is routed again a second
  * later without spending its attempt.
  *
+ * A step may wait for I/O (enrich's lookups) without blocking the
+ * dispatcher: it parks the message (pb_proc_park), and the attempt stays in
+ * flight, its ordering key busy, until the step resumes; the run goes on a
+ * turn later (route_att_continue). A step that resumes with PB_EAGAIN has
+ * the message routed again with backoff (1 s doubling to 5 min, until the
+ * route stage's max_age), each try recorded as a failed attempt.
+ *
  * Threads: route_attempt on the dispatcher; route_done_cb on the store's
  * writer or syncer, which hands the new deliveries to the dispatcher's inbox
  * and posts the route delivery's end back to the dispatcher thread. */
@@ -255,13 +262,95 @@ static jv meta_of(const struct pb_msg *m)
     return meta;
 }
 
+/* A route attempt whose steps run: kept while a step waits for I/O. */
+struct route_att {
+    struct pb__disp_post post; /* its continuation, on the dispatcher */
+    struct pb_dispatcher *d;
+    struct pb_dl *dl;
+    struct pb_route_run run;
+    struct pb_route_result res;
+    char *key;
+    int64_t started_mono_us;
+};
+
+static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, struct pb_err *err,
+                          int64_t now);
+
+/* Dispatcher thread, a turn after the step resumed (or the dispatcher is
+ * being destroyed: now < 0). */
+static void route_att_continue(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
+{
+    struct route_att *a = (struct route_att *)p;
+    struct pb_err err = {0};
+    if (now < 0 || atomic_load(&d->aborting)) {
+        /* Still pending in the store: routed again after the restart. */
+        struct pb_dl *dl = a->dl;
+        pb_route_run_cleanup(&a->run);
+        pb_route_result_cleanup(&a->res);
+        pb__disp_attempt_ended(d, dl->out);
+        dl->out->inmem--;
+        pb__disp_dl_free(dl);
+        free(a->key);
+        free(a);
+        return;
+    }
+    int rc = pb_route_continue(&a->run, &err);
+    if (rc == PB_ROUTE_PARKED)
+        return;
+    route_decided(d, a, rc, &err, now);
+}
+
+/* A parked step resumed: go on from the dispatcher's loop, not from inside
+ * the step's callback. */
+static void route_att_resumed(void *arg)
+{
+    struct route_att *a = arg;
+    a->post.fn = route_att_continue;
+    pb__disp_post(a->d, &a->post);
+}
+
+/* A step asked for the message to be routed again later (a lookup that
+ * failed): recorded as a failed attempt, retried with backoff until the
+ * route stage's max_age. */
+#define STEP_RETRY_INITIAL_MS 1000
+#define STEP_RETRY_MAX_MS 300000
+
+static void route_retry(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_err *err,
+                        int64_t lat_us, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_retry_policy pol = {.max_attempts = INT32_MAX,
+                                  .initial_ms = STEP_RETRY_INITIAL_MS,
+                                  .max_ms = STEP_RETRY_MAX_MS,
+                                  .max_age_ms = o->policy.max_age_ms};
+    dl->attempts++;
+    dl->started_at = now;
+    struct pb_retry_decision dec = pb_retry_decide(&pol, PB_RESULT_RETRY, dl->attempts,
+                                                   dl->msg->received_at, now, -1, pb_rand64());
+    pb__disp_attempt_ended(d, o);
+    if (dec.give_up) {
+        char reason[PB_ERR_MSG_MAX + 64];
+        snprintf(reason, sizeof(reason), "%s (gave up: %s)", err->msg, dec.reason);
+        dl->attempts--; /* settle counts the attempt */
+        pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
+        return;
+    }
+    dl->si.next_at = dec.next_at;
+    pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, 0, lat_us / 1000, err->msg);
+    char safe[PB_ERROR_EXCERPT_MAX];
+    PB_INFO("routing failed, will retry pipeline=%s msg_id=%s attempt=%d retry_in_ms=%lld "
+            "error=\"%s\"",
+            o->pl->name, dl->msg->id, dl->attempts, (long long)(dec.next_at - now),
+            pb_log_value(err->msg, safe, sizeof(safe)));
+    pb__disp_schedule(d, dl, now);
+}
+
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
     struct pb_pipeline *pl = o->pl;
-    struct pb_route_result res = {0};
     struct pb_err err = {0};
-    struct route_op *ro = NULL;
+    struct route_att *a = NULL;
     jv body, meta;
     int rc;
 
@@ -288,9 +377,49 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
             return;
         }
     }
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        free(key);
+        jv_free(body);
+        jv_free(meta);
+        PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"out of memory\" (trying again "
+                "in %d ms)",
+                pl->name, dl->msg->id, ROUTE_RETRY_MS);
+        pb__disp_attempt_ended(d, o);
+        dl->si.next_at = now + ROUTE_RETRY_MS;
+        pb__disp_schedule(d, dl, now);
+        return;
+    }
+    a->d = d;
+    a->dl = dl;
+    a->key = key;
+    a->started_mono_us = pb_mono_us();
     pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
-    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &res, &err);
-    jv_free(meta);
+    rc = pb_route_start(&a->run, pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS,
+                        route_att_resumed, a, &a->res, &err);
+    if (rc == PB_ROUTE_PARKED)
+        return;
+    route_decided(d, a, rc, &err, now);
+}
+
+/* The steps have run (rc 0) or failed: commit what they decided. Frees a. */
+static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, struct pb_err *errp,
+                          int64_t now)
+{
+    struct pb_dl *dl = a->dl;
+    struct pb_output *o = dl->out;
+    struct pb_pipeline *pl = o->pl;
+    struct pb_route_result res = a->res;
+    char *key = a->key;
+    struct pb_err err = *errp;
+    struct route_op *ro = NULL;
+    int64_t lat_us = pb_mono_us() - a->started_mono_us;
+    free(a);
+    if (rc == PB_EAGAIN) {
+        free(key);
+        route_retry(d, dl, &err, lat_us, now);
+        return;
+    }
     if (rc) {
         free(key);
         route_fail(d, dl, &err, rc, now);

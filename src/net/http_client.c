@@ -36,7 +36,6 @@
 
 #include <curl/curl.h>
 
-#include "core/retry.h"
 #include "patchbay/pb_http.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
@@ -59,6 +58,7 @@ struct xfer {
     int64_t retry_after_ms;
     bool blocked;
     bool oom;
+    bool truncated;
     char errbuf[CURL_ERROR_SIZE];
     char msg[MSG_MAX]; /* blocked reason, then the error handed to done_cb */
 };
@@ -99,6 +99,8 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
     size_t room = x->max_response - x->body_len;
     size_t take = len < room ? len : room;
 
+    if (take < len)
+        x->truncated = true;
     if (take == 0)
         return len; /* past the cap: read and discard, keeping the connection usable */
     if (x->body_len + take + 1 > x->body_cap) {
@@ -468,6 +470,7 @@ int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
     x->retry_after_ms = -1;
     x->blocked = false;
     x->oom = false;
+    x->truncated = false;
     x->errbuf[0] = 0;
     x->msg[0] = 0;
 
@@ -511,6 +514,8 @@ static void finish(struct pb_http_client *c, struct xfer *x, CURLcode res, const
         r.retry_after_ms = x->retry_after_ms;
         r.body = x->body_len ? x->body : "";
         r.body_len = x->body_len;
+        r.truncated = x->truncated;
+        r.core = x->easy;
     } else {
         r.body = "";
         r.timed_out = !forced && res == CURLE_OPERATION_TIMEDOUT;
@@ -544,6 +549,16 @@ static void finish(struct pb_http_client *c, struct xfer *x, CURLcode res, const
     /* The callback may send new requests (a retry); x is still ours. */
     x->done_cb(x->arg, &r);
     xfer_put(c, x);
+}
+
+const char *pb_http_resp_header(const struct pb_http_resp *r, const char *name, size_t index)
+{
+    struct curl_header *h = NULL;
+    if (!r || !r->core || !name)
+        return NULL;
+    if (curl_easy_header((CURL *)r->core, name, index, CURLH_HEADER, -1, &h) != CURLHE_OK || !h)
+        return NULL;
+    return h->value;
 }
 
 static void drain(struct pb_http_client *c)

@@ -34,9 +34,10 @@
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
  * split children and routed bodies, 6: key-value state (checkpoints,
  * plugins' state), 7: sub-outputs and leases, 8: webhook endpoints in the
- * webhook outputs' key-value state, 9: each message's idempotency key and
- * the message an edited one was made from */
-#define PB_STORE_SCHEMA_VERSION 9
+ * webhook outputs' key-value state, 9: an attempt that ends its delivery at
+ * the first try kept in the delivery's row, 10: each message's idempotency
+ * key and the message an edited one was made from */
+#define PB_STORE_SCHEMA_VERSION 10
 #define PB_MSG_ID_MAX 40
 #define PB_NAME_MAX_STORE 128    /* pipeline and output names */
 #define PB_SUB_ID_MAX 64         /* sub-output ids (as pb_plugin.h) */

@@ -516,17 +516,17 @@ out:
 
 /* ---- migration ---------------------------------------------------------------------------- */
 
-PB_TEST(migrate_v8_keeps_keys_still_in_the_window)
+PB_TEST(migrate_v9_keeps_keys_still_in_the_window)
 {
     struct tdir t;
     tdir_make(&t);
     sqlite3 *db = NULL;
     PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
-    for (int v = 1; v <= 8; v++)
+    for (int v = 1; v <= 9; v++)
         PB_EQ_INT(sqlite3_exec(db, pb__sqlite_migration_sql(v), NULL, NULL, NULL), SQLITE_OK);
     PB_EQ_INT(sqlite3_exec(db,
                            "PRAGMA application_id=1885495673;"
-                           "INSERT INTO meta VALUES ('schema_version', '8'), ('node_id', "
+                           "INSERT INTO meta VALUES ('schema_version', '9'), ('node_id', "
                            "'0123456789abcdef'), ('created_at', '1'), ('epoch', '4');"
                            "INSERT INTO messages(id, pipeline, received_at, body) VALUES"
                            " ('m1', 'p', 1, '{}'), ('m2', 'p', 2, '{}');"
@@ -544,7 +544,7 @@ PB_TEST(migrate_v8_keeps_keys_still_in_the_window)
     PB_EQ_STR(f.ids[0], "m1");
     pb_store_destroy(s);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages WHERE idem_key IS NULL"), 1);
-    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 9);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 10);
 out:
     tdir_remove(&t);
 }
