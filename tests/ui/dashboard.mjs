@@ -100,10 +100,68 @@ async function intText(locator) {
   return Number(t.replace(/[^0-9]/g, "") || "NaN");
 }
 
+// Tab through a page from its top (the skip link): every stop is on screen (scrolled into
+// view, not zero-sized) and shows where the focus is (an outline, or the
+// graph's stroke); controls of one name do one thing; the Tab order
+// reaches the page's content and, back at the top, goes round again (no
+// trap). Returns how many stops it made.
+async function keyboardSweep(page, name, max = 60) {
+  // From the top: the skip link is the first stop.
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.focus("#skip");
+  await page.keyboard.press("Shift+Tab");
+  const seen = [], labels = [], names = new Map();
+  let inMain = 0, end = "the limit";
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press("Tab");
+    const f = await page.evaluate(() => {
+      const el = document.activeElement;
+      if (!el || el === document.body) return null;
+      const r = el.getBoundingClientRect();
+      const cs = getComputedStyle(el);
+      const svg = el instanceof SVGElement;
+      const rect = svg ? el.querySelector("rect") : null;
+      const marked = (cs.outlineStyle !== "none" && parseFloat(cs.outlineWidth) > 0) ||
+        (rect && getComputedStyle(rect).strokeWidth === "3px") || cs.boxShadow !== "none";
+      const tag = el.tagName.toLowerCase();
+      const label = `${tag}${el.id ? "#" + el.id : ""}${el.getAttribute("name") ? "[name=" + el.getAttribute("name") + "]" : ""}` +
+        ` “${(el.getAttribute("aria-label") || el.textContent || el.value || "").trim().slice(0, 30)}”`;
+      const name = (el.getAttribute("aria-label") || el.textContent || "").trim().replace(/\s+/g, " ");
+      return { name, href: el.getAttribute("href") || "", tag, label, w: r.width, h: r.height, top: r.top, bottom: r.bottom, vh: innerHeight, marked, inMain: !!el.closest("main"), key: el.dataset.sweep || (el.dataset.sweep = String(Math.random())) };
+    });
+    if (!f) {
+      end = "the page's end";
+      break;
+    }
+    if (seen.length && f.key === seen[0]) {
+      end = "the top again";
+      break;
+    }
+    seen.push(f.key);
+    labels.push(f.label);
+    expect(f.w > 0 && f.h > 0, `${name}: Tab stop ${f.label} is not zero-sized`);
+    expect(f.bottom > 0 && f.top < f.vh, `${name}: Tab stop ${f.label} is on screen`);
+    expect(f.marked, `${name}: Tab stop ${f.label} shows the focus`);
+    inMain += f.inMain ? 1 : 0;
+    // Two controls of the content with one name must do one thing: a
+    // screen reader's list of links and buttons shows names alone.
+    if (f.inMain && (f.tag === "a" || f.tag === "button")) {
+      const other = names.get(f.name);
+      expect(!other || (f.tag === "a" && other === f.href),
+        `${name}: two controls named “${f.name}” do different things (${other} / ${f.href || f.tag})`);
+      names.set(f.name, f.tag === "a" ? f.href : "button");
+    }
+  }
+  log(`keyboard ${name}: ${labels.join(" → ")} → ${end}`);
+  expect(inMain > 0, `${name}: the Tab order reaches the page's content`);
+  return seen.length;
+}
+
 // ---- scenarios ----
 
 async function walkthrough(page) {
   const key = env.KEY;
+  const sweeps = {};
   await signIn(page);
 
   // The overview moves while messages flow.
@@ -117,6 +175,7 @@ async function walkthrough(page) {
     30, "a delivery rate above zero");
   expect(await page.locator("tr[data-node]").count() === 1, "the node is listed");
   await shot(page, "overview");
+  sweeps.overview = await keyboardSweep(page, "overview");
 
   // Keyboard: Tab from the top reaches the navigation; Enter follows a link
   // and the page's heading takes the focus.
@@ -145,6 +204,7 @@ async function walkthrough(page) {
   expect(await intText(page.locator('section[data-pipeline="shop"] tr[data-output="payments"] [data-metric="delivered_total"]')) >= 3,
     "payments delivered count");
   await shot(page, "pipelines");
+  sweeps.pipelines = await keyboardSweep(page, "pipelines");
 
   // Find a message by its idempotency key and open its attempt timeline.
   await page.click('a[data-nav="messages"]');
@@ -154,6 +214,7 @@ async function walkthrough(page) {
   await page.waitForSelector("tbody tr[data-message]");
   await waitFor(async () => (await page.locator("tbody tr[data-message]").count()) === 1, 10, "one message found");
   await shot(page, "messages");
+  sweeps.messages = await keyboardSweep(page, "messages");
   await page.click("tbody tr[data-message] th a");
   await page.waitForSelector("main h1:has-text('Message')");
   expect((await page.textContent('[data-test="idempotency-key"]')).includes(key), "the message shows its key");
@@ -165,6 +226,7 @@ async function walkthrough(page) {
   expect(statuses.length === 2 && statuses.every((s) => s === "500"), `fraud: two attempts, 500 each (${statuses})`);
   expect((await fraud.locator("svg.timeline circle").count()) === 2, "two attempts on the timeline");
   await shot(page, "message-timeline");
+  sweeps.message = await keyboardSweep(page, "message");
 
   // Replay a dead letter (the partner is back) and see it delivered.
   await fetch(env.FAIL_SINK + "/_sink/mode", { method: "POST", body: JSON.stringify({ status: 200 }) });
@@ -173,9 +235,11 @@ async function walkthrough(page) {
   const rows = await page.locator("tbody tr[data-dead]").count();
   expect(rows >= 2, `dead letters of fraud listed (${rows})`);
   await shot(page, "dead-letters");
+  sweeps.dead_letters = await keyboardSweep(page, "dead letters");
   await page.click("tbody tr[data-dead] th a >> nth=0");
   await page.waitForSelector("main h1:has-text('Dead letter')");
   await shot(page, "dead-letter");
+  sweeps.dead_letter = await keyboardSweep(page, "dead letter");
   await page.click('[data-test="replay"]');
   await page.waitForSelector("main h1:has-text('Message')");
   // The old delivery stays, marked replayed; the new one is delivered.
@@ -224,11 +288,13 @@ async function walkthrough(page) {
   await waitFor(async () => ((await page.locator('[data-test="test-state"]').first().textContent()) || "").includes("delivered"),
     30, "the test event to be delivered");
   await shot(page, "endpoints");
+  sweeps.endpoints = await keyboardSweep(page, "endpoints");
 
   // The live tail shows messages flowing now.
   await page.click('a[data-nav="tail"]');
   await waitFor(async () => (await page.locator('tbody tr[data-kind="received"]').count()) >= 1, 30, "received events in the tail");
   await waitFor(async () => (await page.locator('tbody tr[data-kind="delivered"]').count()) >= 1, 30, "delivered events in the tail");
+  sweeps.tail = await keyboardSweep(page, "live tail");
   await shot(page, "live-tail");
   await page.click('[data-test="pause"]');
   expect((await page.getAttribute('[data-test="pause"]', "aria-pressed")) === "true", "pause is a toggle button");
@@ -237,7 +303,8 @@ async function walkthrough(page) {
   await page.click('[data-test="sign-out"]');
   await page.waitForSelector("#token");
   expect(await page.evaluate(() => sessionStorage.getItem("patchbay.token")) === null, "signed out: no token kept");
-  return { edited, secret_rotated: true };
+  log(`keyboard: Tab stops per page ${JSON.stringify(sweeps)}`);
+  return { edited, secret_rotated: true, sweeps };
 }
 
 async function deadletters100k(page) {

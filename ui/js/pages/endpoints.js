@@ -118,12 +118,14 @@ export async function mount(main, route, ctx) {
     }
     const rows = doc.items.map((ep) => {
       const path = `/api/endpoints/${encodeURIComponent(ep.id)}`;
-      const test = h("button", { type: "button", class: "small", disabled: ep.disabled,
-        title: ep.disabled ? "enable it first" : "" }, "Send test event");
-      const rotate = ep.static ? null : h("button", { type: "button", class: "small" }, "Rotate secret");
-      const toggle = h("button", { type: "button", class: "small" }, ep.disabled ? "Enable" : "Disable");
-      const recover = h("button", { type: "button", class: "small" }, "Recover…");
-      const del = ep.static ? null : h("button", { type: "button", class: "small danger" }, "Delete");
+      // Named with the endpoint: a screen reader lists many rows' buttons.
+      const named = (text, extra = {}) =>
+        h("button", { type: "button", class: "small", "aria-label": `${text.replace("…", "")} ${ep.id}`, ...extra }, text);
+      const test = named("Send test event", { disabled: ep.disabled, title: ep.disabled ? "enable it first" : "" });
+      const rotate = ep.static ? null : named("Rotate secret");
+      const toggle = named(ep.disabled ? "Enable" : "Disable");
+      const recover = named("Recover…");
+      const del = ep.static ? null : named("Delete", { class: "small danger" });
       test.addEventListener("click", () => act(async () => {
         const r = await api(path + "/test", { method: "POST", body: {}, signal: ctx.signal });
         announce(`Test event sent to ${ep.id}.`, "ok");

@@ -187,6 +187,7 @@ export async function mount(main, route, ctx) {
         text(c.inflight, num(sub ? hist.latest(p.name, name, "inflight") : o.inflight));
         text(c.total, sub ? "—" : num(o.delivered_total));
         text(c.deadLink, sub ? "see list" : num(o.dead));
+        c.deadLink.setAttribute("aria-label", sub ? `dead letters of ${name}` : `${num(o.dead)} dead letters of ${p.name}/${name}`);
         replace(c.chartRate, chartBox(`${name}: delivered and failed per second`,
           [["delivered", "delivered"], ["failed", "failed"]],
           lineChart(hist.times, [
