@@ -126,6 +126,8 @@ export async function mount(main, route, ctx) {
   const t0 = performance.now();
   const doc = await api("/api/dead-letters" + qs(params), { signal: ctx.signal });
   const next = order === "newest" ? doc.next_before : doc.next_after;
+  // Nothing matches: nothing to replay or purge.
+  if (!cursor && !doc.items.length) replayAll.disabled = purgeAll.disabled = true;
 
   const rowFor = (d) => {
     const replay = h("button", { type: "button", class: "small", "aria-label": `Replay dead letter ${d.id}` }, "Replay");
