@@ -343,6 +343,26 @@ async function deadletters100k(page) {
   });
   await time("dead_letter_open", () => page.click("tbody tr[data-dead] th a"),
     () => page.locator('[data-test="last-error"]').filter({ hasText: "o-99999" }).waitFor());
+  // A filtered set among them: its 11 purged, the rest left.
+  await page.goto(BASE + "/ui/#/dead-letters");
+  await page.locator('[data-test="dead-total"]').filter({ hasText: "100,000" }).waitFor();
+  await time("dead_letters_filtered_set", async () => {
+    await page.fill('input[name="error"]', "order o-9999");
+    await page.keyboard.press("Enter");
+  }, async () => {
+    await waitFor(async () => (await page.locator("tbody tr[data-dead]").count()) === 11, 10, "o-9999 and o-99990..o-99999");
+  });
+  await time("dead_letters_purge_set", async () => {
+    await page.click('[data-test="purge-all"]');
+    await page.click("dialog button:text-is('Purge them')");
+  }, () => page.locator('[data-test="dead-total"]').filter({ hasText: "99,989" }).waitFor());
+  const left = await api("/api/pipelines?counts=open");
+  expect(left.pipelines[0].outputs[0].dead === 99989, `99,989 left (${left.pipelines[0].outputs[0].dead})`);
+  await time("pipelines", () => page.click('a[data-nav="pipelines"]'),
+    () => page.locator('section[data-pipeline="bulk"] tr[data-output="partner"]').filter({ hasText: "99,989" }).waitFor());
+  await time("endpoints", () => page.click('a[data-nav="endpoints"]'),
+    () => page.locator("main p.note").filter({ hasText: "No output of this configuration is a webhook output" }).waitFor());
+  await time("live_tail", () => page.click('a[data-nav="tail"]'), () => page.locator('[data-test="pause"]').waitFor());
   await time("messages", () => page.click('a[data-nav="messages"]'),
     async () => { await waitFor(async () => (await page.locator("tbody tr[data-message]").count()) === 50, 10, "50 messages"); });
   await shot(page, "messages-100k");
@@ -436,6 +456,8 @@ async function operations(page) {
   await page.click("dialog button:text-is('Purge them')");
   await toast(page, new RegExp(`^${others.length} purged`), "the set purged");
   await page.locator("main p.note").filter({ hasText: "No dead letters match" }).waitFor();
+  expect(await page.locator('[data-test="purge-all"]').isDisabled() && await page.locator('[data-test="replay-all"]').isDisabled(),
+    "nothing matches: nothing to replay or purge");
   expect((await deadIds("output=fraud")).length === 0, "fraud's queue is empty");
   await page.locator('[data-test="dead-total"]').filter({ hasText: /^0 dead letters/ }).waitFor();
 
