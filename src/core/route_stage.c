@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/stage.h"
 #include "patchbay/pb_log.h"
 
 #define ROUTE_RETRY_MS 1000
@@ -255,81 +256,113 @@ static jv meta_of(const struct pb_msg *m)
     return meta;
 }
 
+void pb__route_decision_cleanup(struct pb_route_decision *dec)
+{
+    for (size_t i = 0; dec->bodies && i < dec->res.n; i++)
+        free(dec->bodies[i]);
+    free(dec->bodies);
+    free(dec->lens);
+    free(dec->key);
+    pb_route_result_cleanup(&dec->res);
+    memset(dec, 0, sizeof(*dec));
+}
+
+int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
+                     struct pb_route_decision *dec, struct pb_err *err)
+{
+    jv body, meta;
+    int rc;
+
+    memset(dec, 0, sizeof(*dec));
+    rc = pb_jq_parse(msg->body, msg->len, &body, err);
+    if (rc) {
+        char why[PB_ERR_MSG_MAX];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        return pb_err_set(err, rc, "process: the message is not JSON jq can carry exactly: %s",
+                          why);
+    }
+    meta = meta_of(msg);
+    if (pl->key_jq) {
+        /* Ordering follows the message as received, whatever the steps make. */
+        rc = pb__disp_key(pl, jv_copy(body), jv_copy(meta), &dec->key, err);
+        if (rc) {
+            char why[PB_ERR_MSG_MAX];
+            snprintf(why, sizeof(why), "%s", err->msg);
+            pb_err_set(err, rc, "ordering key: %s", why);
+            jv_free(body);
+            jv_free(meta);
+            goto fail;
+        }
+    }
+    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
+    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &dec->res, err);
+    jv_free(meta);
+    if (rc)
+        goto fail;
+    if (dec->res.n && (dec->res.changed || dec->res.split)) {
+        dec->bodies = calloc(dec->res.n, sizeof(*dec->bodies));
+        dec->lens = calloc(dec->res.n, sizeof(*dec->lens));
+        if (!dec->bodies || !dec->lens) {
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < dec->res.n; i++) {
+            rc = pb_jq_dump(jv_copy(dec->res.items[i].body), &dec->bodies[i], &dec->lens[i], err);
+            if (rc)
+                goto fail;
+        }
+    }
+    return 0;
+fail:
+    pb__route_decision_cleanup(dec);
+    return rc;
+}
+
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
     struct pb_pipeline *pl = o->pl;
-    struct pb_route_result res = {0};
+    struct pb_route_decision dec;
+    struct pb_route_result *res = &dec.res;
     struct pb_err err = {0};
     struct route_op *ro = NULL;
-    jv body, meta;
     int rc;
 
-    rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, &err);
+    rc = pb__route_decide(pl, dl->msg, &dec, &err);
     if (rc) {
-        char why[PB_ERR_MSG_MAX];
-        snprintf(why, sizeof(why), "%s", err.msg);
-        pb_err_set(&err, rc, "process: the message is not JSON jq can carry exactly: %s", why);
-        route_fail(d, dl, &err, rc, now);
-        return;
-    }
-    meta = meta_of(dl->msg);
-    char *key = NULL;
-    if (pl->key_jq) {
-        /* Ordering follows the message as received, whatever the steps make. */
-        rc = pb__disp_key(pl, jv_copy(body), jv_copy(meta), &key, &err);
-        if (rc) {
-            char why[PB_ERR_MSG_MAX];
-            snprintf(why, sizeof(why), "%s", err.msg);
-            pb_err_set(&err, rc, "ordering key: %s", why);
-            jv_free(body);
-            jv_free(meta);
-            route_fail(d, dl, &err, rc, now);
-            return;
-        }
-    }
-    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
-    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &res, &err);
-    jv_free(meta);
-    if (rc) {
-        free(key);
         route_fail(d, dl, &err, rc, now);
         return;
     }
 
-    ro = route_op_create(pl, res.n);
-    if (ro)
-        ro->key = key;
-    else
-        free(key);
+    ro = route_op_create(pl, res->n);
+    if (ro) {
+        ro->key = dec.key;
+        dec.key = NULL;
+    }
     if (!ro) {
         pb_err_set(&err, PB_ENOMEM, "out of memory");
         goto retry;
     }
     struct pb_op_route *r = &ro->op.u.route;
-    if (res.n == 0) {
-        snprintf(ro->note, sizeof(ro->note), "filtered by process step %zu (%s)", res.dropped_at,
-                 res.dropped_by ? res.dropped_by : "?");
+    if (res->n == 0) {
+        snprintf(ro->note, sizeof(ro->note), "filtered by process step %zu (%s)", res->dropped_at,
+                 res->dropped_by ? res->dropped_by : "?");
         fill_outputs(ro, 0, 0, PB_DSTATE_FILTERED, ro->note);
         r->state = PB_DSTATE_FILTERED;
     } else {
         size_t sent = 0;
-        for (size_t i = 0; i < res.n; i++) {
+        for (size_t i = 0; i < res->n; i++) {
             struct pb_route_msg *m = &ro->msgs[i];
             size_t len = 0;
-            if (res.changed || res.split) {
-                rc = pb_jq_dump(jv_copy(res.items[i].body), &ro->bodies[i], &len, &err);
-                if (rc) {
-                    pb_route_result_cleanup(&res);
-                    route_op_free(ro);
-                    route_fail(d, dl, &err, rc, now);
-                    return;
-                }
+            if (dec.bodies) {
+                ro->bodies[i] = dec.bodies[i];
+                dec.bodies[i] = NULL;
+                len = dec.lens[i];
                 m->body = ro->bodies[i];
                 m->len = len;
             }
             const char *id = dl->msg->id;
-            if (res.split) {
+            if (res->split) {
                 /* i < PB_ROUTE_MAX_MSGS, so the number fits an unsigned short. */
                 snprintf(ro->child_ids[i], sizeof(ro->child_ids[i]), "%.30s-%hu", dl->msg->id,
                          (unsigned short)(i + 1));
@@ -351,17 +384,17 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
                     goto retry;
                 }
             }
-            fill_outputs(ro, i, res.items[i].outputs, PB_DSTATE_ROUTED_AWAY, "routed away");
+            fill_outputs(ro, i, res->items[i].outputs, PB_DSTATE_ROUTED_AWAY, "routed away");
             sent += m->noutputs;
         }
-        if (res.split)
-            snprintf(ro->note, sizeof(ro->note), "split into %zu messages, %zu deliveries", res.n,
+        if (res->split)
+            snprintf(ro->note, sizeof(ro->note), "split into %zu messages, %zu deliveries", res->n,
                      sent);
         else
             snprintf(ro->note, sizeof(ro->note), "routed to %zu of %zu outputs", sent, pl->nouts);
         r->state = PB_DSTATE_DELIVERED;
     }
-    pb_route_result_cleanup(&res);
+    pb__route_decision_cleanup(&dec);
 
     dl->attempts++;
     dl->started_at = now;
@@ -390,7 +423,7 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     return;
 
 retry:
-    pb_route_result_cleanup(&res);
+    pb__route_decision_cleanup(&dec);
     route_op_free(ro);
     PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"%s\" (trying again in %d ms)", pl->name,
             dl->msg->id, err.msg, ROUTE_RETRY_MS);
