@@ -216,10 +216,26 @@ int pb_proc_emit(struct pb_proc_io *io, jv body, pb_outset outputs);
  * it an emitted message is the same message, changed. */
 void pb_proc_new_messages(struct pb_proc_io *io);
 
+/* Mocked answers (`patchbay test`). Under `patchbay test` nothing connects
+ * anywhere: a processor that would reach out (enrich's HTTP lookup) finds
+ * env->mock set at init, keeps it, and in process() asks it for the answer
+ * the test case gives instead of sending its request. Outside tests
+ * env->mock is NULL and the processor does its I/O. */
+struct pb_mock;
+/* The answer to req (which is not sent) from the answers a test case gives
+ * for plugin (the processor's name): the case matches on req's method, url,
+ * headers and body and on key (the lookup key as text; may be NULL). 0 with
+ * *resp filled (its strings valid until process() returns), or
+ * PB_ENOTFOUND when no answer matches, with err saying what was asked: fail
+ * the message with it (the test shows the reason). Thread of process(). */
+int pb_mock_http(struct pb_mock *m, const char *plugin, const char *key,
+                 const struct pb_http_req *req, struct pb_http_resp *resp, struct pb_err *err);
+
 struct pb_proc_env {
     const char *pipeline;
     size_t noutputs;            /* <= PB_MAX_OUTPUTS */
     const char *const *outputs; /* names, in configuration order */
+    struct pb_mock *mock;       /* set under `patchbay test` only (above); outlives the context */
 };
 
 struct pb_processor_plugin {
