@@ -129,11 +129,21 @@ static const char *header_text(json_t *v)
     return json_string_value(v);
 }
 
+/* Does word (lower case) occur in text, in any case? */
+static bool mentions(const char *text, size_t len, const char *word)
+{
+    size_t n = strlen(word);
+    for (size_t i = 0; i + n <= len; i++)
+        if (strncasecmp(text + i, word, n) == 0)
+            return true;
+    return false;
+}
+
 int pb_trace_from_item_meta(const char *meta, size_t len, char tp[PB_TRACEPARENT_LEN + 1],
                             char ts[PB_TRACESTATE_MAX + 1])
 {
     int found = 0;
-    if (!meta || !len || !memmem(meta, len, "raceparent", 10))
+    if (!meta || !len || !mentions(meta, len, "traceparent"))
         return 0; /* the common case: nothing to parse */
     json_t *root = json_loadb(meta, len, 0, NULL);
     json_t *h = json_object_get(root, "headers");

@@ -99,6 +99,9 @@ PB_TEST(from_item_meta)
     const char *m2 = "{\"headers\":{\"traceparent\":\"nonsense\"},\"traceparent\":\"x\"}";
     PB_EQ_INT(pb_trace_from_item_meta(m2, strlen(m2), tp, ts), 0);
     PB_EQ_INT(pb_trace_from_item_meta("{}", 2, tp, ts), 0);
+    const char *m3 = "{\"headers\":{\"TRACEPARENT\":\""
+                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"}}";
+    PB_EQ_INT(pb_trace_from_item_meta(m3, strlen(m3), tp, ts), 1);
     PB_EQ_INT(pb_trace_from_item_meta("{\"headers\":", 11, tp, ts), 0);
 }
 
