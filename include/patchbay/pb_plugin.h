@@ -52,6 +52,12 @@ struct pb_delivery {
      * the output, in the order init registered them (template_add). */
     const char *const *tmpl;
     size_t ntmpl;
+    /* W3C trace context of this attempt: the message's trace with a span id
+     * of the attempt's own (55 characters), and the message's tracestate or
+     * NULL. Send them as the traceparent / tracestate headers where the
+     * protocol has headers. */
+    const char *traceparent;
+    const char *tracestate;
     void *core; /* internal */
 };
 
@@ -335,6 +341,13 @@ struct pb_item {
      * input...): it is committed straight into the dead-letter queue with
      * this reason, and counts as taken: ack it at the source. */
     const char *dead_reason;
+    /* The W3C trace context the source carried (the traceparent and
+     * tracestate headers of a request or a broker message), or NULL. The
+     * core keeps it in $meta.traceparent / $meta.tracestate (a malformed
+     * one, or none, starts a new trace); when NULL it also looks for them
+     * among the headers in meta ($meta.headers.traceparent). */
+    const char *traceparent;
+    const char *tracestate;
 };
 
 /* A checkpoint committed in the same transaction as the items. */

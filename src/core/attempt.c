@@ -13,6 +13,7 @@
 
 #include "core/dispatch_int.h"
 #include "core/stage.h"
+#include "core/trace.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
 
@@ -280,6 +281,15 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         }
         return false;
     }
+    /* Each attempt is a span of the message's trace. */
+    char tp[PB_TRACEPARENT_LEN + 1], ts[PB_TRACESTATE_MAX + 1];
+    pb_trace_of_msg(dl->msg->meta, dl->msg->meta ? dl->msg->meta_len : 0, dl->msg->id, tp, ts);
+    pb_trace_child(tp, dl->traceparent);
+    dl->tracestate = ts[0] ? strdup(ts) : NULL;
+    if (ts[0] && !dl->tracestate)
+        PB_WARN("out of memory: attempt sent without its tracestate pipeline=%s output=%s "
+                "msg_id=%s",
+                o->pl->name, o->name, dl->msg->id);
     dl->attempts++;
     dl->started_at = now;
     dl->started_mono_us = pb_mono_us();
@@ -297,6 +307,8 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         .deadline_ms = now + o->env.attempt_timeout_ms,
         .tmpl = (const char *const *)dl->tmpl,
         .ntmpl = dl->tmpl ? o->ntmpls : 0,
+        .traceparent = dl->traceparent,
+        .tracestate = dl->tracestate,
         .core = dl,
     };
     atomic_fetch_add(&o->attempts, 1);
