@@ -138,6 +138,12 @@ static int dispatch(int n, char **args, bool help)
         return pb_cmd_run(sub_argc, sub_argv);
     if (strcmp(cmd, "lint") == 0)
         return pb_cmd_lint(sub_argc, sub_argv);
+    if (strcmp(cmd, "test") == 0)
+        return pb_cmd_test(sub_argc, sub_argv);
+    if (strcmp(cmd, "eval") == 0)
+        return pb_cmd_eval(sub_argc, sub_argv);
+    if (strcmp(cmd, "init") == 0)
+        return pb_cmd_init(sub_argc, sub_argv);
     if (strcmp(cmd, "dlq") == 0)
         return pb_cmd_dlq(sub_argc, sub_argv);
     if (strcmp(cmd, "endpoints") == 0)
