@@ -5,6 +5,7 @@
 #   ./dev.sh test    build build/ and build-asan/, run the whole suite under
 #                    ASan/UBSan and the unit tests in the release build
 #   ./dev.sh bench   build, then run bench/run.sh (installs wrk and nginx-light)
+#   ./dev.sh deb     build, then the Debian package (build/patchbay_VERSION_ARCH.deb)
 #   ./dev.sh build   install what is missing and build build/
 #   ./dev.sh deps    only install what is missing
 #
@@ -19,7 +20,8 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # The real servers the system tests run against, on 127.0.0.1 with free ports
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
-    openssh-server openssh-client python3-aiosmtpd)
+    openssh-server openssh-client python3-aiosmtpd
+    systemd dpkg-dev man-db) # systemd-analyze verify, dpkg-shlibdeps for the .deb, man -l
 BENCH_PACKAGES=(wrk nginx-light)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
@@ -174,6 +176,14 @@ cmd_build() {
     build_release
 }
 
+# The .deb: CPack from the release build (dpkg-shlibdeps computes Depends).
+cmd_deb() {
+    ensure_packages "${PACKAGES[@]}" dpkg-dev
+    build_release
+    (cd build && cpack --config CPackConfig.cmake)
+    ls build/*.deb
+}
+
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
@@ -183,10 +193,11 @@ case ${1:-} in
 test) cmd_test ;;
 demo) cmd_demo ;;
 bench) cmd_bench ;;
+deb) cmd_deb ;;
 build) cmd_build ;;
 deps) cmd_deps ;;
 *)
-    echo "usage: $0 demo|test|bench|build" >&2
+    echo "usage: $0 demo|test|bench|build|deb|deps" >&2
     exit 2
     ;;
 esac
