@@ -192,7 +192,8 @@ static void heartbeat_cb(void *arg, int status)
 }
 
 /* Main thread: send WATCHDOG=1 when it is due and the dispatcher answered
- * within the last interval; lower *wait_ms to when it is due next. */
+ * a heartbeat within the last two intervals (WatchdogSec: systemd's own
+ * limit); lower *wait_ms to when it is due next. */
 static void watchdog_tick(struct heartbeat *hb, struct pb_loop *loop, int64_t interval_ms,
                           int64_t *next_us, int64_t *wait_ms)
 {
@@ -203,7 +204,7 @@ static void watchdog_tick(struct heartbeat *hb, struct pb_loop *loop, int64_t in
             atomic_store(&hb->pending, false);
     }
     if (now >= *next_us) {
-        if (now - atomic_load(&hb->seen_us) <= interval_ms * 1000)
+        if (now - atomic_load(&hb->seen_us) <= 2 * interval_ms * 1000)
             pb_notify("WATCHDOG=1");
         else
             PB_WARN("the dispatcher has not answered for %lld ms: the watchdog is not fed",
