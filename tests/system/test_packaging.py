@@ -313,6 +313,49 @@ def sd_notify_ready_watchdog_reload_stopping():
 
 
 @test
+def the_watchdog_is_not_fed_while_the_dispatcher_hangs():
+    # A stdout output writes on the dispatcher's thread: with a pipe nobody
+    # reads, the dispatcher blocks once the pipe is full.
+    import pbtest
+    n = Notifications()
+    d = tmpdir("hang")
+    port = pbtest.free_port()
+    cfg = os.path.join(d, "patchbay.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+server: {{ listen: "127.0.0.1:{port}" }}
+state: "sqlite:{d}/state.db"
+pipelines:
+  p:
+    input: {{ http_server: {{ path: /in }} }}
+    outputs: {{ out: {{ stdout: {{}} }} }}
+""")
+    env = dict(os.environ, NOTIFY_SOCKET=n.path, WATCHDOG_USEC="400000")
+    proc = pbtest._spawn([PB_BIN, "run", cfg], subprocess.PIPE, open(os.path.join(d, "pb.log"), "ab"),
+                         env=env)
+    n.wait(lambda g: any("READY=1" in t for _, t in g), 30, "READY=1")
+    n.wait(lambda g: sum(1 for _, t in g if t == "WATCHDOG=1") >= 3, 10, "pings while healthy")
+    body = {"pad": "x" * 1024}
+    acked = post_many(f"http://127.0.0.1:{port}/in", [body] * 150, concurrency=4)
+    check(all(st == 202 for st, _ in acked), "accepted")
+    # The pipe fills, the dispatcher blocks in write(): the pings stop.
+    def stalled():
+        g = n.poll()
+        pings = [t for t, x in g if x == "WATCHDOG=1"]
+        return pings and time.monotonic() - pings[-1] > 1.5
+    n.wait(lambda g: stalled(), 30, "the pings to stop")
+    with open(os.path.join(d, "pb.log")) as f:
+        check("the dispatcher has not answered" in f.read(), "the log says why")
+    # Unblocked, it is fed again.
+    import threading
+    threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()
+    t0 = time.monotonic()
+    n.wait(lambda g: any(x == "WATCHDOG=1" and t > t0 for t, x in g), 30, "pings again")
+    proc.terminate()
+    check_eq(proc.wait(timeout=scaled(30)), 0, "exit status")
+
+
+@test
 def no_notifications_without_a_socket_and_none_for_another_pid():
     n = Notifications()
     # WATCHDOG_PID names another process: no pings, READY still.
