@@ -99,4 +99,8 @@ int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
                         pb_http_done_cb done_cb, void *arg);
 size_t pb_http_client_inflight(const struct pb_http_client *c);
 
+/* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
+ * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. Pure. */
+int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
+
 #endif

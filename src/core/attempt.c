@@ -214,7 +214,7 @@ int pb__attempt_build(struct pb_output *o, const struct pb_msg *msg, char **payl
     int rc = pb_jq_parse(msg->body, msg->len, &body, err);
     if (rc)
         return rc;
-    if (msg->meta && pb_jq_parse(msg->meta, msg->meta_len, &meta, NULL) != 0)
+    if (msg->meta && o->uses_meta && pb_jq_parse(msg->meta, msg->meta_len, &meta, NULL) != 0)
         meta = jv_null();
     if (o->ntmpls) {
         t = calloc(o->ntmpls, sizeof(*t));
