@@ -15,7 +15,7 @@
  * What each output ended with, per message, in order — delivered (the
  * bytes, $meta, the rendered template fields, the attempt), dead-lettered
  * (the reason), routed away or filtered — is compared with the case's
- * expectations; a failing case gets a report with a diff.
+ * expectations (tk_expect.c); a failing case gets a report with a diff.
  *
  * Single-threaded. */
 #include <errno.h>
@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "cli/testkit.h"
+#include "cli/tk_int.h"
 #include "core/input.h"
 #include "core/mock.h"
 #include "core/retry.h"
@@ -38,146 +39,8 @@
 #define FILE_MAX ((size_t)64 << 20)
 #define ITEMS_MAX 10000
 #define ATTEMPTS_MAX 100000
-#define SUMMARY_MAX 160
 /* The retry policy's jitter on the case's clock: half of each ceiling. */
 #define JITTER_RND (UINT64_MAX / 2)
-
-enum kind { K_DELIVERED, K_DEAD, K_ROUTED_AWAY, K_FILTERED, K_REJECTED };
-
-static const char *kind_name(enum kind k)
-{
-    switch (k) {
-    case K_DELIVERED:
-        return "delivered";
-    case K_DEAD:
-        return "dead letter";
-    case K_ROUTED_AWAY:
-        return "routed away";
-    case K_FILTERED:
-        return "filtered";
-    case K_REJECTED:
-        return "rejected";
-    }
-    return "?";
-}
-
-/* What one output (or the route stage) ended with for one message. */
-struct outcome {
-    enum kind kind;
-    size_t item; /* 1-based input item */
-    size_t part; /* split child (1-based), 0 when not split */
-    char *payload;
-    size_t len;
-    char *meta; /* $meta text */
-    char **fields;
-    size_t nfields;
-    int attempts;
-    char *reason; /* dead letter's reason, filter's note */
-};
-
-struct outlist {
-    struct outcome *v;
-    size_t n, cap;
-};
-
-struct item {
-    char *body;
-    size_t len;
-    const char *content_type;
-    const struct pb_node *meta, *headers; /* may be NULL */
-    const struct pb_node *at;
-};
-
-/* Conditions compiled once per test file (jq compiles slowly). */
-struct qcache {
-    struct qcache *next;
-    char *text;
-    struct pb_jq *q;
-};
-
-struct run {
-    struct qcache **cache;
-    struct pb_config *c;
-    struct pb_mock *mock;
-    const struct tk_file *tf;
-    const struct tk_opts *o;
-    struct pb_pipeline *pl;
-    const struct pb_node *kase;
-    const struct pb_node *out_mocks; /* mock.outputs */
-    struct outlist *outs;            /* per output */
-    struct outlist route;            /* the route stage's dead letters */
-    struct outlist rejected;
-    struct item *items;
-    size_t nitems, itemcap;
-    char *rbuf; /* report */
-    size_t rlen;
-    FILE *rep;
-    int problems;
-};
-
-/* ---- reports ------------------------------------------------------------------------------- */
-
-__attribute__((format(printf, 2, 3))) static void problem(struct run *r, const char *fmt, ...)
-{
-    va_list ap;
-    r->problems++;
-    fputs("    ", r->rep);
-    va_start(ap, fmt);
-    vfprintf(r->rep, fmt, ap);
-    va_end(ap);
-    fputc('\n', r->rep);
-}
-
-static void problem_err(struct run *r, const struct pb_err *err)
-{
-    char buf[PB_ERR_MSG_MAX + 256];
-    problem(r, "%s", pb_err_format(err, buf, sizeof(buf)));
-}
-
-__attribute__((format(printf, 3, 4))) static int at_err(struct pb_err *err, const struct pb_node *n,
-                                                        const char *fmt, ...)
-{
-    char msg[PB_ERR_MSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return pb_err_at(err, PB_EINVAL, n->file, n->line, n->col, "%s", msg);
-}
-
-/* A one-line picture of an outcome. */
-static void summary(const struct outcome *oc, char *buf, size_t len)
-{
-    char where[48] = "";
-    if (oc->part)
-        snprintf(where, sizeof(where), " (item %zu, part %zu)", oc->item, oc->part);
-    else
-        snprintf(where, sizeof(where), " (item %zu)", oc->item);
-    if (oc->kind == K_DELIVERED) {
-        char body[SUMMARY_MAX + 1];
-        size_t n = oc->len < SUMMARY_MAX ? oc->len : SUMMARY_MAX;
-        for (size_t i = 0; i < n; i++)
-            body[i] = oc->payload[i] == '\n' ? ' ' : oc->payload[i];
-        body[n] = 0;
-        if (oc->len > SUMMARY_MAX)
-            memcpy(body + SUMMARY_MAX - 3, "...", 4);
-        snprintf(buf, len, "delivered on attempt %d%s: %s", oc->attempts, where, body);
-    } else {
-        snprintf(buf, len, "%s%s%s%s", kind_name(oc->kind), where, oc->reason ? ": " : "",
-                 oc->reason ? oc->reason : "");
-    }
-}
-
-static void list_got(struct run *r, const struct outlist *l)
-{
-    char buf[SUMMARY_MAX + PB_ERR_MSG_MAX];
-    if (l->n == 0)
-        fprintf(r->rep, "      got nothing\n");
-    for (size_t i = 0; i < l->n; i++) {
-        summary(&l->v[i], buf, sizeof(buf));
-        fprintf(r->rep, "      got %zu: %s\n", i + 1, buf);
-    }
-}
 
 /* ---- outcomes ------------------------------------------------------------------------------ */
 
@@ -255,9 +118,10 @@ static int output_answer(struct run *r, const struct pb_output *o, int n, struct
     if (a->type == PB_NODE_SCALAR && strcmp(a->str, "ok") == 0)
         return 0;
     if (a->type != PB_NODE_MAP)
-        return at_err(err, a, "a mocked answer of an output is %s",
-                      "an HTTP status, ok, or a map with status, body, raw, retry_after, error or "
-                      "result");
+        return tk_at_err(
+            err, a, "a mocked answer of an output is %s",
+            "an HTTP status, ok, or a map with status, body, raw, retry_after, error or "
+            "result");
     const struct pb_node *st = NULL, *body = NULL, *raw = NULL, *ra = NULL, *er = NULL, *res = NULL;
     for (size_t i = 0; i < a->n; i++) {
         const char *k = a->keys[i]->str;
@@ -275,10 +139,11 @@ static int output_answer(struct run *r, const struct pb_output *o, int n, struct
         else if (!strcmp(k, "result"))
             res = v;
         else
-            return at_err(err, a->keys[i],
-                          "unknown key \"%s\" in a mocked answer (status, body, raw, retry_after, "
-                          "error, result)",
-                          k);
+            return tk_at_err(
+                err, a->keys[i],
+                "unknown key \"%s\" in a mocked answer (status, body, raw, retry_after, "
+                "error, result)",
+                k);
     }
     char *text = NULL;
     if (body && tk_node_json(body, &text, NULL, err))
@@ -287,13 +152,13 @@ static int output_answer(struct run *r, const struct pb_output *o, int n, struct
     resp.body_len = strlen(resp.body);
     if (ra && (ra->type != PB_NODE_SCALAR || pb_parse_duration(ra->str, &resp.retry_after_ms))) {
         free(text);
-        return at_err(err, ra, "retry_after is %s", "a duration (2s, 1m)");
+        return tk_at_err(err, ra, "retry_after is %s", "a duration (2s, 1m)");
     }
     int rc = 0;
     if (st) {
         if (st->type != PB_NODE_SCALAR || pb_parse_int(st->str, &status) || status < 100 ||
             status > 599) {
-            rc = at_err(err, st, "status is %s", "an HTTP status (100-599)");
+            rc = tk_at_err(err, st, "status is %s", "an HTTP status (100-599)");
             goto out;
         }
         resp.status = (int)status;
@@ -307,7 +172,7 @@ static int output_answer(struct run *r, const struct pb_output *o, int n, struct
         else if (!strcmp(v, "permanent"))
             oc->result = PB_RESULT_PERMANENT;
         else {
-            rc = at_err(err, res, "result is %s", "ok, retry or permanent");
+            rc = tk_at_err(err, res, "result is %s", "ok, retry or permanent");
             goto out;
         }
         oc->retry_after_ms = resp.retry_after_ms;
@@ -434,7 +299,7 @@ static int add_item(struct run *r, char *body, size_t len, const struct pb_node 
 {
     if (r->nitems == ITEMS_MAX) {
         free(body);
-        return at_err(err, spec, "more than %s input items in one case", "10000");
+        return tk_at_err(err, spec, "more than %s input items in one case", "10000");
     }
     if (r->nitems == r->itemcap) {
         size_t cap = r->itemcap ? r->itemcap * 2 : 8;
@@ -519,7 +384,7 @@ static int each_element(struct run *r, const char *text, size_t len, const struc
     while (i < len && strchr(" \t\r\n", text[i]))
         i++;
     if (i == len || text[i] != '[')
-        return at_err(err, spec, "each: %s", "the file must hold a JSON array");
+        return tk_at_err(err, spec, "each: %s", "the file must hold a JSON array");
     i++;
     int depth = 0;
     size_t start = i;
@@ -564,13 +429,13 @@ static int each_element(struct run *r, const char *text, size_t len, const struc
 static int load_items(struct run *r, const struct pb_node *input, struct pb_err *err)
 {
     if (!input)
-        return at_err(err, r->kase, "a case needs %s", "input: an item or a list of items");
+        return tk_at_err(err, r->kase, "a case needs %s", "input: an item or a list of items");
     size_t n = input->type == PB_NODE_SEQ ? input->n : 1;
     for (size_t k = 0; k < n; k++) {
         const struct pb_node *spec = input->type == PB_NODE_SEQ ? input->vals[k] : input;
         if (spec->type != PB_NODE_MAP)
-            return at_err(err, spec, "an input item is %s",
-                          "a map with body, raw or file (and meta, headers, content_type)");
+            return tk_at_err(err, spec, "an input item is %s",
+                             "a map with body, raw or file (and meta, headers, content_type)");
         const struct pb_node *body = NULL, *raw = NULL, *file = NULL, *each = NULL;
         for (size_t i = 0; i < spec->n; i++) {
             const char *key = spec->keys[i]->str;
@@ -583,19 +448,21 @@ static int load_items(struct run *r, const struct pb_node *input, struct pb_err 
             else if (!strcmp(key, "each"))
                 each = spec->vals[i];
             else if (strcmp(key, "meta") && strcmp(key, "headers") && strcmp(key, "content_type"))
-                return at_err(err, spec->keys[i],
-                              "unknown key \"%s\" in an input item (body, raw, file, each, meta, "
-                              "headers, content_type)",
-                              key);
+                return tk_at_err(
+                    err, spec->keys[i],
+                    "unknown key \"%s\" in an input item (body, raw, file, each, meta, "
+                    "headers, content_type)",
+                    key);
         }
         if (!!body + !!raw + !!file != 1)
-            return at_err(err, spec, "an input item has %s", "exactly one of body, raw and file");
+            return tk_at_err(err, spec, "an input item has %s",
+                             "exactly one of body, raw and file");
         const struct pb_node *meta = pb_node_get(spec, "meta"),
                              *hdrs = pb_node_get(spec, "headers");
         if (meta && meta->type != PB_NODE_MAP)
-            return at_err(err, meta, "meta is %s", "a map (merged into $meta)");
+            return tk_at_err(err, meta, "meta is %s", "a map (merged into $meta)");
         if (hdrs && hdrs->type != PB_NODE_MAP)
-            return at_err(err, hdrs, "headers is %s", "a map of header names to values");
+            return tk_at_err(err, hdrs, "headers is %s", "a map of header names to values");
         char *text = NULL;
         size_t len = 0;
         int rc;
@@ -606,13 +473,13 @@ static int load_items(struct run *r, const struct pb_node *input, struct pb_err 
             rc = add_item(r, text, len, spec, err);
         } else if (raw) {
             if (raw->type != PB_NODE_SCALAR)
-                return at_err(err, raw, "raw is %s", "text (the bytes as they are)");
+                return tk_at_err(err, raw, "raw is %s", "text (the bytes as they are)");
             if (!(text = dupn(raw->str, raw->len)))
                 return pb_err_set(err, PB_ENOMEM, "out of memory");
             rc = add_item(r, text, raw->len, spec, err);
         } else {
             if (file->type != PB_NODE_SCALAR)
-                return at_err(err, file, "file is %s", "a path (relative to the test file)");
+                return tk_at_err(err, file, "file is %s", "a path (relative to the test file)");
             rc = read_file(r->tf->dir, file->str, &text, &len, file, err);
             if (rc)
                 return rc;
@@ -670,7 +537,7 @@ static int item_meta(struct run *r, const struct item *it, int64_t now, char **o
             if (v->type != PB_NODE_SCALAR) {
                 jv_free(h);
                 jv_free(m);
-                return at_err(err, v, "a header value is %s", "text");
+                return tk_at_err(err, v, "a header value is %s", "text");
             }
             if (!strcmp(name, "traceparent"))
                 tp = v->str;
@@ -804,14 +671,15 @@ static int load_proc_mocks(struct run *r, const struct pb_node *mock, struct pb_
         if (!strcmp(plugin, "outputs"))
             continue;
         if (!pb_registry_processor(plugin))
-            return at_err(err, mock->keys[i],
-                          "mock: \"%s\" is neither outputs nor a processor's name", plugin);
+            return tk_at_err(err, mock->keys[i],
+                             "mock: \"%s\" is neither outputs nor a processor's name", plugin);
         size_t n = rules->type == PB_NODE_SEQ ? rules->n : 1;
         for (size_t k = 0; k < n; k++) {
             const struct pb_node *rule = rules->type == PB_NODE_SEQ ? rules->vals[k] : rules;
             if (rule->type != PB_NODE_MAP)
-                return at_err(err, rule, "a mocked answer is %s",
-                              "a map: match, when, status, body, raw, headers, error, retry_after");
+                return tk_at_err(
+                    err, rule, "a mocked answer is %s",
+                    "a map: match, when, status, body, raw, headers, error, retry_after");
             jv match = jv_null(), answer = jv_object();
             struct pb_jq *when = NULL;
             int rc = 0;
@@ -828,7 +696,7 @@ static int load_proc_mocks(struct run *r, const struct pb_node *mock, struct pb_
                 } else if (!strcmp(key, "retry_after")) {
                     int64_t ms;
                     if (v->type != PB_NODE_SCALAR || pb_parse_duration(v->str, &ms))
-                        rc = at_err(err, v, "retry_after is %s", "a duration (2s, 1m)");
+                        rc = tk_at_err(err, v, "retry_after is %s", "a duration (2s, 1m)");
                     else
                         answer = jv_object_set(answer, jv_string("retry_after_ms"),
                                                jv_number((double)ms));
@@ -843,10 +711,11 @@ static int load_proc_mocks(struct run *r, const struct pb_node *mock, struct pb_
                         answer = jv_object_set(answer, jv_string(key), val);
                     }
                 } else {
-                    rc = at_err(err, rule->keys[j],
-                                "unknown key \"%s\" in a mocked answer (match, when, status, body, "
-                                "raw, headers, error, retry_after)",
-                                key);
+                    rc = tk_at_err(
+                        err, rule->keys[j],
+                        "unknown key \"%s\" in a mocked answer (match, when, status, body, "
+                        "raw, headers, error, retry_after)",
+                        key);
                 }
             }
             if (rc == 0) {
@@ -865,365 +734,6 @@ static int load_proc_mocks(struct run *r, const struct pb_node *mock, struct pb_
     return 0;
 }
 
-/* ---- expectations -------------------------------------------------------------------------- */
-
-static bool is_word(const struct pb_node *n, const char *w)
-{
-    return n->type == PB_NODE_SCALAR && !n->quoted && strcmp(n->str, w) == 0;
-}
-
-static const char *const matcher_keys[] = {"equals", "subset", "jq",       "raw",
-                                           "meta",   "fields", "attempts", NULL};
-
-static bool is_matcher(const struct pb_node *n)
-{
-    if (n->type != PB_NODE_MAP || n->n == 0)
-        return false;
-    for (size_t i = 0; i < n->n; i++) {
-        bool known = false;
-        for (size_t k = 0; matcher_keys[k] && !known; k++)
-            known = strcmp(n->keys[i]->str, matcher_keys[k]) == 0;
-        if (!known)
-            return false;
-    }
-    return true;
-}
-
-static bool is_dead_spec(const struct pb_node *n)
-{
-    return n->type == PB_NODE_MAP && n->n == 1 && strcmp(n->keys[0]->str, "dead_letter") == 0;
-}
-
-/* Where want and got (borrowed) differ, for a subset: at most max lines. */
-static void subset_diff(struct run *r, jv want, jv got, char *path, size_t plen, int *left)
-{
-    if (*left <= 0)
-        return;
-    jv_kind k = jv_get_kind(want);
-    if (k == JV_KIND_OBJECT && jv_get_kind(got) == JV_KIND_OBJECT) {
-        size_t used = strlen(path);
-        for (int it = jv_object_iter(want); jv_object_iter_valid(want, it) && *left > 0;
-             it = jv_object_iter_next(want, it)) {
-            jv key = jv_object_iter_key(want, it);
-            jv wv = jv_object_iter_value(want, it);
-            jv gv = jv_object_get(jv_copy(got), jv_copy(key));
-            snprintf(path + used, plen - used, ".%s", jv_string_value(key));
-            if (!jv_is_valid(gv)) {
-                char *w = tk_compact(wv, 120);
-                fprintf(r->rep, "      at %s: missing (expected %s)\n", path, w ? w : "?");
-                free(w);
-                (*left)--;
-            } else if (!pb_jv_subset(wv, gv)) {
-                subset_diff(r, wv, gv, path, plen, left);
-            }
-            path[used] = 0;
-            jv_free(key);
-            jv_free(wv);
-            jv_free(gv);
-        }
-        return;
-    }
-    if (k == JV_KIND_ARRAY && jv_get_kind(got) == JV_KIND_ARRAY &&
-        jv_array_length(jv_copy(want)) == jv_array_length(jv_copy(got))) {
-        size_t used = strlen(path);
-        int n = jv_array_length(jv_copy(want));
-        for (int i = 0; i<n && * left> 0; i++) {
-            jv wv = jv_array_get(jv_copy(want), i), gv = jv_array_get(jv_copy(got), i);
-            snprintf(path + used, plen - used, "[%d]", i);
-            if (!pb_jv_subset(wv, gv))
-                subset_diff(r, wv, gv, path, plen, left);
-            path[used] = 0;
-            jv_free(wv);
-            jv_free(gv);
-        }
-        return;
-    }
-    char *w = tk_compact(want, 120), *g = tk_compact(got, 120);
-    fprintf(r->rep, "      at %s: expected %s, got %s\n", path[0] ? path : ".", w ? w : "?",
-            g ? g : "?");
-    free(w);
-    free(g);
-    (*left)--;
-}
-
-static struct pb_jq *condition(struct run *r, const char *text, struct pb_err *err)
-{
-    for (struct qcache *c = *r->cache; c; c = c->next)
-        if (strcmp(c->text, text) == 0)
-            return c->q;
-    struct qcache *c = calloc(1, sizeof(*c));
-    if (!c || !(c->text = strdup(text))) {
-        free(c);
-        pb_err_set(err, PB_ENOMEM, "out of memory");
-        return NULL;
-    }
-    c->q = pb_jq_compile_predicate(text, err);
-    if (!c->q) {
-        free(c->text);
-        free(c);
-        return NULL;
-    }
-    c->next = *r->cache;
-    *r->cache = c;
-    return c->q;
-}
-
-/* Compare one delivered outcome with a matcher (or an exact value). */
-static void match_delivery(struct run *r, const char *label, const struct outcome *oc,
-                           const struct pb_node *spec)
-{
-    jv body = jv_invalid(), meta = jv_null();
-    struct pb_err perr = {0};
-    bool json = pb_jq_parse(oc->payload, oc->len, &body, &perr) == 0;
-    if (oc->meta && pb_jq_parse(oc->meta, strlen(oc->meta), &meta, NULL) != 0)
-        meta = jv_null();
-    const struct pb_node *equals = spec, *subset = NULL, *cond = NULL, *raw = NULL,
-                         *meta_spec = NULL, *fields = NULL, *attempts = NULL;
-    if (is_matcher(spec)) {
-        equals = pb_node_get(spec, "equals");
-        subset = pb_node_get(spec, "subset");
-        cond = pb_node_get(spec, "jq");
-        raw = pb_node_get(spec, "raw");
-        meta_spec = pb_node_get(spec, "meta");
-        fields = pb_node_get(spec, "fields");
-        attempts = pb_node_get(spec, "attempts");
-    }
-    struct pb_err err = {0};
-    if ((equals || subset || cond) && !json) {
-        problem(r, "%s: the delivered body is not JSON jq can carry (%s): %.*s", label, perr.msg,
-                (int)(oc->len > 200 ? 200 : oc->len), oc->payload);
-        goto out;
-    }
-    if (equals) {
-        jv want;
-        if (tk_node_jv(equals, &want, &err)) {
-            problem_err(r, &err);
-            goto out;
-        }
-        if (!jv_equal(jv_copy(want), jv_copy(body))) {
-            problem(r, "%s: body differs (- expected, + delivered)", label);
-            char *a = tk_pretty(want), *b = tk_pretty(body);
-            tk_diff(r->rep, a ? a : "", b ? b : "", "      ", r->o->color);
-            free(a);
-            free(b);
-        }
-        jv_free(want);
-    }
-    if (subset) {
-        jv want;
-        if (tk_node_jv(subset, &want, &err)) {
-            problem_err(r, &err);
-            goto out;
-        }
-        if (!pb_jv_subset(want, body)) {
-            char path[512] = "";
-            int left = 10;
-            problem(r, "%s: body does not contain the expected subset", label);
-            subset_diff(r, want, body, path, sizeof(path), &left);
-        }
-        jv_free(want);
-    }
-    if (cond) {
-        struct pb_jq *q = cond->type == PB_NODE_SCALAR ? condition(r, cond->str, &err) : NULL;
-        bool truth = false;
-        if (!q) {
-            pb_err_at(&err, PB_EJQ, cond->file, cond->line, cond->col, "jq: %s",
-                      err.msg[0] ? err.msg : "a jq condition");
-            problem_err(r, &err);
-        } else if (pb_jq_test(q, body, meta, &truth, &err) != 0) {
-            problem(r, "%s: condition `%s` failed: %s", label, cond->str, err.msg);
-        } else if (!truth) {
-            char *b = tk_compact(body, 400);
-            problem(r, "%s: condition `%s` is false for %s", label, cond->str, b ? b : "?");
-            free(b);
-        }
-    }
-    if (raw) {
-        if (raw->type != PB_NODE_SCALAR) {
-            problem(r, "%s:%d:%d: raw is text", raw->file, raw->line, raw->col);
-        } else if (raw->len != oc->len || memcmp(raw->str, oc->payload, oc->len) != 0) {
-            char *got = dupn(oc->payload, oc->len);
-            problem(r, "%s: bytes differ (- expected, + delivered)", label);
-            tk_diff(r->rep, raw->str, got ? got : "", "      ", r->o->color);
-            free(got);
-        }
-    }
-    if (meta_spec) {
-        jv want;
-        if (tk_node_jv(meta_spec, &want, &err)) {
-            problem_err(r, &err);
-            goto out;
-        }
-        if (!pb_jv_subset(want, meta)) {
-            char path[512] = "$meta";
-            int left = 10;
-            problem(r, "%s: $meta does not contain the expected members", label);
-            subset_diff(r, want, meta, path, sizeof(path), &left);
-        }
-        jv_free(want);
-    }
-    if (fields) {
-        if (fields->type != PB_NODE_MAP) {
-            problem(r, "%s:%d:%d: fields is a map of option to rendered text", fields->file,
-                    fields->line, fields->col);
-        }
-        for (size_t i = 0; fields->type == PB_NODE_MAP && i < fields->n; i++) {
-            const char *name = fields->keys[i]->str;
-            const struct pb_node *v = fields->vals[i];
-            bool found = false;
-            for (size_t k = 0; k < oc->nfields && !found; k++) {
-                /* oc->fields[k] is "name\0value" (name_fields). */
-                if (strcmp(oc->fields[k], name) != 0)
-                    continue;
-                found = true;
-                const char *val = oc->fields[k] + strlen(oc->fields[k]) + 1;
-                if (v->type != PB_NODE_SCALAR || strcmp(v->str, val) != 0)
-                    problem(r, "%s: field %s is \"%s\", expected \"%s\"", label, name, val,
-                            v->type == PB_NODE_SCALAR ? v->str : "(not text)");
-            }
-            if (!found) {
-                char names[512] = "";
-                for (size_t k = 0; k < oc->nfields; k++)
-                    snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
-                             k ? ", " : "", oc->fields[k]);
-                problem(r, "%s: the output has no template field %s (it has: %s)", label, name,
-                        oc->nfields ? names : "none");
-            }
-        }
-    }
-    if (attempts) {
-        int64_t n;
-        if (attempts->type != PB_NODE_SCALAR || pb_parse_int(attempts->str, &n))
-            problem(r, "%s:%d:%d: attempts is a number", attempts->file, attempts->line,
-                    attempts->col);
-        else if (n != oc->attempts)
-            problem(r, "%s: delivered on attempt %d, expected attempt %lld", label, oc->attempts,
-                    (long long)n);
-    }
-out:
-    jv_free(body);
-    jv_free(meta);
-}
-
-/* Does the reason of a dead letter match spec (text it contains, or true)? */
-static bool reason_matches(const struct pb_node *spec, const char *reason)
-{
-    if (is_word(spec, "true"))
-        return true;
-    return spec->type == PB_NODE_SCALAR && reason && strstr(reason, spec->str);
-}
-
-static void match_one(struct run *r, const char *label, const struct outcome *oc,
-                      const struct pb_node *spec)
-{
-    char got[SUMMARY_MAX + PB_ERR_MSG_MAX];
-    summary(oc, got, sizeof(got));
-    if (is_word(spec, "routed_away") || is_word(spec, "filtered")) {
-        enum kind want = is_word(spec, "filtered") ? K_FILTERED : K_ROUTED_AWAY;
-        if (oc->kind != want)
-            problem(r, "%s: expected %s, got %s", label, kind_name(want), got);
-        return;
-    }
-    if (is_dead_spec(spec)) {
-        const struct pb_node *why = spec->vals[0];
-        if (oc->kind != K_DEAD)
-            problem(r, "%s: expected a dead letter, got %s", label, got);
-        else if (!reason_matches(why, oc->reason))
-            problem(r, "%s: dead letter \"%s\" does not contain \"%s\"", label, oc->reason,
-                    why->type == PB_NODE_SCALAR ? why->str : "?");
-        return;
-    }
-    if (oc->kind != K_DELIVERED) {
-        problem(r, "%s: expected a delivery, got %s", label, got);
-        return;
-    }
-    match_delivery(r, label, oc, spec);
-}
-
-static void check_output(struct run *r, const struct pb_output *o, const struct pb_node *spec)
-{
-    const struct outlist *l = &r->outs[o->index];
-    char label[PB_NAME_MAX + 32];
-    if (is_word(spec, "routed_away") || is_word(spec, "filtered") || is_word(spec, "nothing")) {
-        bool ok = true;
-        for (size_t i = 0; i < l->n; i++) {
-            enum kind k = l->v[i].kind;
-            if (is_word(spec, "nothing"))
-                ok &= k != K_DELIVERED && k != K_DEAD;
-            else
-                ok &= k == (is_word(spec, "filtered") ? K_FILTERED : K_ROUTED_AWAY);
-        }
-        if (!is_word(spec, "nothing") && l->n == 0)
-            ok = false;
-        if (!ok) {
-            problem(r, "%s: expected %s", o->name, spec->str);
-            list_got(r, l);
-        }
-        return;
-    }
-    const struct pb_node *one = is_dead_spec(spec) ? spec : NULL;
-    if (!one && spec->type != PB_NODE_SEQ) {
-        problem(r,
-                "%s:%d:%d: output %s: expected a list of deliveries, routed_away, filtered, "
-                "nothing or {dead_letter: REASON}",
-                spec->file, spec->line, spec->col, o->name);
-        return;
-    }
-    size_t want = one ? 1 : spec->n;
-    if (want != l->n) {
-        problem(r, "%s: expected %zu outcome%s, got %zu", o->name, want, want == 1 ? "" : "s",
-                l->n);
-        list_got(r, l);
-        if (want < l->n || l->n == 0)
-            return;
-    }
-    for (size_t i = 0; i < want && i < l->n; i++) {
-        snprintf(label, sizeof(label), "%s[%zu]", o->name, i + 1);
-        match_one(r, label, &l->v[i], one ? one : spec->vals[i]);
-    }
-}
-
-/* The route stage's dead letters, or the rejected items, against spec
- * (text, true, or a list of them). */
-static void check_stage(struct run *r, const char *what, const struct outlist *l,
-                        const struct pb_node *spec)
-{
-    char got[SUMMARY_MAX + PB_ERR_MSG_MAX];
-    if (!spec) {
-        for (size_t i = 0; i < l->n; i++) {
-            summary(&l->v[i], got, sizeof(got));
-            problem(r, "unexpected %s", got);
-        }
-        return;
-    }
-    size_t want = spec->type == PB_NODE_SEQ ? spec->n : 1;
-    if (want != l->n) {
-        problem(r, "expected %zu %s%s, got %zu", want, what, want == 1 ? "" : "s", l->n);
-        list_got(r, l);
-        return;
-    }
-    for (size_t i = 0; i < want; i++) {
-        const struct pb_node *s = spec->type == PB_NODE_SEQ ? spec->vals[i] : spec;
-        if (!reason_matches(s, l->v[i].reason))
-            problem(r, "%s %zu: \"%s\" does not contain \"%s\"", what, i + 1, l->v[i].reason,
-                    s->type == PB_NODE_SCALAR ? s->str : "?");
-    }
-}
-
-static void show_all(struct run *r)
-{
-    char got[SUMMARY_MAX + PB_ERR_MSG_MAX];
-    for (size_t j = 0; j < r->pl->nouts; j++)
-        for (size_t i = 0; i < r->outs[j].n; i++) {
-            summary(&r->outs[j].v[i], got, sizeof(got));
-            fprintf(r->rep, "    %s[%zu]: %s\n", r->pl->outs[j].name, i + 1, got);
-        }
-    for (size_t i = 0; i < r->route.n; i++) {
-        summary(&r->route.v[i], got, sizeof(got));
-        fprintf(r->rep, "    route stage: %s\n", got);
-    }
-}
-
 /* ---- a case -------------------------------------------------------------------------------- */
 
 static const char *const case_keys[] = {"name",   "pipeline",    "input",    "mock",
@@ -1232,16 +742,16 @@ static const char *const case_keys[] = {"name",   "pipeline",    "input",    "mo
 static int check_case_keys(const struct pb_node *kase, struct pb_err *err)
 {
     if (kase->type != PB_NODE_MAP)
-        return at_err(err, kase, "a case is %s", "a map: name, pipeline, input, mock, expect");
+        return tk_at_err(err, kase, "a case is %s", "a map: name, pipeline, input, mock, expect");
     for (size_t i = 0; i < kase->n; i++) {
         bool known = false;
         for (size_t k = 0; case_keys[k] && !known; k++)
             known = strcmp(kase->keys[i]->str, case_keys[k]) == 0;
         if (!known)
-            return at_err(err, kase->keys[i],
-                          "unknown key \"%s\" in a case (name, pipeline, input, mock, expect, "
-                          "dead_letter, rejected)",
-                          kase->keys[i]->str);
+            return tk_at_err(err, kase->keys[i],
+                             "unknown key \"%s\" in a case (name, pipeline, input, mock, expect, "
+                             "dead_letter, rejected)",
+                             kase->keys[i]->str);
     }
     return 0;
 }
@@ -1282,13 +792,13 @@ static bool run_case(struct run *r, struct pb_err *err)
             if (!strcmp(r->c->pipelines[i].name, pn->str))
                 r->pl = &r->c->pipelines[i];
         if (!r->pl) {
-            at_err(err, pn, "no pipeline \"%s\" in the configuration", pn->str);
+            tk_at_err(err, pn, "no pipeline \"%s\" in the configuration", pn->str);
             return false;
         }
     } else if (r->c->npipelines == 1) {
         r->pl = &r->c->pipelines[0];
     } else {
-        at_err(err, kase, "%s", "the configuration has several pipelines: name one (pipeline:)");
+        tk_at_err(err, kase, "%s", "the configuration has several pipelines: name one (pipeline:)");
         return false;
     }
     r->outs = calloc(r->pl->nouts, sizeof(*r->outs));
@@ -1299,31 +809,31 @@ static bool run_case(struct run *r, struct pb_err *err)
     pb_mock_reset(r->mock);
     const struct pb_node *mock = pb_node_get(kase, "mock");
     if (mock && mock->type != PB_NODE_MAP) {
-        at_err(err, mock, "mock is %s", "a map: outputs, and processors by name");
+        tk_at_err(err, mock, "mock is %s", "a map: outputs, and processors by name");
         return false;
     }
     r->out_mocks = mock ? pb_node_get(mock, "outputs") : NULL;
     if (r->out_mocks && r->out_mocks->type != PB_NODE_MAP) {
-        at_err(err, r->out_mocks, "mock.outputs is %s", "a map of output names to answers");
+        tk_at_err(err, r->out_mocks, "mock.outputs is %s", "a map of output names to answers");
         return false;
     }
     for (size_t i = 0; r->out_mocks && i < r->out_mocks->n; i++)
         if (!pb_pipeline_output(r->pl, r->out_mocks->keys[i]->str)) {
-            at_err(err, r->out_mocks->keys[i], "mock.outputs: pipeline has no output \"%s\"",
-                   r->out_mocks->keys[i]->str);
+            tk_at_err(err, r->out_mocks->keys[i], "mock.outputs: pipeline has no output \"%s\"",
+                      r->out_mocks->keys[i]->str);
             return false;
         }
     if (load_proc_mocks(r, mock, err))
         return false;
     const struct pb_node *expect = pb_node_get(kase, "expect");
     if (expect && expect->type != PB_NODE_MAP) {
-        at_err(err, expect, "expect is %s", "a map of output names to what they get");
+        tk_at_err(err, expect, "expect is %s", "a map of output names to what they get");
         return false;
     }
     for (size_t i = 0; expect && i < expect->n; i++)
         if (!pb_pipeline_output(r->pl, expect->keys[i]->str)) {
-            at_err(err, expect->keys[i], "expect: pipeline has no output \"%s\"",
-                   expect->keys[i]->str);
+            tk_at_err(err, expect->keys[i], "expect: pipeline has no output \"%s\"",
+                      expect->keys[i]->str);
             return false;
         }
     if (load_items(r, pb_node_get(kase, "input"), err))
@@ -1336,24 +846,24 @@ static bool run_case(struct run *r, struct pb_err *err)
     for (size_t j = 0; j < r->pl->nouts; j++) {
         const struct pb_node *spec = expect ? pb_node_get(expect, r->pl->outs[j].name) : NULL;
         if (spec) {
-            check_output(r, &r->pl->outs[j], spec);
+            tk_check_output(r, &r->pl->outs[j], spec);
             continue;
         }
         /* Not checked, but a dead letter is never expected silently. */
         for (size_t i = 0; i < r->outs[j].n; i++)
             if (r->outs[j].v[i].kind == K_DEAD)
-                problem(r, "%s[%zu]: unexpected dead letter: %s", r->pl->outs[j].name, i + 1,
-                        r->outs[j].v[i].reason);
+                tk_problem(r, "%s[%zu]: unexpected dead letter: %s", r->pl->outs[j].name, i + 1,
+                           r->outs[j].v[i].reason);
     }
-    check_stage(r, "dead letter", &r->route, pb_node_get(kase, "dead_letter"));
-    check_stage(r, "rejected item", &r->rejected, pb_node_get(kase, "rejected"));
+    tk_check_stage(r, "dead letter", &r->route, pb_node_get(kase, "dead_letter"));
+    tk_check_stage(r, "rejected item", &r->rejected, pb_node_get(kase, "rejected"));
     if (r->problems && pb_mock_ncalls(r->mock)) {
         fprintf(r->rep, "    mocked requests:\n");
         for (size_t i = 0; i < pb_mock_ncalls(r->mock); i++)
             fprintf(r->rep, "      %s\n", pb_mock_call(r->mock, i));
     }
     if (r->o->verbose && !r->problems)
-        show_all(r);
+        tk_show_all(r);
     return r->problems == 0;
 }
 
@@ -1384,7 +894,7 @@ void tk_run_file(struct pb_config *c, struct pb_mock *mock, const struct tk_file
         int64_t t0 = pb_mono_us();
         bool ok = run_case(&r, &err);
         if (!ok && err.code)
-            problem_err(&r, &err);
+            tk_problem_err(&r, &err);
         fclose(r.rep);
         double ms = (double)(pb_mono_us() - t0) / 1000.0;
         fprintf(out, "%s%s%s %s (%s:%d, %.1f ms)\n", ok ? green : red, ok ? "ok  " : "FAIL", off,
@@ -1404,11 +914,5 @@ void tk_run_file(struct pb_config *c, struct pb_mock *mock, const struct tk_file
         free(r.items);
     }
     pb_mock_reset(mock);
-    while (cache) {
-        struct qcache *next = cache->next;
-        free(cache->text);
-        pb_jq_destroy(cache->q);
-        free(cache);
-        cache = next;
-    }
+    tk_qcache_free(cache);
 }
