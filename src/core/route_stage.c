@@ -267,54 +267,66 @@ void pb__route_decision_cleanup(struct pb_route_decision *dec)
     memset(dec, 0, sizeof(*dec));
 }
 
-int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
-                     struct pb_route_decision *dec, struct pb_err *err)
+int pb__route_input(struct pb_pipeline *pl, const struct pb_msg *msg, jv *body, jv *meta,
+                    char **key, struct pb_err *err)
 {
-    jv body, meta;
-    int rc;
-
-    memset(dec, 0, sizeof(*dec));
-    rc = pb_jq_parse(msg->body, msg->len, &body, err);
+    *key = NULL;
+    *meta = jv_null();
+    int rc = pb_jq_parse(msg->body, msg->len, body, err);
     if (rc) {
         char why[PB_ERR_MSG_MAX];
         snprintf(why, sizeof(why), "%s", err->msg);
         return pb_err_set(err, rc, "process: the message is not JSON jq can carry exactly: %s",
                           why);
     }
-    meta = meta_of(msg);
+    *meta = meta_of(msg);
     if (pl->key_jq) {
         /* Ordering follows the message as received, whatever the steps make. */
-        rc = pb__disp_key(pl, jv_copy(body), jv_copy(meta), &dec->key, err);
+        rc = pb__disp_key(pl, jv_copy(*body), jv_copy(*meta), key, err);
         if (rc) {
             char why[PB_ERR_MSG_MAX];
             snprintf(why, sizeof(why), "%s", err->msg);
             pb_err_set(err, rc, "ordering key: %s", why);
-            jv_free(body);
-            jv_free(meta);
-            goto fail;
-        }
-    }
-    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
-    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &dec->res, err);
-    jv_free(meta);
-    if (rc)
-        goto fail;
-    if (dec->res.n && (dec->res.changed || dec->res.split)) {
-        dec->bodies = calloc(dec->res.n, sizeof(*dec->bodies));
-        dec->lens = calloc(dec->res.n, sizeof(*dec->lens));
-        if (!dec->bodies || !dec->lens) {
-            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
-            goto fail;
-        }
-        for (size_t i = 0; i < dec->res.n; i++) {
-            rc = pb_jq_dump(jv_copy(dec->res.items[i].body), &dec->bodies[i], &dec->lens[i], err);
-            if (rc)
-                goto fail;
+            jv_free(*body);
+            jv_free(*meta);
+            *body = *meta = jv_invalid();
+            return rc;
         }
     }
     return 0;
-fail:
-    pb__route_decision_cleanup(dec);
+}
+
+int pb__route_output(struct pb_route_decision *dec, struct pb_err *err)
+{
+    if (dec->res.n == 0 || !(dec->res.changed || dec->res.split))
+        return 0;
+    dec->bodies = calloc(dec->res.n, sizeof(*dec->bodies));
+    dec->lens = calloc(dec->res.n, sizeof(*dec->lens));
+    if (!dec->bodies || !dec->lens)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    for (size_t i = 0; i < dec->res.n; i++) {
+        int rc = pb_jq_dump(jv_copy(dec->res.items[i].body), &dec->bodies[i], &dec->lens[i], err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
+                     struct pb_route_decision *dec, struct pb_err *err)
+{
+    jv body, meta;
+    memset(dec, 0, sizeof(*dec));
+    int rc = pb__route_input(pl, msg, &body, &meta, &dec->key, err);
+    if (rc)
+        return rc;
+    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
+    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &dec->res, err);
+    jv_free(meta);
+    if (rc == 0)
+        rc = pb__route_output(dec, err);
+    if (rc)
+        pb__route_decision_cleanup(dec);
     return rc;
 }
 

@@ -29,6 +29,14 @@ struct pb_route_decision {
 int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
                      struct pb_route_decision *dec, struct pb_err *err);
 void pb__route_decision_cleanup(struct pb_route_decision *dec);
+/* The two ends of pb__route_decide, for a caller that runs the steps
+ * itself: msg parsed under the fidelity rule into *body and *meta, and its
+ * ordering key (0, or a negative code with the reason and nothing to
+ * free); then, once dec->res is filled, the changed bodies serialized (a
+ * negative code with the reason; dec is cleaned up by the caller). */
+int pb__route_input(struct pb_pipeline *pl, const struct pb_msg *msg, jv *body, jv *meta,
+                    char **key, struct pb_err *err);
+int pb__route_output(struct pb_route_decision *dec, struct pb_err *err);
 
 /* What an attempt of o sends for msg (the message as routed): the
  * output's map run on it and its template fields rendered on it. Returns 1
