@@ -1,7 +1,8 @@
-"""Tracing: the W3C traceparent an HTTP request brings is kept in $meta and
-sent on every attempt of every delivery with the same trace id and a span id
-of the attempt's own; a request without one (or with a malformed one) starts
-a new trace, sent the same way."""
+"""Tracing: the W3C traceparent an HTTP request or a broker message brings is
+kept in $meta and sent on every attempt of every delivery (HTTP headers,
+broker message headers) with the same trace id and a span id of the
+attempt's own; a message without one (or with a malformed one) starts a new
+trace, sent the same way."""
 
 import os
 import re
@@ -17,6 +18,16 @@ from pbtest import (  # noqa: E402
     test,
     wait_until,
 )
+from srv_nats import Nats  # noqa: E402
+
+NATS = None
+
+
+def nats_server():
+    global NATS
+    if NATS is None or not NATS.running():
+        NATS = Nats()
+    return NATS
 
 TP_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -113,6 +124,47 @@ def a_trace_is_started_when_none_or_a_malformed_one_came():
         check_eq(seen[n], {t}, f"message {n}: the trace kept in $meta")
     check(seen[1] != seen[2], "two messages, two traces")
     check("4bf92f3577b34da6a3ce929d0e0e4736" not in seen[2], "a malformed traceparent is not continued")
+
+
+NATS_CONF = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: sqlite:@DIR@/state.db
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  bridge:
+    input:
+      nats: { url: "URL", stream: TIN, consumer: patchbay, subject: "tin.>" }
+    outputs:
+      out: { nats: { url: "URL", subject: 'tout.{{ .n }}' } }
+      hook: { http: { url: "SINK/hook" } }
+"""
+
+
+@test
+def a_broker_message_continues_its_trace_into_broker_headers_and_http():
+    n = nats_server()
+    n.stream_add("TIN", "tin.>")
+    n.stream_add("TOUT", "tout.>")
+    sink = start_sink()
+    pb = Patchbay(NATS_CONF.replace("URL", n.url).replace("SINK", sink.url))
+    n.publish("tin.a", 1, start=1, headers=[f"traceparent:{INCOMING}", "tracestate:k=v"])
+    n.publish("tin.b", 1, start=2)
+    wait_until(lambda: len(n.dump("TOUT")) == 2 and len(sink.records()) == 2, 30, "both outputs")
+    trace_id, parent, _ = parse(INCOMING)
+    out = {int(m["subject"].split(".")[1]): m for m in n.dump("TOUT")}
+    import json
+
+    hooks = {json.loads(r["body"])["n"]: r for r in sink.records()}
+    t1, s1, _ = parse(out[1]["headers"]["traceparent"][0])
+    t2, s2, _ = parse(hooks[1]["headers"]["traceparent"])
+    check_eq((t1, t2), (trace_id, trace_id), "the NATS header's trace reaches both outputs")
+    check(len({s1, s2, parent}) == 3, "each attempt has a span of its own")
+    check_eq(out[1]["headers"]["tracestate"], ["k=v"], "tracestate as a NATS header")
+    check_eq(hooks[1]["headers"].get("tracestate"), "k=v", "tracestate as an HTTP header")
+    # Without one: a new trace, the same for both outputs.
+    t3, _, f3 = parse(out[2]["headers"]["traceparent"][0])
+    t4, _, _ = parse(hooks[2]["headers"]["traceparent"])
+    check(t3 == t4 and t3 != trace_id and f3 == "01", "a started trace, shared by the outputs")
 
 
 if __name__ == "__main__":
