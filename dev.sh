@@ -6,6 +6,7 @@
 #                    ASan/UBSan and the unit tests in the release build
 #   ./dev.sh bench   build, then run bench/run.sh (installs wrk, nginx-light, the brokers
 #                    and mosquitto-clients)
+#   ./dev.sh deb     build, then the Debian package (build/patchbay_VERSION_ARCH.deb)
 #   ./dev.sh build   install what is missing and build build/
 #   ./dev.sh deps    only install what is missing
 #
@@ -20,7 +21,8 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # The real servers the system tests run against, on 127.0.0.1 with free ports
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
-    openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl)
+    openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl
+    systemd dpkg-dev man-db) # systemd-analyze verify, dpkg-shlibdeps for the .deb, man -l
 # The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
 BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
     mosquitto-clients)
@@ -189,6 +191,14 @@ cmd_build() {
     build_release
 }
 
+# The .deb: CPack from the release build (dpkg-shlibdeps computes Depends).
+cmd_deb() {
+    ensure_packages "${PACKAGES[@]}" dpkg-dev
+    build_release
+    (cd build && cpack --config CPackConfig.cmake)
+    ls build/*.deb
+}
+
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
@@ -198,10 +208,11 @@ case ${1:-} in
 test) cmd_test ;;
 demo) cmd_demo ;;
 bench) cmd_bench ;;
+deb) cmd_deb ;;
 build) cmd_build ;;
 deps) cmd_deps ;;
 *)
-    echo "usage: $0 demo|test|bench|build" >&2
+    echo "usage: $0 demo|test|bench|build|deb|deps" >&2
     exit 2
     ;;
 esac

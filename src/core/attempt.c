@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/stage.h"
+#include "core/trace.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
 
@@ -183,32 +185,46 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
 
 /* ---- building an attempt ----------------------------------------------------------------- */
 
+void pb__attempt_tmpl_free(char **tmpl, size_t n)
+{
+    if (!tmpl)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(tmpl[i]);
+    free(tmpl);
+}
+
+void pb__attempt_dead_reason(char *buf, size_t len, const char *error, const char *why)
+{
+    snprintf(buf, len, "%s (gave up: %s)", error ? error : "failed", why);
+}
+
 /* What an attempt sends: the output's map run on the routed message (the
  * pipeline's steps ran once, in the route stage), and its template fields
- * rendered on it. Returns 1 when the map produced nothing (filtered for this
- * output), 0 with dl->payload (NULL: the body as it is) and dl->tmpl set, or
- * a negative code with the reason (the delivery is dead-lettered). */
-static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
+ * rendered on it (stage.h). */
+int pb__attempt_build(struct pb_output *o, const struct pb_msg *msg, char **payload, size_t *plen,
+                      char ***tmpl, struct pb_err *err)
 {
-    struct pb_output *o = dl->out;
+    *payload = NULL;
+    *tmpl = NULL;
     if (!o->map_jq && !o->ntmpls)
         return 0;
     jv body, meta = jv_null();
-    int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, err);
+    char **t = NULL;
+    int rc = pb_jq_parse(msg->body, msg->len, &body, err);
     if (rc)
         return rc;
-    if (dl->msg->meta && o->uses_meta &&
-        pb_jq_parse(dl->msg->meta, dl->msg->meta_len, &meta, NULL) != 0)
+    if (msg->meta && o->uses_meta && pb_jq_parse(msg->meta, msg->meta_len, &meta, NULL) != 0)
         meta = jv_null();
     if (o->ntmpls) {
-        dl->tmpl = calloc(o->ntmpls, sizeof(*dl->tmpl));
-        if (!dl->tmpl) {
+        t = calloc(o->ntmpls, sizeof(*t));
+        if (!t) {
             rc = pb_err_set(err, PB_ENOMEM, "out of memory");
             goto out;
         }
         for (size_t i = 0; i < o->ntmpls; i++) {
             struct pb_err terr = {0};
-            rc = pb_template_render(o->tmpls[i], body, meta, &dl->tmpl[i], NULL, &terr);
+            rc = pb_template_render(o->tmpls[i], body, meta, &t[i], NULL, &terr);
             if (rc) {
                 pb_err_set(err, rc, "template field %zu of output %s: %s", i + 1, o->name,
                            terr.msg);
@@ -228,7 +244,7 @@ static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
             goto out;
         }
         size_t len = 0;
-        rc = pb_jq_dump(outv[0], &dl->payload, &len, err);
+        rc = pb_jq_dump(outv[0], payload, &len, err);
         if (rc)
             goto out;
         *plen = len;
@@ -236,6 +252,11 @@ static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
 out:
     jv_free(body);
     jv_free(meta);
+    if (rc) {
+        pb__attempt_tmpl_free(t, o->ntmpls);
+        t = NULL;
+    }
+    *tmpl = t;
     return rc;
 }
 
@@ -247,7 +268,7 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
     struct pb_err err = {0};
     pb__dl_clear_attempt(dl);
     size_t plen = 0;
-    int rc = build_attempt(dl, &plen, &err);
+    int rc = pb__attempt_build(o, dl->msg, &dl->payload, &plen, &dl->tmpl, &err);
     if (rc != 0) {
         pb__dl_clear_attempt(dl);
         pb__disp_attempt_ended(d, o);
@@ -260,6 +281,15 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         }
         return false;
     }
+    /* Each attempt is a span of the message's trace. */
+    char tp[PB_TRACEPARENT_LEN + 1], ts[PB_TRACESTATE_MAX + 1];
+    pb_trace_of_msg(dl->msg->meta, dl->msg->meta ? dl->msg->meta_len : 0, dl->msg->id, tp, ts);
+    pb_trace_child(tp, dl->traceparent);
+    dl->tracestate = ts[0] ? strdup(ts) : NULL;
+    if (ts[0] && !dl->tracestate)
+        PB_WARN("out of memory: attempt sent without its tracestate pipeline=%s output=%s "
+                "msg_id=%s",
+                o->pl->name, o->name, dl->msg->id);
     dl->attempts++;
     dl->started_at = now;
     dl->started_mono_us = pb_mono_us();
@@ -277,6 +307,8 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         .deadline_ms = now + o->env.attempt_timeout_ms,
         .tmpl = (const char *const *)dl->tmpl,
         .ntmpl = dl->tmpl ? o->ntmpls : 0,
+        .traceparent = dl->traceparent,
+        .tracestate = dl->tracestate,
         .core = dl,
     };
     atomic_fetch_add(&o->attempts, 1);
@@ -461,7 +493,7 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
                  o->name, dl->msg->id, dl->attempts, oc->status);
         pb__disp_finish(d, dl, now);
     } else if (dec.give_up) {
-        snprintf(error, sizeof(error), "%s (gave up: %s)", errtxt ? errtxt : "failed", dec.reason);
+        pb__attempt_dead_reason(error, sizeof(error), errtxt, dec.reason);
         pb__disp_submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
         char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "

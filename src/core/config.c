@@ -503,7 +503,8 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
                                    .noutputs = pl->nouts,
                                    .outputs = pl->out_names,
                                    .http = http,
-                                   .allow = pl->in->allow};
+                                   .allow = pl->in->allow,
+                                   .mock = c->mock};
         if (raw.process->type != PB_NODE_SEQ) {
             rc = bad(err, raw.process, "\"process\" of pipeline \"%s\" must be a list of steps%s",
                      pl->name, "");
@@ -722,8 +723,23 @@ struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, 
     return pb_config_load_diag(path, http, false, NULL, err);
 }
 
+static struct pb_config *load(const char *path, struct pb_http_client *http, bool once,
+                              struct pb_mock *mock, struct pb_diag *diag, struct pb_err *err);
+
 struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http, bool once,
                                       struct pb_diag *diag, struct pb_err *err)
+{
+    return load(path, http, once, NULL, diag, err);
+}
+
+struct pb_config *pb_config_load_test(const char *path, struct pb_mock *mock, struct pb_diag *diag,
+                                      struct pb_err *err)
+{
+    return load(path, NULL, false, mock, diag, err);
+}
+
+static struct pb_config *load(const char *path, struct pb_http_client *http, bool once,
+                              struct pb_mock *mock, struct pb_diag *diag, struct pb_err *err)
 {
     struct pb_err first = {0}, local = {0};
     struct pb_config *c = calloc(1, sizeof(*c));
@@ -734,6 +750,7 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
         return NULL;
     }
     c->once = once;
+    c->mock = mock;
     c->path = strdup(path);
     c->doc = pb_conf_load_file(path, err);
     if (!c->path || !c->doc)

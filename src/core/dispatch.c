@@ -30,6 +30,8 @@ void pb__dl_clear_attempt(struct pb_dl *dl)
 {
     free(dl->payload);
     dl->payload = NULL;
+    free(dl->tracestate);
+    dl->tracestate = NULL;
     if (!dl->tmpl)
         return;
     for (size_t i = 0; i < dl->out->ntmpls; i++)

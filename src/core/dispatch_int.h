@@ -33,8 +33,10 @@ struct pb_dl {
     int64_t started_mono_us, started_at;
     struct pb_delivery d;
     char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
-    char **tmpl;       /* rendered template fields of the attempt in flight (ntmpls) */
-    struct pb_job job; /* the attempt on one of the output's worker threads */
+    char **tmpl;          /* rendered template fields of the attempt in flight (ntmpls) */
+    char traceparent[56]; /* of the attempt in flight: a span of the message's trace */
+    char *tracestate;     /* the message's, for the attempt in flight; NULL: none */
+    struct pb_job job;    /* the attempt on one of the output's worker threads */
     /* an outcome reported on another thread, on its way to the dispatcher */
     struct pb_loop_node post_node;
     struct pb_outcome posted;

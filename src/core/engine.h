@@ -60,6 +60,7 @@ struct pb_config {
     const struct pb_node *pipelines_node;
     size_t npipelines;
     struct pb_pipeline *pipelines;
+    struct pb_mock *mock; /* `patchbay test`: what processors ask instead of connecting */
 };
 
 /* Options every output block carries besides its plugin's own. */
@@ -206,6 +207,10 @@ void pb_diag_free(struct pb_diag *d);
 /* pb_config_load collecting into diag (may be NULL); err gets the first. */
 struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http, bool once,
                                       struct pb_diag *diag, struct pb_err *err);
+/* For `patchbay test`: no HTTP client, and every processor gets mock
+ * (borrowed: it outlives the configuration) in its env. */
+struct pb_config *pb_config_load_test(const char *path, struct pb_mock *mock, struct pb_diag *diag,
+                                      struct pb_err *err);
 void pb_config_destroy(struct pb_config *c);
 
 /* ---- messages ------------------------------------------------------------------ */

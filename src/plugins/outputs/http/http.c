@@ -3,7 +3,8 @@
  *
  * Every request carries a stable Idempotency-Key (the same on every retry and
  * after restarts), the message id and the attempt number, so partners can
- * deduplicate. Statuses are classified by the core (pb_classify_http). */
+ * deduplicate, and the W3C traceparent of the attempt (a span of the
+ * message's trace). Statuses are classified by the core (pb_classify_http). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,8 +204,16 @@ static void http_deliver(void *ctx, struct pb_delivery *d)
     hdrs[n++] = (struct pb_http_header){"Idempotency-Key", d->idempotency_key};
     hdrs[n++] = (struct pb_http_header){"X-Patchbay-Message-Id", d->msg_id};
     hdrs[n++] = (struct pb_http_header){"X-Patchbay-Attempt", attempt};
-    for (size_t i = 0; i < h->nstatic; i++)
+    bool own_tp = false, own_ts = false; /* configured headers win */
+    for (size_t i = 0; i < h->nstatic; i++) {
         hdrs[n++] = h->statics[i];
+        own_tp |= strcasecmp(h->statics[i].name, "traceparent") == 0;
+        own_ts |= strcasecmp(h->statics[i].name, "tracestate") == 0;
+    }
+    if (d->traceparent && !own_tp)
+        hdrs[n++] = (struct pb_http_header){"traceparent", d->traceparent};
+    if (d->tracestate && !own_ts)
+        hdrs[n++] = (struct pb_http_header){"tracestate", d->tracestate};
     struct pb_http_req req = {
         .method = methods[h->method],
         .url = h->url,
