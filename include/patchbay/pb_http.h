@@ -51,6 +51,8 @@ struct pb_http_header {
     const char *value;
 };
 
+struct pb_http_tls; /* pb_http_auth.h */
+
 struct pb_http_req {
     const char *method; /* "POST" ... */
     const char *url;
@@ -64,6 +66,19 @@ struct pb_http_req {
     const struct pb_allowlist *allow; /* borrowed; NULL = only public addresses */
     const char *basic_user;           /* with basic_pass: HTTP basic auth (secret: never logged) */
     const char *basic_pass;
+    const struct pb_http_tls *tls; /* borrowed until done_cb; NULL: system CAs, verified */
+};
+
+/* What an answer said of the partner's rate limit: the IETF draft's
+ * RateLimit-Limit/-Remaining/-Reset (or one RateLimit: limit=, remaining=,
+ * reset= header) and RateLimit-Policy (w=), or the common
+ * X-RateLimit-Limit/-Remaining/-Reset (a reset past 10^9 is a unix time). */
+struct pb_rate_info {
+    bool known;        /* at least one of them was there */
+    int64_t limit;     /* requests per window, -1 unknown */
+    int64_t remaining; /* left in this window, -1 unknown */
+    int64_t reset_ms;  /* until the window starts again, -1 unknown */
+    int64_t window_ms; /* the window's length, -1 unknown */
 };
 
 struct pb_http_resp {
@@ -76,6 +91,7 @@ struct pb_http_resp {
     bool timed_out;
     const char *body; /* response body (up to max_response), NUL-terminated */
     size_t body_len;
+    struct pb_rate_info rate; /* rate-limit headers of the answer */
 };
 
 /* Borrowed: resp is valid only during the call. */
