@@ -67,7 +67,7 @@ enum pb_oauth2_grant {
 enum pb_oauth2_auth_method {
     PB_OAUTH2_CLIENT_SECRET_BASIC = 0, /* Authorization: Basic client_id:client_secret */
     PB_OAUTH2_CLIENT_SECRET_POST,      /* client_id and client_secret in the form */
-    PB_OAUTH2_PRIVATE_KEY_JWT,         /* RFC 7523 2.2: a client assertion signed with private_key */
+    PB_OAUTH2_PRIVATE_KEY_JWT, /* RFC 7523 2.2: a client assertion signed with private_key */
 };
 
 struct pb_oauth2_conf {
@@ -81,13 +81,13 @@ struct pb_oauth2_conf {
     char *refresh_token; /* secret: grant refresh_token, the start of the chain */
     char *private_key;   /* PEM file: jwt_bearer and private_key_jwt sign with it */
     char *key_id;        /* `kid` of the JWTs signed */
-    char *algorithm;     /* RS256 (RSA), ES256 (P-256), ES384 (P-384), PS256, EdDSA; default by key */
-    struct pb_strmap claims;         /* jwt_bearer: claims of the assertion (sub, iss, aud...) */
-    struct pb_strmap params;         /* more form parameters of every token request */
-    int64_t assertion_lifetime_ms;   /* exp - iat of the JWTs signed */
-    int64_t refresh_before_ms;       /* renew this long before expiry (at most 10 % of it) */
-    int64_t timeout_ms;              /* one token request */
-    int64_t default_lifetime_ms;     /* a token whose answer has no expires_in */
+    char *algorithm; /* RS256 (RSA), ES256 (P-256), ES384 (P-384), PS256, EdDSA; default by key */
+    struct pb_strmap claims;       /* jwt_bearer: claims of the assertion (sub, iss, aud...) */
+    struct pb_strmap params;       /* more form parameters of every token request */
+    int64_t assertion_lifetime_ms; /* exp - iat of the JWTs signed */
+    int64_t refresh_before_ms;     /* renew this long before expiry (at most 10 % of it) */
+    int64_t timeout_ms;            /* one token request */
+    int64_t default_lifetime_ms;   /* a token whose answer has no expires_in */
 };
 
 struct pb_http_basic_conf {
@@ -111,13 +111,15 @@ extern const struct pb_field pb_http_auth_fields[];
 
 enum pb_tls_version { PB_TLS_1_2 = 0, PB_TLS_1_3 };
 struct pb_http_tls_conf {
-    char *ca_file;      /* PEM bundle the partner's certificate must chain to (default: the system's) */
+    char *ca_file; /* PEM bundle the partner's certificate must chain to (default: the system's) */
     char *cert_file;    /* client certificate (mTLS), PEM; with key_file */
     char *key_file;     /* its private key, PEM */
     char *key_password; /* secret: for an encrypted key_file */
-    char *server_name;  /* the name sent (SNI) and checked in the certificate, instead of the URL's host */
+    char *server_name;  /* the name sent (SNI) and checked in the certificate, instead of the URL's
+                           host */
     int min_version;    /* enum pb_tls_version */
-    bool insecure_skip_verify; /* the partner's certificate is not checked: warned at start, in the API */
+    bool insecure_skip_verify; /* the partner's certificate is not checked: warned at start, in the
+                                  API */
 };
 /* The sub-table of a `tls` PB_F_OBJECT field over struct pb_http_tls_conf. */
 extern const struct pb_field pb_http_tls_fields[];
@@ -144,8 +146,8 @@ void pb_http_auth_destroy(struct pb_http_auth *a);
 
 #define PB_HTTP_AUTH_VALUE_MAX 16384 /* an access token longer than this is refused */
 struct pb_http_auth_ticket {
-    const char *name;   /* header to add ("Authorization", the API key's), NULL: none */
-    uint64_t gen;       /* which token it is, for pb_http_auth_rejected */
+    const char *name; /* header to add ("Authorization", the API key's), NULL: none */
+    uint64_t gen;     /* which token it is, for pb_http_auth_rejected */
     char value[PB_HTTP_AUTH_VALUE_MAX + 64];
 };
 
