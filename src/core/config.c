@@ -146,16 +146,24 @@ static const struct pb_field output_common_fields[] = {
      .offset = offsetof(struct pb_output_common, retry),
      .sub = retry_fields},
     {.name = "concurrency",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_output_common, concurrency_node),
+     .doc = "attempts in flight at once, or adaptive (0 = the output's default)"},
+    {.name = "max_concurrency",
      .type = PB_F_INT,
-     .offset = offsetof(struct pb_output_common, concurrency),
-     .def = "0",
-     .min = 0,
+     .offset = offsetof(struct pb_output_common, max_concurrency),
+     .def = "64",
+     .min = 1,
      .max = 4096,
-     .doc = "attempts in flight at once (0 = the output's default)"},
+     .doc = "concurrency: adaptive goes no higher"},
     {.name = "rate_limit",
-     .type = PB_F_RATE,
-     .offset = offsetof(struct pb_output_common, rate_limit),
-     .doc = "e.g. 100/s"},
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_output_common, rate_limit_node),
+     .doc = "e.g. 100/s, or {rate: 10/s, key: JQ, max_keys: 10000}"},
+    {.name = "circuit_breaker",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_output_common, breaker_node),
+     .doc = "{window: 30s, min_requests: 10, failure_ratio: 0.7, open_for: 30s}"},
     {.name = "outbound",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct pb_output_common, outbound),
@@ -315,6 +323,9 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     rc = pb_conf_decode2(body, output_common_fields, &o->common, o->plugin->fields, o->ctx, err);
     if (rc)
         return rc;
+    rc = pb__output_flow_load(o, err);
+    if (rc)
+        return rc;
     o->policy = (struct pb_retry_policy){
         .max_attempts = o->common.retry.max_attempts,
         .initial_ms = o->common.retry.initial,
@@ -375,6 +386,11 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     if (o->sq.concurrency == 0)
         o->sq.concurrency = 1;
     o->sq.rate = o->common.rate_limit;
+    if (o->common.rate_key)
+        o->sq.max_rkeys = (size_t)o->common.rate_max_keys;
+    o->common.flow.max_hold_ms = o->policy.max_ms;
+    pb_flow_init(&o->flow, &o->common.flow, o->sq.concurrency, pb_now_ms());
+    pb_flow_apply(&o->flow, &o->sq, pb_now_ms());
 
     rc = pb__output_init(o, http, err);
     if (rc) {
@@ -769,6 +785,14 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
             }
         }
     }
+    if (!first.code) {
+        struct pb_err e = {0};
+        if (pb__config_check_events(c, &e) != 0) {
+            first = e;
+            if (diag)
+                diag_add(diag, false, &e);
+        }
+    }
     if (diag)
         warn_bare_vars(diag, root);
     if (first.code) {
@@ -813,6 +837,9 @@ static void destroy_output(struct pb_output *o)
     free(o->ctx);
     pb_conf_free(output_common_fields, &o->common);
     pb_jq_destroy(o->map_jq);
+    pb_jq_destroy(o->rate_key_jq);
+    free(o->common.rate_key);
+    free(o->common.events_pipeline);
     pb_allowlist_destroy(o->allow);
     pb_sched_q_cleanup(&o->sq);
     free(o->name);
