@@ -670,6 +670,19 @@ static void warn_urls(struct pb_diag *d, const struct pb_output *o, const struct
     }
 }
 
+/* tls.insecure_skip_verify anywhere in a plugin's block. */
+static void warn_insecure(struct pb_diag *d, const struct pb_output *o, const struct pb_node *body)
+{
+    const struct pb_node *tls = body && body->type == PB_NODE_MAP ? pb_node_get(body, "tls") : NULL;
+    const struct pb_node *v =
+        tls && tls->type == PB_NODE_MAP ? pb_node_get(tls, "insecure_skip_verify") : NULL;
+    if (v && v->type == PB_NODE_SCALAR && strcmp(v->str, "true") == 0)
+        warn_at(d, v, "tls",
+                "output \"%s\": tls.insecure_skip_verify: the partner's certificate is not "
+                "checked, so anyone on the path can read and change what is sent",
+                o->name);
+}
+
 static void check_listen(struct pb_config *c, const struct pb_node *root, struct pb_diag *d,
                          struct pb_err *first)
 {
@@ -780,8 +793,10 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
             const struct pb_node *outs = pb_node_get(pls->vals[i], "outputs");
             for (size_t j = 0; outs && j < pl->nouts; j++) {
                 const struct pb_node *blk = outs->vals[j];
-                if (blk->type == PB_NODE_MAP && blk->n == 1)
+                if (blk->type == PB_NODE_MAP && blk->n == 1) {
                     warn_urls(diag, &pl->outs[j], blk->vals[0], pl->outs[j].plugin->fields);
+                    warn_insecure(diag, &pl->outs[j], blk->vals[0]);
+                }
             }
         }
     }
