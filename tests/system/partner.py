@@ -15,21 +15,36 @@ Standard library only.
 
 import http.server
 import json
+import select
+import socket
 import socketserver
 import threading
 import time
+import urllib.parse
 
 from pbtest import free_port, wait_until
 from servers import port_open
 
 
 class Request:
-    def __init__(self, method, path, headers, body, t):
+    def __init__(self, method, path, headers, body, t, sock=None):
         self.method, self.path, self.headers, self.body, self.t = method, path, headers, body, t
+        self.sock = sock
         try:
             self.json = json.loads(body) if body else None
         except ValueError:
             self.json = None
+
+    def form(self):
+        return dict(urllib.parse.parse_qsl(self.body.decode()))
+
+    def alive(self):
+        """False once the client closed its side (killed meanwhile)."""
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+            return not r or self.sock.recv(1, socket.MSG_PEEK) != b""
+        except OSError:
+            return False
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -65,7 +80,7 @@ class Partner:
                 body = self.rfile.read(n) if n else b""
                 req = Request(self.command, self.path,
                               {k.lower(): v for k, v in self.headers.items()}, body,
-                              time.monotonic())
+                              time.monotonic(), self.connection)
                 try:
                     status, headers, out = partner.handle(req)
                 except Exception as e:  # a bug in the test's handler: say so
@@ -76,14 +91,17 @@ class Partner:
                     out = out.encode()
                 with partner.lock:
                     partner.log.append((req.t, req.method, req.path, status, req))
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, str(v))
-                self.send_header("Content-Length", str(len(out)))
-                if "Content-Type" not in (headers or {}):
-                    self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, str(v))
+                    self.send_header("Content-Length", str(len(out)))
+                    if "Content-Type" not in (headers or {}):
+                        self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(out)
+                except OSError:
+                    self.close_connection = True  # the client went away
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
