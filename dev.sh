@@ -19,7 +19,7 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # The real servers the system tests run against, on 127.0.0.1 with free ports
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
-    openssh-server openssh-client python3-aiosmtpd)
+    openssh-server openssh-client python3-aiosmtpd nginx-light openssl)
 BENCH_PACKAGES=(wrk nginx-light)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
@@ -51,6 +51,19 @@ ensure_packages() {
 ensure_node() {
     command -v node >/dev/null && command -v npm >/dev/null && return 0
     ensure_packages nodejs npm
+}
+
+# npm packages the system tests run (each tests/system/<dir> with a
+# package-lock.json: the webhook tests' reference client, the OAuth2 mock
+# server), installed as locked; the tests also install them on first use.
+ensure_npm_packages() {
+    local lock dir
+    for lock in tests/system/*/package-lock.json; do
+        dir=$(dirname "$lock")
+        [[ -d $dir/node_modules ]] && continue
+        say "npm ci in $dir"
+        (cd "$dir" && npm ci --no-audit --no-fund)
+    done
 }
 
 # Debian starts the servers it installs where it can; the tests start their
@@ -119,6 +132,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
+    ensure_npm_packages
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
@@ -177,6 +191,7 @@ cmd_build() {
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
+    ensure_npm_packages
 }
 
 case ${1:-} in
