@@ -13,9 +13,11 @@
 #define PACE_FORGET_MS 300000 /* no refusal for 5 min: the pace is dropped */
 #define HOLD_DEFAULT_MS 1000  /* a 429 without Retry-After */
 #define RATE_SLOT_MS 100
-#define ARC_ALPHA 0.4
-#define ARC_DEVIATION 2.5
 #define ARC_DECREASE 0.9
+#define ARC_QUEUED 1.6     /* a round trip this far above the base: requests queue there */
+#define ARC_CALM 1.25      /* at most this far above: room for one more */
+#define ARC_SMOOTH 0.5     /* weight of the last interval in the round trip compared */
+#define ARC_EPOCH_MS 10000 /* the base is the lowest of this epoch and the last */
 #define ARC_MIN_INTERVAL_US 20000.0
 
 const char *pb_breaker_state_name(int s)
@@ -229,28 +231,32 @@ static void arc(struct pb_flow *f, const struct pb_flow_sample *s, int64_t now)
                 s->rate.remaining * 10 <= f->rl_limit;
     if (s->kind != PB_FLOW_OK || near)
         f->iv_pushback = true;
-    double interval = f->past_rtt_us > ARC_MIN_INTERVAL_US ? f->past_rtt_us : ARC_MIN_INTERVAL_US;
+    double interval = f->base_rtt_us > ARC_MIN_INTERVAL_US ? f->base_rtt_us : ARC_MIN_INTERVAL_US;
     if ((double)(now - f->iv_start) * 1000.0 < interval)
         return;
     double mean = f->iv_sum_us / f->iv_n;
-    if (f->past_rtt_us <= 0) {
-        f->past_rtt_us = mean;
-        f->dev_rtt_us = mean / 4;
+    /* The partner's round trip without queueing: the lowest interval of
+     * this epoch and the last (so a partner slower for good is learnt
+     * within two epochs). */
+    if (now - f->epoch_start >= ARC_EPOCH_MS) {
+        f->epoch_prev_min = f->epoch_min;
+        f->epoch_min = 0;
+        f->epoch_start = now;
     }
-    double threshold = f->past_rtt_us + ARC_DEVIATION * f->dev_rtt_us;
-    if (f->iv_pushback || mean > threshold) {
+    if (f->epoch_min <= 0 || mean < f->epoch_min)
+        f->epoch_min = mean;
+    f->base_rtt_us = f->epoch_prev_min > 0 && f->epoch_prev_min < f->epoch_min ? f->epoch_prev_min
+                                                                               : f->epoch_min;
+    /* One noisy interval (a pause on either side) decides nothing alone. */
+    f->rtt_us = f->rtt_us > 0 ? (1 - ARC_SMOOTH) * f->rtt_us + ARC_SMOOTH * mean : mean;
+    if (f->iv_pushback || f->rtt_us > f->base_rtt_us * ARC_QUEUED) {
         f->limit = floor(f->limit * ARC_DECREASE);
         if (f->limit < 1)
             f->limit = 1;
-    } else if (f->iv_at_limit && mean <= f->past_rtt_us + f->dev_rtt_us) {
+    } else if (f->iv_at_limit && f->rtt_us <= f->base_rtt_us * ARC_CALM) {
         f->limit += 1;
         if (f->limit > (double)f->c.max_concurrency)
             f->limit = (double)f->c.max_concurrency;
-    }
-    /* Only calm intervals teach what the RTT normally is. */
-    if (!f->iv_pushback) {
-        f->dev_rtt_us = (1 - ARC_ALPHA) * f->dev_rtt_us + ARC_ALPHA * fabs(mean - f->past_rtt_us);
-        f->past_rtt_us = (1 - ARC_ALPHA) * f->past_rtt_us + ARC_ALPHA * mean;
     }
     f->iv_start = now;
     f->iv_sum_us = 0;

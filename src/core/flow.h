@@ -12,9 +12,12 @@
  *    open it; while open nothing starts and no attempt is spent; after
  *    open_for one probe goes through, whose outcome closes or reopens it;
  *  - adaptive concurrency (concurrency: adaptive): additive increase while
- *    the round-trip time holds and the limit is used, multiplicative
- *    decrease when it grows or the partner pushes back (AIMD, as Vector's
- *    ARC), between 1 and max_concurrency.
+ *    the round-trip time stays near the partner's base (the lowest of the
+ *    last 10 to 20 s)
+ *    and the limit is used, multiplicative decrease when requests queue
+ *    there (the round trip 1.6 x the base) or the partner pushes back
+ *    (429, failures, rate-limit headers near the limit): AIMD, as Vector's
+ *    ARC, between 1 and max_concurrency.
  *
  * Pure: the clock is passed in, nothing blocks, nothing is allocated
  * (tests/unit/test_flow.c). The dispatcher owns one per output and copies
@@ -71,7 +74,10 @@ struct pb_flow {
     uint64_t throttled_total;
     /* adaptive concurrency */
     double limit;
-    double past_rtt_us, dev_rtt_us; /* EWMA of the intervals' mean RTT and of its deviation */
+    double base_rtt_us;               /* the round trip without queueing: lowest interval mean, */
+    double epoch_min, epoch_prev_min; /* of this epoch and the last */
+    double rtt_us;                    /* the intervals' means, smoothed */
+    int64_t epoch_start;
     int64_t iv_start;
     double iv_sum_us;
     uint32_t iv_n;

@@ -235,12 +235,26 @@ PB_TEST(adaptive_concurrency_grows_and_shrinks)
     /* Not used fully: no growth past what is needed (here it stays). */
     interval(&f, 4, 50000, false, PB_FLOW_OK, &now);
     PB_EQ_INT(pb_flow_limit(&f), 8);
-    /* The round trip triples: cut by a tenth; held at the new level it is
-     * learnt as the normal one and the limit stays. */
+    /* The round trip triples (requests queue at the partner): cut by a
+     * tenth per interval. */
     interval(&f, 4, 150000, true, PB_FLOW_OK, &now);
     PB_EQ_INT(pb_flow_limit(&f), 7);
     interval(&f, 4, 150000, true, PB_FLOW_OK, &now);
-    PB_EQ_INT(pb_flow_limit(&f), 7);
+    PB_EQ_INT(pb_flow_limit(&f), 6);
+    /* A little above the base (between 1.25 and 1.6 times): once the
+     * smoothed round trip is there, held, neither cut nor grown. */
+    for (int i = 0; i < 8; i++)
+        interval(&f, 4, 70000, true, PB_FLOW_OK, &now);
+    size_t held = pb_flow_limit(&f);
+    PB_CHECK(held >= 1 && held <= 6);
+    for (int i = 0; i < 5; i++)
+        interval(&f, 4, 70000, true, PB_FLOW_OK, &now);
+    PB_EQ_INT(pb_flow_limit(&f), held);
+    /* A partner slower for good is learnt: the base creeps up to it and
+     * the limit grows again. */
+    for (int i = 0; i < 400; i++)
+        interval(&f, 4, 150000, true, PB_FLOW_OK, &now);
+    PB_EQ_INT(pb_flow_limit(&f), 8);
     /* Push-back (429, failures) cuts too, and never below 1. */
     for (int i = 0; i < 40; i++)
         interval(&f, 4, 50000, true, PB_FLOW_THROTTLED, &now);
