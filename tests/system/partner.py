@@ -59,6 +59,7 @@ class Partner:
         self.port = port or free_port()
         self.log = []
         self.lock = threading.Lock()
+        self.conns = set()  # open client connections, cut by stop()
         self.server = None
         self.start()
 
@@ -74,6 +75,19 @@ class Partner:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with partner.lock:
+                    partner.conns.add(self.connection)
+
+            def finish(self):
+                with partner.lock:
+                    partner.conns.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
 
             def _serve(self):
                 n = int(self.headers.get("Content-Length") or 0)
@@ -115,11 +129,19 @@ class Partner:
         return self
 
     def stop(self):
-        """Stop listening and drop open connections (as a partner going down)."""
+        """Stop listening and cut open connections (as a partner going down):
+        from now on connections are refused."""
         if self.server:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        with self.lock:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def entries(self, since=0.0, status=None, path=None):
         with self.lock:
