@@ -115,4 +115,15 @@ int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
                         pb_http_done_cb done_cb, void *arg);
 size_t pb_http_client_inflight(const struct pb_http_client *c);
 
+/* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
+ * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. Pure. */
+int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
+/* Rate-limit headers: reset r to "nothing known", and fold one header line
+ * ("Name: value\r\n", len bytes, not NUL-terminated) into r when it is one
+ * of RateLimit, RateLimit-Limit, -Remaining, -Reset, -Policy or their
+ * X-RateLimit- forms (now_ms turns a reset given as a unix time into a
+ * delay). Other lines are ignored. */
+void pb_rate_info_reset(struct pb_rate_info *r);
+void pb_rate_header(const char *line, size_t len, int64_t now_ms, struct pb_rate_info *r);
+
 #endif

@@ -204,7 +204,8 @@ static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
     int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, err);
     if (rc)
         return rc;
-    if (dl->msg->meta && pb_jq_parse(dl->msg->meta, dl->msg->meta_len, &meta, NULL) != 0)
+    if (dl->msg->meta && o->uses_meta &&
+        pb_jq_parse(dl->msg->meta, dl->msg->meta_len, &meta, NULL) != 0)
         meta = jv_null();
     if (o->ntmpls) {
         dl->tmpl = calloc(o->ntmpls, sizeof(*dl->tmpl));

@@ -361,6 +361,7 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
             return bad(err, body, "output \"%s\" has a map, but pipeline \"%s\" takes format: raw",
                        o->name, pl->name);
         o->map_jq = pb_jq_compile(o->common.map, err);
+        o->uses_meta = pb_jq_uses_meta(o->map_jq);
         if (!o->map_jq) {
             const struct pb_node *m = pb_node_get(body, "map");
             if (m)
@@ -602,11 +603,21 @@ static void warn_bare_vars(struct pb_diag *d, const struct pb_node *n)
         warn_bare_vars(d, n->vals[i]);
 }
 
+/* Who a URL belongs to, for lint's warning: an output (o) or an input (in
+ * of pipeline pl). */
+struct url_owner {
+    const struct pb_allowlist *allow;
+    const struct pb_output *o;
+    const char *pipeline;
+};
+
 /* A URL field whose host is a literal internal address (or localhost) that
- * the output's outbound allow list does not let through: every delivery
- * would be refused and dead-lettered. No DNS: names other than localhost
- * are checked when connecting. */
-static void warn_url(struct pb_diag *d, const struct pb_output *o, const struct pb_node *v)
+ * the owner's outbound allow list does not let through. What follows
+ * depends on who: an HTTP output dead-letters every delivery (the URL is
+ * the delivery's), a broker output never connects and its deliveries wait,
+ * an input stays reconnecting. No DNS: names other than localhost are
+ * checked when connecting. */
+static void warn_url(struct pb_diag *d, const struct url_owner *w, const struct pb_node *v)
 {
     char host[256];
     const char *p = strstr(v->str, "://");
@@ -649,14 +660,26 @@ static void warn_url(struct pb_diag *d, const struct pb_output *o, const struct 
         return;
     }
     const char *range = pb_addr_internal_range(&ss, sl);
-    if (range && pb_outbound_check(o->allow, host, &ss, sl) != 0)
+    if (!range || pb_outbound_check(w->allow, host, &ss, sl) == 0)
+        return;
+    if (!w->o)
+        warn_at(d, v, "url",
+                "the input of pipeline \"%s\" connects to %s (%s), which the outbound guard "
+                "refuses unless outbound.allow lists it: it would stay reconnecting",
+                w->pipeline, host, range);
+    else if (strncasecmp(v->str, "http", 4) == 0)
         warn_at(d, v, "url",
                 "output \"%s\" sends to %s (%s), which the outbound guard refuses unless "
                 "outbound.allow lists it: every delivery would be dead-lettered",
-                o->name, host, range);
+                w->o->name, host, range);
+    else
+        warn_at(d, v, "url",
+                "output \"%s\" connects to %s (%s), which the outbound guard refuses unless "
+                "outbound.allow lists it: it would never connect, and its deliveries would wait",
+                w->o->name, host, range);
 }
 
-static void warn_urls(struct pb_diag *d, const struct pb_output *o, const struct pb_node *body,
+static void warn_urls(struct pb_diag *d, const struct url_owner *w, const struct pb_node *body,
                       const struct pb_field *fields)
 {
     for (size_t i = 0; fields && fields[i].name; i++) {
@@ -664,9 +687,9 @@ static void warn_urls(struct pb_diag *d, const struct pb_output *o, const struct
         if (!v)
             continue;
         if ((fields[i].flags & PB_FIELD_URL) && v->type == PB_NODE_SCALAR)
-            warn_url(d, o, v);
+            warn_url(d, w, v);
         else if (fields[i].type == PB_F_OBJECT && v->type == PB_NODE_MAP)
-            warn_urls(d, o, v, fields[i].sub);
+            warn_urls(d, w, v, fields[i].sub);
     }
 }
 
@@ -793,10 +816,16 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
             const struct pb_node *outs = pb_node_get(pls->vals[i], "outputs");
             for (size_t j = 0; outs && j < pl->nouts; j++) {
                 const struct pb_node *blk = outs->vals[j];
+                struct url_owner w = {.allow = pl->outs[j].allow, .o = &pl->outs[j]};
                 if (blk->type == PB_NODE_MAP && blk->n == 1) {
-                    warn_urls(diag, &pl->outs[j], blk->vals[0], pl->outs[j].plugin->fields);
+                    warn_urls(diag, &w, blk->vals[0], pl->outs[j].plugin->fields);
                     warn_insecure(diag, &pl->outs[j], blk->vals[0]);
                 }
+            }
+            const struct pb_node *inb = pb_node_get(pls->vals[i], "input");
+            if (pl->in && inb && inb->type == PB_NODE_MAP && inb->n == 1) {
+                struct url_owner w = {.allow = pl->in->allow, .pipeline = pl->name};
+                warn_urls(diag, &w, inb->vals[0], pl->in->plugin->fields);
             }
         }
     }

@@ -87,11 +87,12 @@ void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl)
     pb__disp_finish(d, dl, pb_now_ms());
 }
 
-/* $meta of m as a jv (null when it has none). Dispatcher thread. */
-static jv msg_meta(const struct pb_msg *m)
+/* $meta of m as a jv (null when it has none, or q does not read it).
+ * Dispatcher thread. */
+static jv msg_meta(const struct pb_msg *m, const struct pb_jq *q)
 {
     jv meta;
-    if (!m->meta || pb_jq_parse(m->meta, m->meta_len, &meta, NULL) != 0)
+    if (!m->meta || !pb_jq_uses_meta(q) || pb_jq_parse(m->meta, m->meta_len, &meta, NULL) != 0)
         return jv_null();
     return meta;
 }
@@ -137,7 +138,7 @@ static int rate_key(struct pb_output *o, struct pb_msg *m, char **key, struct pb
     int rc = pb_jq_parse(m->body, m->len, &in, err);
     if (rc)
         return rc;
-    return run_key(o->rate_key_jq, in, msg_meta(m), key, err);
+    return run_key(o->rate_key_jq, in, msg_meta(m, o->rate_key_jq), key, err);
 }
 
 /* The ordering key of m: the one the route stage took from the message as
@@ -153,7 +154,7 @@ static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, str
     int rc = pb_jq_parse(m->body, m->len, &in, err);
     if (rc)
         return rc;
-    return pb__disp_key(pl, in, msg_meta(m), key, err);
+    return pb__disp_key(pl, in, msg_meta(m, pl->key_jq), key, err);
 }
 
 void pb__disp_admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)

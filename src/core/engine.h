@@ -121,6 +121,7 @@ struct pb_output {
     struct pb_output_env env;   /* as init left it (batch, timeout) */
     struct pb_template **tmpls; /* template fields (dispatcher thread) */
     size_t ntmpls;
+    bool uses_meta; /* its map or a template field names $meta */
 
     /* Life cycle (dispatcher thread, except state, detail under slock). */
     struct pb_dispatcher *disp; /* set when the dispatcher is created */

@@ -50,16 +50,4 @@ struct pb_retry_decision pb_retry_decide(const struct pb_retry_policy *p, enum p
                                          int attempt, int64_t first_at, int64_t now,
                                          int64_t retry_after_ms, uint64_t rnd);
 
-/* Rate-limit headers (pb_http.h, struct pb_rate_info): reset r to "nothing
- * known", and fold one header line ("Name: value\r\n", len bytes, not
- * NUL-terminated) into r when it is one of RateLimit, RateLimit-Limit,
- * -Remaining, -Reset, -Policy or their X-RateLimit- forms (now_ms turns an
- * X-RateLimit-Reset given as a unix time into a delay). Others are ignored. */
-void pb_rate_info_reset(struct pb_rate_info *r);
-void pb_rate_header(const char *line, size_t len, int64_t now_ms, struct pb_rate_info *r);
-
-/* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
- * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. */
-int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
-
 #endif

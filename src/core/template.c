@@ -25,6 +25,14 @@ struct pb_template {
     struct part parts[];
 };
 
+bool pb_template_uses_meta(const struct pb_template *t)
+{
+    for (size_t i = 0; t && i < t->n; i++)
+        if (pb_jq_uses_meta(t->parts[i].q))
+            return true;
+    return false;
+}
+
 void pb_template_destroy(struct pb_template *t)
 {
     if (!t)

@@ -36,7 +36,6 @@
 
 #include <curl/curl.h>
 
-#include "core/retry.h"
 #include "net/http_tls.h"
 #include "patchbay/pb_http.h"
 #include "patchbay/pb_log.h"

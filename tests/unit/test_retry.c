@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "core/retry.h"
+#include "patchbay/pb_http.h"
 #include "pb_test.h"
 
 static const struct pb_retry_policy policy = {
