@@ -22,7 +22,7 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
     openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl
-    systemd dpkg-dev man-db) # systemd-analyze verify, dpkg-shlibdeps for the .deb, man -l
+    nginx-light systemd dpkg-dev man-db) # nginx for mTLS; systemd-analyze verify, dpkg-shlibdeps, man -l
 # The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
 BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
     mosquitto-clients)
@@ -58,11 +58,13 @@ ensure_node() {
     ensure_packages nodejs npm
 }
 
-# npm tools the system tests run as partners (each in its own folder under
-# tests/system, node_modules git-ignored): Prism mocks an OpenAPI spec.
-ensure_npm_tools() {
-    local dir
-    for dir in tests/system/prism; do
+# npm packages the system tests run (each tests/system/<dir> with a
+# package-lock.json: the webhook tests' reference client, the OAuth2 mock
+# server, Prism mocking an OpenAPI spec), installed as locked; the tests also install them on first use.
+ensure_npm_packages() {
+    local lock dir
+    for lock in tests/system/*/package-lock.json; do
+        dir=$(dirname "$lock")
         [[ -d $dir/node_modules ]] && continue
         say "npm ci in $dir"
         (cd "$dir" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund)
@@ -135,7 +137,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
-    ensure_npm_tools
+    ensure_npm_packages
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
@@ -202,6 +204,7 @@ cmd_deb() {
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
+    ensure_npm_packages
 }
 
 case ${1:-} in

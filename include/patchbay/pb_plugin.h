@@ -66,12 +66,24 @@ struct pb_outcome {
     int status;             /* protocol status (HTTP, SMTP...) or 0 */
     int64_t retry_after_ms; /* partner asked to wait this long; -1 when not */
     const char *error;      /* short text for the attempt log; copied; may be NULL */
+    /* Flow control; left zero, they say nothing. */
+    /* The partner was not asked (no credentials yet: the token endpoint is
+     * failing): no attempt is spent or recorded; the delivery, and the
+     * output with it, waits retry_after_ms (>= 0) and goes again. */
+    bool not_sent;
+    /* The partner refused for rate (HTTP 429): the whole output slows
+     * down and paces itself; the attempt is recorded but does not count
+     * toward max_attempts. */
+    bool throttled;
+    /* What the answer said of the partner's rate limit (any result). */
+    struct pb_rate_info rate;
 };
 
 /* The outcome of an HTTP attempt (src/core/retry.c): classified status, the
- * partner's Retry-After, and an error text ("HTTP 503: <printable excerpt of
- * the answer>", or the transport error) written into buf. A request refused
- * by the outbound guard is PERMANENT: retrying cannot make it allowed. */
+ * partner's Retry-After and rate-limit headers (throttled on 429), and an
+ * error text ("HTTP 503: <printable excerpt of the answer>", or the
+ * transport error) written into buf. A request refused by the outbound
+ * guard is PERMANENT: retrying cannot make it allowed. */
 void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
                           size_t len);
 

@@ -27,6 +27,8 @@ struct pb_dl {
     struct pb_output *out;
     struct pb_dispatcher *disp;
     int attempts;       /* made so far */
+    int free_attempts;  /* of which refused for rate (429): they do not count toward max_attempts */
+    bool probe;         /* the attempt in flight is the half-open breaker's probe */
     bool leased;        /* made (or claimed) with this process's lease */
     struct pb_dl *next; /* inbox or claim list */
     char *payload;      /* mapped payload of the attempt in flight (NULL: the body) */

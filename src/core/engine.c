@@ -17,6 +17,7 @@
 
 #include "core/engine.h"
 #include "core/progress.h"
+#include "core/http_auth.h"
 #include "core/input.h"
 #include "core/notify.h"
 #include "core/workers.h"
@@ -366,6 +367,11 @@ int pb_engine_run(const struct pb_run_opts *ro)
         for (size_t j = 0; j < e.cfg->pipelines[i].nouts; j++)
             if (pb__output_kv_load(&e.cfg->pipelines[i].outs[j], e.store, &err) != 0)
                 goto fail;
+    /* Rotated OAuth2 refresh tokens read back; the token thread, before
+     * any output or input can ask for a token. */
+    if (pb__http_auth_start(e.store, &err) != 0)
+        goto fail;
+    pb__http_tls_warn_insecure();
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;
@@ -456,6 +462,7 @@ out:
     pb_httpd_drain(e.httpd, 5000);
     stop_inputs(&e, e.cfg->shutdown_timeout_ms);
     pb_dispatcher_stop(e.disp, e.cfg->shutdown_timeout_ms);
+    pb__http_auth_stop(); /* its last chains are committed by the store's stop */
     if (e.store)
         pb_store_stop(e.store);
     pb_httpd_destroy(e.httpd);
