@@ -6,6 +6,7 @@
 #                    ASan/UBSan and the unit tests in the release build
 #   ./dev.sh bench   build, then run bench/run.sh (installs wrk, nginx-light, the brokers
 #                    and mosquitto-clients)
+#   ./dev.sh deb     build, then the Debian package (build/patchbay_VERSION_ARCH.deb)
 #   ./dev.sh build   install what is missing and build build/
 #   ./dev.sh deps    only install what is missing
 #
@@ -21,7 +22,8 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
     openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl
-    chromium)
+    nginx-light systemd dpkg-dev man-db chromium) # nginx for mTLS; systemd-analyze verify, dpkg-shlibdeps, man -l;
+    # chromium for the dashboard's browser tests
 # The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
 BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
     mosquitto-clients)
@@ -57,13 +59,15 @@ ensure_node() {
     ensure_packages nodejs npm
 }
 
-# npm tools the tests use, each in its own folder (node_modules git-ignored),
-# exactly as locked: Prism mocks an OpenAPI spec for the system tests;
-# tests/ui holds Playwright (drives Chromium for the dashboard's browser
-# tests) and Redocly's OpenAPI validator (docs/api.openapi.yaml).
-ensure_npm_tools() {
-    local dir
-    for dir in tests/system/prism tests/ui; do
+# npm packages the tests run (each tests/system/<dir> with a package-lock.json:
+# the webhook tests' reference client, the OAuth2 mock server, Prism mocking an
+# OpenAPI spec; and tests/ui: Playwright, which drives Chromium for the
+# dashboard's browser tests, and Redocly's OpenAPI validator), installed as
+# locked; the tests also install them on first use.
+ensure_npm_packages() {
+    local lock dir
+    for lock in tests/system/*/package-lock.json tests/ui/package-lock.json; do
+        dir=$(dirname "$lock")
         [[ -d $dir/node_modules ]] && continue
         say "npm ci in $dir"
         (cd "$dir" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund)
@@ -136,7 +140,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
-    ensure_npm_tools
+    ensure_npm_packages
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
@@ -192,20 +196,29 @@ cmd_build() {
     build_release
 }
 
+# The .deb: CPack from the release build (dpkg-shlibdeps computes Depends).
+cmd_deb() {
+    ensure_packages "${PACKAGES[@]}" dpkg-dev
+    build_release
+    (cd build && cpack --config CPackConfig.cmake)
+    ls build/*.deb
+}
+
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
-    ensure_npm_tools
+    ensure_npm_packages
 }
 
 case ${1:-} in
 test) cmd_test ;;
 demo) cmd_demo ;;
 bench) cmd_bench ;;
+deb) cmd_deb ;;
 build) cmd_build ;;
 deps) cmd_deps ;;
 *)
-    echo "usage: $0 demo|test|bench|build" >&2
+    echo "usage: $0 demo|test|bench|build|deb|deps" >&2
     exit 2
     ;;
 esac

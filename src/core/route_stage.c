@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/stage.h"
 #include "patchbay/pb_log.h"
 
 #define ROUTE_RETRY_MS 1000
@@ -262,6 +263,80 @@ static jv meta_of(const struct pb_msg *m)
     return meta;
 }
 
+void pb__route_decision_cleanup(struct pb_route_decision *dec)
+{
+    for (size_t i = 0; dec->bodies && i < dec->res.n; i++)
+        free(dec->bodies[i]);
+    free(dec->bodies);
+    free(dec->lens);
+    free(dec->key);
+    pb_route_result_cleanup(&dec->res);
+    memset(dec, 0, sizeof(*dec));
+}
+
+int pb__route_input(struct pb_pipeline *pl, const struct pb_msg *msg, jv *body, jv *meta,
+                    char **key, struct pb_err *err)
+{
+    *key = NULL;
+    *meta = jv_null();
+    int rc = pb_jq_parse(msg->body, msg->len, body, err);
+    if (rc) {
+        char why[PB_ERR_MSG_MAX];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        return pb_err_set(err, rc, "process: the message is not JSON jq can carry exactly: %s",
+                          why);
+    }
+    *meta = meta_of(msg);
+    if (pl->key_jq) {
+        /* Ordering follows the message as received, whatever the steps make. */
+        rc = pb__disp_key(pl, jv_copy(*body), jv_copy(*meta), key, err);
+        if (rc) {
+            char why[PB_ERR_MSG_MAX];
+            snprintf(why, sizeof(why), "%s", err->msg);
+            pb_err_set(err, rc, "ordering key: %s", why);
+            jv_free(*body);
+            jv_free(*meta);
+            *body = *meta = jv_invalid();
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int pb__route_output(struct pb_route_decision *dec, struct pb_err *err)
+{
+    if (dec->res.n == 0 || !(dec->res.changed || dec->res.split))
+        return 0;
+    dec->bodies = calloc(dec->res.n, sizeof(*dec->bodies));
+    dec->lens = calloc(dec->res.n, sizeof(*dec->lens));
+    if (!dec->bodies || !dec->lens)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    for (size_t i = 0; i < dec->res.n; i++) {
+        int rc = pb_jq_dump(jv_copy(dec->res.items[i].body), &dec->bodies[i], &dec->lens[i], err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
+                     struct pb_route_decision *dec, struct pb_err *err)
+{
+    jv body, meta;
+    memset(dec, 0, sizeof(*dec));
+    int rc = pb__route_input(pl, msg, &body, &meta, &dec->key, err);
+    if (rc)
+        return rc;
+    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
+    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &dec->res, err);
+    jv_free(meta);
+    if (rc == 0)
+        rc = pb__route_output(dec, err);
+    if (rc)
+        pb__route_decision_cleanup(dec);
+    return rc;
+}
+
 /* A route attempt whose steps run: kept while a step waits for I/O. */
 struct route_att {
     struct pb__disp_post post; /* its continuation, on the dispatcher */
@@ -354,28 +429,11 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     jv body, meta;
     int rc;
 
-    rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, &err);
+    char *key = NULL;
+    rc = pb__route_input(pl, dl->msg, &body, &meta, &key, &err);
     if (rc) {
-        char why[PB_ERR_MSG_MAX];
-        snprintf(why, sizeof(why), "%s", err.msg);
-        pb_err_set(&err, rc, "process: the message is not JSON jq can carry exactly: %s", why);
         route_fail(d, dl, &err, rc, now);
         return;
-    }
-    meta = meta_of(dl->msg);
-    char *key = NULL;
-    if (pl->key_jq) {
-        /* Ordering follows the message as received, whatever the steps make. */
-        rc = pb__disp_key(pl, jv_copy(body), jv_copy(meta), &key, &err);
-        if (rc) {
-            char why[PB_ERR_MSG_MAX];
-            snprintf(why, sizeof(why), "%s", err.msg);
-            pb_err_set(&err, rc, "ordering key: %s", why);
-            jv_free(body);
-            jv_free(meta);
-            route_fail(d, dl, &err, rc, now);
-            return;
-        }
     }
     a = calloc(1, sizeof(*a));
     if (!a) {
@@ -426,11 +484,18 @@ static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, 
         return;
     }
 
+    struct pb_route_decision dec = {.res = res, .key = key};
+    rc = pb__route_output(&dec, &err);
+    if (rc) {
+        pb__route_decision_cleanup(&dec);
+        route_fail(d, dl, &err, rc, now);
+        return;
+    }
     ro = route_op_create(pl, res.n);
-    if (ro)
-        ro->key = key;
-    else
-        free(key);
+    if (ro) {
+        ro->key = dec.key;
+        dec.key = NULL;
+    }
     if (!ro) {
         pb_err_set(&err, PB_ENOMEM, "out of memory");
         goto retry;
@@ -446,14 +511,10 @@ static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, 
         for (size_t i = 0; i < res.n; i++) {
             struct pb_route_msg *m = &ro->msgs[i];
             size_t len = 0;
-            if (res.changed || res.split) {
-                rc = pb_jq_dump(jv_copy(res.items[i].body), &ro->bodies[i], &len, &err);
-                if (rc) {
-                    pb_route_result_cleanup(&res);
-                    route_op_free(ro);
-                    route_fail(d, dl, &err, rc, now);
-                    return;
-                }
+            if (dec.bodies) {
+                ro->bodies[i] = dec.bodies[i];
+                dec.bodies[i] = NULL;
+                len = dec.lens[i];
                 m->body = ro->bodies[i];
                 m->len = len;
             }
@@ -490,7 +551,7 @@ static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, 
             snprintf(ro->note, sizeof(ro->note), "routed to %zu of %zu outputs", sent, pl->nouts);
         r->state = PB_DSTATE_DELIVERED;
     }
-    pb_route_result_cleanup(&res);
+    pb__route_decision_cleanup(&dec);
 
     dl->attempts++;
     dl->started_at = now;
@@ -519,7 +580,7 @@ static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, 
     return;
 
 retry:
-    pb_route_result_cleanup(&res);
+    pb__route_decision_cleanup(&dec);
     route_op_free(ro);
     PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"%s\" (trying again in %d ms)", pl->name,
             dl->msg->id, err.msg, ROUTE_RETRY_MS);

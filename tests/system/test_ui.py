@@ -179,7 +179,7 @@ def chromium_or_skip():
         if not shutil.which(tool):
             print(f"SKIP: {tool} not found (./dev.sh installs it)", flush=True)
             sys.exit(77)
-    pbtest.ensure_node_client(UI_DIR, marker="playwright-core")
+    pbtest.ensure_node_client(UI_DIR, package="playwright-core")
     p = subprocess.run(["node", os.path.join(UI_DIR, "dashboard.mjs"), "probe"], cwd=UI_DIR,
                        capture_output=True, text=True, timeout=scaled(120))
     if p.returncode != 0:

@@ -12,6 +12,9 @@
  * already taken on the server is never overwritten: a file there with
  * exactly the same bytes is this upload's own, from an attempt whose answer
  * was lost (done); otherwise the file gets the next free name (name.1.csv).
+ * A temporary file an upload left behind (the connection lost before the
+ * rename) is removed on the next batch; up to MAX_ORPHANS are remembered,
+ * in memory (a crash of patchbay itself can leave one on the server).
  *
  * path is a template, relative to the URL's folder. Host keys are checked
  * (sftp_curl.h); the connection goes through the outbound guard.
@@ -34,6 +37,7 @@
 #include "patchbay/pb_time.h"
 
 enum { OS_JSONL = 0, OS_CSV, OS_JSON, OS_RAW };
+#define MAX_ORPHANS 64
 static const char *const formats[] = {"jsonl", "csv", "json", "raw", NULL};
 
 struct batch_conf {
@@ -53,6 +57,8 @@ struct out_sftp {
     struct pb_output *out;
     struct sftp *conn;
     char name[200];
+    char *orphans[MAX_ORPHANS]; /* temporary files left by failed uploads */
+    size_t norphans;
 };
 
 static const struct pb_field batch_fields[] = {
@@ -233,7 +239,37 @@ static int put_whole(struct out_sftp *s, const char *rel, const void *data, size
     }
     snprintf(tmp, sizeof(tmp), "%.*s.%s.%016llx.part", dl, full, base,
              (unsigned long long)pb_rand64());
-    return sftp_put(s->conn, tmp, dst, data, len, why, whylen);
+    int rc = sftp_put(s->conn, tmp, dst, data, len, why, whylen);
+    if (rc && s->norphans < MAX_ORPHANS) {
+        /* The upload may have written tmp before failing. */
+        char *t = strdup(tmp);
+        if (t)
+            s->orphans[s->norphans++] = t;
+    }
+    return rc;
+}
+
+/* Remove what failed uploads left; one that cannot be reached now is
+ * tried again with the next batch. */
+static void remove_orphans(struct out_sftp *s)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < s->norphans; i++) {
+        char why[400];
+        int rc = sftp_remove(s->conn, s->orphans[i], why, sizeof(why));
+        if (rc == 0 || rc == PB_ENOTFOUND || rc == PB_EIO) {
+            /* PB_EIO: the server refused the rm, which is what it says of a
+             * file the failed upload never made. */
+            free(s->orphans[i]);
+        } else if (rc == PB_ENET) {
+            s->orphans[keep++] = s->orphans[i];
+        } else {
+            PB_WARN("cannot remove a temporary file output=%s file=\"%s\" error=\"%s\"", s->name,
+                    s->orphans[i], why);
+            free(s->orphans[i]);
+        }
+    }
+    s->norphans = keep;
 }
 
 static void result_of(struct out_sftp *s, int rc, const char *why)
@@ -256,6 +292,8 @@ static void sftp_out_deliver_batch(void *ctx, struct pb_delivery **ds, size_t n)
         free(taken);
         return;
     }
+    if (s->norphans)
+        remove_orphans(s);
     for (size_t i = 0; i < n; i++) {
         if (taken[i])
             continue;
@@ -351,6 +389,9 @@ static void sftp_out_destroy(void *ctx)
     struct out_sftp *s = ctx;
     sftp_destroy(s->conn);
     s->conn = NULL;
+    for (size_t i = 0; i < s->norphans; i++)
+        free(s->orphans[i]);
+    s->norphans = 0;
 }
 
 const struct pb_output_plugin pb_out_sftp = {
