@@ -71,6 +71,16 @@ pipelines:
     outputs:
       sink:
         http: { url: "SINK_OK/ticks", timeout: 2s }
+  flaky:
+    input:
+      generate: { interval: 100ms, count: 6 }
+    outputs:
+      partner:
+        http:
+          url: "SINK_FAIL/flaky"
+          timeout: 2s
+          retry: { max_attempts: 1 }
+          circuit_breaker: { min_requests: 3, failure_ratio: 0.5, window: 60s, open_for: 10m }
 """
 
 BULK_N = 5

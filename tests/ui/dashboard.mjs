@@ -174,6 +174,10 @@ async function walkthrough(page) {
   await waitFor(async () => /[1-9]/.test(await page.locator('tr[data-output="ticks/sink"] [data-metric="delivered_rate"]').textContent()),
     30, "a delivery rate above zero");
   expect(await page.locator("tr[data-node]").count() === 1, "the node is listed");
+  // A partner down: its output's circuit breaker shows open.
+  await page.locator('tr[data-output="flaky/partner"] [data-metric="breaker"] .badge').filter({ hasText: /^open$/ }).waitFor();
+  expect(/opened 1×/.test(await page.textContent('tr[data-output="flaky/partner"] [data-metric="breaker"]')), "how often it opened");
+  expect((await page.textContent('tr[data-output="ticks/sink"] [data-metric="breaker"]')).trim() === "—", "no breaker on ticks/sink");
   await shot(page, "overview");
   sweeps.overview = await keyboardSweep(page, "overview");
 

@@ -70,7 +70,7 @@ function pipelineCard(p) {
 function outputRow(p, o, sub) {
   const cells = {
     state: h("td"),
-    breaker: h("td"),
+    breaker: h("td", { "data-metric": "breaker" }),
     delivered: h("td", { class: "num", "data-metric": "delivered_rate" }),
     failed: h("td", { class: "num", "data-metric": "failed_rate" }),
     backlog: h("td", { class: "num", "data-metric": "backlog" }),
@@ -178,8 +178,14 @@ export async function mount(main, route, ctx) {
         const st = sub ? null : o.state;
         replace(c.state, sub ? h("span", { class: "muted" }, "—") : badge(st),
           !sub && o.detail ? h("div", { class: "small muted" }, o.detail) : null);
-        // A circuit breaker shows once the output reports one.
-        replace(c.breaker, o.breaker && !sub ? badge(o.breaker.state) : h("span", { class: "muted", title: "no circuit breaker on this output" }, "—"));
+        // The circuit breaker, on an output that has one; and a hold the
+        // partner asked for (429, Retry-After) while it lasts.
+        const flow = sub ? null : o.flow;
+        const cb = flow && flow.circuit_breaker;
+        replace(c.breaker,
+          cb ? badge(cb.state) : h("span", { class: "muted", title: "no circuit breaker on this output" }, "—"),
+          cb && cb.opened_total ? h("div", { class: "small muted" }, `opened ${num(cb.opened_total)}×`) : null,
+          flow && flow.held_for_ms > 0 ? h("div", { class: "small muted" }, `held ${Math.ceil(flow.held_for_ms / 1000)} s more`) : null);
         text(c.delivered, rate(hist.latest(p.name, name, "delivered")));
         text(c.failed, rate(hist.latest(p.name, name, "failed")));
         const backlog = sub ? hist.latest(p.name, name, "backlog") : o.pending;
