@@ -353,18 +353,21 @@ cases:
       enrich: [ { match: { key: c1 }, body: { tier: gold } } ]
     expect:
       erp: [ { id: 3, customer: c2, tier: gold } ]
-  - name: 404 and a null answer follow on_missing
+  - name: 404 and a null answer follow on_missing; no case sees another's answers
     pipeline: rest
     input:
       - { body: { id: 4, customer: gone } }
       - { body: { id: 5, customer: nul } }
+      - { body: { id: 13, customer: c1 } }
     mock:
       enrich:
         - { match: { key: gone }, status: 404 }
         - { match: { key: nul }, raw: 'null' }
+        - { match: { key: c1 }, status: 410 }
     dead_letter:
       - "nothing found (HTTP 404 from SINK/customers/gone)"
       - "nothing found (the answer from SINK/customers/nul is null)"
+      - "nothing found (HTTP 410 from SINK/customers/c1)"
     expect:
       erp: nothing
   - name: an outage, no answer and a broken answer fail the message with the reason
