@@ -11,6 +11,8 @@ extern const struct pb_input_plugin pb_in_redis_streams;
 extern const struct pb_input_plugin pb_in_mqtt;
 extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_input_plugin pb_in_amqp;
+extern const struct pb_input_plugin pb_in_sql;
+extern const struct pb_input_plugin pb_in_postgres_cdc;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -24,6 +26,7 @@ extern const struct pb_output_plugin pb_out_redis_streams;
 extern const struct pb_output_plugin pb_out_mqtt;
 extern const struct pb_output_plugin pb_out_kafka;
 extern const struct pb_output_plugin pb_out_amqp;
+extern const struct pb_output_plugin pb_out_sql;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -34,6 +37,8 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_mqtt,
     &pb_in_kafka,
     &pb_in_amqp,
+    &pb_in_sql,
+    &pb_in_postgres_cdc,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
@@ -53,6 +58,7 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_mqtt,
     &pb_out_kafka,
     &pb_out_amqp,
+    &pb_out_sql,
     NULL,
 };
 /* clang-format on */
