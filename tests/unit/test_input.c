@@ -389,6 +389,26 @@ PB_TEST(submit_between_stopping_and_stop_is_committed)
     fixture_down(&f);
 }
 
+/* An input that counts its lag in bytes (a replication slot) shows it as
+ * its own gauge; an input that never set it has none. */
+PB_TEST(lag_bytes_show_in_the_metrics)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    size_t len = 0;
+    char *text = pb_metrics_render(&f.e, &len);
+    PB_CHECK(text != NULL);
+    PB_CHECK(text && !strstr(text, "patchbay_input_lag_bytes{"));
+    free(text);
+    pb_input_set_lag_bytes(f.in, 123456);
+    text = pb_metrics_render(&f.e, &len);
+    PB_CHECK(text && strstr(text, "# TYPE patchbay_input_lag_bytes gauge"));
+    PB_CHECK(text &&
+             strstr(text, "patchbay_input_lag_bytes{pipeline=\"p\",input=\"test\"} 123456"));
+    free(text);
+    fixture_down(&f);
+}
+
 int main(void)
 {
     return pb_test_main();

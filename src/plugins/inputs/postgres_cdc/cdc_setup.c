@@ -624,7 +624,7 @@ void cdc_lag(struct in_cdc *c)
         return;
     if (PQntuples(r) == 1 && !PQgetisnull(r, 0, 0)) {
         long long lag = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-        (void)lag;
+        pb_input_set_lag_bytes(c->in, lag < 0 ? 0 : lag);
     }
     PQclear(r);
 }
