@@ -409,6 +409,10 @@ struct pb_input_env {
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */
     int64_t idempotency_window_ms; /* how long item keys are remembered (0: not at all) */
+    /* A jq program giving the pipeline's ordering key when the pipeline sets
+     * no ordering.key of its own (postgres_cdc: table + primary key, so the
+     * changes of one row go out in commit order). Static text; NULL: none. */
+    const char *ordering_key;
 };
 
 /* flags */

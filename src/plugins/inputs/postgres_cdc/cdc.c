@@ -173,6 +173,8 @@ static int cdc_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
     c->fmt.decimal_number = c->decimal == 1;
     snprintf(c->pipeline, sizeof(c->pipeline), "%s", env->pipeline);
     env->idempotency_window_ms = c->window_ms;
+    /* the changes of one row in commit order, whatever the outputs do */
+    env->ordering_key = "[.schema, .table, .key] | tojson";
     return 0;
 }
 
