@@ -466,8 +466,11 @@ static void set_msg(struct sql_conn *c, const char *text)
             }
             continue;
         }
-        if ((unsigned char)*p < 0x20 && *p != '\t')
+        if ((unsigned char)*p < 0x20) {
+            if (*p == '\t' && o && c->msg[o - 1] != ' ')
+                c->msg[o++] = ' ';
             continue;
+        }
         c->msg[o++] = *p;
     }
     c->msg[o] = 0;
