@@ -248,6 +248,19 @@ PB_TEST(database_errors_are_classified)
     PB_EQ_INT(sql_lite_kind(SQLITE_ERROR), SQL_ERR_OTHER);
 }
 
+/* an empty buffer's text is "", not what the allocator left there */
+PB_TEST(an_empty_buffer_is_an_empty_string)
+{
+    for (int i = 0; i < 50; i++) {
+        char *junk = malloc(256);
+        memset(junk, 0xb7, 256);
+        free(junk);
+        struct sql_buf b = {0};
+        PB_EQ_STR(sqlb_text(&b), "");
+        sqlb_free(&b);
+    }
+}
+
 PB_TEST(identifiers_are_quoted_part_by_part)
 {
     struct sql_buf b = {0};

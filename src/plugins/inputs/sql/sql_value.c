@@ -125,8 +125,8 @@ bool sqlb_json_str(struct sql_buf *b, const char *s, size_t n)
 
 const char *sqlb_text(struct sql_buf *b)
 {
-    if (!b->p && !b->oom)
-        grow(b, 0);
+    if (!b->p && grow(b, 0))
+        b->p[0] = 0;
     return b->oom ? NULL : b->p;
 }
 

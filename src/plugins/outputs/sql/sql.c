@@ -36,6 +36,7 @@
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_plugin.h"
+#include "patchbay/pb_time.h"
 
 #define MAX_COLS 256
 #define STMT_NAME "pb_stmt"
@@ -970,6 +971,7 @@ static void sql_deliver_batch(void *ctx, struct pb_delivery **ds, size_t n)
         row_values(o, &rows[i]);
     }
     struct pb_err err = {0};
+    int64_t t0 = pb_mono_us();
     if (connect_db(o, &err) != 0) {
         char why[PB_ERR_MSG_MAX];
         snprintf(why, sizeof(why), "sql: %.500s", err.msg);
@@ -980,6 +982,8 @@ static void sql_deliver_batch(void *ctx, struct pb_delivery **ds, size_t n)
     } else if (batch_fast(o, rows, n) == 1) {
         batch_rows(o, rows, n);
     }
+    PB_DEBUG("sql: batch pipeline=%s output=%s rows=%zu us=%lld", o->pipeline, o->output, n,
+             (long long)(pb_mono_us() - t0));
     for (size_t i = 0; i < n; i++) {
         struct pb_outcome oc = {.result = rows[i].state > 0 ? (enum pb_result)(rows[i].state - 1)
                                                             : PB_RESULT_RETRY,
