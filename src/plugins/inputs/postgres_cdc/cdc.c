@@ -334,7 +334,9 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
         free(c->items[i].dead);
         c->bytes -= c->items[i].len;
     }
-    memmove(c->items, c->items + c->sub_n, (c->nitems - c->sub_n) * sizeof(*c->items));
+    /* a submit of a checkpoint alone took no items (and items may be NULL) */
+    if (c->nitems > c->sub_n)
+        memmove(c->items, c->items + c->sub_n, (c->nitems - c->sub_n) * sizeof(*c->items));
     c->nitems -= c->sub_n;
     /* a submit with a checkpoint took every transaction end up to it; one
      * without (a part of a large transaction) took none */
