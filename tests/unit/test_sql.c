@@ -261,6 +261,17 @@ PB_TEST(an_empty_buffer_is_an_empty_string)
     }
 }
 
+/* adding nothing from nowhere (a zero-length value) is no error */
+PB_TEST(adding_nothing_is_allowed)
+{
+    struct sql_buf b = {0};
+    sqlb_add(&b, NULL, 0);
+    sqlb_adds(&b, "x");
+    sqlb_add(&b, NULL, 0);
+    PB_EQ_STR(sqlb_text(&b), "x");
+    sqlb_free(&b);
+}
+
 PB_TEST(identifiers_are_quoted_part_by_part)
 {
     struct sql_buf b = {0};

@@ -42,7 +42,8 @@ void sqlb_add(struct sql_buf *b, const void *s, size_t n)
 {
     if (!grow(b, n))
         return;
-    memcpy(b->p + b->len, s, n);
+    if (n)
+        memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = 0;
 }
