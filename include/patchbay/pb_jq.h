@@ -26,6 +26,10 @@ struct pb_jq *pb_jq_compile_predicate(const char *program, struct pb_err *err);
  * of its first output. 0 or PB_EJQ... with err. */
 int pb_jq_test(struct pb_jq *q, jv in, jv meta, bool *truth, struct pb_err *err);
 
+/* Does the program name $meta? When it does not, callers may pass jv_null()
+ * instead of parsing the message's metadata. */
+bool pb_jq_uses_meta(const struct pb_jq *q);
+
 /* Run q on in (ownership taken). Collects up to max_out results into out[]
  * (each owned by the caller) and their count into *nout; more results than
  * max_out is an error. A jq runtime error returns PB_EJQ with its text.

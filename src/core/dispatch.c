@@ -30,6 +30,8 @@ void pb__dl_clear_attempt(struct pb_dl *dl)
 {
     free(dl->payload);
     dl->payload = NULL;
+    free(dl->tracestate);
+    dl->tracestate = NULL;
     if (!dl->tmpl)
         return;
     for (size_t i = 0; i < dl->out->ntmpls; i++)
@@ -41,6 +43,7 @@ void pb__dl_clear_attempt(struct pb_dl *dl)
 void pb__disp_dl_free(struct pb_dl *dl)
 {
     pb__dl_clear_attempt(dl);
+    free(dl->si.rkey);
     pb_msg_unref(dl->msg);
     free(dl);
 }
@@ -86,21 +89,24 @@ void pb__disp_end_attempt(struct pb_dispatcher *d, struct pb_dl *dl)
     pb__disp_finish(d, dl, pb_now_ms());
 }
 
-/* $meta of m as a jv (null when it has none). Dispatcher thread. */
-static jv msg_meta(const struct pb_msg *m)
+/* $meta of m as a jv (null when it has none, or q does not read it).
+ * Dispatcher thread. */
+static jv msg_meta(const struct pb_msg *m, const struct pb_jq *q)
 {
     jv meta;
-    if (!m->meta || pb_jq_parse(m->meta, m->meta_len, &meta, NULL) != 0)
+    if (!m->meta || !pb_jq_uses_meta(q) || pb_jq_parse(m->meta, m->meta_len, &meta, NULL) != 0)
         return jv_null();
     return meta;
 }
 
-int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err)
+/* A key program's value on body with $meta (both taken): *key malloc'd,
+ * NULL when it gives null or nothing. */
+static int run_key(struct pb_jq *q, jv body, jv meta, char **key, struct pb_err *err)
 {
     jv outv[1];
     size_t n = 0;
     *key = NULL;
-    int rc = pb_jq_run_meta(pl->key_jq, body, meta, outv, 1, &n, err);
+    int rc = pb_jq_run_meta(q, body, meta, outv, 1, &n, err);
     if (rc)
         return rc;
     if (n == 0)
@@ -122,6 +128,21 @@ int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb
     return *key ? 0 : pb_err_set(err, PB_ENOMEM, "out of memory");
 }
 
+int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err)
+{
+    return run_key(pl->key_jq, body, meta, key, err);
+}
+
+/* The rate_limit key of the message as it reaches o. */
+static int rate_key(struct pb_output *o, struct pb_msg *m, char **key, struct pb_err *err)
+{
+    jv in;
+    int rc = pb_jq_parse(m->body, m->len, &in, err);
+    if (rc)
+        return rc;
+    return run_key(o->rate_key_jq, in, msg_meta(m, o->rate_key_jq), key, err);
+}
+
 /* The ordering key of m: the one the route stage took from the message as
  * received, or, when it left the body as it was, the body's. */
 static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, struct pb_err *err)
@@ -135,7 +156,7 @@ static int compute_key(struct pb_pipeline *pl, struct pb_msg *m, char **key, str
     int rc = pb_jq_parse(m->body, m->len, &in, err);
     if (rc)
         return rc;
-    return pb__disp_key(pl, in, msg_meta(m), key, err);
+    return pb__disp_key(pl, in, msg_meta(m, pl->key_jq), key, err);
 }
 
 void pb__disp_admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
@@ -159,6 +180,16 @@ void pb__disp_admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
         if (compute_key(pl, dl->msg, &key, &err) != 0) {
             char reason[PB_ERR_MSG_MAX + 32];
             snprintf(reason, sizeof(reason), "ordering key: %s", err.msg);
+            pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
+            return;
+        }
+    }
+    if (o->rate_key_jq && !dl->si.rkey) {
+        struct pb_err err = {0};
+        if (rate_key(o, dl->msg, &dl->si.rkey, &err) != 0) {
+            free(key);
+            char reason[PB_ERR_MSG_MAX + 32];
+            snprintf(reason, sizeof(reason), "rate_limit.key: %s", err.msg);
             pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
             return;
         }

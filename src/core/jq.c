@@ -41,7 +41,13 @@
 
 struct pb_jq {
     jq_state *jq;
+    bool uses_meta; /* the program's text names $meta */
 };
+
+bool pb_jq_uses_meta(const struct pb_jq *q)
+{
+    return q && q->uses_meta;
+}
 
 /* Every program runs inside this wrapper, fed [$meta, body]: jq 1.6 binds
  * named arguments only at compile time, and $meta changes per message. The
@@ -195,6 +201,8 @@ struct pb_jq *pb_jq_compile(const char *program, struct pb_err *err)
     }
     jq_set_error_cb(q->jq, err_cb, NULL);
     free(wrapped);
+    /* A mention in a string or comment counts too: that only costs a parse. */
+    q->uses_meta = strstr(program, "$meta") != NULL;
     return q;
 
 fail:

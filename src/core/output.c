@@ -54,6 +54,7 @@ static int template_add_cb(struct pb_output_env *env, const char *text, struct p
     }
     o->tmpls = ts;
     ts[o->ntmpls] = t;
+    o->uses_meta |= pb_template_uses_meta(t);
     return (int)o->ntmpls++;
 }
 

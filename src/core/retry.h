@@ -50,8 +50,4 @@ struct pb_retry_decision pb_retry_decide(const struct pb_retry_policy *p, enum p
                                          int attempt, int64_t first_at, int64_t now,
                                          int64_t retry_after_ms, uint64_t rnd);
 
-/* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
- * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. */
-int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
-
 #endif

@@ -11,12 +11,17 @@ extern const struct pb_input_plugin pb_in_redis_streams;
 extern const struct pb_input_plugin pb_in_mqtt;
 extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_input_plugin pb_in_amqp;
+extern const struct pb_input_plugin pb_in_file;
+extern const struct pb_input_plugin pb_in_sftp;
+extern const struct pb_input_plugin pb_in_http_poll;
 extern const struct pb_input_plugin pb_in_sql;
 extern const struct pb_input_plugin pb_in_postgres_cdc;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
 extern const struct pb_processor_plugin pb_proc_split;
+extern const struct pb_processor_plugin pb_proc_validate;
+extern const struct pb_processor_plugin pb_proc_enrich;
 extern const struct pb_output_plugin pb_out_http;
 extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_stdout;
@@ -26,6 +31,9 @@ extern const struct pb_output_plugin pb_out_redis_streams;
 extern const struct pb_output_plugin pb_out_mqtt;
 extern const struct pb_output_plugin pb_out_kafka;
 extern const struct pb_output_plugin pb_out_amqp;
+extern const struct pb_output_plugin pb_out_file;
+extern const struct pb_output_plugin pb_out_sftp;
+extern const struct pb_output_plugin pb_out_smtp;
 extern const struct pb_output_plugin pb_out_sql;
 
 /* clang-format off */
@@ -37,6 +45,9 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_mqtt,
     &pb_in_kafka,
     &pb_in_amqp,
+    &pb_in_file,
+    &pb_in_sftp,
+    &pb_in_http_poll,
     &pb_in_sql,
     &pb_in_postgres_cdc,
     NULL,
@@ -46,6 +57,8 @@ const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_filter,
     &pb_proc_switch,
     &pb_proc_split,
+    &pb_proc_validate,
+    &pb_proc_enrich,
     NULL,
 };
 const struct pb_output_plugin *const pb_output_plugins[] = {
@@ -58,6 +71,9 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_mqtt,
     &pb_out_kafka,
     &pb_out_amqp,
+    &pb_out_file,
+    &pb_out_sftp,
+    &pb_out_smtp,
     &pb_out_sql,
     NULL,
 };

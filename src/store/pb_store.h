@@ -35,7 +35,7 @@
  * split children and routed bodies, 6: key-value state (checkpoints,
  * plugins' state), 7: sub-outputs and leases, 8: webhook endpoints in the
  * webhook outputs' key-value state */
-#define PB_STORE_SCHEMA_VERSION 8
+#define PB_STORE_SCHEMA_VERSION 9
 #define PB_MSG_ID_MAX 40
 #define PB_NAME_MAX_STORE 128    /* pipeline and output names */
 #define PB_SUB_ID_MAX 64         /* sub-output ids (as pb_plugin.h) */

@@ -1,6 +1,7 @@
-/* sqlite_int.h - what the SQLite backend's two halves share: sqlite.c
- * (open, schema, the writer's ops) and sqlite_read.c (the read connection
- * pool, reads and admin views). Not for use outside src/store. */
+/* sqlite_int.h - what the SQLite backend's parts share: sqlite.c (open,
+ * schema, transactions), sqlite_write.c (the writer's ops) and
+ * sqlite_read.c (the read connection pool and reads). Not for use outside
+ * src/store. */
 #ifndef PB_STORE_SQLITE_INT_H
 #define PB_STORE_SQLITE_INT_H
 
@@ -54,6 +55,16 @@ enum {
 
 struct rconn;
 
+/* The checkpointer (sqlite_ckpt.c). */
+struct sq_ckpt {
+    pthread_t thread;
+    pthread_mutex_t lock; /* guards due, stop */
+    pthread_cond_t cond;
+    bool due, stop, running, inited;
+    sqlite3 *db;        /* its own connection */
+    _Atomic int copied; /* log pages its last pass copied (0: none since the writer's) */
+};
+
 /* The backend context. */
 struct sq {
     char *path;    /* as handed to SQLite */
@@ -71,11 +82,23 @@ struct sq {
     int wal_fd;  /* -1 until the WAL exists */
     int lock_fd; /* PATH.lock, flock()ed for the store's life: one daemon per store */
 
+    struct sq_ckpt ckpt;
+
     pthread_mutex_t pool_lock; /* guards idle/nidle (sqlite_read.c) */
     struct rconn *idle[READ_POOL_MAX];
     int nidle;
 };
 
+/* The writer statements' SQL, prepared at open (sqlite_write.c). */
+extern const char *const pb__sqlite_wsql[W_COUNT];
+/* Apply one op inside the writer's transaction (sqlite_write.c). */
+int pb__sqlite_apply(void *ctx, struct pb_op *op);
+/* A write that failed: the PB_E* code for rc, logged with what it was. */
+int pb__sqlite_write_fail(struct sq *q, int rc, const char *what);
+/* Start and stop the checkpointer (sqlite_ckpt.c): after the schema is in
+ * place; stopped before the write connection closes. */
+int pb__sqlite_ckpt_start(struct sq *q, struct pb_err *err);
+void pb__sqlite_ckpt_stop(struct sq *q);
 /* A SQLite result code as a PB_E* code. */
 int pb__sqlite_map_rc(sqlite3 *db, int rc);
 /* Open a connection to q->path (creating the file when create), with

@@ -28,7 +28,7 @@ enum {
 
 #define DEAD_COLS                                                                                  \
     "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
-    " d.last_status, d.last_error, m.content_type, m.body, d.sub"                                  \
+    " d.last_status, d.last_error, m.content_type, m.body, d.sub, d.last_latency_ms"               \
     " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
 #define DEAD_LIST(w) DEAD_COLS " WHERE d.state = 2 AND d.id > ?3" w " ORDER BY d.id LIMIT ?4"
 
@@ -44,7 +44,7 @@ static const char *const rsql[R_COUNT_ALL] = {
         " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
-                         " last_status, last_error, replay_of, sub FROM deliveries"
+                         " last_status, last_error, replay_of, sub, last_latency_ms FROM deliveries"
                          " WHERE msg_seq = ?1 ORDER BY id",
     [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
                    " WHERE delivery_id = ?1 ORDER BY n",
@@ -220,14 +220,19 @@ static const char *text_col(sqlite3_stmt *st, int i)
 }
 
 /* Every attempt of delivery id to cb->attempt. */
-static int attempts(struct rconn *r, int64_t id, const struct pb_read_cbs *cb, struct pb_err *err)
+/* d's attempts, in order. The attempt that ended d at its first try has no
+ * row of its own (sqlite_write.c): it is made from d's row, latency being
+ * the column that says the row holds it (NULL for rows written before). */
+static int attempts(struct rconn *r, const struct pb_delivery_row *d, int64_t latency,
+                    bool has_latency, const struct pb_read_cbs *cb, struct pb_err *err)
 {
     sqlite3_stmt *st = rstmt(r, R_ATTEMPTS, err);
-    int rc;
+    int rc, last = 0;
     if (!st)
         return err ? err->code : PB_ESTORE;
-    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 1, d->id);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        last = sqlite3_column_int(st, 0);
         struct pb_attempt_row a = {
             .n = sqlite3_column_int(st, 0),
             .started_at = sqlite3_column_int64(st, 1),
@@ -243,7 +248,23 @@ static int attempts(struct rconn *r, int64_t id, const struct pb_read_cbs *cb, s
         }
     }
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : read_fail(r->db, rc, err, "attempts");
+    if (rc != SQLITE_DONE)
+        return read_fail(r->db, rc, err, "attempts");
+    if (last == 0 && d->attempts == 1 && has_latency && d->state != PB_DSTATE_PENDING) {
+        struct pb_attempt_row a = {
+            .n = 1,
+            .started_at = d->updated_at - latency,
+            .latency_ms = latency,
+            .status = d->last_status,
+            /* A replayed delivery was dead when its attempt ended. */
+            .state = d->state == PB_DSTATE_REPLAYED ? PB_DSTATE_DEAD : d->state,
+            .error = d->last_error,
+            .error_len = d->last_error_len,
+        };
+        if (cb->attempt && cb->attempt(cb->arg, &a))
+            return PB_ENOMEM;
+    }
+    return 0;
 }
 
 static int begin_read(struct rconn *r, struct pb_err *err)
@@ -353,7 +374,8 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
             ret = stopped(err);
             goto out;
         }
-        if ((ret = attempts(r, d.id, cb, err)) != 0)
+        if ((ret = attempts(r, &d, sqlite3_column_int64(dst, 11),
+                            sqlite3_column_type(dst, 11) != SQLITE_NULL, cb, err)) != 0)
             goto out;
     }
     if (rc != SQLITE_DONE)
@@ -467,7 +489,8 @@ int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_
         ret = stopped(err);
         goto out;
     }
-    ret = attempts(r, delivery_id, cb, err);
+    ret = attempts(r, &d, sqlite3_column_int64(st, 12), sqlite3_column_type(st, 12) != SQLITE_NULL,
+                   cb, err);
 out:
     if (st)
         sqlite3_reset(st);

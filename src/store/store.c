@@ -13,7 +13,13 @@
  * disk: the writer hands each committed batch to the syncer thread and goes
  * on with the next one, while the syncer flushes once for every batch
  * committed so far and only then runs their done_cbs, in commit order. A
- * done_cb still never runs before its op is durable. */
+ * done_cb still never runs before its op is durable.
+ *
+ * While the syncer flushes, and for COMMIT_GATHER_US after a commit, the
+ * writer lets ops gather instead of committing each few as they come: they
+ * could not be durable before the next flush anyway, and one commit of many
+ * ops writes each page it touches once where many small commits would write
+ * it again and again (a commit's cost on disk is its pages, not its rows). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -23,11 +29,14 @@
 #include <zlib.h>
 
 #include "patchbay/pb_log.h"
+#include "patchbay/pb_time.h"
 #include "store/backend.h"
 #include "store/pb_store.h"
 
 #define DEFAULT_INGEST_QUEUE_MAX 8192
 #define DEFAULT_BATCH_MAX 512
+/* Under load, commits come at most this often (see writer_main). */
+#define COMMIT_GATHER_US 1000
 
 struct pb_store {
     const struct pb_store_backend *be;
@@ -44,8 +53,10 @@ struct pb_store {
     /* syncer: committed ops waiting for durability, in commit order */
     pthread_cond_t sync_wake;
     struct pb_op *sync_head, *sync_tail;
-    bool syncing;     /* the syncer thread runs */
-    bool writer_done; /* no more batches will be handed over */
+    bool syncing;           /* the syncer thread runs */
+    bool sync_busy;         /* it is flushing now */
+    int64_t last_commit_us; /* monotonic µs the writer last took a batch */
+    bool writer_done;       /* no more batches will be handed over */
     pthread_t sync_thread;
 
     pthread_mutex_t exec_lock; /* pb_store_exec waiters */
@@ -144,7 +155,12 @@ struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts
         pb_err_set(err, PB_ENOMEM, "cannot create the state store lock");
         return NULL;
     }
-    if (pthread_cond_init(&s->wake, NULL) != 0) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the writer's gather waits */
+    int crc = pthread_cond_init(&s->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    if (crc != 0) {
         pthread_mutex_destroy(&s->lock);
         free(s);
         pb_err_set(err, PB_ENOMEM, "cannot create the state store condition");
@@ -315,6 +331,7 @@ static void *syncer_main(void *arg)
         struct pb_op *list = s->sync_head;
         s->sync_head = s->sync_tail = NULL;
         bool done = s->writer_done;
+        s->sync_busy = list != NULL;
         pthread_mutex_unlock(&s->lock);
         if (!list) {
             if (done)
@@ -322,6 +339,10 @@ static void *syncer_main(void *arg)
             continue;
         }
         int rc = s->be->sync(s->ctx);
+        pthread_mutex_lock(&s->lock);
+        s->sync_busy = false;
+        pthread_cond_signal(&s->wake); /* the writer commits what gathered meanwhile */
+        pthread_mutex_unlock(&s->lock);
         if (rc < 0 && atomic_exchange(&s->writable, false))
             PB_ERROR("state store not writable: sync failed error=%s", pb_err_name(rc));
         for (struct pb_op *op = list, *next; op; op = next) {
@@ -356,6 +377,24 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&s->lock);
             break;
         }
+        while (s->sync_busy && !s->stopping && atomic_load(&s->depth) < s->opts.batch_max)
+            pthread_cond_wait(&s->wake, &s->lock);
+        /* Under load, at most one commit per COMMIT_GATHER_US: what comes
+         * meanwhile joins the next one (a lone op after a quiet spell is
+         * committed at once). */
+        while (!s->stopping && atomic_load(&s->depth) < s->opts.batch_max) {
+            int64_t left = s->last_commit_us + COMMIT_GATHER_US - pb_mono_us();
+            if (left <= 0 || !s->last_commit_us)
+                break;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += (long)left * 1000;
+            ts.tv_sec += ts.tv_nsec / 1000000000;
+            ts.tv_nsec %= 1000000000;
+            if (pthread_cond_timedwait(&s->wake, &s->lock, &ts) != 0)
+                break;
+        }
+        s->last_commit_us = pb_mono_us();
         batch = last = s->head;
         for (;;) {
             n++;
@@ -432,13 +471,16 @@ int pb_store_submit(struct pb_store *s, struct pb_op *op)
     }
     op->status = 0;
     op->next = NULL;
+    bool was_empty = !s->head;
     if (s->tail)
         s->tail->next = op;
     else
         s->head = op;
     s->tail = op;
-    atomic_fetch_add(&s->depth, 1);
-    pthread_cond_signal(&s->wake);
+    /* The writer waits for work, or for a full batch while the syncer
+     * flushes: wake it only then. */
+    if (atomic_fetch_add(&s->depth, 1) + 1 == s->opts.batch_max || was_empty)
+        pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
     return 0;
 }

@@ -81,5 +81,36 @@ def warnings_alone_pass():
     check_eq(len(warns), 3, f"three warnings: {warns}")
 
 
+BROKERS = """pipelines:
+  a:
+    input: { nats: { url: "nats://127.0.0.1:4222", stream: S, consumer: c, subject: "a.>" } }
+    outputs:
+      bus: { nats: { url: "nats://127.0.0.1:4222", subject: b } }
+      api: { http: { url: "http://10.1.2.3/x" } }
+  b:
+    input: { nats: { url: "nats://10.0.0.7:4222", stream: S, consumer: c, subject: "a.>" } }
+    outputs: { o: { drop: {} } }
+"""
+
+
+@test
+def broker_urls_warned_with_what_would_follow():
+    # An HTTP output dead-letters each refused delivery; a broker output never
+    # connects and its deliveries wait; an input stays reconnecting.
+    path = write(BROKERS)
+    r = run_cli("lint", path)
+    check_eq(r.returncode, 0, f"only warnings: exit 0 ({r.stderr})")
+    warns = [ln for ln in r.stderr.splitlines() if ": warning: " in ln]
+    check(any(f"{path}:3:" in w and 'input of pipeline "a"' in w and "reconnecting" in w
+              for w in warns), f"the input: {warns}")
+    check(any(f"{path}:5:" in w and 'output "bus"' in w and "wait" in w and "dead-lettered" not in w
+              for w in warns), f"the broker output: {warns}")
+    check(any(f"{path}:6:" in w and 'output "api"' in w and "dead-lettered" in w for w in warns),
+          f"the HTTP output: {warns}")
+    check(any(f"{path}:8:" in w and 'input of pipeline "b"' in w and "10.0.0.7" in w
+              for w in warns), f"the second input: {warns}")
+    check_eq(len(warns), 4, f"four warnings: {warns}")
+
+
 if __name__ == "__main__":
     run()

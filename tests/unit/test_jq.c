@@ -304,6 +304,29 @@ PB_TEST(many_runs_do_not_leak)
     }
 }
 
+/* A program that never names $meta is run without the message's metadata
+ * being parsed; one that does gets it. */
+PB_TEST(uses_meta_is_known_at_compile)
+{
+    struct pb_err err = {0};
+    struct pb_jq *plain = pb_jq_compile("{id: .id}", &err);
+    struct pb_jq *meta = pb_jq_compile("{id: .id, topic: $meta.topic}", &err);
+    PB_CHECK(plain && meta);
+    PB_CHECK(!pb_jq_uses_meta(plain));
+    PB_CHECK(pb_jq_uses_meta(meta));
+    jv out[1];
+    size_t n = 0;
+    PB_EQ_INT(pb_jq_run_meta(meta, jv_parse("{\"id\":1}"), jv_parse("{\"topic\":\"t\"}"), out, 1,
+                             &n, &err),
+              0);
+    PB_EQ_INT(n, 1);
+    jv topic = jv_object_get(out[0], jv_string("topic"));
+    PB_EQ_STR(jv_string_value(topic), "t");
+    jv_free(topic);
+    pb_jq_destroy(plain);
+    pb_jq_destroy(meta);
+}
+
 int main(void)
 {
     return pb_test_main();

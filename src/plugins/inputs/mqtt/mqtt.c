@@ -11,6 +11,12 @@
  * submit callback, PINGREQ keep-alive, reconnect with backoff, TLS through
  * OpenSSL. The codec is mqtt_codec.c, the connection mqtt_common.c.
  *
+ * Why one file: what is left is one session's state machine - what was
+ * read, submitted and acknowledged, the packet ids the broker may resend,
+ * the subscriptions the session holds, the reconnect - and every part reads
+ * and changes that state on the input's one thread; split, the same struct
+ * would be shared by several files with no boundary between them.
+ *
  * Delivery: at least once. A message is acknowledged after its commit
  * (stored, duplicate or dead alike); a failed commit acknowledges nothing
  * and reconnects, so the broker sends the unacknowledged messages again.

@@ -16,6 +16,11 @@
  * is read twice (a crash between commit and XACK, a takeover) creates
  * nothing new.
  *
+ * Why one file: reading, taking over (XAUTOCLAIM), acknowledging and
+ * reconnecting all move one consumer's cursors (its own pending entries, the
+ * last id read, the takeover cursor) on the input's thread; they are one
+ * state machine, and the connection's calls are a few lines each.
+ *
  * An entry's body is the value of `field` ("body"); with `field: "*"` it is
  * the whole entry as a JSON object of strings. An entry without the field,
  * a body that is not JSON on a `format: json` input, or an entry deleted
