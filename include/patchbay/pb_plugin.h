@@ -448,6 +448,9 @@ void pb_input_set_state(struct pb_input *in, enum pb_input_state state, const ch
 void pb_input_set_position(struct pb_input *in, const char *position);
 /* Items waiting at the source (JetStream pending, consumer lag...); -1 unknown. */
 void pb_input_set_lag(struct pb_input *in, int64_t lag);
+/* Bytes the input is behind where its source counts in bytes (a replication
+ * slot's WAL not yet confirmed); -1 unknown. */
+void pb_input_set_lag_bytes(struct pb_input *in, int64_t bytes);
 /* Counters the core cannot see by itself. Any thread. */
 void pb_input_count_received(struct pb_input *in, uint64_t n);
 void pb_input_count_reject(struct pb_input *in, enum pb_reject why);
@@ -488,6 +491,10 @@ struct pb_input_env {
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */
     int64_t idempotency_window_ms; /* how long item keys are remembered (0: not at all) */
+    /* A jq program giving the pipeline's ordering key when the pipeline sets
+     * no ordering.key of its own (postgres_cdc: table + primary key, so the
+     * changes of one row go out in commit order). Static text; NULL: none. */
+    const char *ordering_key;
 };
 
 /* flags */

@@ -158,8 +158,11 @@ static int get_inputs(struct pb_engine *e, struct pb_api_resp *r)
                       (json_int_t)atomic_load(&in->outstanding));
         pthread_mutex_unlock(&in->lock);
         int64_t lag = atomic_load(&in->lag);
+        int64_t lag_bytes = atomic_load(&in->lag_bytes);
         if (o)
             json_object_set_new(o, "lag", lag >= 0 ? json_integer(lag) : json_null());
+        if (o && lag_bytes >= 0)
+            json_object_set_new(o, "lag_bytes", json_integer(lag_bytes));
         if (!o || json_array_append_new(list, o) != 0) {
             json_decref(list);
             return reply_error(r, 500, "out of memory");

@@ -390,6 +390,11 @@ static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t no
     size_t max = o->env.batch_max < room ? o->env.batch_max : room;
     if (max == 0 || !q->ready_head || q->paused)
         return false;
+    /* Batches in flight leave less room than a batch: starting now would cut
+     * what is ready into slivers (for a database, a transaction per row); the
+     * end of one of them starts the next batch whole. */
+    if (max < o->env.batch_max && q->inflight > 0 && q->nready > max)
+        return false;
     if (o->batch_since == 0)
         o->batch_since = now;
     bool stopping = atomic_load(&d->stop);

@@ -479,6 +479,14 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
     rc = pb__input_load(pl, raw.input, c->once, &c->outbound.allow, err);
     if (rc)
         goto out;
+    if (!raw.ordering.key && pl->in->env.ordering_key) {
+        /* the input's own order (a change stream's rows) unless the pipeline says */
+        raw.ordering.key = strdup(pl->in->env.ordering_key);
+        if (!raw.ordering.key) {
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+            goto out;
+        }
+    }
     if (raw.ordering.key) {
         pl->ordering_key = raw.ordering.key;
         raw.ordering.key = NULL;
