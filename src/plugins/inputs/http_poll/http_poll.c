@@ -21,6 +21,13 @@
  * repeated within a run, or a page identical to the previous one, ends the
  * run with an error instead of looping; the cursor then stays where it was.
  *
+ * auth and tls are the blocks every HTTP plugin shares (pb_http_auth.h).
+ * With oauth2 a page first waits for a token; a 401 drops the token once
+ * (for every user of it) and the same page is asked again with a new one.
+ * When the token endpoint fails the run stops with that reason (the input
+ * shows it, /ready lists the endpoint) and goes on from the same page when
+ * the endpoint is tried again; under --once the run ends with it.
+ *
  * Threads: a loop and thread of its own (PB_INPUT_OWN_THREAD); the HTTP
  * client (curl multi, through the outbound guard) lives on that loop, and
  * every callback here runs on it. One poller per pipeline, on one node
@@ -313,7 +320,120 @@ struct page_req {
     struct in_poll *p;
     char *url;
     char *body;
+    size_t blen;
+    struct pb_http_auth_waiter w;
+    uint64_t gen;   /* the token sent */
+    bool refreshed; /* a 401 got its new token already */
 };
+
+static void page_req_free(struct page_req *r)
+{
+    free(r->url);
+    free(r->body);
+    free(r);
+}
+
+static void page_send(struct page_req *r);
+
+/* No token for the page: the run stops with why; it goes on from this page
+ * when the token endpoint is tried again (retry_in), or ends under --once. */
+static void token_failed(struct in_poll *p, const char *why, int64_t retry_in)
+{
+    char safe[600];
+    if (p->once) {
+        run_over(p, why);
+        return;
+    }
+    int64_t wait = retry_in > BACKOFF_MIN_MS ? retry_in : BACKOFF_MIN_MS;
+    PB_ERROR("http_poll: run stopped, no OAuth2 token pipeline=%s page=%lld retry_in_ms=%lld "
+             "error=\"%s\"",
+             p->pipeline, (long long)p->page_no + 1, (long long)wait,
+             pb_log_value(why, safe, sizeof(safe)));
+    pb_input_set_state(p->in, PB_INPUT_RECONNECTING, why);
+    if (!p->stopped)
+        pb_loop_timer_start(p->timer, wait);
+}
+
+static void auth_cb(void *arg, int status, int64_t retry_in_ms)
+{
+    struct page_req *r = arg;
+    struct in_poll *p = r->p;
+    p->waiting = NULL;
+    p->busy = false;
+    if (p->stopped) {
+        page_req_free(r);
+        return;
+    }
+    if (status == 0) {
+        page_send(r);
+        return;
+    }
+    page_req_free(r);
+    if (status == PB_ESHUTDOWN) {
+        retry_later(p, "no OAuth2 token: shutting down");
+        return;
+    }
+    char why[256], reason[320];
+    pb_http_auth_error(p->a, why, sizeof(why));
+    snprintf(reason, sizeof(reason), "no OAuth2 token: %s",
+             why[0] ? why : "the token endpoint is failing");
+    token_failed(p, reason, retry_in_ms);
+}
+
+/* Send r with the auth header of now, or wait for a token first. */
+static void page_send(struct page_req *r)
+{
+    struct in_poll *p = r->p;
+    struct pb_http_auth_ticket tk; /* large: on the stack, for this call */
+    int rc = pb_http_auth_header(p->a, &tk);
+    if (rc == PB_EAGAIN) {
+        p->waiting = r;
+        p->busy = true;
+        if (pb_http_auth_wait(p->a, &r->w, p->loop, auth_cb, r) == 0)
+            return;
+        p->waiting = NULL;
+        p->busy = false;
+        rc = PB_ESHUTDOWN;
+    }
+    if (rc != 0) {
+        page_req_free(r);
+        retry_later(p, "no OAuth2 token: shutting down");
+        return;
+    }
+    r->gen = tk.gen;
+    struct pb_http_header hdrs[MAX_HEADERS + 4];
+    size_t n = 0;
+    hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
+    hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
+    if (r->body)
+        hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
+    if (tk.name)
+        hdrs[n++] = (struct pb_http_header){tk.name, tk.value};
+    for (size_t i = 0; i < p->nstatic; i++)
+        hdrs[n++] = p->statics[i];
+    struct pb_http_req req = {
+        .method = r->body ? "POST" : poll_methods[p->method],
+        .url = r->url,
+        .headers = hdrs,
+        .nheaders = n,
+        .body = r->body,
+        .len = r->blen,
+        .timeout_ms = p->timeout_ms,
+        .connect_timeout_ms = p->timeout_ms,
+        .max_response = (size_t)p->max_response,
+        .allow = p->allow,
+        .tls = p->t,
+    };
+    rc = pb_http_client_send(p->http, &req, done_cb, r);
+    if (rc != 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "the request could not start: %s", pb_strerror(rc));
+        page_req_free(r);
+        retry_later(p, why);
+        return;
+    }
+    p->busy = true;
+}
 
 static void request_page(struct in_poll *p)
 {
@@ -363,39 +483,8 @@ static void request_page(struct in_poll *p)
         if (!r->body)
             goto oom;
     }
-    struct pb_http_header hdrs[MAX_HEADERS + 4];
-    size_t n = 0;
-    hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
-    hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
-    if (r->body)
-        hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
-    for (size_t i = 0; i < p->nstatic; i++)
-        hdrs[n++] = p->statics[i];
-    struct pb_http_req req = {
-        .method = r->body ? "POST" : poll_methods[p->method],
-        .url = r->url,
-        .headers = hdrs,
-        .nheaders = n,
-        .body = r->body,
-        .len = blen,
-        .timeout_ms = p->timeout_ms,
-        .connect_timeout_ms = p->timeout_ms,
-        .max_response = (size_t)p->max_response,
-        .allow = p->allow,
-        .basic_user = p->auth.basic.user,
-        .basic_pass = p->auth.basic.password,
-    };
-    int rc = pb_http_client_send(p->http, &req, done_cb, r);
-    if (rc != 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "the request could not start: %s", pb_strerror(rc));
-        free(r->url);
-        free(r->body);
-        free(r);
-        retry_later(p, why);
-        return;
-    }
-    p->busy = true;
+    r->blen = blen;
+    page_send(r);
     return;
 oom:
     if (r) {
@@ -730,6 +819,13 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     p->busy = false;
     if (p->stopped)
         goto out;
+    if (resp->status == 401 && !r->refreshed && pb_http_auth_refreshable(p->a)) {
+        /* Refused token: a new one (once for everyone), the same page again. */
+        r->refreshed = true;
+        pb_http_auth_rejected(p->a, r->gen);
+        page_send(r);
+        return;
+    }
     if (resp->status < 200 || resp->status >= 300) {
         if (resp->status)
             snprintf(why, sizeof(why), "HTTP %d from %s: %s", resp->status, r->url,
@@ -822,9 +918,7 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     submit_next(b);
 out:
     jv_free(doc);
-    free(r->url);
-    free(r->body);
-    free(r);
+    page_req_free(r);
 }
 
 /* ---- life cycle ----------------------------------------------------------------------- */
@@ -882,6 +976,11 @@ static void poll_stop(void *ctx)
     p->stopped = true;
     pb_loop_timer_destroy(p->timer);
     p->timer = NULL;
+    /* A page waiting for a token: taken back, or its callback sees stopped. */
+    if (p->waiting && pb_http_auth_cancel(p->a, &p->waiting->w)) {
+        page_req_free(p->waiting);
+        p->waiting = NULL;
+    }
     /* Aborts a page in flight: its callback sees stopped. */
     pb_http_client_destroy(p->http);
     p->http = NULL;
@@ -910,8 +1009,10 @@ static void poll_destroy(void *ctx)
     pb_jq_destroy(p->value_q);
     pb_jq_destroy(p->key_q);
     p->items_q = p->token_q = p->next_q = p->has_next_q = p->vars_q = p->value_q = p->key_q = NULL;
-    free(p->auth_value);
-    p->auth_value = NULL;
+    pb_http_auth_destroy(p->a);
+    p->a = NULL;
+    pb_http_tls_destroy(p->t);
+    p->t = NULL;
 }
 
 const struct pb_input_plugin pb_in_http_poll = {
