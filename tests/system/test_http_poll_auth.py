@@ -1,0 +1,419 @@
+"""The http_poll input's `auth` and `tls` blocks, the ones every HTTP plugin
+shares, against real partners on 127.0.0.1:
+
+- bearer, basic and api_key (their documented spellings) reach a partner
+  that refuses anything else;
+- OAuth2 client credentials from a real authorization server
+  (oauth2-mock-server behind tests/system/oauth2/server.js) and a paginated
+  API of the test's own that takes only unexpired, unrevoked tokens: the
+  first page waits for the token, one token serves every page and run, a
+  revoked token is refused once (401), a new one is fetched once and the
+  same page asked again: nothing lost, no run error;
+- the token endpoint down: the run stops with the endpoint's reason in
+  /api/inputs, /ready says not ready and lists the endpoint, the partner is
+  never asked without a token, and polling goes on once it answers;
+- mutual TLS through nginx (client certificate, private CA, server_name):
+  records arrive with the client's certificate subject; without a client
+  certificate the run fails with nginx's refusal; insecure_skip_verify is
+  warned by lint and at start.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from partner import Partner  # noqa: E402
+from pbtest import (  # noqa: E402
+    Patchbay,
+    check,
+    check_eq,
+    log,
+    run,
+    scaled,
+    start_sink,
+    test,
+    tmpdir,
+    wait_until,
+)
+from srv_nginx import Nginx  # noqa: E402
+from srv_oauth2 import OAuth2  # noqa: E402
+
+SECRET = "cs_poll_7c41aa"
+BASIC = "Basic " + base64.b64encode(b"shop:pa:ss-9").decode()
+AUTH = None
+NGINX = None
+
+
+def auth_server():
+    global AUTH
+    if AUTH is None:
+        AUTH = OAuth2(ttl=3600, clients={"poller": SECRET, "down": SECRET})
+    return AUTH
+
+
+def claims(token):
+    """The JWT's claims (the partner trusts the server's signature: the
+    http output's test checks signatures; here it is about when and how
+    often tokens are used)."""
+    body = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+class Api:
+    """/static/{bearer,basic,key}: fixed credentials; /orders?page=N: an
+    OAuth2-protected, paginated list (pages of 5); /mtls: what nginx let
+    through, with the client certificate's subject."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.rows = [{"id": f"o{i:03d}"} for i in range(12)]
+        self.revoked_before = 0.0
+        self.unauthorized = []  # (path, why)
+        self.refused_at = 0  # len(orders) when the last 401 went out
+        self.orders = []  # (page, client_id) of every page served
+        self.dns = []
+        self.partner = Partner(self.handle)
+
+    def handle(self, req):
+        u = urllib.parse.urlsplit(req.path)
+        q = dict(urllib.parse.parse_qsl(u.query))
+        h = req.headers
+        if u.path.startswith("/static/"):
+            kind = u.path.split("/")[2]
+            want = {"bearer": ("authorization", "Bearer st-tok-1"),
+                    "basic": ("authorization", BASIC),
+                    "key": ("x-shop-key", "k-123")}[kind]
+            if h.get(want[0]) != want[1]:
+                return self.refuse(u.path, f"{kind}: got {h.get(want[0])!r}")
+            return 200, {}, {"items": [{"id": f"{kind}-{i}", "via": kind} for i in range(3)]}
+        if u.path == "/orders":
+            a = h.get("authorization", "")
+            if not a.startswith("Bearer "):
+                return self.refuse(u.path, "no bearer token")
+            try:
+                c = claims(a[7:])
+            except Exception as e:  # noqa: BLE001 - any bad token is a 401
+                return self.refuse(u.path, f"bad token: {e}")
+            if c.get("exp", 0) <= time.time():
+                return self.refuse(u.path, "expired")
+            if c.get("iat", 0) < self.revoked_before:
+                return self.refuse(u.path, "revoked")
+            page = int(q.get("page", 1))
+            with self.lock:
+                self.orders.append((page, c.get("client_id")))
+                rows = self.rows[(page - 1) * 5:page * 5]
+            return 200, {}, {"items": rows}
+        if u.path == "/mtls":
+            dn = h.get("x-client-dn", "")
+            with self.lock:
+                self.dns.append(dn)
+            return 200, {}, {"items": [{"id": f"m{i}", "dn": dn} for i in range(4)]}
+        return 404, {}, {"error": "no such path"}
+
+    def refuse(self, path, why):
+        with self.lock:
+            self.unauthorized.append((path, why))
+            self.refused_at = len(self.orders)
+        return 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'}, {"error": why}
+
+
+API = Api()
+
+HEAD = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: sqlite:@DIR@/state.db
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+"""
+
+
+def ids_at(sink):
+    return sorted(json.loads(r["body"])["id"] for r in sink.records())
+
+
+def input_doc(pb, pipeline):
+    st, doc = pb.admin("GET", "/api/inputs")
+    check(st == 200, f"/api/inputs -> {st}")
+    for i in doc if isinstance(doc, list) else doc.get("inputs", []):
+        if i["pipeline"] == pipeline:
+            return i
+    raise AssertionError(f"no input of {pipeline}: {doc}")
+
+
+@test
+def bearer_basic_and_api_key_keep_their_spellings():
+    sink = start_sink()
+    pipes = ""
+    for name, auth in (("bearer", 'bearer: "${ST_TOKEN}"'),
+                       ("basic", 'basic: { user: shop, password: "pa:ss-9" }'),
+                       ("key", "api_key: { header: X-Shop-Key, value: k-123 }")):
+        pipes += f"""
+  {name}:
+    input:
+      http_poll:
+        url: "{API.partner.url}/static/{name}"
+        interval: 1h
+        items: .items[]
+        dedupe_key: .id
+        auth: {{ {auth} }}
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/in" }} }}
+"""
+    n401 = len(API.unauthorized)
+    pb = Patchbay(HEAD + pipes, env={"ST_TOKEN": "st-tok-1"})
+    want = sorted(f"{k}-{i}" for k in ("bearer", "basic", "key") for i in range(3))
+    wait_until(lambda: ids_at(sink) == want, 30, "9 records from the three partners")
+    check_eq(API.unauthorized[n401:], [], "requests refused")
+    check("st-tok-1" not in pb.log() and "pa:ss-9" not in pb.log(), "a secret in the log")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+@test
+def oauth2_pages_wait_for_the_token_and_a_401_refreshes_once():
+    a = auth_server()
+    a.control(reset=True, failing=False)
+    sink = start_sink()
+    with API.lock:
+        API.orders.clear()
+        API.rows = [{"id": f"o{i:03d}"} for i in range(12)]
+    n401 = len(API.unauthorized)
+    pb = Patchbay(HEAD + f"""
+  orders:
+    input:
+      http_poll:
+        url: "{API.partner.url}/orders"
+        interval: 2s
+        items: .items[]
+        pagination: {{ type: page, size_param: per_page, size: 5 }}
+        dedupe_key: .id
+        auth:
+          oauth2: {{ token_url: "{a.token_url}", client_id: poller,
+                    client_secret: "${{POLL_SECRET}}", scopes: [orders.read] }}
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/in" }} }}
+""", env={"POLL_SECRET": SECRET})
+    want = sorted(f"o{i:03d}" for i in range(12))
+    wait_until(lambda: ids_at(sink) == want, 30, "12 records over 3 pages")
+    # The very first page already carried a token: it waited for it.
+    check_eq(API.unauthorized[n401:], [], "pages refused before the revocation")
+    check_eq(a.stats()["by_client"].get("poller"), 1, "token requests")
+    with API.lock:
+        check_eq(sorted({p for p, _ in API.orders}), [1, 2, 3], "pages asked")
+    # A second run: the same token, nothing new.
+    wait_until(lambda: sum(1 for p, _ in API.orders if p == 1) >= 2, 20, "a second run")
+    check_eq(a.stats()["by_client"].get("poller"), 1, "token requests after two runs")
+    # Every token so far is refused now; three more orders meanwhile.
+    with API.lock:
+        API.rows += [{"id": f"o{i:03d}"} for i in range(12, 15)]
+        served = len(API.orders)
+    # Whole seconds, like iat: the token of the first run is older, a new one is not.
+    API.revoked_before = int(time.time())
+    want = sorted(f"o{i:03d}" for i in range(15))
+    wait_until(lambda: ids_at(sink) == want, 30, "15 records after the revocation")
+    refused = API.unauthorized[n401:]
+    check_eq([w for _, w in refused], ["revoked"], "one page refused, once")
+    check_eq(a.stats()["by_client"].get("poller"), 2, "token requests after the revocation")
+    with API.lock:
+        after = [p for p, _ in API.orders[served:]]
+        again = [p for p, _ in API.orders[API.refused_at:]]
+    check(after and after[0] == 1 and again[:1] == [1],
+          f"the refused page asked again first: {after[:4]}")
+    log_text = pb.log()
+    check("run ended with an error" not in log_text, "a run ended with an error")
+    check(SECRET not in log_text, "the client secret in the log")
+    st, _, body = pb.get("/ready")
+    check_eq((st, json.loads(body)), (200, {"ready": True}), "/ready")
+    check_eq(pb.dead_letters(), [], "dead letters")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+@test
+def a_failing_token_endpoint_stops_the_run_and_shows_in_ready():
+    a = auth_server()
+    a.control(reset=True, failing=True)
+    sink = start_sink()
+    with API.lock:
+        API.rows = [{"id": f"o{i:03d}"} for i in range(7)]
+        served = len(API.orders)
+    pb = Patchbay(HEAD + f"""
+  orders:
+    input:
+      http_poll:
+        url: "{API.partner.url}/orders"
+        interval: 1s
+        items: .items[]
+        pagination: {{ type: page, size_param: per_page, size: 5 }}
+        dedupe_key: .id
+        auth: {{ oauth2: {{ token_url: "{a.token_url}", client_id: down,
+                           client_secret: "{SECRET}" }} }}
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/in" }} }}
+""", start=False)
+    pb.start(wait_ready=False)
+
+    def failing():
+        try:
+            i = input_doc(pb, "orders")
+        except OSError:
+            return None
+        return i["state"] == "reconnecting" and "no OAuth2 token" in (i.get("detail") or "") \
+            and i
+
+    i = wait_until(failing, 30, "the input to say it has no token")
+    check("HTTP 503" in i["detail"], f"the endpoint's reason: {i['detail']}")
+    st, _, body = pb.get("/ready")
+    doc = json.loads(body)
+    check_eq((st, doc["ready"]), (503, False), "/ready while the token endpoint fails")
+    deg = doc.get("degraded") or []
+    check(deg and deg[0]["pipeline"] == "orders" and deg[0].get("part") == "input"
+          and a.token_url in deg[0]["reason"], f"/ready degraded: {doc}")
+    check("run stopped, no OAuth2 token" in pb.log(), "no error in the log")
+    time.sleep(scaled(2))  # noqa: the check is that nothing reaches the partner meanwhile
+    with API.lock:
+        check_eq(API.orders[served:], [], "pages asked without a token")
+    a.control(failing=False)
+    want = sorted(f"o{i:03d}" for i in range(7))
+    wait_until(lambda: ids_at(sink) == want, 60, "7 records once the endpoint answers")
+
+    def ready():
+        st, _, body = pb.get("/ready")
+        return st == 200 and json.loads(body) == {"ready": True}
+
+    wait_until(ready, 20, "/ready once the endpoint answers")
+    check_eq(input_doc(pb, "orders")["state"], "connected", "input state")
+    check_eq(pb.dead_letters(), [], "dead letters")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+def nginx():
+    global NGINX
+    if NGINX is None:
+        NGINX = Nginx(API.partner.port)
+    return NGINX
+
+
+@test
+def mutual_tls_through_nginx():
+    n = nginx()
+    sink = start_sink()
+    pb = Patchbay(HEAD + f"""
+  mtls:
+    input:
+      http_poll:
+        url: "https://127.0.0.1:{n.port}/mtls"
+        interval: 1h
+        items: .items[]
+        dedupe_key: .id
+        tls:
+          ca_file: "{n.path('ca.crt')}"
+          cert_file: "{n.path('client.crt')}"
+          key_file: "{n.path('client.key')}"
+          server_name: partner.test
+          min_version: "1.3"
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/in" }} }}
+  nocert:
+    input:
+      http_poll:
+        url: "https://127.0.0.1:{n.port}/mtls"
+        interval: 1h
+        items: .items[]
+        tls: {{ ca_file: "{n.path('ca.crt')}", server_name: partner.test }}
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/nocert" }} }}
+""", start=False)
+    pb.start(wait_ready=False)
+    wait_until(lambda: ids_at(sink) == ["m0", "m1", "m2", "m3"], 30, "4 records over mTLS")
+    dn = json.loads(sink.records()[0]["body"])["dn"]
+    check("CN=patchbay-client" in dn, f"client certificate subject: {dn!r}")
+
+    def refused():
+        try:
+            i = input_doc(pb, "nocert")
+        except OSError:
+            return None
+        return i["state"] == "reconnecting" and i
+
+    i = wait_until(refused, 30, "the input without a client certificate to fail")
+    check("HTTP 400" in (i.get("detail") or ""), f"nginx's refusal: {i.get('detail')}")
+    check_eq(len([r for r in sink.records() if r.get("path", "").startswith("/nocert")]), 0,
+             "records without a client certificate")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+@test
+def insecure_skip_verify_is_warned():
+    n = nginx()
+    d = tmpdir("lint")
+    cfg = os.path.join(d, "p.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+state: "sqlite:{d}/s.db"
+pipelines:
+  a:
+    input:
+      http_poll:
+        url: "https://127.0.0.1:{n.port}/mtls"
+        tls: {{ insecure_skip_verify: true, cert_file: "{n.path('client.crt')}",
+               key_file: "{n.path('client.key')}" }}
+    outputs:
+      x: {{ http: {{ url: https://api.example.test/x }} }}
+""")
+    r = subprocess.run([os.environ["PB_BIN"], "lint", cfg], capture_output=True, text=True,
+                       timeout=scaled(30))
+    out = r.stdout + r.stderr
+    check(r.returncode == 0, f"lint failed:\n{out}")
+    check('input of pipeline "a": tls.insecure_skip_verify' in out, f"no lint warning:\n{out}")
+    # A bad block is an error with the plugin's name, before anything runs.
+    with open(cfg, "w") as f:
+        f.write(f"""
+state: "sqlite:{d}/s.db"
+pipelines:
+  a:
+    input:
+      http_poll:
+        url: "https://127.0.0.1:{n.port}/mtls"
+        auth: {{ bearer: t1, api_key: {{ value: k }} }}
+        tls: {{ cert_file: /nonexistent/client.crt, key_file: /nonexistent/client.key }}
+    outputs:
+      x: {{ http: {{ url: https://api.example.test/x }} }}
+""")
+    r = subprocess.run([os.environ["PB_BIN"], "lint", cfg], capture_output=True, text=True,
+                       timeout=scaled(30))
+    out = r.stdout + r.stderr
+    check(r.returncode != 0, "lint passed two kinds of auth")
+    check("auth takes one of bearer, basic, api_key or oauth2" in out, f"no auth error:\n{out}")
+    # At start: a warning in the log naming the pipeline.
+    sink = start_sink()
+    pb = Patchbay(HEAD + f"""
+  insecure:
+    input:
+      http_poll:
+        url: "https://127.0.0.1:{n.port}/mtls"
+        interval: 1h
+        items: .items[]
+        tls: {{ insecure_skip_verify: true, cert_file: "{n.path('client.crt')}",
+               key_file: "{n.path('client.key')}" }}
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/in" }} }}
+""")
+    wait_until(lambda: len(sink.records()) >= 4, 30, "4 records without verification")
+    check("tls.insecure_skip_verify is set pipeline=insecure part=input" in pb.log(),
+          "no warning at start")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+if __name__ == "__main__":
+    run()
