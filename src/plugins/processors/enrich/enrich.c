@@ -18,6 +18,12 @@
  * 429, 5xx, 401, 403, a body that is not JSON) routes the message again
  * later with backoff; any other status, or GraphQL errors, dead-letters it.
  *
+ * auth and tls are the blocks every HTTP plugin shares (pb_http_auth.h).
+ * With oauth2 a lookup first waits for a token (on the dispatcher's loop,
+ * never blocking it); a 401 drops the token once for everyone who used it
+ * and the lookup goes again with a new one; a failing token endpoint fails
+ * the lookup (the message is routed again later) and shows in /ready.
+ *
  * Threads: everything on the dispatcher's thread (process and the HTTP
  * client's callbacks), so no locks. */
 #include <stdio.h>
@@ -26,6 +32,7 @@
 #include <strings.h>
 
 #include "enrich_cache.h"
+#include "patchbay/pb_http_auth.h"
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_plugin.h"
@@ -35,19 +42,6 @@
 #define TMPL_MAX_PARTS 16
 #define KEY_MAX 2048
 
-struct basic_conf {
-    char *user;
-    char *password;
-};
-struct api_key_conf {
-    char *header;
-    char *value;
-};
-struct auth_conf {
-    char *bearer;
-    struct basic_conf basic;
-    struct api_key_conf api_key;
-};
 struct cache_conf {
     int64_t ttl_ms;
     int64_t missing_ttl_ms;
@@ -83,6 +77,10 @@ struct lookup {
     size_t blen;
     struct waiter *waiters;
     struct lookup *qnext;
+    struct pb_http_auth_waiter aw; /* waiting for an OAuth2 token */
+    struct lookup *aprev, *anext;  /* E->token_waits */
+    uint64_t gen;                  /* the token sent */
+    bool refreshed;                /* a 401 got its new token already */
 };
 
 enum { MISSING_DROP = 0, MISSING_KEEP, MISSING_DEAD };
@@ -93,7 +91,8 @@ struct enrich {
     int method;
     char *body;
     struct pb_strmap headers;
-    struct auth_conf auth;
+    struct pb_http_auth_conf auth; /* the shared blocks (pb_http_auth.h) */
+    struct pb_http_tls_conf tls;
     char *key;
     char *answer;
     char *into;
@@ -110,7 +109,10 @@ struct enrich {
     struct pb_jq *key_q, *answer_q, *into_q, *body_q, *vars_q;
     struct pb_http_client *http;
     struct pb_allowlist *allow;
-    char *auth_value;
+    struct pb_http_auth *a;
+    struct pb_http_tls *t;
+    struct pb_loop *loop; /* the HTTP client's (the dispatcher's) */
+    struct lookup *token_waits;
     size_t nstatic;
     struct pb_http_header statics[MAX_HEADERS];
     /* run time (dispatcher thread) */
@@ -123,40 +125,6 @@ struct enrich {
 static const char *const methods[] = {"GET", "POST", NULL};
 static const char *const missing_modes[] = {"drop", "keep", "dead_letter", NULL};
 
-static const struct pb_field basic_fields[] = {
-    {.name = "user",
-     .type = PB_F_STR,
-     .offset = offsetof(struct basic_conf, user),
-     .flags = PB_FIELD_REQUIRED},
-    {.name = "password",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct basic_conf, password),
-     .flags = PB_FIELD_REQUIRED},
-    {0},
-};
-static const struct pb_field api_key_fields[] = {
-    {.name = "header",
-     .type = PB_F_STR,
-     .offset = offsetof(struct api_key_conf, header),
-     .def = "X-Api-Key"},
-    {.name = "value",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct api_key_conf, value),
-     .flags = PB_FIELD_REQUIRED},
-    {0},
-};
-static const struct pb_field auth_fields[] = {
-    {.name = "bearer", .type = PB_F_SECRET, .offset = offsetof(struct auth_conf, bearer)},
-    {.name = "basic",
-     .type = PB_F_OBJECT,
-     .offset = offsetof(struct auth_conf, basic),
-     .sub = basic_fields},
-    {.name = "api_key",
-     .type = PB_F_OBJECT,
-     .offset = offsetof(struct auth_conf, api_key),
-     .sub = api_key_fields},
-    {0},
-};
 static const struct pb_field cache_fields[] = {
     {.name = "ttl",
      .type = PB_F_DURATION,
@@ -222,8 +190,13 @@ static const struct pb_field enrich_fields[] = {
     {.name = "auth",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct enrich, auth),
-     .sub = auth_fields,
-     .doc = "bearer, basic or api_key"},
+     .sub = pb_http_auth_fields,
+     .doc = "bearer, basic, api_key or oauth2"},
+    {.name = "tls",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct enrich, tls),
+     .sub = pb_http_tls_fields,
+     .doc = "ca_file, cert_file, key_file, server_name, min_version"},
     {.name = "key",
      .type = PB_F_STR,
      .offset = offsetof(struct enrich, key),
@@ -503,11 +476,20 @@ static bool graphql_error(jv body, char *why, size_t len)
     return bad;
 }
 
+static int send_lookup(struct enrich *E, struct lookup *L);
+
 static void done_cb(void *arg, const struct pb_http_resp *resp)
 {
     struct lookup *L = arg;
     struct enrich *E = L->E;
     char why[PB_ERR_MSG_MAX + 200], safe[200];
+    if (resp->status == 401 && !L->refreshed && pb_http_auth_refreshable(E->a)) {
+        /* Refused token: a new one (once for everyone), then once more. */
+        L->refreshed = true;
+        pb_http_auth_rejected(E->a, L->gen);
+        if (send_lookup(E, L) == 0)
+            return;
+    }
     E->inflight--;
     int st = resp->status;
     if (st == 404 || st == 410) {
@@ -549,14 +531,67 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     pump(E);
 }
 
+static void token_unlink(struct lookup *L)
+{
+    struct enrich *E = L->E;
+    if (L->aprev)
+        L->aprev->anext = L->anext;
+    else if (E->token_waits == L)
+        E->token_waits = L->anext;
+    if (L->anext)
+        L->anext->aprev = L->aprev;
+    L->aprev = L->anext = NULL;
+}
+
+static void token_cb(void *arg, int status, int64_t retry_in_ms)
+{
+    struct lookup *L = arg;
+    struct enrich *E = L->E;
+    (void)retry_in_ms;
+    token_unlink(L);
+    if (status == 0 && send_lookup(E, L) == 0)
+        return;
+    char why[256], reason[400];
+    pb_http_auth_error(E->a, why, sizeof(why));
+    snprintf(reason, sizeof(reason), "lookup failed: no OAuth2 token: %s (%s)",
+             status == PB_ESHUTDOWN ? "shutting down"
+             : status == 0          ? "the request could not start"
+             : why[0]               ? why
+                                    : "the token endpoint is failing",
+             L->url);
+    E->inflight--;
+    lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EAGAIN, reason);
+    pump(E);
+}
+
+/* 0: the request is on its way, or waits for an OAuth2 token (token_cb). */
 static int send_lookup(struct enrich *E, struct lookup *L)
 {
+    struct pb_http_auth_ticket tk; /* large: on the stack, for this call */
+    int rc = pb_http_auth_header(E->a, &tk);
+    if (rc == PB_EAGAIN) {
+        if (!E->loop)
+            return PB_EINVAL;
+        L->anext = E->token_waits;
+        if (E->token_waits)
+            E->token_waits->aprev = L;
+        E->token_waits = L;
+        rc = pb_http_auth_wait(E->a, &L->aw, E->loop, token_cb, L);
+        if (rc != 0)
+            token_unlink(L);
+        return rc;
+    }
+    if (rc != 0)
+        return rc;
+    L->gen = tk.gen;
     struct pb_http_header hdrs[MAX_HEADERS + 4];
     size_t n = 0;
     hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
     hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
     if (L->body)
         hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
+    if (tk.name)
+        hdrs[n++] = (struct pb_http_header){tk.name, tk.value};
     for (size_t i = 0; i < E->nstatic; i++)
         hdrs[n++] = E->statics[i];
     struct pb_http_req req = {
@@ -570,8 +605,7 @@ static int send_lookup(struct enrich *E, struct lookup *L)
         .connect_timeout_ms = E->timeout_ms,
         .max_response = (size_t)E->max_response,
         .allow = E->allow,
-        .basic_user = E->auth.basic.user,
-        .basic_pass = E->auth.basic.password,
+        .tls = E->t,
     };
     E->requests++;
     return E->http ? pb_http_client_send(E->http, &req, done_cb, L) : PB_EINVAL;
@@ -823,10 +857,6 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
         snprintf(m, sizeof(m), "%s", err->msg);
         return pb_err_set(err, PB_ECONFIG, "enrich: into: %s", m);
     }
-    int nauth =
-        (E->auth.bearer != NULL) + (E->auth.basic.user != NULL) + (E->auth.api_key.value != NULL);
-    if (nauth > 1)
-        return pb_err_set(err, PB_ECONFIG, "enrich: auth takes one of bearer, basic or api_key");
     if (E->headers.n + 1 > MAX_HEADERS)
         return pb_err_set(err, PB_ECONFIG, "enrich: too many headers (at most %d)",
                           MAX_HEADERS - 1);
@@ -836,18 +866,12 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
                               E->headers.keys[i]);
         E->statics[E->nstatic++] = (struct pb_http_header){E->headers.keys[i], E->headers.vals[i]};
     }
-    if (E->auth.bearer) {
-        size_t n = strlen(E->auth.bearer) + 8;
-        if (!(E->auth_value = malloc(n)))
-            return pb_err_set(err, PB_ENOMEM, "out of memory");
-        snprintf(E->auth_value, n, "Bearer %s", E->auth.bearer);
-        E->statics[E->nstatic++] = (struct pb_http_header){"Authorization", E->auth_value};
-    } else if (E->auth.api_key.value) {
-        if (!header_ok(E->auth.api_key.header, ""))
-            return pb_err_set(err, PB_ECONFIG, "enrich: api_key header \"%s\" is not a name",
-                              E->auth.api_key.header);
-        E->statics[E->nstatic++] =
-            (struct pb_http_header){E->auth.api_key.header, E->auth.api_key.value};
+    struct pb_http_owner who = {env->pipeline, "process[enrich]", env->allow};
+    if (!(E->a = pb_http_auth_create(&E->auth, &who, err)) ||
+        !(E->t = pb_http_tls_create(&E->tls, &who, err))) {
+        char m[PB_ERR_MSG_MAX];
+        snprintf(m, sizeof(m), "%s", err->msg);
+        return pb_err_set(err, err->code ? err->code : PB_ECONFIG, "enrich: %s", m);
     }
     struct pb_allowlist *own = pb_allowlist_create(&E->outbound.allow, err);
     if (!own)
@@ -859,6 +883,7 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
     if (ec_init(&E->ec, (size_t)E->cache.max_entries, E->cache.max_bytes) != 0)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
     E->http = env->http;
+    E->loop = pb_http_client_loop(env->http);
     return 0;
 }
 
@@ -879,10 +904,30 @@ static void enrich_destroy(void *ctx)
     pb_jq_destroy(E->body_q);
     pb_jq_destroy(E->vars_q);
     pb_allowlist_destroy(E->allow);
-    free(E->auth_value);
+    /* Lookups still waiting for a token: taken back (their messages are
+     * routed again after a restart); one whose callback is on its way
+     * cannot be, and the config outlives it. */
+    for (struct lookup *L = E->token_waits; L;) {
+        struct lookup *next = L->anext;
+        if (pb_http_auth_cancel(E->a, &L->aw)) {
+            token_unlink(L);
+            for (struct waiter *w = L->waiters; w;) {
+                struct waiter *wn = w->next;
+                jv_free(w->msg);
+                jv_free(w->meta);
+                free(w);
+                w = wn;
+            }
+            lookup_free(L);
+        }
+        L = next;
+    }
+    pb_http_auth_destroy(E->a);
+    pb_http_tls_destroy(E->t);
     E->key_q = E->answer_q = E->into_q = E->body_q = E->vars_q = NULL;
     E->allow = NULL;
-    E->auth_value = NULL;
+    E->a = NULL;
+    E->t = NULL;
 }
 
 const struct pb_processor_plugin pb_proc_enrich = {
