@@ -1,5 +1,5 @@
-"""The http_poll input's `auth` and `tls` blocks, the ones every HTTP plugin
-shares, against real partners on 127.0.0.1:
+"""The `auth` and `tls` blocks every HTTP plugin shares, on the http_poll
+input and the enrich processor, against real partners on 127.0.0.1:
 
 - bearer, basic and api_key (their documented spellings) reach a partner
   that refuses anything else;
@@ -15,7 +15,11 @@ shares, against real partners on 127.0.0.1:
 - mutual TLS through nginx (client certificate, private CA, server_name):
   records arrive with the client's certificate subject; without a client
   certificate the run fails with nginx's refusal; insecure_skip_verify is
-  warned by lint and at start.
+  warned by lint and at start;
+- enrich: lookups with an OAuth2 token (one for all, a revoked one refreshed
+  once, no dead letter), basic auth and mTLS; a failing token endpoint
+  routes the messages again later (nothing is dead-lettered, /ready lists
+  the endpoint) and they go once it answers.
 """
 
 import base64
@@ -54,7 +58,7 @@ NGINX = None
 def auth_server():
     global AUTH
     if AUTH is None:
-        AUTH = OAuth2(ttl=3600, clients={"poller": SECRET, "down": SECRET})
+        AUTH = OAuth2(ttl=3600, clients={"poller": SECRET, "down": SECRET, "enricher": SECRET})
     return AUTH
 
 
@@ -79,6 +83,7 @@ class Api:
         self.refused_at = 0  # len(orders) when the last 401 went out
         self.orders = []  # (page, client_id) of every page served
         self.dns = []
+        self.lookups = []  # customer ids looked up with a valid token
         self.partner = Partner(self.handle)
 
     def handle(self, req):
@@ -110,6 +115,27 @@ class Api:
                 self.orders.append((page, c.get("client_id")))
                 rows = self.rows[(page - 1) * 5:page * 5]
             return 200, {}, {"items": rows}
+        if u.path.startswith("/lookup/"):
+            cid = u.path.split("/")[2]
+            a = h.get("authorization", "")
+            c = {}
+            try:
+                c = claims(a[7:]) if a.startswith("Bearer ") else {}
+            except Exception:  # noqa: BLE001 - any bad token is a 401
+                pass
+            if not c or c.get("exp", 0) <= time.time():
+                return self.refuse(u.path, "no valid token")
+            if c.get("iat", 0) < self.revoked_before:
+                return self.refuse(u.path, "revoked")
+            with self.lock:
+                self.lookups.append(cid)
+            return 200, {}, {"name": f"C-{cid}"}
+        if u.path.startswith("/lookupb/"):
+            if h.get("authorization") != BASIC:
+                return self.refuse(u.path, "basic")
+            return 200, {}, {"name": "B-" + u.path.split("/")[2]}
+        if u.path.startswith("/lookupm/"):
+            return 200, {}, {"dn": h.get("x-client-dn", "")}
         if u.path == "/mtls":
             dn = h.get("x-client-dn", "")
             with self.lock:
@@ -411,6 +437,112 @@ pipelines:
     wait_until(lambda: len(sink.records()) >= 4, 30, "4 records without verification")
     check("tls.insecure_skip_verify is set pipeline=insecure part=input" in pb.log(),
           "no warning at start")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+def enrich_pipe(name, url, auth):
+    return f"""
+  {name}:
+    input: {{ http_server: {{ path: /{name} }} }}
+    process:
+      - enrich:
+          url: '{url}/{{{{ .cid }}}}'
+          key: .cid
+          into: '.customer = $answer'
+{auth}
+    outputs:
+      sink: {{ http: {{ url: "@SINK@/{name}" }} }}
+"""
+
+
+def at_sink(sink, name):
+    return {json.loads(r["body"])["cid"]: json.loads(r["body"]).get("customer")
+            for r in sink.records() if r.get("path") == f"/{name}"}
+
+
+@test
+def enrich_with_oauth2_basic_and_mtls():
+    a = auth_server()
+    a.control(reset=True, failing=False)
+    n = nginx()
+    sink = start_sink()
+    cfg = HEAD + enrich_pipe("eo", f"{API.partner.url}/lookup", f"""          concurrency: 8
+          auth:
+            oauth2: {{ token_url: "{a.token_url}", client_id: enricher,
+                      client_secret: "{SECRET}" }}""")
+    cfg += enrich_pipe("eb", f"{API.partner.url}/lookupb",
+                       '          auth: { basic: { user: shop, password: "pa:ss-9" } }')
+    cfg += enrich_pipe("em", f"https://127.0.0.1:{n.port}/lookupm", f"""          tls:
+            ca_file: "{n.path('ca.crt')}"
+            cert_file: "{n.path('client.crt')}"
+            key_file: "{n.path('client.key')}"
+            server_name: partner.test""")
+    pb = Patchbay(cfg.replace("@SINK@", sink.url))
+    n401 = len(API.unauthorized)
+    for i in range(20):
+        for name in ("eo", "eb", "em"):
+            st, _, _ = pb.post(f"/{name}", {"cid": f"c{i}"})
+            check(st == 202, f"ingest {name} -> {st}")
+    wait_until(lambda: len(at_sink(sink, "eo")) == 20 and len(at_sink(sink, "eb")) == 20
+               and len(at_sink(sink, "em")) == 20, 60, "60 enriched messages")
+    check_eq(at_sink(sink, "eo")["c7"], {"name": "C-c7"}, "OAuth2 lookup's answer")
+    check_eq(at_sink(sink, "eb")["c7"], {"name": "B-c7"}, "basic lookup's answer")
+    check("CN=patchbay-client" in at_sink(sink, "em")["c7"]["dn"],
+          f"mTLS lookup's client: {at_sink(sink, 'em')['c7']}")
+    check_eq(API.unauthorized[n401:], [], "lookups refused before the revocation")
+    check_eq(a.stats()["by_client"].get("enricher"), 1, "token requests")
+    # Revoked: the lookups in flight are refused once, one new token.
+    # (iat has whole seconds: every token so far is older than the next second, and no
+    # lookup runs until then)
+    API.revoked_before = int(time.time()) + 1
+    wait_until(lambda: time.time() >= API.revoked_before, 5, "the next second")
+    for i in range(20, 40):
+        st, _, _ = pb.post("/eo", {"cid": f"c{i}"})
+        check(st == 202, f"ingest -> {st}")
+    wait_until(lambda: len(at_sink(sink, "eo")) == 40, 60, "40 enriched messages")
+    refused = [w for _, w in API.unauthorized[n401:]]
+    check(refused and set(refused) == {"revoked"}, f"refused lookups: {refused}")
+    check_eq(a.stats()["by_client"].get("enricher"), 2, "token requests after the revocation")
+    check_eq(pb.dead_letters(), [], "dead letters")
+    check("lookup failed" not in pb.log(), "a lookup failed")
+    check(SECRET not in pb.log(), "the client secret in the log")
+    check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+@test
+def enrich_retries_while_the_token_endpoint_fails():
+    a = auth_server()
+    a.control(reset=True, failing=True)
+    sink = start_sink()
+    cfg = HEAD + enrich_pipe("ef", f"{API.partner.url}/lookup", f"""          auth:
+            oauth2: {{ token_url: "{a.token_url}", client_id: enricher,
+                      client_secret: "{SECRET}" }}""")
+    pb = Patchbay(cfg.replace("@SINK@", sink.url))
+    with API.lock:
+        looked = len(API.lookups)
+    for i in range(5):
+        st, _, _ = pb.post("/ef", {"cid": f"f{i}"})
+        check(st == 202, f"ingest -> {st}")
+
+    def degraded():
+        st, _, body = pb.get("/ready")
+        doc = json.loads(body)
+        return st == 200 and doc.get("degraded") and doc
+
+    doc = wait_until(degraded, 30, "/ready to list the failing token endpoint")
+    d = doc["degraded"][0]
+    check(d["pipeline"] == "ef" and d.get("part") == "process[enrich]"
+          and "HTTP 503" in d["reason"], f"degraded: {doc}")
+    wait_until(lambda: "no OAuth2 token" in pb.log(), 20, "the lookup's reason in the log")
+    with API.lock:
+        check_eq(API.lookups[looked:], [], "lookups without a token")
+    a.control(failing=False)
+    wait_until(lambda: len(at_sink(sink, "ef")) == 5, 90, "5 enriched messages")
+    check_eq(pb.dead_letters(), [], "dead letters")
+    st, _, body = pb.get("/ready")
+    check_eq((st, json.loads(body)), (200, {"ready": True}), "/ready once the endpoint answers")
     check_eq(pb.term(), 0, "clean exit")
     sink.stop()
 
