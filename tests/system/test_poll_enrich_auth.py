@@ -16,6 +16,9 @@ input and the enrich processor, against real partners on 127.0.0.1:
   records arrive with the client's certificate subject; without a client
   certificate the run fails with nginx's refusal; insecure_skip_verify is
   warned by lint and at start;
+- the refresh_token grant on a poller, with a server that rotates strictly
+  (each refresh token works once): kill -9 once the store holds the
+  current one, and the restarted poller goes on with it, the chain unbroken;
 - enrich: lookups with an OAuth2 token (one for all, a revoked one refreshed
   once, no dead letter), basic auth and mTLS; a failing token endpoint
   routes the messages again later (nothing is dead-lettered, /ready lists
@@ -25,6 +28,7 @@ input and the enrich processor, against real partners on 127.0.0.1:
 import base64
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -438,6 +442,86 @@ pipelines:
     check("tls.insecure_skip_verify is set pipeline=insecure part=input" in pb.log(),
           "no warning at start")
     check_eq(pb.term(), 0, "clean exit")
+    sink.stop()
+
+
+class Rotating:
+    """A token endpoint that rotates strictly: one live refresh token, 2 s
+    access tokens (opaque) that /rt/items takes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.current, self.n, self.reused, self.rotated_at = "rt-0", 0, [], 0.0
+        self.access = {}
+        self.polls = 0
+        self.partner = Partner(self.handle)
+
+    def handle(self, req):
+        if req.path == "/token":
+            f = req.form()
+            with self.lock:
+                if f.get("grant_type") != "refresh_token" or f.get("refresh_token") != self.current:
+                    self.reused.append(f.get("refresh_token"))
+                    return 400, {}, {"error": "invalid_grant"}
+                self.n += 1
+                self.rotated_at = time.monotonic()
+                self.current = f"rt-{self.n}-{os.urandom(4).hex()}"
+                at = f"at-{self.n}-{os.urandom(8).hex()}"
+                self.access[at] = time.time() + 2.0
+                return 200, {}, {"access_token": at, "token_type": "Bearer", "expires_in": 2,
+                                 "refresh_token": self.current}
+        a = req.headers.get("authorization", "")
+        with self.lock:
+            if not a.startswith("Bearer ") or self.access.get(a[7:], 0) <= time.time():
+                return 401, {}, {"error": "invalid_token"}
+            self.polls += 1
+            return 200, {}, {"items": [{"id": f"r{self.polls}"}]}
+
+
+def stored_refresh(pb):
+    db = sqlite3.connect(f"file:{pb.dir}/state.db?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT value FROM kv WHERE scope = 'oauth2'").fetchall()
+    finally:
+        db.close()
+    return json.loads(rows[0][0])["refresh_token"] if rows else None
+
+
+@test
+def a_rotating_refresh_token_survives_kill9_of_the_poller():
+    ts = Rotating()
+    sink = start_sink()
+    pb = Patchbay(HEAD + f"""
+  rt:
+    input:
+      http_poll:
+        url: "{ts.partner.url}/rt/items"
+        interval: 1s
+        items: .items[]
+        dedupe_key: .id
+        auth:
+          oauth2:
+            token_url: "{ts.partner.url}/token"
+            client_id: crm-app
+            client_secret: "{SECRET}"
+            grant: refresh_token
+            refresh_token: "${{RT0}}"
+    outputs:
+      sink: {{ http: {{ url: "{sink.url}/in" }} }}
+""", env={"RT0": "rt-0"})
+    wait_until(lambda: ts.n >= 2, 30, "two rotations")
+    wait_until(lambda: stored_refresh(pb) == ts.current and
+               time.monotonic() - ts.rotated_at < 0.8, 20, "the current token in the store")
+    before, polls = ts.n, ts.polls
+    pb.kill9()
+    pb.start()
+    wait_until(lambda: ts.n >= before + 2 and ts.polls >= polls + 3, 30,
+               "rotations and polls after the restart")
+    check_eq(ts.reused, [], "refresh tokens sent twice")
+    check("run ended with an error" not in pb.log(), "a run ended with an error")
+    check("rt-0" not in pb.log() and ts.current not in pb.log(), "a refresh token in the log")
+    check_eq(pb.term(), 0, "clean exit")
+    ts.partner.stop()
     sink.stop()
 
 
