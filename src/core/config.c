@@ -852,6 +852,15 @@ static struct pb_config *load(const char *path, struct pb_http_client *http, boo
                 snprintf(who, sizeof(who), "input of pipeline \"%s\"", pl->name);
                 warn_insecure(diag, who, inb->vals[0]);
             }
+            const struct pb_node *steps = pb_node_get(pls->vals[i], "process");
+            for (size_t j = 0; steps && steps->type == PB_NODE_SEQ && j < steps->n; j++) {
+                const struct pb_node *blk = steps->vals[j];
+                if (blk->type != PB_NODE_MAP || blk->n != 1)
+                    continue;
+                char who[PB_NAME_MAX + 48];
+                snprintf(who, sizeof(who), "process step %zu of pipeline \"%s\"", j + 1, pl->name);
+                warn_insecure(diag, who, blk->vals[0]);
+            }
         }
     }
     if (!first.code) {
