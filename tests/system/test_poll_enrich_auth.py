@@ -397,6 +397,11 @@ pipelines:
         url: "https://127.0.0.1:{n.port}/mtls"
         tls: {{ insecure_skip_verify: true, cert_file: "{n.path('client.crt')}",
                key_file: "{n.path('client.key')}" }}
+    process:
+      - enrich:
+          url: 'https://127.0.0.1:{n.port}/lookupm/{{{{ .cid }}}}'
+          into: '.c = $answer'
+          tls: {{ insecure_skip_verify: true }}
     outputs:
       x: {{ http: {{ url: https://api.example.test/x }} }}
 """)
@@ -405,6 +410,8 @@ pipelines:
     out = r.stdout + r.stderr
     check(r.returncode == 0, f"lint failed:\n{out}")
     check('input of pipeline "a": tls.insecure_skip_verify' in out, f"no lint warning:\n{out}")
+    check('process step 1 of pipeline "a": tls.insecure_skip_verify' in out,
+          f"no lint warning for the enrich step:\n{out}")
     # A bad block is an error with the plugin's name, before anything runs.
     with open(cfg, "w") as f:
         f.write(f"""
