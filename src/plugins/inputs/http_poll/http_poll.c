@@ -100,73 +100,6 @@ static jv jv_max(jv a, jv b)
     return b;
 }
 
-/* The checkpoint: the committed cursor and, while a run is under way, where
- * it stands (the next page to read). */
-static char *state_text(struct in_poll *p, jv cursor, bool run_ends)
-{
-    jv st = jv_object_set(jv_object(), jv_string("v"), jv_number(1));
-    st = jv_object_set(st, jv_string("cursor"), cursor);
-    if (!run_ends) {
-        jv r = jv_object();
-        r = jv_object_set(r, jv_string("page_no"), jv_number((double)p->page_no));
-        r = jv_object_set(r, jv_string("page"), jv_number((double)p->page));
-        r = jv_object_set(r, jv_string("offset"), jv_number((double)p->offset));
-        r = jv_object_set(r, jv_string("token"), p->token ? jv_string(p->token) : jv_null());
-        r = jv_object_set(r, jv_string("url"), p->next_url ? jv_string(p->next_url) : jv_null());
-        r = jv_object_set(r, jv_string("sent"), jv_copy(p->sent));
-        r = jv_object_set(r, jv_string("max"), jv_copy(p->run_max));
-        st = jv_object_set(st, jv_string("run"), r);
-    }
-    char *s = NULL;
-    if (pb_jq_dump(st, &s, NULL, NULL) != 0)
-        return NULL;
-    return s;
-}
-
-static void load_state(struct in_poll *p, const char *text, size_t len)
-{
-    jv st = jv_parse_sized(text, (int)len);
-    if (jv_get_kind(st) != JV_KIND_OBJECT) {
-        jv_free(st);
-        PB_WARN("http_poll: checkpoint unreadable, starting afresh pipeline=%s", p->pipeline);
-        return;
-    }
-    jv_free(p->committed);
-    p->committed = jv_object_get(jv_copy(st), jv_string("cursor"));
-    if (!jv_is_valid(p->committed))
-        p->committed = jv_null();
-    jv r = jv_object_get(jv_copy(st), jv_string("run"));
-    if (jv_get_kind(r) == JV_KIND_OBJECT) {
-        jv v;
-        p->in_run = true;
-        v = jv_object_get(jv_copy(r), jv_string("page_no"));
-        p->page_no = jv_get_kind(v) == JV_KIND_NUMBER ? (int64_t)jv_number_value(v) : 0;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("page"));
-        p->page = jv_get_kind(v) == JV_KIND_NUMBER ? (int64_t)jv_number_value(v) : 0;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("offset"));
-        p->offset = jv_get_kind(v) == JV_KIND_NUMBER ? (int64_t)jv_number_value(v) : 0;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("token"));
-        p->token = jv_get_kind(v) == JV_KIND_STRING ? strdup(jv_string_value(v)) : NULL;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("url"));
-        p->next_url = jv_get_kind(v) == JV_KIND_STRING ? strdup(jv_string_value(v)) : NULL;
-        jv_free(v);
-        jv_free(p->sent);
-        p->sent = jv_object_get(jv_copy(r), jv_string("sent"));
-        jv_free(p->run_max);
-        p->run_max = jv_object_get(jv_copy(r), jv_string("max"));
-        if (!jv_is_valid(p->sent))
-            p->sent = jv_null();
-        if (!jv_is_valid(p->run_max))
-            p->run_max = jv_null();
-    }
-    jv_free(r);
-    jv_free(st);
-}
-
 static void set_position(struct in_poll *p)
 {
     char buf[300];
@@ -907,7 +840,7 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     b->run_ends = ends;
     jv cur = ends && !b->error ? jv_max(jv_copy(p->committed), jv_copy(p->run_max))
                                : jv_copy(p->committed);
-    b->state = state_text(p, cur, ends);
+    b->state = poll_state_text(p, cur, ends);
     if (!b->state) {
         batch_free(b);
         b = NULL;
@@ -935,7 +868,7 @@ static int poll_start(void *ctx, struct pb_input *in, struct pb_err *err)
     if (!p->timer && !(p->timer = pb_loop_timer_create(p->loop, timer_cb, p)))
         return pb_err_set(err, PB_ENOMEM, "out of memory");
     if (pb_input_checkpoint(in, "state", &v, &len) == 0)
-        load_state(p, v, len);
+        poll_state_load(p, v, len);
     set_position(p);
     pb_input_set_state(in, PB_INPUT_CONNECTED, NULL);
     if (p->in_run) {

@@ -103,5 +103,10 @@ struct in_poll {
 extern const char *const poll_methods[];
 extern const struct pb_field poll_fields[];
 int poll_init(void *ctx, struct pb_input_env *env, struct pb_err *err);
+/* The checkpoint (poll_state.c): cursor (taken) and, unless run_ends, the
+ * run's position, as malloc'd JSON text (NULL: out of memory); and read
+ * back into p at start. */
+char *poll_state_text(struct in_poll *p, jv cursor, bool run_ends);
+void poll_state_load(struct in_poll *p, const char *text, size_t len);
 
 #endif
