@@ -430,17 +430,20 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     pump(E);
 }
 
-/* The request for a lookup of url (with body, may be NULL), without the
- * auth header (send_lookup adds it); hdrs has room for MAX_HEADERS + 4 and
+/* The request for a lookup of url (with body, may be NULL) and the auth
+ * header of tk (may be NULL: none); hdrs has room for MAX_HEADERS + 4 and
  * must live as long as *req. */
 static void build_req(struct enrich *E, const char *url, const char *body, size_t blen,
-                      struct pb_http_header *hdrs, struct pb_http_req *req)
+                      const struct pb_http_auth_ticket *tk, struct pb_http_header *hdrs,
+                      struct pb_http_req *req)
 {
     size_t n = 0;
     hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
     hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
     if (body)
         hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
+    if (tk && tk->name)
+        hdrs[n++] = (struct pb_http_header){tk->name, tk->value};
     for (size_t i = 0; i < E->nstatic; i++)
         hdrs[n++] = E->statics[i];
     *req = (struct pb_http_req){
@@ -513,9 +516,7 @@ static int send_lookup(struct enrich *E, struct lookup *L)
     L->gen = tk.gen;
     struct pb_http_header hdrs[MAX_HEADERS + 4];
     struct pb_http_req req;
-    build_req(E, L->url, L->body, L->blen, hdrs, &req);
-    if (tk.name) /* build_req leaves room for it */
-        hdrs[req.nheaders++] = (struct pb_http_header){tk.name, tk.value};
+    build_req(E, L->url, L->body, L->blen, &tk, hdrs, &req);
     E->requests++;
     return E->http ? pb_http_client_send(E->http, &req, done_cb, L) : PB_EINVAL;
 }
@@ -580,7 +581,10 @@ static int mock_lookup(struct enrich *E, struct pb_proc_io *io, jv msg, jv meta,
     enum ec_state state;
     jv answer;
     size_t bytes;
-    build_req(E, url, body, blen, hdrs, &req);
+    /* bearer, basic and api_key as sent; OAuth2 fetches no token under test. */
+    struct pb_http_auth_ticket tk; /* large: on the stack, for this call */
+    bool auth = !pb_http_auth_refreshable(E->a) && pb_http_auth_header(E->a, &tk) == 0;
+    build_req(E, url, body, blen, auth ? &tk : NULL, hdrs, &req);
     int rc = pb_mock_http(E->mock, "enrich", key, &req, &resp, err);
     if (rc != 0) {
         jv_free(msg);
