@@ -73,8 +73,10 @@ static void failing_cb(void *arg, const char *pipeline, const char *name,
     char reason[400];
     snprintf(reason, sizeof(reason), "oauth2 token endpoint %s failing: %s", st->token_url,
              st->error);
-    json_array_append_new(
-        arg, json_pack("{s:s, s:s, s:s}", "pipeline", pipeline, "output", name, "reason", reason));
+    /* An input ("input") or a process step ("process[N]") is a part, not an output. */
+    bool part = strcmp(name, "input") == 0 || strchr(name, '[') != NULL;
+    json_array_append_new(arg, json_pack("{s:s, s:s, s:s}", "pipeline", pipeline,
+                                         part ? "part" : "output", name, "reason", reason));
 }
 
 /* What works but not fully: failing token endpoints, open circuit
@@ -118,6 +120,12 @@ static void ready(void *arg, struct pb_http_request *r)
         return;
     }
     json_t *o = json_pack("{s:b, s:s}", "ready", 0, "reason", why);
+    /* What is failing besides (a token endpoint an input waits for...). */
+    json_t *d = atomic_load(&((struct pb_engine *)arg)->ready) ? degraded(arg) : NULL;
+    if (o && d && json_array_size(d))
+        json_object_set_new(o, "degraded", d);
+    else
+        json_decref(d);
     char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
     pb_http_respond_json(r, 503, t ? t : "{\"ready\":false}");
     free(t);

@@ -710,17 +710,17 @@ static void warn_urls(struct pb_diag *d, const struct url_owner *w, const struct
     }
 }
 
-/* tls.insecure_skip_verify anywhere in a plugin's block. */
-static void warn_insecure(struct pb_diag *d, const struct pb_output *o, const struct pb_node *body)
+/* tls.insecure_skip_verify anywhere in a plugin's block; who: "output \"x\""... */
+static void warn_insecure(struct pb_diag *d, const char *who, const struct pb_node *body)
 {
     const struct pb_node *tls = body && body->type == PB_NODE_MAP ? pb_node_get(body, "tls") : NULL;
     const struct pb_node *v =
         tls && tls->type == PB_NODE_MAP ? pb_node_get(tls, "insecure_skip_verify") : NULL;
     if (v && v->type == PB_NODE_SCALAR && strcmp(v->str, "true") == 0)
         warn_at(d, v, "tls",
-                "output \"%s\": tls.insecure_skip_verify: the partner's certificate is not "
+                "%s: tls.insecure_skip_verify: the partner's certificate is not "
                 "checked, so anyone on the path can read and change what is sent",
-                o->name);
+                who);
 }
 
 static void check_listen(struct pb_config *c, const struct pb_node *root, struct pb_diag *d,
@@ -852,13 +852,27 @@ static struct pb_config *load(const char *path, struct pb_http_client *http, boo
                 struct url_owner w = {.allow = pl->outs[j].allow, .o = &pl->outs[j]};
                 if (blk->type == PB_NODE_MAP && blk->n == 1) {
                     warn_urls(diag, &w, blk->vals[0], pl->outs[j].plugin->fields);
-                    warn_insecure(diag, &pl->outs[j], blk->vals[0]);
+                    char who[PB_NAME_MAX + 16];
+                    snprintf(who, sizeof(who), "output \"%s\"", pl->outs[j].name);
+                    warn_insecure(diag, who, blk->vals[0]);
                 }
             }
             const struct pb_node *inb = pb_node_get(pls->vals[i], "input");
             if (pl->in && inb && inb->type == PB_NODE_MAP && inb->n == 1) {
                 struct url_owner w = {.allow = pl->in->allow, .pipeline = pl->name};
                 warn_urls(diag, &w, inb->vals[0], pl->in->plugin->fields);
+                char who[PB_NAME_MAX + 32];
+                snprintf(who, sizeof(who), "input of pipeline \"%s\"", pl->name);
+                warn_insecure(diag, who, inb->vals[0]);
+            }
+            const struct pb_node *steps = pb_node_get(pls->vals[i], "process");
+            for (size_t j = 0; steps && steps->type == PB_NODE_SEQ && j < steps->n; j++) {
+                const struct pb_node *blk = steps->vals[j];
+                if (blk->type != PB_NODE_MAP || blk->n != 1)
+                    continue;
+                char who[PB_NAME_MAX + 48];
+                snprintf(who, sizeof(who), "process step %zu of pipeline \"%s\"", j + 1, pl->name);
+                warn_insecure(diag, who, blk->vals[0]);
             }
         }
     }
