@@ -328,6 +328,8 @@ int pb_engine_inject(struct pb_engine *e, struct pb_op *op);
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
                              void *arg);
 
+/* config_server.c: the fields of the server block. */
+extern const struct pb_field pb__server_fields[];
 /* config_flow.c: concurrency, rate_limit and circuit_breaker of o, from
  * their nodes; the breakers' events_pipeline name pipelines of c. */
 int pb__output_flow_load(struct pb_output *o, struct pb_err *err);
