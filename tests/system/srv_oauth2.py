@@ -32,6 +32,7 @@ class OAuth2(Server):
         self.key_client = key_client
         self.public_key = public_key
         self.assertion_aud = assertion_aud
+        self.start_failing = False  # the next start refuses every token request
         ensure_node_client(NODE_DIR, "oauth2-mock-server")
         super().__init__(**kw)
 
@@ -48,6 +49,8 @@ class OAuth2(Server):
             a += ["--public-key", self.public_key]
         if self.assertion_aud:
             a += ["--assertion-aud", self.assertion_aud]
+        if self.start_failing:
+            a += ["--failing", "1"]
         return a
 
     @property

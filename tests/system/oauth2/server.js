@@ -31,6 +31,7 @@ function args() {
     else if (k === '--key-client') a.keyClient = x;
     else if (k === '--public-key') a.publicKey = fs.readFileSync(x, 'utf8');
     else if (k === '--assertion-aud') a.assertionAud = x;
+    else if (k === '--failing') a.failing = x === '1';
     else throw new Error('unknown option ' + k);
   }
   return a;
@@ -48,7 +49,7 @@ async function main() {
 
   const stats = { requests: 0, issued: 0, refused: 0, by_grant: {}, by_method: {}, by_client: {},
     assertions: [] };
-  let failing = false;
+  let failing = !!opt.failing;
 
   const ttlOf = (client) => (client in opt.ttls ? opt.ttls[client] : opt.ttl);
   mock.service.on('beforeTokenSigning', (token, req) => {
