@@ -164,8 +164,8 @@ int tk_node_json(const struct pb_node *n, char **out, size_t *len, struct pb_err
 
 int tk_node_jv(const struct pb_node *n, jv *out, struct pb_err *err)
 {
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     struct pb_err perr = {0};
     int rc = tk_node_json(n, &text, &len, err);
     if (rc)

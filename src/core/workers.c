@@ -66,7 +66,7 @@ struct pb_workers *pb_workers_create(const char *name, size_t nthreads, struct p
         }
         w->n++;
         char tn[16];
-        snprintf(tn, sizeof(tn), "%.10s-%zu", name, i);
+        snprintf(tn, sizeof(tn), "%.10s-%u", name, (unsigned)(i % 1000));
         pthread_setname_np(w->threads[i], tn);
     }
     return w;

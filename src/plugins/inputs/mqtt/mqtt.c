@@ -1242,7 +1242,7 @@ static void conn_lost(struct in_mqtt *m, const char *why)
         m->backoff_ms = 0;
     m->backoff_ms = pb_mqtt_backoff_next(m->backoff_ms);
     char detail[400];
-    snprintf(detail, sizeof(detail), "%s: %s", m->conf.shown, why);
+    snprintf(detail, sizeof(detail), "%.150s: %.240s", m->conf.shown, why);
     pb_input_set_state(m->in, PB_INPUT_RECONNECTING, detail);
     pb_loop_timer_start(m->t_reconnect, pb_mqtt_backoff_jitter(m->backoff_ms));
 }

@@ -471,7 +471,7 @@ static void conn_lost(struct out_mqtt *m, const char *why)
     if (!m->connected)
         return;
     char text[400];
-    snprintf(text, sizeof(text), "connection to %s lost: %s", m->conf.shown, why);
+    snprintf(text, sizeof(text), "connection to %.150s lost: %.220s", m->conf.shown, why);
     pb_loop_watch_remove(m->watch);
     m->watch = NULL;
     pb_mqtt_conn_close(&m->conn);
