@@ -283,7 +283,8 @@ row sql-upsert "patchbay file -> store -> sql upsert, batch $BATCH" "$w_secs" "$
 # ---- the table ------------------------------------------------------------------------------------
 {
     echo "PostgreSQL rows: $N rows each, $(nproc) cores, $("$PGBIN/postgres" --version)," \
-        "rev $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
+        "rev $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')," \
+        "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "| row | what | rows/s | seconds | client CPU-µs/row | PostgreSQL CPU-µs/row | patchbay peak RSS MB | machine busy |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
