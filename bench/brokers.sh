@@ -198,11 +198,11 @@ pb_in_row() {
     in_done=yes
     while :; do
         if [[ -z $t_first ]] &&
-            (($(metric_sum "$pb_port" patchbay_messages_received_total 2>/dev/null || echo 0) > 0)); then
+            (($( (metric_sum "$pb_port" patchbay_messages_received_total 2>/dev/null || echo 0) | tail -1) > 0)); then
             t_first=$(now)
             s_first=$(sink_200 "$sink_port")
         fi
-        n=$(sink_200 "$sink_port" 2>/dev/null || echo 0)
+        n=$( (sink_200 "$sink_port" 2>/dev/null || echo 0) | tail -1)
         t_end=$(now)
         ((n >= BROKER_MSGS)) && break
         if ! kill -0 "$pb_pid" 2>/dev/null; then
