@@ -6,8 +6,10 @@ in a directory of its own.
 
 KIND is nats (nats-server with JetStream), amqp (rabbitmq-server), redis
 (redis-server, append-only file fsynced on every write), mqtt (mosquitto,
-persistence on) or kafka (librdkafka's mock cluster, tests/tools/pb_kafka_mock;
---topic creates a topic). The server's files go under DIR. Once the broker
+persistence on), kafka (librdkafka's mock cluster, tests/tools/pb_kafka_mock;
+--topic creates a topic) or postgres (tests/system/srv_postgres.py's throwaway
+cluster, wal_level=logical, with fsync on; url is a libpq URL of its postgres
+database). The server's files go under DIR. Once the broker
 takes connections, DIR/broker.env holds shell assignments:
 
     url=...      how a client reaches it (kafka: the bootstrap list)
@@ -50,7 +52,15 @@ def start(kind, topics, max_inflight):
     if kind == "kafka":
         from srv_kafka import Kafka
         return Kafka(topics=topics)
-    raise SystemExit(f"broker.py: unknown broker {kind!r} (nats, amqp, redis, mqtt, kafka)")
+    if kind == "postgres":
+        # Durable commits (the fixture turns fsync off for the tests' speed), room for
+        # a burst of WAL without a checkpoint in the middle of a row.
+        from srv_postgres import Postgres
+        return Postgres(settings={"fsync": "on", "full_page_writes": "on",
+                                  "shared_buffers": "128MB", "max_wal_size": "2GB",
+                                  "checkpoint_timeout": "15min"})
+    raise SystemExit(f"broker.py: unknown broker {kind!r} (nats, amqp, redis, mqtt, kafka, "
+                     "postgres)")
 
 
 def main():
@@ -82,7 +92,8 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     srv = start(kind, topics, max_inflight)
     try:
-        url = srv.bootstrap if kind == "kafka" else srv.url
+        url = (srv.bootstrap if kind == "kafka" else srv.dsn() if kind == "postgres"
+               else srv.url)
         tmp = os.path.join(root, "broker.env.tmp")
         with open(tmp, "w") as f:
             f.write(f"url='{url}'\nport={srv.port}\npid={srv.proc.pid}\n")

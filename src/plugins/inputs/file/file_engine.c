@@ -760,7 +760,11 @@ void fe_resume(struct fe *e)
 
 void fe_stop(struct fe *e)
 {
+    /* The loop may be destroyed right after stop (an input with a thread of its own, as
+     * sftp's), so the timer goes now, as the plugin contract asks; what the job holds is
+     * released by fe_destroy, and a batch still in flight finds the engine by its
+     * callback as before. */
     e->stopping = true;
-    if (e->j.ph != PH_IDLE)
-        arm(e, 0);
+    pb_loop_timer_destroy(e->timer);
+    e->timer = NULL;
 }
