@@ -66,6 +66,14 @@ static int session_setup(struct pgq *q, struct pgc *c, struct pb_err *err)
     return pb__pg_exec(c, sql, pb__pg_deadline(PG_IO_DEADLINE_MS), NULL, err);
 }
 
+/* What the server says besides results (notices, the FATAL of a
+ * connection it ends) goes to the log, never to stderr. */
+static void notice(void *arg, const char *msg)
+{
+    size_t n = strcspn(msg, "\n");
+    PB_DEBUG("state store notice role=%s message=\"%.*s\"", (const char *)arg, (int)n, msg);
+}
+
 int pb__pg_connect(struct pgq *q, struct pgc *c, const char *role, struct pb_err *err)
 {
     /* Our defaults first: the URL's own settings override them. */
@@ -95,6 +103,7 @@ int pb__pg_connect(struct pgq *q, struct pgc *c, const char *role, struct pb_err
         return pb_err_set(err, PB_ESTORE, "cannot connect to the state store %s: %s", q->display,
                           msg);
     }
+    PQsetNoticeProcessor(c->conn, notice, (void *)c->role);
     if (PQsetnonblocking(c->conn, 1) != 0) {
         pb__pg_close(c);
         return pb_err_set(err, PB_ESTORE, "state store %s: cannot make the connection non-blocking",

@@ -8,11 +8,10 @@
  * transaction under an advisory lock of the schema's own, so nodes starting
  * together do not race.
  *
- * Who migrates (see docs/operations.md): an empty schema gets the current
- * version from any node; an older one is upgraded only by `patchbay
- * migrate CONFIG` or a node whose configuration says `cluster: {migrate:
- * auto}`, so a node of a newer binary never changes the schema under the
- * nodes still running the old one by surprise. Migrations are additive:
+ * Who migrates (see docs/configuration.md): an empty schema gets the
+ * current version from any node; an older one is upgraded only by
+ * `patchbay migrate CONFIG`, so a node of a newer binary never changes the
+ * schema under the nodes still running the old one by surprise. Migrations are additive:
  * a node already running keeps working on the newer schema until it is
  * replaced; a node of an older binary refuses to start on it. */
 #include <inttypes.h>
