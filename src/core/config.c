@@ -89,7 +89,7 @@ static const struct pb_field top_fields[] = {
      .type = PB_F_STR,
      .offset = OFF(state),
      .def = "sqlite:./patchbay-data/state.db",
-     .doc = "sqlite:PATH"},
+     .doc = "sqlite:PATH, or postgres://USER@HOST[:PORT]/DB[?schema=NAME] to share it"},
     {.name = "outbound", .type = PB_F_OBJECT, .offset = OFF(outbound), .sub = outbound_fields},
     {.name = "limits", .type = PB_F_OBJECT, .offset = OFF(limits), .sub = limits_fields},
     {.name = "retention",

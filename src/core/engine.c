@@ -293,6 +293,7 @@ int pb_engine_run(const struct pb_run_opts *ro)
     struct pb_store_opts so;
     pb_store_opts_default(&so);
     so.ingest_queue_max = (size_t)e.cfg->limits.ingest_queue;
+    so.version = PB_VERSION;
     /* A reload re-opens the store this process has just closed cleanly: the
      * full read of quick_check (seconds on a large store, while clients wait
      * in the listen queue) finds nothing new. The log is still checked. */
@@ -327,6 +328,7 @@ int pb_engine_run(const struct pb_run_opts *ro)
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;
     }
+    pb__engine_cluster_start(&e);
     e.workers = pb_workers_create("pb-work", WORKERS, &err);
     if (!e.workers)
         goto fail;
@@ -381,6 +383,7 @@ out:
     listen_fd = pb_httpd_quiesce(e.httpd, reload);
     pb_httpd_drain(e.httpd, 5000);
     stop_inputs(&e, e.cfg->shutdown_timeout_ms);
+    pb__engine_cluster_stop(&e);
     pb_dispatcher_stop(e.disp, e.cfg->shutdown_timeout_ms);
     if (e.store)
         pb_store_stop(e.store);

@@ -259,6 +259,10 @@ struct pb_engine {
 };
 
 struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name);
+/* cluster.c: take the store's news of the other nodes (after the
+ * dispatcher is created), and stop taking it (before it is destroyed). */
+void pb__engine_cluster_start(struct pb_engine *e);
+void pb__engine_cluster_stop(struct pb_engine *e);
 struct pb_output *pb_pipeline_output(struct pb_pipeline *pl, const char *name);
 
 /* Dispatcher (src/core/dispatch.c). */

@@ -1,14 +1,17 @@
 """The state store on PostgreSQL: the store's unit tests (tests/unit/
 test_store.c, every op of the writer, the reads, migrations, two nodes
 racing on one idempotency key) run against a throwaway PostgreSQL cluster
-this module starts, each test in a schema of its own."""
+this module starts, each test in a schema of its own; and the daemon on it:
+delivery across a kill -9, /ready while the database is down."""
 
+import json
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pbtest import PB_BIN, check, run, scaled, test  # noqa: E402
+from pbtest import (PB_BIN, Patchbay, check, check_eq, run, scaled,  # noqa: E402
+                    start_sink, test, wait_until)
 from srv_postgres import Postgres  # noqa: E402
 
 _pg = None
@@ -37,6 +40,81 @@ def store_unit_tests_pass_on_postgres():
     for name in ("two_nodes_same_key_make_one_message", "older_schema_refused_until_migrated"):
         check(f"ok   {name}" in r.stdout, f"{name} did not pass:\n{tail}")
     check("(PostgreSQL only)" not in r.stdout, "a PostgreSQL-only case was skipped")
+
+
+CONF = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: "%(state)s"
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  orders:
+    input:
+      http_server: { path: /in }
+    outputs:
+      sink:
+        http:
+          url: "%(sink)s/charges"
+          retry: { max_attempts: 1000, initial: 50ms, max: 500ms }
+"""
+
+
+def state_url(schema):
+    return pg().dsn("pbstore") + "?schema=" + schema
+
+
+def ready(pb):
+    try:
+        st, _, data = pb.get("/ready")
+    except OSError:
+        return None, b""
+    return st, data
+
+
+@test
+def daemon_delivers_and_survives_kill9():
+    sink = start_sink()
+    pb = Patchbay(CONF % {"state": state_url("deliver"), "sink": sink.url})
+    for i in range(50):
+        st, _, _ = pb.post("/in", {"n": i}, headers={"Idempotency-Key": f"k{i}"})
+        check_eq(st, 202, f"POST {i}")
+    # A repeated key is answered as a duplicate: one message.
+    pb.post("/in", {"n": 0}, headers={"Idempotency-Key": "k0"})
+    wait_until(lambda: len(sink.records()) >= 50, scaled(30), "50 deliveries")
+    sink.set_mode(status=500)
+    for i in range(50, 80):
+        st, _, _ = pb.post("/in", {"n": i})
+        check_eq(st, 202, f"POST {i}")
+    pb.kill9()
+    sink.set_mode(status=200)
+    pb.start()
+    def got():
+        return sorted({json.loads(r["body"])["n"] for r in sink.records() if r["status"] == 200})
+
+    wait_until(lambda: got() == list(range(80)), scaled(60),
+               "every acknowledged message delivered after kill -9")
+    c = pg().connect("pbstore")
+    check_eq(c.value("SELECT count(*) FROM deliver.messages"), "80", "one message per key")
+    c.close()
+    pb.term()
+
+
+@test
+def ready_false_while_the_database_is_down():
+    sink = start_sink()
+    pb = Patchbay(CONF % {"state": state_url("ready"), "sink": sink.url})
+    check_eq(ready(pb)[0], 200, "/ready with the database up")
+    pg().kill9()
+    try:
+        wait_until(lambda: ready(pb)[0] == 503, scaled(30), "/ready 503 with the database down")
+        check(b"unreachable" in ready(pb)[1], f"reason: {ready(pb)[1]!r}")
+    finally:
+        pg().start()
+    # Back without any write to make the store try: the heartbeat's probe.
+    wait_until(lambda: ready(pb)[0] == 200, scaled(25), "/ready 200 once the database is back")
+    st, _, _ = pb.post("/in", {"n": 1})
+    check_eq(st, 202, "ingest once the database is back")
+    wait_until(lambda: len(sink.records()) >= 1, scaled(30), "delivery once the database is back")
+    pb.term()
 
 
 if __name__ == "__main__":
