@@ -17,6 +17,7 @@ static void usage(FILE *f)
             "commands:\n"
             "  run [--force] CONFIG       run the daemon (SIGTERM drains and exits)\n"
             "  lint CONFIG                validate a configuration; errors as file:line:col\n"
+            "  migrate CONFIG             apply the state store's schema migrations\n"
             "  dlq list [--pipeline P] [--output O] [--limit N] [--after ID] [--json]\n"
             "  dlq show ID                one dead letter with its attempts\n"
             "  dlq replay ID | --all [--pipeline P] [--output O]\n"
@@ -43,6 +44,11 @@ static const struct {
     {"lint", "usage: patchbay lint CONFIG\n"
              "\n"
              "Validate CONFIG without connecting anywhere; errors as file:line:col, exit 1.\n"},
+    {"migrate", "usage: patchbay migrate CONFIG\n"
+                "\n"
+                "Bring the state store of CONFIG to this patchbay's schema and exit. A\n"
+                "PostgreSQL store of an older schema is refused by `patchbay run` until this\n"
+                "has run; SQLite stores are migrated by `run` itself.\n"},
     {"dlq", "usage: patchbay dlq list [--pipeline P] [--output O] [--limit N] [--after ID] "
             "[--json]\n"
             "       patchbay dlq show ID\n"
@@ -138,6 +144,8 @@ static int dispatch(int n, char **args, bool help)
         return pb_cmd_run(sub_argc, sub_argv);
     if (strcmp(cmd, "lint") == 0)
         return pb_cmd_lint(sub_argc, sub_argv);
+    if (strcmp(cmd, "migrate") == 0)
+        return pb_cmd_migrate(sub_argc, sub_argv);
     if (strcmp(cmd, "dlq") == 0)
         return pb_cmd_dlq(sub_argc, sub_argv);
     if (strcmp(cmd, "endpoints") == 0)

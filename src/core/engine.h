@@ -326,5 +326,8 @@ struct pb_run_opts {
     int (*attach)(struct pb_engine *e, struct pb_err *err);
 };
 int pb_engine_run(const struct pb_run_opts *o);
+/* `patchbay migrate CONFIG`: apply the state store's schema migrations
+ * (migrate.c). 0, or 1 with the reason on stderr. */
+int pb_engine_migrate(const char *config_path);
 
 #endif

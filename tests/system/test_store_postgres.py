@@ -2,7 +2,8 @@
 test_store.c, every op of the writer, the reads, migrations, two nodes
 racing on one idempotency key) run against a throwaway PostgreSQL cluster
 this module starts, each test in a schema of its own; and the daemon on it:
-delivery across a kill -9, /ready while the database is down."""
+delivery across a kill -9, `patchbay migrate` and the refusal of an older
+schema, /ready while the database is down."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pbtest import (PB_BIN, Patchbay, check, check_eq, run, scaled,  # noqa: E402
+from pbtest import (PB_BIN, Patchbay, check, check_eq, run, run_cli, scaled,  # noqa: E402
                     start_sink, test, wait_until)
 from srv_postgres import Postgres  # noqa: E402
 
@@ -96,6 +97,45 @@ def daemon_delivers_and_survives_kill9():
     check_eq(c.value("SELECT count(*) FROM deliver.messages"), "80", "one message per key")
     c.close()
     pb.term()
+
+
+@test
+def migrate_command_and_older_schema_refused():
+    sink = start_sink()
+    conf = CONF % {"state": state_url("mig"), "sink": sink.url}
+    pb = Patchbay(conf, start=False)
+    r = run_cli("migrate", pb.config_path)
+    check_eq(r.returncode, 0, f"migrate on an empty schema: {r.stderr}")
+    check("at this patchbay's schema" in r.stdout, r.stdout)
+    c = pg().connect("pbstore")
+    current = c.value("SELECT value FROM mig.meta WHERE key = 'schema_version'")
+    check(int(current) >= 2, f"schema_version {current}")
+    # Back to schema 1, as a node of an older binary left it.
+    c.query("DROP TABLE mig.holds; DROP TABLE mig.nodes; DROP SEQUENCE mig.node_epoch;"
+            " DROP INDEX mig.deliveries_lease;"
+            " UPDATE mig.meta SET value = '1' WHERE key = 'schema_version'")
+    pb.start(wait_ready=False)
+    check_eq(pb.proc.wait(timeout=scaled(30)), 1, "run on an older schema exits 1")
+    log = pb.log()
+    check("schema version 1" in log and "patchbay migrate CONFIG" in log,
+          f"the refusal says what to do:\n{log[-1500:]}")
+    check_eq(c.value("SELECT value FROM mig.meta WHERE key = 'schema_version'"), "1",
+             "the refused schema is left alone")
+    r = run_cli("migrate", pb.config_path)
+    check_eq(r.returncode, 0, f"migrate from 1: {r.stderr}")
+    check_eq(c.value("SELECT value FROM mig.meta WHERE key = 'schema_version'"), current,
+             "migrated to the current schema")
+    pb.start()
+    st, _, _ = pb.post("/in", {"n": 1})
+    check_eq(st, 202, "ingest after migrate")
+    wait_until(lambda: len(sink.records()) >= 1, scaled(30), "delivery after migrate")
+    pb.term()
+    # A newer schema than this binary knows: refused, by migrate too.
+    c.query("UPDATE mig.meta SET value = '99' WHERE key = 'schema_version'")
+    r = run_cli("migrate", pb.config_path)
+    check_eq(r.returncode, 1, "migrate refuses a newer schema")
+    check("newer" in r.stderr, r.stderr)
+    c.close()
 
 
 @test
