@@ -346,8 +346,10 @@ int pb_engine_run(const struct pb_run_opts *ro)
         goto fail;
     e.started_at = pb_now_ms();
     atomic_store(&e.ready, true);
+    char state_shown[512];
+    pb_store_url_shown(e.cfg->state, state_shown, sizeof(state_shown));
     PB_INFO("patchbay %s started listen=%s port=%u state=%s pipelines=%zu outputs=%zu node=%s",
-            PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), e.cfg->state,
+            PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), state_shown,
             e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
 
     for (;;) {

@@ -78,6 +78,9 @@ struct pb_store_opts {
     int migrate_to;    /* tests: stop at this schema version (0: the current one) */
 };
 void pb_store_opts_default(struct pb_store_opts *o);
+/* url as logs and the API may show it: credentials (user:password@ and a
+ * password= parameter) hidden. */
+void pb_store_url_shown(const char *url, char *buf, size_t len);
 
 struct pb_store;
 

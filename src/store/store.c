@@ -109,6 +109,21 @@ static void redact_url(const char *url, char *buf, size_t len)
         snprintf(buf, len, "%.*s***%s", (int)(sep + 3 - url), url, at);
     else
         snprintf(buf, len, "%s", url);
+    /* A password= parameter too: cut from there. */
+    char *pw = strstr(buf, "password=");
+    if (pw && (size_t)(pw - buf) + 13 <= len)
+        memcpy(pw, "password=***", 13);
+}
+
+void pb_store_url_shown(const char *url, char *buf, size_t len)
+{
+    if (!len)
+        return;
+    if (!url) {
+        buf[0] = 0;
+        return;
+    }
+    redact_url(url, buf, len);
 }
 
 struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts,

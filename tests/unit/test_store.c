@@ -873,6 +873,22 @@ PB_TEST(foreign_sqlite_db_refused)
     tdir_remove(&t);
 }
 
+/* What logs show of a state URL: no password, in either place. */
+PB_TEST(url_shown_hides_passwords)
+{
+    char b[128];
+    pb_store_url_shown("postgres://bob:hunter2@db:5432/pb?schema=x", b, sizeof(b));
+    PB_EQ_STR(b, "postgres://***@db:5432/pb?schema=x");
+    pb_store_url_shown("postgresql://db/pb?sslmode=require&password=hunter2&schema=x", b,
+                       sizeof(b));
+    PB_CHECK(strstr(b, "hunter2") == NULL);
+    PB_CONTAINS(b, "sslmode=require&password=***");
+    pb_store_url_shown("sqlite:/var/lib/pb/state.db", b, sizeof(b));
+    PB_EQ_STR(b, "sqlite:/var/lib/pb/state.db");
+    pb_store_url_shown("postgres://db/pb?password=hunter2", b, 24);
+    PB_CHECK(strstr(b, "hunter2") == NULL && strstr(b, "hunt") == NULL);
+}
+
 PB_TEST(unsupported_url_refused_without_secret)
 {
     struct pb_err err;
