@@ -268,6 +268,7 @@ static void pg_close(void *ctx)
     if (q->wake_fd >= 0)
         close(q->wake_fd);
     free(q->pend);
+    free(q->leftover);
     free(q->holds);
     pthread_mutex_destroy(&q->lock);
     pthread_mutex_destroy(&q->pool_lock);
