@@ -145,8 +145,10 @@ def ready_false_while_the_database_is_down():
     check_eq(ready(pb)[0], 200, "/ready with the database up")
     pg().kill9()
     try:
-        wait_until(lambda: ready(pb)[0] == 503, scaled(30), "/ready 503 with the database down")
-        check(b"unreachable" in ready(pb)[1], f"reason: {ready(pb)[1]!r}")
+        # Not writable may come first (a commit failing); the heartbeat
+        # names the cause within one period.
+        wait_until(lambda: ready(pb)[0] == 503 and b"unreachable" in ready(pb)[1], scaled(30),
+                   "/ready 503, the database unreachable")
     finally:
         pg().start()
     # Back without any write to make the store try: the heartbeat's probe.
