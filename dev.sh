@@ -4,7 +4,9 @@
 #   ./dev.sh demo    build, then run examples/order-fulfillment/run.sh
 #   ./dev.sh test    build build/ and build-asan/, run the whole suite under
 #                    ASan/UBSan and the unit tests in the release build
-#   ./dev.sh bench   build, then run bench/run.sh (installs wrk and nginx-light)
+#   ./dev.sh bench   build, then run bench/run.sh (installs wrk, nginx-light, the brokers
+#                    and mosquitto-clients)
+#   ./dev.sh deb     build, then the Debian package (build/patchbay_VERSION_ARCH.deb)
 #   ./dev.sh build   install what is missing and build build/
 #   ./dev.sh deps    only install what is missing
 #
@@ -19,8 +21,11 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # The real servers the system tests run against, on 127.0.0.1 with free ports
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
-    openssh-server openssh-client python3-aiosmtpd)
-BENCH_PACKAGES=(wrk nginx-light)
+    openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl
+    nginx-light systemd dpkg-dev man-db) # nginx for mTLS; systemd-analyze verify, dpkg-shlibdeps, man -l
+# The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
+BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
+    mosquitto-clients)
 # libFuzzer: the fuzz targets are fuzzed for a bounded time in ./dev.sh test.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -51,6 +56,19 @@ ensure_packages() {
 ensure_node() {
     command -v node >/dev/null && command -v npm >/dev/null && return 0
     ensure_packages nodejs npm
+}
+
+# npm packages the system tests run (each tests/system/<dir> with a
+# package-lock.json: the webhook tests' reference client, the OAuth2 mock
+# server, Prism mocking an OpenAPI spec), installed as locked; the tests also install them on first use.
+ensure_npm_packages() {
+    local lock dir
+    for lock in tests/system/*/package-lock.json; do
+        dir=$(dirname "$lock")
+        [[ -d $dir/node_modules ]] && continue
+        say "npm ci in $dir"
+        (cd "$dir" && SCARF_ANALYTICS=false npm ci --no-audit --no-fund)
+    done
 }
 
 # Debian starts the servers it installs where it can; the tests start their
@@ -119,6 +137,7 @@ cmd_test() {
     ensure_packages "${PACKAGES[@]}" "${FUZZ_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     stop_system_services
     ensure_node
+    ensure_npm_packages
     build_release
     build_asan
     if [[ ${CI:-} == true ]]; then
@@ -174,19 +193,29 @@ cmd_build() {
     build_release
 }
 
+# The .deb: CPack from the release build (dpkg-shlibdeps computes Depends).
+cmd_deb() {
+    ensure_packages "${PACKAGES[@]}" dpkg-dev
+    build_release
+    (cd build && cpack --config CPackConfig.cmake)
+    ls build/*.deb
+}
+
 cmd_deps() {
     ensure_packages "${PACKAGES[@]}"
     ensure_node
+    ensure_npm_packages
 }
 
 case ${1:-} in
 test) cmd_test ;;
 demo) cmd_demo ;;
 bench) cmd_bench ;;
+deb) cmd_deb ;;
 build) cmd_build ;;
 deps) cmd_deps ;;
 *)
-    echo "usage: $0 demo|test|bench|build" >&2
+    echo "usage: $0 demo|test|bench|build|deb|deps" >&2
     exit 2
     ;;
 esac

@@ -30,18 +30,31 @@
 # in the window (the noise figure on a shared machine). Prints a table and writes
 # bench/results/latest.md (plus a timestamped copy). Method: docs/performance.md.
 #
-# BENCH_SCENARIOS: any of nginx nginx-relay patchbay node-red drain partner-10ms (a
-# space-separated list; the rows always run in that order; default: all six). The ratio
-# columns need their reference row in the same run (nginx, nginx-relay), else they say —.
+# Message brokers (bench/brokers.sh; a table of their own): per broker, consuming (X-in:
+# the broker's own client, then patchbay: broker -> jq -> pb_sink) and publishing (X-out:
+# the broker's own client, then wrk -> patchbay -> broker), each with messages/s and CPU
+# per message of the client and of the broker. Brokers are started by bench/broker.py
+# as the system tests start them (a directory under the work directory, free ports) and
+# stopped after their rows; Kafka is librdkafka's mock cluster.
+#
+# BENCH_SCENARIOS: any of nginx nginx-relay patchbay node-red drain partner-10ms nats-in
+# nats-out amqp-in amqp-out redis-in redis-out mqtt-in mqtt-out kafka-in kafka-out, or
+# "brokers" (the ten broker rows) or "all" (a space-separated list; the rows always run
+# in that order; default: the first six). The ratio columns need their reference row in
+# the same run (nginx, nginx-relay), else they say —.
 #
 # The work directory must be on a disk: write_bytes is 0 on tmpfs. It is made in
 # BENCH_WORKDIR, else in ${TMPDIR:-/tmp}, or under BUILD_DIR when that is tmpfs/ramfs.
 #
-# Usage: bench/run.sh   (or ./dev.sh bench, which installs wrk/nginx-light and builds)
+# Usage: bench/run.sh   (or ./dev.sh bench, which installs wrk, nginx-light, the brokers and
+#        mosquitto-clients, and builds)
 # Env:   BUILD_DIR (default build/), BENCH_SECONDS (15), BENCH_CONNECTIONS (64),
 #        BENCH_THREADS (2), BENCH_DRAIN_LIMIT (60 s), BENCH_BACKLOG (50000),
 #        BENCH_DELAY_MS (10), BENCH_CONCURRENCY (64),
 #        BENCH_SCENARIOS (default "nginx nginx-relay patchbay node-red drain partner-10ms"),
+#        BENCH_BROKER_MESSAGES (30000, rounded up to a multiple of 400: messages per broker
+#        client row and per consume row), BENCH_BROKER_LIMIT (180 s: the longest wait for
+#        a consume row or a publish row's drain),
 #        BENCH_WORKDIR (where the work directory is made; see above),
 #        BENCH_REV (the revision to print; default from git, for builds of this tree),
 #        KEEP=1 keeps the work directory (logs, configs, wrk output, state databases).
@@ -61,14 +74,24 @@ BACKLOG=${BENCH_BACKLOG:-50000}
 DELAY_MS=${BENCH_DELAY_MS:-10}
 CONCURRENCY=${BENCH_CONCURRENCY:-64}
 ALL_SCENARIOS="nginx nginx-relay patchbay node-red drain partner-10ms"
-SCENARIOS=${BENCH_SCENARIOS:-$ALL_SCENARIOS}
+BROKER_SCENARIOS="nats-in nats-out amqp-in amqp-out redis-in redis-out mqtt-in mqtt-out kafka-in kafka-out"
 NR_DIR=$here/node-red
 
-for s in $SCENARIOS; do
-    [[ " $ALL_SCENARIOS " == *" $s "* ]] || {
-        echo "unknown scenario '$s' in BENCH_SCENARIOS (known: $ALL_SCENARIOS)" >&2
-        exit 1
-    }
+# "brokers" names the ten broker rows, "all" every row.
+SCENARIOS=
+for s in ${BENCH_SCENARIOS:-$ALL_SCENARIOS}; do
+    case $s in
+    brokers) SCENARIOS+=" $BROKER_SCENARIOS" ;;
+    all) SCENARIOS+=" $ALL_SCENARIOS $BROKER_SCENARIOS" ;;
+    *)
+        [[ " $ALL_SCENARIOS $BROKER_SCENARIOS " == *" $s "* ]] || {
+            echo "unknown scenario '$s' in BENCH_SCENARIOS (known: $ALL_SCENARIOS" \
+                "$BROKER_SCENARIOS, brokers, all)" >&2
+            exit 1
+        }
+        SCENARIOS+=" $s"
+        ;;
+    esac
 done
 
 for bin in "$PB" "$SINK"; do
@@ -762,6 +785,11 @@ if want partner-10ms; then
     say "${DELAY_MS} ms partner: $s_dlv_rps delivered/s"
 fi
 
+# ---- (f) message brokers: the broker's own client, then patchbay, per direction -----------
+# shellcheck source=bench/brokers.sh
+. "$here/brokers.sh"
+run_brokers
+
 # ---- report --------------------------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 # What was measured: the build's source tree (from its CMake cache), its git revision.
@@ -834,22 +862,23 @@ EOF
     echo "build: $build ($("$PB" version 2>/dev/null || echo "version unknown"));"
     echo "work directory: $work ($work_fs)."
     echo
-    cat "$work/table.md"
-    echo
-    cat "$notes"
-    echo "- accepted/s: acknowledged messages (2xx) per second of load. delivered/s: pb_sink's"
-    echo "  200s per second of the row's window (for patchbay: load + drain)."
-    echo "- CPU s: utime+stime of the server process (children included) over the window;"
-    echo "  CPU µs/msg = CPU s / messages delivered (nginx: requests answered). other CPU s:"
-    echo "  machine CPU time in the window not used by the server, pb_sink or wrk — other"
-    echo "  people's work on this shared machine (noise); busy % is the whole machine."
-    echo "- ÷ nginx: ÷ the nginx 202 ceiling's requests/s. ÷ relay: delivered/s ÷ the nginx relay's"
-    echo "  delivered/s, and CPU µs/msg ÷ the relay's CPU µs/msg (the relay limit)."
-    echo "- disk KB/msg: write_bytes of the server's /proc/PID/io (all threads) over the window"
-    echo "  ÷ messages accepted (nginx: answered); 1 KB = 1000 bytes. write_bytes counts a 4 KiB"
-    echo "  page each time a clean page is dirtied, not the bytes the application wrote."
-    if want patchbay; then
-        python3 - "$rows" "$body_mean" "$disk_ok" <<'EOF'
+    if [[ -s $rows ]]; then
+        cat "$work/table.md"
+        echo
+        cat "$notes"
+        echo "- accepted/s: acknowledged messages (2xx) per second of load. delivered/s: pb_sink's"
+        echo "  200s per second of the row's window (for patchbay: load + drain)."
+        echo "- CPU s: utime+stime of the server process (children included) over the window;"
+        echo "  CPU µs/msg = CPU s / messages delivered (nginx: requests answered). other CPU s:"
+        echo "  machine CPU time in the window not used by the server, pb_sink or wrk — other"
+        echo "  people's work on this shared machine (noise); busy % is the whole machine."
+        echo "- ÷ nginx: ÷ the nginx 202 ceiling's requests/s. ÷ relay: delivered/s ÷ the nginx relay's"
+        echo "  delivered/s, and CPU µs/msg ÷ the relay's CPU µs/msg (the relay limit)."
+        echo "- disk KB/msg: write_bytes of the server's /proc/PID/io (all threads) over the window"
+        echo "  ÷ messages accepted (nginx: answered); 1 KB = 1000 bytes. write_bytes counts a 4 KiB"
+        echo "  page each time a clean page is dirtied, not the bytes the application wrote."
+        if want patchbay; then
+            python3 - "$rows" "$body_mean" "$disk_ok" <<'EOF'
 import sys
 rows = {r[0]: r for r in (l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip())}
 body, disk_ok = float(sys.argv[2]), sys.argv[3] == "1"
@@ -866,6 +895,26 @@ if p and disk_ok and body > 0 and float(p[13]) > 0:
           f"for a mean body of {body / 1000:.2f} KB = {per / body:.1f}× the body "
           f"({'met' if per <= 3 * body else 'NOT met'}).")
 EOF
+        fi
+    fi
+    if [[ -s $brows ]]; then
+        [[ -s $rows ]] && echo
+        echo "## Message brokers"
+        echo
+        echo "$BROKER_MSGS messages per client row and per consume row; the publish rows of"
+        echo "patchbay take wrk's load for ${SECS} s (then the drain). The same ~1 KB order everywhere."
+        echo
+        broker_table
+        echo
+        cat "$bnotes"
+        echo "- msg/s: messages ÷ seconds. A client row's seconds run from the client's start to"
+        echo "  its exit; a consume row of patchbay's from its start until pb_sink answered the"
+        echo "  last message; a publish row of patchbay's from wrk's start until the backlog was 0."
+        echo "- CPU µs/msg: the client's CPU (the broker's own client, or patchbay: utime+stime from"
+        echo "  /proc, all threads) ÷ messages. broker CPU µs/msg: the broker's process and its"
+        echo "  children over the same window ÷ messages. ÷ client: patchbay's figure ÷ the"
+        echo "  client's in the same direction on the same broker. pb_sink's and wrk's CPU are"
+        echo "  in neither; other CPU s is what the rest of the machine used in the window."
     fi
 } >"$out"
 cp "$out" "$here/results/run-$stamp.md"

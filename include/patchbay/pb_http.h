@@ -51,6 +51,8 @@ struct pb_http_header {
     const char *value;
 };
 
+struct pb_http_tls; /* pb_http_auth.h */
+
 struct pb_http_req {
     const char *method; /* "POST" ... */
     const char *url;
@@ -64,6 +66,19 @@ struct pb_http_req {
     const struct pb_allowlist *allow; /* borrowed; NULL = only public addresses */
     const char *basic_user;           /* with basic_pass: HTTP basic auth (secret: never logged) */
     const char *basic_pass;
+    const struct pb_http_tls *tls; /* borrowed until done_cb; NULL: system CAs, verified */
+};
+
+/* What an answer said of the partner's rate limit: the IETF draft's
+ * RateLimit-Limit/-Remaining/-Reset (or one RateLimit: limit=, remaining=,
+ * reset= header) and RateLimit-Policy (w=), or the common
+ * X-RateLimit-Limit/-Remaining/-Reset (a reset past 10^9 is a unix time). */
+struct pb_rate_info {
+    bool known;        /* at least one of them was there */
+    int64_t limit;     /* requests per window, -1 unknown */
+    int64_t remaining; /* left in this window, -1 unknown */
+    int64_t reset_ms;  /* until the window starts again, -1 unknown */
+    int64_t window_ms; /* the window's length, -1 unknown */
 };
 
 struct pb_http_resp {
@@ -76,7 +91,14 @@ struct pb_http_resp {
     bool timed_out;
     const char *body; /* response body (up to max_response), NUL-terminated */
     size_t body_len;
+    bool truncated;   /* the body was longer than max_response: the rest was discarded */
+    const void *core; /* internal: what pb_http_resp_header reads */
+    struct pb_rate_info rate; /* rate-limit headers of the answer */
 };
+
+/* A header of the response (name matched case-blind): its index-th
+ * occurrence (0 is the first), or NULL. Valid during the done callback. */
+const char *pb_http_resp_header(const struct pb_http_resp *r, const char *name, size_t index);
 
 /* Borrowed: resp is valid only during the call. */
 typedef void (*pb_http_done_cb)(void *arg, const struct pb_http_resp *resp);
@@ -102,5 +124,12 @@ size_t pb_http_client_inflight(const struct pb_http_client *c);
 /* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
  * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. Pure. */
 int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
+/* Rate-limit headers: reset r to "nothing known", and fold one header line
+ * ("Name: value\r\n", len bytes, not NUL-terminated) into r when it is one
+ * of RateLimit, RateLimit-Limit, -Remaining, -Reset, -Policy or their
+ * X-RateLimit- forms (now_ms turns a reset given as a unix time into a
+ * delay). Other lines are ignored. */
+void pb_rate_info_reset(struct pb_rate_info *r);
+void pb_rate_header(const char *line, size_t len, int64_t now_ms, struct pb_rate_info *r);
 
 #endif

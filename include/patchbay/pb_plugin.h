@@ -52,6 +52,12 @@ struct pb_delivery {
      * the output, in the order init registered them (template_add). */
     const char *const *tmpl;
     size_t ntmpl;
+    /* W3C trace context of this attempt: the message's trace with a span id
+     * of the attempt's own (55 characters), and the message's tracestate or
+     * NULL. Send them as the traceparent / tracestate headers where the
+     * protocol has headers. */
+    const char *traceparent;
+    const char *tracestate;
     void *core; /* internal */
 };
 
@@ -60,12 +66,24 @@ struct pb_outcome {
     int status;             /* protocol status (HTTP, SMTP...) or 0 */
     int64_t retry_after_ms; /* partner asked to wait this long; -1 when not */
     const char *error;      /* short text for the attempt log; copied; may be NULL */
+    /* Flow control; left zero, they say nothing. */
+    /* The partner was not asked (no credentials yet: the token endpoint is
+     * failing): no attempt is spent or recorded; the delivery, and the
+     * output with it, waits retry_after_ms (>= 0) and goes again. */
+    bool not_sent;
+    /* The partner refused for rate (HTTP 429): the whole output slows
+     * down and paces itself; the attempt is recorded but does not count
+     * toward max_attempts. */
+    bool throttled;
+    /* What the answer said of the partner's rate limit (any result). */
+    struct pb_rate_info rate;
 };
 
 /* The outcome of an HTTP attempt (src/core/retry.c): classified status, the
- * partner's Retry-After, and an error text ("HTTP 503: <printable excerpt of
- * the answer>", or the transport error) written into buf. A request refused
- * by the outbound guard is PERMANENT: retrying cannot make it allowed. */
+ * partner's Retry-After and rate-limit headers (throttled on 429), and an
+ * error text ("HTTP 503: <printable excerpt of the answer>", or the
+ * transport error) written into buf. A request refused by the outbound
+ * guard is PERMANENT: retrying cannot make it allowed. */
 void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
                           size_t len);
 
@@ -216,10 +234,48 @@ int pb_proc_emit(struct pb_proc_io *io, jv body, pb_outset outputs);
  * it an emitted message is the same message, changed. */
 void pb_proc_new_messages(struct pb_proc_io *io);
 
+/* A step that waits for I/O (an HTTP lookup) must not block: the route
+ * stage runs on the dispatcher's thread, and a blocking call there stalls
+ * every output. It parks the message instead: process() calls
+ * pb_proc_park(io), starts its I/O (on env->http, whose callbacks run on
+ * that same thread) and returns 0 having emitted nothing; the message stays
+ * in flight (its ordering key busy) meanwhile. When the I/O is done it
+ * emits into pb_proc_wait_io(w) as process() would, then calls
+ * pb_proc_resume(w, rc, err) exactly once: rc 0 goes on with the next step,
+ * PB_EAGAIN routes the message again later (backoff, until the route
+ * stage's max_age), any other negative code dead-letters it with err.
+ * Both on the thread process() ran on; resuming from inside process() is
+ * allowed (a request that could not start). */
+struct pb_proc_wait;
+/* NULL when this run cannot wait (a caller without a route stage): then
+ * finish in process() or fail. */
+struct pb_proc_wait *pb_proc_park(struct pb_proc_io *io);
+struct pb_proc_io *pb_proc_wait_io(struct pb_proc_wait *w);
+void pb_proc_resume(struct pb_proc_wait *w, int rc, const struct pb_err *err);
+/* Mocked answers (`patchbay test`). Under `patchbay test` nothing connects
+ * anywhere: a processor that would reach out (enrich's HTTP lookup) finds
+ * env->mock set at init, keeps it, and in process() asks it for the answer
+ * the test case gives instead of sending its request. Outside tests
+ * env->mock is NULL and the processor does its I/O. */
+struct pb_mock;
+/* The answer to req (which is not sent) from the answers a test case gives
+ * for plugin (the processor's name): the case matches on req's method, url,
+ * headers and body and on key (the lookup key as text; may be NULL). 0 with
+ * *resp filled (its strings valid until process() returns), or
+ * PB_ENOTFOUND when no answer matches, with err saying what was asked: fail
+ * the message with it (the test shows the reason). Thread of process(). */
+int pb_mock_http(struct pb_mock *m, const char *plugin, const char *key,
+                 const struct pb_http_req *req, struct pb_http_resp *resp, struct pb_err *err);
+
 struct pb_proc_env {
     const char *pipeline;
     size_t noutputs;            /* <= PB_MAX_OUTPUTS */
     const char *const *outputs; /* names, in configuration order */
+    /* The dispatcher's async HTTP client (its callbacks run on the thread
+     * process() runs on); NULL in lint. */
+    struct pb_http_client *http;
+    const struct pb_allowlist *allow; /* the top-level outbound.allow */
+    struct pb_mock *mock;       /* set under `patchbay test` only (above); outlives the context */
 };
 
 struct pb_processor_plugin {
@@ -319,6 +375,13 @@ struct pb_item {
      * input...): it is committed straight into the dead-letter queue with
      * this reason, and counts as taken: ack it at the source. */
     const char *dead_reason;
+    /* The W3C trace context the source carried (the traceparent and
+     * tracestate headers of a request or a broker message), or NULL. The
+     * core keeps it in $meta.traceparent / $meta.tracestate (a malformed
+     * one, or none, starts a new trace); when NULL it also looks for them
+     * among the headers in meta ($meta.headers.traceparent). */
+    const char *traceparent;
+    const char *tracestate;
 };
 
 /* A checkpoint committed in the same transaction as the items. */
@@ -388,6 +451,17 @@ void pb_input_observe_latency(struct pb_input *in, int64_t us);
  * count, a folder under --once): `patchbay run --once` exits when every
  * input has finished and every delivery is done. */
 void pb_input_finished(struct pb_input *in);
+/* What an input that reads files has taken so far, for the progress line
+ * `patchbay run --once` shows on a terminal and the summary it prints at
+ * the end. Copied. Any thread. */
+struct pb_input_progress {
+    int64_t files_total;  /* files the run takes (0 while unknown) */
+    int64_t files_done;   /* of them: taken, failed or gone */
+    int64_t files_failed; /* of them: could not be taken */
+    int64_t records;      /* records committed (stored, duplicates, dead-lettered) */
+    int64_t dead;         /* of them: dead-lettered on arrival (bad records) */
+};
+void pb_input_set_progress(struct pb_input *in, const struct pb_input_progress *p);
 
 struct pb_input_env {
     const char *pipeline;

@@ -16,6 +16,7 @@
 
 #include "admin/api.h"
 #include "admin/views.h"
+#include "core/http_auth.h"
 #include "core/input.h"
 #include "patchbay/pb_log.h"
 
@@ -130,6 +131,60 @@ static void count_cb(void *arg, const char *pipeline, const char *output, const 
         json_object_set_new(o, pb_dstate_name(state), json_integer(count));
 }
 
+static void auth_status_cb(void *arg, const struct pb_auth_status *st)
+{
+    json_t *list = arg;
+    json_t *a = json_pack("{s:s, s:s}", "type", st->kind, "state", st->state);
+    if (!a)
+        return;
+    if (st->token_url) {
+        json_object_set_new(a, "token_url", json_string(st->token_url));
+        json_object_set_new(a, "client_id", json_string(st->client_id));
+        json_object_set_new(a, "grant", json_string(st->grant));
+        json_object_set_new(a, "token_requests", json_integer((json_int_t)st->requests));
+        json_object_set_new(a, "token_failures", json_integer((json_int_t)st->failures));
+        if (st->expires_in_ms >= 0)
+            json_object_set_new(a, "expires_in_ms", json_integer(st->expires_in_ms));
+        if (st->failing_since) {
+            json_object_set_new(a, "failing_since", json_integer(st->failing_since));
+            json_object_set_new(a, "next_try_in_ms", json_integer(st->next_try_in_ms));
+            json_object_set_new(a, "error", json_string(st->error));
+        }
+    }
+    json_array_append_new(list, a);
+}
+
+/* Flow control, auth and TLS of an output, into its object. */
+static void output_flow_json(struct pb_pipeline *pl, struct pb_output *o, json_t *oo)
+{
+    int64_t now = pb_now_ms();
+    int64_t hold = atomic_load(&o->hold_until);
+    json_t *f = json_pack("{s:I, s:I, s:f, s:I, s:I}", "concurrency",
+                          (json_int_t)atomic_load(&o->concurrency_gauge), "held_for_ms",
+                          (json_int_t)(hold > now ? hold - now : 0), "pace_per_second",
+                          (double)atomic_load(&o->pace_mrps) / 1000.0, "throttled_total",
+                          (json_int_t)atomic_load(&o->throttled_total), "not_sent_total",
+                          (json_int_t)atomic_load(&o->not_sent_total));
+    if (f && o->common.adaptive)
+        json_object_set_new(f, "adaptive", json_true());
+    if (f && o->common.flow.breaker)
+        json_object_set_new(
+            f, "circuit_breaker",
+            json_pack("{s:s, s:I}", "state", pb_breaker_state_name(atomic_load(&o->breaker_state)),
+                      "opened_total", (json_int_t)atomic_load(&o->breaker_opened_total)));
+    if (f)
+        json_object_set_new(oo, "flow", f);
+    json_t *auth = json_array();
+    if (auth) {
+        pb__http_auth_each_status(pl->name, o->name, auth_status_cb, auth);
+        if (json_array_size(auth))
+            json_object_set_new(oo, "auth", json_incref(json_array_get(auth, 0)));
+        json_decref(auth);
+    }
+    if (pb__http_tls_insecure_for(pl->name, o->name))
+        json_object_set_new(oo, "tls", json_pack("{s:b}", "insecure_skip_verify", 1));
+}
+
 static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
 {
     json_t *by_name = json_object();
@@ -167,6 +222,7 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
                                 json_string(pb__output_state_name(atomic_load(&o->state))));
             if (detail[0])
                 json_object_set_new(oo, "detail", json_string(detail));
+            output_flow_json(pl, o, oo);
         }
         json_object_set_new(by_name, pl->name, p);
     }

@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 
 #include "admin/api.h"
+#include "core/http_auth.h"
 #include "core/input.h"
 #include "core/workers.h"
 #include "net/httpd.h"
@@ -66,12 +67,54 @@ static const char *not_ready(struct pb_engine *e, char *buf, size_t len)
     return NULL;
 }
 
+static void failing_cb(void *arg, const char *pipeline, const char *name,
+                       const struct pb_auth_status *st)
+{
+    char reason[400];
+    snprintf(reason, sizeof(reason), "oauth2 token endpoint %s failing: %s", st->token_url,
+             st->error);
+    json_array_append_new(
+        arg, json_pack("{s:s, s:s, s:s}", "pipeline", pipeline, "output", name, "reason", reason));
+}
+
+/* What works but not fully: failing token endpoints, open circuit
+ * breakers. Ingest goes on (what comes is kept), so the daemon stays ready. */
+static json_t *degraded(struct pb_engine *e)
+{
+    json_t *list = json_array();
+    if (!list)
+        return NULL;
+    pb__http_auth_each_failing(failing_cb, list);
+    for (size_t i = 0; i < e->cfg->npipelines; i++)
+        for (size_t j = 0; j < e->cfg->pipelines[i].nouts; j++) {
+            struct pb_output *o = &e->cfg->pipelines[i].outs[j];
+            int st = atomic_load(&o->breaker_state);
+            if (o->common.flow.breaker && st != PB_BREAKER_CLOSED)
+                json_array_append_new(
+                    list, json_pack("{s:s, s:s, s:s}", "pipeline", e->cfg->pipelines[i].name,
+                                    "output", o->name, "reason",
+                                    st == PB_BREAKER_OPEN ? "circuit breaker open"
+                                                          : "circuit breaker half-open"));
+        }
+    return list;
+}
+
 static void ready(void *arg, struct pb_http_request *r)
 {
     char buf[PB_NAME_MAX + 64];
     const char *why = not_ready(arg, buf, sizeof(buf));
     if (!why) {
-        pb_http_respond_json(r, 200, "{\"ready\":true}");
+        json_t *d = degraded(arg);
+        if (!d || json_array_size(d) == 0) {
+            json_decref(d);
+            pb_http_respond_json(r, 200, "{\"ready\":true}");
+            return;
+        }
+        json_t *o = json_pack("{s:b, s:o}", "ready", 1, "degraded", d);
+        char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        pb_http_respond_json(r, 200, t ? t : "{\"ready\":true}");
+        free(t);
+        json_decref(o);
         return;
     }
     json_t *o = json_pack("{s:b, s:s}", "ready", 0, "reason", why);

@@ -7,6 +7,9 @@ int pb_cmd_lint(int argc, char **argv);
 int pb_cmd_migrate(int argc, char **argv);
 int pb_cmd_dlq(int argc, char **argv);
 int pb_cmd_endpoints(int argc, char **argv);
+int pb_cmd_test(int argc, char **argv);
+int pb_cmd_eval(int argc, char **argv);
+int pb_cmd_init(int argc, char **argv);
 
 #include <jansson.h>
 

@@ -15,9 +15,16 @@ static void usage(FILE *f)
             "usage: patchbay COMMAND [--log-format human|json] [--log-level LEVEL] ...\n"
             "\n"
             "commands:\n"
-            "  run [--force] CONFIG       run the daemon (SIGTERM drains and exits)\n"
+            "  run [--once] [--force] CONFIG\n"
+            "                             run the daemon (SIGTERM drains and exits)\n"
             "  lint CONFIG                validate a configuration; errors as file:line:col\n"
             "  migrate CONFIG             apply the state store's schema migrations\n"
+            "  test [--watch] [--run TEXT] [--verbose] CONFIG...\n"
+            "                             run the test cases next to each configuration\n"
+            "  eval [--as map|filter|split|template] [--meta FILE] [--pretty] 'JQ' < SAMPLE\n"
+            "                             run a mapping on a sample exactly as the engine would\n"
+            "  init [PATTERN] [--output FILE|-] [--force] [--no-tests] [--list]\n"
+            "                             write a starter configuration and its tests\n"
             "  dlq list [--pipeline P] [--output O] [--limit N] [--after ID] [--json]\n"
             "  dlq show ID                one dead letter with its attempts\n"
             "  dlq replay ID | --all [--pipeline P] [--output O]\n"
@@ -35,12 +42,42 @@ static void usage(FILE *f)
 static const struct {
     const char *cmd, *text;
 } helps[] = {
-    {"run", "usage: patchbay run [--force] CONFIG\n"
+    {"run", "usage: patchbay run [--once] [--force] CONFIG\n"
             "\n"
             "Run the daemon with the configuration CONFIG. SIGTERM (or SIGINT) drains and\n"
             "exits; SIGHUP reloads a valid new configuration in place. A configuration\n"
             "without an output that still has pending deliveries is refused; --force\n"
-            "moves those deliveries to the dead-letter queue (\"output removed\").\n"},
+            "moves those deliveries to the dead-letter queue (\"output removed\").\n"
+            "--once: exit once every finite input has finished and every delivery is done.\n"
+            "Under systemd (Type=notify) it reports READY=1 once the listener takes\n"
+            "requests, STOPPING=1 on SIGTERM and WATCHDOG=1 every WatchdogSec/2.\n"},
+    {"test", "usage: patchbay test [--watch] [--run TEXT] [--verbose] [--color|--no-color] "
+             "CONFIG...\n"
+             "\n"
+             "Run the test cases of each configuration: <name>.test.yaml and\n"
+             "patchbay.test.yaml next to it, and tests/*.yaml. A case gives input items\n"
+             "(body, raw, file; meta, headers), mocked answers for outputs and processors,\n"
+             "and what each output should get (deliveries as exact JSON, a subset or a jq\n"
+             "condition, routed_away, filtered, a dead letter with its reason). The\n"
+             "pipeline's process steps and each output's map run as the daemon runs them;\n"
+             "nothing is sent and no state is written. One line per case, a diff under a\n"
+             "failing one; exit 1 if any failed. --watch runs again on every change in the\n"
+             "configuration's folder; --run runs the cases whose name contains TEXT.\n"},
+    {"eval", "usage: patchbay eval [--as map|filter|split|template] [--meta FILE] [--pretty] "
+             "'JQ' < SAMPLE\n"
+             "\n"
+             "Run JQ on the JSON read from standard input as a map (default), filter, split\n"
+             "or template field would: numbers a double cannot carry exactly, a key given\n"
+             "twice, NaN and infinities are refused with the reason the message would be\n"
+             "dead-lettered for. $meta is FILE's JSON object (default: a message of no\n"
+             "input). Prints what would be sent, one value per line.\n"},
+    {"init", "usage: patchbay init [PATTERN] [--output FILE|-] [--force] [--no-tests] "
+             "[--list]\n"
+             "\n"
+             "Write a starter configuration for PATTERN (webhook-relay, api-sync,\n"
+             "queue-bridge, cdc-to-api; default webhook-relay) to FILE (default\n"
+             "patchbay.yaml; - for standard output) and its test cases next to it.\n"
+             "An existing file is kept unless --force.\n"},
     {"lint", "usage: patchbay lint CONFIG\n"
              "\n"
              "Validate CONFIG without connecting anywhere; errors as file:line:col, exit 1.\n"},
@@ -146,6 +183,12 @@ static int dispatch(int n, char **args, bool help)
         return pb_cmd_lint(sub_argc, sub_argv);
     if (strcmp(cmd, "migrate") == 0)
         return pb_cmd_migrate(sub_argc, sub_argv);
+    if (strcmp(cmd, "test") == 0)
+        return pb_cmd_test(sub_argc, sub_argv);
+    if (strcmp(cmd, "eval") == 0)
+        return pb_cmd_eval(sub_argc, sub_argv);
+    if (strcmp(cmd, "init") == 0)
+        return pb_cmd_init(sub_argc, sub_argv);
     if (strcmp(cmd, "dlq") == 0)
         return pb_cmd_dlq(sub_argc, sub_argv);
     if (strcmp(cmd, "endpoints") == 0)

@@ -1,5 +1,12 @@
 /* attempt.c - attempts and their results, on the dispatcher thread.
  *
+ * Flow control (flow.c) sees every outcome and sets the output's gates
+ * before attempts start: a hold, a pace, an open breaker (nothing starts;
+ * after open_for one probe), an adaptive concurrency. An attempt the
+ * partner never saw (not_sent: no token) is neither counted nor recorded;
+ * one refused for rate (429) is recorded but does not count toward
+ * max_attempts.
+ *
  * An attempt is built from the routed message (the output's map and its
  * template fields), handed to the plugin (on one of the output's worker
  * threads when it has them, alone or in a batch), and ends in
@@ -12,6 +19,8 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/stage.h"
+#include "core/trace.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
 
@@ -183,32 +192,46 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
 
 /* ---- building an attempt ----------------------------------------------------------------- */
 
+void pb__attempt_tmpl_free(char **tmpl, size_t n)
+{
+    if (!tmpl)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(tmpl[i]);
+    free(tmpl);
+}
+
+void pb__attempt_dead_reason(char *buf, size_t len, const char *error, const char *why)
+{
+    snprintf(buf, len, "%s (gave up: %s)", error ? error : "failed", why);
+}
+
 /* What an attempt sends: the output's map run on the routed message (the
  * pipeline's steps ran once, in the route stage), and its template fields
- * rendered on it. Returns 1 when the map produced nothing (filtered for this
- * output), 0 with dl->payload (NULL: the body as it is) and dl->tmpl set, or
- * a negative code with the reason (the delivery is dead-lettered). */
-static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
+ * rendered on it (stage.h). */
+int pb__attempt_build(struct pb_output *o, const struct pb_msg *msg, char **payload, size_t *plen,
+                      char ***tmpl, struct pb_err *err)
 {
-    struct pb_output *o = dl->out;
+    *payload = NULL;
+    *tmpl = NULL;
     if (!o->map_jq && !o->ntmpls)
         return 0;
     jv body, meta = jv_null();
-    int rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, err);
+    char **t = NULL;
+    int rc = pb_jq_parse(msg->body, msg->len, &body, err);
     if (rc)
         return rc;
-    if (dl->msg->meta && o->uses_meta &&
-        pb_jq_parse(dl->msg->meta, dl->msg->meta_len, &meta, NULL) != 0)
+    if (msg->meta && o->uses_meta && pb_jq_parse(msg->meta, msg->meta_len, &meta, NULL) != 0)
         meta = jv_null();
     if (o->ntmpls) {
-        dl->tmpl = calloc(o->ntmpls, sizeof(*dl->tmpl));
-        if (!dl->tmpl) {
+        t = calloc(o->ntmpls, sizeof(*t));
+        if (!t) {
             rc = pb_err_set(err, PB_ENOMEM, "out of memory");
             goto out;
         }
         for (size_t i = 0; i < o->ntmpls; i++) {
             struct pb_err terr = {0};
-            rc = pb_template_render(o->tmpls[i], body, meta, &dl->tmpl[i], NULL, &terr);
+            rc = pb_template_render(o->tmpls[i], body, meta, &t[i], NULL, &terr);
             if (rc) {
                 pb_err_set(err, rc, "template field %zu of output %s: %s", i + 1, o->name,
                            terr.msg);
@@ -228,7 +251,7 @@ static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
             goto out;
         }
         size_t len = 0;
-        rc = pb_jq_dump(outv[0], &dl->payload, &len, err);
+        rc = pb_jq_dump(outv[0], payload, &len, err);
         if (rc)
             goto out;
         *plen = len;
@@ -236,6 +259,11 @@ static int build_attempt(struct pb_dl *dl, size_t *plen, struct pb_err *err)
 out:
     jv_free(body);
     jv_free(meta);
+    if (rc) {
+        pb__attempt_tmpl_free(t, o->ntmpls);
+        t = NULL;
+    }
+    *tmpl = t;
     return rc;
 }
 
@@ -247,7 +275,7 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
     struct pb_err err = {0};
     pb__dl_clear_attempt(dl);
     size_t plen = 0;
-    int rc = build_attempt(dl, &plen, &err);
+    int rc = pb__attempt_build(o, dl->msg, &dl->payload, &plen, &dl->tmpl, &err);
     if (rc != 0) {
         pb__dl_clear_attempt(dl);
         pb__disp_attempt_ended(d, o);
@@ -260,6 +288,15 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         }
         return false;
     }
+    /* Each attempt is a span of the message's trace. */
+    char tp[PB_TRACEPARENT_LEN + 1], ts[PB_TRACESTATE_MAX + 1];
+    pb_trace_of_msg(dl->msg->meta, dl->msg->meta ? dl->msg->meta_len : 0, dl->msg->id, tp, ts);
+    pb_trace_child(tp, dl->traceparent);
+    dl->tracestate = ts[0] ? strdup(ts) : NULL;
+    if (ts[0] && !dl->tracestate)
+        PB_WARN("out of memory: attempt sent without its tracestate pipeline=%s output=%s "
+                "msg_id=%s",
+                o->pl->name, o->name, dl->msg->id);
     dl->attempts++;
     dl->started_at = now;
     dl->started_mono_us = pb_mono_us();
@@ -277,6 +314,8 @@ static bool prepare_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t n
         .deadline_ms = now + o->env.attempt_timeout_ms,
         .tmpl = (const char *const *)dl->tmpl,
         .ntmpl = dl->tmpl ? o->ntmpls : 0,
+        .traceparent = dl->traceparent,
+        .tracestate = dl->tracestate,
         .core = dl,
     };
     atomic_fetch_add(&o->attempts, 1);
@@ -366,6 +405,9 @@ static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t no
     while (bj->n < max && (it = pb_sched_take(q, now, wait))) {
         struct pb_dl *dl = pb__dl_of(it);
         d->inflight++;
+        dl->probe = pb_flow_started(&o->flow);
+        if (dl->probe)
+            pb_flow_apply(&o->flow, q, now);
         if (prepare_attempt(d, dl, now))
             bj->ds[bj->n++] = &dl->d;
     }
@@ -386,6 +428,8 @@ static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t no
 
 void pb__disp_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait)
 {
+    if (!o->is_route)
+        pb_flow_apply(&o->flow, &o->sq, now);
     if (o->plugin->deliver_batch) {
         while (start_batch(d, o, now, wait))
             ;
@@ -393,9 +437,13 @@ void pb__disp_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now, i
     }
     struct pb_sched_item *it;
     while ((it = pb_sched_take(&o->sq, now, wait))) {
+        struct pb_dl *dl = pb__dl_of(it);
         d->inflight++;
         atomic_store(&o->inflight_gauge, (int64_t)o->sq.inflight);
-        start_one(d, pb__dl_of(it), now);
+        dl->probe = !o->is_route && pb_flow_started(&o->flow);
+        if (dl->probe)
+            pb_flow_apply(&o->flow, &o->sq, now); /* one probe: nothing more starts */
+        start_one(d, dl, now);
     }
 }
 
@@ -434,6 +482,102 @@ static void log_failed_attempt(struct pb_output *o, struct pb_dl *dl, const stru
             pb_log_value(oc->error ? oc->error : "failed", safe, sizeof(safe)));
 }
 
+/* ---- flow control --------------------------------------------------------------------------- */
+
+/* What readers (metrics, the admin API) see of o's flow control. */
+static void flow_publish(struct pb_output *o, int64_t now)
+{
+    pb_flow_apply(&o->flow, &o->sq, now);
+    atomic_store(&o->breaker_state, o->flow.state);
+    atomic_store(&o->breaker_opened_total, o->flow.opened_total);
+    atomic_store(&o->throttled_total, o->flow.throttled_total);
+    atomic_store(&o->concurrency_gauge, (int64_t)o->sq.concurrency);
+    atomic_store(&o->pace_mrps, (int64_t)(o->flow.pace_rps * 1000.0));
+    atomic_store(&o->hold_until, o->flow.hold_until);
+}
+
+static void breaker_event(struct pb_dispatcher *d, struct pb_output *o, bool opened, int64_t now)
+{
+    uint32_t ended = 0, failed = 0;
+    pb_flow_window(&o->flow, now, &ended, &failed);
+    if (opened)
+        PB_WARN("circuit breaker opened pipeline=%s output=%s failed=%u ended=%u open_for_ms=%lld "
+                "(deliveries wait without spending attempts)",
+                o->pl->name, o->name, failed, ended, (long long)o->flow.c.open_for_ms);
+    else
+        PB_INFO("circuit breaker closed pipeline=%s output=%s (the probe went through)",
+                o->pl->name, o->name);
+    const char *ev = o->common.events_pipeline;
+    if (!ev)
+        return;
+    /* Names hold letters, digits, '-', '_', '.' and '/' only: no escaping. */
+    char body[3 * PB_NAME_MAX + 256];
+    if (opened)
+        snprintf(body, sizeof(body),
+                 "{\"type\":\"circuit_breaker.opened\",\"pipeline\":\"%s\",\"output\":\"%s\","
+                 "\"at\":%lld,\"failed\":%u,\"ended\":%u,\"open_for_ms\":%lld}",
+                 o->pl->name, o->name, (long long)now, failed, ended,
+                 (long long)o->flow.c.open_for_ms);
+    else
+        snprintf(body, sizeof(body),
+                 "{\"type\":\"circuit_breaker.closed\",\"pipeline\":\"%s\",\"output\":\"%s\","
+                 "\"at\":%lld}",
+                 o->pl->name, o->name, (long long)now);
+    int rc = pb_dispatcher_emit(d, ev, body);
+    if (rc)
+        PB_ERROR("circuit breaker event not emitted pipeline=%s output=%s events_pipeline=%s "
+                 "error=%s",
+                 o->pl->name, o->name, ev, pb_strerror(rc));
+}
+
+/* The partner was not asked: the attempt does not count, nothing is
+ * recorded, and the output waits as long as it was told. */
+static void not_sent(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_outcome *oc,
+                     int64_t now)
+{
+    struct pb_output *o = dl->out;
+    int64_t in = oc->retry_after_ms >= 0 ? oc->retry_after_ms : 1000;
+    dl->attempts--;
+    atomic_fetch_sub(&o->attempts, 1);
+    atomic_fetch_add(&o->not_sent_total, 1);
+    if (dl->probe)
+        o->flow.probe_out = false; /* the breaker's probe never went: another may */
+    pb_flow_hold(&o->flow, in, now);
+    flow_publish(o, now);
+    char safe[PB_ERROR_EXCERPT_MAX];
+    PB_DEBUG("not sent, will try again pipeline=%s output=%s msg_id=%s retry_in_ms=%lld "
+             "reason=\"%s\"",
+             o->pl->name, o->name, dl->msg->id, (long long)in,
+             pb_log_value(oc->error ? oc->error : "", safe, sizeof(safe)));
+    dl->si.next_at = now + in;
+    pb__disp_schedule(d, dl, now);
+}
+
+static void flow_outcome(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_outcome *oc,
+                         int64_t lat_us, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_flow_sample s = {
+        .kind = oc->throttled                   ? PB_FLOW_THROTTLED
+                : oc->result == PB_RESULT_RETRY ? PB_FLOW_FAIL
+                                                : PB_FLOW_OK,
+        .probe = dl->probe,
+        .latency_us = lat_us,
+        .retry_after_ms = oc->retry_after_ms,
+        .rate = oc->rate,
+        .inflight = o->sq.inflight + 1,
+    };
+    unsigned ev = pb_flow_outcome(&o->flow, &s, now);
+    flow_publish(o, now);
+    if (ev & PB_FLOW_OPENED)
+        breaker_event(d, o, true, now);
+    if (ev & PB_FLOW_CLOSED)
+        breaker_event(d, o, false, now);
+    if (ev & PB_FLOW_REOPENED)
+        PB_DEBUG("circuit breaker stays open pipeline=%s output=%s (the probe failed)", o->pl->name,
+                 o->name);
+}
+
 static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
 {
     struct pb_dispatcher *d = dl->disp;
@@ -449,10 +593,26 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
         pb__disp_dl_free(dl);
         return;
     }
+    if (oc->not_sent) {
+        not_sent(d, dl, oc, now);
+        return;
+    }
     pb_hist_observe(&o->latency, lat_us);
-    struct pb_retry_decision dec =
-        pb_retry_decide(&o->policy, oc->result, dl->attempts, dl->msg->received_at, now,
-                        oc->retry_after_ms, pb_rand64());
+    flow_outcome(d, dl, oc, lat_us, now);
+    struct pb_retry_decision dec;
+    if (oc->throttled && oc->result == PB_RESULT_RETRY) {
+        /* Refused for rate: it goes again once the output's pace lets it;
+         * only max_age bounds it. */
+        dl->free_attempts++;
+        int64_t after = oc->retry_after_ms > 0 ? oc->retry_after_ms : 0;
+        dec = (struct pb_retry_decision){.next_at = now + after};
+        if (dec.next_at > dl->msg->received_at + o->policy.max_age_ms)
+            dec = (struct pb_retry_decision){.give_up = true, .reason = "max_age exceeded"};
+    } else {
+        int counted = dl->attempts - dl->free_attempts;
+        dec = pb_retry_decide(&o->policy, oc->result, counted > 0 ? counted : 1,
+                              dl->msg->received_at, now, oc->retry_after_ms, pb_rand64());
+    }
     char error[PB_ERROR_EXCERPT_MAX];
     const char *errtxt = oc->error;
     if (oc->result == PB_RESULT_OK) {
@@ -461,7 +621,7 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
                  o->name, dl->msg->id, dl->attempts, oc->status);
         pb__disp_finish(d, dl, now);
     } else if (dec.give_up) {
-        snprintf(error, sizeof(error), "%s (gave up: %s)", errtxt ? errtxt : "failed", dec.reason);
+        pb__attempt_dead_reason(error, sizeof(error), errtxt, dec.reason);
         pb__disp_submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
         char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "

@@ -146,16 +146,24 @@ static const struct pb_field output_common_fields[] = {
      .offset = offsetof(struct pb_output_common, retry),
      .sub = retry_fields},
     {.name = "concurrency",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_output_common, concurrency_node),
+     .doc = "attempts in flight at once, or adaptive (0 = the output's default)"},
+    {.name = "max_concurrency",
      .type = PB_F_INT,
-     .offset = offsetof(struct pb_output_common, concurrency),
-     .def = "0",
-     .min = 0,
+     .offset = offsetof(struct pb_output_common, max_concurrency),
+     .def = "64",
+     .min = 1,
      .max = 4096,
-     .doc = "attempts in flight at once (0 = the output's default)"},
+     .doc = "concurrency: adaptive goes no higher"},
     {.name = "rate_limit",
-     .type = PB_F_RATE,
-     .offset = offsetof(struct pb_output_common, rate_limit),
-     .doc = "e.g. 100/s"},
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_output_common, rate_limit_node),
+     .doc = "e.g. 100/s, or {rate: 10/s, key: JQ, max_keys: 10000}"},
+    {.name = "circuit_breaker",
+     .type = PB_F_NODE,
+     .offset = offsetof(struct pb_output_common, breaker_node),
+     .doc = "{window: 30s, min_requests: 10, failure_ratio: 0.7, open_for: 30s}"},
     {.name = "outbound",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct pb_output_common, outbound),
@@ -315,6 +323,9 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     rc = pb_conf_decode2(body, output_common_fields, &o->common, o->plugin->fields, o->ctx, err);
     if (rc)
         return rc;
+    rc = pb__output_flow_load(o, err);
+    if (rc)
+        return rc;
     o->policy = (struct pb_retry_policy){
         .max_attempts = o->common.retry.max_attempts,
         .initial_ms = o->common.retry.initial,
@@ -376,6 +387,11 @@ static int load_output(struct pb_config *c, struct pb_pipeline *pl, struct pb_ou
     if (o->sq.concurrency == 0)
         o->sq.concurrency = 1;
     o->sq.rate = o->common.rate_limit;
+    if (o->common.rate_key)
+        o->sq.max_rkeys = (size_t)o->common.rate_max_keys;
+    o->common.flow.max_hold_ms = o->policy.max_ms;
+    pb_flow_init(&o->flow, &o->common.flow, o->sq.concurrency, pb_now_ms());
+    pb_flow_apply(&o->flow, &o->sq, pb_now_ms());
 
     rc = pb__output_init(o, http, err);
     if (rc) {
@@ -499,8 +515,12 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
         pl->out_names[i] = pl->outs[i].name;
     }
     if (raw.process) {
-        struct pb_proc_env penv = {
-            .pipeline = pl->name, .noutputs = pl->nouts, .outputs = pl->out_names};
+        struct pb_proc_env penv = {.pipeline = pl->name,
+                                   .noutputs = pl->nouts,
+                                   .outputs = pl->out_names,
+                                   .http = http,
+                                   .allow = pl->in->allow,
+                                   .mock = c->mock};
         if (raw.process->type != PB_NODE_SEQ) {
             rc = bad(err, raw.process, "\"process\" of pipeline \"%s\" must be a list of steps%s",
                      pl->name, "");
@@ -677,6 +697,19 @@ static void warn_urls(struct pb_diag *d, const struct url_owner *w, const struct
     }
 }
 
+/* tls.insecure_skip_verify anywhere in a plugin's block. */
+static void warn_insecure(struct pb_diag *d, const struct pb_output *o, const struct pb_node *body)
+{
+    const struct pb_node *tls = body && body->type == PB_NODE_MAP ? pb_node_get(body, "tls") : NULL;
+    const struct pb_node *v =
+        tls && tls->type == PB_NODE_MAP ? pb_node_get(tls, "insecure_skip_verify") : NULL;
+    if (v && v->type == PB_NODE_SCALAR && strcmp(v->str, "true") == 0)
+        warn_at(d, v, "tls",
+                "output \"%s\": tls.insecure_skip_verify: the partner's certificate is not "
+                "checked, so anyone on the path can read and change what is sent",
+                o->name);
+}
+
 static void check_listen(struct pb_config *c, const struct pb_node *root, struct pb_diag *d,
                          struct pb_err *first)
 {
@@ -719,8 +752,23 @@ struct pb_config *pb_config_load(const char *path, struct pb_http_client *http, 
     return pb_config_load_diag(path, http, false, NULL, err);
 }
 
+static struct pb_config *load(const char *path, struct pb_http_client *http, bool once,
+                              struct pb_mock *mock, struct pb_diag *diag, struct pb_err *err);
+
 struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http, bool once,
                                       struct pb_diag *diag, struct pb_err *err)
+{
+    return load(path, http, once, NULL, diag, err);
+}
+
+struct pb_config *pb_config_load_test(const char *path, struct pb_mock *mock, struct pb_diag *diag,
+                                      struct pb_err *err)
+{
+    return load(path, NULL, false, mock, diag, err);
+}
+
+static struct pb_config *load(const char *path, struct pb_http_client *http, bool once,
+                              struct pb_mock *mock, struct pb_diag *diag, struct pb_err *err)
 {
     struct pb_err first = {0}, local = {0};
     struct pb_config *c = calloc(1, sizeof(*c));
@@ -731,6 +779,7 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
         return NULL;
     }
     c->once = once;
+    c->mock = mock;
     c->path = strdup(path);
     c->doc = pb_conf_load_file(path, err);
     if (!c->path || !c->doc)
@@ -788,14 +837,24 @@ struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *h
             for (size_t j = 0; outs && j < pl->nouts; j++) {
                 const struct pb_node *blk = outs->vals[j];
                 struct url_owner w = {.allow = pl->outs[j].allow, .o = &pl->outs[j]};
-                if (blk->type == PB_NODE_MAP && blk->n == 1)
+                if (blk->type == PB_NODE_MAP && blk->n == 1) {
                     warn_urls(diag, &w, blk->vals[0], pl->outs[j].plugin->fields);
+                    warn_insecure(diag, &pl->outs[j], blk->vals[0]);
+                }
             }
             const struct pb_node *inb = pb_node_get(pls->vals[i], "input");
             if (pl->in && inb && inb->type == PB_NODE_MAP && inb->n == 1) {
                 struct url_owner w = {.allow = pl->in->allow, .pipeline = pl->name};
                 warn_urls(diag, &w, inb->vals[0], pl->in->plugin->fields);
             }
+        }
+    }
+    if (!first.code) {
+        struct pb_err e = {0};
+        if (pb__config_check_events(c, &e) != 0) {
+            first = e;
+            if (diag)
+                diag_add(diag, false, &e);
         }
     }
     if (diag)
@@ -842,6 +901,9 @@ static void destroy_output(struct pb_output *o)
     free(o->ctx);
     pb_conf_free(output_common_fields, &o->common);
     pb_jq_destroy(o->map_jq);
+    pb_jq_destroy(o->rate_key_jq);
+    free(o->common.rate_key);
+    free(o->common.events_pipeline);
     pb_allowlist_destroy(o->allow);
     pb_sched_q_cleanup(&o->sq);
     free(o->name);

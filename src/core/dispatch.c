@@ -30,6 +30,8 @@ void pb__dl_clear_attempt(struct pb_dl *dl)
 {
     free(dl->payload);
     dl->payload = NULL;
+    free(dl->tracestate);
+    dl->tracestate = NULL;
     if (!dl->tmpl)
         return;
     for (size_t i = 0; i < dl->out->ntmpls; i++)
@@ -41,6 +43,7 @@ void pb__dl_clear_attempt(struct pb_dl *dl)
 void pb__disp_dl_free(struct pb_dl *dl)
 {
     pb__dl_clear_attempt(dl);
+    free(dl->si.rkey);
     pb_msg_unref(dl->msg);
     free(dl);
 }
@@ -96,12 +99,14 @@ static jv msg_meta(const struct pb_msg *m, const struct pb_jq *q)
     return meta;
 }
 
-int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err)
+/* A key program's value on body with $meta (both taken): *key malloc'd,
+ * NULL when it gives null or nothing. */
+static int run_key(struct pb_jq *q, jv body, jv meta, char **key, struct pb_err *err)
 {
     jv outv[1];
     size_t n = 0;
     *key = NULL;
-    int rc = pb_jq_run_meta(pl->key_jq, body, meta, outv, 1, &n, err);
+    int rc = pb_jq_run_meta(q, body, meta, outv, 1, &n, err);
     if (rc)
         return rc;
     if (n == 0)
@@ -121,6 +126,21 @@ int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb
             return rc;
     }
     return *key ? 0 : pb_err_set(err, PB_ENOMEM, "out of memory");
+}
+
+int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err)
+{
+    return run_key(pl->key_jq, body, meta, key, err);
+}
+
+/* The rate_limit key of the message as it reaches o. */
+static int rate_key(struct pb_output *o, struct pb_msg *m, char **key, struct pb_err *err)
+{
+    jv in;
+    int rc = pb_jq_parse(m->body, m->len, &in, err);
+    if (rc)
+        return rc;
+    return run_key(o->rate_key_jq, in, msg_meta(m, o->rate_key_jq), key, err);
 }
 
 /* The ordering key of m: the one the route stage took from the message as
@@ -160,6 +180,16 @@ void pb__disp_admit(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
         if (compute_key(pl, dl->msg, &key, &err) != 0) {
             char reason[PB_ERR_MSG_MAX + 32];
             snprintf(reason, sizeof(reason), "ordering key: %s", err.msg);
+            pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
+            return;
+        }
+    }
+    if (o->rate_key_jq && !dl->si.rkey) {
+        struct pb_err err = {0};
+        if (rate_key(o, dl->msg, &dl->si.rkey, &err) != 0) {
+            free(key);
+            char reason[PB_ERR_MSG_MAX + 32];
+            snprintf(reason, sizeof(reason), "rate_limit.key: %s", err.msg);
             pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
             return;
         }

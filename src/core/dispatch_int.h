@@ -27,14 +27,18 @@ struct pb_dl {
     struct pb_output *out;
     struct pb_dispatcher *disp;
     int attempts;       /* made so far */
+    int free_attempts;  /* of which refused for rate (429): they do not count toward max_attempts */
+    bool probe;         /* the attempt in flight is the half-open breaker's probe */
     bool leased;        /* made (or claimed) with this process's lease */
     struct pb_dl *next; /* inbox or claim list */
     char *payload;      /* mapped payload of the attempt in flight (NULL: the body) */
     int64_t started_mono_us, started_at;
     struct pb_delivery d;
     char idem[PB_MSG_ID_MAX + PB_NAME_MAX + 2];
-    char **tmpl;       /* rendered template fields of the attempt in flight (ntmpls) */
-    struct pb_job job; /* the attempt on one of the output's worker threads */
+    char **tmpl;          /* rendered template fields of the attempt in flight (ntmpls) */
+    char traceparent[56]; /* of the attempt in flight: a span of the message's trace */
+    char *tracestate;     /* the message's, for the attempt in flight; NULL: none */
+    struct pb_job job;    /* the attempt on one of the output's worker threads */
     /* an outcome reported on another thread, on its way to the dispatcher */
     struct pb_loop_node post_node;
     struct pb_outcome posted;

@@ -16,7 +16,10 @@
 #include <time.h>
 
 #include "core/engine.h"
+#include "core/progress.h"
+#include "core/http_auth.h"
 #include "core/input.h"
+#include "core/notify.h"
 #include "core/workers.h"
 #include "net/httpd.h"
 #include "patchbay/pb_log.h"
@@ -174,6 +177,47 @@ static bool reload_ok(const char *path, struct pb_store *store, bool force)
     return true;
 }
 
+/* The watchdog is fed only while the dispatcher's loop answers: a post
+ * from the main thread, acknowledged on the loop. */
+struct heartbeat {
+    struct pb_loop_node node;
+    atomic_bool pending;
+    _Atomic int64_t seen_us; /* pb_mono_us of the last acknowledgement */
+};
+
+static void heartbeat_cb(void *arg, int status)
+{
+    struct heartbeat *hb = arg;
+    if (status == 0)
+        atomic_store(&hb->seen_us, pb_mono_us());
+    atomic_store(&hb->pending, false);
+}
+
+/* Main thread: send WATCHDOG=1 when it is due and the dispatcher answered
+ * a heartbeat within the last two intervals (WatchdogSec: systemd's own
+ * limit); lower *wait_ms to when it is due next. */
+static void watchdog_tick(struct heartbeat *hb, struct pb_loop *loop, int64_t interval_ms,
+                          int64_t *next_us, int64_t *wait_ms)
+{
+    int64_t now = pb_mono_us();
+    if (!atomic_load(&hb->pending)) {
+        atomic_store(&hb->pending, true);
+        if (pb_loop_post_node(loop, &hb->node, heartbeat_cb, hb) != 0)
+            atomic_store(&hb->pending, false);
+    }
+    if (now >= *next_us) {
+        if (now - atomic_load(&hb->seen_us) <= 2 * interval_ms * 1000)
+            pb_notify("WATCHDOG=1");
+        else
+            PB_WARN("the dispatcher has not answered for %lld ms: the watchdog is not fed",
+                    (long long)((now - atomic_load(&hb->seen_us)) / 1000));
+        *next_us = now + interval_ms * 1000;
+    }
+    int64_t left = (*next_us - now) / 1000;
+    if (left < *wait_ms)
+        *wait_ms = left > 0 ? left : 1;
+}
+
 static void *input_loop_main(void *arg)
 {
     pb_loop_run(arg);
@@ -324,6 +368,11 @@ int pb_engine_run(const struct pb_run_opts *ro)
         for (size_t j = 0; j < e.cfg->pipelines[i].nouts; j++)
             if (pb__output_kv_load(&e.cfg->pipelines[i].outs[j], e.store, &err) != 0)
                 goto fail;
+    /* Rotated OAuth2 refresh tokens read back; the token thread, before
+     * any output or input can ask for a token. */
+    if (pb__http_auth_start(e.store, &err) != 0)
+        goto fail;
+    pb__http_tls_warn_insecure();
     if (pb_dispatcher_start(e.disp) != 0) {
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;
@@ -351,16 +400,43 @@ int pb_engine_run(const struct pb_run_opts *ro)
     PB_INFO("patchbay %s started listen=%s port=%u state=%s pipelines=%zu outputs=%zu node=%s",
             PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), state_shown,
             e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
+    struct pb_progress prog;
+    pb__progress_init(&prog);
+    /* systemd (Type=notify): started once the listener takes requests. */
+    char status[256];
+    snprintf(status, sizeof(status),
+             "READY=1\nSTATUS=running: %zu pipeline%s, %zu output%s, listening on port %u",
+             e.cfg->npipelines, e.cfg->npipelines == 1 ? "" : "s", count_outputs(e.cfg),
+             count_outputs(e.cfg) == 1 ? "" : "s", pb_httpd_port(e.httpd));
+    if (pb_notify(status) < 0)
+        PB_WARN("cannot notify systemd through NOTIFY_SOCKET");
+    struct heartbeat hb = {.seen_us = pb_mono_us()};
+    int64_t wd_ms =
+        pb_notify_watchdog_interval(getenv("WATCHDOG_USEC"), getenv("WATCHDOG_PID"), getpid());
+    int64_t wd_next_us = pb_mono_us();
+    if (wd_ms)
+        PB_INFO("systemd watchdog on interval_ms=%lld", (long long)wd_ms);
 
     for (;;) {
-        struct timespec ts = {ro->once ? 0 : 1, ro->once ? 100 * 1000 * 1000 : 0};
+        int64_t wait_ms = ro->once ? 100 : 1000;
+        if (wd_ms)
+            watchdog_tick(&hb, loop, wd_ms, &wd_next_us, &wait_ms);
+        struct timespec ts = {wait_ms / 1000, (wait_ms % 1000) * 1000 * 1000};
         int sig = sigtimedwait(&sigs, NULL, &ts);
         if (sig == SIGTERM || sig == SIGINT) {
+            pb_notify("STOPPING=1\nSTATUS=draining: finishing the attempts in flight");
             PB_INFO("shutting down signal=%s timeout_ms=%lld", sig == SIGTERM ? "TERM" : "INT",
                     (long long)e.cfg->shutdown_timeout_ms);
             break;
         }
         if (sig == SIGHUP && ro->argv && reload_ok(config_path, e.store, ro->force)) {
+            char reloading[96];
+            struct timespec mono;
+            clock_gettime(CLOCK_MONOTONIC, &mono);
+            snprintf(reloading, sizeof(reloading),
+                     "RELOADING=1\nMONOTONIC_USEC=%lld\nSTATUS=reloading the configuration",
+                     (long long)mono.tv_sec * 1000000 + mono.tv_nsec / 1000);
+            pb_notify(reloading);
             PB_INFO("reloading config=%s (draining, then restarting in place)", config_path);
             reload = true;
             break;
@@ -371,7 +447,11 @@ int pb_engine_run(const struct pb_run_opts *ro)
             PB_INFO("every input has finished and every delivery is done: exiting (--once)");
             break;
         }
+        if (ro->once)
+            pb__progress_tick(&prog, &e, false);
     }
+    if (ro->once)
+        pb__progress_tick(&prog, &e, true);
     code = 0;
     goto out;
 
@@ -387,6 +467,7 @@ out:
     stop_inputs(&e, e.cfg->shutdown_timeout_ms);
     pb__engine_cluster_stop(&e);
     pb_dispatcher_stop(e.disp, e.cfg->shutdown_timeout_ms);
+    pb__http_auth_stop(); /* its last chains are committed by the store's stop */
     if (e.store)
         pb_store_stop(e.store);
     pb_httpd_destroy(e.httpd);

@@ -21,6 +21,7 @@
 #include "patchbay/pb_plugin.h"
 #include "patchbay/pb_time.h"
 #include "core/retry.h"
+#include "core/flow.h"
 #include "core/route.h"
 #include "core/sched.h"
 #include "store/pb_store.h"
@@ -60,6 +61,7 @@ struct pb_config {
     const struct pb_node *pipelines_node;
     size_t npipelines;
     struct pb_pipeline *pipelines;
+    struct pb_mock *mock; /* `patchbay test`: what processors ask instead of connecting */
 };
 
 /* Options every output block carries besides its plugin's own. */
@@ -70,9 +72,19 @@ struct pb_retry_conf {
 struct pb_output_common {
     char *map;
     struct pb_retry_conf retry;
-    int64_t concurrency;
-    struct pb_rate rate_limit;
+    const struct pb_node *concurrency_node; /* a number or "adaptive" */
+    int64_t max_concurrency;
+    const struct pb_node *rate_limit_node; /* "100/s" or {rate, key, max_keys} */
+    const struct pb_node *breaker_node;    /* circuit_breaker: {...} */
     struct pb_outbound_conf outbound;
+    /* As config_flow.c reads them from the nodes: */
+    int64_t concurrency; /* 0: the plugin's default */
+    bool adaptive;
+    struct pb_rate rate_limit;
+    char *rate_key; /* jq: one bucket per key */
+    int64_t rate_max_keys;
+    struct pb_flow_conf flow;
+    char *events_pipeline; /* the breaker's opened/closed events go there */
 };
 
 struct pb_dl;
@@ -106,6 +118,7 @@ struct pb_output {
     int64_t *schedule_owned; /* explicit retry.schedule list */
     struct pb_allowlist *allow;
     struct pb_jq *map_jq;       /* dispatcher thread only */
+    struct pb_jq *rate_key_jq;  /* rate_limit.key (dispatcher thread only) */
     struct pb_output_env env;   /* as init left it (batch, timeout) */
     struct pb_template **tmpls; /* template fields (dispatcher thread) */
     size_t ntmpls;
@@ -139,6 +152,7 @@ struct pb_output {
 
     /* dispatcher state (dispatcher thread only) */
     struct pb_sched_q sq; /* ready queue, keys, concurrency, rate, pause */
+    struct pb_flow flow;  /* holds, pace, breaker, adaptive concurrency */
     size_t inmem;         /* deliveries of this output held in memory */
     /* The store holds pending deliveries of this output not in memory (read
      * by any thread: what is made while it is set is made unleased). */
@@ -160,6 +174,10 @@ struct pb_output {
     _Atomic int64_t backlog; /* committed pending deliveries */
     _Atomic int64_t inflight_gauge;
     struct pb_hist latency;
+    /* flow control as the dispatcher last left it, for readers */
+    _Atomic int breaker_state;
+    _Atomic uint64_t breaker_opened_total, throttled_total, not_sent_total;
+    _Atomic int64_t concurrency_gauge, pace_mrps, hold_until;
 };
 
 struct pb_pipeline {
@@ -206,6 +224,10 @@ void pb_diag_free(struct pb_diag *d);
 /* pb_config_load collecting into diag (may be NULL); err gets the first. */
 struct pb_config *pb_config_load_diag(const char *path, struct pb_http_client *http, bool once,
                                       struct pb_diag *diag, struct pb_err *err);
+/* For `patchbay test`: no HTTP client, and every processor gets mock
+ * (borrowed: it outlives the configuration) in its env. */
+struct pb_config *pb_config_load_test(const char *path, struct pb_mock *mock, struct pb_diag *diag,
+                                      struct pb_err *err);
 void pb_config_destroy(struct pb_config *c);
 
 /* ---- messages ------------------------------------------------------------------ */
@@ -292,6 +314,11 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
  * metrics and the admin API: calls fn for each under the parent's lock. */
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
                              void *arg);
+
+/* config_flow.c: concurrency, rate_limit and circuit_breaker of o, from
+ * their nodes; the breakers' events_pipeline name pipelines of c. */
+int pb__output_flow_load(struct pb_output *o, struct pb_err *err);
+int pb__config_check_events(struct pb_config *c, struct pb_err *err);
 
 /* output.c */
 int pb__output_init(struct pb_output *o, struct pb_http_client *http, struct pb_err *err);

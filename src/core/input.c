@@ -28,6 +28,7 @@
 #include "core/engine.h"
 #include "core/dispatch_int.h"
 #include "core/input.h"
+#include "core/trace.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
 
@@ -400,13 +401,32 @@ static bool meta_ok(const char *m, size_t len)
     return len >= 2 && m[0] == '{' && m[len - 1] == '}';
 }
 
-/* $meta: the input's fixed prefix, the receipt time, then the item's own. */
+/* $meta: the input's fixed prefix, the receipt time, the trace context
+ * (the one the item came with, or a new trace: trace.c), then the item's
+ * own members. */
 static int set_meta(struct pb_input *in, struct pb_msg *m, const struct pb_item *it)
 {
     char num[24];
     int nl = snprintf(num, sizeof(num), "%lld", (long long)m->received_at);
     const char *own = it->meta;
     size_t ol = own ? it->meta_len : 0;
+    char tp[PB_TRACEPARENT_LEN + 1], mtp[PB_TRACEPARENT_LEN + 1];
+    char mts[PB_TRACESTATE_MAX + 1] = "";
+    const char *ts = pb_trace_state_ok(it->tracestate) ? it->tracestate : NULL;
+    int found = 0;
+    if (!pb_trace_parse(it->traceparent, tp) || !ts)
+        found = pb_trace_from_item_meta(own, ol, mtp, mts);
+    if (!pb_trace_parse(it->traceparent, tp)) {
+        if (found & 1)
+            memcpy(tp, mtp, sizeof(tp));
+        else
+            pb_trace_take(NULL, tp);
+    }
+    if (!ts && (found & 2))
+        ts = mts;
+    char trace[PB_TRACEPARENT_LEN + PB_TRACESTATE_MAX + 48];
+    int tl = snprintf(trace, sizeof(trace), ",\"traceparent\":\"%s\"%s%s%s", tp,
+                      ts ? ",\"tracestate\":\"" : "", ts ? ts : "", ts ? "\"" : "");
     while (ol && own[0] != '{')
         own++, ol--;
     while (ol && own[ol - 1] != '}')
@@ -419,19 +439,25 @@ static int set_meta(struct pb_input *in, struct pb_msg *m, const struct pb_item 
             p++;
         empty = p == own + ol - 1;
     }
-    size_t len = in->meta_prefix_len + (size_t)nl + (empty ? 1 : ol);
+    size_t len = in->meta_prefix_len + (size_t)nl + (size_t)tl + (empty ? 1 : ol);
     char *b = malloc(len + 1);
     if (!b)
         return PB_ENOMEM;
-    memcpy(b, in->meta_prefix, in->meta_prefix_len);
-    memcpy(b + in->meta_prefix_len, num, (size_t)nl);
+    char *p = b;
+    memcpy(p, in->meta_prefix, in->meta_prefix_len);
+    p += in->meta_prefix_len;
+    memcpy(p, num, (size_t)nl);
+    p += nl;
+    memcpy(p, trace, (size_t)tl);
+    p += tl;
     if (empty) {
-        b[len - 1] = '}';
+        *p++ = '}';
     } else {
-        b[in->meta_prefix_len + nl] = ',';
-        memcpy(b + in->meta_prefix_len + nl + 1, own + 1, ol - 1);
+        *p++ = ',';
+        memcpy(p, own + 1, ol - 1);
+        p += ol - 1;
     }
-    b[len] = 0;
+    *p = 0;
     free(m->meta);
     m->meta = b;
     m->meta_len = len;
@@ -664,6 +690,14 @@ void pb_input_count_nacked(struct pb_input *in, uint64_t n)
 void pb_input_observe_latency(struct pb_input *in, int64_t us)
 {
     pb_hist_observe(&in->pl->ingest_latency, us);
+}
+
+void pb_input_set_progress(struct pb_input *in, const struct pb_input_progress *p)
+{
+    pthread_mutex_lock(&in->lock);
+    in->progress = *p;
+    in->has_progress = true;
+    pthread_mutex_unlock(&in->lock);
 }
 
 void pb_input_finished(struct pb_input *in)

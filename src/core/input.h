@@ -63,6 +63,8 @@ struct pb_input {
     _Atomic int64_t lag;
     _Atomic bool finished;
     _Atomic uint64_t nacked;
+    struct pb_input_progress progress; /* under lock */
+    bool has_progress;                 /* under lock: the input reports files */
 };
 
 /* Decode and init the input block of pl (config load; no I/O). allow: the

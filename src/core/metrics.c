@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/http_auth.h"
 #include "core/input.h"
 #include "net/httpd.h"
 
@@ -123,6 +124,108 @@ static void collect_cb(struct pb_output *o, void *arg)
         l->cap = cap;
     }
     l->v[l->n++] = o;
+}
+
+/* Flow control of each output (flow.c). */
+static void flow_metrics(struct buf *b, const struct out_list *outs)
+{
+    char t1[PB_NAME_MAX * 2], t2[PB_NAME_MAX * 2];
+    int64_t now = pb_now_ms();
+    static const struct {
+        const char *name, *help, *type;
+        size_t off;
+        bool breaker_only;
+    } m[] = {
+        {"patchbay_output_breaker_opened_total", "Times the circuit breaker opened.", "counter",
+         offsetof(struct pb_output, breaker_opened_total), true},
+        {"patchbay_output_throttled_total",
+         "Attempts the partner refused for rate (HTTP 429): the output slowed down.", "counter",
+         offsetof(struct pb_output, throttled_total), false},
+        {"patchbay_output_not_sent_total",
+         "Attempts that never reached the partner (no credentials yet): not counted.", "counter",
+         offsetof(struct pb_output, not_sent_total), false},
+    };
+    for (size_t k = 0; k < sizeof(m) / sizeof(m[0]); k++) {
+        put(b, "# HELP %s %s\n# TYPE %s %s\n", m[k].name, m[k].help, m[k].name, m[k].type);
+        for (size_t i = 0; i < outs->n; i++) {
+            struct pb_output *o = outs->v[i];
+            if (o->is_route || (m[k].breaker_only && !o->common.flow.breaker))
+                continue;
+            _Atomic uint64_t *v = (_Atomic uint64_t *)((char *)o + m[k].off);
+            put(b, "%s{pipeline=\"%s\",output=\"%s\"} %llu\n", m[k].name,
+                lv(o->pl->name, t1, sizeof(t1)), lv(o->name, t2, sizeof(t2)),
+                (unsigned long long)atomic_load(v));
+        }
+    }
+    put(b, "# HELP patchbay_output_breaker_state The circuit breaker: 0 closed, 1 open, 2 "
+           "half-open (one probe).\n# TYPE patchbay_output_breaker_state gauge\n");
+    for (size_t i = 0; i < outs->n; i++)
+        if (!outs->v[i]->is_route && outs->v[i]->common.flow.breaker)
+            put(b, "patchbay_output_breaker_state{pipeline=\"%s\",output=\"%s\"} %d\n",
+                lv(outs->v[i]->pl->name, t1, sizeof(t1)), lv(outs->v[i]->name, t2, sizeof(t2)),
+                atomic_load(&outs->v[i]->breaker_state));
+    put(b, "# HELP patchbay_output_concurrency Attempts the output may have in flight now "
+           "(moves with concurrency: adaptive).\n# TYPE patchbay_output_concurrency gauge\n");
+    for (size_t i = 0; i < outs->n; i++)
+        if (!outs->v[i]->is_route)
+            put(b, "patchbay_output_concurrency{pipeline=\"%s\",output=\"%s\"} %lld\n",
+                lv(outs->v[i]->pl->name, t1, sizeof(t1)), lv(outs->v[i]->name, t2, sizeof(t2)),
+                (long long)atomic_load(&outs->v[i]->concurrency_gauge));
+    put(b, "# HELP patchbay_output_pace_per_second The pace learnt from the partner's refusals "
+           "and rate-limit headers (0: not paced).\n# TYPE patchbay_output_pace_per_second "
+           "gauge\n");
+    for (size_t i = 0; i < outs->n; i++)
+        if (!outs->v[i]->is_route)
+            put(b, "patchbay_output_pace_per_second{pipeline=\"%s\",output=\"%s\"} %.3f\n",
+                lv(outs->v[i]->pl->name, t1, sizeof(t1)), lv(outs->v[i]->name, t2, sizeof(t2)),
+                (double)atomic_load(&outs->v[i]->pace_mrps) / 1000.0);
+    put(b, "# HELP patchbay_output_held_seconds How long the output still waits because its "
+           "partner asked (Retry-After, a rate-limit reset).\n# TYPE patchbay_output_held_seconds "
+           "gauge\n");
+    for (size_t i = 0; i < outs->n; i++) {
+        if (outs->v[i]->is_route)
+            continue;
+        int64_t until = atomic_load(&outs->v[i]->hold_until);
+        put(b, "patchbay_output_held_seconds{pipeline=\"%s\",output=\"%s\"} %.3f\n",
+            lv(outs->v[i]->pl->name, t1, sizeof(t1)), lv(outs->v[i]->name, t2, sizeof(t2)),
+            until > now ? (double)(until - now) / 1000.0 : 0.0);
+    }
+}
+
+struct oauth2_pass {
+    struct buf *b;
+    int which; /* 0 requests, 1 failures, 2 valid */
+};
+
+static void oauth2_metric(void *arg, const char *token_url, const char *client_id,
+                          uint64_t requests, uint64_t failures, bool valid)
+{
+    struct oauth2_pass *p = arg;
+    static const char *const names[] = {"patchbay_oauth2_token_requests_total",
+                                        "patchbay_oauth2_token_failures_total",
+                                        "patchbay_oauth2_token_valid"};
+    char t1[512], t2[512];
+    unsigned long long v = p->which == 0 ? requests : p->which == 1 ? failures : valid;
+    put(p->b, "%s{token_url=\"%s\",client_id=\"%s\"} %llu\n", names[p->which],
+        lv(token_url, t1, sizeof(t1)), lv(client_id, t2, sizeof(t2)), v);
+}
+
+/* OAuth2 token sources (oauth2.c), one family at a time. */
+static void oauth2_metrics(struct buf *b)
+{
+    static const char *const heads[] = {
+        "# HELP patchbay_oauth2_token_requests_total Requests to an OAuth2 token endpoint.\n"
+        "# TYPE patchbay_oauth2_token_requests_total counter\n",
+        "# HELP patchbay_oauth2_token_failures_total Token requests that failed (they back "
+        "off).\n# TYPE patchbay_oauth2_token_failures_total counter\n",
+        "# HELP patchbay_oauth2_token_valid 1 while a token is held and unexpired.\n"
+        "# TYPE patchbay_oauth2_token_valid gauge\n",
+    };
+    for (int k = 0; k < 3; k++) {
+        put(b, "%s", heads[k]);
+        struct oauth2_pass p = {b, k};
+        pb__http_auth_metrics(oauth2_metric, &p);
+    }
 }
 
 char *pb_metrics_render(struct pb_engine *e, size_t *len)
@@ -254,6 +357,9 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
         put(&b, "patchbay_backlog{pipeline=\"%s\",output=\"%s\"} %lld\n",
             lv(outs.v[i]->pl->name, t1, sizeof(t1)), lv(outs.v[i]->name, t2, sizeof(t2)),
             (long long)atomic_load(&outs.v[i]->backlog));
+
+    flow_metrics(&b, &outs);
+    oauth2_metrics(&b);
 
     put(&b, "# HELP patchbay_input_connected 1 while the pipeline's input is connected to its "
             "source (or ready to take data).\n# TYPE patchbay_input_connected gauge\n");

@@ -132,7 +132,9 @@ struct pb_retry_decision pb_retry_decide(const struct pb_retry_policy *p, enum p
 void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
                           size_t len)
 {
-    *o = (struct pb_outcome){.status = resp->status, .retry_after_ms = resp->retry_after_ms};
+    *o = (struct pb_outcome){
+        .status = resp->status, .retry_after_ms = resp->retry_after_ms, .rate = resp->rate};
+    o->throttled = resp->status == 429;
     if (resp->status == 0) {
         o->result = resp->blocked ? PB_RESULT_PERMANENT : PB_RESULT_RETRY;
         o->error = resp->error ? resp->error : "no response";

@@ -15,16 +15,6 @@
 
 #include "core/route.h"
 
-struct pb_proc_io {
-    jv meta;           /* borrowed from the caller of pb_route_run */
-    pb_outset outputs; /* of the message being processed */
-    jv in;             /* a reference to the input, to tell a changed body */
-    struct pb_route_result *next;
-    size_t max;
-    bool new_messages;
-    bool changed;
-};
-
 jv pb_proc_meta(const struct pb_proc_io *io)
 {
     return io->meta;
@@ -79,56 +69,160 @@ void pb_route_result_cleanup(struct pb_route_result *r)
     memset(r, 0, sizeof(*r));
 }
 
+struct pb_proc_wait *pb_proc_park(struct pb_proc_io *io)
+{
+    if (!io->run || !io->run->resumed || io->parked || !io->run->in_process)
+        return NULL;
+    io->parked = true;
+    io->run->waiting = true;
+    io->run->woke = false;
+    return (struct pb_proc_wait *)io->run;
+}
+
+struct pb_proc_io *pb_proc_wait_io(struct pb_proc_wait *w)
+{
+    return &((struct pb_route_run *)w)->io;
+}
+
+void pb_proc_resume(struct pb_proc_wait *w, int rc, const struct pb_err *err)
+{
+    struct pb_route_run *r = (struct pb_route_run *)w;
+    if (!r->waiting || r->woke)
+        return;
+    r->woke = true;
+    r->wait_rc = rc;
+    pb_err_clear(&r->wait_err);
+    if (rc < 0) {
+        if (err && err->msg[0])
+            r->wait_err = *err;
+        else
+            pb_err_set(&r->wait_err, rc, "%s", pb_strerror(rc));
+    }
+    if (!r->in_process)
+        r->resumed(r->arg);
+}
+
+/* Steps from where r stands until the end or a park. */
+static int run_steps(struct pb_route_run *r, struct pb_err *err)
+{
+    struct pb_route_result *res = r->res;
+    int rc = 0;
+    for (; r->s < r->nsteps && r->cur.n; r->s++) {
+        const struct pb_route_step *st = &r->steps[r->s];
+        for (; r->i < r->cur.n; r->i++) {
+            if (r->waiting) {
+                /* Back from a park: the step's outcome is what it resumed with. */
+                r->waiting = false;
+                rc = r->wait_rc;
+                if (rc < 0)
+                    *err = r->wait_err;
+            } else {
+                jv in = r->cur.items[r->i].body;
+                r->cur.items[r->i].body = jv_invalid();
+                r->io.outputs = r->cur.items[r->i].outputs;
+                r->io.in = jv_copy(in);
+                r->io.parked = false;
+                r->in_process = true;
+                rc = st->plugin->process(st->ctx, &r->io, in, err);
+                r->in_process = false;
+                if (r->io.parked) {
+                    if (rc < 0) {
+                        r->waiting = false; /* it failed after all: not waiting */
+                    } else if (!r->woke) {
+                        return PB_ROUTE_PARKED;
+                    } else {
+                        r->waiting = false;
+                        rc = r->wait_rc;
+                        if (rc < 0)
+                            *err = r->wait_err;
+                    }
+                }
+            }
+            jv_free(r->io.in);
+            r->io.in = jv_invalid();
+            if (rc < 0) {
+                if (rc == PB_ETOOBIG && !err->msg[0])
+                    pb_err_set(err, rc, "more than %zu messages made from one", r->max);
+                char why[PB_ERR_MSG_MAX];
+                snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : pb_strerror(rc));
+                pb_err_set(err, rc, "process step %zu (%s): %s", r->s + 1, st->plugin->name, why);
+                return rc;
+            }
+        }
+        if (r->io.changed)
+            res->changed = true;
+        if (r->io.new_messages)
+            res->split = true;
+        if (r->next.n == 0) {
+            res->dropped_at = r->s + 1;
+            res->dropped_by = st->plugin->name;
+        }
+        pb_route_result_cleanup(&r->cur);
+        r->cur = r->next;
+        memset(&r->next, 0, sizeof(r->next));
+        r->i = 0;
+        r->io.changed = false;
+        r->io.new_messages = false;
+    }
+    res->items = r->cur.items;
+    res->n = r->cur.n;
+    res->cap = r->cur.cap;
+    memset(&r->cur, 0, sizeof(r->cur));
+    return 0;
+}
+
+void pb_route_run_cleanup(struct pb_route_run *r)
+{
+    pb_route_result_cleanup(&r->cur);
+    pb_route_result_cleanup(&r->next);
+    jv_free(r->io.in);
+    r->io.in = jv_invalid();
+    jv_free(r->meta);
+    r->meta = jv_invalid();
+}
+
+int pb_route_start(struct pb_route_run *r, const struct pb_route_step *steps, size_t nsteps,
+                   jv body, jv meta, pb_outset outputs, size_t max_msgs, void (*resumed)(void *arg),
+                   void *arg, struct pb_route_result *res, struct pb_err *err)
+{
+    int rc;
+    memset(res, 0, sizeof(*res));
+    memset(r, 0, sizeof(*r));
+    r->steps = steps;
+    r->nsteps = nsteps;
+    r->max = max_msgs ? max_msgs : 1;
+    r->meta = meta;
+    r->res = res;
+    r->resumed = resumed;
+    r->arg = arg;
+    r->io = (struct pb_proc_io){
+        .meta = meta, .next = &r->next, .max = r->max, .run = r, .in = jv_invalid()};
+    rc = push(&r->cur, body, outputs, r->max);
+    if (rc) {
+        pb_route_run_cleanup(r);
+        return pb_err_set(err, rc, "out of memory");
+    }
+    return pb_route_continue(r, err);
+}
+
+int pb_route_continue(struct pb_route_run *r, struct pb_err *err)
+{
+    int rc = run_steps(r, err);
+    if (rc == PB_ROUTE_PARKED)
+        return rc;
+    if (rc)
+        pb_route_result_cleanup(r->res);
+    pb_route_run_cleanup(r);
+    return rc;
+}
+
 int pb_route_run(const struct pb_route_step *steps, size_t nsteps, jv body, jv meta,
                  pb_outset outputs, size_t max_msgs, struct pb_route_result *res,
                  struct pb_err *err)
 {
-    struct pb_route_result cur = {0}, next = {0};
-    int rc;
-
-    memset(res, 0, sizeof(*res));
-    if (max_msgs == 0)
-        max_msgs = 1;
-    rc = push(&cur, body, outputs, max_msgs);
-    if (rc)
-        return pb_err_set(err, rc, "out of memory");
-    for (size_t s = 0; s < nsteps && cur.n; s++) {
-        struct pb_proc_io io = {.meta = meta, .next = &next, .max = max_msgs};
-        for (size_t i = 0; i < cur.n; i++) {
-            jv in = cur.items[i].body;
-            cur.items[i].body = jv_invalid();
-            io.outputs = cur.items[i].outputs;
-            io.in = jv_copy(in);
-            rc = steps[s].plugin->process(steps[s].ctx, &io, in, err);
-            jv_free(io.in);
-            if (rc < 0) {
-                if (rc == PB_ETOOBIG && !err->msg[0])
-                    pb_err_set(err, rc, "more than %zu messages made from one", max_msgs);
-                char why[PB_ERR_MSG_MAX];
-                snprintf(why, sizeof(why), "%s", err->msg[0] ? err->msg : pb_strerror(rc));
-                pb_err_set(err, rc, "process step %zu (%s): %s", s + 1, steps[s].plugin->name, why);
-                goto out;
-            }
-        }
-        if (io.changed)
-            res->changed = true;
-        if (io.new_messages)
-            res->split = true;
-        if (next.n == 0) {
-            res->dropped_at = s + 1;
-            res->dropped_by = steps[s].plugin->name;
-        }
-        pb_route_result_cleanup(&cur);
-        cur = next;
-        memset(&next, 0, sizeof(next));
-    }
-    res->items = cur.items;
-    res->n = cur.n;
-    res->cap = cur.cap;
-    memset(&cur, 0, sizeof(cur));
-    rc = 0;
-out:
-    pb_route_result_cleanup(&cur);
-    pb_route_result_cleanup(&next);
-    return rc;
+    struct pb_route_run r;
+    int rc = pb_route_start(&r, steps, nsteps, body, jv_copy(meta), outputs, max_msgs, NULL, NULL,
+                            res, err);
+    /* Without `resumed` no step can park. */
+    return rc == PB_ROUTE_PARKED ? PB_EINTERNAL : rc;
 }

@@ -19,6 +19,13 @@
  * (disk full) leaves the delivery pending: it is routed again a second
  * later without spending its attempt.
  *
+ * A step may wait for I/O (enrich's lookups) without blocking the
+ * dispatcher: it parks the message (pb_proc_park), and the attempt stays in
+ * flight, its ordering key busy, until the step resumes; the run goes on a
+ * turn later (route_att_continue). A step that resumes with PB_EAGAIN has
+ * the message routed again with backoff (1 s doubling to 5 min, until the
+ * route stage's max_age), each try recorded as a failed attempt.
+ *
  * Threads: route_attempt on the dispatcher; route_done_cb on the store's
  * writer or syncer, which hands the new deliveries to the dispatcher's inbox
  * and posts the route delivery's end back to the dispatcher thread. */
@@ -27,6 +34,7 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/stage.h"
 #include "patchbay/pb_log.h"
 
 #define ROUTE_RETRY_MS 1000
@@ -255,53 +263,239 @@ static jv meta_of(const struct pb_msg *m)
     return meta;
 }
 
+void pb__route_decision_cleanup(struct pb_route_decision *dec)
+{
+    for (size_t i = 0; dec->bodies && i < dec->res.n; i++)
+        free(dec->bodies[i]);
+    free(dec->bodies);
+    free(dec->lens);
+    free(dec->key);
+    pb_route_result_cleanup(&dec->res);
+    memset(dec, 0, sizeof(*dec));
+}
+
+int pb__route_input(struct pb_pipeline *pl, const struct pb_msg *msg, jv *body, jv *meta,
+                    char **key, struct pb_err *err)
+{
+    *key = NULL;
+    *meta = jv_null();
+    int rc = pb_jq_parse(msg->body, msg->len, body, err);
+    if (rc) {
+        char why[PB_ERR_MSG_MAX];
+        snprintf(why, sizeof(why), "%s", err->msg);
+        return pb_err_set(err, rc, "process: the message is not JSON jq can carry exactly: %s",
+                          why);
+    }
+    *meta = meta_of(msg);
+    if (pl->key_jq) {
+        /* Ordering follows the message as received, whatever the steps make. */
+        rc = pb__disp_key(pl, jv_copy(*body), jv_copy(*meta), key, err);
+        if (rc) {
+            char why[PB_ERR_MSG_MAX];
+            snprintf(why, sizeof(why), "%s", err->msg);
+            pb_err_set(err, rc, "ordering key: %s", why);
+            jv_free(*body);
+            jv_free(*meta);
+            *body = *meta = jv_invalid();
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int pb__route_output(struct pb_route_decision *dec, struct pb_err *err)
+{
+    if (dec->res.n == 0 || !(dec->res.changed || dec->res.split))
+        return 0;
+    dec->bodies = calloc(dec->res.n, sizeof(*dec->bodies));
+    dec->lens = calloc(dec->res.n, sizeof(*dec->lens));
+    if (!dec->bodies || !dec->lens)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    for (size_t i = 0; i < dec->res.n; i++) {
+        int rc = pb_jq_dump(jv_copy(dec->res.items[i].body), &dec->bodies[i], &dec->lens[i], err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
+                     struct pb_route_decision *dec, struct pb_err *err)
+{
+    jv body, meta;
+    memset(dec, 0, sizeof(*dec));
+    int rc = pb__route_input(pl, msg, &body, &meta, &dec->key, err);
+    if (rc)
+        return rc;
+    pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
+    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &dec->res, err);
+    jv_free(meta);
+    if (rc == 0)
+        rc = pb__route_output(dec, err);
+    if (rc)
+        pb__route_decision_cleanup(dec);
+    return rc;
+}
+
+/* A route attempt whose steps run: kept while a step waits for I/O. */
+struct route_att {
+    struct pb__disp_post post; /* its continuation, on the dispatcher */
+    struct pb_dispatcher *d;
+    struct pb_dl *dl;
+    struct pb_route_run run;
+    struct pb_route_result res;
+    char *key;
+    int64_t started_mono_us;
+};
+
+static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, struct pb_err *err,
+                          int64_t now);
+
+/* Dispatcher thread, a turn after the step resumed (or the dispatcher is
+ * being destroyed: now < 0). */
+static void route_att_continue(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
+{
+    struct route_att *a = (struct route_att *)p;
+    struct pb_err err = {0};
+    if (now < 0 || atomic_load(&d->aborting)) {
+        /* Still pending in the store: routed again after the restart. */
+        struct pb_dl *dl = a->dl;
+        pb_route_run_cleanup(&a->run);
+        pb_route_result_cleanup(&a->res);
+        pb__disp_attempt_ended(d, dl->out);
+        dl->out->inmem--;
+        pb__disp_dl_free(dl);
+        free(a->key);
+        free(a);
+        return;
+    }
+    int rc = pb_route_continue(&a->run, &err);
+    if (rc == PB_ROUTE_PARKED)
+        return;
+    route_decided(d, a, rc, &err, now);
+}
+
+/* A parked step resumed: go on from the dispatcher's loop, not from inside
+ * the step's callback. */
+static void route_att_resumed(void *arg)
+{
+    struct route_att *a = arg;
+    a->post.fn = route_att_continue;
+    pb__disp_post(a->d, &a->post);
+}
+
+/* A step asked for the message to be routed again later (a lookup that
+ * failed): recorded as a failed attempt, retried with backoff until the
+ * route stage's max_age. */
+#define STEP_RETRY_INITIAL_MS 1000
+#define STEP_RETRY_MAX_MS 300000
+
+static void route_retry(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_err *err,
+                        int64_t lat_us, int64_t now)
+{
+    struct pb_output *o = dl->out;
+    struct pb_retry_policy pol = {.max_attempts = INT32_MAX,
+                                  .initial_ms = STEP_RETRY_INITIAL_MS,
+                                  .max_ms = STEP_RETRY_MAX_MS,
+                                  .max_age_ms = o->policy.max_age_ms};
+    dl->attempts++;
+    dl->started_at = now;
+    struct pb_retry_decision dec = pb_retry_decide(&pol, PB_RESULT_RETRY, dl->attempts,
+                                                   dl->msg->received_at, now, -1, pb_rand64());
+    pb__disp_attempt_ended(d, o);
+    if (dec.give_up) {
+        char reason[PB_ERR_MSG_MAX + 64];
+        snprintf(reason, sizeof(reason), "%s (gave up: %s)", err->msg, dec.reason);
+        dl->attempts--; /* settle counts the attempt */
+        pb__disp_settle(d, dl, PB_DSTATE_DEAD, reason, now);
+        return;
+    }
+    dl->si.next_at = dec.next_at;
+    pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, 0, lat_us / 1000, err->msg);
+    char safe[PB_ERROR_EXCERPT_MAX];
+    PB_INFO("routing failed, will retry pipeline=%s msg_id=%s attempt=%d retry_in_ms=%lld "
+            "error=\"%s\"",
+            o->pl->name, dl->msg->id, dl->attempts, (long long)(dec.next_at - now),
+            pb_log_value(err->msg, safe, sizeof(safe)));
+    pb__disp_schedule(d, dl, now);
+}
+
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
 {
     struct pb_output *o = dl->out;
     struct pb_pipeline *pl = o->pl;
-    struct pb_route_result res = {0};
     struct pb_err err = {0};
-    struct route_op *ro = NULL;
+    struct route_att *a = NULL;
     jv body, meta;
     int rc;
 
-    rc = pb_jq_parse(dl->msg->body, dl->msg->len, &body, &err);
+    char *key = NULL;
+    rc = pb__route_input(pl, dl->msg, &body, &meta, &key, &err);
     if (rc) {
-        char why[PB_ERR_MSG_MAX];
-        snprintf(why, sizeof(why), "%s", err.msg);
-        pb_err_set(&err, rc, "process: the message is not JSON jq can carry exactly: %s", why);
         route_fail(d, dl, &err, rc, now);
         return;
     }
-    meta = meta_of(dl->msg);
-    char *key = NULL;
-    if (pl->key_jq) {
-        /* Ordering follows the message as received, whatever the steps make. */
-        rc = pb__disp_key(pl, jv_copy(body), jv_copy(meta), &key, &err);
-        if (rc) {
-            char why[PB_ERR_MSG_MAX];
-            snprintf(why, sizeof(why), "%s", err.msg);
-            pb_err_set(&err, rc, "ordering key: %s", why);
-            jv_free(body);
-            jv_free(meta);
-            route_fail(d, dl, &err, rc, now);
-            return;
-        }
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        free(key);
+        jv_free(body);
+        jv_free(meta);
+        PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"out of memory\" (trying again "
+                "in %d ms)",
+                pl->name, dl->msg->id, ROUTE_RETRY_MS);
+        pb__disp_attempt_ended(d, o);
+        dl->si.next_at = now + ROUTE_RETRY_MS;
+        pb__disp_schedule(d, dl, now);
+        return;
     }
+    a->d = d;
+    a->dl = dl;
+    a->key = key;
+    a->started_mono_us = pb_mono_us();
     pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
-    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &res, &err);
-    jv_free(meta);
+    rc = pb_route_start(&a->run, pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS,
+                        route_att_resumed, a, &a->res, &err);
+    if (rc == PB_ROUTE_PARKED)
+        return;
+    route_decided(d, a, rc, &err, now);
+}
+
+/* The steps have run (rc 0) or failed: commit what they decided. Frees a. */
+static void route_decided(struct pb_dispatcher *d, struct route_att *a, int rc, struct pb_err *errp,
+                          int64_t now)
+{
+    struct pb_dl *dl = a->dl;
+    struct pb_output *o = dl->out;
+    struct pb_pipeline *pl = o->pl;
+    struct pb_route_result res = a->res;
+    char *key = a->key;
+    struct pb_err err = *errp;
+    struct route_op *ro = NULL;
+    int64_t lat_us = pb_mono_us() - a->started_mono_us;
+    free(a);
+    if (rc == PB_EAGAIN) {
+        free(key);
+        route_retry(d, dl, &err, lat_us, now);
+        return;
+    }
     if (rc) {
         free(key);
         route_fail(d, dl, &err, rc, now);
         return;
     }
 
+    struct pb_route_decision dec = {.res = res, .key = key};
+    rc = pb__route_output(&dec, &err);
+    if (rc) {
+        pb__route_decision_cleanup(&dec);
+        route_fail(d, dl, &err, rc, now);
+        return;
+    }
     ro = route_op_create(pl, res.n);
-    if (ro)
-        ro->key = key;
-    else
-        free(key);
+    if (ro) {
+        ro->key = dec.key;
+        dec.key = NULL;
+    }
     if (!ro) {
         pb_err_set(&err, PB_ENOMEM, "out of memory");
         goto retry;
@@ -317,14 +511,10 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
         for (size_t i = 0; i < res.n; i++) {
             struct pb_route_msg *m = &ro->msgs[i];
             size_t len = 0;
-            if (res.changed || res.split) {
-                rc = pb_jq_dump(jv_copy(res.items[i].body), &ro->bodies[i], &len, &err);
-                if (rc) {
-                    pb_route_result_cleanup(&res);
-                    route_op_free(ro);
-                    route_fail(d, dl, &err, rc, now);
-                    return;
-                }
+            if (dec.bodies) {
+                ro->bodies[i] = dec.bodies[i];
+                dec.bodies[i] = NULL;
+                len = dec.lens[i];
                 m->body = ro->bodies[i];
                 m->len = len;
             }
@@ -361,7 +551,7 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
             snprintf(ro->note, sizeof(ro->note), "routed to %zu of %zu outputs", sent, pl->nouts);
         r->state = PB_DSTATE_DELIVERED;
     }
-    pb_route_result_cleanup(&res);
+    pb__route_decision_cleanup(&dec);
 
     dl->attempts++;
     dl->started_at = now;
@@ -390,7 +580,7 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     return;
 
 retry:
-    pb_route_result_cleanup(&res);
+    pb__route_decision_cleanup(&dec);
     route_op_free(ro);
     PB_WARN("cannot route now pipeline=%s msg_id=%s error=\"%s\" (trying again in %d ms)", pl->name,
             dl->msg->id, err.msg, ROUTE_RETRY_MS);

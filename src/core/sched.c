@@ -1,8 +1,12 @@
 /* sched.c - the scheduling of attempts (sched.h): a min-heap on next_at for
  * items waiting, a FIFO of ready items per output, per-key queues (a key is
  * held from the admission of its first item until that item is finished,
- * and the next item of the key goes on then), and a token bucket per
- * output. */
+ * and the next item of the key goes on then), a token bucket per output or
+ * one per rate key (bounded, least recently used dropped), and the gates of
+ * flow control: a time before which nothing starts and a pace between
+ * starts (GCRA without burst). An item whose rate key has no token waits in
+ * the heap for it, so other keys go on meanwhile. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,12 +189,134 @@ static void key_remove(struct pb_sched_q *q, struct pb_sched_key *k)
     free(k);
 }
 
+/* ---- rate keys --------------------------------------------------------------------------- */
+
+#define RKEY_SKIP_MAX 64 /* items moved aside per take, waiting for their key's token */
+
+struct rkey {
+    char *key;
+    uint64_t hash;
+    struct rkey *hnext;         /* hash chain */
+    struct rkey *lprev, *lnext; /* LRU: head is the most recent */
+    double tokens;
+    int64_t tokens_at;
+};
+
+struct pb_sched_rkeys {
+    struct rkey **tab;
+    size_t n, cap;
+    struct rkey *lru_head, *lru_tail;
+};
+
+static void lru_unlink(struct pb_sched_rkeys *r, struct rkey *k)
+{
+    if (k->lprev)
+        k->lprev->lnext = k->lnext;
+    else
+        r->lru_head = k->lnext;
+    if (k->lnext)
+        k->lnext->lprev = k->lprev;
+    else
+        r->lru_tail = k->lprev;
+    k->lprev = k->lnext = NULL;
+}
+
+static void lru_front(struct pb_sched_rkeys *r, struct rkey *k)
+{
+    k->lprev = NULL;
+    k->lnext = r->lru_head;
+    if (r->lru_head)
+        r->lru_head->lprev = k;
+    r->lru_head = k;
+    if (!r->lru_tail)
+        r->lru_tail = k;
+}
+
+static void rkey_drop(struct pb_sched_rkeys *r, struct rkey *k)
+{
+    struct rkey **pp = &r->tab[k->hash & (r->cap - 1)];
+    while (*pp && *pp != k)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = k->hnext;
+    lru_unlink(r, k);
+    r->n--;
+    free(k->key);
+    free(k);
+}
+
+/* The bucket of key (made, the oldest dropped past the bound), or NULL
+ * without memory. */
+static struct rkey *rkey_get(struct pb_sched_q *q, const char *key)
+{
+    struct pb_sched_rkeys *r = q->rkeys;
+    if (!r) {
+        if (!(r = calloc(1, sizeof(*r))))
+            return NULL;
+        q->rkeys = r;
+    }
+    uint64_t h = hash_str(key);
+    if (r->cap)
+        for (struct rkey *k = r->tab[h & (r->cap - 1)]; k; k = k->hnext)
+            if (k->hash == h && strcmp(k->key, key) == 0) {
+                lru_unlink(r, k);
+                lru_front(r, k);
+                return k;
+            }
+    while (r->n >= q->max_rkeys && r->lru_tail)
+        rkey_drop(r, r->lru_tail);
+    if (r->n + 1 > r->cap / 2) {
+        size_t cap = r->cap ? r->cap * 2 : 64;
+        struct rkey **t = calloc(cap, sizeof(*t));
+        if (!t)
+            return NULL;
+        for (size_t i = 0; i < r->cap; i++)
+            for (struct rkey *k = r->tab[i], *n; k; k = n) {
+                n = k->hnext;
+                k->hnext = t[k->hash & (cap - 1)];
+                t[k->hash & (cap - 1)] = k;
+            }
+        free(r->tab);
+        r->tab = t;
+        r->cap = cap;
+    }
+    struct rkey *k = calloc(1, sizeof(*k));
+    if (!k || !(k->key = strdup(key))) {
+        free(k);
+        return NULL;
+    }
+    k->hash = h;
+    k->hnext = r->tab[h & (r->cap - 1)];
+    r->tab[h & (r->cap - 1)] = k;
+    lru_front(r, k);
+    r->n++;
+    return k;
+}
+
+size_t pb_sched_rkeys_count(const struct pb_sched_q *q)
+{
+    return q->rkeys ? q->rkeys->n : 0;
+}
+
+static void rkeys_free(struct pb_sched_q *q)
+{
+    struct pb_sched_rkeys *r = q->rkeys;
+    if (!r)
+        return;
+    while (r->lru_head)
+        rkey_drop(r, r->lru_head);
+    free(r->tab);
+    free(r);
+    q->rkeys = NULL;
+}
+
 /* ---- the interface ---------------------------------------------------------------------- */
 
 int pb_sched_admit(struct pb_sched *s, struct pb_sched_q *q, struct pb_sched_item *it,
                    const char *key, int64_t now)
 {
     it->q = q;
+    q->sched = s;
     it->next = NULL;
     it->key = NULL;
     it->in_heap = false;
@@ -231,41 +357,113 @@ void pb_sched_due(struct pb_sched *s, int64_t now)
     }
 }
 
+/* A token of a bucket filled at rate r, or false with *in_ms set to when
+ * one comes. */
+static bool bucket_take(const struct pb_rate *r, double *tokens, int64_t *tokens_at, int64_t now,
+                        int64_t *in_ms)
+{
+    double cap = (double)r->count;
+    double per_ms = (double)r->count / (double)r->period_ms;
+    if (*tokens_at == 0) {
+        *tokens = cap;
+        *tokens_at = now;
+    }
+    if (now > *tokens_at) {
+        *tokens += (double)(now - *tokens_at) * per_ms;
+        *tokens_at = now;
+    }
+    if (*tokens > cap)
+        *tokens = cap;
+    if (*tokens >= 1.0) {
+        *tokens -= 1.0;
+        return true;
+    }
+    *in_ms = (int64_t)((1.0 - *tokens) / per_ms) + 1;
+    return false;
+}
+
 /* A token of q's rate limit, or false with *wait_ms lowered to when one comes. */
 static bool take_token(struct pb_sched_q *q, int64_t now, int64_t *wait_ms)
 {
-    const struct pb_rate *r = &q->rate;
-    if (r->count == 0)
+    int64_t ms = 0;
+    if (q->rate.count == 0 || bucket_take(&q->rate, &q->tokens, &q->tokens_at, now, &ms))
         return true;
-    double cap = (double)r->count;
-    double per_ms = (double)r->count / (double)r->period_ms;
-    if (q->tokens_at == 0) {
-        q->tokens = cap;
-        q->tokens_at = now;
-    }
-    if (now > q->tokens_at) {
-        q->tokens += (double)(now - q->tokens_at) * per_ms;
-        q->tokens_at = now;
-    }
-    if (q->tokens > cap)
-        q->tokens = cap;
-    if (q->tokens >= 1.0) {
-        q->tokens -= 1.0;
-        return true;
-    }
-    int64_t ms = (int64_t)((1.0 - q->tokens) / per_ms) + 1;
     if (wait_ms && ms < *wait_ms)
         *wait_ms = ms;
     return false;
 }
 
+/* Take `it` out of q's ready queue, wherever it is (prev: the one before). */
+static void ready_remove(struct pb_sched_q *q, struct pb_sched_item *prev, struct pb_sched_item *it)
+{
+    if (prev)
+        prev->next = it->next;
+    else
+        q->ready_head = it->next;
+    if (q->ready_tail == it)
+        q->ready_tail = prev;
+    q->nready--;
+    it->next = NULL;
+}
+
+/* The first ready item whose rate key has a token. Items before it whose
+ * key has none wait in the heap until it comes (at most RKEY_SKIP_MAX per
+ * call, so a call stays short). */
+static struct pb_sched_item *take_keyed(struct pb_sched_q *q, int64_t now, int64_t *wait_ms)
+{
+    struct pb_sched_item *prev = NULL, *it = q->ready_head;
+    for (int moved = 0; it;) {
+        struct rkey *k = it->rkey ? rkey_get(q, it->rkey) : NULL;
+        int64_t ms = 0;
+        bool ok = k ? bucket_take(&q->rate, &k->tokens, &k->tokens_at, now, &ms)
+                    : take_token(q, now, wait_ms); /* no key, or no memory: the shared bucket */
+        if (ok) {
+            ready_remove(q, prev, it);
+            return it;
+        }
+        if (!k || moved >= RKEY_SKIP_MAX || !q->sched) {
+            if (k && wait_ms && ms < *wait_ms)
+                *wait_ms = ms;
+            return NULL;
+        }
+        struct pb_sched_item *next = it->next;
+        ready_remove(q, prev, it);
+        it->next_at = now + ms;
+        place(q->sched, it, now);
+        moved++;
+        it = next;
+    }
+    return NULL;
+}
+
 struct pb_sched_item *pb_sched_take(struct pb_sched_q *q, int64_t now, int64_t *wait_ms)
 {
-    if (q->paused || !q->ready_head || q->inflight >= q->concurrency ||
-        !take_token(q, now, wait_ms))
+    if (q->paused || !q->ready_head || q->inflight >= q->concurrency)
         return NULL;
+    if (now < q->not_before) {
+        if (wait_ms && q->not_before - now < *wait_ms)
+            *wait_ms = q->not_before - now;
+        return NULL;
+    }
+    if (q->pace_ms > 0 && (double)now < q->pace_tat) {
+        int64_t ms = (int64_t)ceil(q->pace_tat - (double)now);
+        if (wait_ms && ms < *wait_ms)
+            *wait_ms = ms;
+        return NULL;
+    }
+    struct pb_sched_item *it;
+    if (q->max_rkeys && q->rate.count) {
+        if (!(it = take_keyed(q, now, wait_ms)))
+            return NULL;
+    } else {
+        if (!take_token(q, now, wait_ms))
+            return NULL;
+        it = ready_pop(q);
+    }
+    if (q->pace_ms > 0)
+        q->pace_tat = ((double)now > q->pace_tat ? (double)now : q->pace_tat) + q->pace_ms;
     q->inflight++;
-    return ready_pop(q);
+    return it;
 }
 
 void pb_sched_ended(struct pb_sched_q *q)
@@ -348,6 +546,7 @@ void pb_sched_q_cleanup(struct pb_sched_q *q)
     free(q->keys);
     q->keys = NULL;
     q->keycap = q->nkeys = 0;
+    rkeys_free(q);
 }
 
 void pb_sched_cleanup(struct pb_sched *s)

@@ -1,6 +1,7 @@
 /* sched.h - when each delivery in memory may start its next attempt
  * (sched.c): ready queues, a timer heap of retries, per-key order, rate
- * limits, concurrency and pauses.
+ * limits (one bucket, or one per rate key), concurrency, pauses, and the
+ * gates flow control sets (a hold, a pace between starts).
  *
  * Pure bookkeeping: the clock is passed in and nothing blocks, so it is
  * unit-tested without sleeping (tests/unit/test_sched.c). The dispatcher
@@ -17,6 +18,7 @@
 
 struct pb_sched_q;
 struct pb_sched_key;
+struct pb_sched_rkeys;
 
 struct pb_sched_item {
     int64_t next_at; /* unix ms the next attempt is due */
@@ -26,6 +28,9 @@ struct pb_sched_item {
     size_t heap_idx;
     bool in_heap;
     bool waiting; /* queued behind another item of its key */
+    /* Its rate-limit key when the output limits per key (owned by whoever
+     * owns the item, who frees it); NULL: the output's one bucket. */
+    char *rkey;
 };
 
 /* One output's queues. Zeroed is empty; set rate, concurrency, paused. */
@@ -40,6 +45,15 @@ struct pb_sched_q {
     size_t concurrency; /* attempts in flight at most (0: none start) */
     size_t inflight;
     bool paused; /* nothing starts (a disabled sub-output) */
+    /* Flow control (flow.c sets them; zero: no gate). */
+    int64_t not_before; /* nothing starts before this unix ms (a hold, an open breaker) */
+    double pace_ms;     /* > 0: starts at least this far apart (a partner's pace) */
+    double pace_tat;    /* when the next start may come at that pace */
+    /* With max_rkeys > 0, rate is per item rkey, with at most max_rkeys
+     * buckets (the least recently used goes first, starting again full). */
+    size_t max_rkeys;
+    struct pb_sched_rkeys *rkeys;
+    struct pb_sched *sched; /* set by admit */
 };
 
 struct pb_sched {
@@ -73,6 +87,8 @@ int64_t pb_sched_next_due(const struct pb_sched *s, int64_t now);
  * drop; their keys go when they finish. */
 void pb_sched_drain(struct pb_sched *s, struct pb_sched_q *q,
                     void (*fn)(struct pb_sched_item *it, void *arg), void *arg);
+/* Buckets held for rate keys (tests, metrics). */
+size_t pb_sched_rkeys_count(const struct pb_sched_q *q);
 /* Free q's key table (q drained, nothing in flight). */
 void pb_sched_q_cleanup(struct pb_sched_q *q);
 void pb_sched_cleanup(struct pb_sched *s);

@@ -81,6 +81,8 @@ static struct pb_output *sub_create(struct pb_dispatcher *d, struct pb_output *p
     v->uses_meta = parent->uses_meta;
     v->env = parent->env;
     v->sq.concurrency = parent->sq.concurrency;
+    v->rate_key_jq = NULL;
+    pb_flow_init(&v->flow, &parent->common.flow, v->sq.concurrency, pb_now_ms());
     v->is_virtual = true;
     v->parent = parent;
     v->disp = d;

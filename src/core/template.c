@@ -21,6 +21,7 @@ struct part {
 };
 
 struct pb_template {
+    char *text; /* as written */
     size_t n;
     struct part parts[];
 };
@@ -37,6 +38,7 @@ void pb_template_destroy(struct pb_template *t)
 {
     if (!t)
         return;
+    free(t->text);
     for (size_t i = 0; i < t->n; i++) {
         free(t->parts[i].lit);
         pb_jq_destroy(t->parts[i].q);
@@ -72,7 +74,8 @@ struct pb_template *pb_template_compile(const char *text, struct pb_err *err)
 {
     struct pb_template *t = calloc(1, sizeof(*t) + PARTS_MAX * sizeof(struct part));
     const char *p = text;
-    if (!t) {
+    if (!t || !(t->text = strdup(text))) {
+        free(t);
         pb_err_set(err, PB_ENOMEM, "out of memory");
         return NULL;
     }
@@ -127,6 +130,11 @@ struct pb_template *pb_template_compile(const char *text, struct pb_err *err)
 fail:
     pb_template_destroy(t);
     return NULL;
+}
+
+const char *pb_template_text(const struct pb_template *t)
+{
+    return t->text;
 }
 
 bool pb_template_is_literal(const struct pb_template *t)

@@ -16,6 +16,8 @@ struct pb_template;
  * an unclosed or empty part, or one that does not compile. */
 struct pb_template *pb_template_compile(const char *text, struct pb_err *err);
 void pb_template_destroy(struct pb_template *t);
+/* The text as compiled (borrowed from t). */
+const char *pb_template_text(const struct pb_template *t);
 /* True when the text has no {{ }} part: it renders to itself. */
 bool pb_template_is_literal(const struct pb_template *t);
 /* Does any part name $meta? */

@@ -36,6 +36,7 @@
 
 #include <curl/curl.h>
 
+#include "net/http_tls.h"
 #include "patchbay/pb_http.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_loop.h"
@@ -56,8 +57,12 @@ struct xfer {
     char *body; /* response body, NUL-terminated when body_cap > 0 */
     size_t body_len, body_cap, max_response;
     int64_t retry_after_ms;
+    struct pb_rate_info rate;
+    struct curl_slist *connect_to; /* tls.server_name: the URL names it, this reaches the host */
+    char *url;                     /* the URL rewritten for server_name */
     bool blocked;
     bool oom;
+    bool truncated;
     char errbuf[CURL_ERROR_SIZE];
     char msg[MSG_MAX]; /* blocked reason, then the error handed to done_cb */
 };
@@ -98,6 +103,8 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
     size_t room = x->max_response - x->body_len;
     size_t take = len < room ? len : room;
 
+    if (take < len)
+        x->truncated = true;
     if (take == 0)
         return len; /* past the cap: read and discard, keeping the connection usable */
     if (x->body_len + take + 1 > x->body_cap) {
@@ -129,6 +136,10 @@ static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
 
     if (len >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
         x->retry_after_ms = -1; /* a new response (after 1xx): forget the last one's */
+        pb_rate_info_reset(&x->rate);
+    } else if (len > 10 && (strncasecmp(ptr, "ratelimit", 9) == 0 ||
+                            strncasecmp(ptr, "x-ratelimit", 11) == 0)) {
+        pb_rate_header(ptr, len, wall_ms(), &x->rate);
     } else if (len > nlen && strncasecmp(ptr, name, nlen) == 0) {
         char value[128];
         size_t vlen = len - nlen;
@@ -243,6 +254,10 @@ static void xfer_put(struct pb_http_client *c, struct xfer *x)
 {
     curl_slist_free_all(x->hdrs);
     x->hdrs = NULL;
+    curl_slist_free_all(x->connect_to);
+    x->connect_to = NULL;
+    free(x->url);
+    x->url = NULL;
     curl_free(x->host);
     x->host = NULL;
     if (c->closing || c->nfree >= FREE_MAX) {
@@ -366,6 +381,56 @@ out:
     return rc;
 }
 
+/* tls.server_name on an https URL: the URL is rewritten to name it (so
+ * SNI and the certificate check use it), CONNECT_TO still reaches the
+ * URL's own host and port, and the Host header keeps naming that host.
+ * The guard goes on checking the URL's host (x->host, parsed before). */
+static int server_name(struct xfer *x, const char *url, const char *name)
+{
+    int rc = PB_EINVAL;
+    char *scheme = NULL, *port = NULL, *rewritten = NULL;
+    CURLU *u = curl_url();
+    if (!u)
+        return PB_ENOMEM;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+        goto out;
+    if (strcasecmp(scheme, "https") != 0) {
+        rc = 0; /* nothing to name on cleartext */
+        goto out;
+    }
+    if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK)
+        goto out;
+    bool v6 = strchr(x->host, ':') != NULL;
+    char line[600], host[600];
+    bool default_port = strcmp(port, "443") == 0;
+    snprintf(line, sizeof(line), "%s:%s:%s%s%s:%s", name, port, v6 ? "[" : "", x->host,
+             v6 ? "]" : "", port);
+    snprintf(host, sizeof(host), "Host: %s%s%s%s%s", v6 ? "[" : "", x->host, v6 ? "]" : "",
+             default_port ? "" : ":", default_port ? "" : port);
+    if (curl_url_set(u, CURLUPART_HOST, name, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_URL, &rewritten, 0) != CURLUE_OK)
+        goto out;
+    rc = PB_ENOMEM;
+    struct curl_slist *l = curl_slist_append(NULL, line);
+    if (!l)
+        goto out;
+    x->connect_to = l;
+    l = curl_slist_append(x->hdrs, host);
+    if (!l)
+        goto out;
+    x->hdrs = l;
+    if (!(x->url = strdup(rewritten)))
+        goto out;
+    rc = 0;
+out:
+    curl_free(scheme);
+    curl_free(port);
+    curl_free(rewritten);
+    curl_url_cleanup(u);
+    return rc;
+}
+
 static long clamp_long(int64_t v)
 {
     return v > LONG_MAX ? LONG_MAX : (long)v;
@@ -384,7 +449,7 @@ static int setup(struct xfer *x, const struct pb_http_req *req)
     } while (0)
 
     SET(CURLOPT_PRIVATE, (void *)x);
-    SET(CURLOPT_URL, req->url);
+    SET(CURLOPT_URL, x->url ? x->url : req->url);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     SET(CURLOPT_NOSIGNAL, 1L);
@@ -411,6 +476,25 @@ static int setup(struct xfer *x, const struct pb_http_req *req)
         SET(CURLOPT_USERNAME, req->basic_user);
         SET(CURLOPT_PASSWORD, req->basic_pass);
     }
+    const struct pb_http_tls *t = req->tls;
+    SET(CURLOPT_SSLVERSION, (long)(t && t->min_version == PB_TLS_1_3 ? CURL_SSLVERSION_TLSv1_3
+                                                                     : CURL_SSLVERSION_TLSv1_2));
+    if (t && t->ca_file)
+        SET(CURLOPT_CAINFO, t->ca_file);
+    if (t && t->cert_file) {
+        SET(CURLOPT_SSLCERT, t->cert_file);
+        SET(CURLOPT_SSLCERTTYPE, "PEM");
+        SET(CURLOPT_SSLKEY, t->key_file ? t->key_file : t->cert_file);
+        SET(CURLOPT_SSLKEYTYPE, "PEM");
+        if (t->key_password)
+            SET(CURLOPT_KEYPASSWD, t->key_password);
+    }
+    if (t && t->insecure) {
+        SET(CURLOPT_SSL_VERIFYPEER, 0L);
+        SET(CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (x->connect_to)
+        SET(CURLOPT_CONNECT_TO, x->connect_to);
 
     const char *m = req->method;
     const char *body = req->body ? (const char *)req->body : "";
@@ -465,14 +549,21 @@ int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
     if (x->body_cap)
         x->body[0] = 0;
     x->retry_after_ms = -1;
+    pb_rate_info_reset(&x->rate);
     x->blocked = false;
     x->oom = false;
+    x->truncated = false;
     x->errbuf[0] = 0;
     x->msg[0] = 0;
 
     rc = parse_url(x, req->url);
     if (rc)
         goto out;
+    if (req->tls && req->tls->server_name) {
+        rc = server_name(x, req->url, req->tls->server_name);
+        if (rc)
+            goto out;
+    }
     rc = build_headers(x, req);
     if (rc)
         goto out;
@@ -508,8 +599,11 @@ static void finish(struct pb_http_client *c, struct xfer *x, CURLcode res, const
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
         r.status = (int)status;
         r.retry_after_ms = x->retry_after_ms;
+        r.rate = x->rate;
         r.body = x->body_len ? x->body : "";
         r.body_len = x->body_len;
+        r.truncated = x->truncated;
+        r.core = x->easy;
     } else {
         r.body = "";
         r.timed_out = !forced && res == CURLE_OPERATION_TIMEDOUT;
@@ -543,6 +637,16 @@ static void finish(struct pb_http_client *c, struct xfer *x, CURLcode res, const
     /* The callback may send new requests (a retry); x is still ours. */
     x->done_cb(x->arg, &r);
     xfer_put(c, x);
+}
+
+const char *pb_http_resp_header(const struct pb_http_resp *r, const char *name, size_t index)
+{
+    struct curl_header *h = NULL;
+    if (!r || !r->core || !name)
+        return NULL;
+    if (curl_easy_header((CURL *)r->core, name, index, CURLH_HEADER, -1, &h) != CURLHE_OK || !h)
+        return NULL;
+    return h->value;
 }
 
 static void drain(struct pb_http_client *c)

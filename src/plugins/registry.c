@@ -11,10 +11,15 @@ extern const struct pb_input_plugin pb_in_redis_streams;
 extern const struct pb_input_plugin pb_in_mqtt;
 extern const struct pb_input_plugin pb_in_kafka;
 extern const struct pb_input_plugin pb_in_amqp;
+extern const struct pb_input_plugin pb_in_file;
+extern const struct pb_input_plugin pb_in_sftp;
+extern const struct pb_input_plugin pb_in_http_poll;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
 extern const struct pb_processor_plugin pb_proc_split;
+extern const struct pb_processor_plugin pb_proc_validate;
+extern const struct pb_processor_plugin pb_proc_enrich;
 extern const struct pb_output_plugin pb_out_http;
 extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_stdout;
@@ -24,6 +29,9 @@ extern const struct pb_output_plugin pb_out_redis_streams;
 extern const struct pb_output_plugin pb_out_mqtt;
 extern const struct pb_output_plugin pb_out_kafka;
 extern const struct pb_output_plugin pb_out_amqp;
+extern const struct pb_output_plugin pb_out_file;
+extern const struct pb_output_plugin pb_out_sftp;
+extern const struct pb_output_plugin pb_out_smtp;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -34,6 +42,9 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_mqtt,
     &pb_in_kafka,
     &pb_in_amqp,
+    &pb_in_file,
+    &pb_in_sftp,
+    &pb_in_http_poll,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
@@ -41,6 +52,8 @@ const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_filter,
     &pb_proc_switch,
     &pb_proc_split,
+    &pb_proc_validate,
+    &pb_proc_enrich,
     NULL,
 };
 const struct pb_output_plugin *const pb_output_plugins[] = {
@@ -53,6 +66,9 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_mqtt,
     &pb_out_kafka,
     &pb_out_amqp,
+    &pb_out_file,
+    &pb_out_sftp,
+    &pb_out_smtp,
     NULL,
 };
 /* clang-format on */

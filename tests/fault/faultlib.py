@@ -120,9 +120,17 @@ class Deliveries:
     """Reads a pb_sink record file incrementally (only the lines added since
     the last call are parsed) and keeps, per output, which message ids were
     answered 2xx and how many times. The output of a record is taken from
-    the Idempotency-Key patchbay sends (<msg id>.<output>)."""
+    the Idempotency-Key patchbay sends (<msg id>.<output>).
 
-    def __init__(self, sink):
+    The id a record counts for is patchbay's message id (the
+    X-Patchbay-Message-Id header), or what id_of(record) returns: for
+    messages that came from a broker, whose ids the sender never saw, the
+    sender's own id read from the body. pb_ids then maps each such id to the
+    patchbay message ids it arrived under (more than one: stored twice)."""
+
+    def __init__(self, sink, id_of=None):
+        self.id_of = id_of
+        self.pb_ids = {}  # id_of's id -> {patchbay message id}
         self.path = sink.record_path
         check(self.path, "the sink must record")
         self._off = 0
@@ -162,6 +170,9 @@ class Deliveries:
             mid = h.get("x-patchbay-message-id")
             key = h.get("idempotency-key", "")
             out = key[len(mid) + 1:] if mid and key.startswith(mid + ".") else ""
+            if self.id_of:
+                pb_mid, mid = mid, self.id_of(r)
+                self.pb_ids.setdefault(mid, set()).add(pb_mid)
             k = (out, mid)
             self.count[k] = self.count.get(k, 0) + 1
             if k not in self.first_ok_ts:

@@ -801,8 +801,8 @@ def run():
     sys.exit(1 if failed or passed + skipped == 0 else 0)
 
 
-def ensure_node_client(node_dir):
-    """node_dir/node_modules installed with npm if standardwebhooks is missing
+def ensure_node_client(node_dir, package="standardwebhooks"):
+    """node_dir/node_modules installed with npm if package is missing
     (under a lock: several builds may run the suite at once)."""
     import fcntl
     import shutil
@@ -812,7 +812,7 @@ def ensure_node_client(node_dir):
             raise TestFailure(f"{tool} not found: ./dev.sh installs nodejs and npm")
     with open(os.path.join(node_dir, "package.json")) as lock:  # flock needs no write access
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(os.path.join(node_dir, "node_modules", "standardwebhooks")):
+        if os.path.isdir(os.path.join(node_dir, "node_modules", package)):
             return
         has_lock = os.path.exists(os.path.join(node_dir, "package-lock.json"))
         argv = ["npm", "ci" if has_lock else "install", "--no-audit", "--no-fund"]

@@ -12,6 +12,7 @@ README says."""
 
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +170,10 @@ def http_to_exchange_10k_confirmed_each_once():
              "the output's map")
     check_eq(g["routing_key"], "order.created", "routing key template")
     check_eq(g["correlation_id"], "o-3", "correlation_id template")
-    check_eq(g["headers"], {"x-order": "o-3", "x-source": "shop"}, "headers")
+    hdrs = dict(g["headers"])
+    check(re.match(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$", hdrs.pop("traceparent", "")),
+          f"the attempt's traceparent in the headers: {g['headers']}")
+    check_eq(hdrs, {"x-order": "o-3", "x-source": "shop"}, "headers")
     check_eq(g["delivery_mode"], 2, "persistent")
     check_eq(g["content_type"], "application/json", "content type")
     check_eq(g["app_id"], "patchbay", "app_id")
@@ -447,7 +451,10 @@ def example_rabbitmq_orders_runs():
     c = next(m for m in conf_msgs if m["correlation_id"] == "o-5")
     check_eq(json.loads(c["body"]), {"order_id": "o-5", "status": "received",
                                      "amount_cents": 500}, "a confirmation")
-    check_eq(c["headers"], {"x-order-id": "o-5"}, "its headers")
+    hdrs = dict(c["headers"])
+    check(re.match(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$", hdrs.pop("traceparent", "")),
+          f"the attempt's traceparent in the headers: {c['headers']}")
+    check_eq(hdrs, {"x-order-id": "o-5"}, "its headers")
     check_eq(c["routing_key"], "order.received", "its routing key")
     wait_until(lambda: settled("erp-orders") == (0, 0), 30, "erp-orders settled")
     check_eq(pb.term(), 0, "exit code on SIGTERM")

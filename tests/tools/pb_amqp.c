@@ -5,16 +5,19 @@
  *
  *   pb_amqp declare URL QUEUE [--bind EXCHANGE:KEY[:TYPE]]... [--delete]
  *   pb_amqp publish URL EXCHANGE KEY COUNT [--start N] [--id-prefix P]
- *                   [--poison N]... [--window W] [--transient] [--rich]
- *   pb_amqp consume URL QUEUE [--count N] [--idle S] [--out FILE] [--no-ack-last K]
+ *                   [--poison N]... [--window W] [--transient] [--rich] [--body FMT]
+ *   pb_amqp consume URL QUEUE [--count N] [--idle S] [--out FILE] [--discard]
  *   pb_amqp count URL QUEUE         prints "ready consumers"
  *   pb_amqp purge URL QUEUE
  *
- * publish bodies are {"n":N,"order_id":"o-N","cents":N*100}; with
- * --id-prefix the message_id is PREFIX<N>; a --poison N message has an
- * invalid JSON body; --rich adds properties (correlation_id, type, app_id,
- * timestamp, priority) and headers of every AMQP field kind.
- * publish prints "published N in S s (R msg/s)". */
+ * publish bodies are {"n":N,"order_id":"o-N","cents":N*100}, or FMT with
+ * every %d replaced by N (at most 64 KiB); with --id-prefix the message_id
+ * is PREFIX<N>; a --poison N message has an invalid JSON body; --rich adds
+ * properties (correlation_id, type, app_id, timestamp, priority) and headers
+ * of every AMQP field kind. publish prints "published N in S s (R msg/s)".
+ * consume writes each message as a JSON line to FILE (stdout), or nothing
+ * with --discard, and prints "consumed N in S s (R msg/s)" on stderr, timed
+ * from the first message to the last. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +37,27 @@ static double now_s(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+/* fmt with every %d replaced by n; the length written, or -1 when it does not fit. */
+static int fill(char *buf, size_t len, const char *fmt, long n)
+{
+    size_t o = 0;
+    for (const char *p = fmt; *p; p++) {
+        if (p[0] == '%' && p[1] == 'd') {
+            int w = snprintf(buf + o, len - o, "%ld", n);
+            if (w < 0 || (size_t)w >= len - o)
+                return -1;
+            o += (size_t)w;
+            p++;
+        } else {
+            if (o + 1 >= len)
+                return -1;
+            buf[o++] = *p;
+        }
+    }
+    buf[o] = 0;
+    return (int)o;
 }
 
 static void die(const char *what, amqp_rpc_reply_t r)
@@ -188,7 +212,7 @@ static int cmd_publish(int argc, char **argv)
         return 2;
     const char *exchange = argv[3], *key = argv[4];
     long count = strtol(argv[5], NULL, 10), start = 0, window = 1000;
-    const char *prefix = NULL;
+    const char *prefix = NULL, *fmt = NULL;
     long poison[64];
     int npoison = 0;
     int mode = AMQP_DELIVERY_PERSISTENT;
@@ -206,7 +230,10 @@ static int cmd_publish(int argc, char **argv)
             mode = AMQP_DELIVERY_NONPERSISTENT;
         else if (strcmp(argv[i], "--rich") == 0)
             rich = true;
+        else if (strcmp(argv[i], "--body") == 0 && i + 1 < argc)
+            fmt = argv[++i];
     }
+    static char body[65536];
     amqp_connection_state_t c = open_url(argv[2]);
     amqp_confirm_select(c, CH);
     amqp_rpc_reply_t r = amqp_get_rpc_reply(c);
@@ -217,14 +244,19 @@ static int cmd_publish(int argc, char **argv)
     for (long n = start; n < start + count;) {
         long end = n + window < start + count ? n + window : start + count;
         for (; n < end; n++) {
-            char body[128], id[128];
+            char id[128];
             bool bad = false;
             for (int k = 0; k < npoison; k++)
                 bad |= poison[k] == n;
             int len =
-                bad ? snprintf(body, sizeof(body), "{\"n\":%ld, not json", n)
-                    : snprintf(body, sizeof(body),
-                               "{\"n\":%ld,\"order_id\":\"o-%ld\",\"cents\":%ld}", n, n, n * 100);
+                bad   ? snprintf(body, sizeof(body), "{\"n\":%ld, not json", n)
+                : fmt ? fill(body, sizeof(body), fmt, n)
+                      : snprintf(body, sizeof(body),
+                                 "{\"n\":%ld,\"order_id\":\"o-%ld\",\"cents\":%ld}", n, n, n * 100);
+            if (len < 0) {
+                fprintf(stderr, "pb_amqp: --body longer than 64 KiB\n");
+                return 2;
+            }
             amqp_basic_properties_t p = {0};
             p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
             p.delivery_mode = (uint8_t)mode;
@@ -305,8 +337,11 @@ static int cmd_consume(int argc, char **argv)
     long want = -1;
     double idle = 5;
     const char *out_path = NULL;
+    bool discard = false;
     for (int i = 4; i < argc; i++) {
-        if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
+        if (strcmp(argv[i], "--discard") == 0)
+            discard = true;
+        else if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
             want = strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--idle") == 0 && i + 1 < argc)
             idle = strtod(argv[++i], NULL);
@@ -327,6 +362,7 @@ static int cmd_consume(int argc, char **argv)
         die("basic.consume", r);
     long got = 0;
     uint64_t last = 0;
+    double t0 = 0, t1 = 0;
     while (want < 0 || got < want) {
         amqp_envelope_t e;
         struct timeval tv = {(long)idle, (long)((idle - (long)idle) * 1e6)};
@@ -337,16 +373,21 @@ static int cmd_consume(int argc, char **argv)
             break;
         if (r.reply_type != AMQP_RESPONSE_NORMAL)
             die("consume", r);
-        json_t *o = envelope_json(&e);
-        char *t = json_dumps(o, JSON_COMPACT);
-        fprintf(out, "%s\n", t);
-        free(t);
-        json_decref(o);
+        if (!got)
+            t0 = now_s();
+        if (!discard) {
+            json_t *o = envelope_json(&e);
+            char *t = json_dumps(o, JSON_COMPACT);
+            fprintf(out, "%s\n", t);
+            free(t);
+            json_decref(o);
+        }
         last = e.delivery_tag;
         amqp_destroy_envelope(&e);
         got++;
         if (got % 200 == 0)
             amqp_basic_ack(c, CH, last, 1);
+        t1 = now_s();
     }
     if (last)
         amqp_basic_ack(c, CH, last, 1);
@@ -354,7 +395,8 @@ static int cmd_consume(int argc, char **argv)
     if (out != stdout)
         fclose(out);
     close_conn(c);
-    fprintf(stderr, "consumed %ld\n", got);
+    double dt = t1 - t0;
+    fprintf(stderr, "consumed %ld in %.3f s (%.0f msg/s)\n", got, dt, dt > 0 ? got / dt : 0.0);
     return 0;
 }
 

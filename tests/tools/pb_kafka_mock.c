@@ -18,16 +18,20 @@
  *       F.state, so a test can wait for the change.
  *   pb_kafka_mock produce --bootstrap B --topic T --count N [--from I]
  *                         [--partition P] [--raw TEXT] [--pad BYTES] [--header NAME=VALUE]
+ *                         [--body FMT]
  *       Produces N messages {"n": I..I+N-1, "pad": "..."} keyed "k<I>" (or N
- *       copies of the raw TEXT), waits for every delivery report; exit 0 when
- *       all were delivered.
+ *       copies of the raw TEXT, or FMT with every %d replaced by the number),
+ *       idempotent, acks=all, waits for every delivery report and prints
+ *       {"delivered":N,"failed":N,"seconds":S}; exit 0 when all were delivered.
  *   pb_kafka_mock offsets --bootstrap B --topic T [--group G]
  *       Prints {"partitions":[{"partition":P,"low":L,"high":H,"committed":C}],
  *       "high":sum,"committed":sum} (committed -1 when the group has none).
- *   pb_kafka_mock consume --bootstrap B --topic T [--expect N] [--timeout S]
+ *   pb_kafka_mock consume --bootstrap B --topic T [--expect N] [--timeout S] [--quiet]
  *       Reads every partition from the start up to its high watermark (or
  *       until N messages were read) and prints one JSON line per message:
- *       {"partition","offset","key","value","headers":{name:value},"timestamp"}.
+ *       {"partition","offset","key","value","headers":{name:value},"timestamp"};
+ *       with --quiet only {"consumed":N,"seconds":S} at the end (first message
+ *       to last). No offsets are committed.
  *
  * Thread model: one thread of ours; librdkafka runs the mock brokers and the
  * clients on threads of its own. Signals only set flags. */
@@ -66,9 +70,10 @@ static void usage(void)
             "usage: pb_kafka_mock serve [--brokers N] [--topic NAME:PARTS[:LEADER]]... "
             "[--bootstrap-file F]\n"
             "       pb_kafka_mock produce --bootstrap B --topic T --count N [--from I] "
-            "[--partition P] [--raw TEXT] [--pad BYTES] [--header NAME=VALUE]\n"
+            "[--partition P] [--raw TEXT] [--pad BYTES] [--header NAME=VALUE] [--body FMT]\n"
             "       pb_kafka_mock offsets --bootstrap B --topic T [--group G]\n"
-            "       pb_kafka_mock consume --bootstrap B --topic T [--expect N] [--timeout S]\n");
+            "       pb_kafka_mock consume --bootstrap B --topic T [--expect N] [--timeout S] "
+            "[--quiet]\n");
     exit(2);
 }
 
@@ -240,6 +245,27 @@ static int cmd_serve(int argc, char **argv)
 
 static long delivered, failed;
 
+/* fmt with every %d replaced by n; the length written, or -1 when it does not fit. */
+static int fill(char *buf, size_t len, const char *fmt, long n)
+{
+    size_t o = 0;
+    for (const char *p = fmt; *p; p++) {
+        if (p[0] == '%' && p[1] == 'd') {
+            int w = snprintf(buf + o, len - o, "%ld", n);
+            if (w < 0 || (size_t)w >= len - o)
+                return -1;
+            o += (size_t)w;
+            p++;
+        } else {
+            if (o + 1 >= len)
+                return -1;
+            buf[o++] = *p;
+        }
+    }
+    buf[o] = 0;
+    return (int)o;
+}
+
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     (void)rk;
@@ -255,7 +281,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 
 static int cmd_produce(int argc, char **argv)
 {
-    const char *bootstrap = NULL, *topic = NULL, *raw = NULL, *header = NULL;
+    const char *bootstrap = NULL, *topic = NULL, *raw = NULL, *header = NULL, *fmt = NULL;
     long count = 0, from = 0, pad = 0;
     int partition = RD_KAFKA_PARTITION_UA;
     for (int i = 0; i < argc; i++) {
@@ -277,9 +303,13 @@ static int cmd_produce(int argc, char **argv)
             pad = atol(argv[++i]);
         else if (strcmp(argv[i], "--header") == 0)
             header = argv[++i];
+        else if (strcmp(argv[i], "--body") == 0)
+            fmt = argv[++i];
         else
             usage();
     }
+    if (fmt && pad < (long)strlen(fmt) + 1024)
+        pad = (long)strlen(fmt) + 1024; /* room for the numbers */
     if (!bootstrap || !topic || count <= 0 || pad < 0 || pad > 1000000)
         usage();
     char hname[256] = "source";
@@ -302,12 +332,15 @@ static int cmd_produce(int argc, char **argv)
     if (!padding || !body)
         return 1;
     memset(padding, 'x', (size_t)pad);
+    int64_t t0 = now_ms();
     for (long n = from; n < from + count; n++) {
         char key[32];
         int blen;
         snprintf(key, sizeof(key), "k%ld", n);
         if (raw)
             blen = snprintf(body, (size_t)pad + 128, "%s", raw);
+        else if (fmt)
+            blen = fill(body, (size_t)pad + 128, fmt, n);
         else
             blen = snprintf(body, (size_t)pad + 128, "{\"n\":%ld,\"pad\":\"%s\"}", n, padding);
         for (;;) {
@@ -329,10 +362,11 @@ static int cmd_produce(int argc, char **argv)
         rd_kafka_poll(rk, 0);
     }
     rd_kafka_flush(rk, 60000);
+    double secs = (double)(now_ms() - t0) / 1000.0;
     rd_kafka_destroy(rk);
     free(padding);
     free(body);
-    printf("{\"delivered\":%ld,\"failed\":%ld}\n", delivered, failed);
+    printf("{\"delivered\":%ld,\"failed\":%ld,\"seconds\":%.3f}\n", delivered, failed, secs);
     return failed == 0 && delivered == count ? 0 : 1;
 }
 
@@ -424,11 +458,40 @@ static json_t *bytes_json(const void *p, size_t len)
     return s ? s : json_string("<not utf-8>");
 }
 
+/* One message as a JSON line on stdout. */
+static void print_message(const rd_kafka_message_t *m)
+{
+    json_t *h = json_object();
+    rd_kafka_headers_t *hdrs = NULL;
+    if (rd_kafka_message_headers(m, &hdrs) == 0) {
+        const char *name;
+        const void *val;
+        size_t vlen;
+        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &val, &vlen) == 0; i++)
+            json_object_set_new(h, name, bytes_json(val, vlen));
+    }
+    rd_kafka_timestamp_type_t tt;
+    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+    json_t *o =
+        json_pack("{s:i,s:I,s:o,s:o,s:o,s:I}", "partition", m->partition, "offset",
+                  (json_int_t)m->offset, "key", bytes_json(m->key, m->key_len), "value",
+                  bytes_json(m->payload, m->len), "headers", h, "timestamp", (json_int_t)ts);
+    char *t = json_dumps(o, JSON_COMPACT);
+    printf("%s\n", t);
+    free(t);
+    json_decref(o);
+}
+
 static int cmd_consume(int argc, char **argv)
 {
     const char *bootstrap = NULL, *topic = NULL;
     long expect = -1, timeout_s = 60;
+    bool quiet = false;
     for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--quiet") == 0) {
+            quiet = true;
+            continue;
+        }
         if (i + 1 >= argc)
             usage();
         if (strcmp(argv[i], "--bootstrap") == 0)
@@ -470,7 +533,7 @@ static int cmd_consume(int argc, char **argv)
     }
     rd_kafka_assign(rk, l);
     long got = 0;
-    int64_t deadline = now_ms() + timeout_s * 1000;
+    int64_t deadline = now_ms() + timeout_s * 1000, first = 0, last = 0;
     while (now_ms() < deadline && (expect < 0 ? ndone < np : got < expect)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
         if (!m)
@@ -488,25 +551,11 @@ static int cmd_consume(int argc, char **argv)
             rd_kafka_message_destroy(m);
             continue;
         }
-        json_t *h = json_object();
-        rd_kafka_headers_t *hdrs = NULL;
-        if (rd_kafka_message_headers(m, &hdrs) == 0) {
-            const char *name;
-            const void *val;
-            size_t vlen;
-            for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &val, &vlen) == 0; i++)
-                json_object_set_new(h, name, bytes_json(val, vlen));
-        }
-        rd_kafka_timestamp_type_t tt;
-        int64_t ts = rd_kafka_message_timestamp(m, &tt);
-        json_t *o =
-            json_pack("{s:i,s:I,s:o,s:o,s:o,s:I}", "partition", m->partition, "offset",
-                      (json_int_t)m->offset, "key", bytes_json(m->key, m->key_len), "value",
-                      bytes_json(m->payload, m->len), "headers", h, "timestamp", (json_int_t)ts);
-        char *t = json_dumps(o, JSON_COMPACT);
-        printf("%s\n", t);
-        free(t);
-        json_decref(o);
+        last = now_ms();
+        if (!got)
+            first = last;
+        if (!quiet)
+            print_message(m);
         got++;
         if (expect < 0 && !done[m->partition] && m->offset + 1 >= high[m->partition]) {
             done[m->partition] = true;
@@ -514,6 +563,8 @@ static int cmd_consume(int argc, char **argv)
         }
         rd_kafka_message_destroy(m);
     }
+    if (quiet)
+        printf("{\"consumed\":%ld,\"seconds\":%.3f}\n", got, (double)(last - first) / 1000.0);
     fflush(stdout);
     rd_kafka_topic_partition_list_destroy(l);
     rd_kafka_consumer_close(rk);

@@ -1,5 +1,5 @@
-/* pb_nats.c - a small NATS JetStream client for the system tests (the nats
- * CLI is not packaged): create streams, publish test messages, read what a
+/* pb_nats.c - a small NATS JetStream client for the system tests and the
+ * bench (the nats CLI is not packaged): create streams, publish test messages, read what a
  * stream holds and a consumer's state. Every answer is JSON on stdout.
  *
  *   pb_nats URL stream-add NAME SUBJECT [DUPLICATE_WINDOW_SECONDS]
@@ -11,8 +11,14 @@
  *            "max_ack_pending":N}
  *   pb_nats URL publish SUBJECT COUNT [--start N] [--body FMT] [--msg-id FMT]
  *                                     [--header NAME:VALUE]...
- *        FMT may hold one %d, replaced by the message's number (start, start+1...);
- *        the default body is {"n":%d}. -> {"published":N,"duplicates":N,"errors":N}
+ *        every %d in FMT is replaced by the message's number (start, start+1...);
+ *        the default body is {"n":%d}. Publishes are pipelined (up to 4096 awaiting
+ *        their PubAck). -> {"published":N,"duplicates":N,"errors":N,"seconds":S}
+ *   pb_nats URL consume STREAM DURABLE COUNT [--batch B] [--idle-ms MS]
+ *        reads COUNT messages through the durable pull consumer (made when absent:
+ *        explicit acks, from the first message), fetching B (256) at a time and
+ *        acknowledging each; stops early after MS (5000) without a message.
+ *        -> {"consumed":N,"seconds":S} (first message to last); exit 1 when short
  *   pb_nats URL dump STREAM
  *        one JSON line per message: {"seq":N,"subject":S,"data":S,"headers":{NAME:[V...]}}
  *
@@ -24,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static _Atomic long acked, dups, errors, handled;
 
@@ -59,15 +66,30 @@ static int fail(const char *what, natsStatus s, jsErrCode ec)
     return 1;
 }
 
-/* Fill fmt's %d with n (fmt holds at most one conversion, %d). */
+/* fmt with every %d replaced by n. */
 static void fill(char *buf, size_t len, const char *fmt, long n)
 {
-    const char *p = strstr(fmt, "%d");
-    if (!p) {
-        snprintf(buf, len, "%s", fmt);
-        return;
+    size_t o = 0;
+    buf[0] = 0;
+    for (const char *p = fmt; *p && o + 1 < len;) {
+        if (p[0] == '%' && p[1] == 'd') {
+            int w = snprintf(buf + o, len - o, "%ld", n);
+            if (w < 0 || (size_t)w >= len - o)
+                break;
+            o += (size_t)w;
+            p += 2;
+        } else {
+            buf[o++] = *p++;
+            buf[o] = 0;
+        }
     }
-    snprintf(buf, len, "%.*s%ld%s", (int)(p - fmt), fmt, n, p + 2);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static int cmd_stream_add(jsCtx *js, int argc, char **argv)
@@ -150,6 +172,7 @@ static int cmd_publish(jsCtx *js, int argc, char **argv)
         else
             return 2;
     }
+    double t0 = now_s();
     for (long i = start; i < start + count; i++) {
         char b[4096], id[256];
         natsMsg *m = NULL;
@@ -186,10 +209,79 @@ static int cmd_publish(jsCtx *js, int argc, char **argv)
     /* The last handler may still be finishing: let it, before the teardown. */
     for (int i = 0; i < 10000 && atomic_load(&handled) < count; i++)
         nats_Sleep(1);
-    print_json(json_pack("{s:I, s:I, s:I}", "published", (json_int_t)atomic_load(&acked),
+    double dt = now_s() - t0;
+    print_json(json_pack("{s:I, s:I, s:I, s:f}", "published", (json_int_t)atomic_load(&acked),
                          "duplicates", (json_int_t)atomic_load(&dups), "errors",
-                         (json_int_t)atomic_load(&errors)));
+                         (json_int_t)atomic_load(&errors), "seconds", dt));
     return atomic_load(&errors) ? 1 : 0;
+}
+
+/* A durable pull consumer (created when absent: explicit acks, from the
+ * stream's first message) read in batches, each message acknowledged as it
+ * is taken, until count messages or idle_ms without one. */
+static int cmd_consume(jsCtx *js, int argc, char **argv)
+{
+    if (argc < 3)
+        return 2;
+    const char *stream = argv[0], *durable = argv[1];
+    long want = atol(argv[2]), batch = 256, idle_ms = 5000;
+    for (int i = 3; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--batch") == 0)
+            batch = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--idle-ms") == 0)
+            idle_ms = atol(argv[i + 1]);
+        else
+            return 2;
+    }
+    if (batch < 1 || batch > 10000 || want < 0)
+        return 2;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode ec = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, js, stream, durable, NULL, &ec);
+    if (s != NATS_OK) {
+        jsConsumerConfig cc;
+        jsConsumerConfig_Init(&cc);
+        cc.Durable = durable;
+        cc.AckPolicy = js_AckExplicit;
+        cc.DeliverPolicy = js_DeliverAll;
+        cc.MaxAckPending = 65536;
+        s = js_AddConsumer(&ci, js, stream, &cc, NULL, &ec);
+        if (s != NATS_OK)
+            return fail("consumer add", s, ec);
+    }
+    jsConsumerInfo_Destroy(ci);
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Consumer = durable;
+    natsSubscription *sub = NULL;
+    s = js_PullSubscribe(&sub, js, NULL, durable, NULL, &so, &ec);
+    if (s != NATS_OK)
+        return fail("pull subscribe", s, ec);
+    long got = 0;
+    double t0 = 0, t1 = 0;
+    while (got < want) {
+        natsMsgList list = {0};
+        long n = want - got < batch ? want - got : batch;
+        s = natsSubscription_Fetch(&list, sub, (int)n, idle_ms, &ec);
+        if (s == NATS_TIMEOUT)
+            break;
+        if (s != NATS_OK) {
+            natsSubscription_Destroy(sub);
+            return fail("fetch", s, ec);
+        }
+        if (!got && list.Count > 0)
+            t0 = now_s();
+        for (int i = 0; i < list.Count; i++)
+            natsMsg_Ack(list.Msgs[i], NULL);
+        got += list.Count;
+        t1 = now_s();
+        natsMsgList_Destroy(&list);
+    }
+    natsSubscription_Destroy(sub);
+    double dt = t1 - t0;
+    print_json(json_pack("{s:I, s:f}", "consumed", (json_int_t)got, "seconds", dt));
+    return got == want ? 0 : 1;
 }
 
 static int cmd_dump(jsCtx *js, int argc, char **argv)
@@ -240,8 +332,9 @@ static int cmd_dump(jsCtx *js, int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr,
-                "usage: pb_nats URL stream-add|stream-info|consumer-info|publish|dump ...\n");
+        fprintf(
+            stderr,
+            "usage: pb_nats URL stream-add|stream-info|consumer-info|publish|consume|dump ...\n");
         return 2;
     }
     natsConnection *nc = NULL;
@@ -281,6 +374,8 @@ int main(int argc, char **argv)
         rc = cmd_consumer_info(js, n, a);
     else if (strcmp(cmd, "publish") == 0)
         rc = cmd_publish(js, n, a);
+    else if (strcmp(cmd, "consume") == 0)
+        rc = cmd_consume(js, n, a);
     else if (strcmp(cmd, "dump") == 0)
         rc = cmd_dump(js, n, a);
     else

@@ -216,6 +216,7 @@ static bool header_wanted(const char *lname)
 {
     return !strcmp(lname, "content-type") || !strcmp(lname, "idempotency-key") ||
            !strcmp(lname, "authorization") || !strcmp(lname, "user-agent") ||
+           !strcmp(lname, "traceparent") || !strcmp(lname, "tracestate") ||
            !strncmp(lname, "x-", 2) || !strncmp(lname, "webhook-", 8);
 }
 

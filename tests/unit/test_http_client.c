@@ -101,6 +101,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return reply(conn, 503, "busy", 4, MHD_RESPMEM_PERSISTENT, "7");
     if (strcmp(url, "/busy-date") == 0)
         return reply(conn, 429, "", 0, MHD_RESPMEM_PERSISTENT, "Thu, 01 Jan 1970 00:00:00 GMT");
+    if (strcmp(url, "/links") == 0) {
+        struct MHD_Response *r =
+            MHD_create_response_from_buffer(2, (void *)"[]", MHD_RESPMEM_PERSISTENT);
+        if (!r)
+            return MHD_NO;
+        MHD_add_response_header(r, "Link", "</items?page=2>; rel=\"next\"");
+        MHD_add_response_header(r, "Link", "</items?page=9>; rel=\"last\"");
+        enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
     if (strcmp(url, "/big") == 0)
         return reply(conn, 200, big_body, BIG_LEN, MHD_RESPMEM_PERSISTENT, NULL);
     if (strcmp(url, "/slow") == 0) {
@@ -159,6 +170,8 @@ struct result {
     char body[512];
     size_t body_len;
     bool body_terminated;
+    bool truncated;
+    char link0[128], link1[128], missing[8];
 };
 
 static void done_cb(void *arg, const struct pb_http_resp *resp)
@@ -170,6 +183,13 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
                 resp->status, resp->blocked, resp->timed_out, (long long)resp->retry_after_ms,
                 (long long)resp->latency_ms, resp->error ? resp->error : "-");
     r->status = resp->status;
+    r->truncated = resp->truncated;
+    const char *h = pb_http_resp_header(resp, "link", 0);
+    snprintf(r->link0, sizeof(r->link0), "%s", h ? h : "");
+    h = pb_http_resp_header(resp, "LINK", 1);
+    snprintf(r->link1, sizeof(r->link1), "%s", h ? h : "");
+    h = pb_http_resp_header(resp, "X-None", 0);
+    snprintf(r->missing, sizeof(r->missing), "%s", h ? h : "-");
     r->blocked = resp->blocked;
     r->timed_out = resp->timed_out;
     r->retry_after_ms = resp->retry_after_ms;
@@ -327,6 +347,21 @@ PB_TEST(timeout)
     pb_http_client_destroy(c);
 }
 
+PB_TEST(response_headers)
+{
+    struct pb_http_client *c = client(0);
+    struct result r = {0};
+    struct pb_http_req req = get_req(url("/links"));
+    PB_EQ_INT(pb_http_client_send(c, &req, done_cb, &r), 0);
+    PB_CHECK(run_until(c, &r.done, 1));
+    PB_EQ_INT(r.status, 200);
+    PB_EQ_STR(r.link0, "</items?page=2>; rel=\"next\"");
+    PB_EQ_STR(r.link1, "</items?page=9>; rel=\"last\"");
+    PB_EQ_STR(r.missing, "-");
+    PB_CHECK(!r.truncated);
+    pb_http_client_destroy(c);
+}
+
 PB_TEST(response_cap)
 {
     struct pb_http_client *c = client(0);
@@ -338,6 +373,7 @@ PB_TEST(response_cap)
     PB_EQ_INT(r1.status, 200);
     PB_EQ_INT(r1.body_len, 1000);
     PB_CHECK(r1.body_terminated);
+    PB_CHECK(r1.truncated);
 
     req.max_response = 0;
     PB_EQ_INT(pb_http_client_send(c, &req, done_cb, &r2), 0);

@@ -389,6 +389,52 @@ PB_TEST(submit_between_stopping_and_stop_is_committed)
     fixture_down(&f);
 }
 
+PB_TEST(trace_context_kept_in_meta_or_started)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    struct calls c = {.loop = f.loop};
+    static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    static const char hdrs[] =
+        "{\"headers\":{\"TraceParent\":\"00-11111111111111111111111111111111-2222222222222222-"
+        "00\",\"tracestate\":\"k=v\"}}";
+    struct pb_item items[4] = {
+        {.body = "{}", .len = 2, .traceparent = tp, .tracestate = "congo=t61rcWkgMzE"},
+        {.body = "{}", .len = 2, .meta = hdrs, .meta_len = sizeof(hdrs) - 1},
+        {.body = "{}", .len = 2, .traceparent = "garbage", .tracestate = "a=\"b\""},
+        {.body = "{}", .len = 2},
+    };
+    PB_EQ_INT(pb_input_submit(f.in, items, 4, NULL, 0, cb, &c), 0);
+    run_until(&f, &c.n, 1);
+    PB_EQ_INT(c.status, 0);
+    const char *want_tp[4] = {tp, "00-11111111111111111111111111111111-2222222222222222-00", NULL,
+                              NULL};
+    const char *want_ts[4] = {"congo=t61rcWkgMzE", "k=v", NULL, NULL};
+    char started[2][64] = {"", ""};
+    for (int i = 0; i < 4; i++) {
+        struct pb_err err = {0};
+        json_t *m = pb_admin_message_json(f.e.store, c.res[i].msg_id, &err);
+        PB_CHECK(m != NULL);
+        json_t *meta = json_object_get(m, "meta");
+        const char *got = json_string_value(json_object_get(meta, "traceparent"));
+        const char *ts = json_string_value(json_object_get(meta, "tracestate"));
+        PB_CHECK(got && strlen(got) == 55);
+        if (want_tp[i])
+            PB_EQ_STR(got, want_tp[i]);
+        else if (got)
+            snprintf(started[i - 2], sizeof(started[0]), "%s", got);
+        if (want_ts[i])
+            PB_EQ_STR(ts, want_ts[i]);
+        else
+            PB_CHECK(ts == NULL);
+        json_decref(m);
+    }
+    /* Two new traces, sampled, with different ids. */
+    PB_CHECK(strncmp(started[0], "00-", 3) == 0 && strcmp(started[0] + 52, "-01") == 0);
+    PB_CHECK(strncmp(started[0] + 3, started[1] + 3, 32) != 0);
+    fixture_down(&f);
+}
+
 int main(void)
 {
     return pb_test_main();

@@ -372,6 +372,88 @@ PB_TEST(outcome_from_http_response)
     PB_EQ_STR(o.error, "no response");
 }
 
+/* Fold header lines into r as the HTTP client does. */
+static struct pb_rate_info rate_of(const char *const *lines, int64_t now)
+{
+    struct pb_rate_info r;
+    pb_rate_info_reset(&r);
+    for (size_t i = 0; lines[i]; i++)
+        pb_rate_header(lines[i], strlen(lines[i]), now, &r);
+    return r;
+}
+
+PB_TEST(rate_limit_headers_of_every_common_form)
+{
+    const int64_t now = 1700000000000LL;
+    const char *none[] = {"Content-Type: text/plain\r\n", "Retry-After: 3\r\n", NULL};
+    struct pb_rate_info r = rate_of(none, now);
+    PB_CHECK(!r.known);
+    PB_EQ_INT(r.limit, -1);
+    PB_EQ_INT(r.remaining, -1);
+
+    /* The IETF draft's separate fields, and its policy with the window. */
+    const char *draft[] = {"RateLimit-Limit: 100\r\n", "ratelimit-remaining: 7\r\n",
+                           "RateLimit-Reset: 2.5\r\n", "RateLimit-Policy: 100;w=60\r\n", NULL};
+    r = rate_of(draft, now);
+    PB_CHECK(r.known);
+    PB_EQ_INT(r.limit, 100);
+    PB_EQ_INT(r.remaining, 7);
+    PB_EQ_INT(r.reset_ms, 2500);
+    PB_EQ_INT(r.window_ms, 60000);
+
+    /* One structured field, old and new spellings. */
+    const char *combined[] = {"RateLimit: limit=10, remaining=0, reset=4\r\n", NULL};
+    r = rate_of(combined, now);
+    PB_EQ_INT(r.limit, 10);
+    PB_EQ_INT(r.remaining, 0);
+    PB_EQ_INT(r.reset_ms, 4000);
+    const char *sf[] = {"RateLimit: \"default\";r=3;t=9\r\n",
+                        "RateLimit-Policy: \"default\";q=50;w=30\r\n", NULL};
+    r = rate_of(sf, now);
+    PB_EQ_INT(r.remaining, 3);
+    PB_EQ_INT(r.reset_ms, 9000);
+    PB_EQ_INT(r.limit, 50);
+    PB_EQ_INT(r.window_ms, 30000);
+
+    /* X- forms: a reset past 10^9 is a unix time (GitHub). */
+    const char *x[] = {"X-RateLimit-Limit: 5000\r\n", "X-RateLimit-Remaining: 4999\r\n",
+                       "X-RateLimit-Reset: 1700000042\r\n", NULL};
+    r = rate_of(x, now);
+    PB_EQ_INT(r.limit, 5000);
+    PB_EQ_INT(r.remaining, 4999);
+    PB_EQ_INT(r.reset_ms, 42000);
+    const char *past[] = {"X-RateLimit-Reset: 1600000000\r\n", NULL};
+    r = rate_of(past, now);
+    PB_EQ_INT(r.reset_ms, 0);
+
+    /* Junk is ignored, never half-read. */
+    const char *junk[] = {"RateLimit-Remaining: lots\r\n", "RateLimit-Limit: -3\r\n",
+                          "RateLimit: limit=abc;remaining\r\n", "X-RateLimited: 1\r\n", NULL};
+    r = rate_of(junk, now);
+    PB_CHECK(!r.known);
+    PB_EQ_INT(r.limit, -1);
+}
+
+PB_TEST(outcome_from_http_throttled_with_its_rate)
+{
+    char buf[320];
+    struct pb_outcome o;
+    struct pb_http_resp resp = {.status = 429, .retry_after_ms = 1000};
+    pb_rate_info_reset(&resp.rate);
+    resp.rate.known = true;
+    resp.rate.limit = 20;
+    resp.rate.remaining = 0;
+    pb_outcome_from_http(&resp, &o, buf, sizeof(buf));
+    PB_EQ_INT(o.result, PB_RESULT_RETRY);
+    PB_CHECK(o.throttled);
+    PB_CHECK(!o.not_sent);
+    PB_CHECK(o.rate.known);
+    PB_EQ_INT(o.rate.limit, 20);
+    resp.status = 503;
+    pb_outcome_from_http(&resp, &o, buf, sizeof(buf));
+    PB_CHECK(!o.throttled);
+}
+
 int main(void)
 {
     return pb_test_main();

@@ -304,6 +304,162 @@ PB_TEST(identity_map_is_still_a_change)
     chain_close(&c);
 }
 
+/* ---- steps that wait ------------------------------------------------------------------------ */
+
+/* A step that parks every message and is resumed by the test: it adds
+ * {"looked_up": n} once resumed, or fails with what the test says. */
+struct waiter {
+    struct pb_proc_wait *w;
+    jv held;
+    int mode; /* 0 park; 1 park and resume at once (from inside process) */
+    bool park_refused;
+};
+
+static int waiter_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err *err)
+{
+    struct waiter *wt = ctx;
+    struct pb_proc_wait *w = pb_proc_park(io);
+    (void)err;
+    if (!w) {
+        wt->park_refused = true;
+        return pb_proc_emit(io, in, pb_proc_outputs(io));
+    }
+    if (wt->mode == 1) {
+        pb_proc_emit(pb_proc_wait_io(w), jv_object_set(in, jv_string("inline"), jv_true()),
+                     pb_proc_outputs(io));
+        pb_proc_resume(w, 0, NULL);
+        return 0;
+    }
+    wt->w = w;
+    wt->held = in;
+    return 0;
+}
+
+static const struct pb_processor_plugin waiter_plugin = {
+    .name = "waiter", .ctx_size = sizeof(struct waiter), .process = waiter_process};
+
+static int resumed_calls;
+static void on_resumed(void *arg)
+{
+    (void)arg;
+    resumed_calls++;
+}
+
+static void waiter_finish(struct waiter *wt, int rc, const char *why)
+{
+    struct pb_err e = {0};
+    struct pb_proc_io *io = pb_proc_wait_io(wt->w);
+    if (rc == 0)
+        pb_proc_emit(io, jv_object_set(wt->held, jv_string("looked_up"), jv_number(1)), 1);
+    else
+        jv_free(wt->held);
+    if (why)
+        pb_err_set(&e, rc, "%s", why);
+    pb_proc_resume(wt->w, rc, why ? &e : NULL);
+}
+
+PB_TEST(a_parked_step_resumes_and_the_next_steps_run)
+{
+    struct pb_err err = {0};
+    struct chain c;
+    PB_EQ_INT(chain_open(&c, "- map: '.b = 2'\n", &err), 0);
+    struct waiter wt = {0};
+    struct pb_route_step steps[2] = {{.plugin = &waiter_plugin, .ctx = &wt}, c.steps[0]};
+    struct pb_route_run run;
+    struct pb_route_result res;
+    resumed_calls = 0;
+    PB_EQ_INT(pb_route_start(&run, steps, 2, jv_parse("{\"a\":1}"), jv_null(), 7, 100, on_resumed,
+                             NULL, &res, &err),
+              PB_ROUTE_PARKED);
+    PB_EQ_INT(resumed_calls, 0);
+    waiter_finish(&wt, 0, NULL);
+    PB_EQ_INT(resumed_calls, 1);
+    PB_EQ_INT(pb_route_continue(&run, &err), 0);
+    PB_EQ_INT(res.n, 1);
+    PB_EQ_INT(res.items[0].outputs, 1);
+    PB_CHECK(res.changed);
+    char *t = NULL;
+    pb_jq_dump(jv_copy(res.items[0].body), &t, NULL, &err);
+    PB_EQ_STR(t, "{\"a\":1,\"looked_up\":1,\"b\":2}");
+    free(t);
+    pb_route_result_cleanup(&res);
+    chain_close(&c);
+}
+
+PB_TEST(a_parked_step_that_fails_names_itself_and_keeps_its_code)
+{
+    struct pb_err err = {0};
+    struct waiter wt = {0};
+    struct pb_route_step steps[1] = {{.plugin = &waiter_plugin, .ctx = &wt}};
+    struct pb_route_run run;
+    struct pb_route_result res;
+    PB_EQ_INT(pb_route_start(&run, steps, 1, jv_parse("{}"), jv_null(), 1, 100, on_resumed, NULL,
+                             &res, &err),
+              PB_ROUTE_PARKED);
+    waiter_finish(&wt, PB_EAGAIN, "lookup failed: HTTP 503");
+    PB_EQ_INT(pb_route_continue(&run, &err), PB_EAGAIN);
+    PB_EQ_STR(err.msg, "process step 1 (waiter): lookup failed: HTTP 503");
+    PB_EQ_INT(res.n, 0);
+}
+
+PB_TEST(resuming_from_inside_process_goes_straight_on)
+{
+    struct pb_err err = {0};
+    struct waiter wt = {.mode = 1};
+    struct pb_route_step steps[1] = {{.plugin = &waiter_plugin, .ctx = &wt}};
+    struct pb_route_run run;
+    struct pb_route_result res;
+    resumed_calls = 0;
+    PB_EQ_INT(pb_route_start(&run, steps, 1, jv_parse("{}"), jv_null(), 1, 100, on_resumed, NULL,
+                             &res, &err),
+              0);
+    PB_EQ_INT(resumed_calls, 0);
+    PB_EQ_INT(res.n, 1);
+    pb_route_result_cleanup(&res);
+}
+
+PB_TEST(a_run_that_cannot_wait_refuses_to_park)
+{
+    struct pb_err err = {0};
+    struct waiter wt = {0};
+    struct pb_route_step steps[1] = {{.plugin = &waiter_plugin, .ctx = &wt}};
+    struct pb_route_result res;
+    jv m = jv_null();
+    PB_EQ_INT(pb_route_run(steps, 1, jv_parse("{}"), m, 1, 100, &res, &err), 0);
+    PB_CHECK(wt.park_refused);
+    PB_EQ_INT(res.n, 1);
+    pb_route_result_cleanup(&res);
+}
+
+PB_TEST(a_split_of_parked_messages_resumes_each_in_order)
+{
+    struct pb_err err = {0};
+    struct chain c;
+    PB_EQ_INT(chain_open(&c, "- split: '.[]'\n", &err), 0);
+    struct waiter wt = {0};
+    struct pb_route_step steps[2] = {c.steps[0], {.plugin = &waiter_plugin, .ctx = &wt}};
+    struct pb_route_run run;
+    struct pb_route_result res;
+    int rc = pb_route_start(&run, steps, 2, jv_parse("[{\"i\":1},{\"i\":2},{\"i\":3}]"), jv_null(),
+                            1, 100, on_resumed, NULL, &res, &err);
+    int parks = 0;
+    while (rc == PB_ROUTE_PARKED && parks < 10) {
+        parks++;
+        waiter_finish(&wt, 0, NULL);
+        rc = pb_route_continue(&run, &err);
+    }
+    PB_EQ_INT(rc, 0);
+    PB_EQ_INT(parks, 3);
+    PB_EQ_INT(res.n, 3);
+    PB_CHECK(res.split);
+    char *t = NULL;
+    pb_jq_dump(jv_copy(res.items[2].body), &t, NULL, &err);
+    PB_EQ_STR(t, "{\"i\":3,\"looked_up\":1}");
+    free(t);
+    pb_route_result_cleanup(&res);
+    chain_close(&c);
+}
+
 int main(void)
 {
     return pb_test_main();

@@ -3,6 +3,7 @@
  * concurrency and rate limits bound what starts, pauses hold everything,
  * and draining takes an output's items wherever they wait. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/sched.h"
 #include "pb_test.h"
@@ -184,6 +185,117 @@ PB_TEST(drain_takes_ready_waiting_and_timed_items_of_one_output_only)
     free(behind);
     free(later);
     free(mine);
+}
+
+static struct pb_sched_item *keyed(int64_t next_at, const char *rkey)
+{
+    struct pb_sched_item *it = item(next_at);
+    it->rkey = rkey ? strdup(rkey) : NULL;
+    return it;
+}
+
+static void free_item(struct pb_sched_item *it)
+{
+    free(it->rkey);
+    free(it);
+}
+
+PB_TEST(rate_limit_per_key_lets_other_keys_go_on)
+{
+    struct pb_sched s = {0};
+    struct pb_sched_q q = {
+        .concurrency = 100, .rate = {.count = 2, .period_ms = 1000}, .max_rkeys = 100};
+    struct pb_sched_item *a[5], *b[2], *got[8];
+    for (int i = 0; i < 5; i++) {
+        a[i] = keyed(T0, "acme");
+        PB_EQ_INT(pb_sched_admit(&s, &q, a[i], NULL, T0), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        b[i] = keyed(T0, "globex");
+        PB_EQ_INT(pb_sched_admit(&s, &q, b[i], NULL, T0), 0);
+    }
+    /* acme's bucket holds 2: the other three wait for tokens in the heap,
+     * and globex goes on behind them instead of waiting too. */
+    PB_EQ_INT(take_all(&q, T0, got, 8), 4);
+    PB_CHECK(got[0] == a[0] && got[1] == a[1] && got[2] == b[0] && got[3] == b[1]);
+    PB_EQ_INT(pb_sched_rkeys_count(&q), 2);
+    PB_EQ_INT(pb_sched_next_due(&s, T0), 501); /* acme's next token */
+    pb_sched_due(&s, T0 + 501);
+    PB_EQ_INT(take_all(&q, T0 + 501, got, 8), 1);
+    PB_CHECK(got[0] == a[2]);
+    pb_sched_due(&s, T0 + 1001);
+    PB_EQ_INT(take_all(&q, T0 + 1001, got, 8), 1);
+    pb_sched_due(&s, T0 + 1600);
+    PB_EQ_INT(take_all(&q, T0 + 1600, got, 8), 1);
+    PB_EQ_INT(pb_sched_next_due(&s, T0 + 1600), -1);
+    pb_sched_cleanup(&s);
+    pb_sched_q_cleanup(&q);
+    for (int i = 0; i < 5; i++)
+        free_item(a[i]);
+    for (int i = 0; i < 2; i++)
+        free_item(b[i]);
+}
+
+PB_TEST(rate_keys_are_bounded_least_recently_used_first)
+{
+    struct pb_sched s = {0};
+    struct pb_sched_q q = {
+        .concurrency = 100, .rate = {.count = 1, .period_ms = 60000}, .max_rkeys = 3};
+    struct pb_sched_item *it[5], *got[8];
+    const char *keys[] = {"k1", "k2", "k3", "k4", "k1"};
+    for (int i = 0; i < 5; i++) {
+        it[i] = keyed(T0, keys[i]);
+        PB_EQ_INT(pb_sched_admit(&s, &q, it[i], NULL, T0), 0);
+    }
+    /* k4 pushes out k1 (the oldest): the second k1 finds a full bucket. */
+    PB_EQ_INT(take_all(&q, T0, got, 8), 5);
+    PB_EQ_INT(pb_sched_rkeys_count(&q), 3);
+    /* An item without a key shares the output's one bucket. */
+    struct pb_sched_item *plain = keyed(T0, NULL), *plain2 = keyed(T0, NULL);
+    PB_EQ_INT(pb_sched_admit(&s, &q, plain, NULL, T0), 0);
+    PB_EQ_INT(pb_sched_admit(&s, &q, plain2, NULL, T0), 0);
+    int64_t wait = 100000;
+    PB_CHECK(pb_sched_take(&q, T0, &wait) == plain);
+    PB_CHECK(pb_sched_take(&q, T0, &wait) == NULL);
+    PB_EQ_INT(wait, 60001);
+    pb_sched_cleanup(&s);
+    pb_sched_q_cleanup(&q);
+    for (int i = 0; i < 5; i++)
+        free_item(it[i]);
+    free_item(plain);
+    free_item(plain2);
+}
+
+PB_TEST(hold_and_pace_gate_every_start)
+{
+    struct pb_sched s = {0};
+    struct pb_sched_q q = {.concurrency = 100};
+    struct pb_sched_item *it[6], *got[8];
+    for (int i = 0; i < 6; i++) {
+        it[i] = item(T0);
+        PB_EQ_INT(pb_sched_admit(&s, &q, it[i], NULL, T0), 0);
+    }
+    /* Held: nothing starts, and the wait says until when. */
+    q.not_before = T0 + 700;
+    int64_t wait = 100000;
+    PB_CHECK(pb_sched_take(&q, T0, &wait) == NULL);
+    PB_EQ_INT(wait, 700);
+    /* Paced at 4/s: one start every 250 ms, no burst after the hold. */
+    q.not_before = 0;
+    q.pace_ms = 250;
+    PB_EQ_INT(take_all(&q, T0 + 700, got, 8), 1);
+    wait = 100000;
+    PB_CHECK(pb_sched_take(&q, T0 + 800, &wait) == NULL);
+    PB_EQ_INT(wait, 150);
+    PB_EQ_INT(take_all(&q, T0 + 950, got, 8), 1);
+    /* Late by a second: still one, not four to catch up. */
+    PB_EQ_INT(take_all(&q, T0 + 1950, got, 8), 1);
+    PB_EQ_INT(take_all(&q, T0 + 2199, got, 8), 0);
+    PB_EQ_INT(take_all(&q, T0 + 2200, got, 8), 1);
+    pb_sched_cleanup(&s);
+    pb_sched_q_cleanup(&q);
+    for (int i = 0; i < 6; i++)
+        free(it[i]);
 }
 
 int main(void)

@@ -339,6 +339,8 @@ static void handle(void *arg, struct pb_http_request *r)
         .meta = meta,
         .meta_len = mlen,
         .key = key,
+        .traceparent = pb_http_request_header(r, "traceparent"),
+        .tracestate = pb_http_request_header(r, "tracestate"),
     };
     int rc = pb_input_submit(h->in, &item, 1, NULL, 0, submit_cb, p);
     free(meta);

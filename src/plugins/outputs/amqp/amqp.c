@@ -544,19 +544,33 @@ static int publish_one(struct out_amqp *o, struct pb_delivery *d, struct pending
         props._flags |= AMQP_BASIC_TYPE_FLAG;
         props.type = amqp_cstring_bytes(o->type);
     }
-    if (o->headers.n) {
-        amqp_table_entry_t *es = amqp_pool_alloc(pool, o->headers.n * sizeof(*es));
+    if (o->headers.n || d->traceparent) {
+        amqp_table_entry_t *es = amqp_pool_alloc(pool, (o->headers.n + 2) * sizeof(*es));
         if (!es)
             return AMQP_STATUS_NO_MEMORY;
+        bool own_tp = false, own_ts = false; /* configured headers win */
         for (size_t i = 0; i < o->headers.n; i++) {
             int ix = o->hdr_idx[i];
             es[i].key = amqp_cstring_bytes(o->headers.keys[i]);
             es[i].value.kind = AMQP_FIELD_KIND_UTF8;
             es[i].value.value.bytes = amqp_cstring_bytes(
                 ix >= 0 && (size_t)ix < d->ntmpl ? d->tmpl[ix] : o->headers.vals[i]);
+            own_tp |= strcmp(o->headers.keys[i], "traceparent") == 0;
+            own_ts |= strcmp(o->headers.keys[i], "tracestate") == 0;
+        }
+        size_t n = o->headers.n;
+        const char *trace[2][2] = {{"traceparent", own_tp ? NULL : d->traceparent},
+                                   {"tracestate", own_ts ? NULL : d->tracestate}};
+        for (size_t i = 0; i < 2; i++) {
+            if (!trace[i][1])
+                continue;
+            es[n].key = amqp_cstring_bytes(trace[i][0]);
+            es[n].value.kind = AMQP_FIELD_KIND_UTF8;
+            es[n].value.value.bytes = amqp_cstring_bytes(trace[i][1]);
+            n++;
         }
         props._flags |= AMQP_BASIC_HEADERS_FLAG;
-        props.headers = (amqp_table_t){.num_entries = (int)o->headers.n, .entries = es};
+        props.headers = (amqp_table_t){.num_entries = (int)n, .entries = es};
     }
     amqp_bytes_t body = {.len = d->len, .bytes = (void *)(d->len ? d->payload : "")};
     int rc = amqp_basic_publish(o->conn, PB_AMQP_CHANNEL, amqp_cstring_bytes(o->exchange),

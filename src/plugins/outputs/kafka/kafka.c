@@ -384,7 +384,7 @@ static void produce(struct out_kafka *k, struct pb_delivery *d)
         pb_delivery_done(d, &o);
         return;
     }
-    rd_kafka_headers_t *h = rd_kafka_headers_new(k->headers.n + 2);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(k->headers.n + 4);
     if (!h) {
         struct pb_outcome o = {
             .result = PB_RESULT_RETRY, .retry_after_ms = -1, .error = "out of memory"};
@@ -393,8 +393,16 @@ static void produce(struct out_kafka *k, struct pb_delivery *d)
     }
     rd_kafka_header_add(h, "idempotency-key", -1, d->idempotency_key, -1);
     rd_kafka_header_add(h, "patchbay-message-id", -1, d->msg_id, -1);
-    for (size_t i = 0; i < k->headers.n; i++)
+    bool own_tp = false, own_ts = false; /* configured headers win */
+    for (size_t i = 0; i < k->headers.n; i++) {
         rd_kafka_header_add(h, k->headers.keys[i], -1, k->headers.vals[i], -1);
+        own_tp |= strcasecmp(k->headers.keys[i], "traceparent") == 0;
+        own_ts |= strcasecmp(k->headers.keys[i], "tracestate") == 0;
+    }
+    if (d->traceparent && !own_tp)
+        rd_kafka_header_add(h, "traceparent", -1, d->traceparent, -1);
+    if (d->tracestate && !own_ts)
+        rd_kafka_header_add(h, "tracestate", -1, d->tracestate, -1);
     /* The payload is the delivery's until it ends, in the delivery report:
      * librdkafka need not copy it. */
     rd_kafka_resp_err_t err = rd_kafka_producev(

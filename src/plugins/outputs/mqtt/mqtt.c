@@ -259,7 +259,15 @@ static void publish_one(struct out_mqtt *m, struct pb_delivery *d)
         done(d, PB_RESULT_PERMANENT, "the broker does not take QoS 1 (set qos: 0)");
         return;
     }
-    struct pb_mqtt_user_prop props[1] = {{"Idempotency-Key", d->idempotency_key}};
+    /* MQTT 5 user properties (3.1.1 has none: the encoder leaves them out). */
+    struct pb_mqtt_user_prop props[3];
+    size_t nprops = 0;
+    if (d->idempotency_key && *d->idempotency_key)
+        props[nprops++] = (struct pb_mqtt_user_prop){"Idempotency-Key", d->idempotency_key};
+    if (d->traceparent)
+        props[nprops++] = (struct pb_mqtt_user_prop){"traceparent", d->traceparent};
+    if (d->tracestate)
+        props[nprops++] = (struct pb_mqtt_user_prop){"tracestate", d->tracestate};
     struct pb_mqtt_publish_out p = {
         .topic = topic,
         .payload = d->payload,
@@ -268,7 +276,7 @@ static void publish_one(struct out_mqtt *m, struct pb_delivery *d)
         .retain = m->retain,
         .content_type = d->content_type,
         .props = props,
-        .nprops = d->idempotency_key && *d->idempotency_key ? 1 : 0,
+        .nprops = nprops,
     };
     size_t size = pb_mqtt_publish_size(m->conf.version, &p);
     if (size > PB_MQTT_MAX_REMAINING || (m->max_packet && size > m->max_packet)) {

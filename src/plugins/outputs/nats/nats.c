@@ -487,6 +487,14 @@ static void nats_deliver(void *ctx, struct pb_delivery *d)
         }
         st = natsMsgHeader_Set(msg, o->headers.keys[i], v);
     }
+    /* The attempt's trace context, unless the configuration sets its own. */
+    const char *own = NULL;
+    if (st == NATS_OK && d->traceparent &&
+        natsMsgHeader_Get(msg, "traceparent", &own) == NATS_NOT_FOUND)
+        st = natsMsgHeader_Set(msg, "traceparent", d->traceparent);
+    if (st == NATS_OK && d->tracestate &&
+        natsMsgHeader_Get(msg, "tracestate", &own) == NATS_NOT_FOUND)
+        st = natsMsgHeader_Set(msg, "tracestate", d->tracestate);
     struct pending *p = st == NATS_OK ? malloc(sizeof(*p)) : NULL;
     if (!p) {
         natsMsg_Destroy(msg);

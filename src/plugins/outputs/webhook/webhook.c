@@ -791,7 +791,7 @@ static void webhook_deliver(void *ctx, struct pb_delivery *d)
     }
     a->d = d;
     a->c = c;
-    struct pb_http_header hdrs[] = {
+    struct pb_http_header hdrs[8] = {
         {"Content-Type", "application/json"},
         {"User-Agent", "patchbay/" PB_VERSION},
         {"webhook-id", d->msg_id},
@@ -799,11 +799,16 @@ static void webhook_deliver(void *ctx, struct pb_delivery *d)
         {"webhook-signature", sigs},
         {"X-Patchbay-Attempt", attempt},
     };
+    size_t nh = 6;
+    if (d->traceparent)
+        hdrs[nh++] = (struct pb_http_header){"traceparent", d->traceparent};
+    if (d->tracestate)
+        hdrs[nh++] = (struct pb_http_header){"tracestate", d->tracestate};
     struct pb_http_req req = {
         .method = "POST",
         .url = url,
         .headers = hdrs,
-        .nheaders = sizeof(hdrs) / sizeof(hdrs[0]),
+        .nheaders = nh,
         .body = d->payload,
         .len = d->len,
         .timeout_ms = c->timeout_ms,

@@ -236,12 +236,13 @@ static void create(struct pb_output *const *outs, size_t n, struct pb_http_reque
         goto out;
     }
     int64_t now = pb_now_ms();
+    /* events is borrowed from the request: the record takes a reference. */
     json_t *rec =
-        json_pack("{s:s, s:s, s:s?, s:O, s:[{s:s, s:n}], s:s?, s:b, s:I, s:I}", "id", id, "url",
+        json_pack("{s:s, s:s, s:s?, s:o, s:[{s:s, s:n}], s:s?, s:b, s:I, s:I}", "id", id, "url",
                   url, "description", json_string_value(json_object_get(in, "description")),
-                  "events", events ? events : json_array(), "secrets", "key", secret, "expires_at",
-                  "rate_limit", json_string_value(json_object_get(in, "rate_limit")), "disabled", 0,
-                  "created_at", (json_int_t)now, "updated_at", (json_int_t)now);
+                  "events", events ? json_incref(events) : json_array(), "secrets", "key", secret,
+                  "expires_at", "rate_limit", json_string_value(json_object_get(in, "rate_limit")),
+                  "disabled", 0, "created_at", (json_int_t)now, "updated_at", (json_int_t)now);
     ep = rec ? pb__wh_from_json(rec) : NULL;
     json_decref(rec);
     if (!ep) {

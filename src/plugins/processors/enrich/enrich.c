@@ -1,0 +1,895 @@
+/* enrich.c - the enrich processor: an HTTP (or GraphQL) lookup per message,
+ * its answer merged into the message by a jq program.
+ *
+ *   enrich:
+ *     url: 'https://crm.example/api/customers/{{ .customer_id }}'
+ *     key: '.customer_id'                  # cache key (default: the request)
+ *     answer: '.data'                      # what of the response is the answer
+ *     into: '.customer = $answer'          # merge it into the message
+ *     cache: { ttl: 5m, max_entries: 10000 }
+ *     on_missing: dead_letter              # drop | keep | dead_letter
+ *
+ * Lookups never block the dispatcher: the message is parked (pb_proc_park)
+ * while its request runs on the dispatcher's async HTTP client (through the
+ * outbound guard), and resumed when the answer comes. Concurrent messages
+ * with the same key wait on one request; answers are cached (bounded LRU
+ * with a TTL, enrich_cache.c). 404 and 410, and an answer that is null, are
+ * "not found" and follow on_missing; a failed lookup (no answer, 408, 425,
+ * 429, 5xx, 401, 403, a body that is not JSON) routes the message again
+ * later with backoff; any other status, or GraphQL errors, dead-letters it.
+ *
+ * Threads: everything on the dispatcher's thread (process and the HTTP
+ * client's callbacks), so no locks. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "enrich_cache.h"
+#include "patchbay/pb_jq.h"
+#include "patchbay/pb_log.h"
+#include "patchbay/pb_plugin.h"
+#include "patchbay/pb_time.h"
+
+#define MAX_HEADERS 40
+#define TMPL_MAX_PARTS 16
+#define KEY_MAX 2048
+
+struct basic_conf {
+    char *user;
+    char *password;
+};
+struct api_key_conf {
+    char *header;
+    char *value;
+};
+struct auth_conf {
+    char *bearer;
+    struct basic_conf basic;
+    struct api_key_conf api_key;
+};
+struct cache_conf {
+    int64_t ttl_ms;
+    int64_t missing_ttl_ms;
+    int64_t max_entries;
+    uint64_t max_bytes;
+};
+struct graphql_conf {
+    char *query;
+    char *variables;
+};
+struct outbound_conf {
+    struct pb_strlist allow;
+};
+
+/* A string with {{ JQ }} parts. */
+struct tmpl {
+    size_t n;                      /* jq parts */
+    char *lit[TMPL_MAX_PARTS + 1]; /* literal text around them */
+    struct pb_jq *q[TMPL_MAX_PARTS];
+};
+
+struct waiter {
+    struct pb_proc_wait *w;
+    jv msg, meta;
+    pb_outset outs;
+    struct waiter *next;
+};
+
+struct lookup {
+    struct enrich *E;
+    struct ec_entry *e;
+    char *url, *body;
+    size_t blen;
+    struct waiter *waiters;
+    struct lookup *qnext;
+};
+
+enum { MISSING_DROP = 0, MISSING_KEEP, MISSING_DEAD };
+
+struct enrich {
+    /* options */
+    char *url;
+    int method;
+    char *body;
+    struct pb_strmap headers;
+    struct auth_conf auth;
+    char *key;
+    char *answer;
+    char *into;
+    struct cache_conf cache;
+    int on_missing;
+    int64_t timeout_ms;
+    int64_t concurrency;
+    uint64_t max_response;
+    struct graphql_conf graphql;
+    struct outbound_conf outbound;
+    /* prepared by init */
+    char pipeline[128];
+    struct tmpl url_t;
+    struct pb_jq *key_q, *answer_q, *into_q, *body_q, *vars_q;
+    struct pb_http_client *http;
+    struct pb_allowlist *allow;
+    char *auth_value;
+    size_t nstatic;
+    struct pb_http_header statics[MAX_HEADERS];
+    /* run time (dispatcher thread) */
+    struct ec_cache ec;
+    struct lookup *qhead, *qtail; /* waiting for a slot */
+    int64_t inflight;
+    uint64_t requests;
+};
+
+static const char *const methods[] = {"GET", "POST", NULL};
+static const char *const missing_modes[] = {"drop", "keep", "dead_letter", NULL};
+
+static const struct pb_field basic_fields[] = {
+    {.name = "user",
+     .type = PB_F_STR,
+     .offset = offsetof(struct basic_conf, user),
+     .flags = PB_FIELD_REQUIRED},
+    {.name = "password",
+     .type = PB_F_SECRET,
+     .offset = offsetof(struct basic_conf, password),
+     .flags = PB_FIELD_REQUIRED},
+    {0},
+};
+static const struct pb_field api_key_fields[] = {
+    {.name = "header",
+     .type = PB_F_STR,
+     .offset = offsetof(struct api_key_conf, header),
+     .def = "X-Api-Key"},
+    {.name = "value",
+     .type = PB_F_SECRET,
+     .offset = offsetof(struct api_key_conf, value),
+     .flags = PB_FIELD_REQUIRED},
+    {0},
+};
+static const struct pb_field auth_fields[] = {
+    {.name = "bearer", .type = PB_F_SECRET, .offset = offsetof(struct auth_conf, bearer)},
+    {.name = "basic",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct auth_conf, basic),
+     .sub = basic_fields},
+    {.name = "api_key",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct auth_conf, api_key),
+     .sub = api_key_fields},
+    {0},
+};
+static const struct pb_field cache_fields[] = {
+    {.name = "ttl",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct cache_conf, ttl_ms),
+     .def = "5m",
+     .doc = "how long an answer is kept (0: not cached)"},
+    {.name = "missing_ttl",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct cache_conf, missing_ttl_ms),
+     .def = "0",
+     .doc = "how long a not-found is kept (0: asked again every time)"},
+    {.name = "max_entries",
+     .type = PB_F_INT,
+     .offset = offsetof(struct cache_conf, max_entries),
+     .def = "10000",
+     .min = 0,
+     .max = 10000000,
+     .doc = "answers kept; the least recently used go first"},
+    {.name = "max_bytes",
+     .type = PB_F_SIZE,
+     .offset = offsetof(struct cache_conf, max_bytes),
+     .def = "64MiB",
+     .doc = "bound on the answers' size in all"},
+    {0},
+};
+static const struct pb_field graphql_fields[] = {
+    {.name = "query",
+     .type = PB_F_STR,
+     .offset = offsetof(struct graphql_conf, query),
+     .flags = PB_FIELD_REQUIRED,
+     .doc = "GraphQL query document"},
+    {.name = "variables",
+     .type = PB_F_STR,
+     .offset = offsetof(struct graphql_conf, variables),
+     .def = "{}",
+     .doc = "jq program on the message making the variables object"},
+    {0},
+};
+static const struct pb_field outbound_fields[] = {
+    {.name = "allow",
+     .type = PB_F_STRLIST,
+     .offset = offsetof(struct outbound_conf, allow),
+     .doc = "internal addresses or host names this lookup may reach"},
+    {0},
+};
+
+static const struct pb_field enrich_fields[] = {
+    {.name = "url",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enrich, url),
+     .flags = PB_FIELD_REQUIRED | PB_FIELD_URL,
+     .doc = "URL template: {{ JQ }} parts are rendered on the message, percent-encoded"},
+    {.name = "method",
+     .type = PB_F_ENUM,
+     .offset = offsetof(struct enrich, method),
+     .choices = methods,
+     .def = "GET"},
+    {.name = "body",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enrich, body),
+     .doc = "jq program on the message making the request body (POST)"},
+    {.name = "headers", .type = PB_F_STRMAP, .offset = offsetof(struct enrich, headers)},
+    {.name = "auth",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct enrich, auth),
+     .sub = auth_fields,
+     .doc = "bearer, basic or api_key"},
+    {.name = "key",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enrich, key),
+     .doc = "jq: the cache key (default: the request); null means nothing to look up"},
+    {.name = "answer",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enrich, answer),
+     .doc = "jq on the response: the answer (default . or .data for GraphQL); null: not found"},
+    {.name = "into",
+     .type = PB_F_STR,
+     .offset = offsetof(struct enrich, into),
+     .flags = PB_FIELD_REQUIRED,
+     .doc = "jq on the message with $answer: the enriched message"},
+    {.name = "cache",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct enrich, cache),
+     .sub = cache_fields},
+    {.name = "on_missing",
+     .type = PB_F_ENUM,
+     .offset = offsetof(struct enrich, on_missing),
+     .choices = missing_modes,
+     .def = "dead_letter",
+     .doc = "what happens to a message whose lookup finds nothing"},
+    {.name = "timeout",
+     .type = PB_F_DURATION,
+     .offset = offsetof(struct enrich, timeout_ms),
+     .def = "10s"},
+    {.name = "concurrency",
+     .type = PB_F_INT,
+     .offset = offsetof(struct enrich, concurrency),
+     .def = "16",
+     .min = 1,
+     .max = 1024,
+     .doc = "lookups in flight at once"},
+    {.name = "max_response",
+     .type = PB_F_SIZE,
+     .offset = offsetof(struct enrich, max_response),
+     .def = "1MiB"},
+    {.name = "graphql",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct enrich, graphql),
+     .sub = graphql_fields,
+     .doc = "POST {query, variables} and take .data"},
+    {.name = "outbound",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct enrich, outbound),
+     .sub = outbound_fields},
+    {0},
+};
+
+/* ---- templates and jq --------------------------------------------------------------- */
+
+static int tmpl_parse(struct tmpl *t, const char *s, struct pb_err *err)
+{
+    const char *p = s;
+    memset(t, 0, sizeof(*t));
+    for (;;) {
+        const char *open = strstr(p, "{{");
+        const char *end = open ? open : p + strlen(p);
+        t->lit[t->n] = strndup(p, (size_t)(end - p));
+        if (!t->lit[t->n])
+            return pb_err_set(err, PB_ENOMEM, "out of memory");
+        if (!open)
+            return 0;
+        const char *close = strstr(open + 2, "}}");
+        if (!close)
+            return pb_err_set(err, PB_ECONFIG, "url: \"{{\" without \"}}\"");
+        if (t->n == TMPL_MAX_PARTS)
+            return pb_err_set(err, PB_ECONFIG, "url: more than %d {{ }} parts", TMPL_MAX_PARTS);
+        char *prog = strndup(open + 2, (size_t)(close - open - 2));
+        if (!prog)
+            return pb_err_set(err, PB_ENOMEM, "out of memory");
+        t->q[t->n] = pb_jq_compile(prog, err);
+        free(prog);
+        if (!t->q[t->n])
+            return err->code ? err->code : PB_EJQ;
+        t->n++;
+        p = close + 2;
+    }
+}
+
+static void tmpl_free(struct tmpl *t)
+{
+    for (size_t i = 0; i <= t->n && i <= TMPL_MAX_PARTS; i++)
+        free(t->lit[i]);
+    for (size_t i = 0; i < t->n; i++)
+        pb_jq_destroy(t->q[i]);
+    memset(t, 0, sizeof(*t));
+}
+
+/* A scalar jq result as text (malloc'd): strings as they are, numbers as
+ * JSON. NULL for null/no result (*null set) or anything else. */
+static char *scalar_text(jv v, bool *null, struct pb_err *err)
+{
+    char *s = NULL;
+    *null = false;
+    switch (jv_get_kind(v)) {
+    case JV_KIND_STRING:
+        s = strdup(jv_string_value(v));
+        jv_free(v);
+        if (!s)
+            pb_err_set(err, PB_ENOMEM, "out of memory");
+        return s;
+    case JV_KIND_NUMBER:
+        if (pb_jq_dump(v, &s, NULL, err) != 0)
+            return NULL;
+        return s;
+    case JV_KIND_NULL:
+        *null = true;
+        jv_free(v);
+        return NULL;
+    default:
+        pb_err_set(err, PB_EJQ, "yields %s, not a string or number", jv_kind_name(jv_get_kind(v)));
+        jv_free(v);
+        return NULL;
+    }
+}
+
+/* Run q on msg with meta (borrowed): one scalar as text. */
+static char *run_scalar(struct pb_jq *q, jv msg, jv meta, bool *null, struct pb_err *err)
+{
+    jv out[1];
+    size_t n = 0;
+    if (pb_jq_run_meta(q, jv_copy(msg), jv_copy(meta), out, 1, &n, err) != 0)
+        return NULL;
+    if (n == 0) {
+        *null = true;
+        return NULL;
+    }
+    return scalar_text(out[0], null, err);
+}
+
+static void pct_append(char *out, size_t *len, size_t cap, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s && *len + 4 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            out[(*len)++] = (char)c;
+        } else {
+            out[(*len)++] = '%';
+            out[(*len)++] = hex[c >> 4];
+            out[(*len)++] = hex[c & 15];
+        }
+    }
+    out[*len] = 0;
+}
+
+/* The URL for msg; NULL with err, or with *null when a part is null. */
+static char *render_url(struct enrich *E, jv msg, jv meta, bool *null, struct pb_err *err)
+{
+    size_t cap = 8192, len = 0;
+    char *out = malloc(cap);
+    *null = false;
+    if (!out) {
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        return NULL;
+    }
+    out[0] = 0;
+    for (size_t i = 0; i <= E->url_t.n; i++) {
+        size_t l = strlen(E->url_t.lit[i]);
+        if (len + l + 1 >= cap)
+            goto toolong;
+        memcpy(out + len, E->url_t.lit[i], l + 1);
+        len += l;
+        if (i == E->url_t.n)
+            break;
+        char *part = run_scalar(E->url_t.q[i], msg, meta, null, err);
+        if (!part) {
+            free(out);
+            return NULL;
+        }
+        pct_append(out, &len, cap, part);
+        free(part);
+        if (len + 8 >= cap)
+            goto toolong;
+    }
+    return out;
+toolong:
+    free(out);
+    pb_err_set(err, PB_ETOOBIG, "the URL is longer than %zu bytes", cap);
+    return NULL;
+}
+
+/* ---- answers ------------------------------------------------------------------------ */
+
+/* Finish one waiting message with the lookup's outcome. */
+static void finish(struct enrich *E, struct waiter *w, enum ec_state state, jv answer, int rc,
+                   const char *why)
+{
+    struct pb_err err = {0};
+    struct pb_proc_io *io = pb_proc_wait_io(w->w);
+    if (rc == 0 && state == EC_MISSING) {
+        if (E->on_missing == MISSING_KEEP) {
+            rc = pb_proc_emit(io, w->msg, w->outs);
+            w->msg = jv_invalid();
+        } else if (E->on_missing == MISSING_DEAD) {
+            rc = pb_err_set(&err, PB_ENOTFOUND, "%s", why ? why : "nothing found");
+        } /* drop: emit nothing */
+    } else if (rc == 0) {
+        jv out[2];
+        size_t n = 0;
+        jv in = jv_array_append(jv_array_append(jv_array(), w->msg), jv_copy(answer));
+        w->msg = jv_invalid();
+        rc = pb_jq_run_meta(E->into_q, in, jv_copy(w->meta), out, 2, &n, &err);
+        if (rc == 0 && n != 1) {
+            for (size_t i = 0; i < n; i++)
+                jv_free(out[i]);
+            rc = n ? pb_err_set(&err, PB_EJQ, "into produced %zu values; expected one", n)
+                   : 0; /* none: dropped on purpose */
+        } else if (rc == 0) {
+            rc = pb_proc_emit(io, out[0], w->outs);
+        } else {
+            char m[PB_ERR_MSG_MAX];
+            snprintf(m, sizeof(m), "%s", err.msg);
+            pb_err_set(&err, rc, "into: %s", m);
+        }
+    } else {
+        pb_err_set(&err, rc, "%s", why ? why : pb_strerror(rc));
+    }
+    jv_free(answer);
+    jv_free(w->msg);
+    jv_free(w->meta);
+    struct pb_proc_wait *pw = w->w;
+    free(w);
+    pb_proc_resume(pw, rc, rc ? &err : NULL);
+}
+
+static void lookup_free(struct lookup *L)
+{
+    free(L->url);
+    free(L->body);
+    free(L);
+}
+
+/* End L: its entry settled (or dropped), each waiter finished. */
+static void lookup_end(struct lookup *L, enum ec_state state, jv answer, size_t bytes, int rc,
+                       const char *why)
+{
+    struct enrich *E = L->E;
+    struct waiter *ws = L->waiters;
+    L->waiters = NULL;
+    L->e->user = NULL;
+    if (rc == 0) {
+        int64_t ttl = state == EC_FOUND ? E->cache.ttl_ms : E->cache.missing_ttl_ms;
+        ec_settle(&E->ec, L->e, state, jv_copy(answer), bytes, ttl, pb_now_ms());
+    } else {
+        ec_remove(&E->ec, L->e);
+    }
+    lookup_free(L);
+    while (ws) {
+        struct waiter *n = ws->next;
+        finish(E, ws, state, jv_copy(answer), rc, why);
+        ws = n;
+    }
+    jv_free(answer);
+}
+
+static void pump(struct enrich *E);
+
+/* A GraphQL answer with a non-empty errors array: its first message. */
+static bool graphql_error(jv body, char *why, size_t len)
+{
+    char safe[200];
+    jv errs = jv_object_get(jv_copy(body), jv_string("errors"));
+    bool bad = jv_get_kind(errs) == JV_KIND_ARRAY && jv_array_length(jv_copy(errs)) > 0;
+    if (bad) {
+        jv m = jv_getpath(errs, JV_ARRAY(jv_number(0), jv_string("message")));
+        snprintf(why, len, "GraphQL error: %s",
+                 pb_log_value(jv_get_kind(m) == JV_KIND_STRING ? jv_string_value(m) : "?", safe,
+                              sizeof(safe)));
+        jv_free(m);
+    } else {
+        jv_free(errs);
+    }
+    return bad;
+}
+
+static void done_cb(void *arg, const struct pb_http_resp *resp)
+{
+    struct lookup *L = arg;
+    struct enrich *E = L->E;
+    char why[PB_ERR_MSG_MAX + 200], safe[200];
+    E->inflight--;
+    int st = resp->status;
+    if (st == 404 || st == 410) {
+        snprintf(why, sizeof(why), "nothing found (HTTP %d from %s)", st, L->url);
+        lookup_end(L, EC_MISSING, jv_null(), 0, 0, why);
+    } else if (st >= 200 && st < 300) {
+        struct pb_err err = {0};
+        jv body, out[1];
+        size_t n = 0;
+        if (pb_jq_parse(resp->body, resp->body_len, &body, &err) != 0) {
+            snprintf(why, sizeof(why), "lookup answer is not JSON: %s", err.msg);
+            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EAGAIN, why);
+        } else if (E->graphql.query && graphql_error(body, why, sizeof(why))) {
+            jv_free(body);
+            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EINVAL, why);
+        } else if (pb_jq_run(E->answer_q, body, out, 1, &n, &err) != 0) {
+            snprintf(why, sizeof(why), "answer: %s", err.msg);
+            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EJQ, why);
+        } else if (n == 0 || jv_get_kind(out[0]) == JV_KIND_NULL) {
+            if (n)
+                jv_free(out[0]);
+            snprintf(why, sizeof(why), "nothing found (the answer from %s is null)", L->url);
+            lookup_end(L, EC_MISSING, jv_null(), 0, 0, why);
+        } else {
+            lookup_end(L, EC_FOUND, out[0], resp->body_len, 0, NULL);
+        }
+    } else {
+        bool retry = st == 0 || st == 401 || st == 403 || pb_classify_http(st) == PB_RESULT_RETRY;
+        if (st)
+            snprintf(why, sizeof(why), "lookup failed: HTTP %d from %s: %s", st, L->url,
+                     pb_log_value(resp->body ? resp->body : "", safe, sizeof(safe)));
+        else
+            snprintf(why, sizeof(why), "lookup failed: %s (%s)",
+                     resp->error ? resp->error : "no answer", L->url);
+        if (resp->blocked)
+            retry = false;
+        lookup_end(L, EC_MISSING, jv_invalid(), 0, retry ? PB_EAGAIN : PB_EINVAL, why);
+    }
+    pump(E);
+}
+
+static int send_lookup(struct enrich *E, struct lookup *L)
+{
+    struct pb_http_header hdrs[MAX_HEADERS + 4];
+    size_t n = 0;
+    hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
+    hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
+    if (L->body)
+        hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
+    for (size_t i = 0; i < E->nstatic; i++)
+        hdrs[n++] = E->statics[i];
+    struct pb_http_req req = {
+        .method = L->body ? "POST" : methods[E->method],
+        .url = L->url,
+        .headers = hdrs,
+        .nheaders = n,
+        .body = L->body,
+        .len = L->blen,
+        .timeout_ms = E->timeout_ms,
+        .connect_timeout_ms = E->timeout_ms,
+        .max_response = (size_t)E->max_response,
+        .allow = E->allow,
+        .basic_user = E->auth.basic.user,
+        .basic_pass = E->auth.basic.password,
+    };
+    E->requests++;
+    return E->http ? pb_http_client_send(E->http, &req, done_cb, L) : PB_EINVAL;
+}
+
+/* Start queued lookups while there is room. */
+static void pump(struct enrich *E)
+{
+    while (E->qhead && E->inflight < E->concurrency) {
+        struct lookup *L = E->qhead;
+        E->qhead = L->qnext;
+        if (!E->qhead)
+            E->qtail = NULL;
+        L->qnext = NULL;
+        E->inflight++;
+        int rc = send_lookup(E, L);
+        if (rc != 0) {
+            char why[300];
+            E->inflight--;
+            snprintf(why, sizeof(why), "lookup could not start: %s (%s)", pb_strerror(rc), L->url);
+            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EAGAIN, why);
+        }
+    }
+}
+
+/* ---- the step --------------------------------------------------------------------------- */
+
+/* The request body for msg (POST or GraphQL), malloc'd; NULL with *blen 0
+ * when there is none. */
+static int make_body(struct enrich *E, jv msg, jv meta, char **body, size_t *blen,
+                     struct pb_err *err)
+{
+    jv out[1];
+    size_t n = 0;
+    *body = NULL;
+    *blen = 0;
+    if (E->graphql.query) {
+        if (pb_jq_run_meta(E->vars_q, jv_copy(msg), jv_copy(meta), out, 1, &n, err) != 0)
+            return err->code;
+        jv req = jv_object_set(jv_object(), jv_string("query"), jv_string(E->graphql.query));
+        req = jv_object_set(req, jv_string("variables"), n ? out[0] : jv_object());
+        return pb_jq_dump(req, body, blen, err);
+    }
+    if (!E->body_q)
+        return 0;
+    if (pb_jq_run_meta(E->body_q, jv_copy(msg), jv_copy(meta), out, 1, &n, err) != 0)
+        return err->code;
+    if (n == 0)
+        return pb_err_set(err, PB_EJQ, "body produced nothing");
+    return pb_jq_dump(out[0], body, blen, err);
+}
+
+static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err *err)
+{
+    struct enrich *E = ctx;
+    jv meta = pb_proc_meta(io);
+    char *url = NULL, *body = NULL, *key = NULL;
+    size_t blen = 0;
+    bool null = false;
+    int rc = 0;
+
+    url = render_url(E, in, meta, &null, err);
+    if (!url && !null) {
+        char m[PB_ERR_MSG_MAX];
+        snprintf(m, sizeof(m), "%s", err->msg);
+        rc = pb_err_set(err, err->code ? err->code : PB_EJQ, "url: %s", m);
+        goto out;
+    }
+    if (url && (rc = make_body(E, in, meta, &body, &blen, err)) != 0)
+        goto out;
+    if (url && E->key_q) {
+        key = run_scalar(E->key_q, in, meta, &null, err);
+        if (!key && !null) {
+            char m[PB_ERR_MSG_MAX];
+            snprintf(m, sizeof(m), "%s", err->msg);
+            rc = pb_err_set(err, err->code ? err->code : PB_EJQ, "key: %s", m);
+            goto out;
+        }
+    } else if (url) {
+        size_t n = strlen(url) + blen + 2;
+        key = malloc(n);
+        if (key)
+            snprintf(key, n, "%s\n%.*s", url, (int)blen, body ? body : "");
+    }
+    if (null) {
+        /* Nothing to look up with. */
+        if (E->on_missing == MISSING_KEEP) {
+            rc = pb_proc_emit(io, in, pb_proc_outputs(io));
+            in = jv_invalid();
+        } else if (E->on_missing == MISSING_DEAD) {
+            rc = pb_err_set(err, PB_ENOTFOUND, "the key or a URL part is null");
+        }
+        goto out;
+    }
+    if (!key || strlen(key) > KEY_MAX) {
+        rc = key ? pb_err_set(err, PB_ETOOBIG, "the cache key is longer than %d bytes", KEY_MAX)
+                 : pb_err_set(err, PB_ENOMEM, "out of memory");
+        goto out;
+    }
+    int64_t now = pb_now_ms();
+    struct ec_entry *e = ec_get(&E->ec, key, strlen(key), now);
+    if (e && e->state == EC_FOUND) {
+        jv res[2];
+        size_t n = 0;
+        jv arg = jv_array_append(jv_array_append(jv_array(), in), jv_copy(e->answer));
+        in = jv_invalid();
+        rc = pb_jq_run_meta(E->into_q, arg, jv_copy(meta), res, 2, &n, err);
+        if (rc == 0 && n == 1)
+            rc = pb_proc_emit(io, res[0], pb_proc_outputs(io));
+        else if (rc == 0 && n > 1) {
+            for (size_t i = 0; i < n; i++)
+                jv_free(res[i]);
+            rc = pb_err_set(err, PB_EJQ, "into produced %zu values; expected one", n);
+        } else if (rc) {
+            char m[PB_ERR_MSG_MAX];
+            snprintf(m, sizeof(m), "%s", err->msg);
+            pb_err_set(err, rc, "into: %s", m);
+        }
+        goto out;
+    }
+    if (e && e->state == EC_MISSING) {
+        if (E->on_missing == MISSING_KEEP) {
+            rc = pb_proc_emit(io, in, pb_proc_outputs(io));
+            in = jv_invalid();
+        } else if (E->on_missing == MISSING_DEAD) {
+            rc = pb_err_set(err, PB_ENOTFOUND, "nothing found for %s (cached)", url);
+        }
+        goto out;
+    }
+    struct pb_proc_wait *pw = pb_proc_park(io);
+    if (!pw) {
+        rc = pb_err_set(err, PB_EINVAL, "this route stage cannot wait for a lookup");
+        goto out;
+    }
+    struct waiter *w = calloc(1, sizeof(*w));
+    struct lookup *L = e ? e->user : calloc(1, sizeof(*L));
+    if (w && L && !e) {
+        L->E = E;
+        L->url = url;
+        L->body = body;
+        L->blen = blen;
+        url = body = NULL;
+        L->e = ec_add_pending(&E->ec, key, strlen(key));
+    }
+    if (!w || !L || !L->e) {
+        free(w);
+        if (!e && L)
+            lookup_free(L);
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        pb_proc_resume(pw, PB_EAGAIN, err);
+        goto out;
+    }
+    w->w = pw;
+    w->msg = in;
+    in = jv_invalid();
+    w->meta = jv_copy(meta);
+    w->outs = pb_proc_outputs(io);
+    if (!e) {
+        L->e->user = L;
+        if (E->qtail)
+            E->qtail->qnext = L;
+        else
+            E->qhead = L;
+        E->qtail = L;
+    }
+    w->next = L->waiters;
+    L->waiters = w;
+    pump(E);
+    rc = 0;
+out:
+    jv_free(in);
+    free(url);
+    free(body);
+    free(key);
+    return rc;
+}
+
+/* ---- life cycle ------------------------------------------------------------------------- */
+
+static bool header_ok(const char *name, const char *value)
+{
+    if (!*name)
+        return false;
+    for (const char *s = name; *s; s++)
+        if (!(*s == '-' || *s == '_' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
+              (*s >= 'A' && *s <= 'Z')))
+            return false;
+    for (const char *s = value; *s; s++)
+        if ((unsigned char)*s < 0x20 && *s != '\t')
+            return false;
+    return true;
+}
+
+/* A jq program wrapped so that it runs on [message, answer] as the message
+ * with $answer bound. */
+static struct pb_jq *compile_into(const char *prog, struct pb_err *err)
+{
+    size_t n = strlen(prog) + 64;
+    char *w = malloc(n);
+    if (!w) {
+        pb_err_set(err, PB_ENOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(w, n, ". as [$__pb_msg, $answer] | $__pb_msg | (%s\n)", prog);
+    struct pb_jq *q = pb_jq_compile(w, err);
+    free(w);
+    return q;
+}
+
+static int compile_opt(const char *prog, const char *def, struct pb_jq **q, const char *what,
+                       struct pb_err *err)
+{
+    if (!prog)
+        prog = def;
+    if (!prog)
+        return 0;
+    *q = pb_jq_compile(prog, err);
+    if (*q)
+        return 0;
+    char m[PB_ERR_MSG_MAX];
+    snprintf(m, sizeof(m), "%s", err->msg);
+    return pb_err_set(err, PB_ECONFIG, "enrich: %s: %s", what, m);
+}
+
+static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *err)
+{
+    struct enrich *E = ctx;
+    int rc;
+    snprintf(E->pipeline, sizeof(E->pipeline), "%s", env->pipeline);
+    if (strncasecmp(E->url, "http://", 7) != 0 && strncasecmp(E->url, "https://", 8) != 0)
+        return pb_err_set(err, PB_ECONFIG, "enrich: url \"%s\" must start with http:// or https://",
+                          E->url);
+    if ((rc = tmpl_parse(&E->url_t, E->url, err)) != 0)
+        return rc;
+    if ((rc = compile_opt(E->key, NULL, &E->key_q, "key", err)) ||
+        (rc = compile_opt(E->answer, E->graphql.query ? ".data" : ".", &E->answer_q, "answer",
+                          err)) ||
+        (rc = compile_opt(E->body, NULL, &E->body_q, "body", err)) ||
+        (rc = compile_opt(E->graphql.query ? E->graphql.variables : NULL, NULL, &E->vars_q,
+                          "graphql.variables", err)))
+        return rc;
+    if (E->body && E->graphql.query)
+        return pb_err_set(err, PB_ECONFIG, "enrich: body and graphql exclude each other");
+    if (E->body && E->method != 1)
+        return pb_err_set(err, PB_ECONFIG, "enrich: a body needs method: POST");
+    E->into_q = compile_into(E->into, err);
+    if (!E->into_q) {
+        char m[PB_ERR_MSG_MAX];
+        snprintf(m, sizeof(m), "%s", err->msg);
+        return pb_err_set(err, PB_ECONFIG, "enrich: into: %s", m);
+    }
+    int nauth =
+        (E->auth.bearer != NULL) + (E->auth.basic.user != NULL) + (E->auth.api_key.value != NULL);
+    if (nauth > 1)
+        return pb_err_set(err, PB_ECONFIG, "enrich: auth takes one of bearer, basic or api_key");
+    if (E->headers.n + 1 > MAX_HEADERS)
+        return pb_err_set(err, PB_ECONFIG, "enrich: too many headers (at most %d)",
+                          MAX_HEADERS - 1);
+    for (size_t i = 0; i < E->headers.n; i++) {
+        if (!header_ok(E->headers.keys[i], E->headers.vals[i]))
+            return pb_err_set(err, PB_ECONFIG, "enrich: header \"%s\" has a bad name or value",
+                              E->headers.keys[i]);
+        E->statics[E->nstatic++] = (struct pb_http_header){E->headers.keys[i], E->headers.vals[i]};
+    }
+    if (E->auth.bearer) {
+        size_t n = strlen(E->auth.bearer) + 8;
+        if (!(E->auth_value = malloc(n)))
+            return pb_err_set(err, PB_ENOMEM, "out of memory");
+        snprintf(E->auth_value, n, "Bearer %s", E->auth.bearer);
+        E->statics[E->nstatic++] = (struct pb_http_header){"Authorization", E->auth_value};
+    } else if (E->auth.api_key.value) {
+        if (!header_ok(E->auth.api_key.header, ""))
+            return pb_err_set(err, PB_ECONFIG, "enrich: api_key header \"%s\" is not a name",
+                              E->auth.api_key.header);
+        E->statics[E->nstatic++] =
+            (struct pb_http_header){E->auth.api_key.header, E->auth.api_key.value};
+    }
+    struct pb_allowlist *own = pb_allowlist_create(&E->outbound.allow, err);
+    if (!own)
+        return err->code ? err->code : PB_ECONFIG;
+    E->allow = pb_allowlist_merge(env->allow, own);
+    pb_allowlist_destroy(own);
+    if (!E->allow)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    if (ec_init(&E->ec, (size_t)E->cache.max_entries, E->cache.max_bytes) != 0)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    E->http = env->http;
+    return 0;
+}
+
+static void enrich_destroy(void *ctx)
+{
+    struct enrich *E = ctx;
+    if (!E)
+        return;
+    if (E->ec.buckets && (E->ec.hits || E->ec.misses || E->requests))
+        PB_INFO("enrich cache pipeline=%s hits=%llu misses=%llu evictions=%llu requests=%llu",
+                E->pipeline, (unsigned long long)E->ec.hits, (unsigned long long)E->ec.misses,
+                (unsigned long long)E->ec.evictions, (unsigned long long)E->requests);
+    ec_cleanup(&E->ec);
+    tmpl_free(&E->url_t);
+    pb_jq_destroy(E->key_q);
+    pb_jq_destroy(E->answer_q);
+    pb_jq_destroy(E->into_q);
+    pb_jq_destroy(E->body_q);
+    pb_jq_destroy(E->vars_q);
+    pb_allowlist_destroy(E->allow);
+    free(E->auth_value);
+    E->key_q = E->answer_q = E->into_q = E->body_q = E->vars_q = NULL;
+    E->allow = NULL;
+    E->auth_value = NULL;
+}
+
+const struct pb_processor_plugin pb_proc_enrich = {
+    .name = "enrich",
+    .fields = enrich_fields,
+    .ctx_size = sizeof(struct enrich),
+    .init = enrich_init,
+    .process = enrich_process,
+    .destroy = enrich_destroy,
+};
