@@ -470,6 +470,11 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return reply_error(r, 405, "method not allowed");
         return get_inputs(e, r);
     }
+    if (strcmp(path, "/api/nodes") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        return pb__admin_get_nodes(e, r);
+    }
     if (strcmp(path, "/api/pipelines") == 0) {
         if (!get)
             return reply_error(r, 405, "method not allowed");
