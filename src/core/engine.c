@@ -338,6 +338,9 @@ int pb_engine_run(const struct pb_run_opts *ro)
     pb_store_opts_default(&so);
     so.ingest_queue_max = (size_t)e.cfg->limits.ingest_queue;
     so.version = PB_VERSION;
+    so.node = e.cfg->cluster.node;
+    so.lease_ms = e.cfg->cluster.lease_ms;
+    so.heartbeat_ms = e.cfg->cluster.heartbeat_ms;
     /* A reload re-opens the store this process has just closed cleanly: the
      * full read of quick_check (seconds on a large store, while clients wait
      * in the listen queue) finds nothing new. The log is still checked. */

@@ -48,6 +48,18 @@ struct pb_outbound_conf {
     struct pb_strlist allow;
 };
 
+/* cluster: this process as a node of a shared (PostgreSQL) state store. */
+struct pb_cluster_conf {
+    char *node; /* NULL: host name and pid */
+    int64_t lease_ms, heartbeat_ms;
+};
+extern const struct pb_field pb__cluster_fields[];
+struct pb_node;
+struct pb_config;
+/* config_cluster.c: 0, or PB_ECONFIG with e set at the section. */
+int pb__config_check_cluster(const struct pb_config *c, const struct pb_node *root,
+                             struct pb_err *e);
+
 struct pb_config {
     struct pb_conf_doc *doc;
     char *path;
@@ -56,6 +68,7 @@ struct pb_config {
     char *state;
     struct pb_outbound_conf outbound;
     struct pb_limits_conf limits;
+    struct pb_cluster_conf cluster;
     int64_t retention_ms;
     int64_t shutdown_timeout_ms;
     const struct pb_node *pipelines_node;

@@ -3,7 +3,8 @@ test_store.c, every op of the writer, the reads, migrations, two nodes
 racing on one idempotency key) run against a throwaway PostgreSQL cluster
 this module starts, each test in a schema of its own; and the daemon on it:
 delivery across a kill -9, `patchbay migrate` and the refusal of an older
-schema, /ready while the database is down."""
+schema, /ready while the database is down, /api/nodes, and a second node
+taking over what a killed one held."""
 
 import json
 import os
@@ -156,6 +157,85 @@ def ready_false_while_the_database_is_down():
     st, _, _ = pb.post("/in", {"n": 1})
     check_eq(st, 202, "ingest once the database is back")
     wait_until(lambda: len(sink.records()) >= 1, scaled(30), "delivery once the database is back")
+    pb.term()
+
+
+TWO = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: "%(state)s"
+cluster: { node: %(node)s, lease: 1500ms, heartbeat: 250ms }
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  orders:
+    input:
+      http_server: { path: /in }
+    outputs:
+      sink:
+        http:
+          url: "%(sink)s/charges"
+          retry: { max_attempts: 1000, initial: 50ms, max: 300ms }
+"""
+
+
+def nodes(pb):
+    st, doc = pb.admin("GET", "/api/nodes")
+    check_eq(st, 200, f"GET /api/nodes: {doc}")
+    return {n["name"]: n for n in doc["nodes"]}, doc
+
+
+@test
+def a_killed_nodes_work_is_taken_over_by_another():
+    sink = start_sink()
+    state = state_url("two")
+    alpha = Patchbay(TWO % {"state": state, "node": "alpha", "sink": sink.url})
+    beta = Patchbay(TWO % {"state": state, "node": "beta", "sink": sink.url})
+    wait_until(lambda: set(nodes(alpha)[0]) >= {"alpha", "beta"}, scaled(10),
+               "both nodes in /api/nodes")
+    by_name, doc = nodes(alpha)
+    check_eq(doc["self"], "alpha", "self")
+    check(doc["clustered"] and doc["live"] == 2, f"/api/nodes: {doc}")
+    check(by_name["alpha"]["self"] and not by_name["beta"]["self"], f"{by_name}")
+    check_eq(by_name["beta"]["state"], "live", "beta's state")
+    # beta takes 20 messages its partner refuses: it holds them, retrying.
+    sink.set_mode(status=503)
+    for i in range(20):
+        st, _, _ = beta.post("/in", {"n": i})
+        check_eq(st, 202, f"POST {i} to beta")
+    wait_until(lambda: nodes(alpha)[0]["beta"]["leases"] == 20, scaled(10),
+               "beta holds the 20 deliveries")
+    beta.kill9()
+    sink.set_mode(status=200)
+
+    def delivered():
+        return {json.loads(r["body"])["n"] for r in sink.records() if r["status"] == 200}
+
+    wait_until(lambda: delivered() == set(range(20)), scaled(30),
+               "alpha delivers what the killed beta held")
+    wait_until(lambda: nodes(alpha)[0]["beta"]["state"] == "dead", scaled(10),
+               "beta presumed dead")
+    check_eq(nodes(alpha)[0]["beta"]["leases"], 0, "beta holds nothing")
+    alpha.term()
+
+
+@test
+def cluster_settings_are_checked():
+    conf = TWO.replace("lease: 1500ms", "lease: 500ms")
+    pb = Patchbay(conf % {"state": state_url("lint"), "node": "x", "sink": "http://127.0.0.1:9"},
+                  start=False)
+    r = run_cli("lint", pb.config_path)
+    check_eq(r.returncode, 1, f"lint: {r.stdout} {r.stderr}")
+    check("cluster.lease must be at least three heartbeats" in r.stderr, r.stderr)
+
+
+@test
+def api_nodes_on_sqlite_is_this_process():
+    sink = start_sink()
+    pb = Patchbay(CONF % {"state": "sqlite:@DIR@/state.db", "sink": sink.url})
+    by_name, doc = nodes(pb)
+    check(not doc["clustered"] and doc["live"] == 1, f"/api/nodes: {doc}")
+    check_eq(len(by_name), 1, "one node")
+    n = by_name[doc["self"]]
+    check(n["self"] and n["state"] == "live" and n["holds"] == [], f"{n}")
     pb.term()
 
 
