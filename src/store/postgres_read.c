@@ -70,12 +70,15 @@ void pb__pg_readers_close(struct pgq *q)
 }
 
 /* One statement, binary results. */
-static int rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *const *vals,
-              PGresult **out, struct pb_err *err)
+static int rq_once(struct pgq *q, struct pgc *c, const char *sql, int n, const char *const *vals,
+                   PGresult **out, bool *lost, struct pb_err *err)
 {
     *out = NULL;
-    if (!PQsendQueryParams(c->conn, sql, n, NULL, vals, NULL, NULL, 1))
+    *lost = false;
+    if (!PQsendQueryParams(c->conn, sql, n, NULL, vals, NULL, NULL, 1)) {
+        *lost = PQstatus(c->conn) != CONNECTION_OK;
         return pb_err_set(err, PB_ESTORE, "state store read failed: %s", PQerrorMessage(c->conn));
+    }
     PGresult *res, *keep = NULL;
     int rc = 0, bad = 0;
     char msg[PB_ERR_MSG_MAX] = "";
@@ -89,13 +92,32 @@ static int rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *
     }
     if (rc || bad) {
         PQclear(keep);
-        if (rc)
-            atomic_store(&q->reachable, false);
+        *lost = (rc && rc != PB_ETIMEOUT) || PQstatus(c->conn) != CONNECTION_OK;
         return pb_err_set(err, rc ? rc : bad, "state store read failed (%s): %s", q->display,
                           rc ? (rc == PB_ETIMEOUT ? "no answer in time" : "connection lost") : msg);
     }
     *out = keep;
     return 0;
+}
+
+/* One statement on a reader connection. A pooled connection the server
+ * has ended since (restarted, a presumed-dead node's sessions terminated)
+ * fails at once: outside a transaction the statement is run again on a new
+ * connection, once. */
+static int rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *const *vals,
+              PGresult **out, struct pb_err *err)
+{
+    bool idle = PQtransactionStatus(c->conn) == PQTRANS_IDLE;
+    bool lost = false;
+    int rc = rq_once(q, c, sql, n, vals, out, &lost, err);
+    if (rc && lost && idle && pb__pg_connect(q, c, "reader", NULL) == 0) {
+        rc = rq_once(q, c, sql, n, vals, out, &lost, err);
+        if (rc == 0)
+            pb_err_clear(err);
+    }
+    if (rc && lost)
+        atomic_store(&q->reachable, false);
+    return rc;
 }
 
 static const char *txt(const PGresult *r, int row, int col)
