@@ -40,6 +40,7 @@ def run_once(pb, timeout=60):
     pb.start(wait_ready=False)
     code = pb.proc.wait(timeout=scaled(timeout))
     check_eq(code, 0, f"run --once exit code: {pb.log()[-1500:]}")
+    pb.run_args = []  # a later pb.start() runs the daemon, not another --once
 
 
 def lines(path):

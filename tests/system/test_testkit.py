@@ -62,13 +62,19 @@ def every_example_ships_tests_and_they_pass():
     configs = sorted(glob.glob(os.path.join(ROOT, "examples", "*", "patchbay.yaml")))
     check(len(configs) >= 2, f"examples: {configs}")
     for cfg in configs:
-        r = pbtest(cfg)
+        # From the repository root, as each example's README runs it (its
+        # paths, such as shop-sync's schema, are relative to it).
+        r = pbtest(cfg, cwd=ROOT)
         log(r.stdout)
         check_eq(r.returncode, 0, f"{cfg}:\n{r.stdout}{r.stderr}")
         passed, failed = summary(r.stdout)
         check(passed >= 3 and failed == 0, f"{cfg}: {passed} passed, {failed} failed")
         check_eq(len([l for l in r.stdout.splitlines() if l.startswith("ok ")]), passed,
                  "one line per case")
+    # The ones that reach out are tested with mocked answers, and pass.
+    r = pbtest(os.path.join(ROOT, "examples", "shop-sync", "patchbay.yaml"), "--verbose",
+               "--run", "tier from the CRM", cwd=ROOT)
+    check(r.returncode == 0 and '"tier":"gold"' in r.stdout, r.stdout)
 
 
 # ---- every processor -------------------------------------------------------------------
@@ -292,6 +298,141 @@ cases:
     r = pbtest(cfg)
     check(r.returncode == 1 and f'{bad}:5:13: mock: "lookup" is neither outputs nor a processor'
           in r.stdout, r.stdout)
+
+
+ENRICH = """
+server: { listen: "127.0.0.1:0" }
+state: "sqlite:STATE/state.db"
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  rest:
+    input: { http_server: { path: /in } }
+    process:
+      - enrich:
+          url: 'SINK/customers/{{ .customer }}'
+          key: .customer
+          auth: { bearer: crm-secret-token }
+          into: '.tier = $answer.tier'
+          on_missing: dead_letter
+    outputs:
+      erp: { http: { url: "SINK/erp" } }
+  graph:
+    input: { http_server: { path: /g } }
+    process:
+      - enrich:
+          url: 'SINK/graphql'
+          graphql:
+            query: 'query($id: ID!) { customer(id: $id) { tier } }'
+            variables: '{id: .customer}'
+          answer: .data.customer
+          into: '.tier = $answer.tier'
+          on_missing: keep
+    outputs:
+      erp: { http: { url: "SINK/erp" } }
+"""
+
+ENRICH_TESTS = r"""
+cases:
+  - name: the mocked answer to the very request is merged in
+    pipeline: rest
+    input:
+      - { body: { id: 1, customer: c1 } }
+      - { body: { id: 2, customer: c1 } }
+    mock:
+      enrich:
+        - match: { method: GET, url: SINK/customers/c1, key: c1,
+                   headers: { authorization: Bearer crm-secret-token, accept: application/json } }
+          body: { tier: gold }
+        - { when: '.key == "c1"', body: { tier: wrong } }
+    expect:
+      erp: [ { id: 1, customer: c1, tier: gold }, { id: 2, customer: c1, tier: gold } ]
+  - name: a customer nobody mocked
+    pipeline: rest
+    input: { body: { id: 3, customer: c2 } }
+    mock:
+      enrich: [ { match: { key: c1 }, body: { tier: gold } } ]
+    expect:
+      erp: [ { id: 3, customer: c2, tier: gold } ]
+  - name: 404 and a null answer follow on_missing; no case sees another's answers
+    pipeline: rest
+    input:
+      - { body: { id: 4, customer: gone } }
+      - { body: { id: 5, customer: nul } }
+      - { body: { id: 13, customer: c1 } }
+    mock:
+      enrich:
+        - { match: { key: gone }, status: 404 }
+        - { match: { key: nul }, raw: 'null' }
+        - { match: { key: c1 }, status: 410 }
+    dead_letter:
+      - "nothing found (HTTP 404 from SINK/customers/gone)"
+      - "nothing found (the answer from SINK/customers/nul is null)"
+      - "nothing found (HTTP 410 from SINK/customers/c1)"
+    expect:
+      erp: nothing
+  - name: an outage, no answer and a broken answer fail the message with the reason
+    pipeline: rest
+    input:
+      - { body: { id: 6, customer: a } }
+      - { body: { id: 7, customer: b } }
+      - { body: { id: 8, customer: c } }
+      - { body: { id: 9, customer: d } }
+    mock:
+      enrich:
+        - { match: { key: a }, status: 503, body: { error: maintenance } }
+        - { match: { key: b }, error: timeout }
+        - { match: { key: c }, raw: '<html>' }
+        - { match: { key: d }, status: 400 }
+    dead_letter:
+      - "process step 1 (enrich): lookup failed: HTTP 503 from SINK/customers/a"
+      - "lookup failed: timeout (SINK/customers/b)"
+      - "lookup answer is not JSON"
+      - "lookup failed: HTTP 400 from SINK/customers/d"
+  - name: GraphQL lookups are mocked on their request body; errors fail, null keeps
+    pipeline: graph
+    input:
+      - { body: { id: 10, customer: g1 } }
+      - { body: { id: 11, customer: g2 } }
+      - { body: { id: 12, customer: g3 } }
+    mock:
+      enrich:
+        - match: { method: POST, body: { variables: { id: g1 } }, headers: { content-type: application/json } }
+          body: { data: { customer: { tier: silver } } }
+        - match: { body: { variables: { id: g2 } } }
+          body: { data: null, errors: [ { message: "customer g2 is locked" } ] }
+        - match: { body: { variables: { id: g3 } } }
+          body: { data: { customer: null } }
+    dead_letter: "GraphQL error: customer g2 is locked"
+    expect:
+      erp: [ { id: 10, customer: g1, tier: silver }, { id: 12, customer: g3 } ]
+"""
+
+
+@test
+def mocked_enrich_answers_are_used_and_a_missing_one_fails_the_case():
+    sink = start_sink()
+    d = tmpdir("enrich")
+    state = os.path.join(d, "state")
+    cfg = write(d, "patchbay.yaml", ENRICH.replace("SINK", sink.url).replace("STATE", state))
+    tf = write(d, "patchbay.test.yaml", ENRICH_TESTS.replace("SINK", sink.url))
+    r = pbtest(cfg)
+    log(r.stdout)
+    check_eq(r.returncode, 1, f"exit status: {r.stdout}{r.stderr}")
+    check_eq(summary(r.stdout), (4, 1), "cases")
+    for name in ("the mocked answer to the very request", "404 and a null answer",
+                 "an outage, no answer", "GraphQL lookups are mocked"):
+        check(f"ok   {name}" in r.stdout, f"case {name!r} passes")
+    # The unmocked lookup fails its case, saying which request had no answer.
+    check(f"FAIL a customer nobody mocked ({tf}:" in r.stdout, "the failing case")
+    want = (f"unexpected dead letter (item 1): process step 1 (enrich): no mocked answer for "
+            f"enrich GET {sink.url}/customers/c2 (key c2)")
+    check(want in r.stdout, f"missing {want!r}")
+    check(f"mocked requests:\n      enrich GET {sink.url}/customers/c2 (key c2)" in r.stdout,
+          "the requests the case made")
+    check("crm-secret-token" not in r.stdout + r.stderr, "the bearer token is never shown")
+    # Nothing reached the partner, no state was written.
+    check_eq(sink.records(), [], "requests reaching the partner")
+    check(not os.path.exists(state), "no state directory left behind")
 
 
 # ---- --watch -----------------------------------------------------------------------------

@@ -18,6 +18,11 @@
  * 429, 5xx, 401, 403, a body that is not JSON) routes the message again
  * later with backoff; any other status, or GraphQL errors, dead-letters it.
  *
+ * Under `patchbay test` (env->mock set) nothing is sent and nothing parks:
+ * the same request is answered by the test case's mocked answer
+ * (pb_mock_http), classified as a real answer is, and the message handled
+ * at once; the cache is not used, so every case stands on its own.
+ *
  * Threads: everything on the dispatcher's thread (process and the HTTP
  * client's callbacks), so no locks. */
 #include <stdio.h>
@@ -109,6 +114,7 @@ struct enrich {
     struct tmpl url_t;
     struct pb_jq *key_q, *answer_q, *into_q, *body_q, *vars_q;
     struct pb_http_client *http;
+    struct pb_mock *mock; /* under `patchbay test`: answers instead of requests */
     struct pb_allowlist *allow;
     char *auth_value;
     size_t nstatic;
@@ -411,42 +417,51 @@ toolong:
 
 /* ---- answers ------------------------------------------------------------------------ */
 
+/* Handle msg (taken; meta borrowed) with a lookup's outcome: the answer
+ * merged in (state EC_FOUND), on_missing (EC_MISSING), or the failure rc
+ * with why. Takes answer. 0 or a negative code with err. */
+static int apply(struct enrich *E, struct pb_proc_io *io, jv msg, jv meta, pb_outset outs,
+                 enum ec_state state, jv answer, int rc, const char *why, struct pb_err *err)
+{
+    if (rc == 0 && state == EC_MISSING) {
+        if (E->on_missing == MISSING_KEEP) {
+            rc = pb_proc_emit(io, msg, outs);
+            msg = jv_invalid();
+        } else if (E->on_missing == MISSING_DEAD) {
+            rc = pb_err_set(err, PB_ENOTFOUND, "%s", why ? why : "nothing found");
+        } /* drop: emit nothing */
+    } else if (rc == 0) {
+        jv out[2];
+        size_t n = 0;
+        jv in = jv_array_append(jv_array_append(jv_array(), msg), jv_copy(answer));
+        msg = jv_invalid();
+        rc = pb_jq_run_meta(E->into_q, in, jv_copy(meta), out, 2, &n, err);
+        if (rc == 0 && n != 1) {
+            for (size_t i = 0; i < n; i++)
+                jv_free(out[i]);
+            rc = n ? pb_err_set(err, PB_EJQ, "into produced %zu values; expected one", n)
+                   : 0; /* none: dropped on purpose */
+        } else if (rc == 0) {
+            rc = pb_proc_emit(io, out[0], outs);
+        } else {
+            char m[PB_ERR_MSG_MAX];
+            snprintf(m, sizeof(m), "%s", err->msg);
+            pb_err_set(err, rc, "into: %s", m);
+        }
+    } else {
+        pb_err_set(err, rc, "%s", why ? why : pb_strerror(rc));
+    }
+    jv_free(answer);
+    jv_free(msg);
+    return rc;
+}
+
 /* Finish one waiting message with the lookup's outcome. */
 static void finish(struct enrich *E, struct waiter *w, enum ec_state state, jv answer, int rc,
                    const char *why)
 {
     struct pb_err err = {0};
-    struct pb_proc_io *io = pb_proc_wait_io(w->w);
-    if (rc == 0 && state == EC_MISSING) {
-        if (E->on_missing == MISSING_KEEP) {
-            rc = pb_proc_emit(io, w->msg, w->outs);
-            w->msg = jv_invalid();
-        } else if (E->on_missing == MISSING_DEAD) {
-            rc = pb_err_set(&err, PB_ENOTFOUND, "%s", why ? why : "nothing found");
-        } /* drop: emit nothing */
-    } else if (rc == 0) {
-        jv out[2];
-        size_t n = 0;
-        jv in = jv_array_append(jv_array_append(jv_array(), w->msg), jv_copy(answer));
-        w->msg = jv_invalid();
-        rc = pb_jq_run_meta(E->into_q, in, jv_copy(w->meta), out, 2, &n, &err);
-        if (rc == 0 && n != 1) {
-            for (size_t i = 0; i < n; i++)
-                jv_free(out[i]);
-            rc = n ? pb_err_set(&err, PB_EJQ, "into produced %zu values; expected one", n)
-                   : 0; /* none: dropped on purpose */
-        } else if (rc == 0) {
-            rc = pb_proc_emit(io, out[0], w->outs);
-        } else {
-            char m[PB_ERR_MSG_MAX];
-            snprintf(m, sizeof(m), "%s", err.msg);
-            pb_err_set(&err, rc, "into: %s", m);
-        }
-    } else {
-        pb_err_set(&err, rc, "%s", why ? why : pb_strerror(rc));
-    }
-    jv_free(answer);
-    jv_free(w->msg);
+    rc = apply(E, pb_proc_wait_io(w->w), w->msg, w->meta, w->outs, state, answer, rc, why, &err);
     jv_free(w->meta);
     struct pb_proc_wait *pw = w->w;
     free(w);
@@ -503,69 +518,96 @@ static bool graphql_error(jv body, char *why, size_t len)
     return bad;
 }
 
+/* What an answer to the lookup of url means: 0 with *state EC_FOUND and
+ * *answer (with *bytes), or EC_MISSING (not found: on_missing) and
+ * jv_null(); or a failure, with jv_invalid(): PB_EAGAIN (routed again
+ * later) or another code (dead-lettered). why says what happened. */
+static int classify(struct enrich *E, const char *url, const struct pb_http_resp *resp,
+                    enum ec_state *state, jv *answer, size_t *bytes, char *why, size_t len)
+{
+    char safe[200];
+    int st = resp->status;
+    *state = EC_MISSING;
+    *answer = jv_invalid();
+    *bytes = 0;
+    why[0] = 0;
+    if (st == 404 || st == 410) {
+        snprintf(why, len, "nothing found (HTTP %d from %s)", st, url);
+        *answer = jv_null();
+        return 0;
+    }
+    if (st >= 200 && st < 300) {
+        struct pb_err err = {0};
+        jv body, out[1];
+        size_t n = 0;
+        if (pb_jq_parse(resp->body ? resp->body : "", resp->body_len, &body, &err) != 0) {
+            snprintf(why, len, "lookup answer is not JSON: %s", err.msg);
+            return PB_EAGAIN;
+        }
+        if (E->graphql.query && graphql_error(body, why, len)) {
+            jv_free(body);
+            return PB_EINVAL;
+        }
+        if (pb_jq_run(E->answer_q, body, out, 1, &n, &err) != 0) {
+            snprintf(why, len, "answer: %s", err.msg);
+            return PB_EJQ;
+        }
+        if (n == 0 || jv_get_kind(out[0]) == JV_KIND_NULL) {
+            if (n)
+                jv_free(out[0]);
+            snprintf(why, len, "nothing found (the answer from %s is null)", url);
+            *answer = jv_null();
+            return 0;
+        }
+        *state = EC_FOUND;
+        *answer = out[0];
+        *bytes = resp->body_len;
+        return 0;
+    }
+    bool retry = st == 0 || st == 401 || st == 403 || pb_classify_http(st) == PB_RESULT_RETRY;
+    if (st)
+        snprintf(why, len, "lookup failed: HTTP %d from %s: %s", st, url,
+                 pb_log_value(resp->body ? resp->body : "", safe, sizeof(safe)));
+    else
+        snprintf(why, len, "lookup failed: %s (%s)", resp->error ? resp->error : "no answer", url);
+    if (resp->blocked)
+        retry = false;
+    return retry ? PB_EAGAIN : PB_EINVAL;
+}
+
 static void done_cb(void *arg, const struct pb_http_resp *resp)
 {
     struct lookup *L = arg;
     struct enrich *E = L->E;
-    char why[PB_ERR_MSG_MAX + 200], safe[200];
+    char why[PB_ERR_MSG_MAX + 200];
+    enum ec_state state;
+    jv answer;
+    size_t bytes;
     E->inflight--;
-    int st = resp->status;
-    if (st == 404 || st == 410) {
-        snprintf(why, sizeof(why), "nothing found (HTTP %d from %s)", st, L->url);
-        lookup_end(L, EC_MISSING, jv_null(), 0, 0, why);
-    } else if (st >= 200 && st < 300) {
-        struct pb_err err = {0};
-        jv body, out[1];
-        size_t n = 0;
-        if (pb_jq_parse(resp->body, resp->body_len, &body, &err) != 0) {
-            snprintf(why, sizeof(why), "lookup answer is not JSON: %s", err.msg);
-            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EAGAIN, why);
-        } else if (E->graphql.query && graphql_error(body, why, sizeof(why))) {
-            jv_free(body);
-            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EINVAL, why);
-        } else if (pb_jq_run(E->answer_q, body, out, 1, &n, &err) != 0) {
-            snprintf(why, sizeof(why), "answer: %s", err.msg);
-            lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EJQ, why);
-        } else if (n == 0 || jv_get_kind(out[0]) == JV_KIND_NULL) {
-            if (n)
-                jv_free(out[0]);
-            snprintf(why, sizeof(why), "nothing found (the answer from %s is null)", L->url);
-            lookup_end(L, EC_MISSING, jv_null(), 0, 0, why);
-        } else {
-            lookup_end(L, EC_FOUND, out[0], resp->body_len, 0, NULL);
-        }
-    } else {
-        bool retry = st == 0 || st == 401 || st == 403 || pb_classify_http(st) == PB_RESULT_RETRY;
-        if (st)
-            snprintf(why, sizeof(why), "lookup failed: HTTP %d from %s: %s", st, L->url,
-                     pb_log_value(resp->body ? resp->body : "", safe, sizeof(safe)));
-        else
-            snprintf(why, sizeof(why), "lookup failed: %s (%s)",
-                     resp->error ? resp->error : "no answer", L->url);
-        if (resp->blocked)
-            retry = false;
-        lookup_end(L, EC_MISSING, jv_invalid(), 0, retry ? PB_EAGAIN : PB_EINVAL, why);
-    }
+    int rc = classify(E, L->url, resp, &state, &answer, &bytes, why, sizeof(why));
+    lookup_end(L, state, answer, bytes, rc, state == EC_FOUND ? NULL : why);
     pump(E);
 }
 
-static int send_lookup(struct enrich *E, struct lookup *L)
+/* The request for a lookup of url (with body, may be NULL); hdrs has room
+ * for MAX_HEADERS + 4 and must live as long as *req. */
+static void build_req(struct enrich *E, const char *url, const char *body, size_t blen,
+                      struct pb_http_header *hdrs, struct pb_http_req *req)
 {
-    struct pb_http_header hdrs[MAX_HEADERS + 4];
     size_t n = 0;
     hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
     hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
-    if (L->body)
+    if (body)
         hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
     for (size_t i = 0; i < E->nstatic; i++)
         hdrs[n++] = E->statics[i];
-    struct pb_http_req req = {
-        .method = L->body ? "POST" : methods[E->method],
-        .url = L->url,
+    *req = (struct pb_http_req){
+        .method = body ? "POST" : methods[E->method],
+        .url = url,
         .headers = hdrs,
         .nheaders = n,
-        .body = L->body,
-        .len = L->blen,
+        .body = body,
+        .len = blen,
         .timeout_ms = E->timeout_ms,
         .connect_timeout_ms = E->timeout_ms,
         .max_response = (size_t)E->max_response,
@@ -573,6 +615,13 @@ static int send_lookup(struct enrich *E, struct lookup *L)
         .basic_user = E->auth.basic.user,
         .basic_pass = E->auth.basic.password,
     };
+}
+
+static int send_lookup(struct enrich *E, struct lookup *L)
+{
+    struct pb_http_header hdrs[MAX_HEADERS + 4];
+    struct pb_http_req req;
+    build_req(E, L->url, L->body, L->blen, hdrs, &req);
     E->requests++;
     return E->http ? pb_http_client_send(E->http, &req, done_cb, L) : PB_EINVAL;
 }
@@ -624,6 +673,29 @@ static int make_body(struct enrich *E, jv msg, jv meta, char **body, size_t *ble
     return pb_jq_dump(out[0], body, blen, err);
 }
 
+/* Under `patchbay test`: msg (taken) looked up with the case's mocked
+ * answer to the request that would be sent, and handled at once. key is the
+ * `key` option's value (NULL without one). */
+static int mock_lookup(struct enrich *E, struct pb_proc_io *io, jv msg, jv meta, const char *url,
+                       const char *body, size_t blen, const char *key, struct pb_err *err)
+{
+    struct pb_http_header hdrs[MAX_HEADERS + 4];
+    struct pb_http_req req;
+    struct pb_http_resp resp;
+    char why[PB_ERR_MSG_MAX + 200];
+    enum ec_state state;
+    jv answer;
+    size_t bytes;
+    build_req(E, url, body, blen, hdrs, &req);
+    int rc = pb_mock_http(E->mock, "enrich", key, &req, &resp, err);
+    if (rc != 0) {
+        jv_free(msg);
+        return rc;
+    }
+    rc = classify(E, url, &resp, &state, &answer, &bytes, why, sizeof(why));
+    return apply(E, io, msg, meta, pb_proc_outputs(io), state, answer, rc, why, err);
+}
+
 static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err *err)
 {
     struct enrich *E = ctx;
@@ -669,6 +741,11 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
     if (!key || strlen(key) > KEY_MAX) {
         rc = key ? pb_err_set(err, PB_ETOOBIG, "the cache key is longer than %d bytes", KEY_MAX)
                  : pb_err_set(err, PB_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (E->mock) {
+        rc = mock_lookup(E, io, in, meta, url, body, blen, E->key_q ? key : NULL, err);
+        in = jv_invalid();
         goto out;
     }
     int64_t now = pb_now_ms();
@@ -859,6 +936,7 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
     if (ec_init(&E->ec, (size_t)E->cache.max_entries, E->cache.max_bytes) != 0)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
     E->http = env->http;
+    E->mock = env->mock;
     return 0;
 }
 
