@@ -22,7 +22,8 @@ PACKAGES=(build-essential cmake ninja-build pkg-config libmicrohttpd-dev libcurl
 # and temporary directories (never the system's own instances).
 TEST_PACKAGES=(nats-server rabbitmq-server redis-server mosquitto postgresql mariadb-server
     openssh-server openssh-client python3-aiosmtpd openssl libtest-json-schema-acceptance-perl
-    nginx-light systemd dpkg-dev man-db) # nginx for mTLS; systemd-analyze verify, dpkg-shlibdeps, man -l
+    nginx-light systemd dpkg-dev man-db chromium) # nginx for mTLS; systemd-analyze verify, dpkg-shlibdeps, man -l;
+    # chromium for the dashboard's browser tests
 # The bench's broker rows start the brokers the tests use; mosquitto-clients is MQTT's own client.
 BENCH_PACKAGES=(wrk nginx-light nats-server rabbitmq-server redis-server redis-tools mosquitto
     mosquitto-clients)
@@ -58,12 +59,14 @@ ensure_node() {
     ensure_packages nodejs npm
 }
 
-# npm packages the system tests run (each tests/system/<dir> with a
-# package-lock.json: the webhook tests' reference client, the OAuth2 mock
-# server, Prism mocking an OpenAPI spec), installed as locked; the tests also install them on first use.
+# npm packages the tests run (each tests/system/<dir> with a package-lock.json:
+# the webhook tests' reference client, the OAuth2 mock server, Prism mocking an
+# OpenAPI spec; and tests/ui: Playwright, which drives Chromium for the
+# dashboard's browser tests, and Redocly's OpenAPI validator), installed as
+# locked; the tests also install them on first use.
 ensure_npm_packages() {
     local lock dir
-    for lock in tests/system/*/package-lock.json; do
+    for lock in tests/system/*/package-lock.json tests/ui/package-lock.json; do
         dir=$(dirname "$lock")
         [[ -d $dir/node_modules ]] && continue
         say "npm ci in $dir"

@@ -22,8 +22,15 @@ ORDERS = {}
 SEQ = [0]
 
 
+LAST = [0]
+
+
 def now():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # Milliseconds, and never the same twice: a changed order's new updatedAt
+    # is a new version (its dedupe_key is id@updatedAt).
+    ms = max(int(time.time() * 1000), LAST[0] + 1)
+    LAST[0] = ms
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".%03dZ" % (ms % 1000)
 
 
 def make(n):

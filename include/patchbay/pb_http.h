@@ -120,6 +120,9 @@ void pb_http_client_destroy(struct pb_http_client *c);
 int pb_http_client_send(struct pb_http_client *c, const struct pb_http_req *req,
                         pb_http_done_cb done_cb, void *arg);
 size_t pb_http_client_inflight(const struct pb_http_client *c);
+/* The loop the client lives on (its callbacks' thread): for a plugin handed
+ * a client that waits for something else on the same thread. NULL for NULL. */
+struct pb_loop *pb_http_client_loop(const struct pb_http_client *c);
 
 /* Parse a Retry-After value: delta-seconds or an IMF-fixdate HTTP-date.
  * Returns 0 and the delay in ms (>= 0), or PB_EINVAL. Pure. */

@@ -202,6 +202,14 @@ int pb_output_kv_put_wait(struct pb_output *o, const char *key, const void *valu
  * loop once committed or failed. If the call fails, done never runs. */
 int pb_output_kv_put(struct pb_output *o, const char *key, const void *value, size_t len,
                      void (*done)(void *arg, int status), void *arg);
+/* A new message of o's pipeline whose only delivery goes to sub-output sub
+ * (a webhook endpoint's test event): json is its body, its $meta says it is
+ * a test. Committed, then attempted like any other delivery (through the
+ * output's map, with retries, recorded); its id into msg_id. Blocks until
+ * committed: not on the dispatcher's loop. PB_ENOTFOUND without such a
+ * sub-output. */
+int pb_output_sub_send(struct pb_output *o, const char *sub, const char *json, size_t len,
+                       char *msg_id, size_t id_len);
 /* An event: a JSON message into another pipeline, committed like any input's
  * (its input's idempotency rules do not apply). Any thread. */
 int pb_output_emit(struct pb_output *o, const char *pipeline, const char *json, size_t len);
@@ -440,6 +448,9 @@ void pb_input_set_state(struct pb_input *in, enum pb_input_state state, const ch
 void pb_input_set_position(struct pb_input *in, const char *position);
 /* Items waiting at the source (JetStream pending, consumer lag...); -1 unknown. */
 void pb_input_set_lag(struct pb_input *in, int64_t lag);
+/* Bytes the input is behind where its source counts in bytes (a replication
+ * slot's WAL not yet confirmed); -1 unknown. */
+void pb_input_set_lag_bytes(struct pb_input *in, int64_t bytes);
 /* Counters the core cannot see by itself. Any thread. */
 void pb_input_count_received(struct pb_input *in, uint64_t n);
 void pb_input_count_reject(struct pb_input *in, enum pb_reject why);
@@ -480,6 +491,10 @@ struct pb_input_env {
     bool raw;                      /* bodies are not JSON: no map, no process steps */
     bool verifies;                 /* checks senders (patchbay_webhook_verify_failures_total) */
     int64_t idempotency_window_ms; /* how long item keys are remembered (0: not at all) */
+    /* A jq program giving the pipeline's ordering key when the pipeline sets
+     * no ordering.key of its own (postgres_cdc: table + primary key, so the
+     * changes of one row go out in commit order). Static text; NULL: none. */
+    const char *ordering_key;
 };
 
 /* flags */

@@ -1,11 +1,18 @@
 /* api.c - the admin REST API: pipelines, messages and the dead-letter queue.
  *
  *   GET    /api/pipelines
+ *   GET    /api/inputs
+ *   GET    /api/nodes                                   (nodes.c)
+ *   GET    /api/messages?pipeline=&key=&since=&where=... (search.c)
  *   GET    /api/messages/{id}
- *   GET    /api/dead-letters?pipeline=&output=&limit=&after=
+ *   GET    /api/metrics/history?since=                  (history_api.c)
+ *   GET    /api/tail?pipeline=&after=                   (tail_api.c)
+ *   GET    /api/dead-letters?pipeline=&output=&error=&order=&limit=&after=&before= (dead_api.c)
  *   GET    /api/dead-letters/{id}
  *   POST   /api/dead-letters/{id}/replay
- *   POST   /api/dead-letters/replay?pipeline=&output=
+ *   POST   /api/dead-letters/{id}/edit-and-replay       (dead_api.c)
+ *   POST   /api/dead-letters/replay?pipeline=&output=&... (a set, by filter)
+ *   POST   /api/dead-letters/purge?pipeline=&output=&... (dead_api.c)
  *   DELETE /api/dead-letters/{id}
  *
  * Reads go to the store's read connections; changes go through the writer
@@ -13,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "admin/api.h"
 #include "admin/views.h"
@@ -38,7 +46,7 @@ static int reply_error(struct pb_api_resp *r, int status, const char *msg)
     return 0;
 }
 
-static int reply_store_error(struct pb_api_resp *r, const struct pb_err *err)
+int pb_admin_store_error(struct pb_api_resp *r, const struct pb_err *err)
 {
     if (err->code == PB_ENOTFOUND)
         reply_error(r, 404, err->msg[0] ? err->msg : "not found");
@@ -47,10 +55,71 @@ static int reply_store_error(struct pb_api_resp *r, const struct pb_err *err)
     return 0;
 }
 
-static const char *arg(struct pb_http_request *c, const char *name)
+const char *pb_admin_arg(struct pb_http_request *c, const char *name)
 {
     const char *v = pb_http_request_query(c, name);
     return v && *v ? v : NULL;
+}
+
+int pb_admin_parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    bool neg = *s == '-';
+    const char *p = neg ? s + 1 : s;
+    int64_t v = 0;
+    if (!*p || strlen(p) > 18)
+        return -1;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    v = neg ? -v : v;
+    if (v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int pb_admin_parse_time(const char *s, int64_t *ms)
+{
+    if (!s)
+        return -1;
+    if (pb_admin_parse_int(s, 0, INT64_MAX / 2, ms) == 0)
+        return 0;
+    struct tm tm = {0};
+    const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!p)
+        return -1;
+    int64_t frac = 0;
+    if (*p == '.') {
+        int digits = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+            if (digits < 3)
+                frac = frac * 10 + (*p - '0');
+        if (digits == 0)
+            return -1;
+        for (; digits < 3; digits++)
+            frac *= 10;
+    }
+    int64_t offset = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if ((*p == '+' || *p == '-') && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' &&
+               p[2] <= '9' && p[3] == ':' && p[4] >= '0' && p[4] <= '9' && p[5] >= '0' &&
+               p[5] <= '9') {
+        offset = ((p[1] - '0') * 10 + (p[2] - '0')) * 60 + (p[4] - '0') * 10 + (p[5] - '0');
+        if (*p == '-')
+            offset = -offset;
+        p += 6;
+    } else {
+        return -1;
+    }
+    if (*p)
+        return -1;
+    *ms = ((int64_t)timegm(&tm) - offset * 60) * 1000 + frac;
+    return *ms >= 0 ? 0 : -1;
 }
 
 /* Parse a positive decimal id; 0 when not one. */
@@ -89,8 +158,11 @@ static int get_inputs(struct pb_engine *e, struct pb_api_resp *r)
                       (json_int_t)atomic_load(&in->outstanding));
         pthread_mutex_unlock(&in->lock);
         int64_t lag = atomic_load(&in->lag);
+        int64_t lag_bytes = atomic_load(&in->lag_bytes);
         if (o)
             json_object_set_new(o, "lag", lag >= 0 ? json_integer(lag) : json_null());
+        if (o && lag_bytes >= 0)
+            json_object_set_new(o, "lag_bytes", json_integer(lag_bytes));
         if (!o || json_array_append_new(list, o) != 0) {
             json_decref(list);
             return reply_error(r, 500, "out of memory");
@@ -185,8 +257,14 @@ static void output_flow_json(struct pb_pipeline *pl, struct pb_output *o, json_t
         json_object_set_new(oo, "tls", json_pack("{s:b}", "insecure_skip_verify", 1));
 }
 
-static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
+/* ?counts=open: pending and dead only, from their indexes (cheap however
+ * many finished deliveries retention keeps); otherwise every state. */
+static int get_pipelines(struct pb_engine *e, struct pb_http_request *c, struct pb_api_resp *r)
 {
+    const char *counts = pb_admin_arg(c, "counts");
+    bool open_only = counts && strcmp(counts, "open") == 0;
+    if (counts && !open_only)
+        return reply_error(r, 400, "counts: open, or leave it out for every state");
     json_t *by_name = json_object();
     json_t *list = json_array();
     if (!by_name || !list)
@@ -216,6 +294,8 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
                           (json_int_t)atomic_load(&o->filtered), "concurrency",
                           (json_int_t)o->sq.concurrency));
             json_t *oo = json_object_get(outs, o->name);
+            json_object_set_new(oo, "routed_away_total",
+                                json_integer((json_int_t)atomic_load(&o->routed_away)));
             char detail[256];
             pb__output_detail(o, detail, sizeof(detail));
             json_object_set_new(oo, "state",
@@ -224,14 +304,20 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
                 json_object_set_new(oo, "detail", json_string(detail));
             output_flow_json(pl, o, oo);
         }
+        if (pb_admin_pipeline_shape(e, pl, p) != 0)
+            goto oom;
         json_object_set_new(by_name, pl->name, p);
     }
     struct count_ctx cc = {.e = e, .pipelines = by_name};
     struct pb_err err = {0};
-    if (pb_store_count(e->store, count_cb, &cc, &err) != 0) {
+    int crc = open_only ? pb_store_count_pending(e->store, count_cb, &cc, &err)
+                        : pb_store_count(e->store, count_cb, &cc, &err);
+    if (crc == 0 && open_only)
+        crc = pb_store_count_dead(e->store, count_cb, &cc, &err);
+    if (crc != 0) {
         json_decref(by_name);
         json_decref(list);
-        reply_store_error(r, &err);
+        pb_admin_store_error(r, &err);
         return 0;
     }
     /* Emit in configuration order, outputs as arrays. */
@@ -240,8 +326,16 @@ static int get_pipelines(struct pb_engine *e, struct pb_api_resp *r)
         json_t *p = json_object_get(by_name, pl->name);
         json_t *outs = json_object_get(p, "outputs_by_name");
         json_t *arr = json_array();
-        for (size_t j = 0; j < pl->nouts; j++)
-            json_array_append(arr, json_object_get(outs, pl->outs[j].name));
+        for (size_t j = 0; j < pl->nouts; j++) {
+            json_t *oo = json_object_get(outs, pl->outs[j].name);
+            if (open_only) {
+                /* Not counted: absent rather than a wrong 0. */
+                json_object_del(oo, "delivered");
+                json_object_del(oo, "filtered");
+                json_object_del(oo, "replayed");
+            }
+            json_array_append(arr, oo);
+        }
         json_t *copy = json_copy(p);
         json_object_del(copy, "outputs_by_name");
         json_object_set_new(copy, "outputs", arr);
@@ -260,7 +354,7 @@ oom:
 /* Why a replay of a dead letter to pipeline/output ("output/sub" for a
  * sub-output) would wait unseen for ever, or NULL when it has somewhere to
  * go. */
-static const char *replay_refusal(struct pb_engine *e, const char *pipeline, const char *output)
+const char *pb_admin_replay_refusal(struct pb_engine *e, const char *pipeline, const char *output)
 {
     if (strcmp(output, PB_INPUT_OUTPUT) == 0)
         return "it was never taken in (its body cannot be carried); post a corrected copy";
@@ -283,9 +377,10 @@ static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
     struct pb_err err = {0};
     json_t *dead = pb_admin_dead_letter_json(e->store, id, &err);
     if (!dead)
-        return reply_store_error(r, &err);
-    const char *why = replay_refusal(e, json_string_value(json_object_get(dead, "pipeline")),
-                                     json_string_value(json_object_get(dead, "output")));
+        return pb_admin_store_error(r, &err);
+    const char *why =
+        pb_admin_replay_refusal(e, json_string_value(json_object_get(dead, "pipeline")),
+                                json_string_value(json_object_get(dead, "output")));
     if (why) {
         char msg[256];
         snprintf(msg, sizeof(msg), "cannot replay dead letter %lld: %s", (long long)id, why);
@@ -305,12 +400,8 @@ static int replay_one(struct pb_engine *e, int64_t id, struct pb_api_resp *r)
         reply_error(r, 503, pb_strerror(rc));
         return 0;
     }
-    struct pb_pipeline *pl = pb_engine_pipeline(e, op.u.replay.pipeline);
-    struct pb_output *o = pl ? pb_pipeline_output(pl, op.u.replay.output) : NULL;
-    if (o) {
-        atomic_fetch_add(&o->backlog, 1);
-        pb_dispatcher_notify_store(e->disp, o);
-    } else {
+    /* The output, a sub-output ("out/sub") or the route stage pages it in. */
+    if (!pb_engine_store_gained(e, op.u.replay.pipeline, op.u.replay.output, 1)) {
         PB_WARN("replayed a dead letter of an output no longer configured pipeline=%s output=%s "
                 "delivery_id=%lld",
                 op.u.replay.pipeline, op.u.replay.output, (long long)id);
@@ -376,8 +467,8 @@ static void collect_cb(struct pb_output *o, void *arg)
 
 static int replay_all(struct pb_engine *e, struct pb_http_request *c, struct pb_api_resp *r)
 {
-    const char *pipeline = arg(c, "pipeline");
-    struct collect col = {.output = arg(c, "output")};
+    const char *pipeline = pb_admin_arg(c, "pipeline");
+    struct collect col = {.output = pb_admin_arg(c, "output")};
     int64_t total = 0;
     int rc = 0;
     /* The outputs first (under their locks), the replays after (outside them). */
@@ -457,6 +548,69 @@ static bool plugin_route(struct pb_engine *e, struct pb_http_request *c, const c
     return false;
 }
 
+struct raw_body {
+    char *data, *content_type;
+    size_t len;
+    bool routed, found, oom;
+};
+
+static int raw_cb(void *arg, const struct pb_message_row *m)
+{
+    struct raw_body *b = arg;
+    const void *src = b->routed && m->routed ? m->routed_body : m->body;
+    size_t len = b->routed && m->routed ? m->routed_len : m->len;
+    b->found = true;
+    b->data = malloc(len ? len : 1);
+    b->content_type = m->content_type ? strdup(m->content_type) : NULL;
+    if (!b->data || (m->content_type && !b->content_type)) {
+        b->oom = true;
+        return 1;
+    }
+    memcpy(b->data, src, len);
+    b->len = len;
+    return 1; /* nothing more is needed */
+}
+
+/* GET /api/messages/{id}/body[?routed=true]: the body as received (or as
+ * the route stage made it), with the message's content type. */
+static bool message_body(struct pb_engine *e, struct pb_http_request *c, const char *path,
+                         struct pb_api_resp *r)
+{
+    char id[PB_MSG_ID_MAX];
+    size_t n = strlen(path) - 14 - 5;
+    if (strcmp(pb_http_request_method(c), "GET") != 0) {
+        reply_error(r, 405, "method not allowed");
+        return false;
+    }
+    if (n == 0 || n >= sizeof(id) || memchr(path + 14, '/', n)) {
+        reply_error(r, 404, "no such message");
+        return false;
+    }
+    memcpy(id, path + 14, n);
+    id[n] = 0;
+    const char *routed = pb_admin_arg(c, "routed");
+    struct raw_body b = {.routed = routed && strcmp(routed, "true") == 0};
+    struct pb_read_cbs cb = {.arg = &b, .message = raw_cb};
+    struct pb_err err = {0};
+    int rc = pb_store_read_message(e->store, id, &cb, &err);
+    if (!b.found || b.oom) {
+        free(b.data);
+        free(b.content_type);
+        if (b.oom)
+            reply_error(r, 500, "out of memory");
+        else
+            pb_admin_store_error(r, rc ? &err : &(struct pb_err){.code = PB_ENOTFOUND});
+        return false;
+    }
+    struct pb_http_header h[] = {{"Cache-Control", "no-store"},
+                                 {"X-Content-Type-Options", "nosniff"}};
+    pb_http_respond(c, 200, b.content_type ? b.content_type : "application/json", b.data, b.len, h,
+                    2);
+    free(b.data);
+    free(b.content_type);
+    return true;
+}
+
 static int handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                   const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
@@ -478,7 +632,17 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
     if (strcmp(path, "/api/pipelines") == 0) {
         if (!get)
             return reply_error(r, 405, "method not allowed");
-        return get_pipelines(e, r);
+        return get_pipelines(e, c, r);
+    }
+    if (strcmp(path, "/api/messages") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        return pb_admin_search(e, c, r);
+    }
+    if (strcmp(path, "/api/metrics/history") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        return pb_admin_history(e, c, r);
     }
     if (strncmp(path, "/api/messages/", 14) == 0) {
         if (!get)
@@ -488,35 +652,27 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return reply_error(r, 404, "no such message");
         json_t *m = pb_admin_message_json(e->store, id, &err);
         if (!m)
-            return reply_store_error(r, &err);
+            return pb_admin_store_error(r, &err);
         return reply(r, 200, m);
     }
     if (strcmp(path, "/api/dead-letters") == 0) {
         if (!get)
             return reply_error(r, 405, "method not allowed");
-        const char *lim = arg(c, "limit"), *after = arg(c, "after");
-        int limit = 100;
-        int64_t after_id = 0;
-        if (lim) {
-            int64_t v = parse_id(lim, strlen(lim));
-            if (v < 1 || v > 1000)
-                return reply_error(r, 400, "limit must be 1..1000");
-            limit = (int)v;
-        }
-        if (after) {
-            after_id = parse_id(after, strlen(after));
-            if (after_id < 1)
-                return reply_error(r, 400, "after must be a delivery id");
-        }
-        json_t *l = pb_admin_dead_letters_json(e->store, arg(c, "pipeline"), arg(c, "output"),
-                                               after_id, limit, &err);
-        if (!l)
-            return reply_store_error(r, &err);
-        return reply(r, 200, l);
+        return pb_admin_dead_list(e, c, r);
+    }
+    if (strcmp(path, "/api/dead-letters/purge") == 0) {
+        if (!post)
+            return reply_error(r, 405, "method not allowed");
+        return pb_admin_dead_bulk(e, c, true, r);
     }
     if (strcmp(path, "/api/dead-letters/replay") == 0) {
         if (!post)
             return reply_error(r, 405, "method not allowed");
+        /* By output alone: the store picks them, a batch per transaction.
+         * With other filters: the set the list shows, by id. */
+        if (pb_admin_arg(c, "since") || pb_admin_arg(c, "until") || pb_admin_arg(c, "error") ||
+            pb_admin_arg(c, "status"))
+            return pb_admin_dead_bulk(e, c, false, r);
         return replay_all(e, c, r);
     }
     if (strncmp(path, "/api/dead-letters/", 18) == 0) {
@@ -527,11 +683,12 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
         if (id < 1)
             return reply_error(r, 404, "no such dead letter");
         if (slash) {
-            if (strcmp(slash, "/replay") != 0)
+            bool edit = strcmp(slash, "/edit-and-replay") == 0;
+            if (strcmp(slash, "/replay") != 0 && !edit)
                 return reply_error(r, 404, "no such endpoint");
             if (!post)
                 return reply_error(r, 405, "method not allowed");
-            return replay_one(e, id, r);
+            return edit ? pb_admin_edit_replay(e, id, c, r) : replay_one(e, id, r);
         }
         if (del)
             return purge_one(e, id, r);
@@ -539,7 +696,7 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return reply_error(r, 405, "method not allowed");
         json_t *d = pb_admin_dead_letter_json(e->store, id, &err);
         if (!d)
-            return reply_store_error(r, &err);
+            return pb_admin_store_error(r, &err);
         return reply(r, 200, d);
     }
     return reply_error(r, 404, "no such endpoint");
@@ -548,6 +705,13 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
 bool pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char *method,
                      const char *path, const char *body, size_t len, struct pb_api_resp *r)
 {
+    /* The live tail answers when events come, from its own thread. */
+    if (strcmp(path, "/api/tail") == 0)
+        return pb_admin_tail(e, c, r);
+    /* A body as stored, byte for byte (the editor starts from it). */
+    size_t pl = strlen(path);
+    if (strncmp(path, "/api/messages/", 14) == 0 && pl > 19 && strcmp(path + pl - 5, "/body") == 0)
+        return message_body(e, c, path, r);
     if (strncmp(path, "/api/", 5) == 0 && plugin_route(e, c, path))
         return true;
     (void)handle(e, c, method, path, body, len, r);

@@ -1,6 +1,7 @@
 /* nodes.c - GET /api/nodes: the processes sharing this daemon's state
- * store (on PostgreSQL, every node of the cluster, live and recently
- * gone; on SQLite, this one). Runs on a worker thread: it reads the store. */
+ * store: on PostgreSQL every node of the cluster, live and recently gone;
+ * on a store of one process (SQLite) this one, as graph.c describes it.
+ * Runs on a worker thread: it reads the store. */
 #include <string.h>
 
 #include <jansson.h>
@@ -36,12 +37,16 @@ static int node_cb(void *arg, const struct pb_node_row *n)
         p += len + (comma ? 1 : 0);
     }
     json_object_set_new(o, "holds", holds);
+    json_object_set_new(o, "id",
+                        json_string(n->name ? n->name : "")); /* as the dashboard reads it */
     return json_array_append_new(list, o) != 0;
 }
 
 int pb__admin_get_nodes(struct pb_engine *e, struct pb_api_resp *r)
 {
     struct pb_err err = {0};
+    if (!pb_store_clustered(e->store))
+        return pb_admin_nodes(e, r);
     json_t *list = json_array();
     if (!list)
         return pb_admin_error(r, 500, "out of memory");

@@ -1,9 +1,10 @@
 /* routes.c - what the admin side serves on the shared listener:
  * /health, /ready and /metrics (answered on the listener thread: they read
- * counters, never the store), and /api (the admin API: the bearer token is
+ * counters, never the store), /api (the admin API: the bearer token is
  * checked on the listener thread, in constant time; the request then runs on
  * one of the engine's worker threads, where it may read the store, and is
- * answered from there). */
+ * answered from there, or by the live tail's thread), and /ui (the
+ * dashboard's files, compiled in; ui.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,8 @@
 #include "net/httpd.h"
 #include "patchbay/pb_log.h"
 
-#define ADMIN_MAX_BODY (64 * 1024)
+/* Requests carry small JSON, or a dead letter's corrected body. */
+#define ADMIN_MAX_BODY (1024 * 1024)
 
 static const char *const get_methods[] = {"GET", "HEAD", NULL};
 
@@ -73,8 +75,10 @@ static void failing_cb(void *arg, const char *pipeline, const char *name,
     char reason[400];
     snprintf(reason, sizeof(reason), "oauth2 token endpoint %s failing: %s", st->token_url,
              st->error);
-    json_array_append_new(
-        arg, json_pack("{s:s, s:s, s:s}", "pipeline", pipeline, "output", name, "reason", reason));
+    /* An input ("input") or a process step ("process[N]") is a part, not an output. */
+    bool part = strcmp(name, "input") == 0 || strchr(name, '[') != NULL;
+    json_array_append_new(arg, json_pack("{s:s, s:s, s:s}", "pipeline", pipeline,
+                                         part ? "part" : "output", name, "reason", reason));
 }
 
 /* What works but not fully: failing token endpoints, open circuit
@@ -118,6 +122,12 @@ static void ready(void *arg, struct pb_http_request *r)
         return;
     }
     json_t *o = json_pack("{s:b, s:s}", "ready", 0, "reason", why);
+    /* What is failing besides (a token endpoint an input waits for...). */
+    json_t *d = atomic_load(&((struct pb_engine *)arg)->ready) ? degraded(arg) : NULL;
+    if (o && d && json_array_size(d))
+        json_object_set_new(o, "degraded", d);
+    else
+        json_decref(d);
     char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
     pb_http_respond_json(r, 503, t ? t : "{\"ready\":false}");
     free(t);
@@ -210,16 +220,45 @@ static void admin(void *arg, struct pb_http_request *r)
 
 int pb_admin_attach(struct pb_engine *e, struct pb_err *err)
 {
+    struct pb_admin *adm = calloc(1, sizeof(*adm));
+    if (!adm)
+        return pb_err_set(err, PB_ENOMEM, "out of memory");
+    adm->e = e;
+    e->admin = adm;
+    adm->tail = pb_admin_tail_create(e, err);
+    if (!adm->tail)
+        return err->code ? err->code : PB_ENOMEM;
     const struct pb_http_route routes[] = {
         {.path = "/health", .methods = get_methods, .handler = health, .arg = e},
         {.path = "/ready", .methods = get_methods, .handler = ready, .arg = e},
         {.path = "/metrics", .methods = get_methods, .handler = metrics, .arg = e},
         {.path = "/api", .prefix = true, .max_body = ADMIN_MAX_BODY, .handler = admin, .arg = e},
+        {.path = "/ui", .prefix = true, .methods = get_methods, .handler = pb_admin_ui, .arg = e},
     };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+    size_t n = sizeof(routes) / sizeof(routes[0]);
+    if (!e->cfg->server.ui)
+        n--; /* server.ui: false: no dashboard */
+    for (size_t i = 0; i < n; i++) {
         int rc = pb_httpd_route_add(e->httpd, &routes[i], err);
         if (rc)
             return rc;
     }
     return 0;
+}
+
+void pb_admin_quiesce(struct pb_engine *e)
+{
+    struct pb_admin *adm = e->admin;
+    if (adm)
+        pb_admin_tail_stop(adm->tail);
+}
+
+void pb_admin_detach(struct pb_engine *e)
+{
+    struct pb_admin *adm = e->admin;
+    if (!adm)
+        return;
+    pb_admin_tail_destroy(adm->tail);
+    free(adm);
+    e->admin = NULL;
 }

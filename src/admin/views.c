@@ -258,6 +258,10 @@ static int v_message(void *arg, const struct pb_message_row *m)
     }
     if (m->parent_id)
         put(o, "parent", json_string(m->parent_id), &v->bad);
+    put(o, "idempotency_key", text_or_null(m->idem_key, m->idem_key ? strlen(m->idem_key) : 0),
+        &v->bad);
+    if (m->edit_of)
+        put(o, "edit_of", json_string(m->edit_of), &v->bad);
     if (m->routed) {
         /* The body the route stage made; shown like the body as received. */
         json_t *routed = json_object();
@@ -269,6 +273,19 @@ static int v_message(void *arg, const struct pb_message_row *m)
     }
     v->items = json_array();
     put(o, "deliveries", v->items, &v->bad);
+    return v->bad;
+}
+
+static int v_edit(void *arg, const char *id)
+{
+    struct view *v = arg;
+    json_t *edits = json_object_get(v->root, "edits");
+    if (!edits) {
+        edits = json_array();
+        put(v->root, "edits", edits, &v->bad);
+    }
+    if (!edits || json_array_append_new(edits, json_string(id)) != 0)
+        v->bad = true;
     return v->bad;
 }
 
@@ -334,6 +351,7 @@ json_t *pb_admin_message_json(struct pb_store *s, const char *msg_id, struct pb_
     struct pb_read_cbs cb = {.arg = &v,
                              .message = v_message,
                              .child = v_child,
+                             .edit = v_edit,
                              .delivery = v_delivery,
                              .attempt = v_attempt};
     int rc = pb_store_read_message(s, msg_id, &cb, err);
@@ -371,12 +389,10 @@ static int v_dead(void *arg, const struct pb_delivery_row *d)
     return v->bad;
 }
 
-json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
-                                   int64_t after_id, int limit, struct pb_err *err)
+json_t *pb_admin_dead_query_json(struct pb_store *s, const struct pb_dead_query *q,
+                                 struct pb_err *err)
 {
     struct view v = {0};
-    if (limit <= 0)
-        limit = 100;
     v.root = json_object();
     v.items = json_array();
     if (!v.root || !v.items || json_object_set_new(v.root, "items", v.items) != 0) {
@@ -385,10 +401,21 @@ json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, con
         return NULL;
     }
     struct pb_read_cbs cb = {.arg = &v, .delivery = v_dead};
-    int rc = pb_store_read_dead_letters(s, pipeline, output, after_id, limit, &cb, err);
+    int rc = pb_store_read_dead_letters(s, q, &cb, err);
     if (rc == 0)
-        put(v.root, "next_after", v.n == limit ? json_integer(v.last_id) : json_null(), &v.bad);
+        put(v.root, q->newest_first ? "next_before" : "next_after",
+            v.n == q->limit ? json_integer(v.last_id) : json_null(), &v.bad);
     return finish(&v, rc, err);
+}
+
+json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
+                                   int64_t after_id, int limit, struct pb_err *err)
+{
+    struct pb_dead_query q = {
+        .pipeline = pipeline, .output = output, .after_id = after_id, .limit = limit};
+    if (q.limit <= 0)
+        q.limit = 100;
+    return pb_admin_dead_query_json(s, &q, err);
 }
 
 static int v_dead_one(void *arg, const struct pb_delivery_row *d)

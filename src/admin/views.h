@@ -20,6 +20,10 @@ json_t *pb_admin_message_json(struct pb_store *s, const char *msg_id, struct pb_
 json_t *pb_admin_dead_letters_json(struct pb_store *s, const char *pipeline, const char *output,
                                    int64_t after_id, int limit, struct pb_err *err);
 json_t *pb_admin_dead_letter_json(struct pb_store *s, int64_t delivery_id, struct pb_err *err);
+/* Dead letters by query: {items, next_after} oldest first, or {items,
+ * next_before} newest first (null on the last page). */
+json_t *pb_admin_dead_query_json(struct pb_store *s, const struct pb_dead_query *q,
+                                 struct pb_err *err);
 
 /* A body as embedded JSON when it is UTF-8 JSON that prints back unchanged
  * apart from whitespace, else NULL (1.10 would print as 1.1000000000000001,

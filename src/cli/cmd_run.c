@@ -40,7 +40,9 @@ int pb_cmd_run(int argc, char **argv)
                             .argv = pb_cli_argv,
                             .force = force,
                             .once = once,
-                            .attach = pb_admin_attach};
+                            .attach = pb_admin_attach,
+                            .quiesce = pb_admin_quiesce,
+                            .detach = pb_admin_detach};
     return pb_engine_run(&o);
 }
 

@@ -20,6 +20,7 @@
 
 #include "core/dispatch_int.h"
 #include "core/stage.h"
+#include "core/tail.h"
 #include "core/trace.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
@@ -34,6 +35,7 @@ struct result_op {
     struct result_op *redo_next;
     bool failed; /* counted in unrecorded */
     char error[PB_ERROR_EXCERPT_MAX + 1];
+    char msg_id[PB_MSG_ID_MAX]; /* for the live tail */
 };
 
 /* ---- results --------------------------------------------------------------------------- */
@@ -71,6 +73,7 @@ static void result_done_cb(struct pb_op *op, void *arg)
     switch (op->status) {
     case 0:
         count_committed(r->out, op->u.result.state);
+        pb__tail_result(d->e->tail, r->out, r->msg_id, &op->u.result);
         break;
     case PB_ENOTFOUND:
         /* No longer pending: purged, or recorded by an earlier submission. */
@@ -171,6 +174,7 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
     r->op.arg = r;
     r->d = d;
     r->out = dl->out;
+    snprintf(r->msg_id, sizeof(r->msg_id), "%s", dl->msg->id);
     struct pb_op_result *res = &r->op.u.result;
     res->delivery_id = dl->id;
     res->attempt = dl->attempts;
@@ -385,6 +389,11 @@ static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t no
     size_t room = q->concurrency > q->inflight ? q->concurrency - q->inflight : 0;
     size_t max = o->env.batch_max < room ? o->env.batch_max : room;
     if (max == 0 || !q->ready_head || q->paused)
+        return false;
+    /* Batches in flight leave less room than a batch: starting now would cut
+     * what is ready into slivers (for a database, a transaction per row); the
+     * end of one of them starts the next batch whole. */
+    if (max < o->env.batch_max && q->inflight > 0 && q->nready > max)
         return false;
     if (o->batch_since == 0)
         o->batch_since = now;

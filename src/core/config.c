@@ -19,39 +19,6 @@
 
 #define OFF(field) offsetof(struct pb_config, field)
 
-static const struct pb_field server_fields[] = {
-    {.name = "listen",
-     .type = PB_F_STR,
-     .offset = offsetof(struct pb_server_conf, listen),
-     .def = "127.0.0.1:8080",
-     .doc = "address:port of the shared HTTP listener"},
-    {.name = "admin_token",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct pb_server_conf, admin_token),
-     .doc = "bearer token for /api; the admin API is disabled when empty"},
-    {.name = "max_connections",
-     .type = PB_F_INT,
-     .offset = offsetof(struct pb_server_conf, max_connections),
-     .def = "1024",
-     .min = 1,
-     .max = 100000,
-     .doc = "simultaneous client connections"},
-    {.name = "threads",
-     .type = PB_F_INT,
-     .offset = offsetof(struct pb_server_conf, threads),
-     .def = "1",
-     .min = 1,
-     .max = 64,
-     .doc = "listener threads (one carries tens of thousands of requests/s)"},
-    {.name = "connection_timeout",
-     .type = PB_F_DURATION,
-     .offset = offsetof(struct pb_server_conf, connection_timeout_ms),
-     .def = "30s",
-     .doc = "a client connection silent for this long, or whose request has not fully "
-            "arrived this long after it began, is closed"},
-    {0},
-};
-
 static const struct pb_field outbound_fields[] = {
     {.name = "allow",
      .type = PB_F_STRLIST,
@@ -84,7 +51,7 @@ static const struct pb_field limits_fields[] = {
 };
 
 static const struct pb_field top_fields[] = {
-    {.name = "server", .type = PB_F_OBJECT, .offset = OFF(server), .sub = server_fields},
+    {.name = "server", .type = PB_F_OBJECT, .offset = OFF(server), .sub = pb__server_fields},
     {.name = "state",
      .type = PB_F_STR,
      .offset = OFF(state),
@@ -475,6 +442,14 @@ static int load_pipeline(struct pb_config *c, struct pb_pipeline *pl, const stru
     rc = pb__input_load(pl, raw.input, c->once, &c->outbound.allow, err);
     if (rc)
         goto out;
+    if (!raw.ordering.key && pl->in->env.ordering_key) {
+        /* the input's own order (a change stream's rows) unless the pipeline says */
+        raw.ordering.key = strdup(pl->in->env.ordering_key);
+        if (!raw.ordering.key) {
+            rc = pb_err_set(err, PB_ENOMEM, "out of memory");
+            goto out;
+        }
+    }
     if (raw.ordering.key) {
         pl->ordering_key = raw.ordering.key;
         raw.ordering.key = NULL;
@@ -698,17 +673,17 @@ static void warn_urls(struct pb_diag *d, const struct url_owner *w, const struct
     }
 }
 
-/* tls.insecure_skip_verify anywhere in a plugin's block. */
-static void warn_insecure(struct pb_diag *d, const struct pb_output *o, const struct pb_node *body)
+/* tls.insecure_skip_verify anywhere in a plugin's block; who: "output \"x\""... */
+static void warn_insecure(struct pb_diag *d, const char *who, const struct pb_node *body)
 {
     const struct pb_node *tls = body && body->type == PB_NODE_MAP ? pb_node_get(body, "tls") : NULL;
     const struct pb_node *v =
         tls && tls->type == PB_NODE_MAP ? pb_node_get(tls, "insecure_skip_verify") : NULL;
     if (v && v->type == PB_NODE_SCALAR && strcmp(v->str, "true") == 0)
         warn_at(d, v, "tls",
-                "output \"%s\": tls.insecure_skip_verify: the partner's certificate is not "
+                "%s: tls.insecure_skip_verify: the partner's certificate is not "
                 "checked, so anyone on the path can read and change what is sent",
-                o->name);
+                who);
 }
 
 static void check_listen(struct pb_config *c, const struct pb_node *root, struct pb_diag *d,
@@ -847,13 +822,27 @@ static struct pb_config *load(const char *path, struct pb_http_client *http, boo
                 struct url_owner w = {.allow = pl->outs[j].allow, .o = &pl->outs[j]};
                 if (blk->type == PB_NODE_MAP && blk->n == 1) {
                     warn_urls(diag, &w, blk->vals[0], pl->outs[j].plugin->fields);
-                    warn_insecure(diag, &pl->outs[j], blk->vals[0]);
+                    char who[PB_NAME_MAX + 16];
+                    snprintf(who, sizeof(who), "output \"%s\"", pl->outs[j].name);
+                    warn_insecure(diag, who, blk->vals[0]);
                 }
             }
             const struct pb_node *inb = pb_node_get(pls->vals[i], "input");
             if (pl->in && inb && inb->type == PB_NODE_MAP && inb->n == 1) {
                 struct url_owner w = {.allow = pl->in->allow, .pipeline = pl->name};
                 warn_urls(diag, &w, inb->vals[0], pl->in->plugin->fields);
+                char who[PB_NAME_MAX + 32];
+                snprintf(who, sizeof(who), "input of pipeline \"%s\"", pl->name);
+                warn_insecure(diag, who, inb->vals[0]);
+            }
+            const struct pb_node *steps = pb_node_get(pls->vals[i], "process");
+            for (size_t j = 0; steps && steps->type == PB_NODE_SEQ && j < steps->n; j++) {
+                const struct pb_node *blk = steps->vals[j];
+                if (blk->type != PB_NODE_MAP || blk->n != 1)
+                    continue;
+                char who[PB_NAME_MAX + 48];
+                snprintf(who, sizeof(who), "process step %zu of pipeline \"%s\"", j + 1, pl->name);
+                warn_insecure(diag, who, blk->vals[0]);
             }
         }
     }

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "core/dispatch_int.h"
+#include "core/tail.h"
 #include "patchbay/pb_log.h"
 
 #define POLL_MAX_MS 500
@@ -501,6 +502,7 @@ void pb_dispatcher_post_new(struct pb_dispatcher *d, struct pb_pipeline *pl, str
                             const int64_t *delivery_ids, uint64_t unleased)
 {
     struct pb_dl *head = NULL, *tail = NULL;
+    pb__tail_received(d->e->tail, pl, msg);
     for (size_t i = 0; i < pl->ningest; i++) {
         struct pb_output *o = pl->ingest_outs[i];
         atomic_fetch_add(&o->backlog, 1);

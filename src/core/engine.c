@@ -16,10 +16,12 @@
 #include <time.h>
 
 #include "core/engine.h"
-#include "core/progress.h"
+#include "core/history.h"
 #include "core/http_auth.h"
 #include "core/input.h"
 #include "core/notify.h"
+#include "core/progress.h"
+#include "core/tail.h"
 #include "core/workers.h"
 #include "net/httpd.h"
 #include "patchbay/pb_log.h"
@@ -353,6 +355,12 @@ int pb_engine_run(const struct pb_run_opts *ro)
         PB_ERROR("cannot open the state store: %s", pb_err_format(&err, ebuf, sizeof(ebuf)));
         goto out;
     }
+    e.history = pb_engine_history_create(&e);
+    e.tail = pb_tail_create(e.cfg->npipelines, 0, 0);
+    if (!e.history || !e.tail) {
+        pb_err_set(&err, PB_ENOMEM, "out of memory for the metric history and the live tail");
+        goto fail;
+    }
     e.disp = pb_dispatcher_create(&e, &err);
     if (!e.disp)
         goto fail;
@@ -421,6 +429,7 @@ int pb_engine_run(const struct pb_run_opts *ro)
         PB_INFO("systemd watchdog on interval_ms=%lld", (long long)wd_ms);
 
     for (;;) {
+        pb_engine_history_tick(e.history, pb_now_ms());
         int64_t wait_ms = ro->once ? 100 : 1000;
         if (wd_ms)
             watchdog_tick(&hb, loop, wd_ms, &wd_next_us, &wait_ms);
@@ -464,6 +473,8 @@ fail:
 out:
     atomic_store(&e.stopping, true);
     atomic_store(&e.ready, false);
+    if (ro->quiesce && e.admin)
+        ro->quiesce(&e);
     int64_t t0 = pb_mono_us();
     listen_fd = pb_httpd_quiesce(e.httpd, reload);
     pb_httpd_drain(e.httpd, 5000);
@@ -475,10 +486,14 @@ out:
         pb_store_stop(e.store);
     pb_httpd_destroy(e.httpd);
     pb_workers_destroy(e.workers);
+    if (ro->detach && e.admin)
+        ro->detach(&e);
     pb_dispatcher_destroy(e.disp);
     pb_http_client_destroy(http);
     pb_store_destroy(e.store);
     pb_loop_destroy(loop);
+    pb_engine_history_destroy(e.history);
+    pb_tail_destroy(e.tail);
     if (code == 0)
         PB_INFO("stopped in_ms=%lld", (long long)((pb_mono_us() - t0) / 1000));
     pb_config_destroy(e.cfg);

@@ -36,6 +36,7 @@ struct pb_server_conf {
     int64_t max_connections;
     int64_t threads;
     int64_t connection_timeout_ms;
+    bool ui; /* serve the dashboard under /ui */
 };
 
 struct pb_limits_conf {
@@ -277,6 +278,8 @@ struct pb_dispatcher;
 struct pb_httpd;
 struct pb_loop;
 struct pb_workers;
+struct pb_engine_history;
+struct pb_tail;
 
 struct pb_engine {
     struct pb_config *cfg;
@@ -291,6 +294,9 @@ struct pb_engine {
     atomic_bool stopping;
     atomic_bool ready;
     int64_t started_at;
+    struct pb_engine_history *history; /* the last hour of counters (history.c) */
+    struct pb_tail *tail;              /* the live tail (tail.c) */
+    void *admin;                       /* the admin side's own state (src/admin) */
 };
 
 struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name);
@@ -323,11 +329,24 @@ void pb_dispatcher_post_children(struct pb_dispatcher *d, struct pb_msg *msg,
                                  struct pb_output *const *outs, const int64_t *ids,
                                  const unsigned char *unleased, size_t n);
 
+/* inject.c: the store gained n pending deliveries of (pipeline, output)
+ * that were never posted (replays, injected messages), output being an
+ * output, "output/sub" or the route stage: its backlog grows and the
+ * dispatcher pages them in. False when there is no such output now. Any
+ * thread. */
+bool pb_engine_store_gained(struct pb_engine *e, const char *pipeline, const char *output,
+                            int64_t n);
+/* Commit op (filled as a PB_OP_INJECT) and hand its deliveries over the same
+ * way. Blocks until committed: admin workers only. Returns op->status. */
+int pb_engine_inject(struct pb_engine *e, struct pb_op *op);
+
 /* Every output of a pipeline, virtual ones included, for readers such as
  * metrics and the admin API: calls fn for each under the parent's lock. */
 void pb_pipeline_each_output(struct pb_pipeline *pl, void (*fn)(struct pb_output *o, void *arg),
                              void *arg);
 
+/* config_server.c: the fields of the server block. */
+extern const struct pb_field pb__server_fields[];
 /* config_flow.c: concurrency, rate_limit and circuit_breaker of o, from
  * their nodes; the breakers' events_pipeline name pipelines of c. */
 int pb__output_flow_load(struct pb_output *o, struct pb_err *err);
@@ -364,6 +383,11 @@ struct pb_run_opts {
     bool once; /* finite inputs, then exit once everything is delivered */
     /* Adds the routes of the admin side (/health, /api...) to e->httpd. */
     int (*attach)(struct pb_engine *e, struct pb_err *err);
+    /* Optional. quiesce: stopping has begun, before the listener drains
+     * (answer the requests the admin side holds); detach: the listener and
+     * the workers are gone (free what attach made). */
+    void (*quiesce)(struct pb_engine *e);
+    void (*detach)(struct pb_engine *e);
 };
 int pb_engine_run(const struct pb_run_opts *o);
 /* `patchbay migrate CONFIG`: apply the state store's schema migrations

@@ -153,6 +153,7 @@ int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
     in->plugin = plugin;
     pthread_mutex_init(&in->lock, NULL);
     atomic_init(&in->lag, -1);
+    atomic_init(&in->lag_bytes, -1);
     in->ctx = calloc(1, plugin->ctx_size ? plugin->ctx_size : 1);
     if (!in->ctx)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
@@ -663,6 +664,11 @@ void pb_input_set_position(struct pb_input *in, const char *position)
 void pb_input_set_lag(struct pb_input *in, int64_t lag)
 {
     atomic_store(&in->lag, lag);
+}
+
+void pb_input_set_lag_bytes(struct pb_input *in, int64_t bytes)
+{
+    atomic_store(&in->lag_bytes, bytes);
 }
 
 void pb_input_count_received(struct pb_input *in, uint64_t n)

@@ -61,6 +61,7 @@ struct pb_input {
     char *detail;
     char *position;
     _Atomic int64_t lag;
+    _Atomic int64_t lag_bytes;
     _Atomic bool finished;
     _Atomic uint64_t nacked;
     struct pb_input_progress progress; /* under lock */

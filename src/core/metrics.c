@@ -380,6 +380,16 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
             put(&b, "patchbay_input_lag{pipeline=\"%s\",input=\"%s\"} %lld\n",
                 lv(c->pipelines[i].name, t1, sizeof(t1)), in->plugin->name, (long long)lag);
     }
+    put(&b, "# HELP patchbay_input_lag_bytes Bytes the input is behind at its source, where it "
+            "counts in bytes (a replication slot's WAL not yet confirmed).\n"
+            "# TYPE patchbay_input_lag_bytes gauge\n");
+    for (size_t i = 0; i < c->npipelines; i++) {
+        const struct pb_input *in = c->pipelines[i].in;
+        int64_t lag = atomic_load(&in->lag_bytes);
+        if (lag >= 0)
+            put(&b, "patchbay_input_lag_bytes{pipeline=\"%s\",input=\"%s\"} %lld\n",
+                lv(c->pipelines[i].name, t1, sizeof(t1)), in->plugin->name, (long long)lag);
+    }
     put(&b, "# HELP patchbay_messages_nacked_total Items handed back to their source "
             "unacknowledged (a failed commit, back-pressure) for it to redeliver.\n"
             "# TYPE patchbay_messages_nacked_total counter\n");

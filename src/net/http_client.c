@@ -758,6 +758,11 @@ size_t pb_http_client_inflight(const struct pb_http_client *c)
     return c ? c->inflight : 0;
 }
 
+struct pb_loop *pb_http_client_loop(const struct pb_http_client *c)
+{
+    return c ? c->loop : NULL;
+}
+
 struct pb_http_client *
 pb_http_client_create(struct pb_loop *loop, const struct pb_http_client_opts *o, struct pb_err *err)
 {

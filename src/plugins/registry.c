@@ -14,6 +14,8 @@ extern const struct pb_input_plugin pb_in_amqp;
 extern const struct pb_input_plugin pb_in_file;
 extern const struct pb_input_plugin pb_in_sftp;
 extern const struct pb_input_plugin pb_in_http_poll;
+extern const struct pb_input_plugin pb_in_sql;
+extern const struct pb_input_plugin pb_in_postgres_cdc;
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
 extern const struct pb_processor_plugin pb_proc_switch;
@@ -32,6 +34,7 @@ extern const struct pb_output_plugin pb_out_amqp;
 extern const struct pb_output_plugin pb_out_file;
 extern const struct pb_output_plugin pb_out_sftp;
 extern const struct pb_output_plugin pb_out_smtp;
+extern const struct pb_output_plugin pb_out_sql;
 
 /* clang-format off */
 const struct pb_input_plugin *const pb_input_plugins[] = {
@@ -45,6 +48,8 @@ const struct pb_input_plugin *const pb_input_plugins[] = {
     &pb_in_file,
     &pb_in_sftp,
     &pb_in_http_poll,
+    &pb_in_sql,
+    &pb_in_postgres_cdc,
     NULL,
 };
 const struct pb_processor_plugin *const pb_processor_plugins[] = {
@@ -69,6 +74,7 @@ const struct pb_output_plugin *const pb_output_plugins[] = {
     &pb_out_file,
     &pb_out_sftp,
     &pb_out_smtp,
+    &pb_out_sql,
     NULL,
 };
 /* clang-format on */

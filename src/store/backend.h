@@ -36,11 +36,14 @@ struct pb_store_backend {
     int (*sync)(void *ctx);
 
     /* Reads, any thread; same contracts as the pb_store_* functions. */
-    int (*count)(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
+    /* which: -1 every state, else only that one (PENDING, DEAD). */
+    int (*count)(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err);
     int (*read_message)(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
                         struct pb_err *err);
-    int (*read_dead_letters)(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                             int limit, const struct pb_read_cbs *cb, struct pb_err *err);
+    int (*read_dead_letters)(void *ctx, const struct pb_dead_query *q, const struct pb_read_cbs *cb,
+                             struct pb_err *err);
+    int (*search_messages)(void *ctx, const struct pb_msg_query *q, const struct pb_read_cbs *cb,
+                           struct pb_err *err);
     int (*read_dead_letter)(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
                             struct pb_err *err);
     int (*kv_load)(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);

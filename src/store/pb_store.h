@@ -34,8 +34,10 @@
 /* 2: endpoints, 3: body checksums, 4: static endpoints' state, 5: metadata,
  * split children and routed bodies, 6: key-value state (checkpoints,
  * plugins' state), 7: sub-outputs and leases, 8: webhook endpoints in the
- * webhook outputs' key-value state */
-#define PB_STORE_SCHEMA_VERSION 9
+ * webhook outputs' key-value state, 9: an attempt that ends its delivery at
+ * the first try kept in the delivery's row, 10: each message's idempotency
+ * key and the message an edited one was made from */
+#define PB_STORE_SCHEMA_VERSION 10
 #define PB_MSG_ID_MAX 40
 #define PB_NAME_MAX_STORE 128    /* pipeline and output names */
 #define PB_SUB_ID_MAX 64         /* sub-output ids (as pb_plugin.h) */
@@ -114,6 +116,7 @@ enum pb_op_kind {
     PB_OP_CLAIM,      /* take unleased pending deliveries of an output into memory */
     PB_OP_RELEASE,    /* give leased deliveries back (memory full) */
     PB_OP_SUB_KILL,   /* pending deliveries of a removed sub-output -> dead */
+    PB_OP_INJECT,     /* a message made by the admin side (edited dead letter, test event) */
 };
 
 struct pb_op_ingest {
@@ -126,7 +129,7 @@ struct pb_op_ingest {
     const char *meta;         /* JSON object text ($meta); NULL = none */
     size_t meta_len;
     int64_t received_at;     /* unix ms */
-    const char *idem_key;    /* NULL: no idempotency check */
+    const char *idem_key;    /* NULL: no idempotency check; kept with the message */
     int64_t idem_expires_at; /* unix ms */
     size_t noutputs;
     const char *const *outputs;
@@ -165,7 +168,10 @@ struct pb_op_replay {
 
 /* Dead deliveries of pipeline (NULL: any), output (NULL: any; else exactly
  * that output, or its sub-output sub) created since, replayed in id order,
- * at most limit (0: PB_REPLAY_ALL_BATCH) per op: submit again while more. */
+ * at most limit (0: PB_REPLAY_ALL_BATCH) per op: submit again while more.
+ * With ids set instead, exactly those of ids[0..nids) still dead are
+ * replayed (filters, limit and more unused): a set the caller selected
+ * with pb_store_read_dead_letters. */
 #define PB_REPLAY_ALL_BATCH 1000
 struct pb_op_replay_all {
     const char *pipeline;
@@ -174,12 +180,48 @@ struct pb_op_replay_all {
     int64_t since; /* unix ms; 0 = any */
     int64_t now;
     size_t limit;
+    const int64_t *ids; /* borrowed until done_cb */
+    size_t nids;
     int64_t count; /* out: replayed by this op */
     bool more;     /* out: there may be more */
 };
 
+/* One dead delivery (PB_ENOTFOUND when it is not dead), or with ids set,
+ * each of ids[0..nids) still dead (none found is no error): deleted with
+ * its attempts, and its message when nothing else refers to it. */
 struct pb_op_purge {
     int64_t delivery_id; /* in: a DEAD delivery */
+    const int64_t *ids;  /* borrowed until done_cb */
+    size_t nids;
+    int64_t count; /* out: purged */
+};
+
+/* A new message made by the admin side, received now, with one PENDING
+ * delivery per target, unleased (the dispatcher is told to page them in).
+ * With replaces set, that DEAD delivery becomes REPLAYED in the same
+ * transaction: the message takes the pipeline and metadata of the dead
+ * one's message and is linked to it (edit_of), its deliveries record
+ * replay_of, and no targets means the dead delivery's own output and
+ * sub-output. PB_ENOTFOUND (nothing written) when it is not dead. The
+ * ordering key the route stage recorded for the old message is kept. */
+struct pb_op_inject {
+    const char *msg_id; /* caller-made, unique */
+    const void *body;
+    size_t len;
+    const char *content_type; /* NULL = application/json */
+    int64_t replaces;         /* a DEAD delivery id, or 0 */
+    const char *pipeline;     /* without replaces */
+    const char *meta;         /* without replaces: JSON object text or NULL */
+    size_t meta_len;
+    size_t ntargets;
+    const char *const *outputs; /* output names (PB_ROUTE_OUTPUT: the route stage) */
+    const char *const *subs;    /* NULL, or per target a sub-output or NULL */
+    int64_t now;
+    /* out */
+    int64_t msg_seq;
+    int64_t *delivery_ids; /* caller array: ntargets entries, or 1 without targets */
+    /* with replaces: where the dead one was ("output/sub" for a sub-output) */
+    char pipeline_out[PB_NAME_MAX_STORE], output_out[2 * PB_NAME_MAX_STORE];
 };
 
 struct pb_op_expire {
@@ -351,6 +393,7 @@ struct pb_op {
         struct pb_op_claim claim;
         struct pb_op_release release;
         struct pb_op_sub_kill sub_kill;
+        struct pb_op_inject inject;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */
@@ -444,6 +487,9 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
 /* The same for PENDING deliveries only, through their index: it does not
  * grow with the finished ones kept for `retention`. */
 int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
+/* The same for DEAD deliveries only (the dead-letter queue's size), through
+ * their index. */
+int pb_store_count_dead(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err);
 
 /* Rows for the admin API (which builds its JSON from them, src/admin).
  * Strings and bodies are borrowed for the callback; a callback returning
@@ -459,6 +505,8 @@ struct pb_message_row {
     const char *meta;  /* $meta JSON text or NULL */
     size_t meta_len;
     const char *parent_id; /* a split child: the message it came from */
+    const char *idem_key;  /* the idempotency key its input gave, or NULL */
+    const char *edit_of;   /* made by editing a dead letter of this message, or NULL */
     bool routed;           /* the route stage changed the body: */
     const void *routed_body;
     size_t routed_len;
@@ -496,6 +544,7 @@ struct pb_read_cbs {
     void *arg;
     int (*message)(void *arg, const struct pb_message_row *m);
     int (*child)(void *arg, const char *child_id); /* split children, in order */
+    int (*edit)(void *arg, const char *msg_id);    /* messages made by editing it, in order */
     int (*delivery)(void *arg, const struct pb_delivery_row *d);
     int (*attempt)(void *arg, const struct pb_attempt_row *a); /* of the delivery before */
 };
@@ -504,15 +553,53 @@ struct pb_read_cbs {
  * one snapshot. PB_ENOTFOUND when absent. */
 int pb_store_read_message(struct pb_store *s, const char *msg_id, const struct pb_read_cbs *cb,
                           struct pb_err *err);
-/* Dead letters with id > after_id, by id, at most limit (delivery rows,
- * without bodies). output may name a sub-output as "output/sub"; an output
- * takes its sub-outputs' too. pipeline and output may be NULL. */
-int pb_store_read_dead_letters(struct pb_store *s, const char *pipeline, const char *output,
-                               int64_t after_id, int limit, const struct pb_read_cbs *cb,
-                               struct pb_err *err);
+/* Which dead letters: every field is a filter, unset (NULL or 0) takes
+ * all. output may name a sub-output as "output/sub"; an output takes its
+ * sub-outputs' too. Times are when the delivery died. */
+struct pb_dead_query {
+    const char *pipeline, *output;
+    int64_t since, until; /* dead in [since, until) */
+    const char *error;    /* last error contains this text (ASCII case-blind) */
+    int status;           /* last status, 0: any */
+    int64_t after_id;     /* oldest first: ids > after_id */
+    int64_t before_id;    /* with newest_first: ids < before_id (0: from the newest) */
+    bool newest_first;
+    int limit; /* 1.. */
+};
+/* Dead letters matching q, by id, at most q->limit (delivery rows, without
+ * bodies). */
+int pb_store_read_dead_letters(struct pb_store *s, const struct pb_dead_query *q,
+                               const struct pb_read_cbs *cb, struct pb_err *err);
 /* One dead letter (delivery row with the body) and its attempts.
  * PB_ENOTFOUND when there is no such dead delivery. */
 int pb_store_read_dead_letter(struct pb_store *s, int64_t delivery_id, const struct pb_read_cbs *cb,
                               struct pb_err *err);
+
+/* Which messages (the message explorer): every field is a filter, unset
+ * (NULL, 0, -1 for state) takes all. */
+struct pb_msg_query {
+    const char *pipeline;
+    const char *msg_id;   /* exact */
+    const char *idem_key; /* exact, as its input gave it */
+    int64_t since, until; /* received in [since, until), unix ms */
+    int state;            /* enum pb_dstate: some delivery is in it; -1: any */
+    const char *output;   /* some delivery goes to it ("output/sub", or an output with its
+                           * sub-outputs); with state, that same delivery is in state */
+    /* Cursor: only messages before (received_at, seq) in the order below;
+     * 0, 0: from the newest. */
+    int64_t before_at, before_seq;
+    int limit; /* messages at most, 1.. */
+};
+/* cb->message may return this to go on without reading the message's
+ * deliveries (it is not wanted: a predicate said no). */
+#define PB_READ_SKIP 2
+/* Messages matching q, newest first (received_at, then seq, descending),
+ * at most q->limit, from one snapshot: each message row (with its body and
+ * metadata, without the routed body) is followed by its deliveries
+ * (cb->delivery, without attempts) unless cb->message returned
+ * PB_READ_SKIP; any other non-zero return stops. The rows' seq and
+ * received_at make the cursor of the next page. */
+int pb_store_search_messages(struct pb_store *s, const struct pb_msg_query *q,
+                             const struct pb_read_cbs *cb, struct pb_err *err);
 
 #endif

@@ -550,6 +550,7 @@ const struct pb_store_backend pb__store_postgres = {
     .read_message = pb__pg_read_message,
     .read_dead_letters = pb__pg_read_dead_letters,
     .read_dead_letter = pb__pg_read_dead_letter,
+    .search_messages = pb__pg_search_messages,
     .kv_load = pb__pg_kv_load,
     .node_name = pg_node_name,
     .set_events = pg_set_events,

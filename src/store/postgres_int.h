@@ -17,7 +17,7 @@
 
 #include "store/backend.h"
 
-#define PG_SCHEMA_VERSION 2
+#define PG_SCHEMA_VERSION 3
 #define PG_READ_POOL_MAX 4
 #define PG_NAME_MAX 128
 #define PG_IO_DEADLINE_MS 15000 /* one writer transaction, one read, at most */
@@ -78,6 +78,9 @@ enum {
     WS_CLAIM,
     WS_CLAIM_SUB,
     WS_RELEASE,
+    WS_REPLAY_IDS,
+    WS_PURGE_IDS,
+    WS_INJECT,
     WS_BEGIN,
     WS_COMMIT,
     WS_ROLLBACK,
@@ -198,13 +201,19 @@ int pb__pg_release_leftovers(struct pgq *q);
 /* Note a change of the transaction under way (sent once it commits). */
 void pb__pg_note(struct pgq *q, char kind, const char *a, const char *b);
 
+/* ---- postgres_inject.c ----------------------------------------------------------------------- */
+
+/* PB_OP_INJECT, and replay and purge of a set of ids (PB_OP_REPLAY_ALL and
+ * PB_OP_PURGE with ids). */
+int pb__pg_apply_inject(struct pgq *q, struct pb_op *op);
+int pb__pg_apply_replay_ids(struct pgq *q, struct pb_op *op);
+int pb__pg_apply_purge_ids(struct pgq *q, struct pb_op *op);
+
 /* ---- postgres_read.c ------------------------------------------------------------------------ */
 
-int pb__pg_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
+int pb__pg_count(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err);
 int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
                         struct pb_err *err);
-int pb__pg_read_dead_letters(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                             int limit, const struct pb_read_cbs *cb, struct pb_err *err);
 int pb__pg_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
                             struct pb_err *err);
 int pb__pg_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
@@ -213,6 +222,30 @@ int pb__pg_read_nodes(void *ctx, pb_node_cb cb, void *arg, struct pb_err *err);
 struct pgc *pb__pg_reader_get(struct pgq *q, struct pb_err *err);
 void pb__pg_reader_put(struct pgq *q, struct pgc *c, bool broken);
 void pb__pg_readers_close(struct pgq *q);
+/* What postgres_search.c shares with the reads: one statement on a reader
+ * connection (binary results), a column as text or NULL, a read-only
+ * snapshot, the body check, a callback's stop, the dead-letter row. */
+int pb__pg_rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *const *vals,
+              PGresult **out, struct pb_err *err);
+const char *pb__pg_txt(const PGresult *r, int row, int col);
+int pb__pg_snapshot_begin(struct pgq *q, struct pgc *c, struct pb_err *err);
+void pb__pg_snapshot_end(struct pgq *q, struct pgc *c);
+bool pb__pg_intact(const PGresult *r, int row, int crc_col, const void *body, size_t len);
+int pb__pg_stopped(struct pb_err *err);
+/* %s: the body column, or NULL::bytea for none. */
+#define PG_DEAD_COLS                                                                               \
+    "SELECT d.id, m.id, d.pipeline, d.output, d.attempts::bigint, d.created_at, d.updated_at,"     \
+    " d.last_status::bigint, d.last_error, m.content_type, %s, d.sub, d.last_latency_ms"           \
+    " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+struct pb_delivery_row pb__pg_dead_row(const PGresult *r, int i, bool with_body);
+
+/* ---- postgres_search.c: the admin API's searches (backend.h) ----------------------------------
+ */
+
+int pb__pg_read_dead_letters(void *ctx, const struct pb_dead_query *q, const struct pb_read_cbs *cb,
+                             struct pb_err *err);
+int pb__pg_search_messages(void *ctx, const struct pb_msg_query *q, const struct pb_read_cbs *cb,
+                           struct pb_err *err);
 
 /* ---- postgres_node.c ----------------------------------------------------------------------- */
 

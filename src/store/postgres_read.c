@@ -13,11 +13,6 @@
 #include "patchbay/pb_log.h"
 #include "store/postgres_int.h"
 
-#define DEAD_COLS                                                                                  \
-    "SELECT d.id, m.id, d.pipeline, d.output, d.attempts::bigint, d.created_at, d.updated_at,"     \
-    " d.last_status::bigint, d.last_error, m.content_type, %s, d.sub, d.last_latency_ms"           \
-    " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
-
 /* ---- the pool ------------------------------------------------------------------------------ */
 
 struct pgc *pb__pg_reader_get(struct pgq *q, struct pb_err *err)
@@ -104,7 +99,7 @@ static int rq_once(struct pgq *q, struct pgc *c, const char *sql, int n, const c
  * has ended since (restarted, a presumed-dead node's sessions terminated)
  * fails at once: outside a transaction the statement is run again on a new
  * connection, once. */
-static int rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *const *vals,
+int pb__pg_rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *const *vals,
               PGresult **out, struct pb_err *err)
 {
     bool idle = PQtransactionStatus(c->conn) == PQTRANS_IDLE;
@@ -120,7 +115,7 @@ static int rq(struct pgq *q, struct pgc *c, const char *sql, int n, const char *
     return rc;
 }
 
-static const char *txt(const PGresult *r, int row, int col)
+const char *pb__pg_txt(const PGresult *r, int row, int col)
 {
     return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
 }
@@ -129,23 +124,27 @@ static const char *txt(const PGresult *r, int row, int col)
 
 /* ---- counts and state ------------------------------------------------------------------------ */
 
-int pb__pg_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err)
+int pb__pg_count(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     struct pgq *q = ctx;
     struct pgc *c = pb__pg_reader_get(q, err);
     PGresult *res = NULL;
     if (!c)
         return err && err->code ? err->code : PB_ESTORE;
-    int rc =
-        rq(q, c,
-           pending_only ? "SELECT pipeline, output, sub, 0::bigint, count(*) FROM deliveries"
-                          " WHERE state = 0 GROUP BY pipeline, output, sub"
-                        : "SELECT pipeline, output, sub, state::bigint, count(*) FROM deliveries"
-                          " GROUP BY pipeline, output, sub, state",
-           0, NULL, &res, err);
+    /* PENDING and DEAD through their partial indexes: they do not grow with
+     * the finished deliveries kept for retention. */
+    const char *sql = which == PB_DSTATE_PENDING
+                          ? "SELECT pipeline, output, sub, 0::bigint, count(*) FROM deliveries"
+                            " WHERE state = 0 GROUP BY pipeline, output, sub"
+                      : which == PB_DSTATE_DEAD
+                          ? "SELECT pipeline, output, sub, 2::bigint, count(*) FROM deliveries"
+                            " WHERE state = 2 GROUP BY pipeline, output, sub"
+                          : "SELECT pipeline, output, sub, state::bigint, count(*) FROM deliveries"
+                            " GROUP BY pipeline, output, sub, state";
+    int rc = pb__pg_rq(q, c, sql, 0, NULL, &res, err);
     if (rc == 0)
         for (int i = 0; i < PQntuples(res); i++)
-            cb(arg, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), txt(res, i, 2),
+            cb(arg, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), pb__pg_txt(res, i, 2),
                (enum pb_dstate)I64(res, i, 3), I64(res, i, 4));
     PQclear(res);
     pb__pg_reader_put(q, c, rc != 0);
@@ -160,8 +159,8 @@ int pb__pg_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct 
     if (!c)
         return err && err->code ? err->code : PB_ESTORE;
     const char *vals[] = {scope};
-    int rc =
-        rq(q, c, "SELECT key, value FROM kv WHERE scope = $1 ORDER BY key", 1, vals, &res, err);
+    int rc = pb__pg_rq(q, c, "SELECT key, value FROM kv WHERE scope = $1 ORDER BY key", 1, vals,
+                       &res, err);
     if (rc == 0)
         for (int i = 0; i < PQntuples(res); i++)
             if (cb(arg, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
@@ -179,14 +178,15 @@ int pb__pg_read_nodes(void *ctx, pb_node_cb cb, void *arg, struct pb_err *err)
     PGresult *res = NULL;
     if (!c)
         return err && err->code ? err->code : PB_ESTORE;
-    int rc = rq(q, c,
-                "SELECT n.epoch, n.name, n.version, n.state::bigint, n.started_at, n.heartbeat_at,"
-                " coalesce(n.ended_at, 0), (SELECT count(*) FROM deliveries d WHERE d.state = 0"
-                " AND d.lease = n.epoch), coalesce((SELECT string_agg(h.name, ',' ORDER BY h.name)"
-                " FROM holds h WHERE h.epoch = n.epoch), '') FROM nodes n"
-                " WHERE n.state = 0 OR n.ended_at > " PG_NOW_MS " - 3600000"
-                " ORDER BY n.state, n.name, n.epoch",
-                0, NULL, &res, err);
+    int rc = pb__pg_rq(
+        q, c,
+        "SELECT n.epoch, n.name, n.version, n.state::bigint, n.started_at, n.heartbeat_at,"
+        " coalesce(n.ended_at, 0), (SELECT count(*) FROM deliveries d WHERE d.state = 0"
+        " AND d.lease = n.epoch), coalesce((SELECT string_agg(h.name, ',' ORDER BY h.name)"
+        " FROM holds h WHERE h.epoch = n.epoch), '') FROM nodes n"
+        " WHERE n.state = 0 OR n.ended_at > " PG_NOW_MS " - 3600000"
+        " ORDER BY n.state, n.name, n.epoch",
+        0, NULL, &res, err);
     static const char *const states[] = {"live", "left", "dead"};
     if (rc == 0)
         for (int i = 0; i < PQntuples(res); i++) {
@@ -213,7 +213,7 @@ int pb__pg_read_nodes(void *ctx, pb_node_cb cb, void *arg, struct pb_err *err)
 
 /* ---- rows for the admin API ---------------------------------------------------------------- */
 
-static int stopped(struct pb_err *err)
+int pb__pg_stopped(struct pb_err *err)
 {
     return pb_err_set(err, PB_ENOMEM, "out of memory reading the state store");
 }
@@ -227,10 +227,11 @@ static int attempts(struct pgq *q, struct pgc *c, const struct pb_delivery_row *
     snprintf(id, sizeof(id), "%" PRId64, d->id);
     const char *vals[] = {id};
     PGresult *res = NULL;
-    int rc = rq(q, c,
-                "SELECT n::bigint, started_at, latency_ms, status::bigint, state::bigint, error"
-                " FROM attempts WHERE delivery_id = $1 ORDER BY n",
-                1, vals, &res, err);
+    int rc =
+        pb__pg_rq(q, c,
+                  "SELECT n::bigint, started_at, latency_ms, status::bigint, state::bigint, error"
+                  " FROM attempts WHERE delivery_id = $1 ORDER BY n",
+                  1, vals, &res, err);
     if (rc)
         return rc;
     int last = 0;
@@ -242,12 +243,12 @@ static int attempts(struct pgq *q, struct pgc *c, const struct pb_delivery_row *
             .latency_ms = I64(res, i, 2),
             .status = (int)I64(res, i, 3),
             .state = (enum pb_dstate)I64(res, i, 4),
-            .error = txt(res, i, 5),
-            .error_len = txt(res, i, 5) ? (size_t)PQgetlength(res, i, 5) : 0,
+            .error = pb__pg_txt(res, i, 5),
+            .error_len = pb__pg_txt(res, i, 5) ? (size_t)PQgetlength(res, i, 5) : 0,
         };
         if (cb->attempt && cb->attempt(cb->arg, &a)) {
             PQclear(res);
-            return stopped(err);
+            return pb__pg_stopped(err);
         }
     }
     PQclear(res);
@@ -262,29 +263,29 @@ static int attempts(struct pgq *q, struct pgc *c, const struct pb_delivery_row *
             .error_len = d->last_error_len,
         };
         if (cb->attempt && cb->attempt(cb->arg, &a))
-            return stopped(err);
+            return pb__pg_stopped(err);
     }
     return 0;
 }
 
-static bool intact(const PGresult *r, int row, int crc_col, const void *body, size_t len)
+bool pb__pg_intact(const PGresult *r, int row, int crc_col, const void *body, size_t len)
 {
     int64_t crc = I64(r, row, crc_col);
     return crc < 0 || crc == pb__store_body_crc(body, len);
 }
 
-static int begin_snapshot(struct pgq *q, struct pgc *c, struct pb_err *err)
+int pb__pg_snapshot_begin(struct pgq *q, struct pgc *c, struct pb_err *err)
 {
     PGresult *res = NULL;
-    int rc = rq(q, c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, &res, err);
+    int rc = pb__pg_rq(q, c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, &res, err);
     PQclear(res);
     return rc;
 }
 
-static void end_snapshot(struct pgq *q, struct pgc *c)
+void pb__pg_snapshot_end(struct pgq *q, struct pgc *c)
 {
     PGresult *res = NULL;
-    rq(q, c, "COMMIT", 0, NULL, &res, NULL);
+    pb__pg_rq(q, c, "COMMIT", 0, NULL, &res, NULL);
     PQclear(res);
 }
 
@@ -297,17 +298,19 @@ int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs 
     char *tmp = NULL;
     if (!c)
         return err && err->code ? err->code : PB_ESTORE;
-    int rc = begin_snapshot(q, c, err);
+    int rc = pb__pg_snapshot_begin(q, c, err);
     if (rc)
         goto out;
     const char *id = pb__pg_text(msg_id, strlen(msg_id), NULL, &tmp);
     const char *vals[] = {id ? id : ""};
-    rc = rq(q, c,
-            "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body,"
-            " coalesce(m.body_crc, -1), m.meta, (SELECT p.id FROM messages p WHERE p.seq ="
-            " m.parent_seq), r.body, coalesce(r.body_crc, -1), (r.seq IS NOT NULL)::int::bigint"
-            " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = $1",
-            1, vals, &m, err);
+    rc = pb__pg_rq(
+        q, c,
+        "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body,"
+        " coalesce(m.body_crc, -1), m.meta, (SELECT p.id FROM messages p WHERE p.seq ="
+        " m.parent_seq), r.body, coalesce(r.body_crc, -1), (r.seq IS NOT NULL)::int::bigint,"
+        " m.idem_key, (SELECT e.id FROM messages e WHERE e.seq = m.edit_of)"
+        " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = $1",
+        1, vals, &m, err);
     if (rc)
         goto out;
     if (PQntuples(m) == 0) {
@@ -319,41 +322,55 @@ int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs 
         .id = PQgetvalue(m, 0, 1),
         .pipeline = PQgetvalue(m, 0, 2),
         .received_at = I64(m, 0, 3),
-        .content_type = txt(m, 0, 4),
+        .content_type = pb__pg_txt(m, 0, 4),
         .body = PQgetvalue(m, 0, 5),
         .len = (size_t)PQgetlength(m, 0, 5),
-        .meta = txt(m, 0, 7),
-        .meta_len = txt(m, 0, 7) ? (size_t)PQgetlength(m, 0, 7) : 0,
-        .parent_id = txt(m, 0, 8),
+        .meta = pb__pg_txt(m, 0, 7),
+        .meta_len = pb__pg_txt(m, 0, 7) ? (size_t)PQgetlength(m, 0, 7) : 0,
+        .parent_id = pb__pg_txt(m, 0, 8),
         .routed = I64(m, 0, 11) != 0,
+        .idem_key = pb__pg_txt(m, 0, 12),
+        .edit_of = pb__pg_txt(m, 0, 13),
     };
-    row.body_damaged = !intact(m, 0, 6, row.body, row.len);
+    row.body_damaged = !pb__pg_intact(m, 0, 6, row.body, row.len);
     if (row.routed) {
         row.routed_body = PQgetvalue(m, 0, 9);
         row.routed_len = (size_t)PQgetlength(m, 0, 9);
-        row.routed_damaged = !intact(m, 0, 10, row.routed_body, row.routed_len);
+        row.routed_damaged = !pb__pg_intact(m, 0, 10, row.routed_body, row.routed_len);
     }
     if (cb->message && cb->message(cb->arg, &row)) {
-        rc = stopped(err);
+        rc = pb__pg_stopped(err);
         goto out;
     }
     char seq[24];
     snprintf(seq, sizeof(seq), "%" PRId64, row.seq);
     const char *sv[] = {seq};
-    rc = rq(q, c, "SELECT id FROM messages WHERE parent_seq = $1 ORDER BY seq LIMIT 1000", 1, sv,
-            &ch, err);
+    rc = pb__pg_rq(q, c, "SELECT id FROM messages WHERE parent_seq = $1 ORDER BY seq LIMIT 1000", 1,
+                   sv, &ch, err);
     if (rc)
         goto out;
     for (int i = 0; i < PQntuples(ch); i++)
         if (cb->child && cb->child(cb->arg, PQgetvalue(ch, i, 0))) {
-            rc = stopped(err);
+            rc = pb__pg_stopped(err);
             goto out;
         }
-    rc = rq(q, c,
-            "SELECT id, output, state::bigint, attempts::bigint, next_at, created_at, updated_at,"
-            " last_status::bigint, last_error, coalesce(replay_of, 0), sub, last_latency_ms"
-            " FROM deliveries WHERE msg_seq = $1 ORDER BY id",
-            1, sv, &ds, err);
+    PQclear(ch);
+    ch = NULL;
+    rc = pb__pg_rq(q, c, "SELECT id FROM messages WHERE edit_of = $1 ORDER BY seq LIMIT 1000", 1,
+                   sv, &ch, err);
+    if (rc)
+        goto out;
+    for (int i = 0; i < PQntuples(ch); i++)
+        if (cb->edit && cb->edit(cb->arg, PQgetvalue(ch, i, 0))) {
+            rc = pb__pg_stopped(err);
+            goto out;
+        }
+    rc = pb__pg_rq(
+        q, c,
+        "SELECT id, output, state::bigint, attempts::bigint, next_at, created_at, updated_at,"
+        " last_status::bigint, last_error, coalesce(replay_of, 0), sub, last_latency_ms"
+        " FROM deliveries WHERE msg_seq = $1 ORDER BY id",
+        1, sv, &ds, err);
     if (rc)
         goto out;
     for (int i = 0; i < PQntuples(ds); i++) {
@@ -362,7 +379,7 @@ int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs 
             .msg_id = row.id,
             .pipeline = row.pipeline,
             .output = PQgetvalue(ds, i, 1),
-            .sub = txt(ds, i, 10),
+            .sub = pb__pg_txt(ds, i, 10),
             .state = (enum pb_dstate)I64(ds, i, 2),
             .attempts = (int)I64(ds, i, 3),
             .next_at = I64(ds, i, 4),
@@ -370,12 +387,12 @@ int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs 
             .updated_at = I64(ds, i, 6),
             .has_status = !PQgetisnull(ds, i, 7),
             .last_status = (int)I64(ds, i, 7),
-            .last_error = txt(ds, i, 8),
-            .last_error_len = txt(ds, i, 8) ? (size_t)PQgetlength(ds, i, 8) : 0,
+            .last_error = pb__pg_txt(ds, i, 8),
+            .last_error_len = pb__pg_txt(ds, i, 8) ? (size_t)PQgetlength(ds, i, 8) : 0,
             .replay_of = I64(ds, i, 9),
         };
         if (cb->delivery && cb->delivery(cb->arg, &d)) {
-            rc = stopped(err);
+            rc = pb__pg_stopped(err);
             goto out;
         }
         if ((rc = attempts(q, c, &d, I64(ds, i, 11), !PQgetisnull(ds, i, 11), cb, err)) != 0)
@@ -386,71 +403,34 @@ out:
     PQclear(m);
     PQclear(ch);
     PQclear(ds);
-    end_snapshot(q, c);
+    pb__pg_snapshot_end(q, c);
     pb__pg_reader_put(q, c, false);
     return rc;
 }
 
-static struct pb_delivery_row dead_row(const PGresult *r, int i, bool with_body)
+struct pb_delivery_row pb__pg_dead_row(const PGresult *r, int i, bool with_body)
 {
     struct pb_delivery_row d = {
         .id = I64(r, i, 0),
         .msg_id = PQgetvalue(r, i, 1),
         .pipeline = PQgetvalue(r, i, 2),
         .output = PQgetvalue(r, i, 3),
-        .sub = txt(r, i, 11),
+        .sub = pb__pg_txt(r, i, 11),
         .state = PB_DSTATE_DEAD,
         .attempts = (int)I64(r, i, 4),
         .created_at = I64(r, i, 5),
         .updated_at = I64(r, i, 6),
         .has_status = !PQgetisnull(r, i, 7),
         .last_status = (int)I64(r, i, 7),
-        .last_error = txt(r, i, 8),
-        .last_error_len = txt(r, i, 8) ? (size_t)PQgetlength(r, i, 8) : 0,
+        .last_error = pb__pg_txt(r, i, 8),
+        .last_error_len = pb__pg_txt(r, i, 8) ? (size_t)PQgetlength(r, i, 8) : 0,
     };
     if (with_body) {
-        d.content_type = txt(r, i, 9);
+        d.content_type = pb__pg_txt(r, i, 9);
         d.body = PQgetvalue(r, i, 10);
         d.len = (size_t)PQgetlength(r, i, 10);
     }
     return d;
-}
-
-int pb__pg_read_dead_letters(void *ctx, const char *pipeline, const char *output, int64_t after_id,
-                             int limit, const struct pb_read_cbs *cb, struct pb_err *err)
-{
-    struct pgq *q = ctx;
-    struct pgc *c = pb__pg_reader_get(q, err);
-    PGresult *res = NULL;
-    char sql[1024], after[24], lim[24];
-    char *t1 = NULL, *t2 = NULL;
-    if (!c)
-        return err && err->code ? err->code : PB_ESTORE;
-    snprintf(sql, sizeof(sql),
-             DEAD_COLS " WHERE d.state = 2 AND d.id > $3::bigint"
-                       " AND ($1::text IS NULL OR d.pipeline = $1::text)"
-                       " AND ($2::text IS NULL OR d.output = $2::text"
-                       " OR d.output || '/' || d.sub = $2::text) ORDER BY d.id LIMIT $4::bigint",
-             "NULL::bytea");
-    snprintf(after, sizeof(after), "%" PRId64, after_id);
-    snprintf(lim, sizeof(lim), "%d", limit);
-    const char *vals[] = {pipeline ? pb__pg_text(pipeline, strlen(pipeline), NULL, &t1) : NULL,
-                          output ? pb__pg_text(output, strlen(output), NULL, &t2) : NULL, after,
-                          lim};
-    int rc = rq(q, c, sql, 4, vals, &res, err);
-    if (rc == 0)
-        for (int i = 0; i < PQntuples(res); i++) {
-            struct pb_delivery_row d = dead_row(res, i, false);
-            if (cb->delivery && cb->delivery(cb->arg, &d)) {
-                rc = stopped(err);
-                break;
-            }
-        }
-    free(t1);
-    free(t2);
-    PQclear(res);
-    pb__pg_reader_put(q, c, false);
-    return rc;
 }
 
 int pb__pg_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
@@ -462,27 +442,27 @@ int pb__pg_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read
     char sql[768], id[24];
     if (!c)
         return err && err->code ? err->code : PB_ESTORE;
-    int rc = begin_snapshot(q, c, err);
+    int rc = pb__pg_snapshot_begin(q, c, err);
     if (rc)
         goto out;
-    snprintf(sql, sizeof(sql), DEAD_COLS " WHERE d.id = $1::bigint AND d.state = 2", "m.body");
+    snprintf(sql, sizeof(sql), PG_DEAD_COLS " WHERE d.id = $1::bigint AND d.state = 2", "m.body");
     snprintf(id, sizeof(id), "%" PRId64, delivery_id);
     const char *vals[] = {id};
-    if ((rc = rq(q, c, sql, 1, vals, &res, err)) != 0)
+    if ((rc = pb__pg_rq(q, c, sql, 1, vals, &res, err)) != 0)
         goto out;
     if (PQntuples(res) == 0) {
         rc = pb_err_set(err, PB_ENOTFOUND, "no dead letter %" PRId64, delivery_id);
         goto out;
     }
-    struct pb_delivery_row d = dead_row(res, 0, true);
+    struct pb_delivery_row d = pb__pg_dead_row(res, 0, true);
     if (cb->delivery && cb->delivery(cb->arg, &d)) {
-        rc = stopped(err);
+        rc = pb__pg_stopped(err);
         goto out;
     }
     rc = attempts(q, c, &d, I64(res, 0, 12), !PQgetisnull(res, 0, 12), cb, err);
 out:
     PQclear(res);
-    end_snapshot(q, c);
+    pb__pg_snapshot_end(q, c);
     pb__pg_reader_put(q, c, false);
     return rc;
 }

@@ -113,6 +113,21 @@ static const char *const migrations[] = {
     " node text NOT NULL,"
     " since bigint NOT NULL);"
     "CREATE INDEX deliveries_lease ON deliveries(lease) WHERE state = 0 AND lease IS NOT NULL;",
+    /* 3: what the dashboard searches and links (SQLite's 10): each
+     * message's idempotency key as its input gave it (those still in the
+     * window filled in where the key is plain text), the message an edited
+     * one was made from; the dead letters by id whatever their output; and
+     * messages newest first by (received_at, seq), the explorer's order. */
+    "ALTER TABLE messages ADD COLUMN idem_key text;"
+    "ALTER TABLE messages ADD COLUMN edit_of bigint;"
+    "UPDATE messages m SET idem_key = encode(i.key, 'escape') FROM idempotency i"
+    " WHERE i.msg_id = m.id AND i.pipeline = m.pipeline"
+    " AND strpos(encode(i.key, 'escape'), E'\\\\') = 0;"
+    "CREATE INDEX messages_idem ON messages(idem_key) WHERE idem_key IS NOT NULL;"
+    "CREATE INDEX messages_edit_of ON messages(edit_of) WHERE edit_of IS NOT NULL;"
+    "CREATE INDEX deliveries_dead_id ON deliveries(id) WHERE state = 2;"
+    "CREATE INDEX messages_received_seq ON messages(received_at, seq);"
+    "DROP INDEX messages_received;",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PG_SCHEMA_VERSION, "one migration per schema version");

@@ -48,8 +48,9 @@ const char *const pb__pg_wsql[WS_COUNT] = {
                "AS ok"
                " FROM h),"
                " m AS (INSERT INTO messages(id, pipeline, received_at, content_type, body, "
-               "body_crc, meta)"
-               " SELECT $2::text, $1::text, $3::bigint, $4::text, $5::bytea, $6::bigint, $7::text"
+               "body_crc, meta, idem_key)"
+               " SELECT $2::text, $1::text, $3::bigint, $4::text, $5::bytea, $6::bigint, $7::text,"
+               " $16::text"
                " FROM go WHERE go.ok ON CONFLICT (id) DO NOTHING RETURNING seq),"
                " d AS (INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
                " created_at, updated_at, lease) SELECT m.seq, $1::text, o.output, 0, 0, "
@@ -184,6 +185,59 @@ const char *const pb__pg_wsql[WS_COUNT] = {
     [WS_RELEASE] = "WITH u AS (UPDATE deliveries SET lease = NULL WHERE id = ANY($1::bigint[])"
                    " AND lease = $2::bigint RETURNING pipeline, output)"
                    " SELECT string_agg(DISTINCT pipeline || E'\\t' || output, E'\\n') FROM u",
+    /* A set the admin side selected: those of ids still dead, in id order. */
+    [WS_REPLAY_IDS] =
+        "WITH old AS (UPDATE deliveries SET state = 4, updated_at = $2::bigint"
+        " WHERE id = ANY($1::bigint[]) AND state = 2 RETURNING id, msg_seq, pipeline, output, sub),"
+        " n AS (INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts, next_at,"
+        " created_at, updated_at, replay_of) SELECT msg_seq, pipeline, output, sub, 0, 0,"
+        " $2::bigint, $2::bigint, $2::bigint, id FROM old ORDER BY id"
+        " RETURNING pipeline, output)"
+        " SELECT (SELECT count(*) FROM n),"
+        " (SELECT string_agg(DISTINCT pipeline || E'\\t' || output, E'\\n') FROM n)",
+    /* The snapshot still shows the deliveries deleted here: hence NOT IN d. */
+    [WS_PURGE_IDS] = "WITH d AS (DELETE FROM deliveries WHERE id = ANY($1::bigint[]) AND state = 2"
+                     " RETURNING id, msg_seq),"
+                     " m AS (DELETE FROM messages WHERE seq IN (SELECT msg_seq FROM d)"
+                     " AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.msg_seq = messages.seq"
+                     " AND x.id NOT IN (SELECT id FROM d)))"
+                     " SELECT count(*) FROM d",
+    /* A message the admin side made, with a pending, unleased delivery per
+     * target; with $8 (a dead delivery) it takes that one's pipeline and
+     * metadata, is linked to its message (edit_of), and the dead one
+     * becomes replayed; no targets: the dead one's output and sub-output.
+     * The key the route stage recorded for the old message goes with the
+     * corrected body (the routed one) unless the target is the route stage.
+     * Nothing is written when $8 is no longer dead or the id is taken. */
+    [WS_INJECT] =
+        "WITH old AS (SELECT id, msg_seq, pipeline, output, sub FROM deliveries"
+        " WHERE $8::bigint <> 0 AND id = $8::bigint AND state = 2 FOR UPDATE),"
+        " om AS (SELECT m.seq, m.meta, (r.seq IS NOT NULL OR m.parent_seq IS NOT NULL) AS known,"
+        " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END AS okey FROM old"
+        " JOIN messages m ON m.seq = old.msg_seq LEFT JOIN routed r ON r.seq = m.seq),"
+        " go AS (SELECT ($8::bigint = 0 OR EXISTS (SELECT 1 FROM old)) AS ok),"
+        " m AS (INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
+        " meta, edit_of) SELECT $1::text, coalesce((SELECT pipeline FROM old), $2::text),"
+        " $3::bigint, $4::text, $5::bytea, $6::bigint,"
+        " CASE WHEN $8::bigint <> 0 THEN (SELECT meta FROM om) ELSE $7::text END,"
+        " (SELECT seq FROM om) FROM go WHERE go.ok ON CONFLICT (id) DO NOTHING"
+        " RETURNING seq, pipeline),"
+        " t AS (SELECT o.output, o.sub, o.i FROM unnest($9::text[], $10::text[])"
+        " WITH ORDINALITY AS o(output, sub, i) UNION ALL SELECT old.output, old.sub, 1 FROM old"
+        " WHERE cardinality($9::text[]) = 0),"
+        " rt AS (INSERT INTO routed(seq, body, body_crc, okey) SELECT m.seq, $5::bytea,"
+        " $6::bigint, om.okey FROM m, om WHERE om.known AND (SELECT t.output FROM t"
+        " WHERE t.i = 1) <> '" PB_ROUTE_OUTPUT "'),"
+        " d AS (INSERT INTO deliveries(msg_seq, pipeline, output, sub, state, attempts, next_at,"
+        " created_at, updated_at, replay_of) SELECT m.seq, m.pipeline, t.output,"
+        " nullif(t.sub, ''), 0, 0, $3::bigint, $3::bigint, $3::bigint, nullif($8::bigint, 0)"
+        " FROM m, t ORDER BY t.i RETURNING id, pipeline, output),"
+        " mk AS (UPDATE deliveries SET state = 4, updated_at = $3::bigint"
+        " WHERE id = (SELECT id FROM old) AND EXISTS (SELECT 1 FROM m))"
+        " SELECT (SELECT ok FROM go)::int, (SELECT seq FROM m),"
+        " (SELECT string_agg(id::text, ',' ORDER BY id) FROM d),"
+        " (SELECT pipeline FROM old), (SELECT output FROM old), (SELECT sub FROM old),"
+        " (SELECT string_agg(DISTINCT pipeline || E'\\t' || output, E'\\n') FROM d)",
     [WS_BEGIN] = "BEGIN",
     [WS_COMMIT] = "COMMIT",
     [WS_ROLLBACK] = "ROLLBACK",

@@ -315,6 +315,7 @@ static int send_ingest(struct pgq *q, struct pb_op *op, int idx, const char *hol
         p_null(&p);
     p_text(&p, hold);
     p_i64(&p, hold_epoch);
+    p_text(&p, in->idem_key); /* kept with the message, for the search */
     if (outs.oom || leases.oom)
         p.oom = true;
     int rc = send_p(q, WS_INGEST, &p, false, ingest_res, op, idx);
@@ -425,6 +426,8 @@ static int count_res(struct pgq *q, struct pb_op *op, int idx, PGresult *res)
     (void)idx;
     if (ival(res, 0) == 0)
         op->status = PB_ENOTFOUND;
+    else if (op->kind == PB_OP_PURGE)
+        op->u.purge.count = ival(res, 0);
     return 0;
 }
 
@@ -500,6 +503,8 @@ static int apply_replay_all(struct pgq *q, struct pb_op *op)
     struct params p = {0};
     r->count = 0;
     r->more = false;
+    if (r->ids)
+        return pb__pg_apply_replay_ids(q, op);
     p_text(&p, r->pipeline);
     p_text(&p, r->output);
     p_i64(&p, r->now);
@@ -512,6 +517,9 @@ static int apply_replay_all(struct pgq *q, struct pb_op *op)
 static int apply_purge(struct pgq *q, struct pb_op *op)
 {
     struct params p = {0};
+    op->u.purge.count = 0;
+    if (op->u.purge.ids)
+        return pb__pg_apply_purge_ids(q, op);
     p_i64(&p, op->u.purge.delivery_id);
     return send_p(q, WS_PURGE, &p, false, count_res, op, 0);
 }
@@ -953,6 +961,8 @@ int pb__pg_apply(void *ctx, struct pb_op *op)
         return apply_release(q, op);
     case PB_OP_SUB_KILL:
         return apply_sub_kill(q, op);
+    case PB_OP_INJECT:
+        return pb__pg_apply_inject(q, op);
     }
     op->status = PB_EINVAL;
     return 0;

@@ -159,6 +159,19 @@ static const char *const migrations[] = {
      * delivery's own row (last_status, last_error, updated_at and this
      * latency) instead of a row of attempts: most deliveries are one such. */
     "ALTER TABLE deliveries ADD COLUMN last_latency_ms INTEGER;",
+    /* 10: what the dashboard searches and links: each message's idempotency
+     * key as its input gave it (those still in the window are filled in),
+     * and for a message made by editing a dead letter, the message it was
+     * made from. */
+    "ALTER TABLE messages ADD COLUMN idem_key TEXT;"
+    "ALTER TABLE messages ADD COLUMN edit_of INTEGER;"
+    "UPDATE messages SET idem_key = i.key FROM idempotency i WHERE i.msg_id = messages.id;"
+    "CREATE INDEX messages_idem ON messages(idem_key) WHERE idem_key IS NOT NULL;"
+    "CREATE INDEX messages_edit_of ON messages(edit_of) WHERE edit_of IS NOT NULL;"
+    /* The dead letters by id, whatever their output: pages of the whole
+     * queue in either order without a sort, however few they are among
+     * the deliveries. */
+    "CREATE INDEX deliveries_dead_id ON deliveries(id) WHERE state = 2;",
 };
 
 const char *pb__sqlite_migration_sql(int v)
@@ -810,6 +823,7 @@ const struct pb_store_backend pb__store_sqlite = {
     .read_message = pb__sqlite_read_message,
     .read_dead_letters = pb__sqlite_read_dead_letters,
     .read_dead_letter = pb__sqlite_read_dead_letter,
+    .search_messages = pb__sqlite_search_messages,
     .kv_load = pb__sqlite_kv_load,
     .test_max_pages = sq_test_max_pages,
 };

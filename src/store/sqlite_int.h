@@ -48,6 +48,8 @@ enum {
     W_KV_DEL,
     W_DEAD_IN_DLV,
     W_DEAD_IN_ATT,
+    W_INJ_OLD,
+    W_INJ_MSG,
     /* replay-all's selection, one variant per filter (bit 0 pipeline, bit 1 output) */
     W_RALL,
     W_COUNT = W_RALL + 4,
@@ -109,15 +111,39 @@ int pb__sqlite_open_conn(struct sq *q, bool create, sqlite3 **out, struct pb_err
 /* Does body (read from st) still match the CRC in column col of st? NULL
  * there (a body stored before checksums) counts as a match. */
 bool pb__sqlite_body_intact(sqlite3_stmt *st, int col, const void *body, size_t len);
-int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err);
+int pb__sqlite_count(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err);
 int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs *cb,
                             struct pb_err *err);
-int pb__sqlite_read_dead_letters(void *ctx, const char *pipeline, const char *output,
-                                 int64_t after_id, int limit, const struct pb_read_cbs *cb,
-                                 struct pb_err *err);
+int pb__sqlite_read_dead_letters(void *ctx, const struct pb_dead_query *q,
+                                 const struct pb_read_cbs *cb, struct pb_err *err);
 int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
                                 struct pb_err *err);
 int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err);
+/* sqlite_write.c: what the writer's ops in other files share. */
+int pb__sqlite_step_done(sqlite3_stmt *st);
+void pb__sqlite_bind_text_or_null(sqlite3_stmt *st, int i, const char *s);
+int pb__sqlite_find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
+                         char *output, size_t olen, char *sub, size_t slen);
+/* sqlite_inject.c: PB_OP_INJECT. */
+int pb__sqlite_apply_inject(struct sq *q, struct pb_op *op);
+
+/* sqlite_search.c: the searches of the admin API (see backend.h). */
+int pb__sqlite_search_messages(void *ctx, const struct pb_msg_query *q,
+                               const struct pb_read_cbs *cb, struct pb_err *err);
+
+/* What sqlite_search.c borrows from sqlite_read.c: a connection of the read
+ * pool (always put back), its handle, errors, and the dead-letter row. */
+struct rconn *pb__sqlite_rconn_get(struct sq *q, struct pb_err *err);
+void pb__sqlite_rconn_put(struct sq *q, struct rconn *r);
+sqlite3 *pb__sqlite_rconn_db(struct rconn *r);
+int pb__sqlite_read_fail(sqlite3 *db, int rc, struct pb_err *err, const char *what);
+const char *pb__sqlite_text_col(sqlite3_stmt *st, int i);
+#define PB__SQLITE_DEAD_COLS                                                                       \
+    "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
+    " d.last_status, d.last_error, m.content_type, m.body, d.sub, d.last_latency_ms"               \
+    " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+struct pb_delivery_row pb__sqlite_dead_row(sqlite3_stmt *st, bool with_body);
+
 /* Tests only: the SQL of schema version v (1..PB_STORE_SCHEMA_VERSION). */
 const char *pb__sqlite_migration_sql(int v);
 /* Close the idle read connections (store teardown, no reader active). */

@@ -22,15 +22,10 @@ enum {
     R_COUNT_PENDING,
     R_MSG_CHILDREN,
     R_KV,
-    R_DEAD_LIST, /* + 0..3: bit 0 pipeline, bit 1 output */
-    R_COUNT_ALL = R_DEAD_LIST + 4,
+    R_MSG_EDITS,
+    R_COUNT_DEAD,
+    R_COUNT_ALL,
 };
-
-#define DEAD_COLS                                                                                  \
-    "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
-    " d.last_status, d.last_error, m.content_type, m.body, d.sub, d.last_latency_ms"               \
-    " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
-#define DEAD_LIST(w) DEAD_COLS " WHERE d.state = 2 AND d.id > ?3" w " ORDER BY d.id LIMIT ?4"
 
 static const char *const rsql[R_COUNT_ALL] = {
     /* The route stage reads the body as received; outputs the routed one. */
@@ -40,7 +35,8 @@ static const char *const rsql[R_COUNT_ALL] = {
                 " GROUP BY pipeline, output, sub, state",
     [R_MSG] =
         "SELECT m.seq, m.id, m.pipeline, m.received_at, m.content_type, m.body, m.body_crc,"
-        " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc"
+        " m.meta, (SELECT p.id FROM messages p WHERE p.seq = m.parent_seq), r.body, r.body_crc,"
+        " m.idem_key, (SELECT e.id FROM messages e WHERE e.seq = m.edit_of)"
         " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
@@ -48,14 +44,11 @@ static const char *const rsql[R_COUNT_ALL] = {
                          " WHERE msg_seq = ?1 ORDER BY id",
     [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
                    " WHERE delivery_id = ?1 ORDER BY n",
-    [R_DEAD_ONE] = DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
+    [R_DEAD_ONE] = PB__SQLITE_DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
     [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
-    [R_DEAD_LIST + 0] = DEAD_LIST(""),
-    [R_DEAD_LIST + 1] = DEAD_LIST(" AND d.pipeline = ?1"),
-    /* An output filter takes the output with its sub-outputs, or one of them ("out/sub"). */
-    [R_DEAD_LIST + 2] = DEAD_LIST(" AND (d.output = ?2 OR d.output || '/' || d.sub = ?2)"),
-    [R_DEAD_LIST + 3] = DEAD_LIST(" AND d.pipeline = ?1 AND (d.output = ?2"
-                                  " OR d.output || '/' || d.sub = ?2)"),
+    [R_COUNT_DEAD] = "SELECT pipeline, output, sub, 2, count(*) FROM deliveries"
+                     " WHERE state = 2 GROUP BY pipeline, output, sub",
+    [R_MSG_EDITS] = "SELECT id FROM messages WHERE edit_of = ?1 ORDER BY seq LIMIT 1000",
 };
 
 struct rconn {
@@ -63,7 +56,7 @@ struct rconn {
     sqlite3_stmt *st[R_COUNT_ALL];
 };
 
-static int read_fail(sqlite3 *db, int rc, struct pb_err *err, const char *what)
+int pb__sqlite_read_fail(sqlite3 *db, int rc, struct pb_err *err, const char *what)
 {
     return pb_err_set(err, pb__sqlite_map_rc(db, rc), "state store read failed (%s): %s", what,
                       db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
@@ -86,7 +79,7 @@ void pb__sqlite_readers_close(struct sq *q)
     q->nidle = 0;
 }
 
-static struct rconn *rconn_get(struct sq *q, struct pb_err *err)
+struct rconn *pb__sqlite_rconn_get(struct sq *q, struct pb_err *err)
 {
     struct rconn *r = NULL;
 
@@ -110,7 +103,7 @@ static struct rconn *rconn_get(struct sq *q, struct pb_err *err)
     return r;
 }
 
-static void rconn_put(struct sq *q, struct rconn *r)
+void pb__sqlite_rconn_put(struct sq *q, struct rconn *r)
 {
     if (!r)
         return;
@@ -139,23 +132,26 @@ static sqlite3_stmt *rstmt(struct rconn *r, int i, struct pb_err *err)
     if (!r->st[i]) {
         int rc = sqlite3_prepare_v3(r->db, rsql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i], NULL);
         if (rc != SQLITE_OK) {
-            read_fail(r->db, rc, err, "prepare");
+            pb__sqlite_read_fail(r->db, rc, err, "prepare");
             return NULL;
         }
     }
     return r->st[i];
 }
 
-int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, struct pb_err *err)
+int pb__sqlite_count(void *ctx, int which, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
+    struct rconn *r = pb__sqlite_rconn_get(q, err);
     sqlite3_stmt *st;
     int rc, ret = 0;
 
     if (!r)
         return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, pending_only ? R_COUNT_PENDING : R_COUNT, err))) {
+    int stmt = which == PB_DSTATE_PENDING ? R_COUNT_PENDING
+               : which == PB_DSTATE_DEAD  ? R_COUNT_DEAD
+                                          : R_COUNT;
+    if (!(st = rstmt(r, stmt, err))) {
         ret = err ? err->code : PB_ESTORE;
         goto out;
     }
@@ -170,18 +166,18 @@ int pb__sqlite_count(void *ctx, bool pending_only, pb_count_cb cb, void *arg, st
            (enum pb_dstate)sqlite3_column_int(st, 3), sqlite3_column_int64(st, 4));
     }
     if (rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "count");
+        ret = pb__sqlite_read_fail(r->db, rc, err, "count");
 out:
     if (st)
         sqlite3_reset(st);
-    rconn_put(q, r);
+    pb__sqlite_rconn_put(q, r);
     return ret;
 }
 
 int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, struct pb_err *err)
 {
     struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
+    struct rconn *r = pb__sqlite_rconn_get(q, err);
     sqlite3_stmt *st;
     int rc, ret = 0;
 
@@ -204,17 +200,22 @@ int pb__sqlite_kv_load(void *ctx, const char *scope, pb_kv_cb cb, void *arg, str
             break;
     }
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        ret = read_fail(r->db, rc, err, "key-value read");
+        ret = pb__sqlite_read_fail(r->db, rc, err, "key-value read");
 out:
     if (st)
         sqlite3_reset(st);
-    rconn_put(q, r);
+    pb__sqlite_rconn_put(q, r);
     return ret;
+}
+
+sqlite3 *pb__sqlite_rconn_db(struct rconn *r)
+{
+    return r->db;
 }
 
 /* ---- rows for the admin API ---------------------------------------------------------------- */
 
-static const char *text_col(sqlite3_stmt *st, int i)
+const char *pb__sqlite_text_col(sqlite3_stmt *st, int i)
 {
     return (const char *)sqlite3_column_text(st, i);
 }
@@ -239,7 +240,7 @@ static int attempts(struct rconn *r, const struct pb_delivery_row *d, int64_t la
             .latency_ms = sqlite3_column_int64(st, 2),
             .status = sqlite3_column_int(st, 3),
             .state = (enum pb_dstate)sqlite3_column_int(st, 4),
-            .error = text_col(st, 5),
+            .error = pb__sqlite_text_col(st, 5),
             .error_len = (size_t)sqlite3_column_bytes(st, 5),
         };
         if (cb->attempt && cb->attempt(cb->arg, &a)) {
@@ -249,7 +250,7 @@ static int attempts(struct rconn *r, const struct pb_delivery_row *d, int64_t la
     }
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return read_fail(r->db, rc, err, "attempts");
+        return pb__sqlite_read_fail(r->db, rc, err, "attempts");
     if (last == 0 && d->attempts == 1 && has_latency && d->state != PB_DSTATE_PENDING) {
         struct pb_attempt_row a = {
             .n = 1,
@@ -270,7 +271,7 @@ static int attempts(struct rconn *r, const struct pb_delivery_row *d, int64_t la
 static int begin_read(struct rconn *r, struct pb_err *err)
 {
     int rc = sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL);
-    return rc == SQLITE_OK ? 0 : read_fail(r->db, rc, err, "begin");
+    return rc == SQLITE_OK ? 0 : pb__sqlite_read_fail(r->db, rc, err, "begin");
 }
 
 static void end_read(struct rconn *r)
@@ -287,8 +288,8 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
                             struct pb_err *err)
 {
     struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st = NULL, *dst = NULL, *cst = NULL;
+    struct rconn *r = pb__sqlite_rconn_get(q, err);
+    sqlite3_stmt *st = NULL, *dst = NULL, *cst = NULL, *est = NULL;
     int rc, ret = 0;
 
     if (!r)
@@ -296,7 +297,7 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
     if ((ret = begin_read(r, err)) < 0)
         goto out_put;
     if (!(st = rstmt(r, R_MSG, err)) || !(dst = rstmt(r, R_MSG_DELIVERIES, err)) ||
-        !(cst = rstmt(r, R_MSG_CHILDREN, err))) {
+        !(cst = rstmt(r, R_MSG_CHILDREN, err)) || !(est = rstmt(r, R_MSG_EDITS, err))) {
         ret = err ? err->code : PB_ESTORE;
         goto out;
     }
@@ -307,21 +308,23 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
         goto out;
     }
     if (rc != SQLITE_ROW) {
-        ret = read_fail(r->db, rc, err, "message");
+        ret = pb__sqlite_read_fail(r->db, rc, err, "message");
         goto out;
     }
     struct pb_message_row m = {
         .seq = sqlite3_column_int64(st, 0),
-        .id = text_col(st, 1),
-        .pipeline = text_col(st, 2),
+        .id = pb__sqlite_text_col(st, 1),
+        .pipeline = pb__sqlite_text_col(st, 2),
         .received_at = sqlite3_column_int64(st, 3),
-        .content_type = text_col(st, 4),
+        .content_type = pb__sqlite_text_col(st, 4),
         .body = sqlite3_column_blob(st, 5),
         .len = (size_t)sqlite3_column_bytes(st, 5),
-        .meta = text_col(st, 7),
+        .meta = pb__sqlite_text_col(st, 7),
         .meta_len = (size_t)sqlite3_column_bytes(st, 7),
-        .parent_id = text_col(st, 8),
+        .parent_id = pb__sqlite_text_col(st, 8),
         .routed = sqlite3_column_type(st, 9) != SQLITE_NULL,
+        .idem_key = pb__sqlite_text_col(st, 11),
+        .edit_of = pb__sqlite_text_col(st, 12),
     };
     if (!m.body)
         m.body = "";
@@ -343,12 +346,24 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
     }
     sqlite3_bind_int64(cst, 1, m.seq);
     while ((rc = sqlite3_step(cst)) == SQLITE_ROW)
-        if (cb->child && text_col(cst, 0) && cb->child(cb->arg, text_col(cst, 0))) {
+        if (cb->child && pb__sqlite_text_col(cst, 0) &&
+            cb->child(cb->arg, pb__sqlite_text_col(cst, 0))) {
             ret = stopped(err);
             goto out;
         }
     if (rc != SQLITE_DONE) {
-        ret = read_fail(r->db, rc, err, "children");
+        ret = pb__sqlite_read_fail(r->db, rc, err, "children");
+        goto out;
+    }
+    sqlite3_bind_int64(est, 1, m.seq);
+    while ((rc = sqlite3_step(est)) == SQLITE_ROW)
+        if (cb->edit && pb__sqlite_text_col(est, 0) &&
+            cb->edit(cb->arg, pb__sqlite_text_col(est, 0))) {
+            ret = stopped(err);
+            goto out;
+        }
+    if (rc != SQLITE_DONE) {
+        ret = pb__sqlite_read_fail(r->db, rc, err, "edits");
         goto out;
     }
     sqlite3_bind_int64(dst, 1, m.seq);
@@ -357,8 +372,8 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
             .id = sqlite3_column_int64(dst, 0),
             .msg_id = m.id,
             .pipeline = m.pipeline,
-            .output = text_col(dst, 1),
-            .sub = text_col(dst, 10),
+            .output = pb__sqlite_text_col(dst, 1),
+            .sub = pb__sqlite_text_col(dst, 10),
             .state = (enum pb_dstate)sqlite3_column_int(dst, 2),
             .attempts = sqlite3_column_int(dst, 3),
             .next_at = sqlite3_column_int64(dst, 4),
@@ -366,7 +381,7 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
             .updated_at = sqlite3_column_int64(dst, 6),
             .has_status = sqlite3_column_type(dst, 7) != SQLITE_NULL,
             .last_status = sqlite3_column_int(dst, 7),
-            .last_error = text_col(dst, 8),
+            .last_error = pb__sqlite_text_col(dst, 8),
             .last_error_len = (size_t)sqlite3_column_bytes(dst, 8),
             .replay_of = sqlite3_column_int64(dst, 9),
         };
@@ -379,7 +394,7 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
             goto out;
     }
     if (rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "deliveries");
+        ret = pb__sqlite_read_fail(r->db, rc, err, "deliveries");
 out:
     if (st)
         sqlite3_reset(st);
@@ -387,32 +402,34 @@ out:
         sqlite3_reset(dst);
     if (cst)
         sqlite3_reset(cst);
+    if (est)
+        sqlite3_reset(est);
     end_read(r);
 out_put:
-    rconn_put(q, r);
+    pb__sqlite_rconn_put(q, r);
     return ret;
 }
 
-/* A dead letter from a DEAD_COLS row; with_body adds the body. */
-static struct pb_delivery_row dead_row(sqlite3_stmt *st, bool with_body)
+/* A dead letter from a PB__SQLITE_DEAD_COLS row; with_body adds the body. */
+struct pb_delivery_row pb__sqlite_dead_row(sqlite3_stmt *st, bool with_body)
 {
     struct pb_delivery_row d = {
         .id = sqlite3_column_int64(st, 0),
-        .msg_id = text_col(st, 1),
-        .pipeline = text_col(st, 2),
-        .output = text_col(st, 3),
-        .sub = text_col(st, 11),
+        .msg_id = pb__sqlite_text_col(st, 1),
+        .pipeline = pb__sqlite_text_col(st, 2),
+        .output = pb__sqlite_text_col(st, 3),
+        .sub = pb__sqlite_text_col(st, 11),
         .state = PB_DSTATE_DEAD,
         .attempts = sqlite3_column_int(st, 4),
         .created_at = sqlite3_column_int64(st, 5),
         .updated_at = sqlite3_column_int64(st, 6),
         .has_status = sqlite3_column_type(st, 7) != SQLITE_NULL,
         .last_status = sqlite3_column_int(st, 7),
-        .last_error = text_col(st, 8),
+        .last_error = pb__sqlite_text_col(st, 8),
         .last_error_len = (size_t)sqlite3_column_bytes(st, 8),
     };
     if (with_body) {
-        d.content_type = text_col(st, 9);
+        d.content_type = pb__sqlite_text_col(st, 9);
         d.body = sqlite3_column_blob(st, 10);
         d.len = (size_t)sqlite3_column_bytes(st, 10);
         if (!d.body)
@@ -421,48 +438,11 @@ static struct pb_delivery_row dead_row(sqlite3_stmt *st, bool with_body)
     return d;
 }
 
-int pb__sqlite_read_dead_letters(void *ctx, const char *pipeline, const char *output,
-                                 int64_t after_id, int limit, const struct pb_read_cbs *cb,
-                                 struct pb_err *err)
-{
-    struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
-    sqlite3_stmt *st = NULL;
-    int rc, ret = 0;
-
-    if (!r)
-        return err ? err->code : PB_ESTORE;
-    if (!(st = rstmt(r, R_DEAD_LIST + (pipeline ? 1 : 0) + (output ? 2 : 0), err))) {
-        ret = err ? err->code : PB_ESTORE;
-        goto out;
-    }
-    if (pipeline)
-        sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
-    if (output)
-        sqlite3_bind_text(st, 2, output, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, after_id);
-    sqlite3_bind_int(st, 4, limit);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct pb_delivery_row d = dead_row(st, false);
-        if (!d.msg_id || !d.pipeline || !d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
-            ret = stopped(err);
-            goto out;
-        }
-    }
-    if (rc != SQLITE_DONE)
-        ret = read_fail(r->db, rc, err, "dead letters");
-out:
-    if (st)
-        sqlite3_reset(st);
-    rconn_put(q, r);
-    return ret;
-}
-
 int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_read_cbs *cb,
                                 struct pb_err *err)
 {
     struct sq *q = ctx;
-    struct rconn *r = rconn_get(q, err);
+    struct rconn *r = pb__sqlite_rconn_get(q, err);
     sqlite3_stmt *st = NULL;
     int rc, ret = 0;
 
@@ -481,10 +461,10 @@ int pb__sqlite_read_dead_letter(void *ctx, int64_t delivery_id, const struct pb_
         goto out;
     }
     if (rc != SQLITE_ROW) {
-        ret = read_fail(r->db, rc, err, "dead letter");
+        ret = pb__sqlite_read_fail(r->db, rc, err, "dead letter");
         goto out;
     }
-    struct pb_delivery_row d = dead_row(st, true);
+    struct pb_delivery_row d = pb__sqlite_dead_row(st, true);
     if (!d.msg_id || !d.pipeline || !d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
         ret = stopped(err);
         goto out;
@@ -496,6 +476,6 @@ out:
         sqlite3_reset(st);
     end_read(r);
 out_put:
-    rconn_put(q, r);
+    pb__sqlite_rconn_put(q, r);
     return ret;
 }

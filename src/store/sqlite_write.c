@@ -23,7 +23,7 @@ const char *const pb__sqlite_wsql[W_COUNT] = {
     [W_IDEM_PUT] = "INSERT OR REPLACE INTO idempotency(pipeline, key, msg_id, expires_at)"
                    " VALUES (?1, ?2, ?3, ?4)",
     [W_MSG_INS] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
-                  " meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                  " meta, idem_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [W_DLV_INS] = "INSERT INTO deliveries(msg_seq, pipeline, output, state, attempts, next_at,"
                   " created_at, updated_at, lease) VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?5, ?6)",
     /* A result counts only while its lease holds: a lease lost (claimed by
@@ -99,6 +99,11 @@ const char *const pb__sqlite_wsql[W_COUNT] = {
     [W_ORPHAN_DLV] = "UPDATE deliveries SET state = 2, attempts = attempts + 1, updated_at = ?3,"
                      " last_error = 'output removed' WHERE state = 0 AND pipeline = ?1"
                      " AND output = ?2",
+    [W_INJ_OLD] = "SELECT m.pipeline, m.meta, r.seq IS NOT NULL OR m.parent_seq IS NOT NULL,"
+                  " CASE WHEN r.seq IS NULL THEN m.okey ELSE r.okey END"
+                  " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.seq = ?1",
+    [W_INJ_MSG] = "INSERT INTO messages(id, pipeline, received_at, content_type, body, body_crc,"
+                  " meta, edit_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [W_RALL + 0] = RALL_DEAD RALL_END,
     [W_RALL + 1] = RALL_DEAD " AND pipeline = ?1" RALL_END,
     [W_RALL + 2] = RALL_DEAD RALL_OUT RALL_END,
@@ -108,14 +113,14 @@ const char *const pb__sqlite_wsql[W_COUNT] = {
 /* ---- applying ops ---------------------------------------------------------------------- */
 
 /* Step a write statement to completion and reset it. */
-static int step_done(sqlite3_stmt *st)
+int pb__sqlite_step_done(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+void pb__sqlite_bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
 {
     if (s)
         sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
@@ -169,14 +174,15 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     sqlite3_bind_text(st, 1, in->msg_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, in->received_at);
-    bind_text_or_null(st, 4, in->content_type);
+    pb__sqlite_bind_text_or_null(st, 4, in->content_type);
     sqlite3_bind_blob64(st, 5, in->body ? in->body : "", in->len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, pb__store_body_crc(in->body, in->len));
     if (in->meta)
         sqlite3_bind_text(st, 7, in->meta, (int)in->meta_len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
-    rc = step_done(st);
+    pb__sqlite_bind_text_or_null(st, 8, in->idem_key);
+    rc = pb__sqlite_step_done(st);
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_TOOBIG) {
             op->status = pb__sqlite_map_rc(q->db, rc);
@@ -192,7 +198,7 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 2, in->idem_key, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, in->msg_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, in->idem_expires_at);
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "insert idempotency key");
     }
 
@@ -203,14 +209,14 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 2, in->pipeline, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, in->received_at);
         sqlite3_bind_text(st, 4, in->dead_reason, (int)rl, SQLITE_STATIC);
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "insert dead delivery");
         int64_t id = sqlite3_last_insert_rowid(q->db);
         st = q->ws[W_DEAD_IN_ATT];
         sqlite3_bind_int64(st, 1, id);
         sqlite3_bind_int64(st, 2, in->received_at);
         sqlite3_bind_text(st, 3, in->dead_reason, (int)rl, SQLITE_STATIC);
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "insert dead attempt");
         return 0;
     }
@@ -223,7 +229,7 @@ static int apply_ingest(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < in->noutputs; i++) {
         sqlite3_bind_text(st, 3, in->outputs[i], -1, SQLITE_STATIC);
         bind_lease(st, 6, in->lease, i < 64 && (in->unleased >> i & 1));
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "insert delivery");
         if (in->delivery_ids)
             in->delivery_ids[i] = sqlite3_last_insert_rowid(q->db);
@@ -241,7 +247,7 @@ static int kv_write(struct sq *q, const struct pb_kv_put *kv, size_t n, int64_t 
             sqlite3_bind_blob64(st, 3, kv[i].value, kv[i].len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 4, now);
         }
-        int rc = step_done(st);
+        int rc = pb__sqlite_step_done(st);
         if (rc != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "key-value write");
     }
@@ -345,7 +351,7 @@ static int apply_claim(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < c->n; i++) {
         sqlite3_bind_int64(set, 1, ids[i]);
         sqlite3_bind_int64(set, 2, c->lease);
-        if ((rc = step_done(set)) != SQLITE_OK) {
+        if ((rc = pb__sqlite_step_done(set)) != SQLITE_OK) {
             free(ids);
             return pb__sqlite_write_fail(q, rc, "lease");
         }
@@ -370,7 +376,7 @@ static int apply_sub_kill(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 3, k->sub, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, k->now);
         sqlite3_bind_text(st, 5, k->reason, (int)rl, SQLITE_STATIC);
-        int rc = step_done(st);
+        int rc = pb__sqlite_step_done(st);
         if (rc != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "kill sub-output deliveries");
         if (w == W_SUB_KILL_DLV)
@@ -390,7 +396,7 @@ static int apply_release(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < r->n; i++) {
         sqlite3_bind_int64(st, 1, r->ids[i]);
         sqlite3_bind_int64(st, 2, r->lease);
-        int rc = step_done(st);
+        int rc = pb__sqlite_step_done(st);
         if (rc != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "release");
     }
@@ -429,7 +435,7 @@ static int insert_attempt(struct sq *q, int64_t delivery_id, int n, int64_t star
         sqlite3_bind_text(st, 7, error, (int)elen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
-    int rc = step_done(st);
+    int rc = pb__sqlite_step_done(st);
     return rc == SQLITE_OK ? 0 : pb__sqlite_write_fail(q, rc, "insert attempt");
 }
 
@@ -460,7 +466,7 @@ static int apply_result(struct sq *q, struct pb_op *op)
         sqlite3_bind_null(st, 7);
     bind_lease(st, 8, r->lease, false);
     sqlite3_bind_int64(st, 9, r->latency_ms);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "update delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
@@ -474,8 +480,8 @@ static int apply_result(struct sq *q, struct pb_op *op)
 }
 
 /* Look up a DEAD delivery: 1 found, 0 not, < 0 error. */
-static int find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
-                     char *output, size_t olen, char *sub, size_t slen)
+int pb__sqlite_find_dead(struct sq *q, int64_t id, int64_t *msg_seq, char *pipeline, size_t plen,
+                         char *output, size_t olen, char *sub, size_t slen)
 {
     sqlite3_stmt *st = q->ws[W_DEAD_GET];
     int rc;
@@ -508,13 +514,13 @@ static int replay_one(struct sq *q, int64_t id, int64_t now, char *pipeline, siz
     sqlite3_stmt *st;
     int64_t msg_seq = 0;
     char sub[PB_SUB_ID_MAX + 8];
-    int rc = find_dead(q, id, &msg_seq, pipeline, plen, output, olen, sub, sizeof(sub));
+    int rc = pb__sqlite_find_dead(q, id, &msg_seq, pipeline, plen, output, olen, sub, sizeof(sub));
     if (rc <= 0)
         return rc == 0 ? PB_ENOTFOUND : rc;
     st = q->ws[W_DLV_MARK_REPLAYED];
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_int64(st, 2, now);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "mark replayed");
     st = q->ws[W_DLV_REPLAY];
     sqlite3_bind_int64(st, 1, msg_seq);
@@ -526,7 +532,7 @@ static int replay_one(struct sq *q, int64_t id, int64_t now, char *pipeline, siz
         sqlite3_bind_text(st, 6, sub, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 6);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "insert replay");
     *new_id = sqlite3_last_insert_rowid(q->db);
     if (sub[0]) {
@@ -556,6 +562,20 @@ static int apply_replay(struct sq *q, struct pb_op *op)
 static int apply_replay_all(struct sq *q, struct pb_op *op)
 {
     struct pb_op_replay_all *r = &op->u.replay_all;
+    if (r->ids) {
+        r->count = 0;
+        r->more = false;
+        for (size_t i = 0; i < r->nids; i++) {
+            char pipeline[PB_NAME_MAX_STORE], output[2 * PB_NAME_MAX_STORE];
+            int64_t nid = 0;
+            int rc = replay_one(q, r->ids[i], r->now, pipeline, sizeof(pipeline), output,
+                                sizeof(output), &nid);
+            if (rc && rc != PB_ENOTFOUND)
+                return rc;
+            r->count += rc == 0;
+        }
+        return 0;
+    }
     int variant = (r->pipeline ? 1 : 0) | (r->output ? 2 : 0);
     sqlite3_stmt *st = q->ws[W_RALL + variant];
     size_t limit = r->limit ? r->limit : PB_REPLAY_ALL_BATCH;
@@ -603,25 +623,44 @@ static int apply_replay_all(struct sq *q, struct pb_op *op)
     return 0;
 }
 
-static int apply_purge(struct sq *q, struct pb_op *op)
+/* Delete dead delivery id (and its message when unused): 1 done, 0 not
+ * dead, < 0 a broken transaction. */
+static int purge_one(struct sq *q, int64_t id)
 {
-    int64_t id = op->u.purge.delivery_id, msg_seq = 0;
+    int64_t msg_seq = 0;
     sqlite3_stmt *st;
-    int rc = find_dead(q, id, &msg_seq, NULL, 0, NULL, 0, NULL, 0);
+    int rc = pb__sqlite_find_dead(q, id, &msg_seq, NULL, 0, NULL, 0, NULL, 0);
 
-    if (rc <= 0) {
-        if (rc == 0)
-            op->status = PB_ENOTFOUND;
+    if (rc <= 0)
         return rc;
-    }
     st = q->ws[W_DLV_DEL]; /* attempts go with it (ON DELETE CASCADE) */
     sqlite3_bind_int64(st, 1, id);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "delete delivery");
     st = q->ws[W_MSG_DEL_UNUSED];
     sqlite3_bind_int64(st, 1, msg_seq);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "delete message");
+    return 1;
+}
+
+static int apply_purge(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_purge *p = &op->u.purge;
+    int rc;
+    p->count = 0;
+    if (!p->ids) {
+        rc = purge_one(q, p->delivery_id);
+        if (rc == 0)
+            op->status = PB_ENOTFOUND;
+        p->count = rc > 0;
+        return rc < 0 ? rc : 0;
+    }
+    for (size_t i = 0; i < p->nids; i++) {
+        if ((rc = purge_one(q, p->ids[i])) < 0)
+            return rc;
+        p->count += rc;
+    }
     return 0;
 }
 
@@ -635,14 +674,14 @@ static int apply_expire(struct sq *q, struct pb_op *op)
     st = q->ws[W_IDEM_EXPIRE];
     sqlite3_bind_int64(st, 1, e->now);
     sqlite3_bind_int64(st, 2, PB_STORE_EXPIRE_BATCH);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "expire idempotency keys");
     if (e->retention_ms < 0)
         return 0;
     st = q->ws[W_MSG_EXPIRE];
     sqlite3_bind_int64(st, 1, e->now - e->retention_ms);
     sqlite3_bind_int64(st, 2, PB_STORE_EXPIRE_BATCH);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "expire messages");
     e->deleted = sqlite3_changes64(q->db);
     return 0;
@@ -678,7 +717,7 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 5, f->note, (int)nlen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 5);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "finish fanned-out delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
@@ -697,7 +736,7 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
     for (size_t i = 0; i < f->n; i++) {
         sqlite3_bind_text(st, 2, f->subs[i], -1, SQLITE_STATIC);
         bind_lease(st, 4, f->lease, f->unleased && f->unleased[i]);
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "insert fan-out delivery");
         if (f->child_ids)
             f->child_ids[i] = sqlite3_last_insert_rowid(q->db);
@@ -721,13 +760,13 @@ static int insert_deliveries(struct sq *q, int64_t msg_seq, const char *pipeline
     } else {
         sqlite3_bind_int(st, 4, (int)state);
         sqlite3_bind_int64(st, 5, now);
-        bind_text_or_null(st, 6, note);
+        pb__sqlite_bind_text_or_null(st, 6, note);
     }
     for (size_t i = 0; i < n; i++) {
         sqlite3_bind_text(st, 3, outputs[i], -1, SQLITE_STATIC);
         if (state == PB_DSTATE_PENDING)
             bind_lease(st, 6, lease, i < 64 && (unleased >> i & 1));
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "insert delivery");
         if (ids)
             ids[i] = sqlite3_last_insert_rowid(q->db);
@@ -766,7 +805,7 @@ static int apply_route(struct sq *q, struct pb_op *op)
     else
         sqlite3_bind_null(st, 5);
     bind_lease(st, 6, r->lease, false);
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "finish route delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
@@ -786,8 +825,8 @@ static int apply_route(struct sq *q, struct pb_op *op)
             sqlite3_bind_blob64(st, 2, m->body, m->len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, pb__store_body_crc(m->body, m->len));
             sqlite3_bind_int64(st, 4, r->msg_seq);
-            bind_text_or_null(st, 5, m->key);
-            if ((rc = step_done(st)) != SQLITE_OK)
+            pb__sqlite_bind_text_or_null(st, 5, m->key);
+            if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
                 return pb__sqlite_write_fail(q, rc, "insert split message");
             m->msg_seq = sqlite3_last_insert_rowid(q->db);
         } else if (m->body) {
@@ -795,8 +834,8 @@ static int apply_route(struct sq *q, struct pb_op *op)
             sqlite3_bind_int64(st, 1, r->msg_seq);
             sqlite3_bind_blob64(st, 2, m->body, m->len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, pb__store_body_crc(m->body, m->len));
-            bind_text_or_null(st, 4, m->key);
-            if ((rc = step_done(st)) != SQLITE_OK)
+            pb__sqlite_bind_text_or_null(st, 4, m->key);
+            if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
                 return pb__sqlite_write_fail(q, rc, "insert routed body");
         }
         rc = insert_deliveries(q, m->msg_seq, r->pipeline, r->now, m->noutputs, m->outputs,
@@ -825,7 +864,7 @@ static int apply_orphans(struct sq *q, struct pb_op *op)
         sqlite3_bind_text(st, 1, o->pipeline, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, o->output, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, o->now);
-        if ((rc = step_done(st)) != SQLITE_OK)
+        if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
             return pb__sqlite_write_fail(q, rc, "dead-letter a removed output's deliveries");
     }
     o->dead = sqlite3_changes64(q->db);
@@ -865,6 +904,8 @@ int pb__sqlite_apply(void *ctx, struct pb_op *op)
         return apply_release(q, op);
     case PB_OP_SUB_KILL:
         return apply_sub_kill(q, op);
+    case PB_OP_INJECT:
+        return pb__sqlite_apply_inject(q, op);
     }
     op->status = PB_EINVAL;
     return 0;

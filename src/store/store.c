@@ -271,6 +271,8 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "release";
     case PB_OP_SUB_KILL:
         return "sub_kill";
+    case PB_OP_INJECT:
+        return "inject";
     }
     return "?";
 }
@@ -475,7 +477,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_SUB_KILL)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_INJECT)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);
@@ -683,14 +685,21 @@ int pb_store_count(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err 
 {
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
-    return s->be->count(s->ctx, false, cb, arg, err);
+    return s->be->count(s->ctx, -1, cb, arg, err);
 }
 
 int pb_store_count_pending(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
 {
     if (!cb)
         return pb_err_set(err, PB_EINVAL, "count needs a callback");
-    return s->be->count(s->ctx, true, cb, arg, err);
+    return s->be->count(s->ctx, PB_DSTATE_PENDING, cb, arg, err);
+}
+
+int pb_store_count_dead(struct pb_store *s, pb_count_cb cb, void *arg, struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "count needs a callback");
+    return s->be->count(s->ctx, PB_DSTATE_DEAD, cb, arg, err);
 }
 
 int pb_store_kv_load(struct pb_store *s, const char *scope, pb_kv_cb cb, void *arg,
@@ -709,13 +718,20 @@ int pb_store_read_message(struct pb_store *s, const char *msg_id, const struct p
     return s->be->read_message(s->ctx, msg_id, cb, err);
 }
 
-int pb_store_read_dead_letters(struct pb_store *s, const char *pipeline, const char *output,
-                               int64_t after_id, int limit, const struct pb_read_cbs *cb,
-                               struct pb_err *err)
+int pb_store_read_dead_letters(struct pb_store *s, const struct pb_dead_query *q,
+                               const struct pb_read_cbs *cb, struct pb_err *err)
 {
-    if (!cb || limit < 1)
-        return pb_err_set(err, PB_EINVAL, "read_dead_letters needs callbacks and a limit");
-    return s->be->read_dead_letters(s->ctx, pipeline, output, after_id, limit, cb, err);
+    if (!q || !cb || q->limit < 1)
+        return pb_err_set(err, PB_EINVAL, "read_dead_letters needs a query, callbacks and a limit");
+    return s->be->read_dead_letters(s->ctx, q, cb, err);
+}
+
+int pb_store_search_messages(struct pb_store *s, const struct pb_msg_query *q,
+                             const struct pb_read_cbs *cb, struct pb_err *err)
+{
+    if (!q || !cb || q->limit < 1)
+        return pb_err_set(err, PB_EINVAL, "search_messages needs a query, callbacks and a limit");
+    return s->be->search_messages(s->ctx, q, cb, err);
 }
 
 int pb_store_read_dead_letter(struct pb_store *s, int64_t delivery_id, const struct pb_read_cbs *cb,

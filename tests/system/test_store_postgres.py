@@ -293,11 +293,12 @@ def cluster_settings_are_checked():
 def api_nodes_on_sqlite_is_this_process():
     sink = start_sink()
     pb = Patchbay(CONF % {"state": "sqlite:@DIR@/state.db", "sink": sink.url})
-    by_name, doc = nodes(pb)
-    check(not doc["clustered"] and doc["live"] == 1, f"/api/nodes: {doc}")
-    check_eq(len(by_name), 1, "one node")
-    n = by_name[doc["self"]]
-    check(n["self"] and n["state"] == "live" and n["holds"] == [], f"{n}")
+    st, doc = pb.admin("GET", "/api/nodes")
+    check_eq(st, 200, f"GET /api/nodes: {doc}")
+    check(not doc["clustered"], f"/api/nodes: {doc}")
+    check_eq(len(doc["nodes"]), 1, "one node")
+    n = doc["nodes"][0]
+    check(n["self"] and n["state"] == "ready" and n["id"], f"{n}")
     pb.term()
 
 

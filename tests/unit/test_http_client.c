@@ -275,6 +275,14 @@ PB_TEST(simple_get)
     pb_http_client_destroy(c);
 }
 
+PB_TEST(client_loop)
+{
+    struct pb_http_client *c = client(0);
+    PB_CHECK(pb_http_client_loop(c) == test_loop);
+    PB_CHECK(pb_http_client_loop(NULL) == NULL);
+    pb_http_client_destroy(c);
+}
+
 PB_TEST(concurrent_and_keepalive)
 {
     enum { N = 100 };

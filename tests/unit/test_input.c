@@ -327,6 +327,50 @@ PB_TEST(inputs_get_the_outbound_allowlist)
     PB_EQ_INT(system(cmd), 0);
 }
 
+/* An input may give its pipeline a default ordering key (postgres_cdc:
+ * table + primary key); the pipeline's own ordering.key wins, and inputs
+ * without one leave the pipeline unordered. */
+PB_TEST(inputs_give_a_default_ordering_key)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/tmp/pbinput-XXXXXX");
+    PB_CHECK(mkdtemp(dir) != NULL);
+    struct pb_config *c =
+        load_text(dir, "pipelines:\n"
+                       "  p:\n"
+                       "    input: { postgres_cdc: { dsn: 'postgres://u@db/erp' } }\n"
+                       "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        PB_CHECK(c->pipelines[0].key_jq != NULL);
+        PB_CHECK(c->pipelines[0].ordering_key &&
+                 strstr(c->pipelines[0].ordering_key, ".table") != NULL);
+        pb_config_destroy(c);
+    }
+    c = load_text(dir, "pipelines:\n"
+                       "  p:\n"
+                       "    input: { postgres_cdc: { dsn: 'postgres://u@db/erp' } }\n"
+                       "    ordering: { key: .after.region }\n"
+                       "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        PB_EQ_STR(c->pipelines[0].ordering_key, ".after.region");
+        pb_config_destroy(c);
+    }
+    c = load_text(dir, "pipelines:\n"
+                       "  p:\n"
+                       "    input: { generate: { count: 1 } }\n"
+                       "    outputs: { a: { drop: {} } }\n");
+    PB_CHECK(c != NULL);
+    if (c) {
+        PB_CHECK(c->pipelines[0].ordering_key == NULL && c->pipelines[0].key_jq == NULL);
+        pb_config_destroy(c);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    PB_EQ_INT(system(cmd), 0);
+}
+
 /* A dead item's reason is the input's until submit returns: the core keeps
  * a copy, as it does of keys and checkpoints. */
 static void count_cb(void *arg, int status, const struct pb_item_result *res, size_t n)
@@ -386,6 +430,26 @@ PB_TEST(submit_between_stopping_and_stop_is_committed)
     PB_EQ_INT(count_messages(&f), 1);
     atomic_store(&f.in->stopped, true);
     PB_EQ_INT(pb_input_submit(f.in, &ok, 1, NULL, 0, cb, &c), PB_ESHUTDOWN);
+    fixture_down(&f);
+}
+
+/* An input that counts its lag in bytes (a replication slot) shows it as
+ * its own gauge; an input that never set it has none. */
+PB_TEST(lag_bytes_show_in_the_metrics)
+{
+    struct fixture f = {0};
+    fixture_up(&f);
+    size_t len = 0;
+    char *text = pb_metrics_render(&f.e, &len);
+    PB_CHECK(text != NULL);
+    PB_CHECK(text && !strstr(text, "patchbay_input_lag_bytes{"));
+    free(text);
+    pb_input_set_lag_bytes(f.in, 123456);
+    text = pb_metrics_render(&f.e, &len);
+    PB_CHECK(text && strstr(text, "# TYPE patchbay_input_lag_bytes gauge"));
+    PB_CHECK(text &&
+             strstr(text, "patchbay_input_lag_bytes{pipeline=\"p\",input=\"test\"} 123456"));
+    free(text);
     fixture_down(&f);
 }
 

@@ -21,6 +21,13 @@
  * repeated within a run, or a page identical to the previous one, ends the
  * run with an error instead of looping; the cursor then stays where it was.
  *
+ * auth and tls are the blocks every HTTP plugin shares (pb_http_auth.h).
+ * With oauth2 a page first waits for a token; a 401 drops the token once
+ * (for every user of it) and the same page is asked again with a new one.
+ * When the token endpoint fails the run stops with that reason (the input
+ * shows it, /ready lists the endpoint) and goes on from the same page when
+ * the endpoint is tried again; under --once the run ends with it.
+ *
  * Threads: a loop and thread of its own (PB_INPUT_OWN_THREAD); the HTTP
  * client (curl multi, through the outbound guard) lives on that loop, and
  * every callback here runs on it. One poller per pipeline, on one node
@@ -91,73 +98,6 @@ static jv jv_max(jv a, jv b)
     }
     jv_free(a);
     return b;
-}
-
-/* The checkpoint: the committed cursor and, while a run is under way, where
- * it stands (the next page to read). */
-static char *state_text(struct in_poll *p, jv cursor, bool run_ends)
-{
-    jv st = jv_object_set(jv_object(), jv_string("v"), jv_number(1));
-    st = jv_object_set(st, jv_string("cursor"), cursor);
-    if (!run_ends) {
-        jv r = jv_object();
-        r = jv_object_set(r, jv_string("page_no"), jv_number((double)p->page_no));
-        r = jv_object_set(r, jv_string("page"), jv_number((double)p->page));
-        r = jv_object_set(r, jv_string("offset"), jv_number((double)p->offset));
-        r = jv_object_set(r, jv_string("token"), p->token ? jv_string(p->token) : jv_null());
-        r = jv_object_set(r, jv_string("url"), p->next_url ? jv_string(p->next_url) : jv_null());
-        r = jv_object_set(r, jv_string("sent"), jv_copy(p->sent));
-        r = jv_object_set(r, jv_string("max"), jv_copy(p->run_max));
-        st = jv_object_set(st, jv_string("run"), r);
-    }
-    char *s = NULL;
-    if (pb_jq_dump(st, &s, NULL, NULL) != 0)
-        return NULL;
-    return s;
-}
-
-static void load_state(struct in_poll *p, const char *text, size_t len)
-{
-    jv st = jv_parse_sized(text, (int)len);
-    if (jv_get_kind(st) != JV_KIND_OBJECT) {
-        jv_free(st);
-        PB_WARN("http_poll: checkpoint unreadable, starting afresh pipeline=%s", p->pipeline);
-        return;
-    }
-    jv_free(p->committed);
-    p->committed = jv_object_get(jv_copy(st), jv_string("cursor"));
-    if (!jv_is_valid(p->committed))
-        p->committed = jv_null();
-    jv r = jv_object_get(jv_copy(st), jv_string("run"));
-    if (jv_get_kind(r) == JV_KIND_OBJECT) {
-        jv v;
-        p->in_run = true;
-        v = jv_object_get(jv_copy(r), jv_string("page_no"));
-        p->page_no = jv_get_kind(v) == JV_KIND_NUMBER ? (int64_t)jv_number_value(v) : 0;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("page"));
-        p->page = jv_get_kind(v) == JV_KIND_NUMBER ? (int64_t)jv_number_value(v) : 0;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("offset"));
-        p->offset = jv_get_kind(v) == JV_KIND_NUMBER ? (int64_t)jv_number_value(v) : 0;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("token"));
-        p->token = jv_get_kind(v) == JV_KIND_STRING ? strdup(jv_string_value(v)) : NULL;
-        jv_free(v);
-        v = jv_object_get(jv_copy(r), jv_string("url"));
-        p->next_url = jv_get_kind(v) == JV_KIND_STRING ? strdup(jv_string_value(v)) : NULL;
-        jv_free(v);
-        jv_free(p->sent);
-        p->sent = jv_object_get(jv_copy(r), jv_string("sent"));
-        jv_free(p->run_max);
-        p->run_max = jv_object_get(jv_copy(r), jv_string("max"));
-        if (!jv_is_valid(p->sent))
-            p->sent = jv_null();
-        if (!jv_is_valid(p->run_max))
-            p->run_max = jv_null();
-    }
-    jv_free(r);
-    jv_free(st);
 }
 
 static void set_position(struct in_poll *p)
@@ -313,7 +253,120 @@ struct page_req {
     struct in_poll *p;
     char *url;
     char *body;
+    size_t blen;
+    struct pb_http_auth_waiter w;
+    uint64_t gen;   /* the token sent */
+    bool refreshed; /* a 401 got its new token already */
 };
+
+static void page_req_free(struct page_req *r)
+{
+    free(r->url);
+    free(r->body);
+    free(r);
+}
+
+static void page_send(struct page_req *r);
+
+/* No token for the page: the run stops with why; it goes on from this page
+ * when the token endpoint is tried again (retry_in), or ends under --once. */
+static void token_failed(struct in_poll *p, const char *why, int64_t retry_in)
+{
+    char safe[600];
+    if (p->once) {
+        run_over(p, why);
+        return;
+    }
+    int64_t wait = retry_in > BACKOFF_MIN_MS ? retry_in : BACKOFF_MIN_MS;
+    PB_ERROR("http_poll: run stopped, no OAuth2 token pipeline=%s page=%lld retry_in_ms=%lld "
+             "error=\"%s\"",
+             p->pipeline, (long long)p->page_no + 1, (long long)wait,
+             pb_log_value(why, safe, sizeof(safe)));
+    pb_input_set_state(p->in, PB_INPUT_RECONNECTING, why);
+    if (!p->stopped)
+        pb_loop_timer_start(p->timer, wait);
+}
+
+static void auth_cb(void *arg, int status, int64_t retry_in_ms)
+{
+    struct page_req *r = arg;
+    struct in_poll *p = r->p;
+    p->waiting = NULL;
+    p->busy = false;
+    if (p->stopped) {
+        page_req_free(r);
+        return;
+    }
+    if (status == 0) {
+        page_send(r);
+        return;
+    }
+    page_req_free(r);
+    if (status == PB_ESHUTDOWN) {
+        retry_later(p, "no OAuth2 token: shutting down");
+        return;
+    }
+    char why[256], reason[320];
+    pb_http_auth_error(p->a, why, sizeof(why));
+    snprintf(reason, sizeof(reason), "no OAuth2 token: %s",
+             why[0] ? why : "the token endpoint is failing");
+    token_failed(p, reason, retry_in_ms);
+}
+
+/* Send r with the auth header of now, or wait for a token first. */
+static void page_send(struct page_req *r)
+{
+    struct in_poll *p = r->p;
+    struct pb_http_auth_ticket tk; /* large: on the stack, for this call */
+    int rc = pb_http_auth_header(p->a, &tk);
+    if (rc == PB_EAGAIN) {
+        p->waiting = r;
+        p->busy = true;
+        if (pb_http_auth_wait(p->a, &r->w, p->loop, auth_cb, r) == 0)
+            return;
+        p->waiting = NULL;
+        p->busy = false;
+        rc = PB_ESHUTDOWN;
+    }
+    if (rc != 0) {
+        page_req_free(r);
+        retry_later(p, "no OAuth2 token: shutting down");
+        return;
+    }
+    r->gen = tk.gen;
+    struct pb_http_header hdrs[MAX_HEADERS + 4];
+    size_t n = 0;
+    hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
+    hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
+    if (r->body)
+        hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
+    if (tk.name)
+        hdrs[n++] = (struct pb_http_header){tk.name, tk.value};
+    for (size_t i = 0; i < p->nstatic; i++)
+        hdrs[n++] = p->statics[i];
+    struct pb_http_req req = {
+        .method = r->body ? "POST" : poll_methods[p->method],
+        .url = r->url,
+        .headers = hdrs,
+        .nheaders = n,
+        .body = r->body,
+        .len = r->blen,
+        .timeout_ms = p->timeout_ms,
+        .connect_timeout_ms = p->timeout_ms,
+        .max_response = (size_t)p->max_response,
+        .allow = p->allow,
+        .tls = p->t,
+    };
+    rc = pb_http_client_send(p->http, &req, done_cb, r);
+    if (rc != 0) {
+        char why[200];
+        snprintf(why, sizeof(why), "the request could not start: %s", pb_strerror(rc));
+        page_req_free(r);
+        retry_later(p, why);
+        return;
+    }
+    p->busy = true;
+}
 
 static void request_page(struct in_poll *p)
 {
@@ -363,39 +416,8 @@ static void request_page(struct in_poll *p)
         if (!r->body)
             goto oom;
     }
-    struct pb_http_header hdrs[MAX_HEADERS + 4];
-    size_t n = 0;
-    hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
-    hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
-    if (r->body)
-        hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
-    for (size_t i = 0; i < p->nstatic; i++)
-        hdrs[n++] = p->statics[i];
-    struct pb_http_req req = {
-        .method = r->body ? "POST" : poll_methods[p->method],
-        .url = r->url,
-        .headers = hdrs,
-        .nheaders = n,
-        .body = r->body,
-        .len = blen,
-        .timeout_ms = p->timeout_ms,
-        .connect_timeout_ms = p->timeout_ms,
-        .max_response = (size_t)p->max_response,
-        .allow = p->allow,
-        .basic_user = p->auth.basic.user,
-        .basic_pass = p->auth.basic.password,
-    };
-    int rc = pb_http_client_send(p->http, &req, done_cb, r);
-    if (rc != 0) {
-        char why[200];
-        snprintf(why, sizeof(why), "the request could not start: %s", pb_strerror(rc));
-        free(r->url);
-        free(r->body);
-        free(r);
-        retry_later(p, why);
-        return;
-    }
-    p->busy = true;
+    r->blen = blen;
+    page_send(r);
     return;
 oom:
     if (r) {
@@ -730,6 +752,13 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     p->busy = false;
     if (p->stopped)
         goto out;
+    if (resp->status == 401 && !r->refreshed && pb_http_auth_refreshable(p->a)) {
+        /* Refused token: a new one (once for everyone), the same page again. */
+        r->refreshed = true;
+        pb_http_auth_rejected(p->a, r->gen);
+        page_send(r);
+        return;
+    }
     if (resp->status < 200 || resp->status >= 300) {
         if (resp->status)
             snprintf(why, sizeof(why), "HTTP %d from %s: %s", resp->status, r->url,
@@ -811,7 +840,7 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     b->run_ends = ends;
     jv cur = ends && !b->error ? jv_max(jv_copy(p->committed), jv_copy(p->run_max))
                                : jv_copy(p->committed);
-    b->state = state_text(p, cur, ends);
+    b->state = poll_state_text(p, cur, ends);
     if (!b->state) {
         batch_free(b);
         b = NULL;
@@ -822,9 +851,7 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     submit_next(b);
 out:
     jv_free(doc);
-    free(r->url);
-    free(r->body);
-    free(r);
+    page_req_free(r);
 }
 
 /* ---- life cycle ----------------------------------------------------------------------- */
@@ -841,7 +868,7 @@ static int poll_start(void *ctx, struct pb_input *in, struct pb_err *err)
     if (!p->timer && !(p->timer = pb_loop_timer_create(p->loop, timer_cb, p)))
         return pb_err_set(err, PB_ENOMEM, "out of memory");
     if (pb_input_checkpoint(in, "state", &v, &len) == 0)
-        load_state(p, v, len);
+        poll_state_load(p, v, len);
     set_position(p);
     pb_input_set_state(in, PB_INPUT_CONNECTED, NULL);
     if (p->in_run) {
@@ -882,6 +909,11 @@ static void poll_stop(void *ctx)
     p->stopped = true;
     pb_loop_timer_destroy(p->timer);
     p->timer = NULL;
+    /* A page waiting for a token: taken back, or its callback sees stopped. */
+    if (p->waiting && pb_http_auth_cancel(p->a, &p->waiting->w)) {
+        page_req_free(p->waiting);
+        p->waiting = NULL;
+    }
     /* Aborts a page in flight: its callback sees stopped. */
     pb_http_client_destroy(p->http);
     p->http = NULL;
@@ -910,8 +942,10 @@ static void poll_destroy(void *ctx)
     pb_jq_destroy(p->value_q);
     pb_jq_destroy(p->key_q);
     p->items_q = p->token_q = p->next_q = p->has_next_q = p->vars_q = p->value_q = p->key_q = NULL;
-    free(p->auth_value);
-    p->auth_value = NULL;
+    pb_http_auth_destroy(p->a);
+    p->a = NULL;
+    pb_http_tls_destroy(p->t);
+    p->t = NULL;
 }
 
 const struct pb_input_plugin pb_in_http_poll = {

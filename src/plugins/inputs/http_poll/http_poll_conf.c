@@ -12,40 +12,6 @@ const char *const poll_methods[] = {"GET", "POST", NULL};
 static const char *const page_types[] = {"none", "page",     "offset", "cursor",
                                          "link", "next_url", NULL};
 
-static const struct pb_field basic_fields[] = {
-    {.name = "user",
-     .type = PB_F_STR,
-     .offset = offsetof(struct basic_conf, user),
-     .flags = PB_FIELD_REQUIRED},
-    {.name = "password",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct basic_conf, password),
-     .flags = PB_FIELD_REQUIRED},
-    {0},
-};
-static const struct pb_field api_key_fields[] = {
-    {.name = "header",
-     .type = PB_F_STR,
-     .offset = offsetof(struct api_key_conf, header),
-     .def = "X-Api-Key"},
-    {.name = "value",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct api_key_conf, value),
-     .flags = PB_FIELD_REQUIRED},
-    {0},
-};
-static const struct pb_field auth_fields[] = {
-    {.name = "bearer", .type = PB_F_SECRET, .offset = offsetof(struct auth_conf, bearer)},
-    {.name = "basic",
-     .type = PB_F_OBJECT,
-     .offset = offsetof(struct auth_conf, basic),
-     .sub = basic_fields},
-    {.name = "api_key",
-     .type = PB_F_OBJECT,
-     .offset = offsetof(struct auth_conf, api_key),
-     .sub = api_key_fields},
-    {0},
-};
 static const struct pb_field pagination_fields[] = {
     {.name = "type",
      .type = PB_F_ENUM,
@@ -151,8 +117,13 @@ const struct pb_field poll_fields[] = {
     {.name = "auth",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct in_poll, auth),
-     .sub = auth_fields,
-     .doc = "bearer, basic or api_key"},
+     .sub = pb_http_auth_fields,
+     .doc = "bearer, basic, api_key or oauth2"},
+    {.name = "tls",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct in_poll, tls),
+     .sub = pb_http_tls_fields,
+     .doc = "ca_file, cert_file, key_file, server_name, min_version"},
     {.name = "interval",
      .type = PB_F_DURATION,
      .offset = offsetof(struct in_poll, interval_ms),
@@ -285,10 +256,6 @@ int poll_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
         (rc = compile(p->cursor.value, &p->value_q, "cursor.value", false, err)) ||
         (rc = compile(p->dedupe_key, &p->key_q, "dedupe_key", false, err)))
         return rc;
-    int nauth =
-        (p->auth.bearer != NULL) + (p->auth.basic.user != NULL) + (p->auth.api_key.value != NULL);
-    if (nauth > 1)
-        return pb_err_set(err, PB_ECONFIG, "http_poll: auth takes one of bearer, basic or api_key");
     if (p->headers.n + 1 > MAX_HEADERS)
         return pb_err_set(err, PB_ECONFIG, "http_poll: too many headers");
     for (size_t i = 0; i < p->headers.n; i++) {
@@ -297,18 +264,12 @@ int poll_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
                               p->headers.keys[i]);
         p->statics[p->nstatic++] = (struct pb_http_header){p->headers.keys[i], p->headers.vals[i]};
     }
-    if (p->auth.bearer) {
-        size_t n = strlen(p->auth.bearer) + 8;
-        if (!(p->auth_value = malloc(n)))
-            return pb_err_set(err, PB_ENOMEM, "out of memory");
-        snprintf(p->auth_value, n, "Bearer %s", p->auth.bearer);
-        p->statics[p->nstatic++] = (struct pb_http_header){"Authorization", p->auth_value};
-    } else if (p->auth.api_key.value) {
-        if (!header_ok(p->auth.api_key.header, ""))
-            return pb_err_set(err, PB_ECONFIG, "http_poll: api_key header \"%s\" is not a name",
-                              p->auth.api_key.header);
-        p->statics[p->nstatic++] =
-            (struct pb_http_header){p->auth.api_key.header, p->auth.api_key.value};
+    struct pb_http_owner who = {env->pipeline, "input", env->allow};
+    if (!(p->a = pb_http_auth_create(&p->auth, &who, err)) ||
+        !(p->t = pb_http_tls_create(&p->tls, &who, err))) {
+        char m[PB_ERR_MSG_MAX];
+        snprintf(m, sizeof(m), "%s", err->msg);
+        return pb_err_set(err, err->code ? err->code : PB_ECONFIG, "http_poll: %s", m);
     }
     p->allow = env->allow;
     env->idempotency_window_ms = p->window_ms;

@@ -9,6 +9,7 @@
 
 #include <openssl/sha.h>
 
+#include "patchbay/pb_http_auth.h"
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_plugin.h"
 #include "poll_util.h"
@@ -21,19 +22,6 @@
 
 enum { PAGE_NONE = 0, PAGE_PAGE, PAGE_OFFSET, PAGE_CURSOR, PAGE_LINK, PAGE_NEXT_URL };
 
-struct basic_conf {
-    char *user;
-    char *password;
-};
-struct api_key_conf {
-    char *header;
-    char *value;
-};
-struct auth_conf {
-    char *bearer;
-    struct basic_conf basic;
-    struct api_key_conf api_key;
-};
 struct pagination_conf {
     int type;
     char *param;
@@ -57,13 +45,16 @@ struct cursor_conf {
     int64_t lookback_ms;
 };
 
+struct page_req;
+
 struct in_poll {
     /* options */
     char *url;
     int method;
     struct pb_strmap headers;
     char *body;
-    struct auth_conf auth;
+    struct pb_http_auth_conf auth; /* the shared blocks (pb_http_auth.h) */
+    struct pb_http_tls_conf tls;
     int64_t interval_ms;
     char *cron;
     char *items;
@@ -81,7 +72,8 @@ struct in_poll {
     struct poll_cron cr;
     struct pb_jq *items_q, *token_q, *next_q, *has_next_q, *vars_q, *value_q, *key_q;
     const struct pb_allowlist *allow;
-    char *auth_value;
+    struct pb_http_auth *a;
+    struct pb_http_tls *t;
     size_t nstatic;
     struct pb_http_header statics[MAX_HEADERS];
     /* run time: the input's loop thread */
@@ -89,6 +81,7 @@ struct in_poll {
     struct pb_loop *loop;
     struct pb_http_client *http;
     struct pb_loop_timer *timer;
+    struct page_req *waiting;              /* the page waiting for an OAuth2 token */
     bool stopped, paused, busy, want_page; /* want_page: fetch when resumed */
     jv committed;                          /* the incremental cursor (null: none yet) */
     /* the run under way */
@@ -110,5 +103,10 @@ struct in_poll {
 extern const char *const poll_methods[];
 extern const struct pb_field poll_fields[];
 int poll_init(void *ctx, struct pb_input_env *env, struct pb_err *err);
+/* The checkpoint (poll_state.c): cursor (taken) and, unless run_ends, the
+ * run's position, as malloc'd JSON text (NULL: out of memory); and read
+ * back into p at start. */
+char *poll_state_text(struct in_poll *p, jv cursor, bool run_ends);
+void poll_state_load(struct in_poll *p, const char *text, size_t len);
 
 #endif

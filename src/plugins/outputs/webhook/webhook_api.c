@@ -11,6 +11,7 @@
  *   POST   /api/endpoints/{id}/rotate        {secret?}
  *   POST   /api/endpoints/{id}/disable | /enable
  *   POST   /api/endpoints/{id}/recover?since= re-send its failed deliveries since then
+ *   POST   /api/endpoints/{id}/test          {event_type?, data?} send it a test event
  *
  * A change is committed to the store first (the output's state), then
  * applied to the output's endpoint table and its sub-output. Secrets are
@@ -558,6 +559,68 @@ static void recover(struct wh_conf *c, struct wh_ep *cur, struct pb_http_request
     reply(r, 200, json_pack("{s:I}", "replayed", (json_int_t)count));
 }
 
+/* A test event to this endpoint only: a message of its own, signed and
+ * recorded like any delivery, {"type", "timestamp", "data"}. */
+static void send_test(struct wh_conf *c, struct wh_ep *cur, struct pb_http_request *r)
+{
+    char id[PB_SUB_ID_MAX], msg_id[64], ts[32];
+    bool disabled = cur->disabled;
+    snprintf(id, sizeof(id), "%s", cur->id);
+    pthread_mutex_unlock(&c->lock);
+    if (disabled) {
+        error(r, 409, "the endpoint is disabled: enable it to send it a test event");
+        return;
+    }
+    size_t len = 0;
+    const char *body = pb_http_request_body(r, &len);
+    json_t *in = NULL;
+    if (len) {
+        json_error_t je;
+        in = json_loadb(body, len, 0, &je);
+        if (!in) {
+            error(r, 400, "the body must be a JSON object: {event_type?, data?}");
+            return;
+        }
+    }
+    json_t *type = json_object_get(in, "event_type"), *data = json_object_get(in, "data");
+    if ((type && (!json_is_string(type) || json_string_length(type) == 0 ||
+                  json_string_length(type) > 200))) {
+        json_decref(in);
+        error(r, 400, "event_type must be a non-empty string of at most 200 bytes");
+        return;
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_t *ev =
+        json_pack("{s:s, s:s, s:O?}", "type", type ? json_string_value(type) : "webhook.test",
+                  "timestamp", ts, "data", data);
+    if (ev && !data)
+        json_object_set_new(
+            ev, "data",
+            json_pack("{s:s, s:s}", "message", "a test event from patchbay", "endpoint", id));
+    json_decref(in);
+    char *text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+    json_decref(ev);
+    if (!text) {
+        error(r, 500, "out of memory");
+        return;
+    }
+    int rc = pb_output_sub_send(c->out, id, text, strlen(text), msg_id, sizeof(msg_id));
+    free(text);
+    if (rc) {
+        error(r, rc == PB_ENOTFOUND ? 404 : 503,
+              rc == PB_ENOTFOUND ? "no such endpoint" : pb_strerror(rc));
+        return;
+    }
+    PB_INFO("webhook test event sent endpoint=%s msg_id=%s", id, msg_id);
+    char name[PB_SUB_ID_MAX + 160];
+    snprintf(name, sizeof(name), "%s/%s", c->output, id);
+    reply(r, 202,
+          json_pack("{s:s, s:s, s:s}", "message_id", msg_id, "endpoint", id, "output", name));
+}
+
 void pb__wh_admin(struct pb_output *const *outs, size_t n, struct pb_http_request *r)
 {
     const char *method = pb_http_request_method(r), *path = pb_http_request_path(r);
@@ -631,6 +694,8 @@ void pb__wh_admin(struct pb_output *const *outs, size_t n, struct pb_http_reques
         set_disabled(c, ep, !strcmp(action, "disable"), r);
     } else if (!strcmp(action, "recover")) {
         recover(c, ep, r);
+    } else if (!strcmp(action, "test")) {
+        send_test(c, ep, r);
     } else {
         pthread_mutex_unlock(&c->lock);
         error(r, 404,

@@ -18,6 +18,12 @@
  * 429, 5xx, 401, 403, a body that is not JSON) routes the message again
  * later with backoff; any other status, or GraphQL errors, dead-letters it.
  *
+ * auth and tls are the blocks every HTTP plugin shares (pb_http_auth.h).
+ * With oauth2 a lookup first waits for a token (on the dispatcher's loop,
+ * never blocking it); a 401 drops the token once for everyone who used it
+ * and the lookup goes again with a new one; a failing token endpoint fails
+ * the lookup (the message is routed again later) and shows in /ready.
+ *
  * Under `patchbay test` (env->mock set) nothing is sent and nothing parks:
  * the same request is answered by the test case's mocked answer
  * (pb_mock_http), classified as a real answer is, and the message handled
@@ -31,28 +37,16 @@
 #include <strings.h>
 
 #include "enrich_cache.h"
+#include "enrich_tmpl.h"
+#include "patchbay/pb_http_auth.h"
 #include "patchbay/pb_jq.h"
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_plugin.h"
 #include "patchbay/pb_time.h"
 
 #define MAX_HEADERS 40
-#define TMPL_MAX_PARTS 16
 #define KEY_MAX 2048
 
-struct basic_conf {
-    char *user;
-    char *password;
-};
-struct api_key_conf {
-    char *header;
-    char *value;
-};
-struct auth_conf {
-    char *bearer;
-    struct basic_conf basic;
-    struct api_key_conf api_key;
-};
 struct cache_conf {
     int64_t ttl_ms;
     int64_t missing_ttl_ms;
@@ -68,12 +62,6 @@ struct outbound_conf {
 };
 
 /* A string with {{ JQ }} parts. */
-struct tmpl {
-    size_t n;                      /* jq parts */
-    char *lit[TMPL_MAX_PARTS + 1]; /* literal text around them */
-    struct pb_jq *q[TMPL_MAX_PARTS];
-};
-
 struct waiter {
     struct pb_proc_wait *w;
     jv msg, meta;
@@ -88,6 +76,10 @@ struct lookup {
     size_t blen;
     struct waiter *waiters;
     struct lookup *qnext;
+    struct pb_http_auth_waiter aw; /* waiting for an OAuth2 token */
+    struct lookup *aprev, *anext;  /* E->token_waits */
+    uint64_t gen;                  /* the token sent */
+    bool refreshed;                /* a 401 got its new token already */
 };
 
 enum { MISSING_DROP = 0, MISSING_KEEP, MISSING_DEAD };
@@ -98,7 +90,8 @@ struct enrich {
     int method;
     char *body;
     struct pb_strmap headers;
-    struct auth_conf auth;
+    struct pb_http_auth_conf auth; /* the shared blocks (pb_http_auth.h) */
+    struct pb_http_tls_conf tls;
     char *key;
     char *answer;
     char *into;
@@ -116,7 +109,10 @@ struct enrich {
     struct pb_http_client *http;
     struct pb_mock *mock; /* under `patchbay test`: answers instead of requests */
     struct pb_allowlist *allow;
-    char *auth_value;
+    struct pb_http_auth *a;
+    struct pb_http_tls *t;
+    struct pb_loop *loop; /* the HTTP client's (the dispatcher's) */
+    struct lookup *token_waits;
     size_t nstatic;
     struct pb_http_header statics[MAX_HEADERS];
     /* run time (dispatcher thread) */
@@ -129,40 +125,6 @@ struct enrich {
 static const char *const methods[] = {"GET", "POST", NULL};
 static const char *const missing_modes[] = {"drop", "keep", "dead_letter", NULL};
 
-static const struct pb_field basic_fields[] = {
-    {.name = "user",
-     .type = PB_F_STR,
-     .offset = offsetof(struct basic_conf, user),
-     .flags = PB_FIELD_REQUIRED},
-    {.name = "password",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct basic_conf, password),
-     .flags = PB_FIELD_REQUIRED},
-    {0},
-};
-static const struct pb_field api_key_fields[] = {
-    {.name = "header",
-     .type = PB_F_STR,
-     .offset = offsetof(struct api_key_conf, header),
-     .def = "X-Api-Key"},
-    {.name = "value",
-     .type = PB_F_SECRET,
-     .offset = offsetof(struct api_key_conf, value),
-     .flags = PB_FIELD_REQUIRED},
-    {0},
-};
-static const struct pb_field auth_fields[] = {
-    {.name = "bearer", .type = PB_F_SECRET, .offset = offsetof(struct auth_conf, bearer)},
-    {.name = "basic",
-     .type = PB_F_OBJECT,
-     .offset = offsetof(struct auth_conf, basic),
-     .sub = basic_fields},
-    {.name = "api_key",
-     .type = PB_F_OBJECT,
-     .offset = offsetof(struct auth_conf, api_key),
-     .sub = api_key_fields},
-    {0},
-};
 static const struct pb_field cache_fields[] = {
     {.name = "ttl",
      .type = PB_F_DURATION,
@@ -228,8 +190,13 @@ static const struct pb_field enrich_fields[] = {
     {.name = "auth",
      .type = PB_F_OBJECT,
      .offset = offsetof(struct enrich, auth),
-     .sub = auth_fields,
-     .doc = "bearer, basic or api_key"},
+     .sub = pb_http_auth_fields,
+     .doc = "bearer, basic, api_key or oauth2"},
+    {.name = "tls",
+     .type = PB_F_OBJECT,
+     .offset = offsetof(struct enrich, tls),
+     .sub = pb_http_tls_fields,
+     .doc = "ca_file, cert_file, key_file, server_name, min_version"},
     {.name = "key",
      .type = PB_F_STR,
      .offset = offsetof(struct enrich, key),
@@ -279,141 +246,6 @@ static const struct pb_field enrich_fields[] = {
      .sub = outbound_fields},
     {0},
 };
-
-/* ---- templates and jq --------------------------------------------------------------- */
-
-static int tmpl_parse(struct tmpl *t, const char *s, struct pb_err *err)
-{
-    const char *p = s;
-    memset(t, 0, sizeof(*t));
-    for (;;) {
-        const char *open = strstr(p, "{{");
-        const char *end = open ? open : p + strlen(p);
-        t->lit[t->n] = strndup(p, (size_t)(end - p));
-        if (!t->lit[t->n])
-            return pb_err_set(err, PB_ENOMEM, "out of memory");
-        if (!open)
-            return 0;
-        const char *close = strstr(open + 2, "}}");
-        if (!close)
-            return pb_err_set(err, PB_ECONFIG, "url: \"{{\" without \"}}\"");
-        if (t->n == TMPL_MAX_PARTS)
-            return pb_err_set(err, PB_ECONFIG, "url: more than %d {{ }} parts", TMPL_MAX_PARTS);
-        char *prog = strndup(open + 2, (size_t)(close - open - 2));
-        if (!prog)
-            return pb_err_set(err, PB_ENOMEM, "out of memory");
-        t->q[t->n] = pb_jq_compile(prog, err);
-        free(prog);
-        if (!t->q[t->n])
-            return err->code ? err->code : PB_EJQ;
-        t->n++;
-        p = close + 2;
-    }
-}
-
-static void tmpl_free(struct tmpl *t)
-{
-    for (size_t i = 0; i <= t->n && i <= TMPL_MAX_PARTS; i++)
-        free(t->lit[i]);
-    for (size_t i = 0; i < t->n; i++)
-        pb_jq_destroy(t->q[i]);
-    memset(t, 0, sizeof(*t));
-}
-
-/* A scalar jq result as text (malloc'd): strings as they are, numbers as
- * JSON. NULL for null/no result (*null set) or anything else. */
-static char *scalar_text(jv v, bool *null, struct pb_err *err)
-{
-    char *s = NULL;
-    *null = false;
-    switch (jv_get_kind(v)) {
-    case JV_KIND_STRING:
-        s = strdup(jv_string_value(v));
-        jv_free(v);
-        if (!s)
-            pb_err_set(err, PB_ENOMEM, "out of memory");
-        return s;
-    case JV_KIND_NUMBER:
-        if (pb_jq_dump(v, &s, NULL, err) != 0)
-            return NULL;
-        return s;
-    case JV_KIND_NULL:
-        *null = true;
-        jv_free(v);
-        return NULL;
-    default:
-        pb_err_set(err, PB_EJQ, "yields %s, not a string or number", jv_kind_name(jv_get_kind(v)));
-        jv_free(v);
-        return NULL;
-    }
-}
-
-/* Run q on msg with meta (borrowed): one scalar as text. */
-static char *run_scalar(struct pb_jq *q, jv msg, jv meta, bool *null, struct pb_err *err)
-{
-    jv out[1];
-    size_t n = 0;
-    if (pb_jq_run_meta(q, jv_copy(msg), jv_copy(meta), out, 1, &n, err) != 0)
-        return NULL;
-    if (n == 0) {
-        *null = true;
-        return NULL;
-    }
-    return scalar_text(out[0], null, err);
-}
-
-static void pct_append(char *out, size_t *len, size_t cap, const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s && *len + 4 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
-            out[(*len)++] = (char)c;
-        } else {
-            out[(*len)++] = '%';
-            out[(*len)++] = hex[c >> 4];
-            out[(*len)++] = hex[c & 15];
-        }
-    }
-    out[*len] = 0;
-}
-
-/* The URL for msg; NULL with err, or with *null when a part is null. */
-static char *render_url(struct enrich *E, jv msg, jv meta, bool *null, struct pb_err *err)
-{
-    size_t cap = 8192, len = 0;
-    char *out = malloc(cap);
-    *null = false;
-    if (!out) {
-        pb_err_set(err, PB_ENOMEM, "out of memory");
-        return NULL;
-    }
-    out[0] = 0;
-    for (size_t i = 0; i <= E->url_t.n; i++) {
-        size_t l = strlen(E->url_t.lit[i]);
-        if (len + l + 1 >= cap)
-            goto toolong;
-        memcpy(out + len, E->url_t.lit[i], l + 1);
-        len += l;
-        if (i == E->url_t.n)
-            break;
-        char *part = run_scalar(E->url_t.q[i], msg, meta, null, err);
-        if (!part) {
-            free(out);
-            return NULL;
-        }
-        pct_append(out, &len, cap, part);
-        free(part);
-        if (len + 8 >= cap)
-            goto toolong;
-    }
-    return out;
-toolong:
-    free(out);
-    pb_err_set(err, PB_ETOOBIG, "the URL is longer than %zu bytes", cap);
-    return NULL;
-}
 
 /* ---- answers ------------------------------------------------------------------------ */
 
@@ -518,6 +350,8 @@ static bool graphql_error(jv body, char *why, size_t len)
     return bad;
 }
 
+static int send_lookup(struct enrich *E, struct lookup *L);
+
 /* What an answer to the lookup of url means: 0 with *state EC_FOUND and
  * *answer (with *bytes), or EC_MISSING (not found: on_missing) and
  * jv_null(); or a failure, with jv_invalid(): PB_EAGAIN (routed again
@@ -583,22 +417,33 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     enum ec_state state;
     jv answer;
     size_t bytes;
+    if (resp->status == 401 && !L->refreshed && pb_http_auth_refreshable(E->a)) {
+        /* Refused token: a new one (once for everyone), then once more. */
+        L->refreshed = true;
+        pb_http_auth_rejected(E->a, L->gen);
+        if (send_lookup(E, L) == 0)
+            return;
+    }
     E->inflight--;
     int rc = classify(E, L->url, resp, &state, &answer, &bytes, why, sizeof(why));
     lookup_end(L, state, answer, bytes, rc, state == EC_FOUND ? NULL : why);
     pump(E);
 }
 
-/* The request for a lookup of url (with body, may be NULL); hdrs has room
- * for MAX_HEADERS + 4 and must live as long as *req. */
+/* The request for a lookup of url (with body, may be NULL) and the auth
+ * header of tk (may be NULL: none); hdrs has room for MAX_HEADERS + 4 and
+ * must live as long as *req. */
 static void build_req(struct enrich *E, const char *url, const char *body, size_t blen,
-                      struct pb_http_header *hdrs, struct pb_http_req *req)
+                      const struct pb_http_auth_ticket *tk, struct pb_http_header *hdrs,
+                      struct pb_http_req *req)
 {
     size_t n = 0;
     hdrs[n++] = (struct pb_http_header){"User-Agent", "patchbay/" PB_VERSION};
     hdrs[n++] = (struct pb_http_header){"Accept", "application/json"};
     if (body)
         hdrs[n++] = (struct pb_http_header){"Content-Type", "application/json"};
+    if (tk && tk->name)
+        hdrs[n++] = (struct pb_http_header){tk->name, tk->value};
     for (size_t i = 0; i < E->nstatic; i++)
         hdrs[n++] = E->statics[i];
     *req = (struct pb_http_req){
@@ -612,16 +457,66 @@ static void build_req(struct enrich *E, const char *url, const char *body, size_
         .connect_timeout_ms = E->timeout_ms,
         .max_response = (size_t)E->max_response,
         .allow = E->allow,
-        .basic_user = E->auth.basic.user,
-        .basic_pass = E->auth.basic.password,
+        .tls = E->t,
     };
 }
 
+static void token_unlink(struct lookup *L)
+{
+    struct enrich *E = L->E;
+    if (L->aprev)
+        L->aprev->anext = L->anext;
+    else if (E->token_waits == L)
+        E->token_waits = L->anext;
+    if (L->anext)
+        L->anext->aprev = L->aprev;
+    L->aprev = L->anext = NULL;
+}
+
+static void token_cb(void *arg, int status, int64_t retry_in_ms)
+{
+    struct lookup *L = arg;
+    struct enrich *E = L->E;
+    (void)retry_in_ms;
+    token_unlink(L);
+    if (status == 0 && send_lookup(E, L) == 0)
+        return;
+    char why[256], reason[400];
+    pb_http_auth_error(E->a, why, sizeof(why));
+    snprintf(reason, sizeof(reason), "lookup failed: no OAuth2 token: %s (%s)",
+             status == PB_ESHUTDOWN ? "shutting down"
+             : status == 0          ? "the request could not start"
+             : why[0]               ? why
+                                    : "the token endpoint is failing",
+             L->url);
+    E->inflight--;
+    lookup_end(L, EC_MISSING, jv_invalid(), 0, PB_EAGAIN, reason);
+    pump(E);
+}
+
+/* 0: the request is on its way, or waits for an OAuth2 token (token_cb). */
 static int send_lookup(struct enrich *E, struct lookup *L)
 {
+    struct pb_http_auth_ticket tk; /* large: on the stack, for this call */
+    int rc = pb_http_auth_header(E->a, &tk);
+    if (rc == PB_EAGAIN) {
+        if (!E->loop)
+            return PB_EINVAL;
+        L->anext = E->token_waits;
+        if (E->token_waits)
+            E->token_waits->aprev = L;
+        E->token_waits = L;
+        rc = pb_http_auth_wait(E->a, &L->aw, E->loop, token_cb, L);
+        if (rc != 0)
+            token_unlink(L);
+        return rc;
+    }
+    if (rc != 0)
+        return rc;
+    L->gen = tk.gen;
     struct pb_http_header hdrs[MAX_HEADERS + 4];
     struct pb_http_req req;
-    build_req(E, L->url, L->body, L->blen, hdrs, &req);
+    build_req(E, L->url, L->body, L->blen, &tk, hdrs, &req);
     E->requests++;
     return E->http ? pb_http_client_send(E->http, &req, done_cb, L) : PB_EINVAL;
 }
@@ -686,7 +581,10 @@ static int mock_lookup(struct enrich *E, struct pb_proc_io *io, jv msg, jv meta,
     enum ec_state state;
     jv answer;
     size_t bytes;
-    build_req(E, url, body, blen, hdrs, &req);
+    /* bearer, basic and api_key as sent; OAuth2 fetches no token under test. */
+    struct pb_http_auth_ticket tk; /* large: on the stack, for this call */
+    bool auth = !pb_http_auth_refreshable(E->a) && pb_http_auth_header(E->a, &tk) == 0;
+    build_req(E, url, body, blen, auth ? &tk : NULL, hdrs, &req);
     int rc = pb_mock_http(E->mock, "enrich", key, &req, &resp, err);
     if (rc != 0) {
         jv_free(msg);
@@ -705,7 +603,7 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
     bool null = false;
     int rc = 0;
 
-    url = render_url(E, in, meta, &null, err);
+    url = et_render_url(&E->url_t, in, meta, &null, err);
     if (!url && !null) {
         char m[PB_ERR_MSG_MAX];
         snprintf(m, sizeof(m), "%s", err->msg);
@@ -715,7 +613,7 @@ static int enrich_process(void *ctx, struct pb_proc_io *io, jv in, struct pb_err
     if (url && (rc = make_body(E, in, meta, &body, &blen, err)) != 0)
         goto out;
     if (url && E->key_q) {
-        key = run_scalar(E->key_q, in, meta, &null, err);
+        key = et_run_scalar(E->key_q, in, meta, &null, err);
         if (!key && !null) {
             char m[PB_ERR_MSG_MAX];
             snprintf(m, sizeof(m), "%s", err->msg);
@@ -881,7 +779,7 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
     if (strncasecmp(E->url, "http://", 7) != 0 && strncasecmp(E->url, "https://", 8) != 0)
         return pb_err_set(err, PB_ECONFIG, "enrich: url \"%s\" must start with http:// or https://",
                           E->url);
-    if ((rc = tmpl_parse(&E->url_t, E->url, err)) != 0)
+    if ((rc = et_parse(&E->url_t, E->url, err)) != 0)
         return rc;
     if ((rc = compile_opt(E->key, NULL, &E->key_q, "key", err)) ||
         (rc = compile_opt(E->answer, E->graphql.query ? ".data" : ".", &E->answer_q, "answer",
@@ -900,10 +798,6 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
         snprintf(m, sizeof(m), "%s", err->msg);
         return pb_err_set(err, PB_ECONFIG, "enrich: into: %s", m);
     }
-    int nauth =
-        (E->auth.bearer != NULL) + (E->auth.basic.user != NULL) + (E->auth.api_key.value != NULL);
-    if (nauth > 1)
-        return pb_err_set(err, PB_ECONFIG, "enrich: auth takes one of bearer, basic or api_key");
     if (E->headers.n + 1 > MAX_HEADERS)
         return pb_err_set(err, PB_ECONFIG, "enrich: too many headers (at most %d)",
                           MAX_HEADERS - 1);
@@ -913,18 +807,12 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
                               E->headers.keys[i]);
         E->statics[E->nstatic++] = (struct pb_http_header){E->headers.keys[i], E->headers.vals[i]};
     }
-    if (E->auth.bearer) {
-        size_t n = strlen(E->auth.bearer) + 8;
-        if (!(E->auth_value = malloc(n)))
-            return pb_err_set(err, PB_ENOMEM, "out of memory");
-        snprintf(E->auth_value, n, "Bearer %s", E->auth.bearer);
-        E->statics[E->nstatic++] = (struct pb_http_header){"Authorization", E->auth_value};
-    } else if (E->auth.api_key.value) {
-        if (!header_ok(E->auth.api_key.header, ""))
-            return pb_err_set(err, PB_ECONFIG, "enrich: api_key header \"%s\" is not a name",
-                              E->auth.api_key.header);
-        E->statics[E->nstatic++] =
-            (struct pb_http_header){E->auth.api_key.header, E->auth.api_key.value};
+    struct pb_http_owner who = {env->pipeline, "process[enrich]", env->allow};
+    if (!(E->a = pb_http_auth_create(&E->auth, &who, err)) ||
+        !(E->t = pb_http_tls_create(&E->tls, &who, err))) {
+        char m[PB_ERR_MSG_MAX];
+        snprintf(m, sizeof(m), "%s", err->msg);
+        return pb_err_set(err, err->code ? err->code : PB_ECONFIG, "enrich: %s", m);
     }
     struct pb_allowlist *own = pb_allowlist_create(&E->outbound.allow, err);
     if (!own)
@@ -936,6 +824,7 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
     if (ec_init(&E->ec, (size_t)E->cache.max_entries, E->cache.max_bytes) != 0)
         return pb_err_set(err, PB_ENOMEM, "out of memory");
     E->http = env->http;
+    E->loop = pb_http_client_loop(env->http);
     E->mock = env->mock;
     return 0;
 }
@@ -950,17 +839,37 @@ static void enrich_destroy(void *ctx)
                 E->pipeline, (unsigned long long)E->ec.hits, (unsigned long long)E->ec.misses,
                 (unsigned long long)E->ec.evictions, (unsigned long long)E->requests);
     ec_cleanup(&E->ec);
-    tmpl_free(&E->url_t);
+    et_free(&E->url_t);
     pb_jq_destroy(E->key_q);
     pb_jq_destroy(E->answer_q);
     pb_jq_destroy(E->into_q);
     pb_jq_destroy(E->body_q);
     pb_jq_destroy(E->vars_q);
     pb_allowlist_destroy(E->allow);
-    free(E->auth_value);
+    /* Lookups still waiting for a token: taken back (their messages are
+     * routed again after a restart); one whose callback is on its way
+     * cannot be, and the config outlives it. */
+    for (struct lookup *L = E->token_waits; L;) {
+        struct lookup *next = L->anext;
+        if (pb_http_auth_cancel(E->a, &L->aw)) {
+            token_unlink(L);
+            for (struct waiter *w = L->waiters; w;) {
+                struct waiter *wn = w->next;
+                jv_free(w->msg);
+                jv_free(w->meta);
+                free(w);
+                w = wn;
+            }
+            lookup_free(L);
+        }
+        L = next;
+    }
+    pb_http_auth_destroy(E->a);
+    pb_http_tls_destroy(E->t);
     E->key_q = E->answer_q = E->into_q = E->body_q = E->vars_q = NULL;
     E->allow = NULL;
-    E->auth_value = NULL;
+    E->a = NULL;
+    E->t = NULL;
 }
 
 const struct pb_processor_plugin pb_proc_enrich = {
