@@ -2,7 +2,7 @@
  *
  *   GET    /api/pipelines
  *   GET    /api/inputs
- *   GET    /api/nodes                                   (graph.c)
+ *   GET    /api/nodes                                   (nodes.c)
  *   GET    /api/messages?pipeline=&key=&since=&where=... (search.c)
  *   GET    /api/messages/{id}
  *   GET    /api/metrics/history?since=                  (history_api.c)
@@ -624,15 +624,15 @@ static int handle(struct pb_engine *e, struct pb_http_request *c, const char *me
             return reply_error(r, 405, "method not allowed");
         return get_inputs(e, r);
     }
+    if (strcmp(path, "/api/nodes") == 0) {
+        if (!get)
+            return reply_error(r, 405, "method not allowed");
+        return pb__admin_get_nodes(e, r);
+    }
     if (strcmp(path, "/api/pipelines") == 0) {
         if (!get)
             return reply_error(r, 405, "method not allowed");
         return get_pipelines(e, c, r);
-    }
-    if (strcmp(path, "/api/nodes") == 0) {
-        if (!get)
-            return reply_error(r, 405, "method not allowed");
-        return pb_admin_nodes(e, r);
     }
     if (strcmp(path, "/api/messages") == 0) {
         if (!get)

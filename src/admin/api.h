@@ -21,6 +21,8 @@ bool pb_admin_handle(struct pb_engine *e, struct pb_http_request *c, const char 
 /* Shared by the admin handlers. */
 int pb_admin_reply(struct pb_api_resp *r, int status, json_t *body);
 int pb_admin_error(struct pb_api_resp *r, int status, const char *msg);
+/* GET /api/nodes (nodes.c). */
+int pb__admin_get_nodes(struct pb_engine *e, struct pb_api_resp *r);
 /* A store error as 404 (not found) or 500. */
 int pb_admin_store_error(struct pb_api_resp *r, const struct pb_err *err);
 /* A query argument, NULL when absent or empty. */

@@ -49,6 +49,8 @@ static const char *not_ready(struct pb_engine *e, char *buf, size_t len)
 {
     if (!atomic_load(&e->ready))
         return atomic_load(&e->stopping) ? "shutting down" : "starting";
+    if (!pb_store_reachable(e->store))
+        return "state store database is unreachable";
     if (!pb_store_writable(e->store))
         return "state store is not writable";
     if (!pb_dispatcher_running(e->disp))

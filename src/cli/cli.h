@@ -4,6 +4,7 @@
 
 int pb_cmd_run(int argc, char **argv);
 int pb_cmd_lint(int argc, char **argv);
+int pb_cmd_migrate(int argc, char **argv);
 int pb_cmd_dlq(int argc, char **argv);
 int pb_cmd_endpoints(int argc, char **argv);
 int pb_cmd_test(int argc, char **argv);

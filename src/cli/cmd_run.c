@@ -1,4 +1,5 @@
-/* cmd_run.c - `patchbay run CONFIG` and `patchbay lint CONFIG`. */
+/* cmd_run.c - `patchbay run CONFIG`, `patchbay lint CONFIG` and
+ * `patchbay migrate CONFIG`. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,4 +74,13 @@ int pb_cmd_lint(int argc, char **argv)
            c->npipelines == 1 ? "" : "s", nout, nout == 1 ? "" : "s");
     pb_config_destroy(c);
     return 0;
+}
+
+int pb_cmd_migrate(int argc, char **argv)
+{
+    if (!one_config(argc, argv, "migrate")) {
+        fprintf(stderr, "usage: patchbay migrate CONFIG\n");
+        return 2;
+    }
+    return pb_engine_migrate(argv[1]);
 }

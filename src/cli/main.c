@@ -18,6 +18,7 @@ static void usage(FILE *f)
             "  run [--once] [--force] CONFIG\n"
             "                             run the daemon (SIGTERM drains and exits)\n"
             "  lint CONFIG                validate a configuration; errors as file:line:col\n"
+            "  migrate CONFIG             apply the state store's schema migrations\n"
             "  test [--watch] [--run TEXT] [--verbose] CONFIG...\n"
             "                             run the test cases next to each configuration\n"
             "  eval [--as map|filter|split|template] [--meta FILE] [--pretty] 'JQ' < SAMPLE\n"
@@ -80,6 +81,11 @@ static const struct {
     {"lint", "usage: patchbay lint CONFIG\n"
              "\n"
              "Validate CONFIG without connecting anywhere; errors as file:line:col, exit 1.\n"},
+    {"migrate", "usage: patchbay migrate CONFIG\n"
+                "\n"
+                "Bring the state store of CONFIG to this patchbay's schema and exit. A\n"
+                "PostgreSQL store of an older schema is refused by `patchbay run` until this\n"
+                "has run; SQLite stores are migrated by `run` itself.\n"},
     {"dlq", "usage: patchbay dlq list [--pipeline P] [--output O] [--limit N] [--after ID] "
             "[--json]\n"
             "       patchbay dlq show ID\n"
@@ -175,6 +181,8 @@ static int dispatch(int n, char **args, bool help)
         return pb_cmd_run(sub_argc, sub_argv);
     if (strcmp(cmd, "lint") == 0)
         return pb_cmd_lint(sub_argc, sub_argv);
+    if (strcmp(cmd, "migrate") == 0)
+        return pb_cmd_migrate(sub_argc, sub_argv);
     if (strcmp(cmd, "test") == 0)
         return pb_cmd_test(sub_argc, sub_argv);
     if (strcmp(cmd, "eval") == 0)

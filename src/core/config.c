@@ -56,9 +56,10 @@ static const struct pb_field top_fields[] = {
      .type = PB_F_STR,
      .offset = OFF(state),
      .def = "sqlite:./patchbay-data/state.db",
-     .doc = "sqlite:PATH"},
+     .doc = "sqlite:PATH, or postgres://USER@HOST[:PORT]/DB[?schema=NAME] to share it"},
     {.name = "outbound", .type = PB_F_OBJECT, .offset = OFF(outbound), .sub = outbound_fields},
     {.name = "limits", .type = PB_F_OBJECT, .offset = OFF(limits), .sub = limits_fields},
+    {.name = "cluster", .type = PB_F_OBJECT, .offset = OFF(cluster), .sub = pb__cluster_fields},
     {.name = "retention",
      .type = PB_F_DURATION,
      .offset = OFF(retention_ms),
@@ -768,6 +769,13 @@ static struct pb_config *load(const char *path, struct pb_http_client *http, boo
     if (pb_conf_decode(root, top_fields, c, err))
         goto fail;
     check_listen(c, root, diag, &first);
+    struct pb_err ce = {0};
+    if (pb__config_check_cluster(c, root, &ce) != 0) {
+        if (!first.code)
+            first = ce;
+        if (diag)
+            diag_add(diag, false, &ce);
+    }
     const struct pb_node *pls = c->pipelines_node;
     if (pls->type != PB_NODE_MAP || pls->n == 0) {
         pb_err_at(err, PB_ECONFIG, pls->file, pls->line, pls->col,

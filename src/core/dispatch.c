@@ -348,10 +348,21 @@ static int64_t turn(struct pb_dispatcher *d, int64_t now)
     pb_sched_due(&d->sched, now);
     maybe_expire(d, now);
     bool unrecorded = pb__disp_redo_results(d, now, &wait);
+    /* A node of a shared store whose heartbeats have not got through for
+     * nearly a lease (frozen, cut off) may have lost what it holds to the
+     * others: it starts nothing until a heartbeat gets through again. */
+    bool lease_ok = pb_store_lease_valid(d->e->store);
+    if (lease_ok != d->lease_ok) {
+        d->lease_ok = lease_ok;
+        if (lease_ok)
+            PB_INFO("cluster heartbeat through again: attempts resume");
+        else
+            PB_WARN("cluster heartbeat overdue: new attempts paused until it gets through");
+    }
     for (size_t i = 0; i < d->nall; i++) {
         struct pb_output *o = d->all[i];
         pb__output_maybe_start(d, o, now, &wait);
-        if (!unrecorded && o->started)
+        if (!unrecorded && lease_ok && o->started)
             pb__disp_start(d, o, now, &wait);
     }
     int64_t due = pb_sched_next_due(&d->sched, pb_now_ms());
@@ -389,6 +400,7 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
         return NULL;
     }
     d->e = e;
+    d->lease_ok = true;
     d->lease = pb_store_epoch(e->store);
     pthread_mutex_init(&d->lock, NULL);
     for (size_t i = 0; i < e->cfg->npipelines; i++) {

@@ -52,6 +52,7 @@ static inline struct pb_dl *pb__dl_of(struct pb_sched_item *it)
 
 struct pb_dispatcher {
     struct pb_engine *e;
+    bool lease_ok;        /* dispatcher thread: the store's lease held at the last turn */
     struct pb_loop *loop; /* the engine's; this thread runs it */
     struct pb_http_client *http;
     pthread_t thread;

@@ -339,6 +339,10 @@ int pb_engine_run(const struct pb_run_opts *ro)
     struct pb_store_opts so;
     pb_store_opts_default(&so);
     so.ingest_queue_max = (size_t)e.cfg->limits.ingest_queue;
+    so.version = PB_VERSION;
+    so.node = e.cfg->cluster.node;
+    so.lease_ms = e.cfg->cluster.lease_ms;
+    so.heartbeat_ms = e.cfg->cluster.heartbeat_ms;
     /* A reload re-opens the store this process has just closed cleanly: the
      * full read of quick_check (seconds on a large store, while clients wait
      * in the listen queue) finds nothing new. The log is still checked. */
@@ -384,6 +388,7 @@ int pb_engine_run(const struct pb_run_opts *ro)
         pb_err_set(&err, PB_EINTERNAL, "cannot start the dispatcher");
         goto fail;
     }
+    pb__engine_cluster_start(&e);
     e.workers = pb_workers_create("pb-work", WORKERS, &err);
     if (!e.workers)
         goto fail;
@@ -401,8 +406,10 @@ int pb_engine_run(const struct pb_run_opts *ro)
         goto fail;
     e.started_at = pb_now_ms();
     atomic_store(&e.ready, true);
+    char state_shown[512];
+    pb_store_url_shown(e.cfg->state, state_shown, sizeof(state_shown));
     PB_INFO("patchbay %s started listen=%s port=%u state=%s pipelines=%zu outputs=%zu node=%s",
-            PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), e.cfg->state,
+            PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), state_shown,
             e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
     struct pb_progress prog;
     pb__progress_init(&prog);
@@ -472,6 +479,7 @@ out:
     listen_fd = pb_httpd_quiesce(e.httpd, reload);
     pb_httpd_drain(e.httpd, 5000);
     stop_inputs(&e, e.cfg->shutdown_timeout_ms);
+    pb__engine_cluster_stop(&e);
     pb_dispatcher_stop(e.disp, e.cfg->shutdown_timeout_ms);
     pb__http_auth_stop(); /* its last chains are committed by the store's stop */
     if (e.store)

@@ -49,6 +49,18 @@ struct pb_outbound_conf {
     struct pb_strlist allow;
 };
 
+/* cluster: this process as a node of a shared (PostgreSQL) state store. */
+struct pb_cluster_conf {
+    char *node; /* NULL: host name and pid */
+    int64_t lease_ms, heartbeat_ms;
+};
+extern const struct pb_field pb__cluster_fields[];
+struct pb_node;
+struct pb_config;
+/* config_cluster.c: 0, or PB_ECONFIG with e set at the section. */
+int pb__config_check_cluster(const struct pb_config *c, const struct pb_node *root,
+                             struct pb_err *e);
+
 struct pb_config {
     struct pb_conf_doc *doc;
     char *path;
@@ -57,6 +69,7 @@ struct pb_config {
     char *state;
     struct pb_outbound_conf outbound;
     struct pb_limits_conf limits;
+    struct pb_cluster_conf cluster;
     int64_t retention_ms;
     int64_t shutdown_timeout_ms;
     const struct pb_node *pipelines_node;
@@ -287,6 +300,10 @@ struct pb_engine {
 };
 
 struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name);
+/* cluster.c: take the store's news of the other nodes (after the
+ * dispatcher is created), and stop taking it (before it is destroyed). */
+void pb__engine_cluster_start(struct pb_engine *e);
+void pb__engine_cluster_stop(struct pb_engine *e);
 struct pb_output *pb_pipeline_output(struct pb_pipeline *pl, const char *name);
 
 /* Dispatcher (src/core/dispatch.c). */
@@ -373,5 +390,8 @@ struct pb_run_opts {
     void (*detach)(struct pb_engine *e);
 };
 int pb_engine_run(const struct pb_run_opts *o);
+/* `patchbay migrate CONFIG`: apply the state store's schema migrations
+ * (migrate.c). 0, or 1 with the reason on stderr. */
+int pb_engine_migrate(const char *config_path);
 
 #endif

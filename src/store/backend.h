@@ -11,8 +11,9 @@
 #include "store/pb_store.h"
 
 struct pb_store_backend {
-    const char *name;   /* "sqlite" */
-    const char *prefix; /* URL prefix it accepts: "sqlite:" */
+    const char *name;    /* "sqlite" */
+    const char *prefix;  /* URL prefix it accepts: "sqlite:" */
+    const char *prefix2; /* another one, or NULL: "postgresql://" */
 
     /* url is the whole URL. NULL + err on failure; nothing is reset. */
     void *(*open)(const char *url, const struct pb_store_opts *opts, struct pb_err *err);
@@ -50,9 +51,21 @@ struct pb_store_backend {
     /* Tests only, may be NULL: cap the store's size in pages from the next
      * transaction on (0 lifts the cap), to exercise the disk-full path. */
     void (*test_max_pages)(void *ctx, int64_t pages);
+
+    /* The cluster (pb_store.h), for backends several processes share; NULL
+     * for one that only one process uses (it is a cluster of one). */
+    const char *(*node_name)(const void *ctx);
+    void (*set_events)(void *ctx, const struct pb_store_events *ev);
+    int (*hold_want)(void *ctx, const char *name);
+    bool (*holds)(void *ctx, const char *name);
+    int (*live_nodes)(const void *ctx);
+    bool (*lease_valid)(const void *ctx);
+    bool (*reachable)(const void *ctx);
+    int (*read_nodes)(void *ctx, pb_node_cb cb, void *arg, struct pb_err *err);
 };
 
 extern const struct pb_store_backend pb__store_sqlite;
+extern const struct pb_store_backend pb__store_postgres;
 
 /* Tests only: see test_max_pages. Returns PB_EINVAL if the backend has no
  * such knob. Thread-safe. */

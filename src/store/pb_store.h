@@ -68,8 +68,21 @@ struct pb_store_opts {
     bool integrity_check;    /* PRAGMA quick_check at open (default true) */
     size_t ingest_queue_max; /* ingest ops queued before submit says PB_EFULL */
     size_t batch_max;        /* ops per transaction at most */
+    /* PostgreSQL: this process as a node of the cluster sharing the store. */
+    const char *node;     /* its name; NULL: host name and pid */
+    int64_t lease_ms;     /* its leases last this long after its last heartbeat (0: 30 s) */
+    int64_t heartbeat_ms; /* it heartbeats this often (0: 5 s) */
+    const char *version;  /* of this binary, shown to the other nodes */
+    /* Apply the schema's migrations. Without it an empty database gets the
+     * schema, and an older schema is refused (patchbay migrate applies it). */
+    bool migrate;
+    bool migrate_only; /* open only to migrate: no node joins, no thread starts */
+    int migrate_to;    /* tests: stop at this schema version (0: the current one) */
 };
 void pb_store_opts_default(struct pb_store_opts *o);
+/* url as logs and the API may show it: credentials (user:password@ and a
+ * password= parameter) hidden. */
+void pb_store_url_shown(const char *url, char *buf, size_t len);
 
 struct pb_store;
 
@@ -349,6 +362,11 @@ struct pb_op_submit {
     size_t nkv;
     const struct pb_kv_put *kv;
     int64_t now;
+    /* A singleton input's batch: committed only while this node (epoch
+     * hold_epoch) holds the hold named (pb_store_hold_want), else nothing
+     * is written and status is PB_EDENIED. NULL: no condition. */
+    const char *hold;
+    int64_t hold_epoch;
 };
 
 struct pb_op_kv {
@@ -398,6 +416,60 @@ bool pb_store_writable(const struct pb_store *s);
 size_t pb_store_queue_depth(const struct pb_store *s);
 /* Transactions committed and ops in them since start (for metrics/bench). */
 void pb_store_stats(const struct pb_store *s, uint64_t *commits, uint64_t *ops);
+
+/* ---- the cluster --------------------------------------------------------
+ *
+ * With PostgreSQL several processes share one store, each a node of a
+ * cluster: it heartbeats, its leases (pb_store_epoch) hold while it does,
+ * and the others take over what it held once it stops. SQLite: one node,
+ * this process, whose leases always hold. */
+
+/* What the node learns from the others; called on the store's node thread
+ * (quick, never waiting for the store). Any member may be NULL. */
+struct pb_store_events {
+    void *arg;
+    /* Pending deliveries of pipeline/output (output NULL: of any) that no
+     * node holds were made or given back: claim them. */
+    void (*work)(void *arg, const char *pipeline, const char *output);
+    /* Another node changed key (NULL: any key) of scope in the key-value state. */
+    void (*kv)(void *arg, const char *scope, const char *key);
+    /* The live nodes, or what this node holds, changed. */
+    void (*cluster)(void *arg);
+    /* The others presumed this node dead (it stopped heartbeating in time)
+     * and took over what it held: its leases are gone for good. */
+    void (*lost)(void *arg);
+};
+void pb_store_set_events(struct pb_store *s, const struct pb_store_events *ev);
+bool pb_store_clustered(const struct pb_store *s);
+/* This node's name (the host name and pid unless configured). */
+const char *pb_store_node_name(const struct pb_store *s);
+/* Holds are named rows one node of the cluster has at a time (a singleton
+ * input, the keys of an ordered pipeline, retention). Say which this node
+ * may take (before pb_store_start); it takes its share of those free, as
+ * the others leave or die. SQLite: every one is held. */
+int pb_store_hold_want(struct pb_store *s, const char *name);
+bool pb_store_holds(struct pb_store *s, const char *name);
+/* Nodes alive now (1 on SQLite). */
+int pb_store_live_nodes(const struct pb_store *s);
+/* May this node start attempts on what it holds? False from a little
+ * before its leases could have run out (heartbeats not getting through)
+ * until a heartbeat gets through again. Cheap; any thread. */
+bool pb_store_lease_valid(const struct pb_store *s);
+/* Did the last contact with the database succeed? */
+bool pb_store_reachable(const struct pb_store *s);
+
+/* The nodes known to the store, for /api/nodes. */
+struct pb_node_row {
+    const char *name, *version;
+    int64_t epoch;
+    const char *state; /* "live", "left" (shut down), "dead" (presumed) */
+    int64_t started_at, heartbeat_at, ended_at; /* unix ms; ended_at 0 while live */
+    int64_t leases;                             /* pending deliveries it holds */
+    const char *holds;                          /* what it holds, comma-separated */
+    bool self;
+};
+typedef int (*pb_node_cb)(void *arg, const struct pb_node_row *n);
+int pb_store_read_nodes(struct pb_store *s, pb_node_cb cb, void *arg, struct pb_err *err);
 
 /* ---- reads ------------------------------------------------------------ */
 

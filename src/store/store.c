@@ -68,6 +68,7 @@ struct pb_store {
 
 static const struct pb_store_backend *const backends[] = {
     &pb__store_sqlite,
+    &pb__store_postgres,
 };
 
 const char *pb_dstate_name(enum pb_dstate s)
@@ -108,6 +109,21 @@ static void redact_url(const char *url, char *buf, size_t len)
         snprintf(buf, len, "%.*s***%s", (int)(sep + 3 - url), url, at);
     else
         snprintf(buf, len, "%s", url);
+    /* A password= parameter too: cut from there. */
+    char *pw = strstr(buf, "password=");
+    if (pw && (size_t)(pw - buf) + 13 <= len)
+        memcpy(pw, "password=***", 13);
+}
+
+void pb_store_url_shown(const char *url, char *buf, size_t len)
+{
+    if (!len)
+        return;
+    if (!url) {
+        buf[0] = 0;
+        return;
+    }
+    redact_url(url, buf, len);
 }
 
 struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts,
@@ -118,16 +134,21 @@ struct pb_store *pb_store_open(const char *url, const struct pb_store_opts *opts
     char shown[256];
 
     if (!url) {
-        pb_err_set(err, PB_EINVAL, "no state store URL (expected sqlite:PATH)");
+        pb_err_set(err, PB_EINVAL,
+                   "no state store URL (expected sqlite:PATH or postgres://USER@HOST/DB)");
         return NULL;
     }
     for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
-        if (strncmp(url, backends[i]->prefix, strlen(backends[i]->prefix)) == 0)
+        const char *p2 = backends[i]->prefix2;
+        if (strncmp(url, backends[i]->prefix, strlen(backends[i]->prefix)) == 0 ||
+            (p2 && strncmp(url, p2, strlen(p2)) == 0))
             be = backends[i];
     }
     if (!be) {
         redact_url(url, shown, sizeof(shown));
-        pb_err_set(err, PB_EINVAL, "unsupported state store URL \"%s\" (expected sqlite:PATH)",
+        pb_err_set(err, PB_EINVAL,
+                   "unsupported state store URL \"%s\" (expected sqlite:PATH or "
+                   "postgres://USER@HOST/DB)",
                    shown);
         return NULL;
     }
@@ -597,6 +618,64 @@ int pb__store_test_max_pages(struct pb_store *s, int64_t pages)
     if (!s->be->test_max_pages)
         return PB_EINVAL;
     s->be->test_max_pages(s->ctx, pages);
+    return 0;
+}
+
+/* ---- the cluster ----------------------------------------------------------------- */
+
+void pb_store_set_events(struct pb_store *s, const struct pb_store_events *ev)
+{
+    if (s->be->set_events)
+        s->be->set_events(s->ctx, ev);
+}
+
+bool pb_store_clustered(const struct pb_store *s)
+{
+    return s->be->node_name != NULL;
+}
+
+const char *pb_store_node_name(const struct pb_store *s)
+{
+    return s->be->node_name ? s->be->node_name(s->ctx) : pb_store_node_id(s);
+}
+
+int pb_store_hold_want(struct pb_store *s, const char *name)
+{
+    return s->be->hold_want ? s->be->hold_want(s->ctx, name) : 0;
+}
+
+bool pb_store_holds(struct pb_store *s, const char *name)
+{
+    return s->be->holds ? s->be->holds(s->ctx, name) : true;
+}
+
+int pb_store_live_nodes(const struct pb_store *s)
+{
+    return s->be->live_nodes ? s->be->live_nodes(s->ctx) : 1;
+}
+
+bool pb_store_lease_valid(const struct pb_store *s)
+{
+    return s->be->lease_valid ? s->be->lease_valid(s->ctx) : true;
+}
+
+bool pb_store_reachable(const struct pb_store *s)
+{
+    return s->be->reachable ? s->be->reachable(s->ctx) : true;
+}
+
+int pb_store_read_nodes(struct pb_store *s, pb_node_cb cb, void *arg, struct pb_err *err)
+{
+    if (!cb)
+        return pb_err_set(err, PB_EINVAL, "read_nodes needs a callback");
+    if (s->be->read_nodes)
+        return s->be->read_nodes(s->ctx, cb, arg, err);
+    struct pb_node_row n = {.name = pb_store_node_id(s),
+                            .epoch = pb_store_epoch(s),
+                            .state = "live",
+                            .holds = "",
+                            .self = true};
+    cb(arg, &n);
     return 0;
 }
 

@@ -6,6 +6,11 @@ Each tests/system/test_*.py imports this module, registers test functions with
     PB_BIN       the patchbay binary
     PB_SINK      the pb_sink binary (tests/tools/pb_sink.c)
     PB_SANITIZE  "ON" when both were built with ASan/UBSan (timeouts x3)
+    PB_STATE     "postgres" runs every daemon on a PostgreSQL state store: a
+                 throwaway cluster (srv_postgres) started once per module,
+                 a schema of its own per Patchbay; `state: sqlite:@DIR@/F`
+                 in a config becomes that schema's postgres:// URL. Tests
+                 about SQLite's file itself call sqlite_only() first.
 
 Rules the helpers enforce: loopback only, every wait polls with a deadline
 (never a fixed sleep standing in for synchronisation), every process started
@@ -36,6 +41,7 @@ PB_BIN = os.environ.get("PB_BIN", "")
 PB_SINK = os.environ.get("PB_SINK", "")
 SANITIZE = os.environ.get("PB_SANITIZE", "OFF").upper() in ("ON", "1", "TRUE", "YES")
 SCALE = 3.0 if SANITIZE else 1.0
+PB_STATE = os.environ.get("PB_STATE", "sqlite").strip().lower() or "sqlite"
 
 _procs = []  # every Popen started through this module
 _procs_lock = threading.Lock()
@@ -48,6 +54,33 @@ def scaled(seconds):
 
 class TestFailure(Exception):
     pass
+
+
+class TestSkipped(Exception):
+    pass
+
+
+def sqlite_only(why="reads the SQLite file itself"):
+    """A case about the SQLite store: skipped under PB_STATE=postgres."""
+    if PB_STATE != "sqlite":
+        raise TestSkipped(f"SQLite only: {why}")
+
+
+_state_pg = None  # PB_STATE=postgres: the module's PostgreSQL (srv_postgres)
+_state_pg_lock = threading.Lock()
+_SQLITE_STATE = re.compile(r'sqlite:@DIR@/[A-Za-z0-9_.-]+')
+
+
+def state_postgres():
+    """The module's PostgreSQL cluster for PB_STATE=postgres (started once)."""
+    global _state_pg
+    with _state_pg_lock:
+        if _state_pg is None:
+            from srv_postgres import Postgres  # imports this module: not at the top
+            pg = Postgres()
+            pg.create_db("patchbay")
+            _state_pg = pg
+        return _state_pg
 
 
 def check(cond, what):
@@ -364,8 +397,14 @@ class Patchbay:
             self._first_start()
 
     def _write_config(self):
+        template = self._template
+        if PB_STATE == "postgres" and _SQLITE_STATE.search(template):
+            if not getattr(self, "state_schema", None):
+                self.state_schema = "pb_" + secrets.token_hex(6)
+            url = state_postgres().dsn("patchbay") + "?schema=" + self.state_schema
+            template = _SQLITE_STATE.sub(url, template)
         text = (
-            self._template.replace("@LISTEN@", "127.0.0.1:@PORT@")
+            template.replace("@LISTEN@", "127.0.0.1:@PORT@")
             .replace("@PORT@", str(self.port))
             .replace("@DIR@", self.dir)
             .replace("@TOKEN@", self.token)
@@ -715,7 +754,7 @@ def run():
     """Run every @test in order; print `N passed, N failed`; exit 0/1."""
     global _tmp_root
     only = sys.argv[1:]
-    passed = failed = 0
+    passed = failed = skipped = 0
     if not PB_BIN or not PB_SINK:
         log("PB_BIN and PB_SINK must be set (ctest sets them)")
         sys.exit(2)
@@ -733,6 +772,12 @@ def run():
             if reports:
                 raise TestFailure("sanitizer report:\n" + "\n".join(reports))
             ok = True
+        except TestSkipped as e:
+            _kill_all(keep_servers=True)
+            log(f"SKIP {fn.__name__}: {e}")
+            skipped += 1
+            shutil.rmtree(_tmp_root, ignore_errors=True)
+            continue
         except Exception as e:  # a test's own bug counts as a failure too
             _kill_all(keep_servers=True)
             log(f"FAIL {fn.__name__}: {e}")
@@ -752,8 +797,8 @@ def run():
         else:
             failed += 1
             log(f"  (kept {_tmp_root})")
-    log(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed or passed == 0 else 0)
+    log(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    sys.exit(1 if failed or passed + skipped == 0 else 0)
 
 
 def ensure_node_client(node_dir, package="standardwebhooks"):

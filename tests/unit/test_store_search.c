@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "admin/views.h"
@@ -17,19 +19,79 @@
 
 struct tdir {
     char dir[64];
-    char path[128];
-    char url[160];
+    char path[320]; /* dir/state.db, or the PostgreSQL URL */
+    char url[320];  /* sqlite:path, or postgres://...?schema=s_... */
+    bool pg;
+    char schema[32];
 };
+
+/* With PB_TEST_STORE_URL (a PostgreSQL database) every test runs there,
+ * each in a schema of its own; else on SQLite. */
+static const char *pg_base(void)
+{
+    const char *u = getenv("PB_TEST_STORE_URL");
+    return u && *u ? u : NULL;
+}
 
 static void tdir_make(struct tdir *t)
 {
+    static int seq;
+    memset(t, 0, sizeof(*t));
     snprintf(t->dir, sizeof(t->dir), "/tmp/pbsearch-XXXXXX");
     if (!mkdtemp(t->dir)) {
         perror("mkdtemp");
         exit(2);
     }
+    const char *base = pg_base();
+    if (base) {
+        t->pg = true;
+        snprintf(t->schema, sizeof(t->schema), "s_%d_%d", (int)getpid(), ++seq);
+        snprintf(t->url, sizeof(t->url), "%.200s%sschema=%s", base, strchr(base, '?') ? "&" : "?",
+                 t->schema);
+        snprintf(t->path, sizeof(t->path), "%s", t->url);
+        return;
+    }
     snprintf(t->path, sizeof(t->path), "%s/state.db", t->dir);
-    snprintf(t->url, sizeof(t->url), "sqlite:%s", t->path);
+    snprintf(t->url, sizeof(t->url), "sqlite:%.300s", t->path);
+}
+
+/* sql on the PostgreSQL database of url in its schema: the first column of
+ * the first row as an integer (0 for a command), -1 on error. */
+static void pg_no_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+static long long pg_sql(const char *url, const char *sql)
+{
+    char base[320], schema[40] = "";
+    snprintf(base, sizeof(base), "%s", url);
+    char *sp = strstr(base, "schema=");
+    if (sp) {
+        snprintf(schema, sizeof(schema), "%.*s", (int)strcspn(sp + 7, "&"), sp + 7);
+        char *q = sp - 1; /* the ? or & before it */
+        memmove(q, sp + 7 + strlen(schema), strlen(sp + 7 + strlen(schema)) + 1);
+    }
+    PGconn *c = PQconnectdb(base);
+    long long v = -1;
+    if (PQstatus(c) == CONNECTION_OK) {
+        PQsetNoticeProcessor(c, pg_no_notice, NULL);
+        char set[96];
+        snprintf(set, sizeof(set), "SET search_path = \"%s\"", schema[0] ? schema : "patchbay");
+        PQclear(PQexec(c, set));
+        PGresult *r = PQexec(c, sql);
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_TUPLES_OK && PQntuples(r) > 0)
+            v = PQgetisnull(r, 0, 0) ? 0 : atoll(PQgetvalue(r, 0, 0));
+        else if (st == PGRES_COMMAND_OK)
+            v = 0;
+        else
+            fprintf(stderr, "  pg_sql: %s: %s", sql, PQerrorMessage(c));
+        PQclear(r);
+    }
+    PQfinish(c);
+    return v;
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
@@ -43,6 +105,11 @@ static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
 static void tdir_remove(struct tdir *t)
 {
     nftw(t->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (t->pg) {
+        char sql[96];
+        snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS \"%s\" CASCADE", t->schema);
+        pg_sql(pg_base(), sql);
+    }
 }
 
 static struct pb_store *open_started(const char *url)
@@ -60,12 +127,16 @@ static struct pb_store *open_started(const char *url)
 
 static long long sql_int(const char *path, const char *sql)
 {
+    if (strncmp(path, "postgres", 8) == 0)
+        return pg_sql(path, sql);
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     long long v = -1;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        int rc = sqlite3_step(st);
+        v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : rc == SQLITE_DONE ? 0 : -1;
+    }
     sqlite3_finalize(st);
     sqlite3_close(db);
     return v;
@@ -393,10 +464,7 @@ PB_TEST(edit_and_replay_makes_a_linked_message)
     snprintf(sql, sizeof(sql),
              "INSERT INTO routed(seq, body, body_crc, okey) SELECT seq, '{\"n\":1}', 0, 'cust-7'"
              " FROM messages WHERE id = 'orig'");
-    sqlite3 *db = NULL;
-    PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
-    PB_EQ_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    PB_EQ_INT(sql_int(t.path, sql), 0);
 
     /* Not dead yet: nothing is written. */
     int64_t nid[1] = {0};
@@ -520,6 +588,10 @@ PB_TEST(migrate_v9_keeps_keys_still_in_the_window)
 {
     struct tdir t;
     tdir_make(&t);
+    if (t.pg) {
+        printf("  (SQLite only)\n");
+        goto out;
+    }
     sqlite3 *db = NULL;
     PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
     for (int v = 1; v <= 9; v++)
@@ -545,6 +617,54 @@ PB_TEST(migrate_v9_keeps_keys_still_in_the_window)
     pb_store_destroy(s);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages WHERE idem_key IS NULL"), 1);
     PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 10);
+out:
+    tdir_remove(&t);
+}
+
+/* PostgreSQL's schema 3: the keys still in the window kept with their
+ * messages (plain-text ones), searchable after `patchbay migrate`. */
+PB_TEST(pg_migrate_v2_keeps_keys_still_in_the_window)
+{
+    struct tdir t;
+    tdir_make(&t);
+    if (!t.pg) {
+        printf("  (PostgreSQL only)\n");
+        goto out;
+    }
+    struct pb_store_opts o;
+    struct pb_err err = {0};
+    pb_store_opts_default(&o);
+    o.migrate_to = 2;
+    o.migrate_only = true;
+    struct pb_store *s = pb_store_open(t.url, &o, &err);
+    if (!s) {
+        PB__FAIL("open at schema 2: %s", err.msg);
+        goto out;
+    }
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "INSERT INTO messages(id, pipeline, received_at, body) VALUES"
+                              " ('m1', 'p', 1, '{}'), ('m2', 'p', 2, '{}'), ('m3', 'p', 3, '{}');"
+                              "INSERT INTO idempotency VALUES ('p', 'order-1', 'm1', 99),"
+                              " ('p', '\\x5c01', 'm3', 99)"),
+              0);
+    pb_store_opts_default(&o);
+    o.migrate_only = true;
+    if (!(s = pb_store_open(t.url, &o, &err))) {
+        PB__FAIL("migrate: %s", err.msg);
+        goto out;
+    }
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 3);
+    if (!(s = open_started(t.url)))
+        goto out;
+    struct found f = {0};
+    struct pb_msg_query q = {.idem_key = "order-1", .state = -1, .limit = 5};
+    search(s, &q, &f);
+    PB_EQ_INT(f.n, 1);
+    PB_EQ_STR(f.ids[0], "m1");
+    pb_store_destroy(s);
+    /* m2 had no key; m3's is not plain text (a backslash, a control byte). */
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages WHERE idem_key IS NULL"), 2);
 out:
     tdir_remove(&t);
 }
