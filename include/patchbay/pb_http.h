@@ -135,4 +135,10 @@ int pb_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
 void pb_rate_info_reset(struct pb_rate_info *r);
 void pb_rate_header(const char *line, size_t len, int64_t now_ms, struct pb_rate_info *r);
 
+/* A header a configuration gives: a name of letters, digits, '-' and '_'
+ * (not empty); a value without control characters other than tab (no CR
+ * or LF to split a request with). Pure. */
+bool pb_http_header_name_ok(const char *name);
+bool pb_http_header_value_ok(const char *value);
+
 #endif

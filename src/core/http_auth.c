@@ -157,17 +157,6 @@ struct pb_http_auth {
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pb_http_auth *live;
 
-static bool header_name_ok(const char *s)
-{
-    if (!*s)
-        return false;
-    for (; *s; s++)
-        if (!(*s == '-' || *s == '_' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= 'A' && *s <= 'Z')))
-            return false;
-    return true;
-}
-
 static bool header_value_ok(const char *s)
 {
     for (; *s; s++)
@@ -272,7 +261,7 @@ struct pb_http_auth *pb_http_auth_create(const struct pb_http_auth_conf *c,
         if (!a->header || !a->value)
             goto nomem;
     } else if (c->api_key.value) {
-        if (!header_name_ok(c->api_key.header)) {
+        if (!pb_http_header_name_ok(c->api_key.header)) {
             pb_err_set(err, PB_ECONFIG, "auth.api_key.header \"%s\" is not a header name",
                        c->api_key.header);
             goto fail;

@@ -275,6 +275,19 @@ PB_TEST(simple_get)
     pb_http_client_destroy(c);
 }
 
+PB_TEST(configured_header_checks)
+{
+    PB_CHECK(pb_http_header_name_ok("X-Api-Key"));
+    PB_CHECK(pb_http_header_name_ok("x_trace-9"));
+    PB_CHECK(!pb_http_header_name_ok(""));
+    PB_CHECK(!pb_http_header_name_ok("X Api"));
+    PB_CHECK(!pb_http_header_name_ok("X-Api:"));
+    PB_CHECK(pb_http_header_value_ok(""));
+    PB_CHECK(pb_http_header_value_ok("Bearer a.b\tc"));
+    PB_CHECK(!pb_http_header_value_ok("a\r\nX-Injected: 1"));
+    PB_CHECK(!pb_http_header_value_ok("a\nb"));
+}
+
 PB_TEST(client_loop)
 {
     struct pb_http_client *c = client(0);

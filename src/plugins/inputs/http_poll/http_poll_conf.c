@@ -181,20 +181,6 @@ const struct pb_field poll_fields[] = {
 
 /* ---- init -------------------------------------------------------------------------- */
 
-static bool header_ok(const char *name, const char *value)
-{
-    if (!*name)
-        return false;
-    for (const char *s = name; *s; s++)
-        if (!(*s == '-' || *s == '_' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= 'A' && *s <= 'Z')))
-            return false;
-    for (const char *s = value; *s; s++)
-        if ((unsigned char)*s < 0x20 && *s != '\t')
-            return false;
-    return true;
-}
-
 static int compile(const char *prog, struct pb_jq **q, const char *what, bool predicate,
                    struct pb_err *err)
 {
@@ -259,7 +245,8 @@ int poll_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
     if (p->headers.n + 1 > MAX_HEADERS)
         return pb_err_set(err, PB_ECONFIG, "http_poll: too many headers");
     for (size_t i = 0; i < p->headers.n; i++) {
-        if (!header_ok(p->headers.keys[i], p->headers.vals[i]))
+        if (!pb_http_header_name_ok(p->headers.keys[i]) ||
+            !pb_http_header_value_ok(p->headers.vals[i]))
             return pb_err_set(err, PB_ECONFIG, "http_poll: header \"%s\" has a bad name or value",
                               p->headers.keys[i]);
         p->statics[p->nstatic++] = (struct pb_http_header){p->headers.keys[i], p->headers.vals[i]};

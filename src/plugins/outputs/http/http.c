@@ -123,25 +123,6 @@ static const struct pb_field http_fields[] = {
     {0},
 };
 
-static bool header_name_ok(const char *s)
-{
-    if (!*s)
-        return false;
-    for (; *s; s++)
-        if (!(*s == '-' || *s == '_' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= 'A' && *s <= 'Z')))
-            return false;
-    return true;
-}
-
-static bool header_value_ok(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 && *s != '\t')
-            return false;
-    return true;
-}
-
 static int http_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
 {
     struct out_http *h = ctx;
@@ -151,7 +132,8 @@ static int http_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
     if (h->headers.n + 1 > MAX_STATIC_HEADERS)
         return pb_err_set(err, PB_ECONFIG, "too many headers (at most %d)", MAX_STATIC_HEADERS - 1);
     for (size_t i = 0; i < h->headers.n; i++) {
-        if (!header_name_ok(h->headers.keys[i]) || !header_value_ok(h->headers.vals[i]))
+        if (!pb_http_header_name_ok(h->headers.keys[i]) ||
+            !pb_http_header_value_ok(h->headers.vals[i]))
             return pb_err_set(err, PB_ECONFIG, "header \"%s\" has a bad name or value",
                               h->headers.keys[i]);
         h->statics[h->nstatic++] = (struct pb_http_header){h->headers.keys[i], h->headers.vals[i]};

@@ -726,20 +726,6 @@ out:
 
 /* ---- life cycle ------------------------------------------------------------------------- */
 
-static bool header_ok(const char *name, const char *value)
-{
-    if (!*name)
-        return false;
-    for (const char *s = name; *s; s++)
-        if (!(*s == '-' || *s == '_' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= 'A' && *s <= 'Z')))
-            return false;
-    for (const char *s = value; *s; s++)
-        if ((unsigned char)*s < 0x20 && *s != '\t')
-            return false;
-    return true;
-}
-
 /* A jq program wrapped so that it runs on [message, answer] as the message
  * with $answer bound. */
 static struct pb_jq *compile_into(const char *prog, struct pb_err *err)
@@ -802,7 +788,8 @@ static int enrich_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
         return pb_err_set(err, PB_ECONFIG, "enrich: too many headers (at most %d)",
                           MAX_HEADERS - 1);
     for (size_t i = 0; i < E->headers.n; i++) {
-        if (!header_ok(E->headers.keys[i], E->headers.vals[i]))
+        if (!pb_http_header_name_ok(E->headers.keys[i]) ||
+            !pb_http_header_value_ok(E->headers.vals[i]))
             return pb_err_set(err, PB_ECONFIG, "enrich: header \"%s\" has a bad name or value",
                               E->headers.keys[i]);
         E->statics[E->nstatic++] = (struct pb_http_header){E->headers.keys[i], E->headers.vals[i]};
