@@ -27,6 +27,17 @@ static char *pgjson(unsigned oid, const char *p, const struct sql_fmt *f)
     return out;
 }
 
+PB_TEST(driver_names_and_aliases)
+{
+    PB_EQ_INT(sql_driver_index("sqlite"), SQL_SQLITE);
+    PB_EQ_INT(sql_driver_index("postgres"), SQL_POSTGRES);
+    PB_EQ_INT(sql_driver_index("postgresql"), SQL_POSTGRES);
+    PB_EQ_INT(sql_driver_index("mysql"), SQL_MYSQL);
+    PB_EQ_INT(sql_driver_index("mariadb"), SQL_MYSQL);
+    PB_EQ_INT(sql_driver_index(NULL), -1);
+    PB_EQ_INT(sql_driver_index("oracle"), -2);
+}
+
 PB_TEST(pg_values_keep_their_exact_types)
 {
     static const struct {

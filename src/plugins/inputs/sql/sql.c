@@ -135,20 +135,6 @@ static const struct pb_field sql_fields[] = {
 
 /* ---- init ---------------------------------------------------------------------------------- */
 
-static int driver_index(const char *name)
-{
-    if (!name)
-        return -1;
-    for (int i = 0; sql_driver_names[i]; i++)
-        if (strcmp(sql_driver_names[i], name) == 0)
-            return i;
-    if (strcmp(name, "postgresql") == 0)
-        return SQL_POSTGRES;
-    if (strcmp(name, "mariadb") == 0)
-        return SQL_MYSQL;
-    return -2;
-}
-
 static int initial_values(struct in_sql *s, struct pb_err *err)
 {
     const struct pb_node *n = s->cursor.initial;
@@ -178,7 +164,7 @@ static int initial_values(struct in_sql *s, struct pb_err *err)
 static int sql_init(void *ctx, struct pb_input_env *env, struct pb_err *err)
 {
     struct in_sql *s = ctx;
-    int d = driver_index(s->driver_name);
+    int d = sql_driver_index(s->driver_name);
     if (d == -2)
         return pb_err_set(err, PB_ECONFIG, "driver must be sqlite, postgres or mysql");
     int rc = sql_target_init(&s->target, d, s->dsn, err);

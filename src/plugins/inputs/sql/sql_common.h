@@ -60,6 +60,10 @@ void sqlb_free(struct sql_buf *b);
 
 enum sql_driver { SQL_SQLITE = 0, SQL_POSTGRES, SQL_MYSQL };
 extern const char *const sql_driver_names[]; /* for PB_F_ENUM, NULL-terminated */
+/* The driver a `driver` option names (postgresql and mariadb are accepted
+ * as aliases): its enum sql_driver, -1 when name is NULL (taken from the
+ * DSN's scheme), -2 when unknown. */
+int sql_driver_index(const char *name);
 
 #define SQL_HOST_MAX 255
 

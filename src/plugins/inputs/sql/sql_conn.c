@@ -22,6 +22,20 @@
 
 const char *const sql_driver_names[] = {"sqlite", "postgres", "mysql", NULL};
 
+int sql_driver_index(const char *name)
+{
+    if (!name)
+        return -1;
+    for (int i = 0; sql_driver_names[i]; i++)
+        if (strcmp(sql_driver_names[i], name) == 0)
+            return i;
+    if (strcmp(name, "postgresql") == 0)
+        return SQL_POSTGRES;
+    if (strcmp(name, "mariadb") == 0)
+        return SQL_MYSQL;
+    return -2;
+}
+
 /* ---- DSNs -------------------------------------------------------------------------------------
  */
 

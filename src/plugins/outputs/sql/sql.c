@@ -120,20 +120,6 @@ static const struct pb_field sql_fields[] = {
 /* ---- init --------------------------------------------------------------------------------------
  */
 
-static int driver_index(const char *name)
-{
-    if (!name)
-        return -1;
-    for (int i = 0; sql_driver_names[i]; i++)
-        if (strcmp(sql_driver_names[i], name) == 0)
-            return i;
-    if (strcmp(name, "postgresql") == 0)
-        return SQL_POSTGRES;
-    if (strcmp(name, "mariadb") == 0)
-        return SQL_MYSQL;
-    return -2;
-}
-
 static bool name_ok(const char *s)
 {
     if (!*s || strlen(s) > 128)
@@ -231,7 +217,7 @@ static int build_insert(struct out_sql *o, struct pb_err *err)
 static int sql_init(void *ctx, struct pb_output_env *env, struct pb_err *err)
 {
     struct out_sql *o = ctx;
-    int d = driver_index(o->driver_name);
+    int d = sql_driver_index(o->driver_name);
     if (d == -2)
         return pb_err_set(err, PB_ECONFIG, "driver must be sqlite, postgres or mysql");
     int rc = sql_target_init(&o->target, d, o->dsn, err);
