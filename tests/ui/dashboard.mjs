@@ -223,9 +223,15 @@ async function walkthrough(page) {
   await page.waitForSelector("main h1:has-text('Message')");
   expect((await page.textContent('[data-test="idempotency-key"]')).includes(key), "the message shows its key");
   const pay = page.locator('section[data-output="payments"]');
+  const fraud = page.locator('section[data-output="fraud"]');
   await pay.locator("svg.timeline").waitFor();
   expect((await pay.locator('td[data-test="status"]').allTextContents()).includes("200"), "payments answered 200");
-  const fraud = page.locator('section[data-output="fraud"]');
+  // The partner's answer, kept for a successful attempt too, shown as text.
+  const payAnswers = await pay.locator('td[data-test="answer"] pre.answer').allTextContents();
+  expect(payAnswers.includes('{"ok":true}'), `payments' answer excerpt shown (${payAnswers})`);
+  const fraudAnswers = await fraud.locator('td[data-test="answer"] pre.answer').allTextContents();
+  expect(fraudAnswers.length === 2 && fraudAnswers.every((a) => a === '{"ok":false}'),
+    `fraud's answers on each failed attempt (${fraudAnswers})`);
   const statuses = await fraud.locator('td[data-test="status"]').allTextContents();
   expect(statuses.length === 2 && statuses.every((s) => s === "500"), `fraud: two attempts, 500 each (${statuses})`);
   expect((await fraud.locator("svg.timeline circle").count()) === 2, "two attempts on the timeline");
