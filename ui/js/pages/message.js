@@ -56,7 +56,7 @@ export function attemptsTable(receivedAt, attempts) {
       h("th", { scope: "col", class: "num" }, "#"), h("th", { scope: "col" }, "Started"),
       h("th", { scope: "col", class: "num" }, "After receipt"), h("th", { scope: "col", class: "num" }, "Latency"),
       h("th", { scope: "col", class: "num" }, "Status"), h("th", { scope: "col" }, "Result"),
-      h("th", { scope: "col" }, "Partner's answer"), h("th", { scope: "col" }, "Error"))),
+      h("th", { scope: "col" }, "Partner's answer"), h("th", { scope: "col" }, "Error or note"))),
     h("tbody", {}, attempts.map((a) => h("tr", { "data-attempt": a.n },
       h("td", { class: "num" }, a.n),
       h("td", { class: "nowrap" }, time(a.started_at)),
