@@ -26,6 +26,8 @@
 #include "core/template.h"
 #include "patchbay/pb_log.h"
 
+_Static_assert(PB_ANSWER_EXCERPT_MAX <= PB_STORE_ANSWER_MAX, "the store keeps a whole excerpt");
+
 #define REDO_DELAY_MIN_MS 50
 #define REDO_DELAY_MAX_MS 2000
 
