@@ -81,7 +81,9 @@ function outputRow(p, o, sub) {
     chartBacklog: h("div"),
   };
   const name = sub ? sub : o.name;
-  const label = h("a", { href: "#/messages" + qs({ pipeline: p, output: name }) }, sub ? "↳ " + sub.split("/").slice(1).join("/") : name);
+  // Named with its pipeline: outputs of one name in two pipelines are two links.
+  const label = h("a", { href: "#/messages" + qs({ pipeline: p, output: name }), "aria-label": `${name} of pipeline ${p}` },
+    sub ? "↳ " + sub.split("/").slice(1).join("/") : name);
   const deadLink = h("a", { href: "#/dead-letters" + qs({ pipeline: p, output: name }) });
   cells.dead.appendChild(deadLink);
   cells.deadLink = deadLink;
