@@ -198,6 +198,12 @@ pipelines:
     outputs:
       sink:
         http: { url: "SINK/ticks" }
+  feed:
+    input:
+      http_poll: { url: "SINK/feed", interval: 1h }
+    outputs:
+      sink:
+        drop: {}
 """
 
 
@@ -213,11 +219,14 @@ def nodes_of_a_cluster_on_the_overview():
     beta = Patchbay(conf("beta"))
 
 
-    def live():
+    def settled():
         st, doc = alpha.admin("GET", "/api/nodes")
-        return st == 200 and doc.get("live") == 2
+        if st != 200 or doc.get("live") != 2:
+            return False
+        return sorted(h for n in doc["nodes"] for h in n["holds"]) == ["input/feed", "retention"]
 
-    wait_until(live, scaled(20), "both nodes live")
+    # The singleton input and the retention each held by one of them.
+    wait_until(settled, scaled(20), "both nodes live, the holds taken")
     wait_until(lambda: len(sink.records()) >= 3, scaled(20), "ticks delivered")
     res = node("cluster", alpha, 120, NODES="alpha,beta")
     check_eq(res["nodes"], ["alpha", "beta"], "the nodes the browser checked")

@@ -550,6 +550,8 @@ async function cluster(page) {
   expect(summary.startsWith(`${names.length} of ${names.length} nodes live`), `the summary: ${summary}`);
   await shot(page, "overview-cluster");
   const stops = await keyboardSweep(page, "overview-cluster");
+  const shown = (await panel.locator('tbody [data-test="holds"] code').allTextContents()).sort();
+  expect(shown.join() === "input/feed,retention", `the holds shown: ${shown}`);
   return { nodes: names, holds: doc.nodes.map((n) => n.holds), stops };
 }
 
