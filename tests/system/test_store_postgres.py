@@ -140,6 +140,8 @@ def migrate_command_and_older_schema_refused():
             " CREATE INDEX messages_received ON mig.messages(received_at);"
             " DROP TABLE mig.holds; DROP TABLE mig.nodes; DROP SEQUENCE mig.node_epoch;"
             " DROP INDEX mig.deliveries_lease;"
+            " ALTER TABLE mig.attempts DROP COLUMN answer;"
+            " ALTER TABLE mig.deliveries DROP COLUMN last_answer;"
             " UPDATE mig.meta SET value = '1' WHERE key = 'schema_version'")
     pb.start(wait_ready=False)
     check_eq(pb.proc.wait(timeout=scaled(30)), 1, "run on an older schema exits 1")
