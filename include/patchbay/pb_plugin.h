@@ -34,6 +34,9 @@ const char *pb_result_name(enum pb_result r);
  * 408, 425, 429, 5xx and 0 (no response) RETRY; everything else PERMANENT. */
 enum pb_result pb_classify_http(int status);
 
+/* Bytes of a partner's answer kept per attempt (pb_outcome.answer). */
+#define PB_ANSWER_EXCERPT_MAX 256
+
 /* One attempt of one delivery. Borrowed by the plugin from deliver() until it
  * calls pb_delivery_done(). */
 struct pb_delivery {
@@ -66,6 +69,13 @@ struct pb_outcome {
     int status;             /* protocol status (HTTP, SMTP...) or 0 */
     int64_t retry_after_ms; /* partner asked to wait this long; -1 when not */
     const char *error;      /* short text for the attempt log; copied; may be NULL */
+    /* What the partner answered, whatever the result (an HTTP response
+     * body, a server's reply line, a broker's acknowledgement): the core
+     * keeps a printable excerpt of its first PB_ANSWER_EXCERPT_MAX bytes in
+     * the attempt log. Copied; NULL or empty: nothing. Never a header or
+     * anything else that may hold a secret. */
+    const char *answer;
+    size_t answer_len;
     /* Flow control; left zero, they say nothing. */
     /* The partner was not asked (no credentials yet: the token endpoint is
      * failing): no attempt is spent or recorded; the delivery, and the
@@ -80,10 +90,10 @@ struct pb_outcome {
 };
 
 /* The outcome of an HTTP attempt (src/core/retry.c): classified status, the
- * partner's Retry-After and rate-limit headers (throttled on 429), and an
- * error text ("HTTP 503: <printable excerpt of the answer>", or the
- * transport error) written into buf. A request refused by the outbound
- * guard is PERMANENT: retrying cannot make it allowed. */
+ * partner's Retry-After and rate-limit headers (throttled on 429), the
+ * response body as the answer (borrowed from resp), and an error text ("HTTP 503: <printable
+ * excerpt of the answer>", or the transport error) written into buf. A request refused by the
+ * outbound guard is PERMANENT: retrying cannot make it allowed. */
 void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
                           size_t len);
 
@@ -299,7 +309,7 @@ struct pb_proc_env {
      * process() runs on); NULL in lint. */
     struct pb_http_client *http;
     const struct pb_allowlist *allow; /* the top-level outbound.allow */
-    struct pb_mock *mock;       /* set under `patchbay test` only (above); outlives the context */
+    struct pb_mock *mock; /* set under `patchbay test` only (above); outlives the context */
 };
 
 struct pb_processor_plugin {

@@ -18,12 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/answer.h"
 #include "core/dispatch_int.h"
 #include "core/stage.h"
 #include "core/tail.h"
 #include "core/trace.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
+
+_Static_assert(PB_ANSWER_EXCERPT_MAX <= PB_STORE_ANSWER_MAX, "the store keeps a whole excerpt");
 
 #define REDO_DELAY_MIN_MS 50
 #define REDO_DELAY_MAX_MS 2000
@@ -35,6 +38,7 @@ struct result_op {
     struct result_op *redo_next;
     bool failed; /* counted in unrecorded */
     char error[PB_ERROR_EXCERPT_MAX + 1];
+    char answer[PB_ANSWER_EXCERPT_MAX + 1];
     char msg_id[PB_MSG_ID_MAX]; /* for the live tail */
 };
 
@@ -161,7 +165,8 @@ void pb__disp_results_cleanup(struct pb_dispatcher *d)
 }
 
 void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
-                            int status, int64_t latency_ms, const char *error)
+                            int status, int64_t latency_ms, const char *error, const void *answer,
+                            size_t answer_len)
 {
     struct result_op *r = calloc(1, sizeof(*r));
     if (!r) {
@@ -188,6 +193,9 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
         snprintf(r->error, sizeof(r->error), "%s", error);
         res->error = r->error;
     }
+    if (answer && answer_len &&
+        (res->answer_len = pb_answer_excerpt(r->answer, answer, answer_len)))
+        res->answer = r->answer;
     if (pb_store_submit(d->e->store, &r->op) != 0) {
         PB_WARN("delivery result not recorded delivery_id=%lld (store stopped)", (long long)dl->id);
         free(r);
@@ -625,13 +633,15 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
     char error[PB_ERROR_EXCERPT_MAX];
     const char *errtxt = oc->error;
     if (oc->result == PB_RESULT_OK) {
-        pb__disp_submit_result(d, dl, PB_DSTATE_DELIVERED, oc->status, lat_us / 1000, NULL);
+        pb__disp_submit_result(d, dl, PB_DSTATE_DELIVERED, oc->status, lat_us / 1000, NULL,
+                               oc->answer, oc->answer_len);
         PB_DEBUG("delivered pipeline=%s output=%s msg_id=%s attempt=%d status=%d", o->pl->name,
                  o->name, dl->msg->id, dl->attempts, oc->status);
         pb__disp_finish(d, dl, now);
     } else if (dec.give_up) {
         pb__attempt_dead_reason(error, sizeof(error), errtxt, dec.reason);
-        pb__disp_submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
+        pb__disp_submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error, oc->answer,
+                               oc->answer_len);
         char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "
                 "status=%d reason=\"%s\"",
@@ -640,7 +650,8 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
         pb__disp_finish(d, dl, now);
     } else {
         dl->si.next_at = dec.next_at;
-        pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt);
+        pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt,
+                               oc->answer, oc->answer_len);
         log_failed_attempt(o, dl, oc, dec.next_at - now, now);
         pb__disp_schedule(d, dl, now);
     }
@@ -653,7 +664,12 @@ static void done_post_cb(void *arg, int status)
     (void)status; /* cancelled: the dispatcher is going away; aborting is set */
     struct pb_outcome oc = dl->posted;
     oc.error = dl->posted_error[0] ? dl->posted_error : NULL;
+    char *answer = dl->posted_answer;
+    dl->posted_answer = NULL;
+    oc.answer = answer;
+    oc.answer_len = answer ? strlen(answer) : 0;
     delivery_done(dl, &oc);
+    free(answer);
 }
 
 void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
@@ -663,8 +679,16 @@ void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
     if (!pb_loop_on_thread(d->loop) && !atomic_load(&d->aborting)) {
         dl->posted = *oc;
         snprintf(dl->posted_error, sizeof(dl->posted_error), "%s", oc->error ? oc->error : "");
+        /* The answer is the plugin's until it returns: its excerpt goes
+         * along (allocated only when there is one). */
+        char excerpt[PB_ANSWER_EXCERPT_MAX + 1];
+        dl->posted_answer = NULL;
+        if (oc->answer && oc->answer_len && pb_answer_excerpt(excerpt, oc->answer, oc->answer_len))
+            dl->posted_answer = strdup(excerpt); /* NULL: recorded without it */
         if (pb_loop_post_node(d->loop, &dl->post_node, done_post_cb, dl) == 0)
             return;
+        free(dl->posted_answer);
+        dl->posted_answer = NULL;
         /* The loop is closed: the dispatcher is stopping; nothing is recorded. */
     }
     delivery_done(dl, oc);
