@@ -5,6 +5,9 @@ disabled, rotated, enabled or deleted through one node's admin API takes
 effect on another node's deliveries; an OAuth2 token one node fetched is
 used by the others (the authorization server counts the requests)."""
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -108,6 +111,116 @@ outbound: { allow: [127.0.0.0/8] }
     m = solo.metrics()
     check(not [lab for _, lab, _ in m.samples if "node" in lab], "no node label on SQLite")
     solo.term()
+
+
+# ---- webhook endpoints ----------------------------------------------------------------------
+
+HOOKS_CONF = """
+pipelines:
+  orders:
+    input: { http_server: { path: /in } }
+    outputs:
+      hooks:
+        webhook:
+          event_type: '.type'
+          timeout: 5s
+          rotation_overlap: 1h
+          retry: { schedule: [200ms, 200ms, 200ms] }
+"""
+
+
+def sign(secret, rec):
+    key = base64.b64decode(secret[len("whsec_"):])
+    h = rec["headers"]
+    msg = f"{h['webhook-id']}.{h['webhook-timestamp']}.{rec['body']}".encode()
+    return "v1," + base64.b64encode(hmac.new(key, msg, hashlib.sha256).digest()).decode()
+
+
+def signed_with(secret, rec):
+    return sign(secret, rec) in rec["headers"].get("webhook-signature", "").split(" ")
+
+
+def delivered(sink, mid, path="/ep"):
+    got = [r for r in sink.records()
+           if r["path"] == path and r["status"] == 200 and r["headers"].get("webhook-id") == mid]
+    return got[0] if got else None
+
+
+def ep_on(pb, eid):
+    st, doc = pb.admin("GET", f"/api/endpoints/{eid}")
+    return doc if st == 200 else None
+
+
+@test
+def endpoint_changes_on_one_node_take_effect_on_another():
+    sink = start_sink()
+    state = state_url("hooks")
+    alpha = node(HOOKS_CONF, "alpha", state)
+    beta = node(HOOKS_CONF, "beta", state)
+    wait_until(lambda: live(alpha) == 2, scaled(10), "both nodes live")
+
+    # Created on alpha: beta lists it and delivers to it, signed with its secret.
+    st, ep = alpha.admin("POST", "/api/endpoints",
+                         {"output": "hooks", "url": sink.url + "/ep", "events": ["order.*"]})
+    check_eq(st, 201, f"create on alpha: {ep}")
+    eid, s0 = ep["id"], ep["secret"]
+    t0 = time.monotonic()
+    wait_until(lambda: ep_on(beta, eid), scaled(5), "beta knows the endpoint alpha created")
+    log(f"endpoint known on beta after {time.monotonic() - t0:.3f}s")
+    m1 = post(beta, {"type": "order.created", "n": 1})
+    wait_until(lambda: delivered(sink, m1), scaled(10), "beta delivers to the new endpoint")
+    check(signed_with(s0, delivered(sink, m1)), "beta signs with the endpoint's secret")
+
+    # Disabled on alpha: beta's deliveries to it wait.
+    st, doc = alpha.admin("POST", f"/api/endpoints/{eid}/disable")
+    check_eq(st, 200, f"disable on alpha: {doc}")
+    wait_until(lambda: ep_on(beta, eid)["disabled"], scaled(5), "beta sees it disabled")
+    m2 = post(beta, {"type": "order.created", "n": 2})
+
+    def pending_on_beta():
+        ds = beta.message(m2)["deliveries"]
+        return [d for d in ds if d["output"] == f"hooks/{eid}" and d["state"] == "pending"]
+
+    wait_until(pending_on_beta, scaled(10), "m2 fanned out to the endpoint, pending")
+    stays(lambda: delivered(sink, m2) is None and pending_on_beta(), 1.5,
+          "nothing sent to the endpoint disabled on the other node")
+
+    # Rotated on alpha (a given secret): beta signs with it once enabled.
+    s1 = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    st, doc = alpha.admin("POST", f"/api/endpoints/{eid}/rotate", {"secret": s1})
+    check_eq(st, 200, f"rotate on alpha: {doc}")
+
+    def beta_secret():
+        st, doc = beta.admin("GET", f"/api/endpoints/{eid}/secret")
+        return doc.get("secret") if st == 200 else None
+
+    wait_until(lambda: beta_secret() == s1, scaled(5), "beta has the rotated secret")
+    st, doc = alpha.admin("POST", f"/api/endpoints/{eid}/enable")
+    check_eq(st, 200, f"enable on alpha: {doc}")
+    wait_until(lambda: delivered(sink, m2), scaled(10),
+               "beta sends what waited once alpha enabled the endpoint")
+    r2 = delivered(sink, m2)
+    check(signed_with(s1, r2), f"beta signs with the new secret: {r2['headers']}")
+    check(signed_with(s0, r2), "and with the old one during the overlap")
+
+    # A change made on beta reaches alpha the same way.
+    st, doc = beta.admin("PATCH", f"/api/endpoints/{eid}", {"description": "from beta"})
+    check_eq(st, 200, f"patch on beta: {doc}")
+    wait_until(lambda: (ep_on(alpha, eid) or {}).get("description") == "from beta", scaled(5),
+               "alpha sees beta's change")
+
+    # Deleted on alpha: gone from beta; a new event reaches no endpoint.
+    st, doc = alpha.admin("DELETE", f"/api/endpoints/{eid}")
+    check(st in (200, 204), f"delete on alpha: {st} {doc}")
+    wait_until(lambda: ep_on(beta, eid) is None, scaled(5), "beta forgets the deleted endpoint")
+    n = len(sink.records())
+    m3 = post(beta, {"type": "order.created", "n": 3})
+    wait_until(lambda: all(d["state"] != "pending" for d in beta.message(m3)["deliveries"]),
+               scaled(10), "m3 done")
+    check_eq(len(sink.records()), n, "nothing sent to the deleted endpoint")
+    check("endpoint created on another node" in beta.log(), "beta logs the change")
+    alpha.term()
+    beta.term()
 
 
 if __name__ == "__main__":
