@@ -3,7 +3,8 @@
  * endpoint, an OAuth2 token, a circuit breaker's state), the store's node
  * thread says so (pb_store_events.kv, from a NOTIFY); the key is read back
  * here and handed to whom it belongs: the output whose scope it is
- * ("output/<pipeline>/<output>": its plugin's kv_changed).
+ * ("output/<pipeline>/<output>": its plugin's kv_changed), the OAuth2
+ * sources ("oauth2").
  *
  * Threads: pb__cluster_kv_event runs on the store's node thread and only
  * queues; reads and the owners' calls run on one thread of its own
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "core/engine.h"
+#include "core/oauth2.h"
 #include "core/workers.h"
 #include "patchbay/pb_log.h"
 
@@ -128,6 +130,8 @@ static void job_run(struct pb_job *job, int cancelled)
         struct pb_output *o = output_of(e, j->scope);
         if (o)
             output_changed(e, o, j->scope, j->key);
+    } else if (strcmp(j->scope, "oauth2") == 0) {
+        pb__oauth2_kv_changed(e->store, j->key);
     }
 out:
     job_free(j);

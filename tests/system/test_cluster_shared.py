@@ -223,5 +223,80 @@ def endpoint_changes_on_one_node_take_effect_on_another():
     beta.term()
 
 
+# ---- OAuth2 tokens --------------------------------------------------------------------------
+
+SECRET = "s3cr3t-shop-client"
+
+OAUTH_CONF = """
+pipelines:
+  orders:
+    input: { http_server: { path: /in } }
+    outputs:
+      api:
+        http:
+          url: "%(sink)s/api"
+          auth: { oauth2: { token_url: "%(token_url)s", client_id: shop,
+                            client_secret: "%(secret)s", scopes: [orders.write] } }
+          retry: { max_attempts: 5, initial: 100ms }
+"""
+
+
+@test
+def an_oauth2_token_fetched_by_one_node_serves_them_all():
+    from srv_oauth2 import OAuth2
+    auth = OAuth2(ttl=4, clients={"shop": SECRET})
+    sink = start_sink()
+    state = state_url("oauth")
+    kw = dict(sink=sink.url, token_url=auth.token_url, secret=SECRET)
+    alpha = node(OAUTH_CONF, "alpha", state, **kw)
+    beta = node(OAUTH_CONF, "beta", state, **kw)
+    wait_until(lambda: live(alpha) == 2, scaled(10), "both nodes live")
+
+    def tokens():
+        return auth.stats()["by_client"].get("shop", 0)
+
+    def ok():
+        return [r for r in sink.records() if r["status"] == 200]
+
+    post(alpha, {"n": 0})
+    wait_until(lambda: len(ok()) == 1, scaled(10), "alpha's first delivery")
+    check_eq(tokens(), 1, "alpha fetched one token")
+    # beta (running) and gamma (started now) use the token alpha fetched.
+    gamma = node(OAUTH_CONF, "gamma", state, **kw)
+    for i in range(1, 7):
+        post((beta, gamma)[i % 2], {"n": i})
+    wait_until(lambda: len(ok()) == 7, scaled(10), "beta's and gamma's deliveries")
+    check_eq(tokens(), 1, "beta and gamma asked for no token of their own")
+    bearer = {r["headers"].get("authorization") for r in ok()}
+    check_eq(len(bearer), 1, f"one token for every node: {len(bearer)}")
+
+    # Renewals over several 4 s lifetimes with all three nodes sending:
+    # about one request per lifetime for the cluster, not one per node.
+    nodes = (alpha, beta, gamma)
+    t0, before, sent = time.monotonic(), tokens(), 7
+    while time.monotonic() - t0 < scaled(12):
+        post(nodes[sent % 3], {"n": sent})
+        sent += 1
+        time.sleep(0.05)
+    span = time.monotonic() - t0
+    wait_until(lambda: len(ok()) == sent, scaled(15), f"{sent} deliveries")
+    renewals = tokens() - before
+    log(f"{sent} messages over {span:.1f}s on 3 nodes: {renewals} token requests "
+        f"(4 s tokens)")
+    lifetimes = span / 4.0
+    check(renewals <= lifetimes + 2,
+          f"{renewals} token requests for {lifetimes:.1f} lifetimes on three nodes")
+    check_eq(auth.stats().get("refused", 0), 0, "token requests refused")
+    check(all(r["status"] == 200 for r in sink.records()), "no delivery refused")
+    for pb in nodes:
+        check(SECRET not in pb.log(), "client secret in a log")
+        pb.term()
+    c = pg().connect("pbshared")
+    check(SECRET not in c.value("SELECT string_agg(convert_from(value, 'UTF8'), ',') FROM "
+                                "oauth.kv") or "", "the client secret is not stored")
+    c.close()
+    auth.stop()
+
+
 if __name__ == "__main__":
     run()
