@@ -4,7 +4,8 @@
  * thread says so (pb_store_events.kv, from a NOTIFY); the key is read back
  * here and handed to whom it belongs: the output whose scope it is
  * ("output/<pipeline>/<output>": its plugin's kv_changed), the OAuth2
- * sources ("oauth2").
+ * sources ("oauth2"), the dispatcher's flow control ("flow": breakers and
+ * partners' holds, cluster_flow.c).
  *
  * Threads: pb__cluster_kv_event runs on the store's node thread and only
  * queues; reads and the owners' calls run on one thread of its own
@@ -132,6 +133,8 @@ static void job_run(struct pb_job *job, int cancelled)
             output_changed(e, o, j->scope, j->key);
     } else if (strcmp(j->scope, "oauth2") == 0) {
         pb__oauth2_kv_changed(e->store, j->key);
+    } else if (strcmp(j->scope, "flow") == 0) {
+        pb__cluster_flow_changed(e, j->key);
     }
 out:
     job_free(j);

@@ -308,6 +308,9 @@ void pb__engine_cluster_stop(struct pb_engine *e);
 int pb__cluster_kv_start(struct pb_engine *e);
 void pb__cluster_kv_stop(void);
 void pb__cluster_kv_event(void *arg, const char *scope, const char *key);
+/* Another node published the flow state of key (cluster_flow.c): read it
+ * and have the dispatcher follow it. Blocks on the store. */
+void pb__cluster_flow_changed(struct pb_engine *e, const char *key);
 struct pb_output *pb_pipeline_output(struct pb_pipeline *pl, const char *name);
 
 /* Dispatcher (src/core/dispatch.c). */

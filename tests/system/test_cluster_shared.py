@@ -3,7 +3,10 @@ three real `patchbay run` nodes on one throwaway PostgreSQL this module
 starts: metrics carry the node's name; a webhook endpoint created,
 disabled, rotated, enabled or deleted through one node's admin API takes
 effect on another node's deliveries; an OAuth2 token one node fetched is
-used by the others (the authorization server counts the requests)."""
+used by the others (the authorization server counts the requests); a
+circuit breaker one node opens holds the others, and one probe closes
+them all; a partner's Retry-After told to one node holds the others; a
+rate limit holds for the cluster, not per node."""
 
 import base64
 import hashlib
@@ -43,7 +46,7 @@ shutdown_timeout: 5s
 
 
 def node(conf, name, state, **kw):
-    return Patchbay((HEAD + conf) % dict(state=state, node=name, **kw))
+    return Patchbay((HEAD + conf) % dict(state=state, node=name, **kw), env={"NODE": name})
 
 
 def live(pb):
@@ -296,6 +299,151 @@ def an_oauth2_token_fetched_by_one_node_serves_them_all():
                                 "oauth.kv") or "", "the client secret is not stored")
     c.close()
     auth.stop()
+
+
+# ---- breakers, holds, rate limits -----------------------------------------------------------
+
+FLOW_CONF = """
+pipelines:
+  orders:
+    input: { http_server: { path: /in } }
+    outputs:
+      api:
+        http:
+          url: "%(sink)s/${NODE}"
+          concurrency: 2
+          retry: { max_attempts: 1000, initial: 100ms, max: 200ms }
+          circuit_breaker: { window: 10s, min_requests: 4, failure_ratio: 0.5, open_for: 3s }
+"""
+
+
+def breaker(pb, name):
+    return pb.metrics().get("patchbay_output_breaker_state", node=name, output="api")
+
+
+def by_node(sink, name, status=None):
+    return [r for r in sink.records()
+            if r["path"] == "/" + name and (status is None or r["status"] == status)]
+
+
+@test
+def a_breaker_opened_on_one_node_holds_the_others_and_one_probe_closes_it():
+    sink = start_sink()
+    state = state_url("breaker")
+    alpha = node(FLOW_CONF, "alpha", state, sink=sink.url)
+    beta = node(FLOW_CONF, "beta", state, sink=sink.url)
+    wait_until(lambda: live(alpha) == 2 and live(beta) == 2, scaled(10), "both nodes live")
+    sink.set_mode(status=503)
+    for i in range(6):
+        post(alpha, {"n": i})
+    wait_until(lambda: breaker(alpha, "alpha") == 1, scaled(10), "alpha's breaker opens")
+    t_open = time.monotonic()
+    wait_until(lambda: breaker(beta, "beta") == 1, scaled(3), "beta's breaker follows")
+    log(f"beta's breaker open {time.monotonic() - t_open:.3f}s after alpha's")
+    check_eq(by_node(sink, "beta"), [], "beta sent nothing to learn it")
+    n_open = max(r["n"] for r in sink.records())
+    # What beta takes meanwhile waits, without an attempt.
+    for i in range(6, 9):
+        post(beta, {"n": i})
+    stays(lambda: not by_node(sink, "beta"), 1.0, "beta sends nothing while open")
+    sink.set_mode(status=200)
+    # alpha probes after open_for and closes; beta follows before its own
+    # (later) probe time: the partner sees one probe for the cluster.
+    wait_until(lambda: breaker(beta, "beta") == 0 and breaker(alpha, "alpha") == 0, scaled(10),
+               "both breakers closed")
+    probe = min(r["n"] for r in by_node(sink, "alpha", 200))
+    beta_first = min((r["n"] for r in by_node(sink, "beta")), default=None)
+    check(beta_first is None or beta_first > probe,
+          f"beta sent (request #{beta_first}) before alpha's probe (#{probe}) went through")
+    # While open nothing went (but an attempt in flight when it opened).
+    between = [r for r in sink.records() if n_open < r["n"] < probe]
+    check(len(between) <= 1, f"requests while the breaker was open: {between}")
+
+    def delivered():
+        return {json.loads(r["body"])["n"] for r in sink.records() if r["status"] == 200}
+
+    wait_until(lambda: delivered() == set(range(9)), scaled(15), "every message delivered")
+    m = beta.metrics()
+    check_eq(m.get("patchbay_output_breaker_opened_total", node="beta", output="api"), 1.0,
+             "beta counts the opening it followed")
+    check("circuit breaker opened on another node" in beta.log(), "beta logs it")
+    alpha.term()
+    beta.term()
+
+
+HOLD_CONF = """
+pipelines:
+  orders:
+    input: { http_server: { path: /in } }
+    outputs:
+      api:
+        http:
+          url: "%(sink)s/${NODE}"
+          retry: { max_attempts: 1000, initial: 100ms, max: 10s }
+"""
+
+
+@test
+def a_partners_retry_after_told_to_one_node_holds_the_others():
+    sink = start_sink()
+    state = state_url("hold")
+    alpha = node(HOLD_CONF, "alpha", state, sink=sink.url)
+    beta = node(HOLD_CONF, "beta", state, sink=sink.url)
+    wait_until(lambda: live(alpha) == 2 and live(beta) == 2, scaled(10), "both nodes live")
+    sink.set_mode(status=429, retry_after=3)
+    post(alpha, {"n": 0})
+    wait_until(lambda: by_node(sink, "alpha", 429), scaled(10), "alpha refused with 429")
+    t429 = by_node(sink, "alpha", 429)[0]["ts"]
+    wait_until(lambda: beta.metrics().get("patchbay_output_held_seconds", node="beta",
+                                          output="api") > 0, scaled(3), "beta held too")
+    sink.set_mode(status=200, retry_after=-1)
+    post(beta, {"n": 1})
+    wait_until(lambda: by_node(sink, "beta", 200) and by_node(sink, "alpha", 200), scaled(15),
+               "both deliver once the hold is over")
+    beta_first = by_node(sink, "beta")[0]["ts"]
+    log(f"beta's first request {beta_first - t429} ms after alpha's 429 (Retry-After: 3)")
+    check(beta_first - t429 >= 2500, f"beta waited out the hold ({beta_first - t429} ms)")
+    alpha.term()
+    beta.term()
+
+
+RATE_CONF = """
+pipelines:
+  orders:
+    input: { http_server: { path: /in } }
+    outputs:
+      api:
+        http:
+          url: "%(sink)s/${NODE}"
+          rate_limit: 10/s
+          concurrency: 8
+"""
+
+
+@test
+def a_rate_limit_holds_for_the_cluster_not_per_node():
+    sink = start_sink()
+    state = state_url("rate")
+    alpha = node(RATE_CONF, "alpha", state, sink=sink.url)
+    beta = node(RATE_CONF, "beta", state, sink=sink.url)
+    # /api/nodes' live is the count each node splits its rate by.
+    wait_until(lambda: live(alpha) == 2 and live(beta) == 2, scaled(10), "both nodes live")
+    for i in range(40):
+        post(alpha, {"n": i})
+        post(beta, {"n": 100 + i})
+    wait_until(lambda: len(sink.records()) >= 80, scaled(30), "80 deliveries")
+    ts = sorted(r["ts"] for r in sink.records())
+    span = (ts[-1] - ts[0]) / 1000.0
+    per_node = {n: len(by_node(sink, n)) for n in ("alpha", "beta")}
+    log(f"80 deliveries over {span:.2f}s with rate_limit 10/s on two nodes: {per_node}")
+    # Two buckets of 5 (a burst of 10), then 10/s together: about 7 s.
+    # Per node (10/s each) it would take about 3 s.
+    check(span >= 5.5, f"80 deliveries in {span:.2f}s: faster than 10/s for the cluster")
+    # In any second no more than the rate plus the burst.
+    worst = max(sum(1 for t in ts if s <= t < s + 1000) for s in ts)
+    check(worst <= 10 + 10, f"{worst} deliveries within one second")
+    alpha.term()
+    beta.term()
 
 
 if __name__ == "__main__":
