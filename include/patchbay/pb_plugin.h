@@ -152,8 +152,9 @@ struct pb_output_plugin {
      * call) is what the store holds now, NULL when the key was deleted.
      * key NULL: any key may have changed (value NULL too); read them again
      * with pb_output_kv_get_all. Called on a thread of its own, one call at
-     * a time, after start succeeded or while it runs; it may block. NULL:
-     * the output keeps what it read at start. */
+     * a time, from init's success on (a change that comes before start has
+     * read the state is the plugin's to ignore: start reads it anyway); it
+     * may block. NULL: the output keeps what it read at start. */
     void (*kv_changed)(void *ctx, struct pb_output *out, const char *key, const void *value,
                        size_t len);
 };
