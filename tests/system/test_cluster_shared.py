@@ -394,8 +394,8 @@ def a_partners_retry_after_told_to_one_node_holds_the_others():
     post(alpha, {"n": 0})
     wait_until(lambda: by_node(sink, "alpha", 429), scaled(10), "alpha refused with 429")
     t429 = by_node(sink, "alpha", 429)[0]["ts"]
-    wait_until(lambda: beta.metrics().get("patchbay_output_held_seconds", node="beta",
-                                          output="api") > 0, scaled(3), "beta held too")
+    wait_until(lambda: beta.metrics().value("patchbay_output_held_seconds", node="beta",
+                                            output="api") > 0, scaled(3), "beta held too")
     sink.set_mode(status=200, retry_after=-1)
     post(beta, {"n": 1})
     wait_until(lambda: by_node(sink, "beta", 200) and by_node(sink, "alpha", 200), scaled(15),
