@@ -74,12 +74,19 @@ void pb__oauth2_publish(struct pb_oauth2_src *s)
         return;
     json_t *rec = json_object();
     pthread_mutex_lock(&s->lock);
+    /* A refresh-token chain's record is replaced whole: only with the
+     * chain as stored, never one not yet committed (persist() writes
+     * those, with their access token). */
+    bool chain = s->grant == PB_OAUTH2_REFRESH_TOKEN;
+    if (!s->token || (chain && (!s->refresh || s->unsaved))) {
+        pthread_mutex_unlock(&s->lock);
+        json_decref(rec);
+        return;
+    }
     int rc = rec && s->token
                  ? pb__oauth2_record_add_access(rec, s->token, s->obtained_at, s->expires_at)
                  : PB_ENOMEM;
-    /* The chain goes with it, as stored: never a refresh token not yet
-     * committed (persist() writes those itself). */
-    if (!rc && s->grant == PB_OAUTH2_REFRESH_TOKEN && s->refresh && !s->unsaved)
+    if (!rc && chain)
         rc = json_object_set_new(rec, "refresh_token", json_string(s->refresh)) ||
                      json_object_set_new(rec, "seed", json_string(s->seed))
                  ? PB_ENOMEM
@@ -163,6 +170,11 @@ static void take_refresh(struct pb_oauth2_src *s, json_t *rec)
 void pb__oauth2_take(struct pb_oauth2_src *s, json_t *rec, bool chain)
 {
     struct pb_http_auth_waiter *w = NULL;
+    /* A chain begun from another configured refresh token (re-authorised
+     * since): neither its access token nor its refresh token is ours. */
+    const char *seed = json_string_value(json_object_get(rec, "seed"));
+    if (s->grant == PB_OAUTH2_REFRESH_TOKEN && (!seed || strcmp(seed, s->seed) != 0))
+        return;
     pthread_mutex_lock(&s->lock);
     if (chain)
         take_refresh(s, rec);
