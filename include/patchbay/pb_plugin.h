@@ -157,6 +157,16 @@ struct pb_output_plugin {
      * configuration order. Answer with pb_http_respond(). */
     const char *admin_path;
     void (*admin)(struct pb_output *const *outs, size_t n, struct pb_http_request *r);
+    /* Another node of the cluster (state on PostgreSQL) wrote key of this
+     * output's state (pb_output_kv_put): value (len bytes, borrowed for the
+     * call) is what the store holds now, NULL when the key was deleted.
+     * key NULL: any key may have changed (value NULL too); read them again
+     * with pb_output_kv_get_all. Called on a thread of its own, one call at
+     * a time, from init's success on (a change that comes before start has
+     * read the state is the plugin's to ignore: start reads it anyway); it
+     * may block. NULL: the output keeps what it read at start. */
+    void (*kv_changed)(void *ctx, struct pb_output *out, const char *key, const void *value,
+                       size_t len);
 };
 
 /* For a started output. Any thread unless said otherwise. */
@@ -205,6 +215,9 @@ void pb_delivery_fanout(struct pb_delivery *d, const char *const *subs, size_t n
  * read: fn returns non-zero to stop. */
 typedef int (*pb_kv_fn)(void *arg, const char *key, const void *value, size_t len);
 int pb_output_kv_each(struct pb_output *o, pb_kv_fn fn, void *arg);
+/* Every key as the store holds it now (not the copy read at start). Blocks:
+ * not on the dispatcher's loop. 0 or the store's error. */
+int pb_output_kv_get_all(struct pb_output *o, pb_kv_fn fn, void *arg);
 /* Write key (value NULL deletes it) and wait for the commit: not on the
  * dispatcher's loop. 0 or the store's error. */
 int pb_output_kv_put_wait(struct pb_output *o, const char *key, const void *value, size_t len);

@@ -445,8 +445,14 @@ static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t no
 
 void pb__disp_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait)
 {
-    if (!o->is_route)
+    if (!o->is_route) {
+        /* On a cluster each live node takes its part of rate_limit. */
+        struct pb_rate r =
+            pb_flow_rate_share(o->common.rate_limit, pb_store_live_nodes(d->e->store));
+        if (r.count != o->sq.rate.count || r.period_ms != o->sq.rate.period_ms)
+            o->sq.rate = r;
         pb_flow_apply(&o->flow, &o->sq, now);
+    }
     if (o->plugin->deliver_batch) {
         while (start_batch(d, o, now, wait))
             ;
@@ -501,8 +507,10 @@ static void log_failed_attempt(struct pb_output *o, struct pb_dl *dl, const stru
 
 /* ---- flow control --------------------------------------------------------------------------- */
 
-/* What readers (metrics, the admin API) see of o's flow control. */
-static void flow_publish(struct pb_output *o, int64_t now)
+/* A partner's hold at least this long is told to the other nodes. */
+#define SHARE_HOLD_MIN_MS 1000
+
+void pb__disp_flow_publish(struct pb_output *o, int64_t now)
 {
     pb_flow_apply(&o->flow, &o->sq, now);
     atomic_store(&o->breaker_state, o->flow.state);
@@ -560,7 +568,7 @@ static void not_sent(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_
     if (dl->probe)
         o->flow.probe_out = false; /* the breaker's probe never went: another may */
     pb_flow_hold(&o->flow, in, now);
-    flow_publish(o, now);
+    pb__disp_flow_publish(o, now);
     char safe[PB_ERROR_EXCERPT_MAX];
     PB_DEBUG("not sent, will try again pipeline=%s output=%s msg_id=%s retry_in_ms=%lld "
              "reason=\"%s\"",
@@ -585,7 +593,13 @@ static void flow_outcome(struct pb_dispatcher *d, struct pb_dl *dl, const struct
         .inflight = o->sq.inflight + 1,
     };
     unsigned ev = pb_flow_outcome(&o->flow, &s, now);
-    flow_publish(o, now);
+    pb__disp_flow_publish(o, now);
+    /* A cluster's other nodes follow this node's breaker and the
+     * partner's holds (cluster_flow.c). */
+    struct pb_flow_share sh;
+    if (pb_store_clustered(d->e->store) &&
+        pb_flow_share_due(&o->flow, ev, SHARE_HOLD_MIN_MS, now, &sh))
+        pb__cluster_flow_publish(d, o, &sh);
     if (ev & PB_FLOW_OPENED)
         breaker_event(d, o, true, now);
     if (ev & PB_FLOW_CLOSED)

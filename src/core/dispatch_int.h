@@ -148,6 +148,14 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
 bool pb__disp_redo_results(struct pb_dispatcher *d, int64_t now, int64_t *wait);
 /* Free results still waiting (the dispatcher is destroyed). */
 void pb__disp_results_cleanup(struct pb_dispatcher *d);
+/* o's flow control applied to its queue and shown to readers (metrics,
+ * the admin API). */
+void pb__disp_flow_publish(struct pb_output *o, int64_t now);
+
+/* cluster_flow.c: tell the other nodes of a cluster what o's breaker or
+ * partner says (the write is not waited for). */
+void pb__cluster_flow_publish(struct pb_dispatcher *d, struct pb_output *o,
+                              const struct pb_flow_share *sh);
 
 /* ---- pagein.c: spilled outputs and claims ------------------------------------------------------
  */
