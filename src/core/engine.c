@@ -410,7 +410,7 @@ int pb_engine_run(const struct pb_run_opts *ro)
     pb_store_url_shown(e.cfg->state, state_shown, sizeof(state_shown));
     PB_INFO("patchbay %s started listen=%s port=%u state=%s pipelines=%zu outputs=%zu node=%s",
             PB_VERSION, e.cfg->server.listen, pb_httpd_port(e.httpd), state_shown,
-            e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_id(e.store));
+            e.cfg->npipelines, count_outputs(e.cfg), pb_store_node_name(e.store));
     struct pb_progress prog;
     pb__progress_init(&prog);
     /* systemd (Type=notify): started once the listener takes requests. */

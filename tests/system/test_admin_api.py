@@ -142,6 +142,9 @@ def search_filters_predicate_and_pages():
     mid = json.loads(data)["id"]
     st, h, got = raw(pb, "GET", f"/api/messages/{mid}/body")
     check_eq((st, got, h.get("content-type")), (200, body, "application/json"), "raw body")
+    # Routed once the route stage has run (until then it is the body as received).
+    wait_until(lambda: b'"order_id":99' in raw(pb, "GET", f"/api/messages/{mid}/body?routed=true")[2],
+               scaled(20), "the message routed")
     st, _, got = raw(pb, "GET", f"/api/messages/{mid}/body?routed=true")
     check_eq(st, 200, "routed body")
     check(b'"order_id":99' in got and b'"note":null' in got, f"routed body: {got!r}")
