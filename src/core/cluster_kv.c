@@ -140,11 +140,44 @@ out:
     job_free(j);
 }
 
+static void queue_change(const char *scope, const char *key);
+
+/* Notifications were lost: read again everything followed (the outputs'
+ * state and the OAuth2 tokens; a breaker's state lasts moments and its
+ * next change is notified). */
+static void resync(void)
+{
+    pthread_mutex_lock(&kv.lock);
+    struct pb_engine *e = kv.e;
+    pthread_mutex_unlock(&kv.lock);
+    if (!e || atomic_load(&e->stopping))
+        return;
+    PB_INFO("cluster notifications may have been lost: reading the shared state again");
+    queue_change("oauth2", NULL);
+    for (size_t i = 0; i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        for (size_t j = 0; j < pl->nouts; j++) {
+            if (!pl->outs[j].plugin || !pl->outs[j].plugin->kv_changed)
+                continue;
+            char scope[2 * PB_NAME_MAX + 16];
+            snprintf(scope, sizeof(scope), "output/%s/%s", pl->name, pl->outs[j].name);
+            queue_change(scope, NULL);
+        }
+    }
+}
+
 void pb__cluster_kv_event(void *arg, const char *scope, const char *key)
 {
     (void)arg;
-    if (!scope)
+    if (!scope) {
+        resync();
         return;
+    }
+    queue_change(scope, key);
+}
+
+static void queue_change(const char *scope, const char *key)
+{
     pthread_mutex_lock(&kv.lock);
     bool skip = !kv.w || kv.nqueued >= QUEUED_MAX;
     for (struct kv_job *q = kv.queued; q && !skip; q = q->next_q)

@@ -454,7 +454,9 @@ struct pb_store_events {
     /* Pending deliveries of pipeline/output (output NULL: of any) that no
      * node holds were made or given back: claim them. */
     void (*work)(void *arg, const char *pipeline, const char *output);
-    /* Another node changed key (NULL: any key) of scope in the key-value state. */
+    /* Another node changed key (NULL: any key) of scope in the key-value
+     * state; scope NULL: notifications may have been lost (the listening
+     * connection was made again), any of it may have changed. */
     void (*kv)(void *arg, const char *scope, const char *key);
     /* The live nodes, or what this node holds, changed. */
     void (*cluster)(void *arg);

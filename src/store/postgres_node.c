@@ -491,10 +491,16 @@ static void tick(struct pgq *q, struct node_state *ns)
     pthread_mutex_unlock(&q->lock);
     if (atomic_load(&q->lost))
         return;
-    if ((!q->n.conn || PQstatus(q->n.conn) != CONNECTION_OK) && reconnect(q) != 0) {
-        atomic_store(&q->valid_until, 0);
-        atomic_store(&q->reachable, false);
-        return;
+    if (!q->n.conn || PQstatus(q->n.conn) != CONNECTION_OK) {
+        if (reconnect(q) != 0) {
+            atomic_store(&q->valid_until, 0);
+            atomic_store(&q->reachable, false);
+            return;
+        }
+        /* What was notified while no connection listened is lost: the
+         * shared state may have changed anywhere. */
+        if (ev.kv)
+            ev.kv(ev.arg, NULL, NULL);
     }
     char ep[24], lease[24];
     snprintf(ep, sizeof(ep), "%" PRId64, q->epoch);

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import sys
 import time
 
@@ -222,6 +223,36 @@ def endpoint_changes_on_one_node_take_effect_on_another():
                scaled(10), "m3 done")
     check_eq(len(sink.records()), n, "nothing sent to the deleted endpoint")
     check("endpoint created on another node" in beta.log(), "beta logs the change")
+    alpha.term()
+    beta.term()
+
+
+@test
+def a_change_notified_while_a_node_was_not_listening_is_read_when_it_is_again():
+    """beta's connections are cut while it is frozen, and alpha creates an
+    endpoint meanwhile: the notification is lost with beta's listening
+    connection, so beta reads the shared state again once it listens again."""
+    sink = start_sink()
+    state = state_url("relisten")
+    alpha = node(HOOKS_CONF, "alpha", state)
+    beta = node(HOOKS_CONF, "beta", state)
+    wait_until(lambda: live(alpha) == 2, scaled(10), "both nodes live")
+    st, doc = beta.admin("GET", "/api/nodes")
+    epoch = [n for n in doc["nodes"] if n["name"] == "beta"][0]["epoch"]
+    beta.proc.send_signal(signal.SIGSTOP)
+    try:
+        cut = pg().value("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                         f" WHERE application_name = 'patchbay/{epoch}@relisten'",
+                         dbname="pbshared")
+        check(int(cut) >= 1, f"beta's connections cut: {cut}")
+        st, ep = alpha.admin("POST", "/api/endpoints",
+                             {"output": "hooks", "url": sink.url + "/ep", "events": ["order.*"]})
+        check_eq(st, 201, f"create on alpha: {ep}")
+    finally:
+        beta.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: ep_on(beta, ep["id"]), scaled(10),
+               "beta knows the endpoint created while it was not listening")
+    check("notifications may have been lost" in beta.log(), "beta says why it read again")
     alpha.term()
     beta.term()
 
