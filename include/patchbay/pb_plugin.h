@@ -441,9 +441,17 @@ enum pb_input_state {
     PB_INPUT_RECONNECTING, /* lost its source; retrying with backoff */
     PB_INPUT_FINISHED,     /* a finite input submitted everything it will */
     PB_INPUT_STOPPED,
+    PB_INPUT_STANDBY, /* a singleton another node of the cluster runs (set by the core) */
 };
 /* detail (copied, may be NULL): the last error while reconnecting. */
 void pb_input_set_state(struct pb_input *in, enum pb_input_state state, const char *detail);
+/* May the input fetch from its source now? A singleton input
+ * (PB_INPUT_SINGLETON) asks before each fetch: false while its node does not
+ * hold it or is unsure it still does (its lease ran short: frozen, cut off
+ * from the cluster's database); the core pauses it meanwhile and resumes it
+ * once sure again. Always true for other inputs and on a store of one node.
+ * Its thread. */
+bool pb_input_may_fetch(struct pb_input *in);
 /* Where the input stands at its source (offset, cursor, LSN), as text. */
 void pb_input_set_position(struct pb_input *in, const char *position);
 /* Items waiting at the source (JetStream pending, consumer lag...); -1 unknown. */

@@ -75,6 +75,14 @@ static void on_work(void *arg, const char *pipeline, const char *output)
     }
 }
 
+/* The live nodes or this node's holds changed: an ordered pipeline this
+ * node now holds has deliveries to claim. (A singleton input looks at its
+ * hold by itself: input.c.) */
+static void on_cluster(void *arg)
+{
+    on_work(arg, NULL, NULL);
+}
+
 static void on_lost(void *arg)
 {
     struct pb_engine *e = arg;
@@ -87,7 +95,8 @@ static void on_lost(void *arg)
 
 void pb__engine_cluster_start(struct pb_engine *e)
 {
-    struct pb_store_events ev = {.arg = e, .work = on_work, .lost = on_lost};
+    struct pb_store_events ev = {
+        .arg = e, .work = on_work, .cluster = on_cluster, .lost = on_lost};
     pb_store_set_events(e->store, &ev);
 }
 

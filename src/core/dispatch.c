@@ -24,6 +24,7 @@
 #include "patchbay/pb_log.h"
 
 #define POLL_MAX_MS 500
+#define RETENTION_HOLD "retention"
 
 /* ---- a delivery's life ------------------------------------------------------------------ */
 
@@ -268,6 +269,9 @@ static void maybe_expire(struct pb_dispatcher *d, int64_t now)
     if (now < d->next_expire_at)
         return;
     d->next_expire_at = now + 60 * 1000;
+    /* In a cluster, one node cleans up: the one holding "retention". */
+    if (pb_store_clustered(d->e->store) && !pb_store_holds(d->e->store, RETENTION_HOLD))
+        return;
     struct pb_op *op = calloc(1, sizeof(*op));
     if (!op)
         return;
@@ -392,6 +396,23 @@ static void *disp_main(void *arg)
 
 /* ---- public --------------------------------------------------------------------------------- */
 
+/* What one node of a cluster does for all: the retention clean-up and the
+ * keys of each ordered pipeline (pagein.c). */
+static int want_holds(struct pb_engine *e, struct pb_err *err)
+{
+    if (!pb_store_clustered(e->store))
+        return 0;
+    int rc = pb_store_hold_want(e->store, RETENTION_HOLD);
+    for (size_t i = 0; rc == 0 && i < e->cfg->npipelines; i++) {
+        struct pb_pipeline *pl = &e->cfg->pipelines[i];
+        if (!pl->ordering_key)
+            continue;
+        snprintf(pl->order_hold, sizeof(pl->order_hold), "ordered/%s", pl->name);
+        rc = pb_store_hold_want(e->store, pl->order_hold);
+    }
+    return rc ? pb_err_set(err, rc, "cannot ask the cluster for what one node does") : 0;
+}
+
 struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *err)
 {
     struct pb_dispatcher *d = calloc(1, sizeof(*d));
@@ -402,6 +423,10 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
     d->e = e;
     d->lease_ok = true;
     d->lease = pb_store_epoch(e->store);
+    if (want_holds(e, err) != 0) {
+        free(d);
+        return NULL;
+    }
     pthread_mutex_init(&d->lock, NULL);
     for (size_t i = 0; i < e->cfg->npipelines; i++) {
         atomic_store(&e->cfg->pipelines[i].router.spilled, true);

@@ -201,6 +201,10 @@ struct pb_pipeline {
     struct pb_input *in;
     char *ordering_key;
     struct pb_jq *key_jq; /* dispatcher thread only */
+    /* In a cluster, an ordered pipeline's deliveries are claimed only by the
+     * node holding "ordered/<pipeline>", so a key has one owner at a time
+     * (pagein.c); empty otherwise. Set before the store starts. */
+    char order_hold[PB_NAME_MAX + 16];
     size_t nprocs;
     struct pb_route_step *procs;
     size_t nouts;

@@ -36,6 +36,7 @@
 #define CKPT_NAME_MAX 128
 #define RESUME_CHECK_MS 50
 #define START_RETRY_MIN_MS 1000
+#define GATE_CHECK_MS 250 /* a singleton's check of its hold */
 #define START_RETRY_MAX_MS 30000
 
 const char *const pb_reject_names[PB_REJECT_COUNT] = {
@@ -59,6 +60,8 @@ const char *pb__input_state_name(enum pb_input_state s)
         return "finished";
     case PB_INPUT_STOPPED:
         return "stopped";
+    case PB_INPUT_STANDBY:
+        return "standby";
     }
     return "unknown";
 }
@@ -385,7 +388,7 @@ static void resume_check_cb(struct pb_loop_timer *t, void *arg)
     if (pb_store_queue_depth(in->e->store) * 2 < (size_t)c->limits.ingest_queue &&
         atomic_load(&in->outstanding_bytes) * 2 < c->limits.max_inflight_bytes) {
         in->paused = false;
-        if (in->plugin->resume)
+        if (!in->gated && in->plugin->resume)
             in->plugin->resume(in->ctx);
         return;
     }
@@ -497,6 +500,8 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
      * committed: it cannot give it back to its source. */
     if (atomic_load(&in->stopped) || !in->e)
         return PB_ESHUTDOWN;
+    if (!pb_input_may_fetch(in))
+        return PB_EDENIED;
     if (!room(in)) {
         pb_loop_post(in->loop, pause_post_cb, in);
         return PB_EFULL;
@@ -590,8 +595,14 @@ int pb_input_submit(struct pb_input *in, const struct pb_item *items, size_t n,
     so->op.kind = PB_OP_SUBMIT;
     so->op.done_cb = submit_done_cb;
     so->op.arg = so;
-    so->op.u.submit =
-        (struct pb_op_submit){.n = n, .items = so->items, .nkv = so->nkv, .kv = so->kv, .now = now};
+    /* A singleton's batch and cursor commit only while this node holds it. */
+    so->op.u.submit = (struct pb_op_submit){.n = n,
+                                            .items = so->items,
+                                            .nkv = so->nkv,
+                                            .kv = so->kv,
+                                            .now = now,
+                                            .hold = in->hold[0] ? in->hold : NULL,
+                                            .hold_epoch = lease};
     atomic_fetch_add(&in->outstanding, 1);
     atomic_fetch_add(&in->outstanding_bytes, bytes);
     int rc = pb_store_submit(in->e->store, &so->op);
@@ -720,11 +731,23 @@ static int ckpt_load_cb(void *arg, const char *key, const void *value, size_t le
     return 0;
 }
 
+bool pb_input_may_fetch(struct pb_input *in)
+{
+    if (!in->hold[0])
+        return true;
+    struct pb_store *st = in->e ? in->e->store : NULL;
+    return st && pb_store_holds(st, in->hold) && pb_store_lease_valid(st);
+}
+
 static void start_on_loop(struct pb_input *in)
 {
     struct pb_err err = {0};
     if (atomic_load(&in->stopping))
         return;
+    if (in->gated) {
+        pb_loop_timer_start(in->timer, GATE_CHECK_MS); /* the gate resumes it */
+        return;
+    }
     int rc = in->plugin->start ? in->plugin->start(in->ctx, in, &err) : 0;
     if (rc == 0) {
         /* Connected, unless the plugin said otherwise; a failed start
@@ -755,17 +778,74 @@ static void timer_cb(struct pb_loop_timer *t, void *arg)
         resume_check_cb(t, arg);
 }
 
+/* A singleton of a cluster: started once this node holds it, with the
+ * checkpoints as the last holder committed them; paused whenever the node
+ * is unsure it still holds it (its lease ran short), resumed once sure.
+ * The hold moves only when a node leaves or is presumed dead, and a node
+ * presumed dead restarts in place (cluster.c), so a started input never has
+ * to give its hold back while running. */
+static void gate_cb(struct pb_loop_timer *t, void *arg)
+{
+    struct pb_input *in = arg;
+    if (atomic_load(&in->stopping))
+        return;
+    bool ok = pb_input_may_fetch(in);
+    if (!in->taken) {
+        if (ok) {
+            struct pb_err err = {0};
+            char scope[PB_NAME_MAX + 8];
+            snprintf(scope, sizeof(scope), "input/%s", in->pl->name);
+            for (size_t i = 0; i < in->nckpts; i++) {
+                free(in->ckpts[i].name);
+                free(in->ckpts[i].value);
+            }
+            in->nckpts = 0;
+            if (pb_store_kv_load(in->e->store, scope, ckpt_load_cb, in, &err) != 0) {
+                pb_input_set_state(in, PB_INPUT_RECONNECTING, err.msg);
+            } else {
+                in->taken = true;
+                PB_INFO("singleton input runs on this node pipeline=%s node=%s", in->pl->name,
+                        pb_store_node_name(in->e->store));
+                pb_input_set_state(in, PB_INPUT_STARTING, NULL);
+                start_on_loop(in);
+            }
+        }
+    } else if (!ok && !in->gated) {
+        in->gated = true;
+        if (in->started && !in->paused && in->plugin->pause)
+            in->plugin->pause(in->ctx);
+        PB_WARN("singleton input paused: this node is not sure it still holds it pipeline=%s",
+                in->pl->name);
+        pb_input_set_state(in, PB_INPUT_STANDBY,
+                           "paused: this node's lease in the cluster ran short");
+    } else if (ok && in->gated) {
+        in->gated = false;
+        PB_INFO("singleton input resumed pipeline=%s", in->pl->name);
+        if (in->started) {
+            if (!in->paused && in->plugin->resume)
+                in->plugin->resume(in->ctx);
+            pb_input_set_state(in, PB_INPUT_CONNECTED, NULL);
+        }
+    }
+    pb_loop_timer_start(t, GATE_CHECK_MS);
+}
+
 static void start_post_cb(void *arg, int status)
 {
     struct pb_input *in = arg;
     if (status != PB_LOOP_RUN)
         return;
     in->timer = pb_loop_timer_create(in->loop, timer_cb, in);
-    if (!in->timer) {
+    if (in->hold[0] && in->timer)
+        in->gate_timer = pb_loop_timer_create(in->loop, gate_cb, in);
+    if (!in->timer || (in->hold[0] && !in->gate_timer)) {
         pb_input_set_state(in, PB_INPUT_RECONNECTING, "out of memory");
         return;
     }
-    start_on_loop(in);
+    if (in->hold[0])
+        gate_cb(in->gate_timer, in);
+    else
+        start_on_loop(in);
 }
 
 static void *input_thread(void *arg)
@@ -782,9 +862,19 @@ int pb__input_start(struct pb_input *in, struct pb_engine *e, struct pb_loop *lo
     pb__input_test_hooks();
     char scope[PB_NAME_MAX + 8];
     snprintf(scope, sizeof(scope), "input/%s", in->pl->name);
-    int rc = pb_store_kv_load(e->store, scope, ckpt_load_cb, in, err);
-    if (rc)
-        return rc;
+    if ((in->plugin->flags & PB_INPUT_SINGLETON) && pb_store_clustered(e->store)) {
+        /* Its checkpoints are read when the hold is had (gate_cb). */
+        snprintf(in->hold, sizeof(in->hold), "%s", scope);
+        int rc = pb_store_hold_want(e->store, in->hold);
+        if (rc)
+            return pb_err_set(err, rc, "pipeline %s: cannot ask the cluster for its input",
+                              in->pl->name);
+        pb_input_set_state(in, PB_INPUT_STANDBY, "another node of the cluster runs it");
+    } else {
+        int rc = pb_store_kv_load(e->store, scope, ckpt_load_cb, in, err);
+        if (rc)
+            return rc;
+    }
     if (in->plugin->flags & PB_INPUT_OWN_THREAD) {
         in->loop = pb_loop_create(err);
         if (!in->loop)
@@ -821,6 +911,8 @@ static void stop_post_cb(void *arg, int status)
             in->plugin->stop(in->ctx);
         pb_loop_timer_destroy(in->timer);
         in->timer = NULL;
+        pb_loop_timer_destroy(in->gate_timer);
+        in->gate_timer = NULL;
     }
     atomic_store(&in->stopped, true);
     pthread_mutex_lock(&w->lock);

@@ -50,6 +50,13 @@ struct pb_input {
     bool paused;                       /* loop thread: told to pause for room */
     struct pb_loop_timer *timer;       /* loop thread: start retries, resume checks */
     int64_t retry_ms;
+    /* A singleton input of a cluster runs only on the node holding
+     * "input/<pipeline>" (and only while its lease is valid); empty: it
+     * always runs. */
+    char hold[PB_NAME_MAX + 8];
+    bool taken;                       /* loop thread: the hold was had, start begun */
+    bool gated;                       /* loop thread: paused while the hold is in doubt */
+    struct pb_loop_timer *gate_timer; /* loop thread */
 
     /* Checkpoints as last committed (loop thread). */
     struct pb_input_ckpt *ckpts;

@@ -9,6 +9,11 @@
  * dispatcher cannot keep is released (its lease dropped) so a later claim
  * finds it.
  *
+ * In a cluster, the outputs of an ordered pipeline stay spilled: whichever
+ * node takes a message in, its deliveries wait unleased in the store, and
+ * only the node holding the pipeline's order hold claims them, in id order,
+ * so each key has one owner at a time and goes out in the order taken in.
+ *
  * The spill ends when a claim comes back short of its limit: the store has
  * nothing more. That holds only if nothing was left in the store after the
  * claim ran, so every way of leaving a delivery there (made unleased,
@@ -40,9 +45,15 @@ void pb__disp_store_has_more(struct pb_output *out)
     atomic_store(&out->spilled, true);
 }
 
+/* Claimed by the holder of its pipeline's order hold only. */
+static bool pinned(const struct pb_output *out)
+{
+    return out->pl && out->pl->order_hold[0];
+}
+
 bool pb__disp_spilled(const struct pb_output *out)
 {
-    return atomic_load(&out->spilled);
+    return pinned(out) || atomic_load(&out->spilled);
 }
 
 /* Writer thread: one claimed row becomes a delivery in memory (not yet
@@ -106,7 +117,7 @@ static void claim_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int
     }
     /* Short: the store had nothing more when the claim ran, and nothing was
      * left there since. */
-    if (ok && n < co->limit && atomic_load(&o->store_gen) == co->gen)
+    if (ok && n < co->limit && atomic_load(&o->store_gen) == co->gen && !pinned(o))
         atomic_store(&o->spilled, false);
     free(co);
 }
@@ -130,6 +141,8 @@ void pb__disp_page_in(struct pb_dispatcher *d, struct pb_output *o, int64_t now,
     }
     if (!atomic_load(&o->spilled) || o->claiming || o->inmem >= cap)
         return;
+    if (pinned(o) && !pb_store_holds(d->e->store, o->pl->order_hold))
+        return; /* another node's keys; claimed here once this node holds them */
     if (now < o->load_after) {
         if (o->load_after - now < *wait)
             *wait = o->load_after - now;

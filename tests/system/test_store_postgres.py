@@ -303,6 +303,176 @@ def a_frozen_node_resumed_sends_nothing_it_lost():
     beta.term()
 
 
+POLL = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: "%(state)s"
+cluster: { node: %(node)s, lease: 1500ms, heartbeat: 250ms }
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  feed:
+    input:
+      http_poll:
+        url: "%(partner)s/feed"
+        interval: 1s
+        headers: { X-Node: "${NODE}" }
+        items: .items[]
+        cursor: { value: .id, param: since, initial: "0" }
+        dedupe_key: '"\\(.id)"'
+    outputs:
+      sink:
+        http: { url: "%(sink)s/feed", retry: { max_attempts: 1000, initial: 50ms, max: 300ms } }
+  events:
+    input:
+      http_server: { path: /in }
+    ordering: { key: .k }
+    outputs:
+      sink:
+        http:
+          url: "%(sink)s/ordered"
+          concurrency: 4
+          retry: { max_attempts: 1000, initial: 20ms, max: 200ms }
+"""
+
+
+class Feed:
+    """A partner polled by the cluster's http_poll: each call is recorded
+    with the caller's node and its start and end; each answer has the items
+    after `since`, one new item per call."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        import urllib.parse
+        self.calls, self.lock, self.next_id = [], threading.Lock(), 1
+        feed = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                start = time.monotonic()
+                q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                since = int(q.get("since", ["0"])[0] or 0)
+                time.sleep(0.03)  # a call lasts a while: overlaps would show
+                with feed.lock:
+                    feed.next_id += 1
+                    items = [{"id": i} for i in range(since + 1, min(feed.next_id, since + 20))]
+                body = json.dumps({"items": items}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                with feed.lock:
+                    feed.calls.append((self.headers.get("X-Node"), start, time.monotonic()))
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def by(self):
+        with self.lock:
+            return [c[0] for c in self.calls]
+
+    def overlaps(self):
+        """Calls of two different nodes that ran at the same time."""
+        with self.lock:
+            calls = sorted(self.calls, key=lambda c: c[1])
+        bad = []
+        for i, a in enumerate(calls):
+            for b in calls[i + 1:]:
+                if b[1] >= a[2]:
+                    break
+                if b[0] != a[0]:
+                    bad.append((a, b))
+        return bad
+
+    def stop(self):
+        self.srv.shutdown()
+
+
+def poll_node(name, state, partner, sink):
+    return Patchbay(POLL % {"state": state, "node": name, "partner": partner.url,
+                            "sink": sink.url}, env={"NODE": name})
+
+
+def holder_of(pb, hold):
+    by_name, _ = nodes(pb)
+    return [n for n, v in by_name.items()
+            if v["state"] == "live" and hold in (v.get("holds") or [])]
+
+
+@test
+def singleton_poller_and_ordered_keys_have_one_node_at_a_time():
+    """Two nodes with an http_poll input and an ordered pipeline: the poller
+    runs on the node holding it, never on both at once; when that node is
+    killed the other takes it over with the cursor where it was committed.
+    Posts of one key alternate between the nodes and still go out in order;
+    retention runs on one node."""
+    sink = start_sink()
+    feed = Feed()
+    state = state_url("single")
+    alpha = poll_node("alpha", state, feed, sink)
+    beta = poll_node("beta", state, feed, sink)
+    try:
+        wait_until(lambda: len(holder_of(alpha, "input/feed")) == 1
+                   and len(holder_of(alpha, "ordered/events")) == 1
+                   and len(holder_of(alpha, "retention")) == 1, scaled(10),
+                   "each hold on one node")
+        first = holder_of(alpha, "input/feed")[0]
+        wait_until(lambda: len(feed.by()) >= 4, scaled(15), "the feed polled")
+        check_eq(set(feed.by()), {first}, "callers of the feed while both nodes live")
+        other = beta if first == "alpha" else alpha
+        st, doc = other.admin("GET", "/api/inputs")
+        check_eq(st, 200, f"GET /api/inputs: {doc}")
+        feed_in = [i for i in doc["inputs"] if i["pipeline"] == "feed"][0]
+        check_eq(feed_in["state"], "standby", f"the other node's poller: {feed_in}")
+        check_eq(ready(other)[0], 200, "a standby node is ready")
+
+        # One key posted to each node in turn: delivered in the order posted.
+        for i in range(60):
+            pb = alpha if i % 2 == 0 else beta
+            st, _, _ = pb.post("/in", {"k": "a" if i % 3 else "b", "n": i})
+            check_eq(st, 202, f"POST {i}")
+
+        def ordered():
+            return [json.loads(r["body"]) for r in sink.records()
+                    if r["path"] == "/ordered" and r["status"] == 200]
+
+        wait_until(lambda: len({o["n"] for o in ordered()}) == 60, scaled(30),
+                   "the 60 ordered messages delivered")
+        for k in ("a", "b"):
+            seq = [o["n"] for o in ordered() if o["k"] == k]
+            check_eq(seq, sorted(seq), f"key {k} in order")
+
+        # The poller's node killed: the other takes the poller over.
+        holder = alpha if first == "alpha" else beta
+        seen_before = len(feed.by())
+        holder.kill9()
+        wait_until(lambda: (set(feed.by()[seen_before:]) - {first}) != set(), scaled(15),
+                   "the other node polls once the holder is dead")
+        check_eq(feed.overlaps(), [], "calls of two nodes at the same time")
+        ids = {json.loads(r["body"])["id"] for r in sink.records() if r["path"] == "/feed"}
+        wait_until(lambda: len({json.loads(r["body"])["id"] for r in sink.records()
+                                if r["path"] == "/feed"}) > len(ids), scaled(10),
+                   "new items after the takeover")
+        got = sorted({json.loads(r["body"])["id"] for r in sink.records() if r["path"] == "/feed"})
+        check_eq(got, list(range(1, got[-1] + 1)), "every item of the feed, no gap")
+        # The killed node back: it waits; the poller stays where it is.
+        holder.start()
+        wait_until(lambda: nodes(other)[1]["live"] == 2, scaled(10), "both live again")
+        mark = len(feed.by())
+        wait_until(lambda: len(feed.by()) >= mark + 4, scaled(15), "polling goes on")
+        check_eq(set(feed.by()[mark:]), {"beta" if first == "alpha" else "alpha"},
+                 "callers after the old holder came back")
+        check_eq(feed.overlaps(), [], "calls of two nodes at the same time")
+    finally:
+        feed.stop()
+    alpha.term()
+    beta.term()
+
+
 @test
 def cluster_settings_are_checked():
     conf = TWO.replace("lease: 1500ms", "lease: 500ms")

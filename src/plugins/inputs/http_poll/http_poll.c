@@ -41,6 +41,8 @@
 #include "patchbay/pb_log.h"
 #include "patchbay/pb_time.h"
 
+#define MAY_FETCH_RETRY_MS 250 /* a singleton not sure of its hold looks again */
+
 /* ---- helpers ------------------------------------------------------------------------ */
 
 static void seen_clear(struct in_poll *p)
@@ -177,6 +179,12 @@ static void timer_cb(struct pb_loop_timer *t, void *arg)
         return;
     if (p->paused) {
         p->want_page = true;
+        return;
+    }
+    /* Not while another node of the cluster may be polling: a moment later
+     * (the core pauses the input if it lasts). */
+    if (!pb_input_may_fetch(p->in)) {
+        pb_loop_timer_start(p->timer, MAY_FETCH_RETRY_MS);
         return;
     }
     if (p->in_run)
@@ -498,6 +506,8 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
     set_position(p);
     if (p->paused)
         p->want_page = true;
+    else if (!pb_input_may_fetch(p->in))
+        pb_loop_timer_start(p->timer, MAY_FETCH_RETRY_MS); /* the page, then */
     else
         request_page(p);
 }
