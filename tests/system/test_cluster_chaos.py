@@ -58,6 +58,9 @@ from pbtest import (Patchbay, check, check_eq, log, run, scaled, start_sink,  # 
 from srv_postgres import Postgres, quote  # noqa: E402
 
 MESSAGES = int(os.environ.get("PB_CHAOS_MESSAGES", "30000"))
+# The client's pace (messages a second): the faults (about 25 s together)
+# must fall inside the load however fast the nodes take it in.
+RATE = float(os.environ.get("PB_CHAOS_RATE", "300"))
 LEASE_S, HEARTBEAT_S = 3.0, 1.0
 PLAIN_CONCURRENCY, ORDERED_CONCURRENCY, IN_MEMORY = 16, 16, 500
 KEYS = 24                  # client threads (one key each) per pipeline
@@ -299,6 +302,18 @@ class RoundRobin:
         self.gave_up = []
         self.stop = threading.Event()
         self.threads = []
+        self.next_slot = None
+
+    def _pace(self):
+        """Wait for this message's slot: RATE a second over all threads."""
+        with self.lock:
+            now = time.monotonic()
+            if self.next_slot is None or self.next_slot < now - 1:
+                self.next_slot = now
+            slot = self.next_slot
+            self.next_slot += 1 / RATE
+        if slot > now:
+            time.sleep(slot - now)
 
     def _next_node(self):
         with self.lock:
@@ -336,6 +351,7 @@ class RoundRobin:
         for s in range(self.per_key):
             body = json.dumps({"p": p, "k": f"key{k}", "s": s, "pad": "x" * 200})
             key = f"{p}-{k}-{s}"
+            self._pace()
             deadline = time.monotonic() + scaled(90)
             while True:
                 if self.stop.is_set():
@@ -705,20 +721,24 @@ def three_nodes_under_kill_freeze_and_cut():
                    600, f"{int(frac * 100)}% of the messages acknowledged")
         log(f"at {client.count()} acknowledged ({time.monotonic() - t_load:.0f}s):")
 
-    at(0.15)
-    kill_ev = kill_poll_holder(c)
-    at(0.40)
-    freeze_ev = freeze_ordered_holder(c)
-    at(0.65)
-    cut_database_of(c, "n3")
-    during = client.running()
+    faults = {}
+    for frac, kind, fault in ((0.10, "kill", kill_poll_holder),
+                              (0.35, "freeze", freeze_ordered_holder),
+                              (0.60, "cut", lambda c: cut_database_of(c, "n3"))):
+        at(frac)
+        began = client.running()
+        faults[kind] = fault(c)
+        faults[kind]["under_load"] = began and client.running()
+        check(began, f"the load ended before the {kind}: raise PB_CHAOS_MESSAGES or lower "
+              "PB_CHAOS_RATE")
+    kill_ev, freeze_ev = faults["kill"], faults["freeze"]
     client.join(scaled(400))
     load_s = time.monotonic() - t_load
     log(f"load done: {client.count()} acknowledged in {load_s:.0f}s, {client.failed_posts} "
         f"posts unanswered or refused and sent again, {client.replayed} answered as replays, "
         f"{len(client.gave_up)} given up")
-    check(during, "the load ended before the last fault: lower the machine's load or raise "
-          "PB_CHAOS_MESSAGES")
+    check(all(f["under_load"] for f in faults.values()),
+          f"the load ended during a fault: raise PB_CHAOS_MESSAGES or lower PB_CHAOS_RATE")
     check_eq(client.gave_up, [], "messages never acknowledged")
     check_eq(client.count(), client.total, "messages acknowledged")
 
