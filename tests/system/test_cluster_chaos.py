@@ -67,6 +67,7 @@ KEYS = 24                  # client threads (one key each) per pipeline
 POLL_INTERVAL_S = 1.0
 POLL_DELAY_S = 0.15        # how long the poll partner takes to answer
 STALE_DELAY_MS = 2000      # the frozen node's partner answers this late
+PLAIN_DELAY_MS, ORDERED_DELAY_MS = 100, 10   # the partners' answers otherwise
 SCHEMA = "chaos"
 NAMES = ("n1", "n2", "n3")
 
@@ -427,8 +428,10 @@ class Cluster:
         self.db = self.pg.connect("pb")
         self.proxy = Proxy(self.pg.port)
         self.poll = PollPartner()
-        self.plain_sinks = {n: start_sink() for n in NAMES}
-        self.ordered_sink = start_sink()
+        # Partners that take a moment to answer, so that every node has
+        # attempts in flight when a fault hits it.
+        self.plain_sinks = {n: start_sink(delay_ms=PLAIN_DELAY_MS) for n in NAMES}
+        self.ordered_sink = start_sink(delay_ms=ORDERED_DELAY_MS)
         self.token = "adm-" + secrets.token_hex(8)
         direct = self.pg.dsn("pb") + "?schema=" + SCHEMA
         proxied = (f"postgres://postgres@127.0.0.1:{self.proxy.port}/pb?schema={SCHEMA}"
@@ -543,7 +546,7 @@ def freeze_ordered_holder(c):
         time.sleep(0.02)  # nothing of its own to deliver just then: the freeze still counts
     c.stop_process(name)
     t_freeze = time.time()
-    sink.set_mode(status=200, delay_ms=0)
+    sink.set_mode(status=200, delay_ms=PLAIN_DELAY_MS)
     ev = c.record("SIGSTOP", name, epoch, c.held_by(epoch))
     ev["t"] = t_freeze
     try:
