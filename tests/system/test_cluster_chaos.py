@@ -767,6 +767,9 @@ def three_nodes_under_kill_freeze_and_cut():
     served = len({s for x in c.poll.snapshot() for s in range(x["since"] + 1, x["since"] + 4)})
     check(polled <= served, f"{polled} poll messages of {served} records served")
     check(c.live() >= set(NAMES), f"live at the end: {c.live()}")
+    conns = c.db.value("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
+                       " 'patchbay@%'")
+    log(f"database connections of the three nodes at the end: {conns}")
     log(f"total {time.monotonic() - t0:.0f}s")
     for name in NAMES:
         c.nodes[name].term()
