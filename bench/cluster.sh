@@ -90,6 +90,7 @@ wait_for() { # WHAT SECONDS CMD...
 }
 
 # ---- CPU -----------------------------------------------------------------------------------
+own_child_ticks() { sed 's/.*) //' "/proc/$$/stat" | awk '{ print $14 + $15 }'; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
 proc_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
 pids_ticks() { # PID...: utime+stime summed
@@ -212,13 +213,15 @@ notes=$work/notes.txt
 run_row() {
     local name=$1 what=$2
     shift 2
-    local ports=("$@") n=$# c p i wpids=() before t0 m0 g0 c0 t_load t1 m1
+    local ports=("$@") n=$# c p i wpids=() before t0 m0 g0 c0 k0 o0 t_load t1 m1
     c=$((CONNS / n))
     before=$(sink_200)
     t0=$(now)
     m0=$(machine_ticks)
     g0=$(pg_ticks)
     c0=$(pids_ticks "${node_pids[@]}")
+    k0=$(pids_ticks "$sink_pid")
+    o0=$(own_child_ticks)
     i=0
     for p in "${ports[@]}"; do
         i=$((i + 1))
@@ -229,11 +232,13 @@ run_row() {
     for p in "${wpids[@]}"; do wait "$p"; done
     t_load=$(now)
     # accepted: what the nodes committed; delivered: the sink's 200s since the row began
-    local accepted=0 delivered deadline=$((SECONDS + DRAIN_LIMIT)) drained=yes
-    for p in "${ports[@]}"; do
-        accepted=$((accepted + $(metric_sum "$p" patchbay_messages_accepted_total)))
-    done
+    # (re-read while draining: requests wrk left in flight may still commit)
+    local accepted delivered deadline=$((SECONDS + DRAIN_LIMIT)) drained=yes
     while :; do
+        accepted=0
+        for p in "${ports[@]}"; do
+            accepted=$((accepted + $(metric_sum "$p" patchbay_messages_accepted_total)))
+        done
         delivered=$(($(sink_200) - before))
         ((delivered >= accepted)) && break
         ((SECONDS < deadline)) || {
@@ -244,14 +249,18 @@ run_row() {
     done
     t1=$(now)
     m1=$(machine_ticks)
-    local pb_t pg_t secs busy p99=0 non2xx=0 rps=0 f r q tot x s
+    local pb_t pg_t secs busy p99=0 non2xx=0 f q x
     pb_t=$(($(pids_ticks "${node_pids[@]}") - c0))
     pg_t=$(($(pg_ticks) - g0))
+    local sink_t wrk_t other_t
+    sink_t=$(($(pids_ticks "$sink_pid") - k0))
+    wrk_t=$(($(own_child_ticks) - o0))
+    other_t=$((m1 - m0 - pb_t - pg_t - sink_t - wrk_t))
+    ((other_t < 0)) && other_t=0
     secs=$(calc %.2f "$t1 - $t0")
     busy=$(calc %.0f "100 * ($m1 - $m0) / $HZ / $(nproc) / $secs")
     for f in "$work"/wrk-"$name"-*.txt; do
-        IFS=$'\t' read -r r q tot x s < <(wrk_fields "$f")
-        rps=$(calc %.0f "$rps + $r")
+        IFS=$'\t' read -r _ q _ x _ < <(wrk_fields "$f")
         non2xx=$((non2xx + x))
         p99=$(calc %.2f "($q > $p99) ? $q : $p99")
     done
@@ -260,7 +269,10 @@ run_row() {
         "$non2xx" >>"$rows"
     echo "$name: $accepted accepted ($non2xx non-2xx answers = 503 back-pressure), $delivered" \
         "delivered, drained: $drained; load $(calc %.1f "$t_load - $t0") s + drain" \
-        "$(calc %.1f "$t1 - $t_load") s" >>"$notes"
+        "$(calc %.1f "$t1 - $t_load") s; CPU over the window: patchbay $(calc %.1f "$pb_t / $HZ") s," \
+        "PostgreSQL $(calc %.1f "$pg_t / $HZ") s, wrk and curl $(calc %.1f "$wrk_t / $HZ") s," \
+        "pb_sink $(calc %.1f "$sink_t / $HZ") s, the rest of the machine" \
+        "$(calc %.1f "$other_t / $HZ") s (of $(calc %.1f "$(nproc) * $secs") core-seconds)" >>"$notes"
     say "$name: $accepted accepted, $delivered delivered in $secs s, p99 $p99 ms"
 }
 
