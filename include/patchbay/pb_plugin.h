@@ -260,6 +260,22 @@ struct pb_proc_wait;
 struct pb_proc_wait *pb_proc_park(struct pb_proc_io *io);
 struct pb_proc_io *pb_proc_wait_io(struct pb_proc_wait *w);
 void pb_proc_resume(struct pb_proc_wait *w, int rc, const struct pb_err *err);
+/* Keys a step remembers across messages (dedupe). The message claims key
+ * for window_ms: it holds the key if no other message does (unexpired);
+ * a run repeated for the same message (a restart before its decision was
+ * committed) finds the key its own. Durable and shared by a cluster's
+ * nodes (kept in the state store); in memory under `patchbay test`. The
+ * message is parked meanwhile; done runs on process()'s thread, perhaps
+ * before pb_proc_key_claim returns, with rc 0 and first (the message holds
+ * the key; else holder names the message that does), or rc < 0 (the store
+ * failed: resume with PB_EAGAIN to route it again later). done emits into
+ * pb_proc_wait_io(w) as process() would and calls pb_proc_resume(w, ...)
+ * once. Returns 0, or a negative code with err (nothing parked: fail). */
+#define PB_PROC_KEY_MAX 512
+typedef void (*pb_proc_key_done)(struct pb_proc_wait *w, int rc, bool first, const char *holder,
+                                 void *arg);
+int pb_proc_key_claim(struct pb_proc_io *io, const char *key, int64_t window_ms,
+                      pb_proc_key_done done, void *arg, struct pb_err *err);
 /* Mocked answers (`patchbay test`). Under `patchbay test` nothing connects
  * anywhere: a processor that would reach out (enrich's HTTP lookup) finds
  * env->mock set at init, keeps it, and in process() asks it for the answer

@@ -614,7 +614,7 @@ static int run_item(struct run *r, size_t k, struct pb_err *err)
     }
     struct pb_route_decision dec;
     struct pb_err rerr = {0};
-    rc = pb__route_decide(pl, msg, &dec, &rerr);
+    rc = pb__route_decide(pl, msg, r->keys, &dec, &rerr);
     if (rc) {
         struct outcome oc = {.kind = K_DEAD,
                              .item = k + 1,
@@ -867,6 +867,13 @@ static bool run_case(struct run *r, struct pb_err *err)
     return r->problems == 0;
 }
 
+/* The clock of the keys process steps remember (dedupe) during a case. */
+static int64_t case_now(void *arg)
+{
+    (void)arg;
+    return pb_now_ms();
+}
+
 void tk_run_file(struct pb_config *c, struct pb_mock *mock, const struct tk_file *tf,
                  const char *filter, const struct tk_opts *o, FILE *out, int *passed, int *failed)
 {
@@ -885,8 +892,10 @@ void tk_run_file(struct pb_config *c, struct pb_mock *mock, const struct tk_file
             continue;
         struct run r = {.cache = &cache, .c = c, .mock = mock, .tf = tf, .o = o, .kase = kase};
         struct pb_err err = {0};
-        r.rep = open_memstream(&r.rbuf, &r.rlen);
+        r.keys = pb_route_keys_memory(case_now, NULL);
+        r.rep = r.keys ? open_memstream(&r.rbuf, &r.rlen) : NULL;
         if (!r.rep) {
+            pb_route_keys_memory_free(r.keys);
             fprintf(out, "%sFAIL%s %s: out of memory\n", red, off, name);
             (*failed)++;
             continue;
@@ -904,6 +913,7 @@ void tk_run_file(struct pb_config *c, struct pb_mock *mock, const struct tk_file
         fflush(out);
         *(ok ? passed : failed) += 1;
         free(r.rbuf);
+        pb_route_keys_memory_free(r.keys);
         for (size_t j = 0; r.outs && j < r.pl->nouts; j++)
             outlist_free(&r.outs[j]);
         free(r.outs);

@@ -50,6 +50,7 @@ struct run {
     struct qcache **cache;
     struct pb_config *c;
     struct pb_mock *mock;
+    struct pb_route_keys *keys; /* what process steps remember during the case */
     const struct tk_file *tf;
     const struct tk_opts *o;
     struct pb_pipeline *pl;

@@ -95,8 +95,7 @@ static void on_lost(void *arg)
 
 void pb__engine_cluster_start(struct pb_engine *e)
 {
-    struct pb_store_events ev = {
-        .arg = e, .work = on_work, .cluster = on_cluster, .lost = on_lost};
+    struct pb_store_events ev = {.arg = e, .work = on_work, .cluster = on_cluster, .lost = on_lost};
     pb_store_set_events(e->store, &ev);
 }
 

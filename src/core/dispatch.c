@@ -421,6 +421,7 @@ struct pb_dispatcher *pb_dispatcher_create(struct pb_engine *e, struct pb_err *e
         return NULL;
     }
     d->e = e;
+    pb__disp_keys_init(d);
     d->lease_ok = true;
     d->lease = pb_store_epoch(e->store);
     if (want_holds(e, err) != 0) {

@@ -50,8 +50,15 @@ static inline struct pb_dl *pb__dl_of(struct pb_sched_item *it)
     return (struct pb_dl *)it;
 }
 
+/* The store's keys for process steps (route_stage.c). */
+struct pb__disp_keys {
+    struct pb_route_keys k; /* first */
+    struct pb_dispatcher *d;
+};
+
 struct pb_dispatcher {
     struct pb_engine *e;
+    struct pb__disp_keys keys;
     bool lease_ok;        /* dispatcher thread: the store's lease held at the last turn */
     struct pb_loop *loop; /* the engine's; this thread runs it */
     struct pb_http_client *http;
@@ -163,6 +170,8 @@ void pb__disp_lost(struct pb_dispatcher *d, struct pb_output *out, int64_t id);
 /* ---- elsewhere ---------------------------------------------------------------------------------
  */
 
+/* route_stage.c: the store's keys for process steps, at create. */
+void pb__disp_keys_init(struct pb_dispatcher *d);
 /* route_stage.c: one attempt of a route delivery, taken from the router's
  * queue; it ends with pb__disp_attempt_ended on every path. */
 void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now);

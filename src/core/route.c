@@ -102,6 +102,47 @@ void pb_proc_resume(struct pb_proc_wait *w, int rc, const struct pb_err *err)
         r->resumed(r->arg);
 }
 
+/* ---- keys a step remembers ----------------------------------------------------------------- */
+
+static void key_claimed(void *arg, int rc, bool first, const char *holder)
+{
+    struct pb_route_run *r = arg;
+    pb_proc_key_done done = r->io.key_done;
+    r->io.key_done = NULL;
+    if (done)
+        done((struct pb_proc_wait *)r, rc, first, holder, r->io.key_arg);
+}
+
+int pb_proc_key_claim(struct pb_proc_io *io, const char *key, int64_t window_ms,
+                      pb_proc_key_done done, void *arg, struct pb_err *err)
+{
+    struct pb_route_run *r = io->run;
+    if (!r || !r->in_process || io->parked || !done || !key || window_ms <= 0)
+        return pb_err_set(err, PB_EINVAL, "a key claim out of place");
+    if (strlen(key) > PB_PROC_KEY_MAX)
+        return pb_err_set(err, PB_ETOOBIG, "key longer than %d bytes", PB_PROC_KEY_MAX);
+    struct pb_route_keys *k = r->env.keys;
+    /* A run that cannot park may still wait for keys kept in memory. */
+    if (!k || !r->env.pipeline || !r->env.msg_id || (!r->resumed && !k->synchronous))
+        return pb_err_set(err, PB_EINVAL, "this run keeps no keys");
+    char scope[2 * PB_PROC_KEY_MAX], owner[96];
+    snprintf(scope, sizeof(scope), "%s/process[%zu]", r->env.pipeline, r->s);
+    snprintf(owner, sizeof(owner), "%s/%zu", r->env.msg_id, r->i);
+    io->parked = true;
+    r->waiting = true;
+    r->woke = false;
+    io->key_done = done;
+    io->key_arg = arg;
+    int rc = k->claim(k, scope, key, owner, window_ms, key_claimed, r);
+    if (rc < 0) {
+        io->key_done = NULL;
+        io->parked = false;
+        r->waiting = false;
+        return pb_err_set(err, rc, "cannot look the key up: %s", pb_strerror(rc));
+    }
+    return 0;
+}
+
 /* Steps from where r stands until the end or a park. */
 static int run_steps(struct pb_route_run *r, struct pb_err *err)
 {
@@ -185,9 +226,20 @@ int pb_route_start(struct pb_route_run *r, const struct pb_route_step *steps, si
                    jv body, jv meta, pb_outset outputs, size_t max_msgs, void (*resumed)(void *arg),
                    void *arg, struct pb_route_result *res, struct pb_err *err)
 {
+    return pb_route_start_env(r, NULL, steps, nsteps, body, meta, outputs, max_msgs, resumed, arg,
+                              res, err);
+}
+
+int pb_route_start_env(struct pb_route_run *r, const struct pb_route_env *env,
+                       const struct pb_route_step *steps, size_t nsteps, jv body, jv meta,
+                       pb_outset outputs, size_t max_msgs, void (*resumed)(void *arg), void *arg,
+                       struct pb_route_result *res, struct pb_err *err)
+{
     int rc;
     memset(res, 0, sizeof(*res));
     memset(r, 0, sizeof(*r));
+    if (env)
+        r->env = *env;
     r->steps = steps;
     r->nsteps = nsteps;
     r->max = max_msgs ? max_msgs : 1;
@@ -220,9 +272,16 @@ int pb_route_run(const struct pb_route_step *steps, size_t nsteps, jv body, jv m
                  pb_outset outputs, size_t max_msgs, struct pb_route_result *res,
                  struct pb_err *err)
 {
+    return pb_route_run_env(NULL, steps, nsteps, body, meta, outputs, max_msgs, res, err);
+}
+
+int pb_route_run_env(const struct pb_route_env *env, const struct pb_route_step *steps,
+                     size_t nsteps, jv body, jv meta, pb_outset outputs, size_t max_msgs,
+                     struct pb_route_result *res, struct pb_err *err)
+{
     struct pb_route_run r;
-    int rc = pb_route_start(&r, steps, nsteps, body, jv_copy(meta), outputs, max_msgs, NULL, NULL,
-                            res, err);
+    int rc = pb_route_start_env(&r, env, steps, nsteps, body, jv_copy(meta), outputs, max_msgs,
+                                NULL, NULL, res, err);
     /* Without `resumed` no step can park. */
     return rc == PB_ROUTE_PARKED ? PB_EINTERNAL : rc;
 }

@@ -319,7 +319,7 @@ int pb__route_output(struct pb_route_decision *dec, struct pb_err *err)
     return 0;
 }
 
-int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
+int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg, struct pb_route_keys *keys,
                      struct pb_route_decision *dec, struct pb_err *err)
 {
     jv body, meta;
@@ -328,13 +328,87 @@ int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
     if (rc)
         return rc;
     pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
-    rc = pb_route_run(pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS, &dec->res, err);
+    struct pb_route_env env = {.pipeline = pl->name, .msg_id = msg->id, .keys = keys};
+    rc = pb_route_run_env(&env, pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS,
+                          &dec->res, err);
     jv_free(meta);
     if (rc == 0)
         rc = pb__route_output(dec, err);
     if (rc)
         pb__route_decision_cleanup(dec);
     return rc;
+}
+
+/* ---- keys steps remember, in the store ---------------------------------------------------------
+ *
+ * A claim is a PB_OP_KEY committed by the writer (group commit, like any
+ * other op) before the message's decision: a restart in between routes the
+ * message again and finds the key its own. Its end comes back to the
+ * dispatcher by a post. */
+
+struct key_op {
+    struct pb__disp_post post; /* first */
+    struct pb_dispatcher *d;
+    struct pb_op op;
+    void (*done)(void *arg, int rc, bool first, const char *holder);
+    void *arg;
+    /* scope, key and owner follow */
+};
+
+static void key_complete(struct pb_dispatcher *d, struct pb__disp_post *p, int64_t now)
+{
+    (void)d;
+    struct key_op *ko = (struct key_op *)p;
+    int rc = now < 0 ? PB_ESHUTDOWN : ko->op.status;
+    if (rc)
+        PB_WARN("a process step's key lookup failed scope=%s error=%s", ko->op.u.key.scope,
+                pb_strerror(rc));
+    ko->done(ko->arg, rc, rc == 0 && ko->op.u.key.first, ko->op.u.key.holder);
+    free(ko);
+}
+
+/* Writer or syncer thread. */
+static void key_done_cb(struct pb_op *op, void *arg)
+{
+    (void)op;
+    struct key_op *ko = arg;
+    ko->post.fn = key_complete;
+    pb__disp_post(ko->d, &ko->post);
+}
+
+static int store_key_claim(struct pb_route_keys *k, const char *scope, const char *key,
+                           const char *owner, int64_t window_ms,
+                           void (*done)(void *arg, int rc, bool first, const char *holder),
+                           void *arg)
+{
+    struct pb_dispatcher *d = ((struct pb__disp_keys *)k)->d;
+    size_t ls = strlen(scope) + 1, lk = strlen(key) + 1, lo = strlen(owner) + 1;
+    struct key_op *ko = calloc(1, sizeof(*ko) + ls + lk + lo);
+    if (!ko)
+        return PB_ENOMEM;
+    char *p = (char *)(ko + 1);
+    memcpy(p, scope, ls);
+    memcpy(p + ls, key, lk);
+    memcpy(p + ls + lk, owner, lo);
+    int64_t now = pb_now_ms();
+    ko->d = d;
+    ko->done = done;
+    ko->arg = arg;
+    ko->op.kind = PB_OP_KEY;
+    ko->op.done_cb = key_done_cb;
+    ko->op.arg = ko;
+    ko->op.u.key = (struct pb_op_key){
+        .scope = p, .key = p + ls, .owner = p + ls + lk, .expires_at = now + window_ms, .now = now};
+    int rc = pb_store_submit(d->e->store, &ko->op);
+    if (rc)
+        free(ko);
+    return rc;
+}
+
+void pb__disp_keys_init(struct pb_dispatcher *d)
+{
+    d->keys.k = (struct pb_route_keys){.claim = store_key_claim};
+    d->keys.d = d;
 }
 
 /* A route attempt whose steps run: kept while a step waits for I/O. */
@@ -453,8 +527,9 @@ void pb__route_attempt(struct pb_dispatcher *d, struct pb_dl *dl, int64_t now)
     a->key = key;
     a->started_mono_us = pb_mono_us();
     pb_outset all = pl->nouts == 64 ? ~(pb_outset)0 : (((pb_outset)1 << pl->nouts) - 1);
-    rc = pb_route_start(&a->run, pl->procs, pl->nprocs, body, meta, all, PB_ROUTE_MAX_MSGS,
-                        route_att_resumed, a, &a->res, &err);
+    struct pb_route_env env = {.pipeline = pl->name, .msg_id = dl->msg->id, .keys = &d->keys.k};
+    rc = pb_route_start_env(&a->run, &env, pl->procs, pl->nprocs, body, meta, all,
+                            PB_ROUTE_MAX_MSGS, route_att_resumed, a, &a->res, &err);
     if (rc == PB_ROUTE_PARKED)
         return;
     route_decided(d, a, rc, &err, now);

@@ -22,11 +22,12 @@ struct pb_route_decision {
 };
 
 /* Run pl's steps on msg (borrowed), as the route stage does: the body
- * parsed under the fidelity rule, the ordering key taken, the steps run,
+ * parsed under the fidelity rule, the ordering key taken, the steps run
+ * (the keys they remember in keys: synchronous ones, or NULL for none),
  * changed bodies serialized. 0 with dec filled (pb__route_decision_cleanup
  * it), or a negative code with the reason the message is dead-lettered for
  * (dec is empty). */
-int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg,
+int pb__route_decide(struct pb_pipeline *pl, const struct pb_msg *msg, struct pb_route_keys *keys,
                      struct pb_route_decision *dec, struct pb_err *err);
 void pb__route_decision_cleanup(struct pb_route_decision *dec);
 /* The two ends of pb__route_decide, for a caller that runs the steps

@@ -22,6 +22,7 @@ extern const struct pb_processor_plugin pb_proc_switch;
 extern const struct pb_processor_plugin pb_proc_split;
 extern const struct pb_processor_plugin pb_proc_validate;
 extern const struct pb_processor_plugin pb_proc_enrich;
+extern const struct pb_processor_plugin pb_proc_dedupe;
 extern const struct pb_output_plugin pb_out_http;
 extern const struct pb_output_plugin pb_out_webhook;
 extern const struct pb_output_plugin pb_out_stdout;
@@ -59,6 +60,7 @@ const struct pb_processor_plugin *const pb_processor_plugins[] = {
     &pb_proc_split,
     &pb_proc_validate,
     &pb_proc_enrich,
+    &pb_proc_dedupe,
     NULL,
 };
 const struct pb_output_plugin *const pb_output_plugins[] = {

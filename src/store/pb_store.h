@@ -117,6 +117,7 @@ enum pb_op_kind {
     PB_OP_RELEASE,    /* give leased deliveries back (memory full) */
     PB_OP_SUB_KILL,   /* pending deliveries of a removed sub-output -> dead */
     PB_OP_INJECT,     /* a message made by the admin side (edited dead letter, test event) */
+    PB_OP_KEY,        /* a key a process step remembers (dedupe), claimed for one message */
 };
 
 struct pb_op_ingest {
@@ -369,6 +370,21 @@ struct pb_op_submit {
     int64_t hold_epoch;
 };
 
+/* A key a process step remembers for a while (dedupe): claimed for owner
+ * unless another owner holds it unexpired. Kept with the idempotency keys
+ * (scope in place of the pipeline), so retention drops it once expired. */
+#define PB_KEY_OWNER_MAX 64
+struct pb_op_key {
+    const char *scope; /* "<pipeline>/process[<step>]" */
+    const char *key;   /* NUL-terminated text */
+    const char *owner; /* the claiming message ("msg_.../<i>") */
+    int64_t expires_at, now;
+    /* out: owner holds it (it was free, expired, or owner's already), else
+     * holder names the one that does */
+    bool first;
+    char holder[PB_KEY_OWNER_MAX];
+};
+
 struct pb_op_kv {
     size_t n;
     const struct pb_kv_put *kv;
@@ -394,6 +410,7 @@ struct pb_op {
         struct pb_op_release release;
         struct pb_op_sub_kill sub_kill;
         struct pb_op_inject inject;
+        struct pb_op_key key;
     } u;
     /* Runs on the writer thread once the op is committed or has failed.
      * Must be quick and must not wait for the writer. May be NULL. */

@@ -1,6 +1,7 @@
 /* postgres_inject.c - the PostgreSQL backend's ops on what the admin side
  * selects or makes: a set of dead letters replayed or purged by id, and
- * PB_OP_INJECT (a dead letter's corrected body, a test event), each one
+ * PB_OP_INJECT (a dead letter's corrected body, a test event), and
+ * PB_OP_KEY (a process step's key, claimed for a message), each one
  * statement in the writer's pipeline (postgres_sql.c), its result read when
  * the batch commits, as postgres_write.c does. The same outcomes as
  * sqlite_inject.c and sqlite_write.c. Writer thread only. */
@@ -202,5 +203,48 @@ out:
     free(t_meta);
     pb__pg_buf_free(&outs);
     pb__pg_buf_free(&subs);
+    return rc;
+}
+
+/* ---- a process step's key ---------------------------------------------------------------------
+ */
+
+static int key_res(struct pgq *q, struct pb_op *op, int idx, PGresult *res)
+{
+    (void)q;
+    (void)idx;
+    struct pb_op_key *k = &op->u.key;
+    const char *holder = val(res, 0);
+    if (!holder)
+        return PB_ESTORE;
+    snprintf(k->holder, sizeof(k->holder), "%s", holder);
+    k->first = strcmp(holder, k->owner) == 0;
+    return 0;
+}
+
+int pb__pg_apply_key(struct pgq *q, struct pb_op *op)
+{
+    struct pb_op_key *k = &op->u.key;
+    char *t_scope = NULL, *t_owner = NULL;
+    char exp[24], now[24];
+    k->first = false;
+    k->holder[0] = '\0';
+    if (!k->scope || !k->key || !k->owner || strlen(k->owner) >= sizeof(k->holder)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    const char *scope = pb__pg_text(k->scope, strlen(k->scope), NULL, &t_scope);
+    const char *owner = pb__pg_text(k->owner, strlen(k->owner), NULL, &t_owner);
+    int rc = PB_ENOMEM;
+    if (scope && owner) {
+        snprintf(exp, sizeof(exp), "%" PRId64, k->expires_at);
+        snprintf(now, sizeof(now), "%" PRId64, k->now);
+        const char *vals[] = {scope, k->key, owner, exp, now};
+        int lens[] = {0, (int)strlen(k->key), 0, 0, 0};
+        int fmts[] = {0, 1, 0, 0, 0};
+        rc = pb__pg_send(q, WS_KEY, 5, vals, lens, fmts, false, key_res, op, 0);
+    }
+    free(t_scope);
+    free(t_owner);
     return rc;
 }

@@ -81,6 +81,7 @@ enum {
     WS_REPLAY_IDS,
     WS_PURGE_IDS,
     WS_INJECT,
+    WS_KEY,
     WS_BEGIN,
     WS_COMMIT,
     WS_ROLLBACK,
@@ -208,6 +209,8 @@ void pb__pg_note(struct pgq *q, char kind, const char *a, const char *b);
 int pb__pg_apply_inject(struct pgq *q, struct pb_op *op);
 int pb__pg_apply_replay_ids(struct pgq *q, struct pb_op *op);
 int pb__pg_apply_purge_ids(struct pgq *q, struct pb_op *op);
+/* PB_OP_KEY: a process step's key claimed for one message. */
+int pb__pg_apply_key(struct pgq *q, struct pb_op *op);
 
 /* ---- postgres_read.c ------------------------------------------------------------------------ */
 

@@ -214,6 +214,14 @@ const char *const pb__pg_wsql[WS_COUNT] = {
      * The key the route stage recorded for the old message goes with the
      * corrected body (the routed one) unless the target is the route stage.
      * Nothing is written when $8 is no longer dead or the id is taken. */
+    /* A process step's key: claimed unless another holds it unexpired;
+     * the holder comes back either way. */
+    [WS_KEY] = "INSERT INTO idempotency(pipeline, key, msg_id, expires_at) VALUES ($1::text,"
+               " $2::bytea, $3::text, $4::bigint) ON CONFLICT (pipeline, key) DO UPDATE SET"
+               " msg_id = CASE WHEN idempotency.expires_at <= $5::bigint THEN EXCLUDED.msg_id"
+               " ELSE idempotency.msg_id END, expires_at = CASE WHEN idempotency.expires_at <="
+               " $5::bigint THEN EXCLUDED.expires_at ELSE idempotency.expires_at END"
+               " RETURNING msg_id",
     [WS_INJECT] =
         "WITH old AS (SELECT id, msg_seq, pipeline, output, sub FROM deliveries"
         " WHERE $8::bigint <> 0 AND id = $8::bigint AND state = 2 FOR UPDATE),"

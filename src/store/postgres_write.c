@@ -963,6 +963,8 @@ int pb__pg_apply(void *ctx, struct pb_op *op)
         return apply_sub_kill(q, op);
     case PB_OP_INJECT:
         return pb__pg_apply_inject(q, op);
+    case PB_OP_KEY:
+        return pb__pg_apply_key(q, op);
     }
     op->status = PB_EINVAL;
     return 0;

@@ -412,6 +412,44 @@ static int apply_kv(struct sq *q, struct pb_op *op)
     return kv_write(q, op->u.kv.kv, op->u.kv.n, op->u.kv.now);
 }
 
+/* A process step's key: claimed for its owner unless another holds it
+ * unexpired (the same table as the idempotency keys, scope for pipeline). */
+static int apply_key(struct sq *q, struct pb_op *op)
+{
+    struct pb_op_key *k = &op->u.key;
+    k->first = false;
+    k->holder[0] = '\0';
+    if (!k->scope || !k->key || !k->owner || strlen(k->owner) >= sizeof(k->holder)) {
+        op->status = PB_EINVAL;
+        return 0;
+    }
+    sqlite3_stmt *st = q->ws[W_IDEM_GET];
+    sqlite3_bind_text(st, 1, k->scope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, k->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, k->now);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        snprintf(k->holder, sizeof(k->holder), "%s", t ? (const char *)t : "");
+        k->first = strcmp(k->holder, k->owner) == 0;
+        sqlite3_reset(st);
+        return 0;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return pb__sqlite_write_fail(q, rc, "key lookup");
+    st = q->ws[W_IDEM_PUT];
+    sqlite3_bind_text(st, 1, k->scope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, k->key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, k->expires_at);
+    if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
+        return pb__sqlite_write_fail(q, rc, "insert key");
+    snprintf(k->holder, sizeof(k->holder), "%s", k->owner);
+    k->first = true;
+    return 0;
+}
+
 /* An attempt that ends its delivery at the first try is not written to
  * attempts: the delivery's row (last_status, last_error, updated_at,
  * last_latency_ms) holds it, and readers show it from there. */
@@ -904,6 +942,8 @@ int pb__sqlite_apply(void *ctx, struct pb_op *op)
         return apply_release(q, op);
     case PB_OP_SUB_KILL:
         return apply_sub_kill(q, op);
+    case PB_OP_KEY:
+        return apply_key(q, op);
     case PB_OP_INJECT:
         return pb__sqlite_apply_inject(q, op);
     }

@@ -273,6 +273,8 @@ static const char *op_kind_name(enum pb_op_kind k)
         return "sub_kill";
     case PB_OP_INJECT:
         return "inject";
+    case PB_OP_KEY:
+        return "key";
     }
     return "?";
 }
@@ -477,7 +479,7 @@ int pb_store_start(struct pb_store *s)
 
 int pb_store_submit(struct pb_store *s, struct pb_op *op)
 {
-    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_INJECT)
+    if (!s || !op || op->kind < PB_OP_INGEST || op->kind > PB_OP_KEY)
         return PB_EINVAL;
 
     pthread_mutex_lock(&s->lock);

@@ -13,6 +13,7 @@ enum { PB_PROC_PASS = 0, PB_PROC_DROP = 1 };
 
 extern const struct pb_processor_plugin pb_proc_map;
 extern const struct pb_processor_plugin pb_proc_filter;
+extern const struct pb_processor_plugin pb_proc_dedupe;
 
 static const char order[] = "{\"id\":\"ord_123\",\"total_cents\":4999,"
                             "\"customer\":{\"email\":\"a@b.example\"},"
@@ -268,6 +269,91 @@ PB_TEST(many_messages_do_not_leak)
     PB_EQ_INT(drop, 2001);
     proc_close(&m);
     proc_close(&f);
+}
+
+/* ---- dedupe, with keys in memory and a clock of the test's ---- */
+
+static int64_t fake_now(void *arg)
+{
+    return *(int64_t *)arg;
+}
+
+/* Run one message (id msg_id) through pr with keys; PB_PROC_PASS/DROP or < 0. */
+static int dedupe_run(struct proc *pr, struct pb_route_keys *keys, const char *msg_id,
+                      const char *json, struct pb_err *err)
+{
+    jv in;
+    int rc = pb_jq_parse(json, strlen(json), &in, err);
+    if (rc)
+        return rc;
+    struct pb_route_step step = {.plugin = pr->p, .ctx = pr->ctx};
+    struct pb_route_env env = {.pipeline = "p", .msg_id = msg_id, .keys = keys};
+    struct pb_route_result res;
+    rc = pb_route_run_env(&env, &step, 1, in, jv_null(), 3, 16, &res, err);
+    if (rc)
+        return rc;
+    rc = res.n ? PB_PROC_PASS : PB_PROC_DROP;
+    pb_route_result_cleanup(&res);
+    return rc;
+}
+
+PB_TEST(dedupe_passes_each_key_once_per_window)
+{
+    struct pb_err err = {0};
+    struct proc pr;
+    int64_t now = 1000000;
+    struct pb_route_keys *keys = pb_route_keys_memory(fake_now, &now);
+    PB_CHECK(keys != NULL);
+    PB_EQ_INT(proc_open(&pr, &pb_proc_dedupe, ".id", &err), 0);
+    PB_EQ_INT(dedupe_run(&pr, keys, "m1", "{\"id\":1}", &err), PB_PROC_PASS);
+    PB_EQ_INT(dedupe_run(&pr, keys, "m2", "{\"id\":2}", &err), PB_PROC_PASS);
+    PB_EQ_INT(dedupe_run(&pr, keys, "m3", "{\"id\":1,\"v\":2}", &err), PB_PROC_DROP);
+    /* A string is keyed by its text and a number by its JSON: 1 and "1"
+     * are one key. */
+    PB_EQ_INT(dedupe_run(&pr, keys, "m4", "{\"id\":\"1\"}", &err), PB_PROC_DROP);
+    /* The same message routed again (a restart before its decision). */
+    PB_EQ_INT(dedupe_run(&pr, keys, "m1", "{\"id\":1}", &err), PB_PROC_PASS);
+    /* No key: passes (on_missing: pass, the default). */
+    PB_EQ_INT(dedupe_run(&pr, keys, "m5", "{\"x\":1}", &err), PB_PROC_PASS);
+    /* The window (24 h by default) over: the key is free again. */
+    now += 24LL * 3600 * 1000;
+    PB_EQ_INT(dedupe_run(&pr, keys, "m6", "{\"id\":1}", &err), PB_PROC_PASS);
+    PB_EQ_INT(dedupe_run(&pr, keys, "m1", "{\"id\":1}", &err), PB_PROC_DROP);
+    /* A run that keeps no keys fails the message rather than let repeats by. */
+    PB_EQ_INT(dedupe_run(&pr, NULL, "m7", "{\"id\":9}", &err), PB_EINVAL);
+    proc_close(&pr);
+    pb_route_keys_memory_free(keys);
+}
+
+PB_TEST(dedupe_long_keys_and_bad_windows)
+{
+    struct pb_err err = {0};
+    struct proc pr;
+    int64_t now = 5000;
+    struct pb_route_keys *keys = pb_route_keys_memory(fake_now, &now);
+    PB_EQ_INT(proc_open(&pr, &pb_proc_dedupe, ".s", &err), 0);
+    char big[1400];
+    memset(big, 0, sizeof(big));
+    strcpy(big, "{\"s\":\"");
+    memset(big + 6, 'a', 1000);
+    strcpy(big + 1006, "\"}");
+    PB_EQ_INT(dedupe_run(&pr, keys, "m1", big, &err), PB_PROC_PASS);
+    PB_EQ_INT(dedupe_run(&pr, keys, "m2", big, &err), PB_PROC_DROP);
+    big[500] = 'b'; /* another long key */
+    PB_EQ_INT(dedupe_run(&pr, keys, "m3", big, &err), PB_PROC_PASS);
+    proc_close(&pr);
+    pb_route_keys_memory_free(keys);
+
+    struct proc bad = {.p = &pb_proc_dedupe};
+    bad.ctx = calloc(1, pb_proc_dedupe.ctx_size);
+    PB_CHECK(bad.ctx != NULL);
+    *(char **)((char *)bad.ctx + pb_proc_dedupe.scalar_offset) = strdup(".id");
+    /* window follows the key in the context: 10 ms is refused */
+    struct pb_proc_env env = {.pipeline = "p"};
+    int64_t *window = (int64_t *)((char *)bad.ctx + pb_proc_dedupe.fields[1].offset);
+    *window = 10;
+    PB_EQ_INT(pb_proc_dedupe.init(bad.ctx, &env, &err), PB_ECONFIG);
+    proc_close(&bad);
 }
 
 int main(void)

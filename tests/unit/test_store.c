@@ -1610,6 +1610,49 @@ out:
     tdir_remove(&t);
 }
 
+static bool key_claim(struct pb_store *s, const char *scope, const char *key, const char *owner,
+                      int64_t now, char *holder)
+{
+    struct pb_op op = {.kind = PB_OP_KEY};
+    op.u.key = (struct pb_op_key){
+        .scope = scope, .key = key, .owner = owner, .expires_at = now + 500, .now = now};
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    snprintf(holder, PB_KEY_OWNER_MAX, "%s", op.u.key.holder);
+    return op.u.key.first;
+}
+
+PB_TEST(process_step_keys_held_for_their_window)
+{
+    struct tdir t;
+    char h[PB_KEY_OWNER_MAX];
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_CHECK(key_claim(s, "p/process[1]", "k", "m1/0", 1000, h));
+    PB_CHECK(!key_claim(s, "p/process[1]", "k", "m2/0", 1200, h));
+    PB_EQ_STR(h, "m1/0");
+    /* Its own key again (a run repeated after a restart). */
+    PB_CHECK(key_claim(s, "p/process[1]", "k", "m1/0", 1300, h));
+    /* Another step's, or another key: free. */
+    PB_CHECK(key_claim(s, "p/process[2]", "k", "m2/0", 1300, h));
+    PB_CHECK(key_claim(s, "p/process[1]", "k2", "m2/0", 1300, h));
+    /* Expired (500 ms after the first claim): the next message takes it. */
+    PB_CHECK(key_claim(s, "p/process[1]", "k", "m3/0", 1600, h));
+    PB_CHECK(!key_claim(s, "p/process[1]", "k", "m1/0", 1700, h));
+    PB_EQ_STR(h, "m3/0");
+    /* Retention drops expired keys; an ingest's key of the same text in
+     * the pipeline is another key. */
+    struct pb_op ex = {.kind = PB_OP_EXPIRE};
+    ex.u.expire.now = 10000;
+    ex.u.expire.retention_ms = 1000000;
+    PB_EQ_INT(pb_store_exec(s, &ex), 0);
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM idempotency"), 0);
+out:
+    tdir_remove(&t);
+}
+
 PB_TEST(results_update_state_and_attempt_log)
 {
     struct tdir t;
