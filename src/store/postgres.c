@@ -322,6 +322,15 @@ static int pg_hold_want(void *ctx, const char *name)
     memset(&h[q->nholds], 0, sizeof(h[0]));
     snprintf(h[q->nholds].name, sizeof(h[0].name), "%s", name);
     q->nholds++;
+    /* Wanted after start (an input starts after the store): the node
+     * thread takes it at once rather than a heartbeat from now. */
+    atomic_store(&q->tick_now, true);
+    if (q->node_running) {
+        uint64_t one = 1;
+        if (write(q->wake_fd, &one, sizeof(one)) < 0) {
+            /* saturated: it wakes anyway */
+        }
+    }
 out:
     pthread_mutex_unlock(&q->lock);
     return rc;

@@ -116,6 +116,7 @@ struct pgq {
     bool node_running;
     struct pgc n;
     int wake_fd;          /* eventfd: notes to send, or stop */
+    atomic_bool tick_now; /* a hold is wanted: take it now, not a heartbeat from now */
     pthread_mutex_t lock; /* guards outbox, holds, ev, view */
     struct pg_note *outbox;
     struct pb_store_events ev;

@@ -577,7 +577,7 @@ static void *node_main(void *arg)
     tick(q, ns); /* holds and the live count at once */
     while (!atomic_load(&q->stop)) {
         int64_t now = pb_mono_us();
-        if (now >= ns->next_tick_us) {
+        if (atomic_exchange(&q->tick_now, false) || now >= ns->next_tick_us) {
             ns->next_tick_us = now + q->heartbeat_ms * 1000;
             tick(q, ns);
         }

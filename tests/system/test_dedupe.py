@@ -50,10 +50,11 @@ def post(pb, path, body):
 def a_repeated_key_goes_out_once_across_a_kill9():
     sink = start_sink()
     pb = Patchbay(CONF % {"sink": sink.url, "window": "1h"})
-    post(pb, "/in", {"order": {"id": 1}, "v": "a"})
-    post(pb, "/in", {"order": {"id": 2}, "v": "a"})
+    first = post(pb, "/in", {"order": {"id": 1}, "v": "a"})
+    second = post(pb, "/in", {"order": {"id": 2}, "v": "a"})
     third = post(pb, "/in", {"order": {"id": 1}, "v": "b"})
     pb.wait_states([third], {"sink": "filtered"}, timeout=scaled(20))
+    pb.wait_states([first, second], {"sink": "delivered"}, timeout=scaled(20))
     check_eq(sorted((b["id"], b["v"]) for b in bodies(sink, "/orders")),
              [(1, "a"), (2, "a")], "what went out")
     pb.kill9()

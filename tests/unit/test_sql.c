@@ -186,6 +186,19 @@ PB_TEST(dsns_parse_and_never_show_the_password)
     sql_target_cleanup(&t);
     PB_CHECK(sql_target_init(&t, -1, "mysql://u@h/db?frobnicate=1", &err) != 0);
     sql_target_cleanup(&t);
+    /* The authority is read as every connector's URL is (pb_url.h). */
+    PB_EQ_INT(sql_target_init(&t, -1, "mysql://app:p@ss@db.internal/shop", &err), 0);
+    PB_EQ_STR(t.password, "p@ss");
+    PB_EQ_STR(t.host, "db.internal");
+    PB_EQ_INT(t.port, 3306);
+    sql_target_cleanup(&t);
+    PB_CHECK(sql_target_init(&t, -1, "mysql://u:pw-secret@/db", &err) != 0);
+    PB_CHECK(strstr(err.msg, "no host (mysql://") != NULL);
+    PB_CHECK(strstr(err.msg, "pw-secret") == NULL);
+    sql_target_cleanup(&t);
+    PB_CHECK(sql_target_init(&t, -1, "mysql://u:p%zz@h/db", &err) != 0);
+    PB_CHECK(strstr(err.msg, "bad %-escape in the password") != NULL);
+    sql_target_cleanup(&t);
 
     PB_EQ_INT(sql_target_init(&t, -1, "sqlite:/tmp/x.db", &err), 0);
     PB_EQ_INT(t.driver, SQL_SQLITE);

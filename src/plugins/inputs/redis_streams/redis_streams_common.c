@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <sys/time.h>
 
+#include "patchbay/pb_url.h"
 #include "redis_streams_common.h"
 
 const struct pb_field rs_tls_fields[] = {
@@ -21,47 +22,9 @@ const struct pb_field rs_tls_fields[] = {
     {0},
 };
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decode s[0..n) into a new string; NULL on a bad escape, an
- * embedded NUL or no memory (*nomem tells which). */
-static char *pct_decode(const char *s, size_t n, bool *nomem)
-{
-    char *out = malloc(n + 1);
-    size_t o = 0;
-    *nomem = out == NULL;
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            out[o++] = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        out[o++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    out[o] = 0;
-    return out;
-}
-
 int rs_target_init(struct rs_target *t, const struct rs_conn_conf *c, struct pb_err *err)
 {
     const char *u = c->url;
-    bool nomem = false;
 
     memset(t, 0, sizeof(*t));
     if (c->tls.ca_file || c->tls.cert_file || c->tls.key_file)
@@ -75,72 +38,25 @@ int rs_target_init(struct rs_target *t, const struct rs_conn_conf *c, struct pb_
     if (strncasecmp(u, "redis://", 8) != 0)
         return pb_err_set(err, PB_ECONFIG, "url must start with redis://");
     u += 8;
-    /* authority ends at the path, a query or a fragment */
-    size_t alen = strcspn(u, "/?#");
-    const char *rest = u + alen;
-    const char *at = NULL;
-    for (size_t i = 0; i < alen; i++)
-        if (u[i] == '@')
-            at = u + i; /* the last @: a password may hold one, percent-encoded or not */
-    const char *hp = u;
-    if (at) {
-        const char *colon = memchr(u, ':', (size_t)(at - u));
-        if (!colon)
-            return pb_err_set(err, PB_ECONFIG,
-                              "url: a user without a password; write "
-                              "redis://:PASSWORD@host or redis://USER:PASSWORD@host");
-        if (colon > u) {
-            t->user = pct_decode(u, (size_t)(colon - u), &nomem);
-            if (!t->user)
-                goto bad_userinfo;
-        }
-        t->password = pct_decode(colon + 1, (size_t)(at - colon - 1), &nomem);
-        if (!t->password)
-            goto bad_userinfo;
-        hp = at + 1;
+    struct pb_url_authority a;
+    int rc = pb_url_authority(u, "url", "redis://host:6379", 6379, RS_HOST_MAX, &a, err);
+    if (rc)
+        return rc;
+    if (a.user && !a.password) {
+        pb_url_authority_free(&a);
+        return pb_err_set(err, PB_ECONFIG,
+                          "url: a user without a password; write "
+                          "redis://:PASSWORD@host or redis://USER:PASSWORD@host");
     }
-    size_t hplen = (size_t)(u + alen - hp);
-    const char *port = NULL;
-    size_t hlen;
-    if (hplen && hp[0] == '[') {
-        const char *close = memchr(hp, ']', hplen);
-        if (!close)
-            return pb_err_set(err, PB_ECONFIG, "url: unterminated [ in the host");
-        hlen = (size_t)(close - hp - 1);
-        if (close + 1 < hp + hplen) {
-            if (close[1] != ':')
-                return pb_err_set(err, PB_ECONFIG, "url: junk after ] in the host");
-            port = close + 2;
-        }
-        hp++;
-    } else {
-        const char *colon = memchr(hp, ':', hplen);
-        hlen = colon ? (size_t)(colon - hp) : hplen;
-        if (colon)
-            port = colon + 1;
+    if (a.user && !*a.user) {
+        free(a.user); /* redis://:PASSWORD@host: the default user */
+        a.user = NULL;
     }
-    if (hlen == 0 || hlen > RS_HOST_MAX)
-        return pb_err_set(err, PB_ECONFIG, "url: no host (redis://host:port)");
-    memcpy(t->host, hp, hlen);
-    t->host[hlen] = 0;
-    for (size_t i = 0; i < hlen; i++)
-        if (!(isalnum((unsigned char)t->host[i]) || strchr(".-_:%", t->host[i])))
-            return pb_err_set(err, PB_ECONFIG, "url: bad character in the host");
-    t->port = 6379;
-    if (port) {
-        size_t plen = (size_t)(u + alen - port);
-        long p = 0;
-        if (plen == 0 || plen > 5)
-            return pb_err_set(err, PB_ECONFIG, "url: the port must be 1-65535");
-        for (size_t i = 0; i < plen; i++) {
-            if (!isdigit((unsigned char)port[i]))
-                return pb_err_set(err, PB_ECONFIG, "url: the port must be 1-65535");
-            p = p * 10 + (port[i] - '0');
-        }
-        if (p < 1 || p > 65535)
-            return pb_err_set(err, PB_ECONFIG, "url: the port must be 1-65535");
-        t->port = (int)p;
-    }
+    t->user = a.user;
+    t->password = a.password;
+    snprintf(t->host, sizeof(t->host), "%s", a.host);
+    t->port = a.port;
+    const char *rest = a.rest;
     if (*rest == '?' || *rest == '#')
         return pb_err_set(err, PB_ECONFIG,
                           "url: query and fragment are not supported (use the plugin's options)");
@@ -174,11 +90,6 @@ int rs_target_init(struct rs_target *t, const struct rs_conn_conf *c, struct pb_
     if (c->connect_timeout_ms <= 0 || c->timeout_ms <= 0)
         return pb_err_set(err, PB_ECONFIG, "connect_timeout and timeout must be above 0");
     return 0;
-
-bad_userinfo:
-    if (nomem)
-        return pb_err_set(err, PB_ENOMEM, "out of memory");
-    return pb_err_set(err, PB_ECONFIG, "url: bad %%-escape in the user or password");
 }
 
 void rs_target_cleanup(struct rs_target *t)

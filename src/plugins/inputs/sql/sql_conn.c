@@ -18,6 +18,7 @@
 #include <errmsg.h>
 #include <mysqld_error.h>
 
+#include "patchbay/pb_url.h"
 #include "sql_common.h"
 
 const char *const sql_driver_names[] = {"sqlite", "postgres", "mysql", NULL};
@@ -38,41 +39,6 @@ int sql_driver_index(const char *name)
 
 /* ---- DSNs -------------------------------------------------------------------------------------
  */
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decode s[0..n) into a new string; NULL on a bad escape, a NUL, or ENOMEM. */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *out = malloc(n + 1);
-    size_t o = 0;
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            out[o++] = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        out[o++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    out[o] = 0;
-    return out;
-}
 
 static bool host_ok(const char *h)
 {
@@ -184,73 +150,23 @@ struct my_param {
 static int my_target(struct sql_target *t, const char *dsn, struct pb_err *err)
 {
     const char *u = strstr(dsn, "://") + 3;
-    size_t alen = strcspn(u, "/?#");
-    const char *rest = u + alen;
-    const char *at = NULL;
-    for (size_t i = 0; i < alen; i++)
-        if (u[i] == '@')
-            at = u + i;
-    const char *hp = u;
-    if (at) {
-        const char *colon = memchr(u, ':', (size_t)(at - u));
-        size_t ul = colon ? (size_t)(colon - u) : (size_t)(at - u);
-        t->user = pct_decode(u, ul);
-        if (!t->user)
-            return pb_err_set(err, PB_ECONFIG, "dsn: bad %%-escape in the user");
-        if (colon) {
-            t->password = pct_decode(colon + 1, (size_t)(at - colon - 1));
-            if (!t->password)
-                return pb_err_set(err, PB_ECONFIG, "dsn: bad %%-escape in the password");
-        }
-        hp = at + 1;
-    }
-    size_t hplen = (size_t)(u + alen - hp);
-    const char *port = NULL;
-    size_t hlen;
-    if (hplen && hp[0] == '[') {
-        const char *close = memchr(hp, ']', hplen);
-        if (!close)
-            return pb_err_set(err, PB_ECONFIG, "dsn: unterminated [ in the host");
-        hlen = (size_t)(close - hp - 1);
-        if (close + 1 < hp + hplen) {
-            if (close[1] != ':')
-                return pb_err_set(err, PB_ECONFIG, "dsn: junk after ] in the host");
-            port = close + 2;
-        }
-        hp++;
-    } else {
-        const char *colon = memchr(hp, ':', hplen);
-        hlen = colon ? (size_t)(colon - hp) : hplen;
-        if (colon)
-            port = colon + 1;
-    }
-    if (hlen == 0 || hlen > SQL_HOST_MAX)
-        return pb_err_set(err, PB_ECONFIG, "dsn: no host (mysql://user@host:3306/db)");
-    memcpy(t->host, hp, hlen);
-    t->host[hlen] = 0;
-    if (!host_ok(t->host))
-        return pb_err_set(err, PB_ECONFIG, "dsn: bad character in the host");
-    t->port = 3306;
-    if (port) {
-        size_t plen = (size_t)(u + alen - port);
-        long p = 0;
-        if (plen == 0 || plen > 5)
-            return pb_err_set(err, PB_ECONFIG, "dsn: the port must be 1-65535");
-        for (size_t i = 0; i < plen; i++) {
-            if (!isdigit((unsigned char)port[i]))
-                return pb_err_set(err, PB_ECONFIG, "dsn: the port must be 1-65535");
-            p = p * 10 + (port[i] - '0');
-        }
-        if (p < 1 || p > 65535)
-            return pb_err_set(err, PB_ECONFIG, "dsn: the port must be 1-65535");
-        t->port = (int)p;
-    }
+    struct pb_url_authority a;
+    int rc = pb_url_authority(u, "dsn", "mysql://user@host:3306/db", 3306, SQL_HOST_MAX, &a, err);
+    if (rc)
+        return rc;
+    t->user = a.user;
+    t->password = a.password;
+    snprintf(t->host, sizeof(t->host), "%s", a.host);
+    t->port = a.port;
+    const char *rest = a.rest;
+    bool nomem = false;
     if (*rest == '/') {
         size_t dl = strcspn(rest + 1, "?#");
         if (dl) {
-            t->db = pct_decode(rest + 1, dl);
+            t->db = pb_pct_decode(rest + 1, dl, &nomem);
             if (!t->db)
-                return pb_err_set(err, PB_ECONFIG, "dsn: bad %%-escape in the database");
+                return nomem ? pb_err_set(err, PB_ENOMEM, "out of memory")
+                             : pb_err_set(err, PB_ECONFIG, "dsn: bad %%-escape in the database");
         }
         rest += 1 + dl;
     }
@@ -262,9 +178,10 @@ static int my_target(struct sql_target *t, const char *dsn, struct pb_err *err)
             if (!eq)
                 return pb_err_set(err, PB_ECONFIG, "dsn: a parameter without a value");
             size_t kl = (size_t)(eq - q);
-            char *v = pct_decode(eq + 1, pl - kl - 1);
+            char *v = pb_pct_decode(eq + 1, pl - kl - 1, &nomem);
             if (!v)
-                return pb_err_set(err, PB_ECONFIG, "dsn: bad %%-escape in a parameter");
+                return nomem ? pb_err_set(err, PB_ENOMEM, "out of memory")
+                             : pb_err_set(err, PB_ECONFIG, "dsn: bad %%-escape in a parameter");
             char **slot = NULL;
             if ((kl == 8 && strncmp(q, "ssl-mode", 8) == 0) ||
                 (kl == 7 && strncmp(q, "sslmode", 7) == 0)) {
