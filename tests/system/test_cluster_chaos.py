@@ -536,17 +536,21 @@ def kill_poll_holder(c):
 def freeze_ordered_holder(c):
     name = c.holder_of("ordered/ordered", "n2")
     epoch = c.epoch(name)
-    sink = c.plain_sinks[name]
-    # Its partner answers 500 two seconds late: what it has in flight when it
-    # freezes is answered while it is stopped, and read when it resumes.
-    before = sink.requests()
-    sink.set_mode(status=500, delay_ms=STALE_DELAY_MS)
+    # Its partners answer 500 two seconds late: what it has in flight when it
+    # freezes is answered while it is stopped, and read when it resumes. The
+    # ordered partner hears only from the holder, so this node always has
+    # some there; its own unordered partner, when it has deliveries of its own.
+    sinks = (c.plain_sinks[name], c.ordered_sink)
+    before = sum(k.requests() for k in sinks)
+    for k in sinks:
+        k.set_mode(status=500, delay_ms=STALE_DELAY_MS)
     deadline = time.monotonic() + STALE_DELAY_MS / 2000
-    while sink.requests() < before + 4 and time.monotonic() < deadline:
-        time.sleep(0.02)  # nothing of its own to deliver just then: the freeze still counts
+    while sum(k.requests() for k in sinks) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
     c.stop_process(name)
     t_freeze = time.time()
-    sink.set_mode(status=200, delay_ms=PLAIN_DELAY_MS)
+    c.plain_sinks[name].set_mode(status=200, delay_ms=PLAIN_DELAY_MS)
+    c.ordered_sink.set_mode(status=200, delay_ms=ORDERED_DELAY_MS)
     ev = c.record("SIGSTOP", name, epoch, c.held_by(epoch))
     ev["t"] = t_freeze
     try:
@@ -567,10 +571,12 @@ def freeze_ordered_holder(c):
                f"{name} restarts in place")
     c.wait_live(name)
     # Answered after it stopped: it read them only once resumed.
-    stale = [r for r in sink.records() if r["status"] == 500
-             and r["ts"] + STALE_DELAY_MS > t_freeze * 1000 + 100]
+    stale = [r for k in sinks for r in k.records() if r["status"] == 500
+             and r["path"] == "/" + name and r["ts"] + STALE_DELAY_MS > t_freeze * 1000 + 100]
     ev["stale"] = stale
     log(f"  {len(stale)} requests of {name} answered 500 while it was frozen")
+    check(stale, f"{name} had nothing in flight when it froze: the check of its late results "
+          "has nothing to look at")
     return ev
 
 
@@ -697,7 +703,7 @@ def check_frozen_results(c, client, ev):
             continue
         doc = pb.message(mid)
         for d in doc["deliveries"]:
-            if d["output"] != "plain":
+            if d["output"] != b["p"]:
                 continue
             statuses = [a.get("status") for a in d.get("attempt_log", [])]
             check(d["state"] == "delivered" and d["last_status"] == 200 and 500 not in statuses,
