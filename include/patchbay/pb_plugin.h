@@ -34,6 +34,9 @@ const char *pb_result_name(enum pb_result r);
  * 408, 425, 429, 5xx and 0 (no response) RETRY; everything else PERMANENT. */
 enum pb_result pb_classify_http(int status);
 
+/* Bytes of a partner's answer kept per attempt (pb_outcome.answer). */
+#define PB_ANSWER_EXCERPT_MAX 256
+
 /* One attempt of one delivery. Borrowed by the plugin from deliver() until it
  * calls pb_delivery_done(). */
 struct pb_delivery {
@@ -66,6 +69,13 @@ struct pb_outcome {
     int status;             /* protocol status (HTTP, SMTP...) or 0 */
     int64_t retry_after_ms; /* partner asked to wait this long; -1 when not */
     const char *error;      /* short text for the attempt log; copied; may be NULL */
+    /* What the partner answered, whatever the result (an HTTP response
+     * body, a server's reply line, a broker's acknowledgement): the core
+     * keeps a printable excerpt of its first PB_ANSWER_EXCERPT_MAX bytes in
+     * the attempt log. Copied; NULL or empty: nothing. Never a header or
+     * anything else that may hold a secret. */
+    const char *answer;
+    size_t answer_len;
     /* Flow control; left zero, they say nothing. */
     /* The partner was not asked (no credentials yet: the token endpoint is
      * failing): no attempt is spent or recorded; the delivery, and the
@@ -80,10 +90,10 @@ struct pb_outcome {
 };
 
 /* The outcome of an HTTP attempt (src/core/retry.c): classified status, the
- * partner's Retry-After and rate-limit headers (throttled on 429), and an
- * error text ("HTTP 503: <printable excerpt of the answer>", or the
- * transport error) written into buf. A request refused by the outbound
- * guard is PERMANENT: retrying cannot make it allowed. */
+ * partner's Retry-After and rate-limit headers (throttled on 429), the
+ * response body as the answer (borrowed from resp), and an error text ("HTTP 503: <printable
+ * excerpt of the answer>", or the transport error) written into buf. A request refused by the
+ * outbound guard is PERMANENT: retrying cannot make it allowed. */
 void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o, char *buf,
                           size_t len);
 
@@ -147,6 +157,16 @@ struct pb_output_plugin {
      * configuration order. Answer with pb_http_respond(). */
     const char *admin_path;
     void (*admin)(struct pb_output *const *outs, size_t n, struct pb_http_request *r);
+    /* Another node of the cluster (state on PostgreSQL) wrote key of this
+     * output's state (pb_output_kv_put): value (len bytes, borrowed for the
+     * call) is what the store holds now, NULL when the key was deleted.
+     * key NULL: any key may have changed (value NULL too); read them again
+     * with pb_output_kv_get_all. Called on a thread of its own, one call at
+     * a time, from init's success on (a change that comes before start has
+     * read the state is the plugin's to ignore: start reads it anyway); it
+     * may block. NULL: the output keeps what it read at start. */
+    void (*kv_changed)(void *ctx, struct pb_output *out, const char *key, const void *value,
+                       size_t len);
 };
 
 /* For a started output. Any thread unless said otherwise. */
@@ -195,6 +215,9 @@ void pb_delivery_fanout(struct pb_delivery *d, const char *const *subs, size_t n
  * read: fn returns non-zero to stop. */
 typedef int (*pb_kv_fn)(void *arg, const char *key, const void *value, size_t len);
 int pb_output_kv_each(struct pb_output *o, pb_kv_fn fn, void *arg);
+/* Every key as the store holds it now (not the copy read at start). Blocks:
+ * not on the dispatcher's loop. 0 or the store's error. */
+int pb_output_kv_get_all(struct pb_output *o, pb_kv_fn fn, void *arg);
 /* Write key (value NULL deletes it) and wait for the commit: not on the
  * dispatcher's loop. 0 or the store's error. */
 int pb_output_kv_put_wait(struct pb_output *o, const char *key, const void *value, size_t len);
@@ -299,7 +322,7 @@ struct pb_proc_env {
      * process() runs on); NULL in lint. */
     struct pb_http_client *http;
     const struct pb_allowlist *allow; /* the top-level outbound.allow */
-    struct pb_mock *mock;       /* set under `patchbay test` only (above); outlives the context */
+    struct pb_mock *mock; /* set under `patchbay test` only (above); outlives the context */
 };
 
 struct pb_processor_plugin {

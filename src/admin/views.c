@@ -214,6 +214,7 @@ static json_t *attempt_json(const struct pb_attempt_row *a)
     put(j, "status", json_integer(a->status), &bad);
     put(j, "state", json_string(pb_dstate_name(a->state)), &bad);
     put(j, "error", text_or_null(a->error, a->error_len), &bad);
+    put(j, "answer", text_or_null(a->answer, a->answer_len), &bad);
     if (bad) {
         json_decref(j);
         return NULL;

@@ -18,12 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/answer.h"
 #include "core/dispatch_int.h"
 #include "core/stage.h"
 #include "core/tail.h"
 #include "core/trace.h"
 #include "core/template.h"
 #include "patchbay/pb_log.h"
+
+_Static_assert(PB_ANSWER_EXCERPT_MAX <= PB_STORE_ANSWER_MAX, "the store keeps a whole excerpt");
 
 #define REDO_DELAY_MIN_MS 50
 #define REDO_DELAY_MAX_MS 2000
@@ -35,6 +38,7 @@ struct result_op {
     struct result_op *redo_next;
     bool failed; /* counted in unrecorded */
     char error[PB_ERROR_EXCERPT_MAX + 1];
+    char answer[PB_ANSWER_EXCERPT_MAX + 1];
     char msg_id[PB_MSG_ID_MAX]; /* for the live tail */
 };
 
@@ -161,7 +165,8 @@ void pb__disp_results_cleanup(struct pb_dispatcher *d)
 }
 
 void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
-                            int status, int64_t latency_ms, const char *error)
+                            int status, int64_t latency_ms, const char *error, const void *answer,
+                            size_t answer_len)
 {
     struct result_op *r = calloc(1, sizeof(*r));
     if (!r) {
@@ -188,6 +193,9 @@ void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_d
         snprintf(r->error, sizeof(r->error), "%s", error);
         res->error = r->error;
     }
+    if (answer && answer_len &&
+        (res->answer_len = pb_answer_excerpt(r->answer, answer, answer_len)))
+        res->answer = r->answer;
     if (pb_store_submit(d->e->store, &r->op) != 0) {
         PB_WARN("delivery result not recorded delivery_id=%lld (store stopped)", (long long)dl->id);
         free(r);
@@ -437,8 +445,14 @@ static bool start_batch(struct pb_dispatcher *d, struct pb_output *o, int64_t no
 
 void pb__disp_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait)
 {
-    if (!o->is_route)
+    if (!o->is_route) {
+        /* On a cluster each live node takes its part of rate_limit. */
+        struct pb_rate r =
+            pb_flow_rate_share(o->common.rate_limit, pb_store_live_nodes(d->e->store));
+        if (r.count != o->sq.rate.count || r.period_ms != o->sq.rate.period_ms)
+            o->sq.rate = r;
         pb_flow_apply(&o->flow, &o->sq, now);
+    }
     if (o->plugin->deliver_batch) {
         while (start_batch(d, o, now, wait))
             ;
@@ -493,8 +507,10 @@ static void log_failed_attempt(struct pb_output *o, struct pb_dl *dl, const stru
 
 /* ---- flow control --------------------------------------------------------------------------- */
 
-/* What readers (metrics, the admin API) see of o's flow control. */
-static void flow_publish(struct pb_output *o, int64_t now)
+/* A partner's hold at least this long is told to the other nodes. */
+#define SHARE_HOLD_MIN_MS 1000
+
+void pb__disp_flow_publish(struct pb_output *o, int64_t now)
 {
     pb_flow_apply(&o->flow, &o->sq, now);
     atomic_store(&o->breaker_state, o->flow.state);
@@ -552,7 +568,7 @@ static void not_sent(struct pb_dispatcher *d, struct pb_dl *dl, const struct pb_
     if (dl->probe)
         o->flow.probe_out = false; /* the breaker's probe never went: another may */
     pb_flow_hold(&o->flow, in, now);
-    flow_publish(o, now);
+    pb__disp_flow_publish(o, now);
     char safe[PB_ERROR_EXCERPT_MAX];
     PB_DEBUG("not sent, will try again pipeline=%s output=%s msg_id=%s retry_in_ms=%lld "
              "reason=\"%s\"",
@@ -577,7 +593,13 @@ static void flow_outcome(struct pb_dispatcher *d, struct pb_dl *dl, const struct
         .inflight = o->sq.inflight + 1,
     };
     unsigned ev = pb_flow_outcome(&o->flow, &s, now);
-    flow_publish(o, now);
+    pb__disp_flow_publish(o, now);
+    /* A cluster's other nodes follow this node's breaker and the
+     * partner's holds (cluster_flow.c). */
+    struct pb_flow_share sh;
+    if (pb_store_clustered(d->e->store) &&
+        pb_flow_share_due(&o->flow, ev, SHARE_HOLD_MIN_MS, now, &sh))
+        pb__cluster_flow_publish(d, o, &sh);
     if (ev & PB_FLOW_OPENED)
         breaker_event(d, o, true, now);
     if (ev & PB_FLOW_CLOSED)
@@ -625,13 +647,15 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
     char error[PB_ERROR_EXCERPT_MAX];
     const char *errtxt = oc->error;
     if (oc->result == PB_RESULT_OK) {
-        pb__disp_submit_result(d, dl, PB_DSTATE_DELIVERED, oc->status, lat_us / 1000, NULL);
+        pb__disp_submit_result(d, dl, PB_DSTATE_DELIVERED, oc->status, lat_us / 1000, NULL,
+                               oc->answer, oc->answer_len);
         PB_DEBUG("delivered pipeline=%s output=%s msg_id=%s attempt=%d status=%d", o->pl->name,
                  o->name, dl->msg->id, dl->attempts, oc->status);
         pb__disp_finish(d, dl, now);
     } else if (dec.give_up) {
         pb__attempt_dead_reason(error, sizeof(error), errtxt, dec.reason);
-        pb__disp_submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error);
+        pb__disp_submit_result(d, dl, PB_DSTATE_DEAD, oc->status, lat_us / 1000, error, oc->answer,
+                               oc->answer_len);
         char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld attempt=%d "
                 "status=%d reason=\"%s\"",
@@ -640,7 +664,8 @@ static void delivery_done(struct pb_dl *dl, const struct pb_outcome *oc)
         pb__disp_finish(d, dl, now);
     } else {
         dl->si.next_at = dec.next_at;
-        pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt);
+        pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, oc->status, lat_us / 1000, errtxt,
+                               oc->answer, oc->answer_len);
         log_failed_attempt(o, dl, oc, dec.next_at - now, now);
         pb__disp_schedule(d, dl, now);
     }
@@ -653,7 +678,12 @@ static void done_post_cb(void *arg, int status)
     (void)status; /* cancelled: the dispatcher is going away; aborting is set */
     struct pb_outcome oc = dl->posted;
     oc.error = dl->posted_error[0] ? dl->posted_error : NULL;
+    char *answer = dl->posted_answer;
+    dl->posted_answer = NULL;
+    oc.answer = answer;
+    oc.answer_len = answer ? strlen(answer) : 0;
     delivery_done(dl, &oc);
+    free(answer);
 }
 
 void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
@@ -663,8 +693,16 @@ void pb_delivery_done(struct pb_delivery *pd, const struct pb_outcome *oc)
     if (!pb_loop_on_thread(d->loop) && !atomic_load(&d->aborting)) {
         dl->posted = *oc;
         snprintf(dl->posted_error, sizeof(dl->posted_error), "%s", oc->error ? oc->error : "");
+        /* The answer is the plugin's until it returns: its excerpt goes
+         * along (allocated only when there is one). */
+        char excerpt[PB_ANSWER_EXCERPT_MAX + 1];
+        dl->posted_answer = NULL;
+        if (oc->answer && oc->answer_len && pb_answer_excerpt(excerpt, oc->answer, oc->answer_len))
+            dl->posted_answer = strdup(excerpt); /* NULL: recorded without it */
         if (pb_loop_post_node(d->loop, &dl->post_node, done_post_cb, dl) == 0)
             return;
+        free(dl->posted_answer);
+        dl->posted_answer = NULL;
         /* The loop is closed: the dispatcher is stopping; nothing is recorded. */
     }
     delivery_done(dl, oc);

@@ -96,6 +96,11 @@ static void on_lost(void *arg)
 void pb__engine_cluster_start(struct pb_engine *e)
 {
     struct pb_store_events ev = {.arg = e, .work = on_work, .cluster = on_cluster, .lost = on_lost};
+    if (pb__cluster_kv_start(e) == 0)
+        ev.kv = pb__cluster_kv_event; /* shared state: cluster_kv.c */
+    else
+        PB_ERROR("shared state changed by other nodes will not be followed node=%s",
+                 pb_store_node_name(e->store));
     pb_store_set_events(e->store, &ev);
 }
 
@@ -103,4 +108,5 @@ void pb__engine_cluster_stop(struct pb_engine *e)
 {
     if (e->store)
         pb_store_set_events(e->store, NULL);
+    pb__cluster_kv_stop();
 }

@@ -68,7 +68,7 @@ void pb__disp_settle(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate s
     struct pb_output *o = dl->out;
     dl->attempts++;
     dl->started_at = now;
-    pb__disp_submit_result(d, dl, state, 0, 0, reason);
+    pb__disp_submit_result(d, dl, state, 0, 0, reason, NULL, 0);
     if (state == PB_DSTATE_DEAD) {
         char safe[PB_ERROR_EXCERPT_MAX];
         PB_WARN("dead-lettered pipeline=%s output=%s msg_id=%s delivery_id=%lld reason=\"%s\"",

@@ -43,6 +43,7 @@ struct pb_dl {
     struct pb_loop_node post_node;
     struct pb_outcome posted;
     char posted_error[PB_ERROR_EXCERPT_MAX];
+    char *posted_answer; /* its answer excerpt (allocated), or NULL */
 };
 
 static inline struct pb_dl *pb__dl_of(struct pb_sched_item *it)
@@ -137,14 +138,24 @@ int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb
 /* Start what o may start now: attempts one by one, or batches for outputs
  * with deliver_batch; lowers *wait to when more may start. */
 void pb__disp_start(struct pb_dispatcher *d, struct pb_output *o, int64_t now, int64_t *wait);
-/* Record dl's attempt (or local end) in state. */
+/* Record dl's attempt (or local end) in state, with the partner's answer
+ * (answer[0..answer_len), NULL: none) kept as an excerpt. */
 void pb__disp_submit_result(struct pb_dispatcher *d, struct pb_dl *dl, enum pb_dstate state,
-                            int status, int64_t latency_ms, const char *error);
+                            int status, int64_t latency_ms, const char *error, const void *answer,
+                            size_t answer_len);
 /* True while failed results wait to be recorded (no attempt may start);
  * submits them again once their backoff is over (now < 0: at once). */
 bool pb__disp_redo_results(struct pb_dispatcher *d, int64_t now, int64_t *wait);
 /* Free results still waiting (the dispatcher is destroyed). */
 void pb__disp_results_cleanup(struct pb_dispatcher *d);
+/* o's flow control applied to its queue and shown to readers (metrics,
+ * the admin API). */
+void pb__disp_flow_publish(struct pb_output *o, int64_t now);
+
+/* cluster_flow.c: tell the other nodes of a cluster what o's breaker or
+ * partner says (the write is not waited for). */
+void pb__cluster_flow_publish(struct pb_dispatcher *d, struct pb_output *o,
+                              const struct pb_flow_share *sh);
 
 /* ---- pagein.c: spilled outputs and claims ------------------------------------------------------
  */

@@ -308,6 +308,13 @@ struct pb_pipeline *pb_engine_pipeline(struct pb_engine *e, const char *name);
  * dispatcher is created), and stop taking it (before it is destroyed). */
 void pb__engine_cluster_start(struct pb_engine *e);
 void pb__engine_cluster_stop(struct pb_engine *e);
+/* Shared key-value state followed across the cluster (cluster_kv.c). */
+int pb__cluster_kv_start(struct pb_engine *e);
+void pb__cluster_kv_stop(void);
+void pb__cluster_kv_event(void *arg, const char *scope, const char *key);
+/* Another node published the flow state of key (cluster_flow.c): read it
+ * and have the dispatcher follow it. Blocks on the store. */
+void pb__cluster_flow_changed(struct pb_engine *e, const char *key);
 struct pb_output *pb_pipeline_output(struct pb_pipeline *pl, const char *name);
 
 /* Dispatcher (src/core/dispatch.c). */

@@ -272,6 +272,7 @@ static unsigned open_breaker(struct pb_flow *f, int64_t now, bool again)
     f->state = PB_BREAKER_OPEN;
     f->open_until = now + f->c.open_for_ms;
     f->probe_out = false;
+    f->opened_here = true;
     if (!again)
         f->opened_total++;
     return again ? PB_FLOW_REOPENED : PB_FLOW_OPENED;
@@ -300,6 +301,7 @@ unsigned pb_flow_outcome(struct pb_flow *f, const struct pb_flow_sample *s, int6
         if (failed)
             return ev | open_breaker(f, now, true);
         f->state = PB_BREAKER_CLOSED;
+        f->opened_here = false;
         window_reset(f);
         return ev | PB_FLOW_CLOSED;
     }
@@ -349,4 +351,80 @@ void pb_flow_apply(struct pb_flow *f, struct pb_sched_q *q, int64_t now)
     }
     if (f->c.adaptive)
         q->concurrency = (size_t)f->limit;
+}
+
+/* ---- shared by the nodes of a cluster ----------------------------------------------------- */
+
+unsigned pb_flow_shared(struct pb_flow *f, const struct pb_flow_share *s, int64_t now)
+{
+    if (s->hold_until > f->hold_until && s->hold_until > now) {
+        int64_t until = s->hold_until;
+        if (until - now > f->c.max_hold_ms)
+            until = now + f->c.max_hold_ms;
+        if (until > f->hold_until)
+            f->hold_until = until;
+    }
+    if (s->hold_until > f->hold_shared)
+        f->hold_shared = s->hold_until;
+    if (!f->c.breaker)
+        return 0;
+    if (s->state == PB_BREAKER_CLOSED) {
+        if (f->state == PB_BREAKER_CLOSED)
+            return 0;
+        f->state = PB_BREAKER_CLOSED;
+        f->probe_out = false;
+        f->opened_here = false;
+        window_reset(f);
+        return PB_FLOW_CLOSED;
+    }
+    if (s->state != PB_BREAKER_OPEN || s->open_until <= now)
+        return 0;
+    int64_t grace = f->c.open_for_ms / 2;
+    int64_t until = s->open_until + grace;
+    if (f->state == PB_BREAKER_OPEN && f->open_until >= until)
+        return 0;
+    bool was_closed = f->state == PB_BREAKER_CLOSED;
+    f->state = PB_BREAKER_OPEN;
+    f->open_until = until;
+    f->probe_out = false;
+    f->opened_here = false;
+    if (!was_closed)
+        return 0;
+    f->opened_total++;
+    return PB_FLOW_OPENED;
+}
+
+bool pb_flow_share_due(struct pb_flow *f, unsigned ev, int64_t hold_min_ms, int64_t now,
+                       struct pb_flow_share *out)
+{
+    bool breaker = (ev & (PB_FLOW_OPENED | PB_FLOW_REOPENED | PB_FLOW_CLOSED)) != 0;
+    bool hold = f->hold_until - now >= hold_min_ms && f->hold_until > f->hold_shared;
+    if (!breaker && !hold)
+        return false;
+    if (hold)
+        f->hold_shared = f->hold_until;
+    /* The breaker's state goes only when it changed here: a hold alone
+     * must not close (or open) the others'. */
+    out->state = !breaker                        ? -1
+                 : f->state == PB_BREAKER_CLOSED ? PB_BREAKER_CLOSED
+                                                 : PB_BREAKER_OPEN;
+    out->open_until = out->state == PB_BREAKER_OPEN ? f->open_until : 0;
+    out->hold_until = f->hold_until > now ? f->hold_until : 0;
+    return true;
+}
+
+struct pb_rate pb_flow_rate_share(struct pb_rate r, int nodes)
+{
+    if (nodes <= 1 || r.count == 0 || r.period_ms <= 0)
+        return r;
+    /* count/nodes per period*nodes/... : the same rate, and a bucket (a
+     * burst) of a node's part of the count, so bursts add up to count too. */
+    uint64_t n = (uint64_t)nodes;
+    uint64_t count = r.count / n ? r.count / n : 1;
+    if ((uint64_t)r.period_ms > UINT64_MAX / n / count)
+        return r;
+    uint64_t period = ((uint64_t)r.period_ms * n * count + r.count - 1) / r.count;
+    if (period > (uint64_t)INT64_MAX)
+        return r;
+    return (struct pb_rate){.count = count, .period_ms = (int64_t)period};
 }

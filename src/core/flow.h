@@ -19,6 +19,13 @@
  *    (429, failures, rate-limit headers near the limit): AIMD, as Vector's
  *    ARC, between 1 and max_concurrency.
  *
+ * On a cluster (several nodes on one PostgreSQL state) each node keeps its
+ * own, and they share what matters to the partner (pb_flow_shared): a
+ * breaker opened or closed and a partner's hold are published by the node
+ * that saw them and followed by the others, which let the opener's probe
+ * go first; a rate limit is split between the live nodes
+ * (pb_flow_rate_share).
+ *
  * Pure: the clock is passed in, nothing blocks, nothing is allocated
  * (tests/unit/test_flow.c). The dispatcher owns one per output and copies
  * its gates into the output's pb_sched_q with pb_flow_apply. */
@@ -60,6 +67,8 @@ struct pb_flow {
         uint32_t ok, fail;
     } slots[PB_FLOW_SLOTS];
     uint64_t opened_total;
+    bool opened_here;    /* this node opened it: its probe goes first */
+    int64_t hold_shared; /* the latest hold published or taken (cluster) */
     /* hold and pace */
     int64_t hold_until;
     double pace_rps; /* 0: not paced */
@@ -115,6 +124,31 @@ bool pb_flow_started(struct pb_flow *f);
 void pb_flow_apply(struct pb_flow *f, struct pb_sched_q *q, int64_t now);
 /* The current concurrency limit (adaptive), or 0. */
 size_t pb_flow_limit(const struct pb_flow *f);
+/* ---- shared by the nodes of a cluster ---- */
+
+/* What a node publishes of an output's flow, and the others follow. */
+struct pb_flow_share {
+    int state;          /* PB_BREAKER_OPEN, PB_BREAKER_CLOSED, or -1: a hold only */
+    int64_t open_until; /* open: when its opener probes (unix ms) */
+    int64_t hold_until; /* a partner's hold, 0: none (unix ms) */
+};
+/* Another node published s: a hold longer than this node's is taken; a
+ * breaker it opened (or reopened) opens here too, until its open_until
+ * plus half of open_for (the opener's probe decides first; if its outcome
+ * does not come, this node probes); one it closed closes here. Returns
+ * PB_FLOW_OPENED or PB_FLOW_CLOSED when the breaker followed. */
+unsigned pb_flow_shared(struct pb_flow *f, const struct pb_flow_share *s, int64_t now);
+/* What this node has to publish after an outcome (ev: its PB_FLOW_* bits):
+ * true with *out filled when the breaker opened, reopened or closed here,
+ * or a partner's hold of at least hold_min_ms came that the cluster has
+ * not heard of. */
+bool pb_flow_share_due(struct pb_flow *f, unsigned ev, int64_t hold_min_ms, int64_t now,
+                       struct pb_flow_share *out);
+/* A rate limit split between nodes live nodes: each takes 1/nodes of the
+ * rate, with a bucket of 1/nodes of the count (at least 1), so together
+ * they stay within r, bursts included (but for a count below nodes). */
+struct pb_rate pb_flow_rate_share(struct pb_rate r, int nodes);
+
 /* Ended attempts and failures in the breaker's window. */
 void pb_flow_window(const struct pb_flow *f, int64_t now, uint32_t *ended, uint32_t *failed);
 

@@ -1,7 +1,9 @@
 /* metrics.c - counters, histograms and their Prometheus text rendering.
  *
  * Counters live in the pipeline and output structs as atomics, updated where
- * things happen; rendering reads them without locks. */
+ * things happen; rendering reads them without locks. On a node of a
+ * cluster (state on PostgreSQL) every sample carries node="<cluster.node>":
+ * the nodes serve the same series, each of its own process. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,6 +230,39 @@ static void oauth2_metrics(struct buf *b)
     }
 }
 
+/* Every sample of the rendered text b with node="<name>" as its first
+ * label (a cluster's nodes serve the same series). A new buffer; NULL when
+ * out of memory. */
+static char *add_node_label(const struct buf *b, const char *node, size_t *len)
+{
+    char nv[256], lab[300];
+    snprintf(lab, sizeof(lab), "node=\"%s\"", lv(node, nv, sizeof(nv)));
+    struct buf o = {.cap = b->len + b->len / 4 + 1024};
+    o.p = malloc(o.cap);
+    if (!o.p)
+        return NULL;
+    for (const char *p = b->p, *end = b->p + b->len; p < end;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+        size_t name = strcspn(p, "{ \n");
+        if (p[0] == '#' || name >= n || (p[name] != '{' && p[name] != ' '))
+            put(&o, "%.*s", (int)n, p);
+        else if (p[name] == '{' && p[name + 1] == '}')
+            put(&o, "%.*s{%s%.*s", (int)name, p, lab, (int)(n - name - 1), p + name + 1);
+        else if (p[name] == '{')
+            put(&o, "%.*s{%s,%.*s", (int)name, p, lab, (int)(n - name - 1), p + name + 1);
+        else
+            put(&o, "%.*s{%s}%.*s", (int)name, p, lab, (int)(n - name), p + name);
+        p += n;
+    }
+    if (o.oom) {
+        free(o.p);
+        return NULL;
+    }
+    *len = o.len;
+    return o.p;
+}
+
 char *pb_metrics_render(struct pb_engine *e, size_t *len)
 {
     struct buf b = {.cap = 16384};
@@ -431,6 +466,12 @@ char *pb_metrics_render(struct pb_engine *e, size_t *len)
     if (b.oom) {
         free(b.p);
         return NULL;
+    }
+    if (pb_store_clustered(e->store)) {
+        /* Several nodes serve the same series: each says which it is. */
+        char *labelled = add_node_label(&b, pb_store_node_name(e->store), len);
+        free(b.p);
+        return labelled;
     }
     *len = b.len;
     return b.p;

@@ -283,10 +283,23 @@ static void persist_done_cb(struct pb_op *op, void *arg)
     }
 }
 
-static char *chain_value(const struct pb_oauth2_src *s, const char *refresh)
+/* The chain's record; in a cluster with the access token that came with
+ * it (oauth2_share.c). */
+static char *chain_value(const struct pb_oauth2_src *s, const char *refresh, const char *type,
+                         const char *access, int64_t started_at, int64_t expires_in_ms)
 {
     json_t *v = json_pack("{s:s, s:s, s:I}", "refresh_token", refresh, "seed", s->seed,
                           "updated_at", (json_int_t)pb_now_ms());
+    if (v && pb__oauth2_shared()) {
+        int64_t life = expires_in_ms > 0 ? expires_in_ms : s->default_lifetime_ms;
+        char hdr[PB_HTTP_AUTH_VALUE_MAX + 48];
+        snprintf(hdr, sizeof(hdr), "%s %s", type, access);
+        if (pb__oauth2_record_add_access(v, hdr, started_at, started_at + life) != 0) {
+            json_decref(v);
+            v = NULL;
+        }
+        OPENSSL_cleanse(hdr, sizeof(hdr));
+    }
     char *txt = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     return txt;
@@ -305,7 +318,7 @@ static int persist(struct pb_oauth2_src *s, int64_t started_at, const char *acce
     p->access = strdup(access);
     p->type = strdup(type);
     p->refresh = strdup(refresh);
-    p->value = chain_value(s, refresh);
+    p->value = chain_value(s, refresh, type, access, started_at, expires_in_ms);
     if (!p->access || !p->type || !p->refresh || !p->value) {
         persist_free(p);
         return PB_ENOMEM;
@@ -394,6 +407,7 @@ static void fetch_done_cb(void *arg, const struct pb_http_resp *resp)
         goto out;
     }
     install(s, f->started_at, access, type, expires_in, NULL, true);
+    pb__oauth2_publish(s); /* the other nodes of a cluster take it */
 out:
     json_decref(j);
     fetch_free(f);
@@ -605,8 +619,13 @@ static int load_cb(void *arg, const char *key, const void *value, size_t len)
     json_t *v = json_loadb(value, len, 0, &je);
     const char *rt = json_string_value(json_object_get(v, "refresh_token"));
     const char *seed = json_string_value(json_object_get(v, "seed"));
-    for (struct pb_oauth2_src *s = pb__oauth2_sources; rt && seed && s; s = s->next) {
-        if (strcmp(s->id, key) != 0 || s->grant != PB_OAUTH2_REFRESH_TOKEN)
+    for (struct pb_oauth2_src *s = pb__oauth2_sources; json_is_object(v) && s; s = s->next) {
+        if (strcmp(s->id, key) != 0)
+            continue;
+        /* A token another node of the cluster (or this one before a
+         * restart) obtained and shared, still valid. */
+        pb__oauth2_take(s, v, false);
+        if (!rt || !seed || s->grant != PB_OAUTH2_REFRESH_TOKEN)
             continue;
         if (strcmp(seed, s->seed) != 0) {
             PB_INFO("oauth2 refresh_token changed in the configuration: a new chain starts "

@@ -60,6 +60,12 @@ void pb__oauth2_status(struct pb_oauth2_src *s, struct pb_auth_status *st);
 /* Every source (under the registry's lock: fn must not get or put one). */
 void pb__oauth2_each(void (*fn)(void *arg, struct pb_oauth2_src *s), void *arg);
 
+/* Another node of the cluster wrote the shared state of source key (NULL:
+ * of any): read it back from store and take its token (and refresh
+ * token) when it is newer than this node's. Blocks on the store: not on an
+ * event loop. */
+void pb__oauth2_kv_changed(struct pb_store *store, const char *key);
+
 /* ---- form encoding, for tests ---------------------------------------------------------------- */
 
 /* Append name=value (application/x-www-form-urlencoded, '&' first unless

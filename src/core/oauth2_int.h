@@ -95,4 +95,16 @@ void pb__oauth2_notify_all(struct pb_http_auth_waiter *w, int status, int64_t re
 void pb__oauth2_maybe_fetch(struct pb_oauth2_src *s, int64_t now);
 bool pb__oauth2_running(void);
 
+/* oauth2_share.c: tokens shared by the nodes of a cluster. */
+bool pb__oauth2_shared(void);
+/* Add access_token, token_type, obtained_at and expires_at to rec from a
+ * "<type> <token>" header value. */
+int pb__oauth2_record_add_access(json_t *rec, const char *header, int64_t obtained_at,
+                                 int64_t expires_at);
+/* Token thread: write s's token (and its stored chain) for the others. */
+void pb__oauth2_publish(struct pb_oauth2_src *s);
+/* Take the token of a stored record when newer (and, when chain, its
+ * refresh token); tells the waiters. Not under s->lock. */
+void pb__oauth2_take(struct pb_oauth2_src *s, json_t *rec, bool chain);
+
 #endif

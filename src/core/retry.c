@@ -141,6 +141,8 @@ void pb_outcome_from_http(const struct pb_http_resp *resp, struct pb_outcome *o,
         return;
     }
     o->result = pb_classify_http(resp->status);
+    o->answer = resp->body;
+    o->answer_len = resp->body ? resp->body_len : 0;
     if (o->result == PB_RESULT_OK || len == 0)
         return;
     /* A printable excerpt of what the partner said. */

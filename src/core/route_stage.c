@@ -485,7 +485,7 @@ static void route_retry(struct pb_dispatcher *d, struct pb_dl *dl, const struct 
         return;
     }
     dl->si.next_at = dec.next_at;
-    pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, 0, lat_us / 1000, err->msg);
+    pb__disp_submit_result(d, dl, PB_DSTATE_PENDING, 0, lat_us / 1000, err->msg, NULL, 0);
     char safe[PB_ERROR_EXCERPT_MAX];
     PB_INFO("routing failed, will retry pipeline=%s msg_id=%s attempt=%d retry_in_ms=%lld "
             "error=\"%s\"",

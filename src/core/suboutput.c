@@ -474,6 +474,16 @@ int pb_output_kv_each(struct pb_output *o, pb_kv_fn fn, void *arg)
     return 0;
 }
 
+int pb_output_kv_get_all(struct pb_output *o, pb_kv_fn fn, void *arg)
+{
+    char scope[2 * PB_NAME_MAX + 16];
+    struct pb_err err = {0};
+    if (!o->disp || pb_loop_on_thread(o->disp->loop))
+        return PB_EINVAL;
+    kv_scope(o, scope, sizeof(scope));
+    return pb_store_kv_load(o->disp->e->store, scope, fn, arg, &err);
+}
+
 int pb_output_kv_put_wait(struct pb_output *o, const char *key, const void *value, size_t len)
 {
     char scope[2 * PB_NAME_MAX + 16];

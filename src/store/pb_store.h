@@ -36,12 +36,14 @@
  * plugins' state), 7: sub-outputs and leases, 8: webhook endpoints in the
  * webhook outputs' key-value state, 9: an attempt that ends its delivery at
  * the first try kept in the delivery's row, 10: each message's idempotency
- * key and the message an edited one was made from */
-#define PB_STORE_SCHEMA_VERSION 10
+ * key and the message an edited one was made from, 11: the partner's answer
+ * excerpt of each attempt */
+#define PB_STORE_SCHEMA_VERSION 11
 #define PB_MSG_ID_MAX 40
 #define PB_NAME_MAX_STORE 128    /* pipeline and output names */
 #define PB_SUB_ID_MAX 64         /* sub-output ids (as pb_plugin.h) */
 #define PB_ERROR_EXCERPT_MAX 512 /* bytes of an attempt's error text kept */
+#define PB_STORE_ANSWER_MAX 256  /* bytes of a partner's answer kept (PB_ANSWER_EXCERPT_MAX) */
 /* EXPIRE deletes at most this many messages (and idempotency keys) per op,
  * so the writer never stalls: resubmit soon when deleted reaches it. */
 #define PB_STORE_EXPIRE_BATCH 10000
@@ -156,7 +158,11 @@ struct pb_op_result {
     enum pb_dstate state; /* after this attempt: PENDING (retry later), DELIVERED, DEAD, FILTERED */
     int64_t next_at;      /* PENDING: when the next attempt is due */
     const char *error;    /* may be NULL; truncated to PB_ERROR_EXCERPT_MAX */
-    int64_t lease;        /* applied only while the delivery holds this lease */
+    /* The partner's answer excerpt: valid UTF-8 text of at most
+     * PB_ANSWER_EXCERPT_MAX bytes; NULL when it said nothing. */
+    const char *answer;
+    size_t answer_len;
+    int64_t lease; /* applied only while the delivery holds this lease */
 };
 
 struct pb_op_replay {
@@ -479,7 +485,7 @@ bool pb_store_reachable(const struct pb_store *s);
 struct pb_node_row {
     const char *name, *version;
     int64_t epoch;
-    const char *state; /* "live", "left" (shut down), "dead" (presumed) */
+    const char *state;                          /* "live", "left" (shut down), "dead" (presumed) */
     int64_t started_at, heartbeat_at, ended_at; /* unix ms; ended_at 0 while live */
     int64_t leases;                             /* pending deliveries it holds */
     const char *holds;                          /* what it holds, comma-separated */
@@ -541,6 +547,10 @@ struct pb_delivery_row {
     int last_status;
     const char *last_error; /* NULL when none */
     size_t last_error_len;
+    /* The answer of an attempt that ended the delivery at its first try
+     * (kept in the delivery's row; NULL otherwise or when none) */
+    const char *last_answer;
+    size_t last_answer_len;
     int64_t replay_of; /* 0: not a replay */
     /* dead letters read one at a time: the message's body */
     const char *content_type;
@@ -555,6 +565,8 @@ struct pb_attempt_row {
     enum pb_dstate state;
     const char *error; /* NULL when none */
     size_t error_len;
+    const char *answer; /* the partner's answer excerpt; NULL when none */
+    size_t answer_len;
 };
 
 struct pb_read_cbs {

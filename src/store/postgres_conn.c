@@ -307,7 +307,7 @@ void pb__pg_buf_addc(struct pg_buf *b, char c)
 
 void pb__pg_buf_addf(struct pg_buf *b, const char *fmt, ...)
 {
-    char tmp[256];
+    char tmp[1024]; /* a formatted piece of SQL (PG_DEAD_COLS and its like) */
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);

@@ -17,7 +17,7 @@
 
 #include "store/backend.h"
 
-#define PG_SCHEMA_VERSION 3
+#define PG_SCHEMA_VERSION 4
 #define PG_READ_POOL_MAX 4
 #define PG_NAME_MAX 128
 #define PG_IO_DEADLINE_MS 15000 /* one writer transaction, one read, at most */
@@ -239,8 +239,8 @@ int pb__pg_stopped(struct pb_err *err);
 /* %s: the body column, or NULL::bytea for none. */
 #define PG_DEAD_COLS                                                                               \
     "SELECT d.id, m.id, d.pipeline, d.output, d.attempts::bigint, d.created_at, d.updated_at,"     \
-    " d.last_status::bigint, d.last_error, m.content_type, %s, d.sub, d.last_latency_ms"           \
-    " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+    " d.last_status::bigint, d.last_error, m.content_type, %s, d.sub, d.last_latency_ms,"          \
+    " d.last_answer FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
 struct pb_delivery_row pb__pg_dead_row(const PGresult *r, int i, bool with_body);
 
 /* ---- postgres_search.c: the admin API's searches (backend.h) ----------------------------------

@@ -229,8 +229,8 @@ static int attempts(struct pgq *q, struct pgc *c, const struct pb_delivery_row *
     PGresult *res = NULL;
     int rc =
         pb__pg_rq(q, c,
-                  "SELECT n::bigint, started_at, latency_ms, status::bigint, state::bigint, error"
-                  " FROM attempts WHERE delivery_id = $1 ORDER BY n",
+                  "SELECT n::bigint, started_at, latency_ms, status::bigint, state::bigint, error,"
+                  " answer FROM attempts WHERE delivery_id = $1 ORDER BY n",
                   1, vals, &res, err);
     if (rc)
         return rc;
@@ -245,6 +245,8 @@ static int attempts(struct pgq *q, struct pgc *c, const struct pb_delivery_row *
             .state = (enum pb_dstate)I64(res, i, 4),
             .error = pb__pg_txt(res, i, 5),
             .error_len = pb__pg_txt(res, i, 5) ? (size_t)PQgetlength(res, i, 5) : 0,
+            .answer = pb__pg_txt(res, i, 6),
+            .answer_len = pb__pg_txt(res, i, 6) ? (size_t)PQgetlength(res, i, 6) : 0,
         };
         if (cb->attempt && cb->attempt(cb->arg, &a)) {
             PQclear(res);
@@ -261,6 +263,8 @@ static int attempts(struct pgq *q, struct pgc *c, const struct pb_delivery_row *
             .state = d->state == PB_DSTATE_REPLAYED ? PB_DSTATE_DEAD : d->state,
             .error = d->last_error,
             .error_len = d->last_error_len,
+            .answer = d->last_answer,
+            .answer_len = d->last_answer_len,
         };
         if (cb->attempt && cb->attempt(cb->arg, &a))
             return pb__pg_stopped(err);
@@ -368,7 +372,8 @@ int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs 
     rc = pb__pg_rq(
         q, c,
         "SELECT id, output, state::bigint, attempts::bigint, next_at, created_at, updated_at,"
-        " last_status::bigint, last_error, coalesce(replay_of, 0), sub, last_latency_ms"
+        " last_status::bigint, last_error, coalesce(replay_of, 0), sub, last_latency_ms,"
+        " last_answer"
         " FROM deliveries WHERE msg_seq = $1 ORDER BY id",
         1, sv, &ds, err);
     if (rc)
@@ -389,6 +394,8 @@ int pb__pg_read_message(void *ctx, const char *msg_id, const struct pb_read_cbs 
             .last_status = (int)I64(ds, i, 7),
             .last_error = pb__pg_txt(ds, i, 8),
             .last_error_len = pb__pg_txt(ds, i, 8) ? (size_t)PQgetlength(ds, i, 8) : 0,
+            .last_answer = pb__pg_txt(ds, i, 12),
+            .last_answer_len = pb__pg_txt(ds, i, 12) ? (size_t)PQgetlength(ds, i, 12) : 0,
             .replay_of = I64(ds, i, 9),
         };
         if (cb->delivery && cb->delivery(cb->arg, &d)) {
@@ -424,6 +431,8 @@ struct pb_delivery_row pb__pg_dead_row(const PGresult *r, int i, bool with_body)
         .last_status = (int)I64(r, i, 7),
         .last_error = pb__pg_txt(r, i, 8),
         .last_error_len = pb__pg_txt(r, i, 8) ? (size_t)PQgetlength(r, i, 8) : 0,
+        .last_answer = pb__pg_txt(r, i, 13),
+        .last_answer_len = pb__pg_txt(r, i, 13) ? (size_t)PQgetlength(r, i, 13) : 0,
     };
     if (with_body) {
         d.content_type = pb__pg_txt(r, i, 9);

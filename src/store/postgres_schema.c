@@ -128,6 +128,12 @@ static const char *const migrations[] = {
     "CREATE INDEX deliveries_dead_id ON deliveries(id) WHERE state = 2;"
     "CREATE INDEX messages_received_seq ON messages(received_at, seq);"
     "DROP INDEX messages_received;",
+    /* 4: what the partner answered (SQLite's 11): an excerpt of at most
+     * 256 bytes of text, NULL when it said nothing, per attempt row, and
+     * in the delivery's row for the attempt that ended it at its first
+     * try. */
+    "ALTER TABLE attempts ADD COLUMN answer text;"
+    "ALTER TABLE deliveries ADD COLUMN last_answer text;",
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PG_SCHEMA_VERSION, "one migration per schema version");

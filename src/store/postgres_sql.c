@@ -9,7 +9,7 @@
 #define ATTEMPT_CONFLICT                                                                           \
     " ON CONFLICT (delivery_id, n) DO UPDATE SET started_at = EXCLUDED.started_at,"                \
     " latency_ms = EXCLUDED.latency_ms, status = EXCLUDED.status, state = EXCLUDED.state,"         \
-    " error = EXCLUDED.error"
+    " error = EXCLUDED.error, answer = EXCLUDED.answer"
 #define HOLD_OK(h, e)                                                                              \
     "(" h "::text IS NULL OR EXISTS (SELECT 1 FROM holds WHERE name = " h "::text"                 \
     " AND epoch = " e "::bigint))"
@@ -78,10 +78,13 @@ const char *const pb__pg_wsql[WS_COUNT] = {
     [WS_RESULT] = "WITH u AS (UPDATE deliveries SET state = $2::smallint, attempts = $3::int,"
                   " next_at = $4::bigint, updated_at = $5::bigint, last_status = $6::int,"
                   " last_error = $7::text, lease = CASE WHEN $2::smallint = 0 THEN lease END,"
-                  " last_latency_ms = $9::bigint WHERE id = $1::bigint AND state = 0"
+                  " last_latency_ms = $9::bigint,"
+                  " last_answer = CASE WHEN $11::bool THEN NULL ELSE $12::text END"
+                  " WHERE id = $1::bigint AND state = 0"
                   " AND lease IS NOT DISTINCT FROM $8::bigint RETURNING id),"
-                  " a AS (" INSERT_ATTEMPT "SELECT id, $3::int, $10::bigint, $9::bigint, $6::int,"
-                  " $2::smallint, $7::text FROM u WHERE $11::bool" ATTEMPT_CONFLICT ")"
+                  " a AS (INSERT INTO attempts(delivery_id, n, started_at, latency_ms, status,"
+                  " state, error, answer) SELECT id, $3::int, $10::bigint, $9::bigint, $6::int,"
+                  " $2::smallint, $7::text, $12::text FROM u WHERE $11::bool" ATTEMPT_CONFLICT ")"
                   " SELECT count(*) FROM u",
     [WS_REPLAY] =
         "WITH old AS (UPDATE deliveries SET state = 4, updated_at = $2::bigint"

@@ -454,6 +454,13 @@ static int apply_result(struct pgq *q, struct pb_op *op)
     p_i64(&p, r->latency_ms);
     p_i64(&p, r->started_at);
     p_bool(&p, !final_at_first(r->attempt, r->state));
+    /* The answer is kept once: in the attempt's row, or the delivery's
+     * when no attempt row is written. */
+    size_t alen = r->answer ? pb__store_utf8_cut(r->answer, PB_STORE_ANSWER_MAX) : 0;
+    if (alen)
+        p_textn(&p, r->answer, alen);
+    else
+        p_null(&p);
     return send_p(q, WS_RESULT, &p, false, count_res, op, 0);
 }
 

@@ -172,6 +172,11 @@ static const char *const migrations[] = {
      * queue in either order without a sort, however few they are among
      * the deliveries. */
     "CREATE INDEX deliveries_dead_id ON deliveries(id) WHERE state = 2;",
+    /* 11: what the partner answered (an excerpt of at most 256 bytes of
+     * text, NULL when it said nothing), per attempt row, and in the
+     * delivery's row for the attempt that ended it at its first try. */
+    "ALTER TABLE attempts ADD COLUMN answer TEXT;"
+    "ALTER TABLE deliveries ADD COLUMN last_answer TEXT;",
 };
 
 const char *pb__sqlite_migration_sql(int v)

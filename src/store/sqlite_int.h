@@ -140,8 +140,8 @@ int pb__sqlite_read_fail(sqlite3 *db, int rc, struct pb_err *err, const char *wh
 const char *pb__sqlite_text_col(sqlite3_stmt *st, int i);
 #define PB__SQLITE_DEAD_COLS                                                                       \
     "SELECT d.id, m.id, d.pipeline, d.output, d.attempts, d.created_at, d.updated_at,"             \
-    " d.last_status, d.last_error, m.content_type, m.body, d.sub, d.last_latency_ms"               \
-    " FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
+    " d.last_status, d.last_error, m.content_type, m.body, d.sub, d.last_latency_ms,"              \
+    " d.last_answer FROM deliveries d JOIN messages m ON m.seq = d.msg_seq"
 struct pb_delivery_row pb__sqlite_dead_row(sqlite3_stmt *st, bool with_body);
 
 /* Tests only: the SQL of schema version v (1..PB_STORE_SCHEMA_VERSION). */

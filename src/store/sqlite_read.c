@@ -40,9 +40,10 @@ static const char *const rsql[R_COUNT_ALL] = {
         " FROM messages m LEFT JOIN routed r ON r.seq = m.seq WHERE m.id = ?1",
     [R_MSG_CHILDREN] = "SELECT id FROM messages WHERE parent_seq = ?1 ORDER BY seq LIMIT 1000",
     [R_MSG_DELIVERIES] = "SELECT id, output, state, attempts, next_at, created_at, updated_at,"
-                         " last_status, last_error, replay_of, sub, last_latency_ms FROM deliveries"
+                         " last_status, last_error, replay_of, sub, last_latency_ms, last_answer"
+                         " FROM deliveries"
                          " WHERE msg_seq = ?1 ORDER BY id",
-    [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error FROM attempts"
+    [R_ATTEMPTS] = "SELECT n, started_at, latency_ms, status, state, error, answer FROM attempts"
                    " WHERE delivery_id = ?1 ORDER BY n",
     [R_DEAD_ONE] = PB__SQLITE_DEAD_COLS " WHERE d.id = ?1 AND d.state = 2",
     [R_KV] = "SELECT key, value FROM kv WHERE scope = ?1 ORDER BY key",
@@ -242,6 +243,8 @@ static int attempts(struct rconn *r, const struct pb_delivery_row *d, int64_t la
             .state = (enum pb_dstate)sqlite3_column_int(st, 4),
             .error = pb__sqlite_text_col(st, 5),
             .error_len = (size_t)sqlite3_column_bytes(st, 5),
+            .answer = pb__sqlite_text_col(st, 6),
+            .answer_len = (size_t)sqlite3_column_bytes(st, 6),
         };
         if (cb->attempt && cb->attempt(cb->arg, &a)) {
             sqlite3_reset(st);
@@ -261,6 +264,8 @@ static int attempts(struct rconn *r, const struct pb_delivery_row *d, int64_t la
             .state = d->state == PB_DSTATE_REPLAYED ? PB_DSTATE_DEAD : d->state,
             .error = d->last_error,
             .error_len = d->last_error_len,
+            .answer = d->last_answer,
+            .answer_len = d->last_answer_len,
         };
         if (cb->attempt && cb->attempt(cb->arg, &a))
             return PB_ENOMEM;
@@ -383,6 +388,8 @@ int pb__sqlite_read_message(void *ctx, const char *msg_id, const struct pb_read_
             .last_status = sqlite3_column_int(dst, 7),
             .last_error = pb__sqlite_text_col(dst, 8),
             .last_error_len = (size_t)sqlite3_column_bytes(dst, 8),
+            .last_answer = pb__sqlite_text_col(dst, 12),
+            .last_answer_len = (size_t)sqlite3_column_bytes(dst, 12),
             .replay_of = sqlite3_column_int64(dst, 9),
         };
         if (!d.output || (cb->delivery && cb->delivery(cb->arg, &d))) {
@@ -427,6 +434,8 @@ struct pb_delivery_row pb__sqlite_dead_row(sqlite3_stmt *st, bool with_body)
         .last_status = sqlite3_column_int(st, 7),
         .last_error = pb__sqlite_text_col(st, 8),
         .last_error_len = (size_t)sqlite3_column_bytes(st, 8),
+        .last_answer = pb__sqlite_text_col(st, 13),
+        .last_answer_len = (size_t)sqlite3_column_bytes(st, 13),
     };
     if (with_body) {
         d.content_type = pb__sqlite_text_col(st, 9);

@@ -30,10 +30,10 @@ const char *const pb__sqlite_wsql[W_COUNT] = {
      * another process) must not overwrite a newer attempt. */
     [W_DLV_RESULT] = "UPDATE deliveries SET state = ?2, attempts = ?3, next_at = ?4,"
                      " updated_at = ?5, last_status = ?6, last_error = ?7,"
-                     " lease = CASE WHEN ?2 = 0 THEN lease END, last_latency_ms = ?9"
-                     " WHERE id = ?1 AND state = 0 AND lease IS ?8",
+                     " lease = CASE WHEN ?2 = 0 THEN lease END, last_latency_ms = ?9,"
+                     " last_answer = ?10 WHERE id = ?1 AND state = 0 AND lease IS ?8",
     [W_ATT_INS] = "INSERT OR REPLACE INTO attempts(delivery_id, n, started_at, latency_ms, status,"
-                  " state, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                  " state, error, answer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     [W_DEAD_GET] = "SELECT msg_seq, pipeline, output, sub FROM deliveries WHERE id = ?1"
                    " AND state = 2",
     [W_DLV_MARK_REPLAYED] = "UPDATE deliveries SET state = 4, updated_at = ?2 WHERE id = ?1",
@@ -460,7 +460,7 @@ static bool final_at_first(int attempt, enum pb_dstate state)
 
 static int insert_attempt(struct sq *q, int64_t delivery_id, int n, int64_t started_at,
                           int64_t latency_ms, int status, enum pb_dstate state, const char *error,
-                          size_t elen)
+                          size_t elen, const char *answer, size_t alen)
 {
     sqlite3_stmt *st = q->ws[W_ATT_INS];
     sqlite3_bind_int64(st, 1, delivery_id);
@@ -473,6 +473,10 @@ static int insert_attempt(struct sq *q, int64_t delivery_id, int n, int64_t star
         sqlite3_bind_text(st, 7, error, (int)elen, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
+    if (alen)
+        sqlite3_bind_text(st, 8, answer, (int)alen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 8);
     int rc = pb__sqlite_step_done(st);
     return rc == SQLITE_OK ? 0 : pb__sqlite_write_fail(q, rc, "insert attempt");
 }
@@ -482,6 +486,8 @@ static int apply_result(struct sq *q, struct pb_op *op)
     struct pb_op_result *r = &op->u.result;
     sqlite3_stmt *st;
     size_t elen = r->error ? pb__store_utf8_cut(r->error, PB_ERROR_EXCERPT_MAX) : 0;
+    size_t alen = r->answer ? pb__store_utf8_cut(r->answer, PB_STORE_ANSWER_MAX) : 0;
+    bool first = final_at_first(r->attempt, r->state);
     int rc;
 
     if (r->attempt < 1 || (r->state != PB_DSTATE_PENDING && r->state != PB_DSTATE_DELIVERED &&
@@ -504,16 +510,22 @@ static int apply_result(struct sq *q, struct pb_op *op)
         sqlite3_bind_null(st, 7);
     bind_lease(st, 8, r->lease, false);
     sqlite3_bind_int64(st, 9, r->latency_ms);
+    /* The answer is kept once: in the delivery's row only when no attempt
+     * row is written. */
+    if (first && alen)
+        sqlite3_bind_text(st, 10, r->answer, (int)alen, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 10);
     if ((rc = pb__sqlite_step_done(st)) != SQLITE_OK)
         return pb__sqlite_write_fail(q, rc, "update delivery");
     if (sqlite3_changes(q->db) == 0) {
         op->status = PB_ENOTFOUND;
         return 0;
     }
-    if (final_at_first(r->attempt, r->state))
+    if (first)
         return 0; /* the delivery's row holds it */
     rc = insert_attempt(q, r->delivery_id, r->attempt, r->started_at, r->latency_ms, r->status,
-                        r->state, r->error, elen);
+                        r->state, r->error, elen, r->answer, alen);
     return rc < 0 ? rc : 0;
 }
 
@@ -764,7 +776,7 @@ static int apply_fanout(struct sq *q, struct pb_op *op)
 
     if (!final_at_first(f->attempt, PB_DSTATE_DELIVERED) &&
         (rc = insert_attempt(q, f->delivery_id, f->attempt, f->now, 0, 0, PB_DSTATE_DELIVERED,
-                             f->note, nlen)) < 0)
+                             f->note, nlen, NULL, 0)) < 0)
         return rc;
 
     /* One insert per child, in order: AUTOINCREMENT ids grow with i. */
@@ -850,8 +862,8 @@ static int apply_route(struct sq *q, struct pb_op *op)
         return 0;
     }
     if (!final_at_first(r->attempt, r->state) &&
-        (rc = insert_attempt(q, r->delivery_id, r->attempt, r->now, 0, 0, r->state, r->note,
-                             nlen)) < 0)
+        (rc = insert_attempt(q, r->delivery_id, r->attempt, r->now, 0, 0, r->state, r->note, nlen,
+                             NULL, 0)) < 0)
         return rc;
 
     for (size_t i = 0; i < r->nmsgs; i++) {

@@ -185,6 +185,12 @@ def http_to_exchange_10k_confirmed_each_once():
     err = dead[0]["last_error"]
     check("unroutable: 312 NO_ROUTE" in err, f"reason: {err}")
     check_eq(dead[0]["attempts"], 1, "a permanent failure is not retried")
+    # Each attempt keeps the broker's answer: its confirm, or why it returned it.
+    m = pb.message(mids[3])
+    answers = {d["output"]: [a["answer"] for a in d["attempt_log"]] for d in m["deliveries"]}
+    check_eq(answers.get("mq"), ["basic.ack"], f"the confirm as the answer: {answers}")
+    check_eq(answers.get("unroutable"), ["basic.return 312 NO_ROUTE"],
+             f"the return as the answer: {answers}")
     check_no_secret(pb)
 
 

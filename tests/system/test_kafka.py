@@ -8,6 +8,7 @@ allow."""
 
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -278,7 +279,7 @@ pipelines:
     check_eq(st, 202, "post")
     st, _, _ = pb.post("/large", {"pad": "x" * 5000})
     check_eq(st, 202, "post")
-    st, _, _ = pb.post("/large", {"small": 1})
+    st, _, small = pb.post("/large", {"small": 1})
     check_eq(st, 202, "post")
     st, _, _ = pb.post("/badname", {"t": "no spaces allowed"})
     check_eq(st, 202, "post")
@@ -299,6 +300,12 @@ pipelines:
     # The small one went through.
     wait_until(lambda: pb.metrics().value("patchbay_deliveries_delivered_total",
                                           pipeline="large", output="k") == 1, 30, "the small one")
+    # Its attempt keeps where the broker stored it.
+    small = json.loads(small)["id"]
+    pb.wait_states([small], {"k": "delivered"})
+    answer = pb.message(small)["deliveries"][0]["attempt_log"][0]["answer"] or ""
+    check(re.fullmatch(r"topic big partition [0-9]+ offset [0-9]+", answer),
+          f"the delivery report as the answer: {answer!r}")
 
 
 @test

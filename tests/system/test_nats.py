@@ -193,6 +193,14 @@ def another_stream_than_the_expected_one_is_permanent():
     check("expected stream" in json.dumps(dl[0]), f"the reason: {dl[0]}")
     check_eq(dl[0]["attempts"], 1, "not retried")
     check_eq(n.stream_info("EXP1")["messages"], 1, "the right one stored")
+    # Each attempt keeps what the stream answered: its PubAck, or its refusal.
+    def log(mid):
+        return next(d for d in pb.message(mid)["deliveries"] if d["output"] == "js")["attempt_log"]
+
+    ok = log(right)
+    check_eq([a["answer"] for a in ok], ["stream EXP1 seq 1"], "the PubAck as the answer")
+    bad = log(wrong)
+    check("expected stream" in (bad[0]["answer"] or ""), f"the refusal as the answer: {bad}")
 
 
 @test

@@ -361,10 +361,20 @@ def missing_group_waits_until_it_exists():
 def output_errors_redis_refuses_are_permanent():
     REDIS.call("SET", "not-a-stream", "x")
     pb = Patchbay(out_conf("{{ .to }}"))
+    mids = {}
     for to in ("not-a-stream", "", "fine"):
-        st, _, _ = pb.post("/in", {"to": to})
+        st, _, data = pb.post("/in", {"to": to})
         check_eq(st, 202, "taken")
+        mids[to] = json.loads(data)["id"]
     wait_until(lambda: REDIS.call("XLEN", "fine") == 1, 30, "the good one in its stream")
+    # Each attempt keeps Redis's reply: the entry's id, or its refusal.
+    pb.wait_states([mids["fine"]], {"redis": "delivered"})
+    entry_id = REDIS.entries("fine")[0][0]
+    att = pb.message(mids["fine"])["deliveries"][0]["attempt_log"]
+    check_eq([a["answer"] for a in att], [entry_id], "the entry id XADD answered")
+    pb.wait_states([mids["not-a-stream"]], {"redis": "dead"})
+    att = pb.message(mids["not-a-stream"])["deliveries"][0]["attempt_log"]
+    check((att[0]["answer"] or "").startswith("WRONGTYPE"), f"the refusal as the answer: {att}")
     dls = wait_until(lambda: (lambda d: d if len(d) >= 2 else None)(pb.dead_letters()), 30,
                      "two dead letters")
     errors = sorted(d["last_error"] for d in dls)

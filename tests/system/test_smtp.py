@@ -105,6 +105,10 @@ def headers_addresses_and_bodies_over_starttls_with_auth():
     check_eq(html.strip(), "<p>Hello <b>Ann</b></p>", "the html")
     d = deliveries(pb, mid)[0]
     check_eq(d["attempt_log"][-1]["status"], 250, "the server's answer recorded")
+    answer = d["attempt_log"][-1]["answer"] or ""
+    check(answer.startswith("250 "), f"the server's reply to the mail kept as the answer: {answer!r}")
+    check("s3cret" not in answer and "c2hvcA" not in answer,
+          f"nothing of the login in the answer: {answer!r}")
 
 
 @test
@@ -119,9 +123,12 @@ def tempfail_retried_and_refusal_dead_lettered():
     pb.wait_states([gone], {"m": "dead"})
     atts = deliveries(pb, slow)[0]["attempt_log"]
     check_eq([a["status"] for a in atts], [451, 451, 250], "two 4xx answers retried, then sent")
+    check_eq([(a["answer"] or "")[:4] for a in atts], ["451 ", "451 ", "250 "],
+             f"each attempt keeps the server's reply: {atts}")
     d = deliveries(pb, gone)[0]
     check_eq(len(d["attempt_log"]), 1, "a 5xx answer is not retried")
     check("550" in (d["attempt_log"][0]["error"] or ""), f"the reason: {d['attempt_log'][0]}")
+    check_eq(d["attempt_log"][0]["answer"], "550 5.1.1 no such user", "the refusal as the answer")
     mails = SECURE.mails()
     check_eq(len(mails), 1, "only the retried mail arrived")
     check("slow@example.com" in mails[0]["to"], "the retried mail")

@@ -61,7 +61,8 @@ def store_search_unit_tests_pass_on_postgres():
     check("0 failed" in r.stdout, f"summary:\n{tail}")
     for name in ("edit_and_replay_makes_a_linked_message", "dead_letters_by_filter_both_ways",
                  "search_filters_and_pages_newest_first", "inject_to_targets_and_sub_outputs",
-                 "pg_migrate_v2_keeps_keys_still_in_the_window"):
+                 "pg_migrate_v2_keeps_keys_still_in_the_window", "attempt_answers_kept_once_each",
+                 "pg_migrate_v3_adds_attempt_answers"):
         check(f"ok   {name}" in r.stdout, f"{name} did not pass:\n{tail}")
     check("(PostgreSQL only)" not in r.stdout, "a PostgreSQL-only case was skipped")
 
@@ -139,6 +140,8 @@ def migrate_command_and_older_schema_refused():
             " CREATE INDEX messages_received ON mig.messages(received_at);"
             " DROP TABLE mig.holds; DROP TABLE mig.nodes; DROP SEQUENCE mig.node_epoch;"
             " DROP INDEX mig.deliveries_lease;"
+            " ALTER TABLE mig.attempts DROP COLUMN answer;"
+            " ALTER TABLE mig.deliveries DROP COLUMN last_answer;"
             " UPDATE mig.meta SET value = '1' WHERE key = 'schema_version'")
     pb.start(wait_ready=False)
     check_eq(pb.proc.wait(timeout=scaled(30)), 1, "run on an older schema exits 1")

@@ -6,7 +6,9 @@ letter and see it delivered, correct one and replay it, rotate an
 endpoint's secret, send a test event, follow the live tail; search with a
 jq predicate, purge a dead letter, replay and purge filtered sets, create,
 disable, enable and recover an endpoint; then paging with 100,000 dead
-letters, timed. Any console error fails. Screenshots of
+letters, timed; and two nodes sharing a PostgreSQL state store, both
+listed on the overview with their heartbeats, leases and holds. Any
+console error fails. Screenshots of
 each page are kept (the path is printed).
 
 Skips (exit 77) only when Chromium cannot start here."""
@@ -182,6 +184,54 @@ def dead_letters_100k_stay_responsive():
     timings = node("deadletters100k", pb, 180, LOAD_BUDGET_MS=3000)
     log(f"page timings (ms): {timings}")
     log(f"screenshots: {SHOTS}")
+
+
+CLUSTER = """
+server: { listen: "@LISTEN@", admin_token: "@TOKEN@" }
+state: "STATE"
+cluster: { node: NODE, lease: 3s, heartbeat: 500ms }
+outbound: { allow: [127.0.0.0/8] }
+pipelines:
+  ticks:
+    input:
+      generate: { interval: 200ms }
+    outputs:
+      sink:
+        http: { url: "SINK/ticks" }
+  feed:
+    input:
+      http_poll: { url: "SINK/feed", interval: 1h }
+    outputs:
+      sink:
+        drop: {}
+"""
+
+
+@test
+def nodes_of_a_cluster_on_the_overview():
+    sink = start_sink()
+    state = pbtest.state_postgres().dsn("patchbay") + "?schema=ui_cluster"
+
+    def conf(name):
+        return CLUSTER.replace("STATE", state).replace("NODE", name).replace("SINK", sink.url)
+
+    alpha = Patchbay(conf("alpha"))
+    beta = Patchbay(conf("beta"))
+
+
+    def settled():
+        st, doc = alpha.admin("GET", "/api/nodes")
+        if st != 200 or doc.get("live") != 2:
+            return False
+        return sorted(h for n in doc["nodes"] for h in n["holds"]) == ["input/feed", "retention"]
+
+    # The singleton input and the retention each held by one of them.
+    wait_until(settled, scaled(20), "both nodes live, the holds taken")
+    wait_until(lambda: len(sink.records()) >= 3, scaled(20), "ticks delivered")
+    res = node("cluster", alpha, 120, NODES="alpha,beta")
+    check_eq(res["nodes"], ["alpha", "beta"], "the nodes the browser checked")
+    for pb in (alpha, beta):
+        pb.term()
 
 
 def chromium_or_skip():

@@ -6,6 +6,7 @@
 //   node dashboard.mjs walkthrough           sign in, watch, search, replay, edit, rotate...
 //   node dashboard.mjs operations            search by jq, filtered replay and purge, endpoints
 //   node dashboard.mjs deadletters100k       paging stays fast with 100,000 dead letters
+//   node dashboard.mjs cluster               the overview's nodes panel lists a cluster's nodes
 //
 // Environment: PB_URL, PB_TOKEN, SHOT_DIR (screenshots), CHROMIUM (default
 // /usr/bin/chromium), and per scenario the names test_ui.py passes. Any
@@ -173,7 +174,10 @@ async function walkthrough(page) {
     .getAttribute("data-points")) >= 2, 30, "a second metric sample in the chart");
   await waitFor(async () => /[1-9]/.test(await page.locator('tr[data-output="ticks/sink"] [data-metric="delivered_rate"]').textContent()),
     30, "a delivery rate above zero");
-  expect(await page.locator("tr[data-node]").count() === 1, "the node is listed");
+  // One node (not clustered, or a cluster of one): one line, no table.
+  await page.locator('[data-test="nodes"] [data-node]').first().waitFor();
+  expect(await page.locator('[data-test="nodes"] [data-node]').count() === 1, "the node is listed, once");
+  expect(await page.locator('[data-test="nodes"] table').count() === 0, "one node: no table of nodes");
   // A partner down: its output's circuit breaker shows open.
   await page.locator('tr[data-output="flaky/partner"] [data-metric="breaker"] .badge').filter({ hasText: /^open$/ }).waitFor();
   expect(/opened 1×/.test(await page.textContent('tr[data-output="flaky/partner"] [data-metric="breaker"]')), "how often it opened");
@@ -223,9 +227,15 @@ async function walkthrough(page) {
   await page.waitForSelector("main h1:has-text('Message')");
   expect((await page.textContent('[data-test="idempotency-key"]')).includes(key), "the message shows its key");
   const pay = page.locator('section[data-output="payments"]');
+  const fraud = page.locator('section[data-output="fraud"]');
   await pay.locator("svg.timeline").waitFor();
   expect((await pay.locator('td[data-test="status"]').allTextContents()).includes("200"), "payments answered 200");
-  const fraud = page.locator('section[data-output="fraud"]');
+  // The partner's answer, kept for a successful attempt too, shown as text.
+  const payAnswers = await pay.locator('td[data-test="answer"] pre.answer').allTextContents();
+  expect(payAnswers.includes('{"ok":true}'), `payments' answer excerpt shown (${payAnswers})`);
+  const fraudAnswers = await fraud.locator('td[data-test="answer"] pre.answer').allTextContents();
+  expect(fraudAnswers.length === 2 && fraudAnswers.every((a) => a === '{"ok":false}'),
+    `fraud's answers on each failed attempt (${fraudAnswers})`);
   const statuses = await fraud.locator('td[data-test="status"]').allTextContents();
   expect(statuses.length === 2 && statuses.every((s) => s === "500"), `fraud: two attempts, 500 each (${statuses})`);
   expect((await fraud.locator("svg.timeline circle").count()) === 2, "two attempts on the timeline");
@@ -496,6 +506,55 @@ async function operations(page) {
   return { purged_one: Number(victim), replayed: n - 1, purged_set: others.length, endpoint: made.id };
 }
 
+// Two nodes sharing a PostgreSQL state store (NODES: their names, the
+// first the node the browser talks to): the overview lists both with
+// version, state, last heartbeat, leases and holds, as /api/nodes says.
+async function cluster(page) {
+  const names = env.NODES.split(",");
+  await signIn(page);
+  const panel = page.locator('[data-test="nodes"][data-clustered="true"]');
+  await panel.waitFor();
+  await waitFor(async () => (await panel.locator("tbody tr[data-node]").count()) === names.length, 15,
+    `${names.length} nodes listed`);
+  // The page refreshes every few seconds: its rows agree with /api/nodes
+  // (holds may move while the nodes share them out).
+  let doc, why = "";
+  const agree = async () => {
+    doc = await api("/api/nodes");
+    why = "";
+    if (!doc.clustered || doc.nodes.length !== names.length) return !(why = `/api/nodes: ${JSON.stringify(doc)}`);
+    for (const name of names) {
+      const n = doc.nodes.find((x) => x.name === name);
+      if (!n) return !(why = `${name} not in /api/nodes`);
+      const cells = await panel.locator(`tbody tr[data-node="${name}"]`).locator("th, td").allTextContents();
+      const bad =
+        !cells[0].startsWith(name) ? "its name"
+          : cells[0].includes("(this node)") !== (name === names[0]) ? "this node or not"
+          : cells[1] !== n.version ? `version ${n.version}`
+          : cells[2] !== "live" ? "live"
+          : !/ ago$|^just now$/.test(cells[3]) ? "its last heartbeat"
+          : !/^[0-9,]+$/.test(cells[4]) ? "its leases"
+          : n.holds.some((x) => !cells[5].includes(x)) || (!n.holds.length && cells[5] !== "—") ? `holds ${n.holds}`
+          : "";
+      if (bad) return !(why = `${name}: ${bad} (${cells})`);
+    }
+    return true;
+  };
+  await waitFor(agree, 20, "the nodes panel to agree with /api/nodes")
+    .catch((e) => { throw new Failure(`${e.message}: ${why}`); });
+  // The heartbeat moves on while the page stays open.
+  const first = panel.locator(`tbody tr[data-node="${names[1]}"] [data-test="heartbeat"]`);
+  const hb = await first.getAttribute("title");
+  await waitFor(async () => (await first.getAttribute("title")) !== hb, 20, "a newer heartbeat shown");
+  const summary = await panel.locator('[data-test="nodes-summary"]').textContent();
+  expect(summary.startsWith(`${names.length} of ${names.length} nodes live`), `the summary: ${summary}`);
+  await shot(page, "overview-cluster");
+  const stops = await keyboardSweep(page, "overview-cluster");
+  const shown = (await panel.locator('tbody [data-test="holds"] code').allTextContents()).sort();
+  expect(shown.join() === "input/feed,retention", `the holds shown: ${shown}`);
+  return { nodes: names, holds: doc.nodes.map((n) => n.holds), stops };
+}
+
 // ---- main ----
 
 const scenario = process.argv[2];
@@ -514,7 +573,7 @@ if (scenario === "probe") {
 let code = 0;
 const { page, problems } = await openPage(browser);
 try {
-  const fn = { walkthrough, operations, deadletters100k }[scenario];
+  const fn = { walkthrough, operations, deadletters100k, cluster }[scenario];
   expect(fn, `no scenario ${scenario}`);
   const result = await fn(page);
   console.log("RESULT " + JSON.stringify(result));

@@ -3,7 +3,9 @@
  * through after open_for and closes or reopens on it; a partner's 429 and
  * rate-limit headers hold and pace the whole output; adaptive concurrency
  * grows while the round trip holds and shrinks when it grows or the
- * partner pushes back. */
+ * partner pushes back; on a cluster, what one node publishes (a breaker
+ * opened or closed, a partner's hold) is followed by the others, the
+ * opener's probe first, and a rate limit is split between the nodes. */
 #include <string.h>
 
 #include "core/flow.h"
@@ -268,6 +270,158 @@ PB_TEST(adaptive_concurrency_grows_and_shrinks)
     pb_flow_apply(&g, &q, T0);
     PB_EQ_INT(q.concurrency, 1);
     PB_EQ_INT(pb_flow_limit(&g), 0);
+}
+
+PB_TEST(a_breaker_opened_on_another_node_opens_here_its_probe_first)
+{
+    struct pb_flow a, b;
+    struct pb_sched_q qb = {.concurrency = 16};
+    struct pb_flow_share sh;
+    pb_flow_init(&a, &breaker, 16, T0);
+    pb_flow_init(&b, &breaker, 16, T0);
+    /* Nothing to publish while closed and unheld. */
+    PB_CHECK(!pb_flow_share_due(&a, end(&a, PB_FLOW_OK, false, T0), 1000, T0, &sh));
+    unsigned ev = 0;
+    for (int i = 0; i < 10; i++)
+        ev |= end(&a, PB_FLOW_FAIL, false, T0 + 1);
+    PB_EQ_INT(ev, PB_FLOW_OPENED);
+    PB_CHECK(pb_flow_share_due(&a, ev, 1000, T0 + 1, &sh));
+    PB_EQ_INT(sh.state, PB_BREAKER_OPEN);
+    PB_EQ_INT(sh.open_until, T0 + 1 + 30000);
+    /* b follows: open until a's probe time plus half of open_for. */
+    PB_EQ_INT(pb_flow_shared(&b, &sh, T0 + 5), PB_FLOW_OPENED);
+    PB_EQ_INT(b.state, PB_BREAKER_OPEN);
+    PB_EQ_INT(b.opened_total, 1);
+    pb_flow_apply(&b, &qb, T0 + 10);
+    PB_EQ_INT(qb.not_before, T0 + 1 + 30000 + 15000);
+    /* The same news again changes nothing. */
+    PB_EQ_INT(pb_flow_shared(&b, &sh, T0 + 6), 0);
+    /* a half-opens first and probes; b does not yet. */
+    PB_CHECK(pb_flow_tick(&a, T0 + 30001) == 0 && a.state == PB_BREAKER_HALF_OPEN);
+    PB_CHECK(pb_flow_started(&a));
+    pb_flow_tick(&b, T0 + 30001);
+    PB_EQ_INT(b.state, PB_BREAKER_OPEN);
+    PB_CHECK(!pb_flow_started(&b));
+    /* The probe fails: a reopens and says so; b's wait moves along. */
+    ev = end(&a, PB_FLOW_FAIL, true, T0 + 30100);
+    PB_EQ_INT(ev, PB_FLOW_REOPENED);
+    PB_CHECK(pb_flow_share_due(&a, ev, 1000, T0 + 30100, &sh));
+    PB_EQ_INT(sh.state, PB_BREAKER_OPEN);
+    PB_EQ_INT(pb_flow_shared(&b, &sh, T0 + 30105), 0);
+    PB_EQ_INT(b.open_until, T0 + 30100 + 30000 + 15000);
+    /* The next probe goes through: a closes, b follows. */
+    pb_flow_tick(&a, T0 + 60100);
+    PB_CHECK(pb_flow_started(&a));
+    ev = end(&a, PB_FLOW_OK, true, T0 + 60200);
+    PB_EQ_INT(ev, PB_FLOW_CLOSED);
+    PB_CHECK(pb_flow_share_due(&a, ev, 1000, T0 + 60200, &sh));
+    PB_EQ_INT(sh.state, PB_BREAKER_CLOSED);
+    PB_EQ_INT(pb_flow_shared(&b, &sh, T0 + 60205), PB_FLOW_CLOSED);
+    PB_EQ_INT(b.state, PB_BREAKER_CLOSED);
+    pb_flow_apply(&b, &qb, T0 + 60210);
+    PB_EQ_INT(qb.not_before, 0);
+    /* A closed breaker's news does not count as an opening either. */
+    PB_EQ_INT(pb_flow_shared(&b, &sh, T0 + 60300), 0);
+}
+
+PB_TEST(if_the_opener_goes_quiet_another_node_probes_after_the_grace)
+{
+    struct pb_flow b;
+    pb_flow_init(&b, &breaker, 16, T0);
+    struct pb_flow_share sh = {.state = PB_BREAKER_OPEN, .open_until = T0 + 30000};
+    PB_EQ_INT(pb_flow_shared(&b, &sh, T0), PB_FLOW_OPENED);
+    pb_flow_tick(&b, T0 + 44999);
+    PB_CHECK(!pb_flow_started(&b));
+    pb_flow_tick(&b, T0 + 45000);
+    PB_CHECK(pb_flow_started(&b));
+    PB_CHECK(!pb_flow_started(&b)); /* one probe */
+    /* Its own probe failing reopens it here, and this node now tells. */
+    struct pb_flow_share out;
+    unsigned ev = end(&b, PB_FLOW_FAIL, true, T0 + 45100);
+    PB_EQ_INT(ev, PB_FLOW_REOPENED);
+    PB_CHECK(pb_flow_share_due(&b, ev, 1000, T0 + 45100, &out));
+    PB_EQ_INT(out.state, PB_BREAKER_OPEN);
+    PB_EQ_INT(out.open_until, T0 + 45100 + 30000);
+    /* News of a breaker already past its time is ignored. */
+    struct pb_flow c;
+    pb_flow_init(&c, &breaker, 16, T0);
+    PB_EQ_INT(pb_flow_shared(&c, &sh, T0 + 30001), 0);
+    PB_EQ_INT(c.state, PB_BREAKER_CLOSED);
+    /* Without a breaker configured, only holds are followed. */
+    struct pb_flow d;
+    struct pb_flow_conf none = {.max_hold_ms = 600000};
+    pb_flow_init(&d, &none, 16, T0);
+    PB_EQ_INT(pb_flow_shared(&d, &sh, T0), 0);
+    PB_EQ_INT(d.state, PB_BREAKER_CLOSED);
+}
+
+PB_TEST(a_partners_hold_is_published_once_and_followed_within_max_hold)
+{
+    struct pb_flow a, b;
+    struct pb_sched_q qb = {.concurrency = 16};
+    struct pb_flow_conf conf = breaker;
+    conf.max_hold_ms = 60000;
+    pb_flow_init(&a, &conf, 16, T0);
+    pb_flow_init(&b, &conf, 16, T0);
+    /* A 429 with Retry-After: 120 s (held 60 s: max_hold). */
+    struct pb_flow_sample s = {
+        .kind = PB_FLOW_THROTTLED, .latency_us = 1000, .retry_after_ms = 120000, .inflight = 1};
+    unsigned ev = pb_flow_outcome(&a, &s, T0);
+    struct pb_flow_share sh;
+    PB_CHECK(pb_flow_share_due(&a, ev, 1000, T0, &sh));
+    PB_EQ_INT(sh.state, -1); /* a hold only: b's breaker is left alone */
+    PB_EQ_INT(sh.hold_until, T0 + 60000);
+    /* Told once: the next 429 within the same hold says nothing new. */
+    PB_CHECK(!pb_flow_share_due(&a, pb_flow_outcome(&a, &s, T0), 1000, T0, &sh));
+    /* Short holds (below hold_min) stay local. */
+    struct pb_flow c;
+    pb_flow_init(&c, &conf, 16, T0);
+    s.retry_after_ms = 200;
+    PB_CHECK(!pb_flow_share_due(&c, pb_flow_outcome(&c, &s, T0), 1000, T0, &sh));
+    /* b takes the hold it was told of, capped by its own max_hold. */
+    struct pb_flow_share far = {.state = -1, .hold_until = T0 + 3600000};
+    PB_EQ_INT(pb_flow_shared(&b, &far, T0), 0);
+    PB_EQ_INT(b.hold_until, T0 + 60000);
+    PB_EQ_INT(b.state, PB_BREAKER_CLOSED);
+    pb_flow_apply(&b, &qb, T0 + 1);
+    PB_EQ_INT(qb.not_before, T0 + 60000);
+    /* And does not publish it back. */
+    struct pb_flow_sample ok = {
+        .kind = PB_FLOW_OK, .latency_us = 1000, .retry_after_ms = -1, .inflight = 1};
+    PB_CHECK(!pb_flow_share_due(&b, pb_flow_outcome(&b, &ok, T0 + 2), 1000, T0 + 2, &sh));
+    /* A hold already over is not taken. */
+    struct pb_flow d;
+    pb_flow_init(&d, &conf, 16, T0);
+    struct pb_flow_share old = {.state = -1, .hold_until = T0 - 1};
+    pb_flow_shared(&d, &old, T0);
+    PB_EQ_INT(d.hold_until, 0);
+}
+
+PB_TEST(a_rate_limit_is_split_between_the_live_nodes)
+{
+    struct pb_rate r = {.count = 100, .period_ms = 1000};
+    struct pb_rate one = pb_flow_rate_share(r, 1);
+    PB_EQ_INT(one.count, 100);
+    PB_EQ_INT(one.period_ms, 1000);
+    /* 33 per 990 ms each: 33.3/s, 100/s together, bursts of 33. */
+    struct pb_rate three = pb_flow_rate_share(r, 3);
+    PB_EQ_INT(three.count, 33);
+    PB_EQ_INT(three.period_ms, 990);
+    struct pb_rate four = pb_flow_rate_share((struct pb_rate){10, 1000}, 4);
+    PB_EQ_INT(four.count, 2);
+    PB_EQ_INT(four.period_ms, 800); /* 2.5/s each */
+    /* Fewer than one per node: one each, over a longer period. */
+    struct pb_rate slow = pb_flow_rate_share((struct pb_rate){1, 60000}, 4);
+    PB_EQ_INT(slow.count, 1);
+    PB_EQ_INT(slow.period_ms, 240000);
+    /* Rounded so that the sum never goes above the limit. */
+    struct pb_rate odd = pb_flow_rate_share((struct pb_rate){7, 1000}, 3);
+    PB_EQ_INT(odd.count, 2);
+    PB_EQ_INT(odd.period_ms, 858); /* 2.33/s each, 6.99/s together */
+    struct pb_rate none = pb_flow_rate_share((struct pb_rate){0, 0}, 3);
+    PB_EQ_INT(none.count, 0);
+    PB_EQ_INT(none.period_ms, 0);
+    PB_EQ_INT(pb_flow_rate_share(r, 0).period_ms, 1000);
 }
 
 int main(void)

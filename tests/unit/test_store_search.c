@@ -2,7 +2,8 @@
  * search (filters, keyset pages, skipping deliveries), dead letters by
  * filter in both orders, dead-letter sets replayed and purged by id, a
  * message injected (edit-and-replay, a test event to a sub-output), and
- * the schema migration that keeps idempotency keys with messages. */
+ * the schema migration that keeps idempotency keys with messages, and the
+ * partner's answer excerpt kept once per attempt (and its migration). */
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -616,7 +617,8 @@ PB_TEST(migrate_v9_keeps_keys_still_in_the_window)
     PB_EQ_STR(f.ids[0], "m1");
     pb_store_destroy(s);
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages WHERE idem_key IS NULL"), 1);
-    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 10);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+              PB_STORE_SCHEMA_VERSION);
 out:
     tdir_remove(&t);
 }
@@ -654,7 +656,7 @@ PB_TEST(pg_migrate_v2_keeps_keys_still_in_the_window)
         goto out;
     }
     pb_store_destroy(s);
-    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 3);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 4);
     if (!(s = open_started(t.url)))
         goto out;
     struct found f = {0};
@@ -665,6 +667,201 @@ PB_TEST(pg_migrate_v2_keeps_keys_still_in_the_window)
     pb_store_destroy(s);
     /* m2 had no key; m3's is not plain text (a backslash, a control byte). */
     PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM messages WHERE idem_key IS NULL"), 2);
+out:
+    tdir_remove(&t);
+}
+
+/* ---- the partner's answer per attempt ----------------------------------------------------- */
+
+static int answer_result(struct pb_store *s, int64_t id, int attempt, enum pb_dstate st, int status,
+                         const char *error, const char *answer)
+{
+    struct pb_op op = {.kind = PB_OP_RESULT};
+    op.u.result = (struct pb_op_result){.delivery_id = id,
+                                        .attempt = attempt,
+                                        .started_at = 3000 + attempt,
+                                        .latency_ms = 7,
+                                        .status = status,
+                                        .state = st,
+                                        .next_at = 9000,
+                                        .error = error,
+                                        .answer = answer,
+                                        .answer_len = answer ? strlen(answer) : 0};
+    return pb_store_exec(s, &op);
+}
+
+/* The attempt_log's answers of delivery i of message id, "|"-joined,
+ * "null" for none. */
+static void answers_of(struct pb_store *s, const char *id, size_t i, char *out, size_t len)
+{
+    struct pb_err err = {0};
+    out[0] = 0;
+    json_t *m = pb_admin_message_json(s, id, &err);
+    if (!m) {
+        PB__FAIL("message %s: %s", id, err.msg);
+        return;
+    }
+    json_t *log =
+        json_object_get(json_array_get(json_object_get(m, "deliveries"), i), "attempt_log");
+    size_t k;
+    json_t *a;
+    json_array_foreach(log, k, a)
+    {
+        json_t *ans = json_object_get(a, "answer");
+        size_t n = strlen(out);
+        snprintf(out + n, len - n, "%s%s", k ? "|" : "",
+                 json_is_string(ans) ? json_string_value(ans)
+                 : json_is_null(ans) ? "null"
+                                     : "?");
+    }
+    json_decref(m);
+}
+
+/* Every attempt keeps what the partner answered, failed or delivered: in
+ * its attempt row, or in the delivery's row for one that ended it at the
+ * first try (never both). Longer answers are cut to PB_STORE_ANSWER_MAX. */
+PB_TEST(attempt_answers_kept_once_each)
+{
+    struct tdir t;
+    int64_t ids[2], ids2[2];
+    char got[1024];
+    char big[600];
+    tdir_make(&t);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    PB_EQ_INT(ingest(s, "p", "m1", 1000, "{}", NULL, ids), 0);
+    PB_EQ_INT(answer_result(s, ids[0], 1, PB_DSTATE_PENDING, 503, "HTTP 503: busy", "busy"), 0);
+    PB_EQ_INT(answer_result(s, ids[0], 2, PB_DSTATE_PENDING, 0, "connection refused", NULL), 0);
+    PB_EQ_INT(answer_result(s, ids[0], 3, PB_DSTATE_DELIVERED, 200, NULL, "{\"ok\":true}"), 0);
+    PB_EQ_INT(answer_result(s, ids[1], 1, PB_DSTATE_DELIVERED, 202, NULL, "accepted <b>&"), 0);
+    answers_of(s, "m1", 0, got, sizeof(got));
+    PB_EQ_STR(got, "busy|null|{\"ok\":true}");
+    answers_of(s, "m1", 1, got, sizeof(got));
+    PB_EQ_STR(got, "accepted <b>&");
+
+    /* Dead at the first try, then replayed: the dead letter shows it. */
+    PB_EQ_INT(ingest(s, "p", "m2", 1001, "{}", NULL, ids2), 0);
+    memset(big, 'y', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    PB_EQ_INT(answer_result(s, ids2[0], 1, PB_DSTATE_DEAD, 400, "HTTP 400", big), 0);
+    PB_EQ_INT(answer_result(s, ids2[1], 1, PB_DSTATE_DELIVERED, 204, NULL, NULL), 0);
+    struct pb_err err = {0};
+    json_t *dl = pb_admin_dead_letter_json(s, ids2[0], &err);
+    PB_CHECK(dl != NULL);
+    const char *a0 = json_string_value(
+        json_object_get(json_array_get(json_object_get(dl, "attempt_log"), 0), "answer"));
+    PB_EQ_INT(a0 ? strlen(a0) : 0, PB_STORE_ANSWER_MAX);
+    json_decref(dl);
+    answers_of(s, "m2", 1, got, sizeof(got));
+    PB_EQ_STR(got, "null");
+    pb_store_destroy(s);
+
+    /* Kept once: attempt rows for the retried delivery, the row of the
+     * delivery for the one delivered at once. */
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM attempts WHERE answer IS NOT NULL"), 2);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE last_answer IS NOT NULL"), 2);
+out:
+    tdir_remove(&t);
+}
+
+/* A store of schema 10 (before answers) opens migrated: what it held
+ * reads back with no answer, new attempts keep theirs. */
+PB_TEST(migrate_v10_adds_attempt_answers)
+{
+    struct tdir t;
+    char got[256];
+    tdir_make(&t);
+    if (t.pg) {
+        printf("  (SQLite only)\n");
+        goto out;
+    }
+    sqlite3 *db = NULL;
+    PB_EQ_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+    for (int v = 1; v <= 10; v++)
+        PB_EQ_INT(sqlite3_exec(db, pb__sqlite_migration_sql(v), NULL, NULL, NULL), SQLITE_OK);
+    PB_EQ_INT(sqlite3_exec(db,
+                           "PRAGMA application_id=1885495673;"
+                           "INSERT INTO meta VALUES ('schema_version', '10'), ('node_id', "
+                           "'0123456789abcdef'), ('created_at', '1'), ('epoch', '4');"
+                           "INSERT INTO messages(seq, id, pipeline, received_at, body) VALUES"
+                           " (1, 'm1', 'p', 1, '{}');"
+                           "INSERT INTO deliveries(id, msg_seq, pipeline, output, state, attempts,"
+                           " next_at, created_at, updated_at, last_status, last_latency_ms) VALUES"
+                           " (1, 1, 'p', 'a', 1, 1, 0, 1, 20, 200, 4),"
+                           " (2, 1, 'p', 'b', 0, 1, 99, 1, 20, 503, NULL);"
+                           "INSERT INTO attempts VALUES (2, 1, 10, 5, 503, 0, 'HTTP 503');",
+                           NULL, NULL, NULL),
+              SQLITE_OK);
+    sqlite3_close(db);
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    answers_of(s, "m1", 0, got, sizeof(got));
+    PB_EQ_STR(got, "null");
+    answers_of(s, "m1", 1, got, sizeof(got));
+    PB_EQ_STR(got, "null");
+    PB_EQ_INT(answer_result(s, 2, 2, PB_DSTATE_DELIVERED, 200, NULL, "{\"ok\":true}"), 0);
+    answers_of(s, "m1", 1, got, sizeof(got));
+    PB_EQ_STR(got, "null|{\"ok\":true}");
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+              PB_STORE_SCHEMA_VERSION);
+out:
+    tdir_remove(&t);
+}
+
+/* PostgreSQL's schema 4 (the answers), from a store of schema 3 by
+ * `patchbay migrate`: rows kept, answers kept from then on. */
+PB_TEST(pg_migrate_v3_adds_attempt_answers)
+{
+    struct tdir t;
+    char got[256];
+    int64_t ids[2];
+    tdir_make(&t);
+    if (!t.pg) {
+        printf("  (PostgreSQL only)\n");
+        goto out;
+    }
+    struct pb_store_opts o;
+    struct pb_err err = {0};
+    pb_store_opts_default(&o);
+    o.migrate_to = 3;
+    o.migrate_only = true;
+    struct pb_store *s = pb_store_open(t.url, &o, &err);
+    if (!s) {
+        PB__FAIL("open at schema 3: %s", err.msg);
+        goto out;
+    }
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM information_schema.columns WHERE"
+                              " table_schema = current_schema() AND column_name = 'answer'"),
+              0);
+    PB_EQ_INT(sql_int(t.path, "INSERT INTO messages(seq, id, pipeline, received_at, body) VALUES"
+                              " (1, 'm0', 'p', 1, '{}');"
+                              "INSERT INTO deliveries(id, msg_seq, pipeline, output, state,"
+                              " attempts, next_at, created_at, updated_at, last_status,"
+                              " last_latency_ms) VALUES (1, 1, 'p', 'a', 1, 1, 0, 1, 20, 200, 4);"
+                              "SELECT setval(pg_get_serial_sequence('messages', 'seq'), 1);"
+                              "SELECT setval(pg_get_serial_sequence('deliveries', 'id'), 1)"),
+              1);
+    pb_store_opts_default(&o);
+    o.migrate_only = true;
+    if (!(s = pb_store_open(t.url, &o, &err))) {
+        PB__FAIL("migrate: %s", err.msg);
+        goto out;
+    }
+    pb_store_destroy(s);
+    PB_EQ_INT(sql_int(t.path, "SELECT value FROM meta WHERE key = 'schema_version'"), 4);
+    if (!(s = open_started(t.url)))
+        goto out;
+    answers_of(s, "m0", 0, got, sizeof(got));
+    PB_EQ_STR(got, "null");
+    PB_EQ_INT(ingest(s, "p", "m1", 1000, "{}", NULL, ids), 0);
+    PB_EQ_INT(answer_result(s, ids[0], 1, PB_DSTATE_DELIVERED, 200, NULL, "ok"), 0);
+    answers_of(s, "m1", 0, got, sizeof(got));
+    PB_EQ_STR(got, "ok");
+    pb_store_destroy(s);
 out:
     tdir_remove(&t);
 }

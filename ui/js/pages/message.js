@@ -33,13 +33,20 @@ export function timeline(receivedAt, attempts, nextAt) {
     const x1 = x(a.started_at), x2 = x(a.started_at + Math.max(a.latency_ms, 0));
     if (x2 - x1 >= 2) svg.appendChild(s("line", { class: "span", x1, x2, y1: axisY, y2: axisY }));
     const c = s("circle", { cx: x1, cy: axisY, r: 5, class: ptClass(a.state) });
-    c.appendChild(s("title", {}, `attempt ${a.n}: ${a.state}, status ${a.status || "—"}, ${a.latency_ms} ms${a.error ? ", " + a.error : ""}`));
+    c.appendChild(s("title", {}, `attempt ${a.n}: ${a.state}, status ${a.status || "—"}, ${a.latency_ms} ms${a.error ? ", " + a.error : ""}${a.answer ? ", answered: " + a.answer : ""}`));
     svg.appendChild(c);
     svg.appendChild(s("text", { x: x1, y: axisY - 10, "text-anchor": "middle" }, `#${a.n}`));
   });
   if (nextAt && attempts.length)
     svg.appendChild(s("text", { x: x(nextAt), y: axisY + 14, "text-anchor": "middle" }, "next"));
   return svg;
+}
+
+// What the partner answered (the first 256 bytes the store keeps), as text:
+// a box of its own that scrolls, reachable with the keyboard.
+function answerCell(a) {
+  if (!a.answer) return h("span", { class: "muted" }, "—");
+  return h("pre", { class: "answer", tabindex: "0", "aria-label": `Attempt ${a.n}: the partner's answer` }, a.answer);
 }
 
 export function attemptsTable(receivedAt, attempts) {
@@ -49,7 +56,7 @@ export function attemptsTable(receivedAt, attempts) {
       h("th", { scope: "col", class: "num" }, "#"), h("th", { scope: "col" }, "Started"),
       h("th", { scope: "col", class: "num" }, "After receipt"), h("th", { scope: "col", class: "num" }, "Latency"),
       h("th", { scope: "col", class: "num" }, "Status"), h("th", { scope: "col" }, "Result"),
-      h("th", { scope: "col" }, "Partner's answer / error"))),
+      h("th", { scope: "col" }, "Partner's answer"), h("th", { scope: "col" }, "Error or note"))),
     h("tbody", {}, attempts.map((a) => h("tr", { "data-attempt": a.n },
       h("td", { class: "num" }, a.n),
       h("td", { class: "nowrap" }, time(a.started_at)),
@@ -57,7 +64,8 @@ export function attemptsTable(receivedAt, attempts) {
       h("td", { class: "num nowrap" }, `${a.latency_ms} ms`),
       h("td", { class: "num", "data-test": "status" }, a.status ? a.status : "—"),
       h("td", {}, badge(a.state === "pending" ? "retry" : a.state, a.state === "pending" ? "retry" : a.state)),
-      h("td", {}, a.error ? h("code", {}, a.error) : h("span", { class: "muted" }, "—")))))));
+      h("td", { "data-test": "answer" }, answerCell(a)),
+      h("td", { "data-test": "error" }, a.error ? h("code", {}, a.error) : h("span", { class: "muted" }, "—")))))));
 }
 
 function deliverySection(m, d) {

@@ -6,7 +6,7 @@
 // seconds, so keyboard focus stays where it is.
 
 import { api, qs } from "../api.js";
-import { h, replace, num, rate, badge, ago } from "../dom.js";
+import { h, replace, num, rate, badge, ago, time } from "../dom.js";
 import { History, lineChart, chartBox } from "../chart.js";
 
 const REFRESH_MS = 5000;
@@ -81,7 +81,9 @@ function outputRow(p, o, sub) {
     chartBacklog: h("div"),
   };
   const name = sub ? sub : o.name;
-  const label = h("a", { href: "#/messages" + qs({ pipeline: p, output: name }) }, sub ? "↳ " + sub.split("/").slice(1).join("/") : name);
+  // Named with its pipeline: outputs of one name in two pipelines are two links.
+  const label = h("a", { href: "#/messages" + qs({ pipeline: p, output: name }), "aria-label": `${name} of pipeline ${p}` },
+    sub ? "↳ " + sub.split("/").slice(1).join("/") : name);
   const deadLink = h("a", { href: "#/dead-letters" + qs({ pipeline: p, output: name }) });
   cells.dead.appendChild(deadLink);
   cells.deadLink = deadLink;
@@ -99,34 +101,64 @@ function outputRow(p, o, sub) {
 
 export async function mount(main, route, ctx) {
   const hist = new History();
-  const nodesBody = h("tbody");
-  const nodesNote = h("p", { class: "small muted" });
+  const nodesPanel = h("section", { class: "panel", "aria-labelledby": "nodes-h", "data-test": "nodes" },
+    h("h2", { id: "nodes-h" }, "Nodes"));
+  const nodesBody = h("div");
+  nodesPanel.appendChild(nodesBody);
   const cards = new Map();
   const list = h("div");
   const updated = h("p", { class: "small muted", "aria-live": "off" });
   main.append(
     h("h1", {}, "Overview"),
     updated,
-    h("section", { class: "panel", "aria-labelledby": "nodes-h" },
-      h("h2", { id: "nodes-h" }, "Nodes"),
-      h("div", { class: "table-wrap" },
-        h("table", {},
-          h("thead", {}, h("tr", {},
-            h("th", { scope: "col" }, "Node"), h("th", { scope: "col" }, "State"),
-            h("th", { scope: "col" }, "Version"), h("th", { scope: "col" }, "Started"))),
-          nodesBody)),
-      nodesNote),
+    nodesPanel,
     list);
 
+  // Clustered (a PostgreSQL store more than one node has joined): a row
+  // per node with its heartbeat, the deliveries it holds (leases) and the
+  // singleton work it has (holds). Otherwise one line for this node.
+  let nodesShape = "";
   const refreshNodes = async () => {
     const doc = await api("/api/nodes", { signal: ctx.signal });
-    replace(nodesBody, doc.nodes.map((n) => h("tr", { "data-node": n.id },
-      h("th", { scope: "row" }, h("code", {}, n.id), n.self ? h("span", { class: "muted" }, " (this node)") : null),
-      h("td", {}, badge(n.state === "ready" ? "ready" : "starting", n.state)),
+    const cluster = doc.clustered && doc.nodes.length > 1;
+    nodesPanel.dataset.clustered = cluster ? "true" : "false";
+    if (!cluster) {
+      const n = doc.nodes[0] || {};
+      nodesShape = "single";
+      replace(nodesBody, h("p", { class: "small", "data-node": n.id || "" },
+        "One node: ", h("code", {}, n.name || n.id || "?"), ` · version ${n.version || "?"} · `,
+        badge(n.state === "ready" || n.state === "live" ? "ready" : "starting", n.state || "unknown"),
+        ` · started ${ago(n.started_at)}`,
+        h("span", { class: "muted" }, doc.clustered
+          ? " · the only node of the cluster so far."
+          : " · its own state store (SQLite); with a shared PostgreSQL store every node shows here.")));
+      return;
+    }
+    const rows = doc.nodes.map((n) => h("tr", { "data-node": n.name || n.id, "data-state": n.state },
+      h("th", { scope: "row" }, h("code", {}, n.name || n.id), n.self ? h("span", { class: "muted" }, " (this node)") : null),
       h("td", {}, n.version),
-      h("td", {}, ago(n.started_at)))));
-    text(nodesNote, doc.clustered ? "Nodes sharing this state store."
-      : "Not clustered: one node with its own state store. With a shared PostgreSQL store, every node shows here.");
+      h("td", {}, badge(n.state === "live" ? "ready" : n.state === "left" ? "stopped" : "dead", n.state)),
+      h("td", { class: "nowrap", "data-test": "heartbeat", title: time(n.heartbeat_at) }, ago(n.heartbeat_at)),
+      h("td", { class: "num", "data-test": "leases" }, num(n.leases)),
+      h("td", { "data-test": "holds" }, n.holds && n.holds.length
+        ? n.holds.map((x, i) => [i ? ", " : "", h("code", {}, x)]) : h("span", { class: "muted" }, "—"))));
+    if (nodesShape !== "cluster") {
+      nodesShape = "cluster";
+      replace(nodesBody,
+        h("p", { class: "small muted", "data-test": "nodes-summary" }),
+        h("div", { class: "table-wrap" },
+          h("table", {},
+            h("caption", { class: "sr-only" }, "Nodes of the cluster"),
+            h("thead", {}, h("tr", {},
+              h("th", { scope: "col" }, "Node"), h("th", { scope: "col" }, "Version"),
+              h("th", { scope: "col" }, "State"), h("th", { scope: "col" }, "Last heartbeat"),
+              h("th", { scope: "col", class: "num" }, "Leases"), h("th", { scope: "col" }, "Holds"))),
+            h("tbody"))));
+    }
+    text(nodesBody.querySelector('[data-test="nodes-summary"]'),
+      `${num(doc.live)} of ${num(doc.nodes.length)} nodes live, sharing one PostgreSQL state store; ` +
+      "leases are the pending deliveries a node holds, holds the work only one node does at a time.");
+    replace(nodesBody.querySelector("tbody"), rows);
   };
 
   const refresh = async () => {
@@ -208,5 +240,5 @@ export async function mount(main, route, ctx) {
     text(updated, `Updated ${new Date().toLocaleTimeString()} · samples every ${hist.interval / 1000} s, last hour`);
   };
 
-  await Promise.all([ctx.every(30000, refreshNodes), ctx.every(REFRESH_MS, refresh)]);
+  await Promise.all([ctx.every(REFRESH_MS, refreshNodes), ctx.every(REFRESH_MS, refresh)]);
 }

@@ -52,6 +52,7 @@ struct pending {
     int64_t deadline_ms; /* unix ms */
     bool returned;       /* the broker returned it: PERMANENT once confirmed */
     char reason[320];
+    char reply[128]; /* returned: the broker's reply code and text (the answer) */
     struct pending *prev, *next;
 };
 
@@ -280,8 +281,8 @@ fail:
 }
 
 /* End a waiting publish (lock held; pb_delivery_done only posts). */
-static void finish(struct out_amqp *o, struct pending *p, enum pb_result r, const char *error,
-                   int64_t retry_after_ms)
+static void finish_answer(struct out_amqp *o, struct pending *p, enum pb_result r,
+                          const char *error, int64_t retry_after_ms, const char *answer)
 {
     if (p->prev)
         p->prev->next = p->next;
@@ -292,8 +293,18 @@ static void finish(struct out_amqp *o, struct pending *p, enum pb_result r, cons
     else
         o->tail = p->prev;
     struct pb_outcome oc = {.result = r, .retry_after_ms = retry_after_ms, .error = error};
+    if (answer) {
+        oc.answer = answer;
+        oc.answer_len = strlen(answer);
+    }
     pb_delivery_done(p->d, &oc);
     free(p);
+}
+
+static void finish(struct out_amqp *o, struct pending *p, enum pb_result r, const char *error,
+                   int64_t retry_after_ms)
+{
+    finish_answer(o, p, r, error, retry_after_ms, NULL);
 }
 
 static void fail_all(struct out_amqp *o, const char *why)
@@ -345,12 +356,14 @@ static void confirm(struct out_amqp *o, uint64_t tag, bool multiple, bool ack)
     while (p && p->seq <= tag) {
         struct pending *next = p->next;
         if (p->seq == tag || multiple) {
+            /* The answer: the broker's confirm, or why it returned the message. */
             if (!ack)
-                finish(o, p, PB_RESULT_RETRY, "the broker nacked the publish", -1);
+                finish_answer(o, p, PB_RESULT_RETRY, "the broker nacked the publish", -1,
+                              "basic.nack");
             else if (p->returned)
-                finish(o, p, PB_RESULT_PERMANENT, p->reason, -1);
+                finish_answer(o, p, PB_RESULT_PERMANENT, p->reason, -1, p->reply);
             else
-                finish(o, p, PB_RESULT_OK, NULL, -1);
+                finish_answer(o, p, PB_RESULT_OK, NULL, -1, "basic.ack");
         }
         p = next;
     }
@@ -381,6 +394,9 @@ static void returned(struct out_amqp *o, const amqp_frame_t *f)
             if (!p->returned && k && strlen(k) == id.len && memcmp(k, id.bytes, id.len) == 0) {
                 p->returned = true;
                 pb_amqp_copy(p->reason, sizeof(p->reason), reason);
+                snprintf(p->reply, sizeof(p->reply), "basic.return %u %.*s", r->reply_code,
+                         (int)(r->reply_text.len < 100 ? r->reply_text.len : 100),
+                         (const char *)r->reply_text.bytes);
                 break;
             }
         }

@@ -151,10 +151,23 @@ static bool permanent(rd_kafka_resp_err_t e)
     }
 }
 
-static void done(struct pb_delivery *d, rd_kafka_resp_err_t err, const char *topic)
+/* m: the delivery report (NULL when the message never left): the answer
+ * is where the broker stored it (partition and offset), or its error. */
+static void done(struct pb_delivery *d, rd_kafka_resp_err_t err, const char *topic,
+                 const rd_kafka_message_t *m)
 {
-    char text[320];
+    char text[320], ack[PB_ANSWER_EXCERPT_MAX];
     struct pb_outcome o = {.result = PB_RESULT_OK, .retry_after_ms = -1};
+    if (m && !err && m->offset >= 0) {
+        snprintf(ack, sizeof(ack), "topic %s partition %d offset %lld", topic ? topic : "?",
+                 (int)m->partition, (long long)m->offset);
+        o.answer = ack;
+        o.answer_len = strlen(ack);
+    } else if (m && err > 0) { /* the broker's refusal, not a local error */
+        snprintf(ack, sizeof(ack), "%s", rd_kafka_err2name(err));
+        o.answer = ack;
+        o.answer_len = strlen(ack);
+    }
     if (err) {
         o.result = permanent(err) ? PB_RESULT_PERMANENT : PB_RESULT_RETRY;
         snprintf(text, sizeof(text), "kafka: %s (%s) topic=%s", rd_kafka_err2str(err),
@@ -191,7 +204,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     (void)rk;
     if (!m->err)
         set_state(k, PB_OUTPUT_CONNECTED, NULL);
-    done(m->_private, m->err, m->rkt ? rd_kafka_topic_name(m->rkt) : NULL);
+    done(m->_private, m->err, m->rkt ? rd_kafka_topic_name(m->rkt) : NULL, m);
 }
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -411,7 +424,7 @@ static void produce(struct out_kafka *k, struct pb_delivery *d)
         RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(d), RD_KAFKA_V_END);
     if (err) {
         rd_kafka_headers_destroy(h); /* not taken on failure */
-        done(d, err, topic);
+        done(d, err, topic, NULL);
     }
 }
 

@@ -27,6 +27,7 @@
  * table of publishes in flight (message -> delivery) is under `mu`:
  * whichever side takes an entry out (the ack, or the worker failing what
  * is left on a closed connection) ends that delivery, exactly once. */
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -147,10 +148,21 @@ static struct pending *pending_take(struct out_nats *o, const natsMsg *m)
     return p;
 }
 
-static void end(struct pb_delivery *d, enum pb_result r, const char *error)
+/* answer: what the stream said (its PubAck or its error), or NULL. */
+static void end_answer(struct pb_delivery *d, enum pb_result r, const char *error,
+                       const char *answer)
 {
     struct pb_outcome oc = {.result = r, .retry_after_ms = -1, .error = error};
+    if (answer) {
+        oc.answer = answer;
+        oc.answer_len = strlen(answer);
+    }
     pb_delivery_done(d, &oc);
+}
+
+static void end(struct pb_delivery *d, enum pb_result r, const char *error)
+{
+    end_answer(d, r, error, NULL);
 }
 
 /* The library reports a PubAck, an error or the MaxWait timeout for every
@@ -300,11 +312,19 @@ static void ack_cb(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void
     struct pending *p = r->o ? pending_take(r->o, msg) : NULL;
     if (p) {
         if (pa) {
-            end(p->d, PB_RESULT_OK, pa->Duplicate ? "duplicate: the stream had it already" : NULL);
+            /* The PubAck: the stream and the sequence it stored the message at. */
+            char ack[PB_ANSWER_EXCERPT_MAX];
+            snprintf(
+                ack, sizeof(ack), "stream %s seq %" PRIu64 "%s%s%s", pa->Stream ? pa->Stream : "?",
+                pa->Sequence, pa->Domain && pa->Domain[0] ? " domain " : "",
+                pa->Domain && pa->Domain[0] ? pa->Domain : "", pa->Duplicate ? " duplicate" : "");
+            end_answer(p->d, PB_RESULT_OK,
+                       pa->Duplicate ? "duplicate: the stream had it already" : NULL, ack);
         } else {
             char t[320];
             enum pb_result res = pae ? classify(pae, t, sizeof(t)) : PB_RESULT_RETRY;
-            end(p->d, res, pae ? t : "no PubAck");
+            end_answer(p->d, res, pae ? t : "no PubAck",
+                       pae && pae->Err == NATS_ERR && pae->ErrText ? pae->ErrText : NULL);
         }
         free(p);
     }

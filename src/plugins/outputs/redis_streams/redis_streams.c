@@ -223,10 +223,23 @@ static void lost(struct out_rs *r, redisContext *rc, char *why, size_t len)
     pb_output_set_state(r->o, PB_OUTPUT_RECONNECTING, why);
 }
 
-static void done(struct pb_delivery *d, enum pb_result res, const char *error)
+/* answer: the server's reply (the entry id XADD gave, or its error), or NULL. */
+static void done_answer(struct pb_delivery *d, enum pb_result res, const char *error,
+                        const redisReply *answer)
 {
     struct pb_outcome oc = {.result = res, .retry_after_ms = -1, .error = error};
+    if (answer && answer->str &&
+        (answer->type == REDIS_REPLY_STRING || answer->type == REDIS_REPLY_STATUS ||
+         answer->type == REDIS_REPLY_ERROR)) {
+        oc.answer = answer->str;
+        oc.answer_len = answer->len;
+    }
     pb_delivery_done(d, &oc);
+}
+
+static void done(struct pb_delivery *d, enum pb_result res, const char *error)
+{
+    done_answer(d, res, error, NULL);
 }
 
 /* Error answers that can never work as sent; everything else (OOM, LOADING,
@@ -325,11 +338,11 @@ static void rs_deliver_batch(void *ctx, struct pb_delivery **ds, size_t n)
         if (!rc) {
             done(ds[i], PB_RESULT_RETRY, why);
         } else if (rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS) {
-            done(ds[i], PB_RESULT_OK, NULL);
+            done_answer(ds[i], PB_RESULT_OK, NULL, rep); /* the entry's id */
         } else {
             char txt[256];
-            done(ds[i], rep->type == REDIS_REPLY_ERROR ? classify(rep) : PB_RESULT_RETRY,
-                 rs_error_text(rc, rep, txt, sizeof(txt)));
+            done_answer(ds[i], rep->type == REDIS_REPLY_ERROR ? classify(rep) : PB_RESULT_RETRY,
+                        rs_error_text(rc, rep, txt, sizeof(txt)), rep);
         }
         if (rep)
             freeReplyObject(rep);

@@ -51,6 +51,10 @@ struct tls_conf {
 struct handle {
     CURL *e;
     struct curl_guard guard;
+    /* The server's last reply line of the attempt (to the end of the
+     * mail, when it got that far): the partner's answer kept per attempt. */
+    char reply[PB_ANSWER_EXCERPT_MAX + 1];
+    size_t reply_len;
 };
 
 struct out_smtp {
@@ -307,10 +311,42 @@ static void handle_put(struct out_smtp *s, struct handle *h)
     }
 }
 
-static void done(struct pb_delivery *d, enum pb_result r, int status, const char *error)
+static void done_answer(struct pb_delivery *d, enum pb_result r, int status, const char *error,
+                        const struct handle *h)
 {
     struct pb_outcome o = {.result = r, .status = status, .retry_after_ms = -1, .error = error};
+    if (h && h->reply_len) {
+        o.answer = h->reply;
+        o.answer_len = h->reply_len;
+    }
     pb_delivery_done(d, &o);
+}
+
+static void done(struct pb_delivery *d, enum pb_result r, int status, const char *error)
+{
+    done_answer(d, r, status, error, NULL);
+}
+
+/* libcurl hands each line the server answers with to the header callback:
+ * keep the last one but the 221 that answers the QUIT closing a failed
+ * attempt. Server replies only: what this side sends (AUTH credentials
+ * among them) never comes through here. */
+static size_t reply_cb(char *data, size_t size, size_t n, void *arg)
+{
+    struct handle *h = arg;
+    size_t len = size * n, keep = len;
+    while (keep && (data[keep - 1] == '\n' || data[keep - 1] == '\r'))
+        keep--;
+    if (keep >= 3 && memcmp(data, "221", 3) == 0)
+        return len;
+    if (keep) {
+        if (keep > PB_ANSWER_EXCERPT_MAX)
+            keep = PB_ANSWER_EXCERPT_MAX;
+        memcpy(h->reply, data, keep);
+        h->reply[keep] = 0;
+        h->reply_len = keep;
+    }
+    return len;
 }
 
 static int collect(const struct pb_delivery *d, const int *idx, size_t n, struct smtp_addr *a,
@@ -431,6 +467,9 @@ static void smtp_deliver(void *ctx, struct pb_delivery *d)
     SET(CURLOPT_READDATA, (void *)&rd);
     SET(CURLOPT_INFILESIZE_LARGE, (curl_off_t)msglen);
     SET(CURLOPT_ERRORBUFFER, errbuf);
+    h->reply_len = 0;
+    SET(CURLOPT_HEADERFUNCTION, reply_cb);
+    SET(CURLOPT_HEADERDATA, (void *)h);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)s->connect_timeout_ms);
     int64_t left = d->deadline_ms - pb_now_ms();
     SET(CURLOPT_TIMEOUT_MS, (long)(left > 1000 && left < s->timeout_ms ? left : s->timeout_ms));
@@ -450,7 +489,7 @@ static void smtp_deliver(void *ctx, struct pb_delivery *d)
     curl_easy_getinfo(h->e, CURLINFO_RESPONSE_CODE, &code);
     if (cc == CURLE_OK) {
         pb_output_set_state(s->out, PB_OUTPUT_CONNECTED, NULL);
-        done(d, PB_RESULT_OK, (int)code, NULL);
+        done_answer(d, PB_RESULT_OK, (int)code, NULL, h);
     } else if (h->guard.blocked) {
         /* Retrying cannot make the address allowed. */
         done(d, PB_RESULT_PERMANENT, 0, h->guard.why);
@@ -468,7 +507,7 @@ static void smtp_deliver(void *ctx, struct pb_delivery *d)
             pb_output_set_state(s->out, PB_OUTPUT_RECONNECTING, why);
         /* The status is the server's refusal; a 2xx to an earlier command
          * is no answer to the mail. */
-        done(d, r, code >= 400 ? (int)code : 0, why);
+        done_answer(d, r, code >= 400 ? (int)code : 0, why, code >= 400 ? h : NULL);
     }
 out:
     if (h)

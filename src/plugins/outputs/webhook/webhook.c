@@ -593,6 +593,7 @@ static int webhook_start(void *ctx, struct pb_output *out, struct pb_err *err)
     }
     for (size_t k = 0; k < c->neps; k++)
         pb__wh_sync_sub(c, c->eps[k]);
+    c->started = true;
 unlock:
     pthread_mutex_unlock(&c->lock);
 out:
@@ -859,4 +860,5 @@ const struct pb_output_plugin pb_out_webhook = {
     .destroy = webhook_destroy,
     .admin_path = "endpoints",
     .admin = pb__wh_admin,
+    .kv_changed = pb__wh_kv_changed,
 };

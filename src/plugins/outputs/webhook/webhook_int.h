@@ -80,6 +80,7 @@ struct wh_conf {
     bool lock_ready;
     struct wh_ep **eps;
     size_t neps, cap;
+    bool started; /* start read the endpoints: another node's changes apply */
 };
 
 /* webhook.c, for webhook_api.c. Under c->lock unless said otherwise. */
@@ -111,6 +112,10 @@ bool pb__wh_id_ok(const char *id);
 int pb__wh_set_events(struct wh_ep *ep, const char *const *items, size_t n);
 /* Decode secrets_json into ep->secrets. */
 void pb__wh_load_secrets(struct wh_ep *ep);
+
+/* webhook_share.c: another node of the cluster changed key of the state. */
+void pb__wh_kv_changed(void *ctx, struct pb_output *out, const char *key, const void *value,
+                       size_t len);
 
 /* webhook_api.c */
 void pb__wh_admin(struct pb_output *const *outs, size_t n, struct pb_http_request *r);
