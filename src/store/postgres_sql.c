@@ -13,9 +13,14 @@
 #define HOLD_OK(h, e)                                                                              \
     "(" h "::text IS NULL OR EXISTS (SELECT 1 FROM holds WHERE name = " h "::text"                 \
     " AND epoch = " e "::bigint))"
+/* A node presumed dead (or gone) claims nothing under its old epoch: one
+ * frozen past its lease and resumed would otherwise take deliveries before
+ * its heartbeat tells it, and hold them (out of order, for an ordered
+ * pipeline's keys) until it restarts or the others sweep them. */
 #define CLAIM_SQL(subcond)                                                                         \
     "WITH c AS (SELECT id FROM deliveries WHERE state = 0 AND lease IS NULL"                       \
     " AND pipeline = $1::text AND output = $2::text AND " subcond                                  \
+    " AND NOT EXISTS (SELECT 1 FROM nodes WHERE epoch = $4::bigint AND state <> 0)"                \
     " ORDER BY id LIMIT $5::bigint FOR UPDATE SKIP LOCKED),"                                       \
     " u AS (UPDATE deliveries d SET lease = $4::bigint FROM c WHERE d.id = c.id"                   \
     " RETURNING d.id, d.msg_seq, d.attempts, d.next_at, d.output)"                                 \

@@ -1357,6 +1357,47 @@ out:
     tdir_remove(&t);
 }
 
+/* PostgreSQL: a node presumed dead claims nothing under its old epoch (a
+ * node frozen past its lease and resumed claims before its heartbeat tells
+ * it); a live one takes what is free. */
+PB_TEST(dead_epoch_claims_nothing)
+{
+    struct tdir t;
+    int64_t ids[2];
+    int n = 0;
+    tdir_make(&t);
+    if (!t.pg) {
+        printf("  (PostgreSQL only)\n");
+        goto out;
+    }
+    struct pb_store *s = open_started(t.url);
+    if (!s)
+        goto out;
+    int64_t me = pb_store_epoch(s);
+    struct pb_op op;
+    ingest_init(&op, "p", "m1", "{}", 2, OUTS2, 2, ids);
+    op.u.ingest.lease = me;
+    op.u.ingest.unleased = 3u; /* both free, as an ordered pipeline's are */
+    PB_EQ_INT(pb_store_exec(s, &op), 0);
+    char sql[160];
+    snprintf(sql, sizeof(sql), "UPDATE nodes SET state = 2 WHERE epoch = %lld", (long long)me);
+    PB_EQ_INT(sql_exec(t.path, sql), SQLITE_OK);
+    PB_EQ_INT(claim(s, "a", me, 10, &n), 0);
+    PB_EQ_INT(n, 0);
+    PB_EQ_INT(sql_int(t.path, "SELECT count(*) FROM deliveries WHERE lease IS NOT NULL"), 0);
+    /* Left (shut down) is gone too. */
+    snprintf(sql, sizeof(sql), "UPDATE nodes SET state = 1 WHERE epoch = %lld", (long long)me);
+    PB_EQ_INT(sql_exec(t.path, sql), SQLITE_OK);
+    PB_EQ_INT(claim(s, "b", me, 10, &n), 0);
+    PB_EQ_INT(n, 0);
+    /* Another epoch, live, takes them. */
+    PB_EQ_INT(claim(s, "a", me + 1, 10, &n), 0);
+    PB_EQ_INT(n, 1);
+    pb_store_destroy(s);
+out:
+    tdir_remove(&t);
+}
+
 PB_TEST(ingest_load_pending_round_trip)
 {
     struct tdir t;
