@@ -347,6 +347,9 @@ class Feed:
         import threading
         import urllib.parse
         self.calls, self.lock, self.next_id = [], threading.Lock(), 1
+        self.fixed = None  # a list of ids: every answer has those after `since`
+        self.delay = 0.03
+        self.in_call = threading.Event()
         feed = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -354,10 +357,15 @@ class Feed:
                 start = time.monotonic()
                 q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
                 since = int(q.get("since", ["0"])[0] or 0)
-                time.sleep(0.03)  # a call lasts a while: overlaps would show
+                feed.in_call.set()
+                time.sleep(feed.delay)  # a call lasts a while: overlaps would show
                 with feed.lock:
-                    feed.next_id += 1
-                    items = [{"id": i} for i in range(since + 1, min(feed.next_id, since + 20))]
+                    if feed.fixed is not None:
+                        items = [{"id": i} for i in feed.fixed if i > since]
+                    else:
+                        feed.next_id += 1
+                        items = [{"id": i}
+                                 for i in range(since + 1, min(feed.next_id, since + 20))]
                 body = json.dumps({"items": items}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -474,6 +482,40 @@ def singleton_poller_and_ordered_keys_have_one_node_at_a_time():
         feed.stop()
     alpha.term()
     beta.term()
+
+
+@test
+def a_page_not_committed_is_fetched_again_without_a_false_loop():
+    """A poller's page whose commit fails (the database went away while the
+    partner answered) is fetched again once the database is back: the same
+    page again is not a pagination loop, and its items arrive."""
+    sink = start_sink()
+    feed = Feed()
+    feed.fixed = []
+    pb = poll_node("solo", state_url("refetch"), feed, sink)
+    try:
+        wait_until(lambda: len(feed.by()) >= 1, scaled(15), "the feed polled")
+        with feed.lock:
+            feed.fixed = [1, 2, 3]
+            feed.delay = 2.0
+        feed.in_call.clear()
+        wait_until(feed.in_call.is_set, scaled(15), "a call with the new items under way")
+        pg().kill9()
+        try:
+            time.sleep(3)  # the answer comes while the database is away
+        finally:
+            pg().start()
+        feed.delay = 0.03
+
+        def got():
+            return sorted({json.loads(r["body"])["id"] for r in sink.records()
+                           if r["path"] == "/feed"})
+
+        wait_until(lambda: got() == [1, 2, 3], scaled(40), "the page's items once it commits")
+        check("pagination loop" not in pb.log(), "no false pagination loop")
+    finally:
+        feed.stop()
+    pb.term()
 
 
 @test

@@ -444,6 +444,10 @@ struct batch {
     char *state;
     bool run_ends;
     char *error; /* the run ends with this error once committed */
+    /* The page's digest, the one the next page is compared with once this
+     * one is committed (a page fetched again after a failed commit is not
+     * "identical to the one before"). */
+    unsigned char md[SHA256_DIGEST_LENGTH];
 };
 
 static void batch_free(struct batch *b)
@@ -487,6 +491,8 @@ static void submit_cb(void *arg, int status, const struct pb_item_result *res, s
     p->backoff_ms = 0;
     p->records += b->n;
     p->page_no++;
+    memcpy(p->last_hash, b->md, sizeof(b->md));
+    p->have_hash = true;
     if (p->stopped) {
         batch_free(b);
         return;
@@ -809,14 +815,13 @@ static void done_cb(void *arg, const struct pb_http_resp *resp)
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)resp->body, resp->body_len, md);
     bool same = p->have_hash && memcmp(md, p->last_hash, sizeof(md)) == 0;
-    memcpy(p->last_hash, md, sizeof(md));
-    p->have_hash = true;
     b = calloc(1, sizeof(*b));
     if (!b) {
         retry_later(p, "out of memory");
         goto out;
     }
     b->p = p;
+    memcpy(b->md, md, sizeof(md));
     int rc = make_items(p, doc, r->url, b, why, sizeof(why));
     if (rc) {
         batch_free(b);
