@@ -132,8 +132,8 @@ static const char *const migrations[] = {
      * 256 bytes of text, NULL when it said nothing, per attempt row, and
      * in the delivery's row for the attempt that ended it at its first
      * try. */
-    "ALTER TABLE attempts ADD COLUMN answer text;"
-    "ALTER TABLE deliveries ADD COLUMN last_answer text;",
+    ("ALTER TABLE attempts ADD COLUMN answer text;"
+     "ALTER TABLE deliveries ADD COLUMN last_answer text;"),
 };
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(NMIGRATIONS == PG_SCHEMA_VERSION, "one migration per schema version");

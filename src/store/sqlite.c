@@ -175,8 +175,8 @@ static const char *const migrations[] = {
     /* 11: what the partner answered (an excerpt of at most 256 bytes of
      * text, NULL when it said nothing), per attempt row, and in the
      * delivery's row for the attempt that ended it at its first try. */
-    "ALTER TABLE attempts ADD COLUMN answer TEXT;"
-    "ALTER TABLE deliveries ADD COLUMN last_answer TEXT;",
+    ("ALTER TABLE attempts ADD COLUMN answer TEXT;"
+     "ALTER TABLE deliveries ADD COLUMN last_answer TEXT;"),
 };
 
 const char *pb__sqlite_migration_sql(int v)
