@@ -592,6 +592,10 @@ static void *node_main(void *arg)
             int64_t due = send_notes(q, ns);
             if (due < wait)
                 wait = due;
+            /* A notification that came in while the tick's or the notes'
+             * statements ran was read into libpq's queue with their results:
+             * the socket will not say so again. */
+            take_notifications(q);
         }
         struct pollfd p[2] = {{.fd = q->wake_fd, .events = POLLIN},
                               {.fd = q->n.conn ? PQsocket(q->n.conn) : -1, .events = POLLIN}};
