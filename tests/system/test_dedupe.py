@@ -110,6 +110,9 @@ def split_items_are_deduplicated_and_a_missing_key_dead_letters():
     pb = Patchbay(CONF % {"sink": sink.url, "window": "1h"})
     post(pb, "/items", {"items": [{"sku": "a", "n": 1}, {"sku": "b", "n": 2},
                                   {"sku": "a", "n": 3}]})
+    # Messages are routed concurrently: the second goes in once the first
+    # has gone out, so "first" is well defined here.
+    wait_until(lambda: len(bodies(sink, "/items")) == 2, scaled(20), "the first message's items")
     post(pb, "/items", {"items": [{"sku": "b", "n": 4}, {"sku": "c", "n": 5}]})
     wait_until(lambda: len(bodies(sink, "/items")) == 3, scaled(20), "three items delivered")
     check_eq(sorted(b["n"] for b in bodies(sink, "/items")), [1, 2, 5], "first of each sku")
