@@ -41,6 +41,13 @@ int pb_jq_run(struct pb_jq *q, jv in, jv *out, size_t max_out, size_t *nout, str
 int pb_jq_run_meta(struct pb_jq *q, jv in, jv meta, jv *out, size_t max_out, size_t *nout,
                    struct pb_err *err);
 
+/* The first output of q on in (with $meta bound to meta; both taken) as a
+ * key: a string as its text, any other value as its JSON. *key is
+ * malloc'd and NUL-terminated (*len, when len is not NULL, counts a string's
+ * bytes, NULs inside included), or NULL when the program gave nothing or
+ * null. Ordering keys, rate_limit keys and dedupe keys all read this way. */
+int pb_jq_key(struct pb_jq *q, jv in, jv meta, char **key, size_t *len, struct pb_err *err);
+
 /* Parse JSON bytes into a jv, refusing values jq cannot carry exactly. */
 int pb_jq_parse(const char *buf, size_t len, jv *out, struct pb_err *err);
 /* Serialize compactly into a malloc'd NUL-terminated buffer (takes v).

@@ -105,29 +105,7 @@ static jv msg_meta(const struct pb_msg *m, const struct pb_jq *q)
  * NULL when it gives null or nothing. */
 static int run_key(struct pb_jq *q, jv body, jv meta, char **key, struct pb_err *err)
 {
-    jv outv[1];
-    size_t n = 0;
-    *key = NULL;
-    int rc = pb_jq_run_meta(q, body, meta, outv, 1, &n, err);
-    if (rc)
-        return rc;
-    if (n == 0)
-        return 0;
-    jv v = outv[0];
-    if (jv_get_kind(v) == JV_KIND_NULL) {
-        jv_free(v);
-        return 0;
-    }
-    if (jv_get_kind(v) == JV_KIND_STRING) {
-        *key = strdup(jv_string_value(v));
-        jv_free(v);
-    } else {
-        size_t len;
-        rc = pb_jq_dump(v, key, &len, err);
-        if (rc)
-            return rc;
-    }
-    return *key ? 0 : pb_err_set(err, PB_ENOMEM, "out of memory");
+    return pb_jq_key(q, body, meta, key, NULL, err);
 }
 
 int pb__disp_key(struct pb_pipeline *pl, jv body, jv meta, char **key, struct pb_err *err)

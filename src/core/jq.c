@@ -500,3 +500,35 @@ bool pb_jq_truthy(jv v)
     jv_kind k = jv_get_kind(v);
     return k != JV_KIND_FALSE && k != JV_KIND_NULL && k != JV_KIND_INVALID;
 }
+
+int pb_jq_key(struct pb_jq *q, jv in, jv meta, char **key, size_t *len, struct pb_err *err)
+{
+    jv out[1];
+    size_t n = 0, l = 0;
+    *key = NULL;
+    if (len)
+        *len = 0;
+    int rc = pb_jq_run_meta(q, in, meta, out, 1, &n, err);
+    if (rc || n == 0)
+        return rc;
+    if (jv_get_kind(out[0]) == JV_KIND_NULL) {
+        jv_free(out[0]);
+        return 0;
+    }
+    if (jv_get_kind(out[0]) == JV_KIND_STRING) {
+        l = (size_t)jv_string_length_bytes(jv_copy(out[0]));
+        *key = malloc(l + 1);
+        if (*key) {
+            memcpy(*key, jv_string_value(out[0]), l);
+            (*key)[l] = 0;
+        }
+        jv_free(out[0]);
+        if (!*key)
+            return pb_err_set(err, PB_ENOMEM, "out of memory");
+    } else if ((rc = pb_jq_dump(out[0], key, &l, err)) != 0) {
+        return rc;
+    }
+    if (len)
+        *len = l;
+    return 0;
+}

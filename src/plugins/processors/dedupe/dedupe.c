@@ -83,32 +83,13 @@ static int dedupe_init(void *ctx, const struct pb_proc_env *env, struct pb_err *
  * none, NULL with err on failure. */
 static char *key_of(struct dedupe_ctx *D, jv in, jv meta, bool *missing, struct pb_err *err)
 {
-    jv out[1];
-    size_t n = 0;
-    *missing = false;
-    if (pb_jq_run_meta(D->q, jv_copy(in), jv_copy(meta), out, 1, &n, err) != 0)
-        return NULL;
-    if (n == 0 || jv_get_kind(out[0]) == JV_KIND_NULL) {
-        if (n)
-            jv_free(out[0]);
-        *missing = true;
-        return NULL;
-    }
     char *text = NULL;
     size_t len = 0;
-    if (jv_get_kind(out[0]) == JV_KIND_STRING) {
-        len = (size_t)jv_string_length_bytes(jv_copy(out[0]));
-        text = malloc(len + 1);
-        if (text) {
-            memcpy(text, jv_string_value(out[0]), len);
-            text[len] = 0;
-        }
-        jv_free(out[0]);
-        if (!text) {
-            pb_err_set(err, PB_ENOMEM, "out of memory");
-            return NULL;
-        }
-    } else if (pb_jq_dump(out[0], &text, &len, err) != 0) {
+    *missing = false;
+    if (pb_jq_key(D->q, jv_copy(in), jv_copy(meta), &text, &len, err) != 0)
+        return NULL;
+    if (!text) {
+        *missing = true;
         return NULL;
     }
     if (len <= PB_PROC_KEY_MAX && strlen(text) == len)
