@@ -194,6 +194,16 @@ int pb__input_load(struct pb_pipeline *pl, const struct pb_node *n, bool once,
     return make_meta_prefix(in) ? pb_err_set(err, PB_ENOMEM, "out of memory") : 0;
 }
 
+/* Forget the checkpoints as last read (the array is kept). */
+static void ckpts_clear(struct pb_input *in)
+{
+    for (size_t i = 0; i < in->nckpts; i++) {
+        free(in->ckpts[i].name);
+        free(in->ckpts[i].value);
+    }
+    in->nckpts = 0;
+}
+
 void pb__input_free(struct pb_input *in)
 {
     if (!in)
@@ -204,10 +214,7 @@ void pb__input_free(struct pb_input *in)
         pb_conf_free(in->plugin->fields, in->ctx);
         free(in->ctx);
     }
-    for (size_t i = 0; i < in->nckpts; i++) {
-        free(in->ckpts[i].name);
-        free(in->ckpts[i].value);
-    }
+    ckpts_clear(in);
     free(in->ckpts);
     pb_allowlist_destroy(in->allow);
     free(in->routes);
@@ -795,11 +802,7 @@ static void gate_cb(struct pb_loop_timer *t, void *arg)
             struct pb_err err = {0};
             char scope[PB_NAME_MAX + 8];
             snprintf(scope, sizeof(scope), "input/%s", in->pl->name);
-            for (size_t i = 0; i < in->nckpts; i++) {
-                free(in->ckpts[i].name);
-                free(in->ckpts[i].value);
-            }
-            in->nckpts = 0;
+            ckpts_clear(in);
             if (pb_store_kv_load(in->e->store, scope, ckpt_load_cb, in, &err) != 0) {
                 pb_input_set_state(in, PB_INPUT_RECONNECTING, err.msg);
             } else {

@@ -325,12 +325,7 @@ static int pg_hold_want(void *ctx, const char *name)
     /* Wanted after start (an input starts after the store): the node
      * thread takes it at once rather than a heartbeat from now. */
     atomic_store(&q->tick_now, true);
-    if (q->node_running) {
-        uint64_t one = 1;
-        if (write(q->wake_fd, &one, sizeof(one)) < 0) {
-            /* saturated: it wakes anyway */
-        }
-    }
+    pb__pg_node_wake(q);
 out:
     pthread_mutex_unlock(&q->lock);
     return rc;

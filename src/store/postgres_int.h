@@ -260,5 +260,7 @@ int pb__pg_node_start(struct pgq *q, struct pb_err *err);
 void pb__pg_node_leave(struct pgq *q);
 /* Move the notes of a committed transaction to the node thread's outbox. */
 void pb__pg_node_post(struct pgq *q, struct pg_note *notes);
+/* Wake the node thread (to send notes, take a hold, or stop); any thread. */
+void pb__pg_node_wake(struct pgq *q);
 
 #endif

@@ -286,6 +286,11 @@ void pb__pg_node_post(struct pgq *q, struct pg_note *notes)
     last->next = q->outbox;
     q->outbox = notes;
     pthread_mutex_unlock(&q->lock);
+    pb__pg_node_wake(q);
+}
+
+void pb__pg_node_wake(struct pgq *q)
+{
     uint64_t one = 1;
     if (q->wake_fd >= 0 && write(q->wake_fd, &one, sizeof(one)) < 0) {
         /* the counter is saturated: the thread is awake anyway */
@@ -632,10 +637,7 @@ void pb__pg_node_leave(struct pgq *q)
 {
     if (q->node_running) {
         atomic_store(&q->stop, true);
-        uint64_t one = 1;
-        if (write(q->wake_fd, &one, sizeof(one)) < 0) {
-            /* saturated: it wakes anyway */
-        }
+        pb__pg_node_wake(q);
         pthread_join(q->node_thread, NULL);
         q->node_running = false;
     }
